@@ -1,0 +1,218 @@
+//! The packet enum and the two entry points, [`decode`] and [`encode`].
+//!
+//! Decoding checks the fixed header first: packet type, reserved flag bits and the remaining
+//! length, which is compared with the maximum packet size **before** the body is buffered,
+//! so an oversized packet costs the reader at most five bytes.
+
+mod ack;
+mod connack;
+mod connect;
+mod disconnect;
+mod publish;
+mod subscribe;
+
+pub use ack::PubResponse;
+pub use connack::ConnAck;
+pub use connect::{Connect, Will};
+pub use disconnect::{Auth, Disconnect};
+pub use publish::{Publish, QosPid};
+pub use subscribe::{SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe};
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::reason::ReasonContext;
+use crate::types::Protocol;
+use crate::wire::{peek_remaining_length, write_length_prefixed};
+
+/// Every MQTT control packet. Large variants are boxed so the enum stays small in queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// CONNECT (1).
+    Connect(Box<Connect>),
+    /// CONNACK (2).
+    ConnAck(Box<ConnAck>),
+    /// PUBLISH (3).
+    Publish(Box<Publish>),
+    /// PUBACK (4).
+    PubAck(PubResponse),
+    /// PUBREC (5).
+    PubRec(PubResponse),
+    /// PUBREL (6).
+    PubRel(PubResponse),
+    /// PUBCOMP (7).
+    PubComp(PubResponse),
+    /// SUBSCRIBE (8).
+    Subscribe(Box<Subscribe>),
+    /// SUBACK (9).
+    SubAck(Box<SubAck>),
+    /// UNSUBSCRIBE (10).
+    Unsubscribe(Box<Unsubscribe>),
+    /// UNSUBACK (11).
+    UnsubAck(Box<UnsubAck>),
+    /// PINGREQ (12).
+    PingReq,
+    /// PINGRESP (13).
+    PingResp,
+    /// DISCONNECT (14).
+    Disconnect(Disconnect),
+    /// AUTH (15, v5 only).
+    Auth(Box<Auth>),
+}
+
+impl Packet {
+    /// The packet's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::ConnAck(_) => "CONNACK",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::PubAck(_) => "PUBACK",
+            Packet::PubRec(_) => "PUBREC",
+            Packet::PubRel(_) => "PUBREL",
+            Packet::PubComp(_) => "PUBCOMP",
+            Packet::Subscribe(_) => "SUBSCRIBE",
+            Packet::SubAck(_) => "SUBACK",
+            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+            Packet::UnsubAck(_) => "UNSUBACK",
+            Packet::PingReq => "PINGREQ",
+            Packet::PingResp => "PINGRESP",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
+        }
+    }
+}
+
+/// Limits the decoder enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest whole packet accepted, fixed header included.
+    pub max_packet_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: crate::wire::MAX_VARINT as usize + 5,
+        }
+    }
+}
+
+/// Decodes one packet from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a packet (nothing is consumed; capacity
+/// for the rest is reserved). `protocol` is the connection's level from its CONNECT; a
+/// CONNECT itself is decoded whatever `protocol` says. On error the connection must close.
+pub fn decode(
+    buf: &mut BytesMut,
+    protocol: Protocol,
+    limits: &Limits,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let Some((remaining, len_bytes)) = peek_remaining_length(&buf[1..])? else {
+        return Ok(None);
+    };
+    let total = 1 + len_bytes + remaining;
+    if total > limits.max_packet_size {
+        return Err(DecodeError::PacketTooLarge {
+            size: total,
+            max: limits.max_packet_size,
+        });
+    }
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let packet_type = first >> 4;
+    let flags = first & 0x0F;
+    let expected_flags = match packet_type {
+        3 => flags,
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected_flags {
+        return Err(DecodeError::ReservedFlags { packet_type });
+    }
+    let mut body = buf.split_to(total).freeze();
+    body.advance(1 + len_bytes);
+    let v5 = protocol.is_v5();
+    let packet = match packet_type {
+        1 => Packet::Connect(Box::new(Connect::decode(body)?)),
+        2 => Packet::ConnAck(Box::new(ConnAck::decode(body, v5)?)),
+        3 => Packet::Publish(Box::new(Publish::decode(flags, body, v5)?)),
+        4 => Packet::PubAck(PubResponse::decode(body, v5, ReasonContext::PubAckOrRec)?),
+        5 => Packet::PubRec(PubResponse::decode(body, v5, ReasonContext::PubAckOrRec)?),
+        6 => Packet::PubRel(PubResponse::decode(body, v5, ReasonContext::PubRelOrComp)?),
+        7 => Packet::PubComp(PubResponse::decode(body, v5, ReasonContext::PubRelOrComp)?),
+        8 => Packet::Subscribe(Box::new(Subscribe::decode(body, v5)?)),
+        9 => Packet::SubAck(Box::new(SubAck::decode(body, v5)?)),
+        10 => Packet::Unsubscribe(Box::new(Unsubscribe::decode(body, v5)?)),
+        11 => Packet::UnsubAck(Box::new(UnsubAck::decode(body, v5)?)),
+        12 | 13 => {
+            if !body.is_empty() {
+                return Err(DecodeError::TrailingBytes);
+            }
+            if packet_type == 12 {
+                Packet::PingReq
+            } else {
+                Packet::PingResp
+            }
+        }
+        14 => Packet::Disconnect(Disconnect::decode(body, v5)?),
+        15 if v5 => Packet::Auth(Box::new(Auth::decode(body)?)),
+        other => return Err(DecodeError::InvalidPacketType(other)),
+    };
+    Ok(Some(packet))
+}
+
+/// Appends the encoding of `packet` at `protocol` level to `buf`. On error nothing is
+/// appended.
+pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let result = encode_inner(packet, protocol, buf);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_inner(
+    packet: &Packet,
+    protocol: Protocol,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let v5 = protocol.is_v5();
+    match packet {
+        Packet::Publish(p) => {
+            buf.put_u8(0x30 | p.flags());
+            write_length_prefixed(buf, p.payload.len(), |b| p.encode_header(b, v5))?;
+            buf.extend_from_slice(&p.payload);
+            Ok(())
+        }
+        Packet::Connect(c) => body(buf, 0x10, |b| c.encode_body(b)),
+        Packet::ConnAck(c) => body(buf, 0x20, |b| c.encode_body(b, v5)),
+        Packet::PubAck(r) => body(buf, 0x40, |b| r.encode_body(b, v5)),
+        Packet::PubRec(r) => body(buf, 0x50, |b| r.encode_body(b, v5)),
+        Packet::PubRel(r) => body(buf, 0x62, |b| r.encode_body(b, v5)),
+        Packet::PubComp(r) => body(buf, 0x70, |b| r.encode_body(b, v5)),
+        Packet::Subscribe(s) => body(buf, 0x82, |b| s.encode_body(b, v5)),
+        Packet::SubAck(s) => body(buf, 0x90, |b| s.encode_body(b, v5)),
+        Packet::Unsubscribe(u) => body(buf, 0xA2, |b| u.encode_body(b, v5)),
+        Packet::UnsubAck(u) => body(buf, 0xB0, |b| u.encode_body(b, v5)),
+        Packet::PingReq => body(buf, 0xC0, |_| Ok(())),
+        Packet::PingResp => body(buf, 0xD0, |_| Ok(())),
+        Packet::Disconnect(d) => body(buf, 0xE0, |b| d.encode_body(b, v5)),
+        Packet::Auth(a) if v5 => body(buf, 0xF0, |b| a.encode_body(b)),
+        Packet::Auth(_) => Err(EncodeError::NotInProtocol("AUTH")),
+    }
+}
+
+fn body<F>(buf: &mut BytesMut, first: u8, f: F) -> Result<(), EncodeError>
+where
+    F: FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+{
+    buf.put_u8(first);
+    write_length_prefixed(buf, 0, f)
+}

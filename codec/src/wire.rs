@@ -1,0 +1,211 @@
+//! Wire primitives shared by every packet: integers, variable byte integers, UTF-8 strings,
+//! binary data, and the length-prefix trick the encoders use to avoid a second buffer.
+//!
+//! Readers work on a `Bytes` holding exactly one packet body, so binary fields (payloads,
+//! correlation data) are zero-copy slices of the read buffer. Every read checks the remaining
+//! length first: `Buf::get_*` would panic on a short buffer.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+
+/// The largest value a variable byte integer can hold (spec §1.5.5).
+pub const MAX_VARINT: u32 = 268_435_455;
+
+pub(crate) fn read_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
+    if buf.remaining() < 1 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.get_u8())
+}
+
+pub(crate) fn read_u16(buf: &mut Bytes) -> Result<u16, DecodeError> {
+    if buf.remaining() < 2 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.get_u16())
+}
+
+pub(crate) fn read_u32(buf: &mut Bytes) -> Result<u32, DecodeError> {
+    if buf.remaining() < 4 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.get_u32())
+}
+
+/// Reads a variable byte integer of at most 4 bytes.
+pub(crate) fn read_varint(buf: &mut Bytes) -> Result<u32, DecodeError> {
+    let mut value: u32 = 0;
+    for i in 0..4 {
+        let byte = read_u8(buf)?;
+        value |= u32::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::MalformedVarInt)
+}
+
+/// Parses the remaining length that starts at `bytes[0]` without consuming anything.
+/// Returns `Ok(None)` when more bytes are needed, else `(value, bytes used)`.
+pub(crate) fn peek_remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut value: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = bytes.get(i) else {
+            return Ok(None);
+        };
+        value |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    Err(DecodeError::MalformedRemainingLength)
+}
+
+pub(crate) fn read_binary(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = usize::from(read_u16(buf)?);
+    if buf.remaining() < len {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.split_to(len))
+}
+
+/// Checks the MQTT UTF-8 rules: well-formed [MQTT-1.5.4-1] and no U+0000 [MQTT-1.5.4-2].
+pub(crate) fn check_utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    if bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    Ok(s)
+}
+
+pub(crate) fn read_string(buf: &mut Bytes) -> Result<String, DecodeError> {
+    let raw = read_binary(buf)?;
+    Ok(check_utf8(&raw)?.to_owned())
+}
+
+pub(crate) fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+pub(crate) fn write_varint(buf: &mut BytesMut, mut value: usize) {
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        buf.put_u8(byte);
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+pub(crate) fn write_binary(buf: &mut BytesMut, data: &[u8]) -> Result<(), EncodeError> {
+    let len = u16::try_from(data.len()).map_err(|_| EncodeError::FieldTooLong(data.len()))?;
+    buf.put_u16(len);
+    buf.put_slice(data);
+    Ok(())
+}
+
+pub(crate) fn write_string(buf: &mut BytesMut, s: &str) -> Result<(), EncodeError> {
+    write_binary(buf, s.as_bytes())
+}
+
+/// Writes `body` (whatever the closure puts in `buf`) preceded by its length as a variable
+/// byte integer, where the length also counts `extra` bytes the caller appends afterwards
+/// (a PUBLISH payload). Four bytes are reserved up front and the body is shifted left once
+/// the length is known, so no scratch buffer is needed; only the (small) body moves.
+pub(crate) fn write_length_prefixed<F>(
+    buf: &mut BytesMut,
+    extra: usize,
+    body: F,
+) -> Result<(), EncodeError>
+where
+    F: FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+{
+    let start = buf.len();
+    buf.put_slice(&[0u8; 4]);
+    body(buf)?;
+    let body_len = buf.len() - start - 4;
+    let total = body_len + extra;
+    if total > MAX_VARINT as usize {
+        buf.truncate(start);
+        return Err(EncodeError::PacketTooLarge(total));
+    }
+    let prefix_len = varint_len(total);
+    let mut prefix = BytesMut::new();
+    // At most 4 bytes: written into a stack-sized temporary, then placed.
+    write_varint(&mut prefix, total);
+    let body_start = start + 4;
+    let new_body_start = start + prefix_len;
+    buf.copy_within(body_start..body_start + body_len, new_body_start);
+    buf[start..start + prefix_len].copy_from_slice(&prefix);
+    buf.truncate(new_body_start + body_len);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_boundaries_round_trip() {
+        for v in [
+            0usize,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            268_435_455,
+        ] {
+            let mut b = BytesMut::new();
+            write_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v));
+            let mut bytes = b.freeze();
+            assert_eq!(read_varint(&mut bytes).unwrap() as usize, v);
+        }
+    }
+
+    #[test]
+    fn five_byte_varint_is_malformed() {
+        let mut b = Bytes::from_static(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+        assert_eq!(read_varint(&mut b), Err(DecodeError::MalformedVarInt));
+        assert_eq!(
+            peek_remaining_length(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+        assert_eq!(peek_remaining_length(&[0xFF, 0xFF]), Ok(None));
+    }
+
+    #[test]
+    fn utf8_rules() {
+        assert_eq!(check_utf8(b"a\0b"), Err(DecodeError::NullCharacter));
+        assert_eq!(check_utf8(&[0xC0, 0x80]), Err(DecodeError::InvalidUtf8));
+        assert_eq!(
+            check_utf8(&[0xED, 0xA0, 0x80]),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(check_utf8("héllo".as_bytes()), Ok("héllo"));
+    }
+
+    #[test]
+    fn length_prefix_shifts_body() {
+        let mut b = BytesMut::from(&b"X"[..]);
+        write_length_prefixed(&mut b, 200, |b| {
+            b.put_slice(b"abc");
+            Ok(())
+        })
+        .unwrap();
+        // 203 = 0xCB 0x01
+        assert_eq!(&b[..], &[b'X', 0xCB, 0x01, b'a', b'b', b'c']);
+    }
+}
