@@ -1,1 +1,139 @@
-fn main() {}
+//! The `messs` binary: command line, configuration, logging, signals. Thin by design: all
+//! protocol logic lives in the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use messs_broker::{Broker, Config, ListenerConfig, Transport};
+
+#[derive(Parser)]
+#[command(name = "messs", version, about = "A secure, high-performance MQTT broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        /// TOML configuration file (see messs.example.toml). Without one, messs listens on
+        /// tcp://127.0.0.1:1883 and allows anonymous clients there (loopback only).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of the configured listeners, e.g.
+        /// tcp://127.0.0.1:1883 (repeatable). Without --config, anonymous clients are
+        /// allowed on loopback addresses only.
+        #[arg(long = "listen", value_name = "tcp://HOST:PORT")]
+        listen: Vec<String>,
+        /// Directory for durable state (overrides storage.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_listen(url: &str) -> anyhow::Result<(Transport, SocketAddr)> {
+    let Some(addr) = url.strip_prefix("tcp://") else {
+        bail!("unsupported listener {url:?}: only tcp://HOST:PORT is available in this version");
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{url:?} is not tcp://IP:PORT (e.g. tcp://127.0.0.1:1883)"))?;
+    Ok((Transport::Tcp, addr))
+}
+
+fn build_config(
+    config: Option<PathBuf>,
+    listen: Vec<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Config> {
+    let from_file = config.is_some();
+    let mut cfg = match &config {
+        Some(path) => Config::from_file(path)?,
+        None => {
+            let mut c = Config::default();
+            c.listeners[0].allow_anonymous = true;
+            c
+        }
+    };
+    if !listen.is_empty() {
+        let inherit = cfg.listeners.first().is_some_and(|l| l.allow_anonymous);
+        let mut listeners = Vec::new();
+        for url in &listen {
+            let (transport, bind) = parse_listen(url)?;
+            let allow_anonymous = if from_file {
+                inherit
+            } else {
+                bind.ip().is_loopback()
+            };
+            listeners.push(ListenerConfig {
+                bind,
+                transport,
+                allow_anonymous,
+            });
+        }
+        cfg.listeners = listeners;
+    }
+    if let Some(dir) = data_dir {
+        cfg.storage.data_dir = dir;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let cfg = build_config(config, listen, data_dir)?;
+            tracing::info!(
+                data_dir = %cfg.storage.data_dir.display(),
+                "sessions and retained messages are kept in memory in this version"
+            );
+            let broker = Broker::bind(cfg).await?;
+            broker.run(shutdown_signal()).await?;
+            tracing::info!("stopped");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,25 @@
-//! placeholder
+//! messs-broker: the MQTT broker engine.
+//!
+//! The path of a PUBLISH, top to bottom: `server` accepts a socket and spawns its task;
+//! `handshake` reads CONNECT and attaches a `session` (through `state`); `client` runs the
+//! connection loop over a `connection` (framing with messs-codec), handing each PUBLISH to the
+//! `router`, which fans it out into the bounded queues of matching sessions; each session's
+//! own client task drains its queue back to its socket. Storage will hang off this path.
+
+mod client;
+mod config;
+mod connection;
+mod error;
+mod handshake;
+mod message;
+mod router;
+mod server;
+mod session;
+mod state;
+mod stats;
+
+pub use config::{Config, LimitsConfig, ListenerConfig, SessionConfig, StorageConfig, Transport};
+pub use error::BrokerError;
+pub use handshake::DEFAULT_TENANT;
+pub use server::Broker;
+pub use stats::Stats;

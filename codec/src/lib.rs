@@ -19,7 +19,7 @@ mod wire;
 
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    decode, encode, Auth, ConnAck, Connect, Disconnect, Limits, Packet, PubResponse, Publish,
+    decode, encode, encode_publish, Auth, ConnAck, Connect, Disconnect, Limits, Packet, PubResponse, Publish,
     QosPid, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{

@@ -26,8 +26,9 @@ impl TopicName {
         Ok(TopicName(Arc::from(name)))
     }
 
-    /// The empty name of a PUBLISH that relies on a Topic Alias.
-    pub(crate) fn empty() -> Self {
+    /// The empty name of a v5 PUBLISH that relies on a Topic Alias the receiver already
+    /// knows (§3.3.2.3.4). Only for that use.
+    pub fn empty() -> Self {
         TopicName(Arc::from(""))
     }
 

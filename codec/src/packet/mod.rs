@@ -185,12 +185,7 @@ fn encode_inner(
 ) -> Result<(), EncodeError> {
     let v5 = protocol.is_v5();
     match packet {
-        Packet::Publish(p) => {
-            buf.put_u8(0x30 | p.flags());
-            write_length_prefixed(buf, p.payload.len(), |b| p.encode_header(b, v5))?;
-            buf.extend_from_slice(&p.payload);
-            Ok(())
-        }
+        Packet::Publish(p) => encode_publish_inner(p, v5, buf),
         Packet::Connect(c) => body(buf, 0x10, |b| c.encode_body(b)),
         Packet::ConnAck(c) => body(buf, 0x20, |b| c.encode_body(b, v5)),
         Packet::PubAck(r) => body(buf, 0x40, |b| r.encode_body(b, v5)),
@@ -207,6 +202,29 @@ fn encode_inner(
         Packet::Auth(a) if v5 => body(buf, 0xF0, |b| a.encode_body(b)),
         Packet::Auth(_) => Err(EncodeError::NotInProtocol("AUTH")),
     }
+}
+
+/// Appends a PUBLISH without boxing it into a [`Packet`] first: the broker's delivery path
+/// builds one per subscriber. On error nothing is appended.
+pub fn encode_publish(
+    publish: &Publish,
+    protocol: Protocol,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let result = encode_publish_inner(publish, protocol.is_v5(), buf);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_publish_inner(p: &Publish, v5: bool, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    buf.reserve(p.topic.as_str().len() + p.payload.len() + 16);
+    buf.put_u8(0x30 | p.flags());
+    write_length_prefixed(buf, p.payload.len(), |b| p.encode_header(b, v5))?;
+    buf.extend_from_slice(&p.payload);
+    Ok(())
 }
 
 fn body<F>(buf: &mut BytesMut, first: u8, f: F) -> Result<(), EncodeError>

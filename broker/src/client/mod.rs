@@ -1,0 +1,227 @@
+//! The task of one connected client: a `select!` loop over socket reads, the session's
+//! queue, the keep-alive deadline, takeover and shutdown. Inbound packets are handled in
+//! `inbound`, deliveries written in `outbound`. Each pass handles everything one read
+//! brought, then encodes what is queued and writes it all with one flush.
+
+mod inbound;
+mod outbound;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use messs_codec::{Connect, Disconnect, Packet, QosPid, ReasonCode, TopicName, Will};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+use crate::config::LimitsConfig;
+use crate::connection::Connection;
+use crate::error::BrokerError;
+use crate::message::{Delivery, Message};
+use crate::session::Session;
+use crate::state::{Attached, BrokerState, Departure};
+
+/// Most deliveries encoded per pass before the batch is flushed.
+const MAX_BATCH: usize = 256;
+
+/// What CONNECT and CONNACK settled for this connection.
+pub(crate) struct Negotiated {
+    /// Close the connection after this long without a packet (1.5 x keep-alive).
+    keep_alive: Option<Duration>,
+    /// Most outgoing QoS 1/2 messages unacknowledged at once.
+    window: usize,
+    /// Largest packet the client accepts.
+    client_max_packet: usize,
+    /// Topic aliases the client accepts from us.
+    client_alias_max: u16,
+    /// Topic aliases we accept from the client.
+    alias_max: u16,
+    /// Unreleased incoming QoS 2 messages allowed.
+    receive_maximum: usize,
+    /// Session Expiry Interval was 0 at CONNECT (DISCONNECT may not raise it then).
+    expiry_was_zero: bool,
+}
+
+impl Negotiated {
+    pub(crate) fn new(connect: &Connect, keep_alive: u16, limits: &LimitsConfig) -> Self {
+        let p = &connect.properties;
+        let client_receive = p.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
+        Negotiated {
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            window: usize::from(client_receive.min(limits.max_inflight)),
+            client_max_packet: p
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m.get() as usize),
+            client_alias_max: p.topic_alias_maximum.unwrap_or(0),
+            alias_max: limits.topic_alias_maximum,
+            receive_maximum: usize::from(limits.receive_maximum),
+            expiry_was_zero: p.session_expiry_interval.unwrap_or(0) == 0,
+        }
+    }
+}
+
+/// Why the loop ended.
+pub(crate) enum End {
+    /// The client sent DISCONNECT (with 0x04: send the will anyway).
+    Disconnect { with_will: bool },
+    /// The peer closed the socket.
+    Closed,
+    /// Nothing received for 1.5 x keep-alive [MQTT-3.1.2-22].
+    KeepAlive,
+    /// Another connection took the session.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+    /// A protocol violation or I/O failure.
+    Failed(BrokerError),
+}
+
+/// A connected client.
+pub(crate) struct Client<S> {
+    state: Arc<BrokerState>,
+    conn: Connection<S>,
+    session: Arc<Session>,
+    generation: u64,
+    session_present: bool,
+    kick: oneshot::Receiver<ReasonCode>,
+    done: Option<oneshot::Sender<()>>,
+    neg: Negotiated,
+    will: Option<Will>,
+    peer: SocketAddr,
+    deadline: Instant,
+    /// Topic aliases the client defined (inbound).
+    in_aliases: HashMap<u16, TopicName>,
+    /// Topic aliases we defined (outbound).
+    out_aliases: HashMap<TopicName, NonZeroU16>,
+    /// Reused buffer for deliveries taken from the session queue.
+    batch: Vec<(Delivery, QosPid)>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub(crate) fn new(
+        state: Arc<BrokerState>,
+        conn: Connection<S>,
+        attached: Attached,
+        neg: Negotiated,
+        will: Option<Will>,
+        peer: SocketAddr,
+    ) -> Self {
+        state.stats.connections.fetch_add(1, Ordering::Relaxed);
+        state.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + neg.keep_alive.unwrap_or(Duration::ZERO);
+        Client {
+            state,
+            conn,
+            session: attached.session,
+            generation: attached.generation,
+            session_present: attached.session_present,
+            kick: attached.kick,
+            done: Some(attached.done),
+            neg,
+            will,
+            peer,
+            deadline,
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// Runs the client until it ends, then detaches it from its session.
+    pub(crate) async fn run(mut self) {
+        let end = self.event_loop().await;
+        self.finish(end).await;
+    }
+
+    async fn event_loop(&mut self) -> End {
+        if self.session_present {
+            if let Err(e) = self.resend_inflight() {
+                return End::Failed(e);
+            }
+        }
+        loop {
+            if let Err(e) = self.drain_outbox() {
+                return End::Failed(e);
+            }
+            if let Err(e) = self.conn.flush().await {
+                return End::Failed(e);
+            }
+            let window_open = self.session.lock().inflight_len() < self.neg.window;
+            let deadline = tokio::time::Instant::from_std(self.deadline);
+            tokio::select! {
+                biased;
+                _ = self.state.shutdown.cancelled() => return End::Shutdown,
+                _ = &mut self.kick => return End::TakenOver,
+                read = self.conn.fill() => match read {
+                    Ok(0) => return End::Closed,
+                    Ok(_) => {
+                        if let Some(end) = self.process_input() {
+                            return end;
+                        }
+                    }
+                    Err(e) => return End::Failed(e.into()),
+                },
+                _ = self.session.notified(), if window_open => {}
+                _ = tokio::time::sleep_until(deadline), if self.neg.keep_alive.is_some() => {
+                    return End::KeepAlive;
+                }
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    fn process_input(&mut self) -> Option<End> {
+        if let Some(k) = self.neg.keep_alive {
+            self.deadline = Instant::now() + k;
+        }
+        loop {
+            match self.conn.next_packet() {
+                Ok(Some(packet)) => match self.handle(packet) {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return Some(end),
+                    Err(e) => return Some(End::Failed(e)),
+                },
+                Ok(None) => return None,
+                Err(e) => return Some(End::Failed(e.into())),
+            }
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        let reason = match &end {
+            End::TakenOver => Some(ReasonCode::SessionTakenOver),
+            End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            End::KeepAlive => Some(ReasonCode::KeepAliveTimeout),
+            End::Failed(e) => e.disconnect_reason(),
+            End::Disconnect { .. } | End::Closed => None,
+        };
+        match &end {
+            End::Failed(e) => tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, error = %e, "closing connection"),
+            End::KeepAlive => tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, "keep-alive timeout"),
+            _ => tracing::debug!(peer = %self.peer, client_id = %self.session.key.client_id, "disconnected"),
+        }
+        if let (Some(code), true) = (reason, self.conn.protocol().is_v5()) {
+            let _ = self.conn.queue(&Packet::Disconnect(Disconnect::new(code)));
+        }
+        self.conn.close().await;
+        let departure = match end {
+            End::Disconnect { with_will: false } => Departure::Clean,
+            End::TakenOver => Departure::TakenOver,
+            End::Shutdown => Departure::Shutdown,
+            _ => Departure::Abnormal,
+        };
+        let now = Instant::now();
+        let will = self.will.take().map(|w| {
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            (Message::from_will(w, self.session.id, now), delay)
+        });
+        self.state
+            .detach(&self.session, self.generation, departure, will);
+        self.state.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        drop(self.done.take());
+    }
+}

@@ -1,0 +1,111 @@
+//! Deliveries to the client: take them from the session queue within the inflight window,
+//! apply topic aliases, expiry and the client's Maximum Packet Size, and encode them.
+
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use messs_codec::{Packet, PubResponse, QosPid, TopicName};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Client, MAX_BATCH};
+use crate::error::BrokerError;
+use crate::message::Delivery;
+use crate::session::Resend;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// On session resume, resends unacknowledged PUBLISHes (DUP set) and PUBRELs in their
+    /// original order, before anything new [MQTT-4.4.0-1].
+    pub(super) fn resend_inflight(&mut self) -> Result<(), BrokerError> {
+        let resend = self.session.lock().resend_list();
+        let now = Instant::now();
+        for r in resend {
+            match r {
+                Resend::Publish(d, qos_pid) => self.write_delivery(&d, qos_pid, true, now)?,
+                Resend::PubRel(pid) => self
+                    .conn
+                    .queue(&Packet::PubRel(PubResponse::success(pid)))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes queued deliveries while the window allows.
+    pub(super) fn drain_outbox(&mut self) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        loop {
+            let mut batch = std::mem::take(&mut self.batch);
+            let expired = self
+                .session
+                .lock()
+                .take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
+            if expired > 0 {
+                self.state
+                    .stats
+                    .dropped_expired
+                    .fetch_add(expired as u64, Ordering::Relaxed);
+            }
+            let full_batch = batch.len() == MAX_BATCH;
+            let result = batch
+                .drain(..)
+                .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now));
+            self.batch = batch;
+            result?;
+            if !full_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Picks the topic alias for a topic: an existing one (send an empty topic), a new one
+    /// while the client's Topic Alias Maximum allows (send both), or none.
+    fn outbound_alias(&mut self, topic: &TopicName) -> (Option<NonZeroU16>, bool) {
+        if let Some(a) = self.out_aliases.get(topic) {
+            return (Some(*a), false);
+        }
+        let next = self.out_aliases.len() + 1;
+        if next > usize::from(self.neg.client_alias_max) {
+            return (None, false);
+        }
+        match u16::try_from(next).ok().and_then(NonZeroU16::new) {
+            Some(a) => (Some(a), true),
+            None => (None, false),
+        }
+    }
+
+    pub(super) fn write_delivery(
+        &mut self,
+        d: &Delivery,
+        qos_pid: QosPid,
+        dup: bool,
+        now: Instant,
+    ) -> Result<(), BrokerError> {
+        let mut publish = d.to_publish(qos_pid, dup, now);
+        let mut new_alias = None;
+        if self.conn.protocol().is_v5() && self.neg.client_alias_max > 0 {
+            let (alias, is_new) = self.outbound_alias(&publish.topic);
+            publish.properties.topic_alias = alias;
+            if let (Some(a), true) = (alias, is_new) {
+                new_alias = Some(a);
+            } else if alias.is_some() {
+                publish.topic = TopicName::empty();
+            }
+        }
+        if self.conn.queue_publish(&publish, self.neg.client_max_packet)? {
+            if let Some(a) = new_alias {
+                self.out_aliases.insert(d.message.topic.clone(), a);
+            }
+            self.state.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Too large for the client: discard as if sent [MQTT-3.1.2-25].
+            if let Some(pid) = qos_pid.packet_id() {
+                self.session.lock().forget_inflight(pid);
+            }
+            self.state
+                .stats
+                .dropped_too_large
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

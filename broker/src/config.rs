@@ -1,0 +1,226 @@
+//! Broker configuration: the TOML file's schema and its defaults. Every key is documented in
+//! `messs.example.toml` at the repository root; a test keeps the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners to open.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Protocol and resource limits.
+    pub limits: LimitsConfig,
+    /// Session behaviour.
+    pub session: SessionConfig,
+    /// Where durable state will live.
+    pub storage: StorageConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig::default()],
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address and port, e.g. `127.0.0.1:1883`. Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Transport: only `tcp` for now.
+    pub transport: Transport,
+    /// Accept clients without credentials. Off unless a listener says so: the default
+    /// listener of `messs serve` without a config file turns it on for 127.0.0.1 only.
+    pub allow_anonymous: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            transport: Transport::Tcp,
+            allow_anonymous: false,
+        }
+    }
+}
+
+/// Transports a listener can speak.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+}
+
+/// Limits on what one client may make the broker hold or do.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest packet accepted from a client after CONNECT, in bytes (sent as Maximum
+    /// Packet Size in a v5 CONNACK).
+    pub max_packet_size: u32,
+    /// Largest CONNECT accepted, in bytes: a small pre-authentication limit.
+    pub max_connect_packet_size: u32,
+    /// Seconds a new socket has to send its CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Largest keep-alive granted, in seconds; a v5 client asking for more (or for 0) is
+    /// told this value as Server Keep Alive. 0 = accept what the client asks.
+    pub max_keep_alive_secs: u16,
+    /// How many QoS 2 PUBLISHes a client may have unreleased at once (Receive Maximum).
+    pub receive_maximum: u16,
+    /// How many topic aliases a client may define (Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Most unacknowledged QoS 1/2 messages sent to one client at once (also capped by
+    /// the client's own Receive Maximum).
+    pub max_inflight: u16,
+    /// Most messages queued for one session (online or offline) before new ones are dropped
+    /// and counted.
+    pub max_queued_messages: usize,
+    /// Most retained messages per tenant; a retained PUBLISH to a new topic beyond this is
+    /// delivered but not retained (v5 clients get reason 0x97 Quota exceeded).
+    pub max_retained_messages: usize,
+    /// Most simultaneous client connections; further sockets wait in the accept backlog.
+    pub max_connections: usize,
+    /// Seconds a write to a client may block before the client is dropped as too slow.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_packet_size: 1024 * 1024,
+            max_connect_packet_size: 64 * 1024,
+            connect_timeout_secs: 10,
+            max_keep_alive_secs: 0,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_inflight: 1024,
+            max_queued_messages: 10_000,
+            max_retained_messages: 100_000,
+            max_connections: 100_000,
+            write_timeout_secs: 30,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+/// Session behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Upper bound on any session's expiry interval, in seconds (a 3.1.1 persistent
+    /// session, whose expiry is "never", gets this).
+    pub max_expiry_secs: u32,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0_offline: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_expiry_secs: 7 * 24 * 3600,
+            queue_qos0_offline: false,
+        }
+    }
+}
+
+/// Durable storage settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for durable state. Sessions and retained messages are in memory in this
+    /// version; the storage issue makes them durable here.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, BrokerError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// Rejects values the broker cannot run with.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let l = &self.limits;
+        let bad = |what: &str| Err(BrokerError::Config(what.to_owned()));
+        if self.listeners.is_empty() {
+            return bad("at least one [[listener]] is needed");
+        }
+        if l.max_packet_size < 64 || l.max_connect_packet_size < 64 {
+            return bad("limits.max_packet_size and max_connect_packet_size must be >= 64");
+        }
+        if l.receive_maximum == 0 || l.max_inflight == 0 {
+            return bad("limits.receive_maximum and limits.max_inflight must be >= 1");
+        }
+        if l.max_queued_messages == 0 || l.max_connections == 0 {
+            return bad("limits.max_queued_messages and max_connections must be >= 1");
+        }
+        if l.connect_timeout_secs == 0 || l.write_timeout_secs == 0 {
+            return bad("limits.connect_timeout_secs and write_timeout_secs must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../../messs.example.toml");
+        let parsed = Config::from_toml(text).unwrap();
+        let mut expected = Config::default();
+        expected.listeners[0].allow_anonymous = true;
+        assert_eq!(parsed, expected, "messs.example.toml must show every default");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[limits]\nmax_pakcet_size = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_pakcet_size"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        assert!(Config::from_toml("[limits]\nmax_inflight = 0\n").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! The router: per-tenant subscription tries and retained stores, and the fan-out of a
+//! published message into the queues of the sessions it matches.
+//!
+//! Fan-out runs on the publisher's own task: it takes a read lock on the tenant's trie,
+//! collects the matching sessions, releases the lock, then pushes one `Arc`-shared delivery
+//! into each session's bounded queue. There is no central router task to become a
+//! bottleneck, and tenants never share a trie, so `#` cannot reach across tenants.
+
+mod retained;
+mod trie;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use messs_codec::TopicFilter;
+
+use crate::message::{Delivery, Message};
+use crate::session::{EnqueueError, Session, StoredSubscription, TenantId};
+use crate::stats::Stats;
+use retained::RetainedStore;
+use trie::{Subscriber, SubscriptionTrie};
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct TenantRoutes {
+    trie: RwLock<SubscriptionTrie>,
+    retained: RwLock<RetainedStore>,
+}
+
+/// What happened to a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PublishOutcome {
+    /// Sessions it was queued for.
+    pub matched: usize,
+    /// It asked to be retained, but the tenant's retained store is full.
+    pub retained_rejected: bool,
+}
+
+/// All tenants' routes.
+pub(crate) struct Router {
+    tenants: RwLock<HashMap<TenantId, Arc<TenantRoutes>>>,
+    max_retained: usize,
+    queue_qos0_offline: bool,
+    stats: Arc<Stats>,
+}
+
+/// One session's share of a message, before overlapping subscriptions are merged.
+struct Match {
+    session: Arc<Session>,
+    delivery_qos: messs_codec::QoS,
+    retain: bool,
+    id: Option<std::num::NonZeroU32>,
+}
+
+impl Router {
+    pub fn new(max_retained: usize, queue_qos0_offline: bool, stats: Arc<Stats>) -> Self {
+        Router {
+            tenants: RwLock::new(HashMap::new()),
+            max_retained,
+            queue_qos0_offline,
+            stats,
+        }
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Arc<TenantRoutes> {
+        if let Some(t) = read(&self.tenants).get(tenant) {
+            return t.clone();
+        }
+        write(&self.tenants)
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantRoutes {
+                    trie: RwLock::new(SubscriptionTrie::default()),
+                    retained: RwLock::new(RetainedStore::new(self.max_retained)),
+                })
+            })
+            .clone()
+    }
+
+    /// Adds or replaces a subscription; true if the session already had this filter.
+    pub fn subscribe(
+        &self,
+        tenant: &TenantId,
+        session: &Arc<Session>,
+        sub: &StoredSubscription,
+    ) -> bool {
+        let routes = self.tenant(tenant);
+        let subscriber = Subscriber {
+            session: session.clone(),
+            options: sub.options,
+            id: sub.id,
+        };
+        let existed = write(&routes.trie).insert(&sub.filter, subscriber);
+        if !existed {
+            self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        existed
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&self, tenant: &TenantId, session_id: u64, filter: &TopicFilter) -> bool {
+        let routes = self.tenant(tenant);
+        let removed = write(&routes.trie).remove(filter, session_id);
+        if removed {
+            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Publishes: updates the retained store if asked, then queues a delivery for every
+    /// matching session (one per session, with the highest QoS and all subscription ids of
+    /// its matching subscriptions).
+    pub fn publish(&self, tenant: &TenantId, message: Arc<Message>) -> PublishOutcome {
+        let routes = self.tenant(tenant);
+        let mut retained_rejected = false;
+        if message.retain {
+            retained_rejected = write(&routes.retained).set(message.clone()).is_err();
+            if retained_rejected {
+                self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut matches: Vec<Match> = Vec::new();
+        read(&routes.trie).for_each_match(message.topic.as_str(), &mut |s| {
+            if s.options.no_local && s.session.id == message.origin {
+                return; // [MQTT-3.8.3-3]
+            }
+            matches.push(Match {
+                session: s.session.clone(),
+                delivery_qos: message.qos.min(s.options.qos),
+                // Live deliveries clear RETAIN unless Retain As Published [MQTT-3.3.1-12].
+                retain: s.options.retain_as_published && message.retain,
+                id: s.id,
+            });
+        });
+        if matches.len() > 1 {
+            matches.sort_by_key(|m| m.session.id);
+        }
+        let mut matched = 0;
+        let mut i = 0;
+        while i < matches.len() {
+            let first = &matches[i];
+            let mut delivery = Delivery {
+                message: message.clone(),
+                qos: first.delivery_qos,
+                retain: first.retain,
+                subscription_ids: first.id.into_iter().collect(),
+            };
+            let mut j = i + 1;
+            while j < matches.len() && matches[j].session.id == first.session.id {
+                let m = &matches[j];
+                delivery.qos = delivery.qos.max(m.delivery_qos);
+                delivery.retain |= m.retain;
+                delivery.subscription_ids.extend(m.id);
+                j += 1;
+            }
+            match first.session.enqueue(delivery, self.queue_qos0_offline) {
+                Ok(()) => matched += 1,
+                Err(EnqueueError::Offline) => {
+                    self.stats.dropped_offline.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(EnqueueError::Full) => {
+                    matched += 1;
+                    self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            i = j;
+        }
+        self.stats.messages_routed.fetch_add(matched as u64, Ordering::Relaxed);
+        PublishOutcome {
+            matched,
+            retained_rejected,
+        }
+    }
+
+    /// Retained messages matching a filter (for a new subscription).
+    pub fn retained_matching(
+        &self,
+        tenant: &TenantId,
+        filter: &str,
+        now: Instant,
+    ) -> Vec<Arc<Message>> {
+        read(&self.tenant(tenant).retained).matching(filter, now)
+    }
+
+    /// Removes expired retained messages everywhere; returns how many.
+    pub fn purge_expired_retained(&self, now: Instant) -> usize {
+        let tenants: Vec<_> = read(&self.tenants).values().cloned().collect();
+        tenants
+            .iter()
+            .map(|t| write(&t.retained).purge_expired(now))
+            .sum()
+    }
+}

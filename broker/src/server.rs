@@ -1,0 +1,137 @@
+//! Listeners and the broker's lifetime: bind, accept, run until shutdown, then close every
+//! connection with DISCONNECT 0x8B (v5) and wait for them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, ListenerConfig, Transport};
+use crate::error::BrokerError;
+use crate::handshake;
+use crate::state::BrokerState;
+use crate::stats::Stats;
+
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often expired retained messages are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A broker with its listeners bound, ready to run.
+pub struct Broker {
+    state: Arc<BrokerState>,
+    listeners: Vec<(TcpListener, Arc<ListenerConfig>)>,
+}
+
+impl Broker {
+    /// Validates the config and binds every listener (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Self, BrokerError> {
+        config.validate()?;
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            match l.transport {
+                Transport::Tcp => {
+                    let socket = TcpListener::bind(l.bind)
+                        .await
+                        .map_err(|source| BrokerError::Bind { addr: l.bind, source })?;
+                    listeners.push((socket, Arc::new(l.clone())));
+                }
+            }
+        }
+        Ok(Broker {
+            state: Arc::new(BrokerState::new(config)),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The broker's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.state.stats.clone()
+    }
+
+    /// Serves until `shutdown` completes, then closes all connections gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BrokerError> {
+        let state = self.state;
+        let permits = Arc::new(Semaphore::new(state.config.limits.max_connections));
+        for (listener, config) in self.listeners {
+            let addr = listener.local_addr()?;
+            if config.allow_anonymous {
+                tracing::warn!(%addr, "listener allows anonymous clients");
+            }
+            tracing::info!(%addr, "listening (mqtt over tcp)");
+            tokio::spawn(accept_loop(state.clone(), listener, config, permits.clone()));
+        }
+        let purger = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(PURGE_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    state.purge_expired();
+                }
+            }
+        });
+        shutdown.await;
+        tracing::info!("shutting down: closing client connections");
+        state.shutdown.cancel();
+        state.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within the grace period");
+        }
+        purger.abort();
+        Ok(())
+    }
+}
+
+/// Takes a connection permit before each accept, so at most `max_connections` sockets are
+/// served; the handshake runs in the connection's own task, never in this loop.
+async fn accept_loop(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    permits: Arc<Semaphore>,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state2 = state.clone();
+        let config = config.clone();
+        state.tasks.spawn(async move {
+            handshake::serve(state2, stream, peer, config).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! Session state (spec §4.1): subscriptions, messages queued for the client, outgoing QoS 1/2
+//! messages awaiting acknowledgement, incoming QoS 2 packet ids awaiting PUBREL, expiry.
+//!
+//! A session outlives its connections. Its state has one owner at a time — the connection
+//! attached to it, or nobody while it is offline — and sits behind a mutex that is only held
+//! for short, non-async sections. Publishers push deliveries into its bounded queue and wake
+//! the attached connection through `notify`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use messs_codec::{QoS, QosPid, ReasonCode, SubscriptionOptions, TopicFilter};
+use tokio::sync::{oneshot, Notify};
+
+use crate::message::{Delivery, Message};
+
+/// A tenant's name; every router, store and registry key starts with it.
+pub type TenantId = Arc<str>;
+
+/// The registry key of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Tenant the client belongs to.
+    pub tenant: TenantId,
+    /// Client identifier.
+    pub client_id: Arc<str>,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredSubscription {
+    pub filter: TopicFilter,
+    pub options: SubscriptionOptions,
+    pub id: Option<NonZeroU32>,
+}
+
+/// Outgoing QoS 1/2 state for one packet id.
+#[derive(Debug)]
+enum Outgoing {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct InflightEntry {
+    /// Send order, so a resumed session resends in the original order [MQTT-4.6.0-1].
+    seq: u64,
+    state: Outgoing,
+}
+
+/// What a resumed connection must send again before anything new.
+pub(crate) enum Resend {
+    /// The PUBLISH, with DUP set.
+    Publish(Delivery, QosPid),
+    /// A PUBREL.
+    PubRel(NonZeroU16),
+}
+
+/// The signals between a session and the connection attached to it.
+pub(crate) struct Attachment {
+    /// Tells the connection to close (session taken over).
+    pub kick: Option<oneshot::Sender<ReasonCode>>,
+    /// Closed by the connection once it has detached.
+    pub done: Option<oneshot::Receiver<()>>,
+}
+
+/// A will message whose delay has not passed yet.
+pub(crate) struct PendingWill {
+    pub message: Arc<Message>,
+    pub timer: tokio::task::AbortHandle,
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnqueueError {
+    /// QoS 0 for an offline session.
+    Offline,
+    /// The session's queue is at its limit.
+    Full,
+}
+
+/// One client session.
+pub struct Session {
+    /// Unique for the broker's lifetime; identifies the publisher for No Local.
+    pub id: u64,
+    /// Registry key.
+    pub key: SessionKey,
+    state: Mutex<SessionState>,
+    notify: Notify,
+    connected: AtomicBool,
+}
+
+/// The mutable part of a session.
+pub(crate) struct SessionState {
+    pub subscriptions: HashMap<Arc<str>, StoredSubscription>,
+    queue: VecDeque<Delivery>,
+    max_queued: usize,
+    inflight: HashMap<NonZeroU16, InflightEntry>,
+    next_seq: u64,
+    next_pid: u16,
+    /// QoS 2 packet ids received and answered with PUBREC, awaiting PUBREL.
+    pub incoming_qos2: HashSet<NonZeroU16>,
+    /// Seconds the session outlives its connection.
+    pub expiry_interval: u32,
+    /// Bumped on every attach, so a stale expiry timer can tell it lost.
+    pub generation: u64,
+    pub attachment: Option<Attachment>,
+    /// A delayed will waiting to be published; dropped if the client comes back, published
+    /// at once if the session ends first.
+    pub pending_will: Option<PendingWill>,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub(crate) fn new(id: u64, key: SessionKey, max_queued: usize) -> Self {
+        Session {
+            id,
+            key,
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                max_queued,
+                inflight: HashMap::new(),
+                next_seq: 0,
+                next_pid: 0,
+                incoming_qos2: HashSet::new(),
+                expiry_interval: 0,
+                generation: 0,
+                attachment: None,
+                pending_will: None,
+            }),
+            notify: Notify::new(),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave the plain-data state
+    /// half-updated in a way that matters more than losing the client, so poison is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    /// Resolves when deliveries were queued since the last call.
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Queues a delivery, subject to the session's limit, and wakes the connection.
+    pub(crate) fn enqueue(
+        &self,
+        delivery: Delivery,
+        queue_qos0_offline: bool,
+    ) -> Result<(), EnqueueError> {
+        if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !self.is_connected() {
+            return Err(EnqueueError::Offline);
+        }
+        {
+            let mut st = self.lock();
+            if st.queue.len() >= st.max_queued {
+                return Err(EnqueueError::Full);
+            }
+            st.queue.push_back(delivery);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+impl SessionState {
+    /// Number of outgoing QoS 1/2 messages not yet completed.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages waiting to be sent.
+    #[cfg(test)]
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Moves up to `max` queued deliveries into `out`, giving QoS 1/2 ones a packet id and
+    /// an inflight slot while fewer than `window` are inflight. Expired messages are dropped
+    /// and counted in the return value.
+    pub fn take_batch(
+        &mut self,
+        now: Instant,
+        window: usize,
+        max: usize,
+        out: &mut Vec<(Delivery, QosPid)>,
+    ) -> usize {
+        let mut expired = 0;
+        while out.len() < max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.message.is_expired(now) {
+                self.queue.pop_front();
+                expired += 1;
+                continue;
+            }
+            if front.qos == QoS::AtMostOnce {
+                if let Some(d) = self.queue.pop_front() {
+                    out.push((d, QosPid::AtMostOnce));
+                }
+                continue;
+            }
+            if self.inflight.len() >= window {
+                break;
+            }
+            let Some(pid) = self.allocate_pid() else {
+                break;
+            };
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            let qos_pid = QosPid::new(d.qos, pid);
+            self.next_seq += 1;
+            self.inflight.insert(
+                pid,
+                InflightEntry {
+                    seq: self.next_seq,
+                    state: Outgoing::Published(d.clone()),
+                },
+            );
+            out.push((d, qos_pid));
+        }
+        expired
+    }
+
+    fn allocate_pid(&mut self) -> Option<NonZeroU16> {
+        for _ in 0..u16::MAX {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if let Some(pid) = NonZeroU16::new(self.next_pid) {
+                if !self.inflight.contains_key(&pid) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
+    /// PUBACK: completes a QoS 1 message. False if nothing matched.
+    pub fn on_puback(&mut self, pid: NonZeroU16) -> bool {
+        match self.inflight.get(&pid) {
+            Some(InflightEntry {
+                state: Outgoing::Published(d),
+                ..
+            }) if d.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(&pid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: a QoS 2 message moves to "released". False if nothing matched. A PUBREC
+    /// with a failure reason code (v5) ends the exchange instead: the caller passes `failed`.
+    pub fn on_pubrec(&mut self, pid: NonZeroU16, failed: bool) -> bool {
+        let Some(entry) = self.inflight.get_mut(&pid) else {
+            return false;
+        };
+        match &entry.state {
+            Outgoing::Published(d) if d.qos == QoS::ExactlyOnce => {
+                if failed {
+                    self.inflight.remove(&pid);
+                } else {
+                    entry.state = Outgoing::Released;
+                }
+                true
+            }
+            // A repeated PUBREC after our PUBREL: answer with PUBREL again.
+            Outgoing::Released => true,
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP: completes a QoS 2 message. False if nothing matched.
+    pub fn on_pubcomp(&mut self, pid: NonZeroU16) -> bool {
+        match self.inflight.get(&pid) {
+            Some(InflightEntry {
+                state: Outgoing::Released,
+                ..
+            }) => {
+                self.inflight.remove(&pid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets an outgoing message that could not be sent (too large for the client).
+    pub fn forget_inflight(&mut self, pid: NonZeroU16) {
+        self.inflight.remove(&pid);
+    }
+
+    /// Everything to resend on session resume, in the original order [MQTT-4.4.0-1].
+    pub fn resend_list(&self) -> Vec<Resend> {
+        let mut entries: Vec<(&NonZeroU16, &InflightEntry)> = self.inflight.iter().collect();
+        entries.sort_by_key(|(_, e)| e.seq);
+        entries
+            .into_iter()
+            .map(|(pid, e)| match &e.state {
+                Outgoing::Published(d) => Resend::Publish(d.clone(), QosPid::new(d.qos, *pid)),
+                Outgoing::Released => Resend::PubRel(*pid),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageProperties;
+    use messs_codec::TopicName;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: TopicName::new("t").unwrap(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: MessageProperties::default(),
+                expires_at: None,
+                origin: 0,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn session(max: usize) -> Session {
+        let key = SessionKey {
+            tenant: Arc::from("t"),
+            client_id: Arc::from("c"),
+        };
+        let s = Session::new(1, key, max);
+        s.set_connected(true);
+        s
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let s = session(2);
+        assert!(s.enqueue(delivery(QoS::AtLeastOnce), false).is_ok());
+        assert!(s.enqueue(delivery(QoS::AtLeastOnce), false).is_ok());
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), false),
+            Err(EnqueueError::Full)
+        );
+    }
+
+    #[test]
+    fn offline_qos0_is_not_queued() {
+        let s = session(10);
+        s.set_connected(false);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), false),
+            Err(EnqueueError::Offline)
+        );
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), true).is_ok());
+    }
+
+    #[test]
+    fn window_limits_inflight_and_acks_free_it() {
+        let s = session(10);
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        }
+        let mut st = s.lock();
+        let mut out = Vec::new();
+        st.take_batch(Instant::now(), 2, 100, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(st.queued_len(), 1);
+        let pid = out[0].1.packet_id().unwrap();
+        assert!(st.on_puback(pid));
+        assert!(!st.on_puback(pid), "a second PUBACK matches nothing");
+        out.clear();
+        st.take_batch(Instant::now(), 2, 100, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn qos2_flow_and_resend_order() {
+        let s = session(10);
+        s.enqueue(delivery(QoS::ExactlyOnce), false).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        let mut st = s.lock();
+        let mut out = Vec::new();
+        st.take_batch(Instant::now(), 10, 10, &mut out);
+        let p2 = out[0].1.packet_id().unwrap();
+        assert!(st.on_pubrec(p2, false));
+        let resend = st.resend_list();
+        assert!(matches!(resend[0], Resend::PubRel(p) if p == p2));
+        assert!(matches!(resend[1], Resend::Publish(_, QosPid::AtLeastOnce(_))));
+        assert!(st.on_pubcomp(p2));
+        assert_eq!(st.inflight_len(), 1);
+    }
+}

@@ -1,0 +1,33 @@
+//! Broker-wide counters. Every bounded queue or store that drops something counts it here,
+//! so a limit being hit is visible (the admin plane will export these as metrics).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+/// Counters and gauges, updated with relaxed atomics on the hot path.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Client connections open now.
+    pub connections: AtomicUsize,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// Deliveries queued for sessions.
+    pub messages_routed: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+    /// Deliveries dropped because a session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 deliveries dropped because the session was offline.
+    pub dropped_offline: AtomicU64,
+    /// Messages dropped because they expired before delivery.
+    pub dropped_expired: AtomicU64,
+    /// Messages dropped because they exceeded the client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// Retained messages refused because the retained store was full.
+    pub retained_rejected: AtomicU64,
+    /// Subscriptions held (all tenants).
+    pub subscriptions: AtomicUsize,
+    /// Sessions held, online or offline.
+    pub sessions: AtomicUsize,
+}
