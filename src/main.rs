@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use messs_broker::{Broker, Config, ListenerConfig, Transport};
 
 #[derive(Parser)]
-#[command(name = "messs", version, about = "A secure, high-performance MQTT broker")]
+#[command(
+    name = "messs",
+    version,
+    about = "A secure, high-performance MQTT broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -210,7 +210,10 @@ mod tests {
         let parsed = Config::from_toml(text).unwrap();
         let mut expected = Config::default();
         expected.listeners[0].allow_anonymous = true;
-        assert_eq!(parsed, expected, "messs.example.toml must show every default");
+        assert_eq!(
+            parsed, expected,
+            "messs.example.toml must show every default"
+        );
     }
 
     #[test]

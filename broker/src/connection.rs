@@ -65,6 +65,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(packet)
     }
 
+    /// The type of the packet at the front of the read buffer, once its first byte is in.
+    pub fn peek_type(&self) -> Option<u8> {
+        self.read_buf.first().map(|b| b >> 4)
+    }
+
     /// Reads until one packet is complete. `Ok(None)` if the peer closed first.
     pub async fn read_packet(&mut self) -> Result<Option<Packet>, BrokerError> {
         loop {
@@ -85,7 +90,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Encodes a PUBLISH unless it would exceed `max_size` bytes; false if it was too large
     /// (nothing is queued then).
-    pub fn queue_publish(&mut self, publish: &Publish, max_size: usize) -> Result<bool, BrokerError> {
+    pub fn queue_publish(
+        &mut self,
+        publish: &Publish,
+        max_size: usize,
+    ) -> Result<bool, BrokerError> {
         let start = self.write_buf.len();
         encode_publish(publish, self.protocol, &mut self.write_buf)?;
         if self.write_buf.len() - start > max_size {

@@ -40,7 +40,7 @@ pub(crate) async fn serve<S>(
     };
     let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let mut conn = Connection::new(stream, pre_auth, write_timeout);
-    let first = tokio::time::timeout(limits.connect_timeout(), conn.read_packet()).await;
+    let first = tokio::time::timeout(limits.connect_timeout(), read_connect(&mut conn)).await;
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
@@ -56,7 +56,11 @@ pub(crate) async fn serve<S>(
         Ok(Ok(None)) => return,
         Ok(Err(BrokerError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
             tracing::debug!(%peer, %name, level, "unsupported protocol");
-            let protocol = if level == 5 { Protocol::V5 } else { Protocol::V3_1_1 };
+            let protocol = if level == 5 {
+                Protocol::V5
+            } else {
+                Protocol::V3_1_1
+            };
             reject(&mut conn, protocol, ReasonCode::UnsupportedProtocolVersion).await;
             return;
         }
@@ -68,6 +72,28 @@ pub(crate) async fn serve<S>(
     };
     if let Some(client) = accept(&state, conn, *connect, peer, &listener).await {
         client.run().await;
+    }
+}
+
+/// Reads the first packet, refusing at its first byte anything that is not a CONNECT, so a
+/// stray protocol cannot hold the socket open until the connect timeout.
+async fn read_connect<S>(conn: &mut Connection<S>) -> Result<Option<Packet>, BrokerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        if conn.peek_type().is_some_and(|t| t != 1) {
+            return Err(BrokerError::protocol(
+                ReasonCode::ProtocolError,
+                "first packet is not CONNECT [MQTT-3.1.0-1]",
+            ));
+        }
+        if let Some(p) = conn.next_packet()? {
+            return Ok(Some(p));
+        }
+        if conn.fill().await? == 0 {
+            return Ok(None);
+        }
     }
 }
 
@@ -141,11 +167,12 @@ where
     };
 
     let max_keep_alive = limits.max_keep_alive_secs;
-    let keep_alive = if max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive) {
-        max_keep_alive
-    } else {
-        connect.keep_alive
-    };
+    let keep_alive =
+        if max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive) {
+            max_keep_alive
+        } else {
+            connect.keep_alive
+        };
 
     let tenant: TenantId = Arc::from(DEFAULT_TENANT);
     let key = SessionKey {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messs_codec::{
-    PublishProperties, QoS, QosPid, Publish, TopicName, UserProperties, WillProperties,
+    Publish, PublishProperties, QoS, QosPid, TopicName, UserProperties, WillProperties,
 };
 
 /// The properties that travel with a message unchanged from publisher to subscriber.

@@ -34,9 +34,13 @@ impl Broker {
         for l in &config.listeners {
             match l.transport {
                 Transport::Tcp => {
-                    let socket = TcpListener::bind(l.bind)
-                        .await
-                        .map_err(|source| BrokerError::Bind { addr: l.bind, source })?;
+                    let socket =
+                        TcpListener::bind(l.bind)
+                            .await
+                            .map_err(|source| BrokerError::Bind {
+                                addr: l.bind,
+                                source,
+                            })?;
                     listeners.push((socket, Arc::new(l.clone())));
                 }
             }
@@ -70,7 +74,12 @@ impl Broker {
                 tracing::warn!(%addr, "listener allows anonymous clients");
             }
             tracing::info!(%addr, "listening (mqtt over tcp)");
-            tokio::spawn(accept_loop(state.clone(), listener, config, permits.clone()));
+            tokio::spawn(accept_loop(
+                state.clone(),
+                listener,
+                config,
+                permits.clone(),
+            ));
         }
         let purger = tokio::spawn({
             let state = state.clone();

@@ -407,7 +407,10 @@ mod tests {
         assert!(st.on_pubrec(p2, false));
         let resend = st.resend_list();
         assert!(matches!(resend[0], Resend::PubRel(p) if p == p2));
-        assert!(matches!(resend[1], Resend::Publish(_, QosPid::AtLeastOnce(_))));
+        assert!(matches!(
+            resend[1],
+            Resend::Publish(_, QosPid::AtLeastOnce(_))
+        ));
         assert!(st.on_pubcomp(p2));
         assert_eq!(st.inflight_len(), 1);
     }

@@ -50,10 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     "AUTH without enhanced authentication [MQTT-4.12.0-1]",
                 ))
             }
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => {
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 return Err(BrokerError::protocol(
                     ReasonCode::ProtocolError,
                     "a packet only a server may send",
@@ -199,7 +196,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for m in self.state.router.retained_matching(&tenant, stored.filter.filter(), now) {
+                for m in self
+                    .state
+                    .router
+                    .retained_matching(&tenant, stored.filter.filter(), now)
+                {
                     retained.push(Delivery {
                         qos: m.qos.min(sub.options.qos),
                         message: m,

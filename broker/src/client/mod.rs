@@ -111,7 +111,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         peer: SocketAddr,
     ) -> Self {
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
-        state.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        state
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + neg.keep_alive.unwrap_or(Duration::ZERO);
         Client {
             state,
@@ -200,9 +203,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             End::Disconnect { .. } | End::Closed => None,
         };
         match &end {
-            End::Failed(e) => tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, error = %e, "closing connection"),
-            End::KeepAlive => tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, "keep-alive timeout"),
-            _ => tracing::debug!(peer = %self.peer, client_id = %self.session.key.client_id, "disconnected"),
+            End::Failed(e) => {
+                tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, error = %e, "closing connection")
+            }
+            End::KeepAlive => {
+                tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, "keep-alive timeout")
+            }
+            _ => {
+                tracing::debug!(peer = %self.peer, client_id = %self.session.key.client_id, "disconnected")
+            }
         }
         if let (Some(code), true) = (reason, self.conn.protocol().is_v5()) {
             let _ = self.conn.queue(&Packet::Disconnect(Disconnect::new(code)));

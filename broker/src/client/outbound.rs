@@ -35,10 +35,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let now = Instant::now();
         loop {
             let mut batch = std::mem::take(&mut self.batch);
-            let expired = self
-                .session
-                .lock()
-                .take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
+            let expired =
+                self.session
+                    .lock()
+                    .take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
             if expired > 0 {
                 self.state
                     .stats
@@ -91,11 +91,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 publish.topic = TopicName::empty();
             }
         }
-        if self.conn.queue_publish(&publish, self.neg.client_max_packet)? {
+        if self
+            .conn
+            .queue_publish(&publish, self.neg.client_max_packet)?
+        {
             if let Some(a) = new_alias {
                 self.out_aliases.insert(d.message.topic.clone(), a);
             }
-            self.state.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            self.state
+                .stats
+                .messages_sent
+                .fetch_add(1, Ordering::Relaxed);
         } else {
             // Too large for the client: discard as if sent [MQTT-3.1.2-25].
             if let Some(pid) = qos_pid.packet_id() {

@@ -168,12 +168,16 @@ impl Router {
                 }
                 Err(EnqueueError::Full) => {
                     matched += 1;
-                    self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             i = j;
         }
-        self.stats.messages_routed.fetch_add(matched as u64, Ordering::Relaxed);
+        self.stats
+            .messages_routed
+            .fetch_add(matched as u64, Ordering::Relaxed);
         PublishOutcome {
             matched,
             retained_rejected,

@@ -174,7 +174,12 @@ impl SubscriptionTrie {
         }
     }
 
-    fn walk(node: &Node, rest: Option<&str>, no_wildcard: bool, found: &mut impl FnMut(&Subscriber)) {
+    fn walk(
+        node: &Node,
+        rest: Option<&str>,
+        no_wildcard: bool,
+        found: &mut impl FnMut(&Subscriber),
+    ) {
         let Some(rest) = rest else {
             Self::visit(node, found);
             // "a/#" also matches "a" [MQTT-4.7.1-2].

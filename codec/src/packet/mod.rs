@@ -111,6 +111,19 @@ pub fn decode(
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
+    let packet_type = first >> 4;
+    let flags = first & 0x0F;
+    let expected_flags = match packet_type {
+        3 => flags,
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected_flags {
+        return Err(DecodeError::ReservedFlags { packet_type });
+    }
+    if packet_type == 0 || (packet_type == 15 && !protocol.is_v5()) {
+        return Err(DecodeError::InvalidPacketType(packet_type));
+    }
     let Some((remaining, len_bytes)) = peek_remaining_length(&buf[1..])? else {
         return Ok(None);
     };
@@ -124,16 +137,6 @@ pub fn decode(
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
-    }
-    let packet_type = first >> 4;
-    let flags = first & 0x0F;
-    let expected_flags = match packet_type {
-        3 => flags,
-        6 | 8 | 10 => 0b0010,
-        _ => 0,
-    };
-    if flags != expected_flags {
-        return Err(DecodeError::ReservedFlags { packet_type });
     }
     let mut body = buf.split_to(total).freeze();
     body.advance(1 + len_bytes);
