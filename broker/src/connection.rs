@@ -70,18 +70,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.read_buf.first().map(|b| b >> 4)
     }
 
-    /// Reads until one packet is complete. `Ok(None)` if the peer closed first.
-    pub async fn read_packet(&mut self) -> Result<Option<Packet>, BrokerError> {
-        loop {
-            if let Some(p) = self.next_packet()? {
-                return Ok(Some(p));
-            }
-            if self.fill().await? == 0 {
-                return Ok(None);
-            }
-        }
-    }
-
     /// Encodes a packet into the write buffer.
     pub fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
         encode(packet, self.protocol, &mut self.write_buf)?;

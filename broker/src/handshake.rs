@@ -61,7 +61,13 @@ pub(crate) async fn serve<S>(
             } else {
                 Protocol::V3_1_1
             };
-            reject(&mut conn, protocol, ReasonCode::UnsupportedProtocolVersion).await;
+            reject(
+                &mut conn,
+                protocol,
+                ReasonCode::UnsupportedProtocolVersion,
+                "supported: MQTT 3.1, 3.1.1 and 5.0",
+            )
+            .await;
             return;
         }
         Ok(Err(e)) => {
@@ -97,7 +103,7 @@ where
     }
 }
 
-async fn reject<S>(conn: &mut Connection<S>, protocol: Protocol, code: ReasonCode)
+async fn reject<S>(conn: &mut Connection<S>, protocol: Protocol, code: ReasonCode, why: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -105,7 +111,10 @@ where
     let ack = ConnAck {
         session_present: false,
         code,
-        properties: ConnAckProperties::default(),
+        properties: ConnAckProperties {
+            reason_string: Some(why.to_owned()),
+            ..ConnAckProperties::default()
+        },
     };
     let _ = conn.queue(&Packet::ConnAck(Box::new(ack)));
     conn.close().await;
@@ -133,19 +142,37 @@ where
     );
     if connect.properties.authentication_method.is_some() {
         // Enhanced authentication is not offered [MQTT-4.12.0-1].
-        reject(&mut conn, protocol, ReasonCode::BadAuthenticationMethod).await;
+        reject(
+            &mut conn,
+            protocol,
+            ReasonCode::BadAuthenticationMethod,
+            "enhanced authentication is not offered",
+        )
+        .await;
         return None;
     }
     if !listener.allow_anonymous {
         tracing::info!(%peer, "refused: this listener does not allow anonymous clients");
-        reject(&mut conn, protocol, ReasonCode::NotAuthorized).await;
+        reject(
+            &mut conn,
+            protocol,
+            ReasonCode::NotAuthorized,
+            "this listener does not allow anonymous clients",
+        )
+        .await;
         return None;
     }
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         // 3.1 never allows it; 3.1.1 only with a clean session [MQTT-3.1.3-7], [MQTT-3.1.3-8].
         if protocol == Protocol::V3_1 || (protocol == Protocol::V3_1_1 && !connect.clean_start) {
-            reject(&mut conn, protocol, ReasonCode::ClientIdentifierNotValid).await;
+            reject(
+                &mut conn,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+                "an empty client id needs clean session (3.1.1) or MQTT 5",
+            )
+            .await;
             return None;
         }
         let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);

@@ -214,7 +214,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
         }
         if let (Some(code), true) = (reason, self.conn.protocol().is_v5()) {
-            let _ = self.conn.queue(&Packet::Disconnect(Disconnect::new(code)));
+            let mut disconnect = Disconnect::new(code);
+            if let End::Failed(e) = &end {
+                // Protocol text only: errors never carry credentials or payloads.
+                disconnect.properties.reason_string = Some(e.to_string());
+            }
+            let _ = self.conn.queue(&Packet::Disconnect(disconnect));
         }
         self.conn.close().await;
         let departure = match end {

@@ -1,0 +1,253 @@
+//! CONNECT/CONNACK, client ids, takeover, keep-alive, anonymous access, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use messs_codec::{Packet, Protocol, QoS, ReasonCode};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn v5_connack_advertises_limits() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_packet_size = 4096;
+        c.limits.receive_maximum = 7;
+        c.limits.topic_alias_maximum = 9;
+    })
+    .await;
+    let (_c, ack) = Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "lim", true)).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    assert!(!ack.session_present);
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(4096)
+    );
+    assert_eq!(ack.properties.receive_maximum.map(|m| m.get()), Some(7));
+    assert_eq!(ack.properties.topic_alias_maximum, Some(9));
+}
+
+#[tokio::test]
+async fn empty_client_id_v5_is_assigned() {
+    let broker = TestBroker::start().await;
+    let (mut c, ack) = Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await;
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned client id");
+    assert!(!id.is_empty());
+    // The assigned id is a working session.
+    c.subscribe("x", QoS::AtMostOnce).await;
+    c.roundtrip("x").await;
+    // Two empty-id clients get different ids.
+    let (_d, ack2) = Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "", true)).await;
+    assert_ne!(ack2.properties.assigned_client_identifier, Some(id));
+}
+
+#[tokio::test]
+async fn empty_client_id_v311_needs_clean_session() {
+    let broker = TestBroker::start().await;
+    let (_ok, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V3_1_1, "", true)).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    let (mut refused, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V3_1_1, "", false)).await;
+    // 3.1.1 return code 2 = identifier rejected, then the socket closes.
+    assert_eq!(ack.code, ReasonCode::ClientIdentifierNotValid);
+    refused.expect_closed().await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_mqisdp_connects() {
+    let broker = TestBroker::start().await;
+    let (mut c, ack) = Raw::connect_with(
+        broker.addr,
+        connect_packet(Protocol::V3_1, "old-timer", true),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    c.subscribe("legacy/t", QoS::AtLeastOnce).await;
+    c.roundtrip("legacy/t").await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_level_gets_return_code_1() {
+    let broker = TestBroker::start().await;
+    let mut c = Raw::open(broker.addr).await;
+    c.protocol = Protocol::V3_1_1;
+    // CONNECT "MQTT" level 6.
+    c.send_bytes(&[
+        0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 60, 0, 0,
+    ])
+    .await;
+    let seen = c.expect_closed().await;
+    match seen.first() {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ReasonCode::UnsupportedProtocolVersion),
+        other => panic!("expected CONNACK 1, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn enhanced_auth_is_refused() {
+    let broker = TestBroker::start().await;
+    let mut connect = connect_packet(Protocol::V5, "auth", true);
+    connect.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let (mut c, ack) = Raw::connect_with(broker.addr, connect).await;
+    assert_eq!(ack.code, ReasonCode::BadAuthenticationMethod);
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn anonymous_refused_unless_listener_allows() {
+    let broker = TestBroker::start_with(|c| c.listeners[0].allow_anonymous = false).await;
+    let (mut c, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "a", true)).await;
+    assert_eq!(ack.code, ReasonCode::NotAuthorized);
+    c.expect_closed().await;
+    let (mut c, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V3_1_1, "b", true)).await;
+    assert_eq!(ack.code, ReasonCode::NotAuthorized); // return code 5
+    c.expect_closed().await;
+}
+
+#[tokio::test]
+async fn takeover_disconnects_old_connection_with_0x8e() {
+    let broker = TestBroker::start().await;
+    let mut old = Raw::v5(broker.addr, "twin").await;
+    old.subscribe("twin/t", QoS::AtLeastOnce).await;
+    let (mut new, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "twin", false)).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    assert!(
+        ack.session_present,
+        "the session (and its subscription) is resumed"
+    );
+    old.expect_disconnect(ReasonCode::SessionTakenOver).await;
+    new.roundtrip("twin/t").await;
+}
+
+#[tokio::test]
+async fn takeover_v311_closes_old_socket() {
+    let broker = TestBroker::start().await;
+    let mut old = Raw::v311(broker.addr, "twin3").await;
+    let _new = Raw::v311(broker.addr, "twin3").await;
+    let seen = old.expect_closed().await;
+    assert!(seen.is_empty());
+}
+
+#[tokio::test]
+async fn connect_timeout_closes_silent_socket() {
+    let broker = TestBroker::start_with(|c| c.limits.connect_timeout_secs = 1).await;
+    let mut c = Raw::open(broker.addr).await;
+    let started = std::time::Instant::now();
+    c.expect_closed().await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn ping_gets_pong() {
+    let broker = TestBroker::start().await;
+    for mut c in [
+        Raw::v5(broker.addr, "p5").await,
+        Raw::v311(broker.addr, "p3").await,
+    ] {
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Packet::PingResp);
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_timeout_after_one_and_a_half_intervals() {
+    let broker = TestBroker::start().await;
+    let mut connect = connect_packet(Protocol::V5, "sleepy", true);
+    connect.keep_alive = 1;
+    let (mut c, _) = Raw::connect_with(broker.addr, connect).await;
+    let started = std::time::Instant::now();
+    // Pings keep it alive past the 1.5 s limit...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Packet::PingResp);
+    }
+    // ...then silence ends it with 0x8D, no earlier than 1.5 s after the last packet.
+    let last = std::time::Instant::now();
+    c.expect_disconnect(ReasonCode::KeepAliveTimeout).await;
+    assert!(
+        last.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        last.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(2100));
+}
+
+#[tokio::test]
+async fn server_keep_alive_caps_the_client() {
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 1).await;
+    let mut connect = connect_packet(Protocol::V5, "capped", true);
+    connect.keep_alive = 600;
+    let (mut c, ack) = Raw::connect_with(broker.addr, connect).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    c.expect_disconnect(ReasonCode::KeepAliveTimeout).await;
+}
+
+#[tokio::test]
+async fn client_disconnect_with_reason_is_accepted() {
+    let broker = TestBroker::start().await;
+    let mut c = Raw::v5(broker.addr, "leaver").await;
+    let mut d = messs_codec::Disconnect::new(ReasonCode::UnspecifiedError);
+    d.properties.reason_string = Some("bye".into());
+    c.send(&Packet::Disconnect(d)).await;
+    let seen = c.expect_closed().await;
+    assert!(
+        seen.is_empty(),
+        "the broker answers a DISCONNECT by closing: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn raising_session_expiry_from_zero_at_disconnect_is_a_protocol_error() {
+    let broker = TestBroker::start().await;
+    let mut c = Raw::v5(broker.addr, "raiser").await;
+    let mut d = messs_codec::Disconnect::new(ReasonCode::Success);
+    d.properties.session_expiry_interval = Some(60);
+    c.send(&Packet::Disconnect(d)).await;
+    let seen = c.expect_closed().await;
+    match seen.last() {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::ProtocolError);
+            let why = d.properties.reason_string.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("MQTT-3.14.2-2"),
+                "reason string explains: {why:?}"
+            );
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_sends_0x8b() {
+    let broker = TestBroker::start().await;
+    let mut c5 = Raw::v5(broker.addr, "s5").await;
+    let mut c3 = Raw::v311(broker.addr, "s3").await;
+    let addr = broker.addr;
+    broker.stop().await;
+    c5.expect_disconnect(ReasonCode::ServerShuttingDown).await;
+    assert!(c3.expect_closed().await.is_empty());
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn half_written_connect_then_close_leaves_no_session() {
+    let broker = TestBroker::start().await;
+    let mut s = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    s.write_all(&[0x10, 0x20, 0, 4]).await.unwrap();
+    drop(s);
+    let mut c = Raw::v5(broker.addr, "after").await;
+    c.subscribe("a", QoS::AtMostOnce).await;
+    c.roundtrip("a").await;
+}
