@@ -91,6 +91,9 @@ impl Publish {
             PublishProperties::default()
         };
         let topic = if topic_str.is_empty() {
+            if !v5 {
+                return Err(DecodeError::TopicNameInvalid("empty"));
+            }
             if properties.topic_alias.is_none() {
                 return Err(DecodeError::EmptyTopicWithoutAlias);
             }
