@@ -93,6 +93,23 @@ pub(crate) fn varint_len(value: usize) -> usize {
     }
 }
 
+/// Writes a variable byte integer (at most `MAX_VARINT`) into `out`; returns its length.
+fn varint_into(out: &mut [u8; 4], mut value: usize) -> usize {
+    let mut i = 0;
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out[i] = byte;
+        i += 1;
+        if value == 0 || i == 4 {
+            return i;
+        }
+    }
+}
+
 pub(crate) fn write_varint(buf: &mut BytesMut, mut value: usize) {
     loop {
         let mut byte = (value % 128) as u8;
@@ -139,14 +156,14 @@ where
         buf.truncate(start);
         return Err(EncodeError::PacketTooLarge(total));
     }
-    let prefix_len = varint_len(total);
-    let mut prefix = BytesMut::new();
-    // At most 4 bytes: written into a stack-sized temporary, then placed.
-    write_varint(&mut prefix, total);
+    let mut prefix = [0u8; 4];
+    let prefix_len = varint_into(&mut prefix, total);
     let body_start = start + 4;
     let new_body_start = start + prefix_len;
-    buf.copy_within(body_start..body_start + body_len, new_body_start);
-    buf[start..start + prefix_len].copy_from_slice(&prefix);
+    if prefix_len < 4 {
+        buf.copy_within(body_start..body_start + body_len, new_body_start);
+    }
+    buf[start..start + prefix_len].copy_from_slice(&prefix[..prefix_len]);
     buf.truncate(new_body_start + body_len);
     Ok(())
 }
