@@ -8,8 +8,8 @@ use std::num::NonZeroU16;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use messs_codec::{
-    decode, encode, encode_publish, Connect, ConnectProperties, Limits, Packet, Protocol,
-    Publish, PublishProperties, QosPid, TopicName,
+    decode, encode, encode_publish, Connect, ConnectProperties, Limits, Packet, Protocol, Publish,
+    PublishProperties, QosPid, TopicName,
 };
 
 fn publish(size: usize) -> Publish {

@@ -27,7 +27,7 @@ async fn retained_set_replace_delete() {
 
     let mut s = Raw::v311(broker.addr, "s1").await;
     s.subscribe("ret/#", QoS::AtLeastOnce).await;
-    let mut got = vec![s.recv_publish_ack().await, s.recv_publish_ack().await];
+    let mut got = [s.recv_publish_ack().await, s.recv_publish_ack().await];
     got.sort_by(|x, y| x.topic.cmp(&y.topic));
     assert_eq!(&got[0].payload[..], b"v2", "replaced");
     assert!(

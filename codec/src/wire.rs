@@ -84,6 +84,7 @@ pub(crate) fn read_string(buf: &mut Bytes) -> Result<String, DecodeError> {
     Ok(check_utf8(&raw)?.to_owned())
 }
 
+#[cfg(test)]
 pub(crate) fn varint_len(value: usize) -> usize {
     match value {
         0..=127 => 1,

@@ -41,7 +41,11 @@ fn topic_filter() -> impl Strategy<Value = TopicFilter> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn pid() -> impl Strategy<Value = NonZeroU16> {
@@ -76,13 +80,25 @@ fn publish_props() -> impl Strategy<Value = PublishProperties> {
 }
 
 fn publish(v5: bool) -> impl Strategy<Value = Publish> {
-    (qos(), pid(), any::<bool>(), any::<bool>(), topic_name(), publish_props(), prop::collection::vec(any::<u8>(), 0..64))
+    (
+        qos(),
+        pid(),
+        any::<bool>(),
+        any::<bool>(),
+        topic_name(),
+        publish_props(),
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
         .prop_map(move |(q, id, dup, retain, topic, props, payload)| Publish {
             dup: dup && q != QoS::AtMostOnce,
             qos_pid: QosPid::new(q, id),
             retain,
             topic,
-            properties: if v5 { props } else { PublishProperties::default() },
+            properties: if v5 {
+                props
+            } else {
+                PublishProperties::default()
+            },
             payload: Bytes::from(payload),
         })
 }
@@ -90,13 +106,20 @@ fn publish(v5: bool) -> impl Strategy<Value = Publish> {
 fn subscribe(v5: bool) -> impl Strategy<Value = Subscribe> {
     (
         pid(),
-        prop::collection::vec((topic_filter(), qos(), any::<bool>(), any::<bool>(), 0u8..3), 1..4),
+        prop::collection::vec(
+            (topic_filter(), qos(), any::<bool>(), any::<bool>(), 0u8..3),
+            1..4,
+        ),
         prop::option::of(1u32..=268_435_455),
     )
         .prop_map(move |(id, subs, sid)| Subscribe {
             packet_id: id,
             properties: SubscribeProperties {
-                subscription_identifier: if v5 { sid.and_then(NonZeroU32::new) } else { None },
+                subscription_identifier: if v5 {
+                    sid.and_then(NonZeroU32::new)
+                } else {
+                    None
+                },
                 user_properties: vec![],
             },
             subscriptions: subs
@@ -123,7 +146,12 @@ fn connect(v5: bool) -> impl Strategy<Value = Connect> {
         any::<bool>(),
         any::<u16>(),
         "[a-zA-Z0-9-]{0,23}",
-        prop::option::of((topic_name(), prop::collection::vec(any::<u8>(), 0..16), qos(), any::<bool>())),
+        prop::option::of((
+            topic_name(),
+            prop::collection::vec(any::<u8>(), 0..16),
+            qos(),
+            any::<bool>(),
+        )),
         prop::option::of("[a-z]{0,8}"),
         prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
         prop::option::of(any::<u32>()),

@@ -24,7 +24,11 @@ fn decode_all(bytes: &[u8], protocol: Protocol) -> Result<Packet, DecodeError> {
 
 /// Decodes `bytes` to `expected` and encodes `expected` back to `bytes`.
 fn vector(bytes: &[u8], protocol: Protocol, expected: Packet) {
-    assert_eq!(decode_all(bytes, protocol).unwrap(), expected, "decode {bytes:02X?}");
+    assert_eq!(
+        decode_all(bytes, protocol).unwrap(),
+        expected,
+        "decode {bytes:02X?}"
+    );
     let mut out = BytesMut::new();
     encode(&expected, protocol, &mut out).unwrap();
     assert_eq!(&out[..], bytes, "encode {expected:?}");
@@ -50,7 +54,9 @@ fn connect(protocol: Protocol, id: &str) -> Connect {
 #[test]
 fn connect_v311_minimal() {
     vector(
-        &[0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0],
+        &[
+            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0,
+        ],
         V3,
         Packet::Connect(Box::new(connect(V3, ""))),
     );
@@ -70,8 +76,8 @@ fn connect_v311_will_and_credentials() {
     c.password = Some(Bytes::from_static(b"p"));
     vector(
         &[
-            0x10, 0x19, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xEE, 0, 60, 0, 1, b'c', 0, 1, b'w', 0,
-            1, b'm', 0, 1, b'u', 0, 1, b'p',
+            0x10, 0x19, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xEE, 0, 60, 0, 1, b'c', 0, 1, b'w', 0, 1,
+            b'm', 0, 1, b'u', 0, 1, b'p',
         ],
         V3,
         Packet::Connect(Box::new(c)),
@@ -81,7 +87,9 @@ fn connect_v311_will_and_credentials() {
 #[test]
 fn connect_mqtt_3_1() {
     vector(
-        &[0x10, 0x0F, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'c'],
+        &[
+            0x10, 0x0F, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'c',
+        ],
         V3,
         Packet::Connect(Box::new(connect(Protocol::V3_1, "c"))),
     );
@@ -93,8 +101,8 @@ fn connect_v5_with_properties() {
     c.properties.session_expiry_interval = Some(120);
     vector(
         &[
-            0x10, 0x13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 5, 0x11, 0, 0, 0, 120, 0,
-            1, b'c',
+            0x10, 0x13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 5, 0x11, 0, 0, 0, 120, 0, 1,
+            b'c',
         ],
         V5,
         Packet::Connect(Box::new(c)),
@@ -119,10 +127,26 @@ fn connack_both_levels() {
             properties: ConnAckProperties::default(),
         }))
     };
-    vector(&[0x20, 0x02, 0x01, 0x00], V3, ack(true, ReasonCode::Success));
-    vector(&[0x20, 0x02, 0x00, 0x05], V3, ack(false, ReasonCode::NotAuthorized));
-    vector(&[0x20, 0x02, 0x00, 0x01], V3, ack(false, ReasonCode::UnsupportedProtocolVersion));
-    vector(&[0x20, 0x03, 0x00, 0x00, 0x00], V5, ack(false, ReasonCode::Success));
+    vector(
+        &[0x20, 0x02, 0x01, 0x00],
+        V3,
+        ack(true, ReasonCode::Success),
+    );
+    vector(
+        &[0x20, 0x02, 0x00, 0x05],
+        V3,
+        ack(false, ReasonCode::NotAuthorized),
+    );
+    vector(
+        &[0x20, 0x02, 0x00, 0x01],
+        V3,
+        ack(false, ReasonCode::UnsupportedProtocolVersion),
+    );
+    vector(
+        &[0x20, 0x03, 0x00, 0x00, 0x00],
+        V5,
+        ack(false, ReasonCode::Success),
+    );
     let mut with_id = ConnAck {
         session_present: false,
         code: ReasonCode::Success,
@@ -164,11 +188,20 @@ fn publish_vectors() {
     vector(
         &[0x32, 0x07, 0, 1, b'a', 0, 10, b'h', b'i'],
         V3,
-        Packet::Publish(Box::new(publish("a", QosPid::AtLeastOnce(pid(10)), false, b"hi"))),
+        Packet::Publish(Box::new(publish(
+            "a",
+            QosPid::AtLeastOnce(pid(10)),
+            false,
+            b"hi",
+        ))),
     );
     let mut p = publish("a", QosPid::ExactlyOnce(pid(1)), false, b"");
     p.dup = true;
-    vector(&[0x3C, 0x05, 0, 1, b'a', 0, 1], V3, Packet::Publish(Box::new(p)));
+    vector(
+        &[0x3C, 0x05, 0, 1, b'a', 0, 1],
+        V3,
+        Packet::Publish(Box::new(p)),
+    );
     let mut p = publish("a", QosPid::AtMostOnce, true, b"x");
     p.properties.payload_format_indicator = Some(true);
     vector(
@@ -180,7 +213,9 @@ fn publish_vectors() {
     p.properties.subscription_identifiers = vec![NonZeroU32::new(128).unwrap()];
     p.properties.user_properties = vec![("k".into(), "v".into())];
     vector(
-        &[0x30, 0x0E, 0, 1, b'a', 0x0A, 0x0B, 0x80, 0x01, 0x26, 0, 1, b'k', 0, 1, b'v'],
+        &[
+            0x30, 0x0E, 0, 1, b'a', 0x0A, 0x0B, 0x80, 0x01, 0x26, 0, 1, b'k', 0, 1, b'v',
+        ],
         V5,
         Packet::Publish(Box::new(p)),
     );
@@ -205,7 +240,11 @@ fn publish_payload_is_zero_copy() {
     let Some(Packet::Publish(p)) = decode(&mut buf, V3, &Limits::default()).unwrap() else {
         panic!("publish expected");
     };
-    assert_eq!(p.payload.as_ptr() as usize, base + 5, "payload points into the read buffer");
+    assert_eq!(
+        p.payload.as_ptr() as usize,
+        base + 5,
+        "payload points into the read buffer"
+    );
 }
 
 #[test]
@@ -215,13 +254,41 @@ fn qos_acks_both_levels() {
         reason,
         properties: AckProperties::default(),
     };
-    vector(&[0x40, 0x02, 0, 5], V3, Packet::PubAck(r(ReasonCode::Success)));
-    vector(&[0x50, 0x02, 0, 5], V3, Packet::PubRec(r(ReasonCode::Success)));
-    vector(&[0x62, 0x02, 0, 5], V3, Packet::PubRel(r(ReasonCode::Success)));
-    vector(&[0x70, 0x02, 0, 5], V3, Packet::PubComp(r(ReasonCode::Success)));
-    vector(&[0x40, 0x02, 0, 5], V5, Packet::PubAck(r(ReasonCode::Success)));
-    vector(&[0x40, 0x03, 0, 5, 0x10], V5, Packet::PubAck(r(ReasonCode::NoMatchingSubscribers)));
-    vector(&[0x70, 0x03, 0, 5, 0x92], V5, Packet::PubComp(r(ReasonCode::PacketIdentifierNotFound)));
+    vector(
+        &[0x40, 0x02, 0, 5],
+        V3,
+        Packet::PubAck(r(ReasonCode::Success)),
+    );
+    vector(
+        &[0x50, 0x02, 0, 5],
+        V3,
+        Packet::PubRec(r(ReasonCode::Success)),
+    );
+    vector(
+        &[0x62, 0x02, 0, 5],
+        V3,
+        Packet::PubRel(r(ReasonCode::Success)),
+    );
+    vector(
+        &[0x70, 0x02, 0, 5],
+        V3,
+        Packet::PubComp(r(ReasonCode::Success)),
+    );
+    vector(
+        &[0x40, 0x02, 0, 5],
+        V5,
+        Packet::PubAck(r(ReasonCode::Success)),
+    );
+    vector(
+        &[0x40, 0x03, 0, 5, 0x10],
+        V5,
+        Packet::PubAck(r(ReasonCode::NoMatchingSubscribers)),
+    );
+    vector(
+        &[0x70, 0x03, 0, 5, 0x92],
+        V5,
+        Packet::PubComp(r(ReasonCode::PacketIdentifierNotFound)),
+    );
     let mut with_reason = r(ReasonCode::NotAuthorized);
     with_reason.properties.reason_string = Some("x".into());
     vector(
@@ -296,8 +363,16 @@ fn suback_unsubscribe_unsuback_vectors() {
         properties: UnsubscribeProperties::default(),
         filters: vec![TopicFilter::new("a").unwrap()],
     };
-    vector(&[0xA2, 0x05, 0, 2, 0, 1, b'a'], V3, Packet::Unsubscribe(Box::new(unsub.clone())));
-    vector(&[0xA2, 0x06, 0, 2, 0, 0, 1, b'a'], V5, Packet::Unsubscribe(Box::new(unsub)));
+    vector(
+        &[0xA2, 0x05, 0, 2, 0, 1, b'a'],
+        V3,
+        Packet::Unsubscribe(Box::new(unsub.clone())),
+    );
+    vector(
+        &[0xA2, 0x06, 0, 2, 0, 0, 1, b'a'],
+        V5,
+        Packet::Unsubscribe(Box::new(unsub)),
+    );
     vector(
         &[0xB0, 0x02, 0, 2],
         V3,
@@ -322,8 +397,16 @@ fn suback_unsubscribe_unsuback_vectors() {
 fn ping_disconnect_auth_vectors() {
     vector(&[0xC0, 0x00], V3, Packet::PingReq);
     vector(&[0xD0, 0x00], V5, Packet::PingResp);
-    vector(&[0xE0, 0x00], V3, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
-    vector(&[0xE0, 0x00], V5, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
+    vector(
+        &[0xE0, 0x00],
+        V3,
+        Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+    );
+    vector(
+        &[0xE0, 0x00],
+        V5,
+        Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+    );
     vector(
         &[0xE0, 0x01, 0x04],
         V5,
@@ -331,7 +414,11 @@ fn ping_disconnect_auth_vectors() {
     );
     let mut d = Disconnect::new(ReasonCode::SessionTakenOver);
     d.properties.session_expiry_interval = Some(10);
-    vector(&[0xE0, 0x07, 0x8E, 0x05, 0x11, 0, 0, 0, 10], V5, Packet::Disconnect(d));
+    vector(
+        &[0xE0, 0x07, 0x8E, 0x05, 0x11, 0, 0, 0, 10],
+        V5,
+        Packet::Disconnect(d),
+    );
     vector(
         &[0xF0, 0x00],
         V5,
@@ -353,7 +440,14 @@ fn ping_disconnect_auth_vectors() {
     );
     let mut out = BytesMut::new();
     assert_eq!(
-        encode(&Packet::Auth(Box::new(Auth { reason: ReasonCode::Success, properties: AuthProperties::default() })), V3, &mut out),
+        encode(
+            &Packet::Auth(Box::new(Auth {
+                reason: ReasonCode::Success,
+                properties: AuthProperties::default()
+            })),
+            V3,
+            &mut out
+        ),
         Err(EncodeError::NotInProtocol("AUTH"))
     );
 }
@@ -363,41 +457,78 @@ fn partial_input_needs_more_and_consumes_nothing() {
     let full = [0x32, 0x07, 0, 1, b'a', 0, 10, b'h', b'i'];
     for cut in 0..full.len() {
         let mut buf = BytesMut::from(&full[..cut]);
-        assert_eq!(decode(&mut buf, V3, &Limits::default()), Ok(None), "cut at {cut}");
+        assert_eq!(
+            decode(&mut buf, V3, &Limits::default()),
+            Ok(None),
+            "cut at {cut}"
+        );
         assert_eq!(buf.len(), cut);
     }
 }
 
 #[test]
 fn too_large_is_refused_from_the_fixed_header() {
-    let limits = Limits { max_packet_size: 10 };
+    let limits = Limits {
+        max_packet_size: 10,
+    };
     // Only the header is present: the size is known, so the error comes at once.
     let mut buf = BytesMut::from(&[0x30, 0x0A][..]);
     assert_eq!(
         decode(&mut buf, V3, &limits),
         Err(DecodeError::PacketTooLarge { size: 12, max: 10 })
     );
-    assert_eq!(DecodeError::PacketTooLarge { size: 12, max: 10 }.reason_code(), ReasonCode::PacketTooLarge);
+    assert_eq!(
+        DecodeError::PacketTooLarge { size: 12, max: 10 }.reason_code(),
+        ReasonCode::PacketTooLarge
+    );
 }
 
 #[test]
 fn malformed_fixed_headers() {
-    malformed(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], V5, DecodeError::MalformedRemainingLength);
+    malformed(
+        &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        V5,
+        DecodeError::MalformedRemainingLength,
+    );
     malformed(&[0x00, 0x00], V5, DecodeError::InvalidPacketType(0));
     malformed(&[0xF0, 0x00], V3, DecodeError::InvalidPacketType(15));
-    malformed(&[0x80, 0x06, 0, 1, 0, 1, b'a', 1], V3, DecodeError::ReservedFlags { packet_type: 8 });
-    malformed(&[0x60, 0x02, 0, 1], V3, DecodeError::ReservedFlags { packet_type: 6 });
-    malformed(&[0xA0, 0x05, 0, 2, 0, 1, b'a'], V3, DecodeError::ReservedFlags { packet_type: 10 });
-    malformed(&[0xC1, 0x00], V3, DecodeError::ReservedFlags { packet_type: 12 });
+    malformed(
+        &[0x80, 0x06, 0, 1, 0, 1, b'a', 1],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 8 },
+    );
+    malformed(
+        &[0x60, 0x02, 0, 1],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 6 },
+    );
+    malformed(
+        &[0xA0, 0x05, 0, 2, 0, 1, b'a'],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 10 },
+    );
+    malformed(
+        &[0xC1, 0x00],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 12 },
+    );
     malformed(&[0x36, 0x05, 0, 1, b'a', 0, 1], V3, DecodeError::InvalidQoS);
-    malformed(&[0x38, 0x03, 0, 1, b'a'], V3, DecodeError::ReservedFlags { packet_type: 3 });
+    malformed(
+        &[0x38, 0x03, 0, 1, b'a'],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 3 },
+    );
     malformed(&[0xC0, 0x01, 0x00], V3, DecodeError::TrailingBytes);
     malformed(&[0xE0, 0x01, 0x00], V3, DecodeError::TrailingBytes);
 }
 
 #[test]
 fn malformed_connect() {
-    let base = |flags: u8| vec![0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60, 0, 0];
+    let base = |flags: u8| {
+        vec![
+            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60, 0, 0,
+        ]
+    };
     malformed(&base(0x03), V3, DecodeError::ConnectReservedFlag);
     malformed(&base(0x0A), V3, DecodeError::WillFlags);
     malformed(&base(0x22), V3, DecodeError::WillFlags);
@@ -408,22 +539,35 @@ fn malformed_connect() {
     malformed(
         &level6,
         V3,
-        DecodeError::UnsupportedProtocol { name: "MQTT".into(), level: 6 },
+        DecodeError::UnsupportedProtocol {
+            name: "MQTT".into(),
+            level: 6,
+        },
     );
     let mut trailing = base(0x02);
     trailing[1] = 0x0D;
     trailing.push(0xAA);
     malformed(&trailing, V3, DecodeError::TrailingBytes);
     // Client id claims 5 bytes; none follow.
-    malformed(&[0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 5], V3, DecodeError::Truncated);
     malformed(
-        &[0x10, 0x0E, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, 0xC3, 0x28],
+        &[
+            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 5,
+        ],
+        V3,
+        DecodeError::Truncated,
+    );
+    malformed(
+        &[
+            0x10, 0x0E, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 2, 0xC3, 0x28,
+        ],
         V3,
         DecodeError::InvalidUtf8,
     );
     // v5 Receive Maximum 0.
     malformed(
-        &[0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x21, 0, 0, 0, 0],
+        &[
+            0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x21, 0, 0, 0, 0,
+        ],
         V5,
         DecodeError::InvalidPropertyValue { id: 0x21 },
     );
@@ -431,17 +575,63 @@ fn malformed_connect() {
 
 #[test]
 fn malformed_publish() {
-    malformed(&[0x30, 0x05, 0, 2, b'a', 0, b'x'], V3, DecodeError::NullCharacter);
-    malformed(&[0x30, 0x05, 0, 2, b'a', b'+', b'x'], V3, DecodeError::TopicNameInvalid("contains a wildcard"));
-    malformed(&[0x30, 0x03, 0, 0, 0], V5, DecodeError::EmptyTopicWithoutAlias);
-    malformed(&[0x30, 0x03, 0, 0, b'x'], V3, DecodeError::TopicNameInvalid("empty"));
-    malformed(&[0x30, 0x07, 0, 1, b'a', 3, 0x23, 0, 0], V5, DecodeError::TopicAliasZero);
-    malformed(&[0x30, 0x09, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1], V5, DecodeError::InvalidProperty { id: 0x11 });
-    malformed(&[0x30, 0x06, 0, 1, b'a', 2, 0x7F, 0], V5, DecodeError::InvalidProperty { id: 0x7F });
-    malformed(&[0x30, 0x08, 0, 1, b'a', 4, 1, 1, 1, 0], V5, DecodeError::DuplicateProperty { id: 0x01 });
-    malformed(&[0x30, 0x06, 0, 1, b'a', 2, 1, 2], V5, DecodeError::InvalidPropertyValue { id: 0x01 });
-    malformed(&[0x32, 0x05, 0, 1, b'a', 0, 0], V3, DecodeError::ZeroPacketId);
-    malformed(&[0x30, 0x0A, 0, 1, b'a', 6, 0x0B, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], V5, DecodeError::MalformedVarInt);
+    malformed(
+        &[0x30, 0x05, 0, 2, b'a', 0, b'x'],
+        V3,
+        DecodeError::NullCharacter,
+    );
+    malformed(
+        &[0x30, 0x05, 0, 2, b'a', b'+', b'x'],
+        V3,
+        DecodeError::TopicNameInvalid("contains a wildcard"),
+    );
+    malformed(
+        &[0x30, 0x03, 0, 0, 0],
+        V5,
+        DecodeError::EmptyTopicWithoutAlias,
+    );
+    malformed(
+        &[0x30, 0x03, 0, 0, b'x'],
+        V3,
+        DecodeError::TopicNameInvalid("empty"),
+    );
+    malformed(
+        &[0x30, 0x07, 0, 1, b'a', 3, 0x23, 0, 0],
+        V5,
+        DecodeError::TopicAliasZero,
+    );
+    malformed(
+        &[0x30, 0x09, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1],
+        V5,
+        DecodeError::InvalidProperty { id: 0x11 },
+    );
+    malformed(
+        &[0x30, 0x06, 0, 1, b'a', 2, 0x7F, 0],
+        V5,
+        DecodeError::InvalidProperty { id: 0x7F },
+    );
+    malformed(
+        &[0x30, 0x08, 0, 1, b'a', 4, 1, 1, 1, 0],
+        V5,
+        DecodeError::DuplicateProperty { id: 0x01 },
+    );
+    malformed(
+        &[0x30, 0x06, 0, 1, b'a', 2, 1, 2],
+        V5,
+        DecodeError::InvalidPropertyValue { id: 0x01 },
+    );
+    malformed(
+        &[0x32, 0x05, 0, 1, b'a', 0, 0],
+        V3,
+        DecodeError::ZeroPacketId,
+    );
+    malformed(
+        &[
+            0x30, 0x0A, 0, 1, b'a', 6, 0x0B, 0xFF, 0xFF, 0xFF, 0xFF, 0x01,
+        ],
+        V5,
+        DecodeError::MalformedVarInt,
+    );
     // Property length runs past the packet.
     malformed(&[0x30, 0x05, 0, 1, b'a', 9, 1], V5, DecodeError::Truncated);
 }
@@ -450,10 +640,26 @@ fn malformed_publish() {
 fn malformed_subscribe_and_acks() {
     malformed(&[0x82, 0x02, 0, 1], V3, DecodeError::NoTopicFilters);
     malformed(&[0xA2, 0x02, 0, 1], V3, DecodeError::NoTopicFilters);
-    malformed(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x04], V3, DecodeError::SubscriptionOptionsReserved);
-    malformed(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x40], V5, DecodeError::SubscriptionOptionsReserved);
-    malformed(&[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x30], V5, DecodeError::InvalidRetainHandling);
-    malformed(&[0x82, 0x06, 0, 1, 0, 1, b'a', 0x03], V3, DecodeError::InvalidQoS);
+    malformed(
+        &[0x82, 0x06, 0, 1, 0, 1, b'a', 0x04],
+        V3,
+        DecodeError::SubscriptionOptionsReserved,
+    );
+    malformed(
+        &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x40],
+        V5,
+        DecodeError::SubscriptionOptionsReserved,
+    );
+    malformed(
+        &[0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x30],
+        V5,
+        DecodeError::InvalidRetainHandling,
+    );
+    malformed(
+        &[0x82, 0x06, 0, 1, 0, 1, b'a', 0x03],
+        V3,
+        DecodeError::InvalidQoS,
+    );
     let shared = b"$share/g/a";
     let mut bytes = vec![0x82, 6 + shared.len() as u8, 0, 1, 0, 0, shared.len() as u8];
     bytes.extend_from_slice(shared);
@@ -465,21 +671,52 @@ fn malformed_subscribe_and_acks() {
         DecodeError::TopicFilterInvalid("'#' must be the whole last level"),
     );
     malformed(&[0x40, 0x02, 0, 0], V3, DecodeError::ZeroPacketId);
-    malformed(&[0x40, 0x03, 0, 1, 0x05], V5, DecodeError::InvalidReasonCode { code: 0x05 });
+    malformed(
+        &[0x40, 0x03, 0, 1, 0x05],
+        V5,
+        DecodeError::InvalidReasonCode { code: 0x05 },
+    );
     malformed(&[0x40, 0x03, 0, 1, 0x00], V3, DecodeError::TrailingBytes);
-    malformed(&[0x20, 0x02, 0x02, 0x00], V3, DecodeError::ReservedFlags { packet_type: 2 });
-    malformed(&[0x20, 0x02, 0x00, 0x06], V3, DecodeError::InvalidReasonCode { code: 6 });
+    malformed(
+        &[0x20, 0x02, 0x02, 0x00],
+        V3,
+        DecodeError::ReservedFlags { packet_type: 2 },
+    );
+    malformed(
+        &[0x20, 0x02, 0x00, 0x06],
+        V3,
+        DecodeError::InvalidReasonCode { code: 6 },
+    );
 }
 
 #[test]
 fn errors_carry_reason_codes() {
-    assert_eq!(DecodeError::MalformedRemainingLength.reason_code(), ReasonCode::MalformedPacket);
-    assert_eq!(DecodeError::DuplicateProperty { id: 1 }.reason_code(), ReasonCode::ProtocolError);
-    assert_eq!(DecodeError::TopicNameInvalid("x").reason_code(), ReasonCode::TopicNameInvalid);
-    assert_eq!(DecodeError::TopicFilterInvalid("x").reason_code(), ReasonCode::TopicFilterInvalid);
-    assert_eq!(DecodeError::TopicAliasZero.reason_code(), ReasonCode::TopicAliasInvalid);
     assert_eq!(
-        DecodeError::UnsupportedProtocol { name: "x".into(), level: 9 }.reason_code(),
+        DecodeError::MalformedRemainingLength.reason_code(),
+        ReasonCode::MalformedPacket
+    );
+    assert_eq!(
+        DecodeError::DuplicateProperty { id: 1 }.reason_code(),
+        ReasonCode::ProtocolError
+    );
+    assert_eq!(
+        DecodeError::TopicNameInvalid("x").reason_code(),
+        ReasonCode::TopicNameInvalid
+    );
+    assert_eq!(
+        DecodeError::TopicFilterInvalid("x").reason_code(),
+        ReasonCode::TopicFilterInvalid
+    );
+    assert_eq!(
+        DecodeError::TopicAliasZero.reason_code(),
+        ReasonCode::TopicAliasInvalid
+    );
+    assert_eq!(
+        DecodeError::UnsupportedProtocol {
+            name: "x".into(),
+            level: 9
+        }
+        .reason_code(),
         ReasonCode::UnsupportedProtocolVersion
     );
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Interop check: the real messs binary on an ephemeral loopback port, driven by
+# mosquitto_pub/mosquitto_sub and by paho-mqtt 2.x, at MQTT 3.1.1 and 5.0.
+# Installs mosquitto-clients (Debian) and paho-mqtt (PyPI) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@";
+  elif command -v sudo >/dev/null; then sudo "$@";
+  else echo "interop: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+if ! command -v mosquitto_sub >/dev/null || ! command -v mosquitto_pub >/dev/null; then
+  echo "interop: installing mosquitto-clients"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt as p, sys; sys.exit(0 if int(p.__version__.split(".")[0]) >= 2 else 1)' 2>/dev/null; then
+  echo "interop: installing paho-mqtt 2.x"
+  python3 -m pip install -q 'paho-mqtt>=2,<3' || {
+    echo "interop: could not install paho-mqtt with pip; install python3-pip or paho-mqtt 2.x" >&2; exit 1; }
+fi
+
+cargo build -q --bin messs
+work=$(mktemp -d)
+log="$work/messs.log"
+RUST_LOG=info ./target/debug/messs serve --listen tcp://127.0.0.1:0 --data-dir "$work/data" >"$log" 2>&1 &
+broker=$!
+cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port=""
+for _ in $(seq 1 100); do
+  port=$(sed -n 's/.*listening (mqtt over tcp) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || { echo "interop: broker did not start:"; cat "$log"; exit 1; }
+echo "interop: messs on 127.0.0.1:$port"
+
+fail() { echo "interop: FAIL: $*" >&2; echo "--- broker log ---" >&2; tail -n 30 "$log" >&2; exit 1; }
+
+for v in mqttv311 mqttv5; do
+  base="interop/mosquitto/$v/$$"
+  # Publish/subscribe at each QoS.
+  for q in 0 1 2; do
+    out="$work/sub-$v-$q"
+    mosquitto_sub -h 127.0.0.1 -p "$port" -V "$v" -q "$q" -t "$base/q$q" -C 1 -W 5 >"$out" &
+    sub=$!
+    sleep 0.3
+    mosquitto_pub -h 127.0.0.1 -p "$port" -V "$v" -q "$q" -t "$base/q$q" -m "hello-$q"
+    wait "$sub" || fail "$v QoS $q: subscriber got nothing"
+    [ "$(cat "$out")" = "hello-$q" ] || fail "$v QoS $q: got '$(cat "$out")'"
+  done
+  # Retained: set, then a new subscriber receives it.
+  mosquitto_pub -h 127.0.0.1 -p "$port" -V "$v" -q 1 -r -t "$base/ret" -m kept
+  got=$(mosquitto_sub -h 127.0.0.1 -p "$port" -V "$v" -t "$base/ret" -C 1 -W 5) || fail "$v retained: nothing"
+  [ "$got" = kept ] || fail "$v retained: got '$got'"
+  # Delete by empty payload: a new subscriber gets nothing.
+  mosquitto_pub -h 127.0.0.1 -p "$port" -V "$v" -q 1 -r -t "$base/ret" -n
+  if mosquitto_sub -h 127.0.0.1 -p "$port" -V "$v" -t "$base/ret" -C 1 -W 1 >/dev/null 2>&1; then
+    fail "$v retained: still there after delete"
+  fi
+  # Will: a subscriber with a will is killed; a watcher receives the will.
+  out="$work/will-$v"
+  mosquitto_sub -h 127.0.0.1 -p "$port" -V "$v" -q 1 -t "$base/will" -C 1 -W 5 >"$out" &
+  watcher=$!
+  mosquitto_sub -h 127.0.0.1 -p "$port" -V "$v" -t "$base/idle" \
+    --will-topic "$base/will" --will-payload died --will-qos 1 >/dev/null &
+  mortal=$!
+  sleep 0.5
+  kill -9 "$mortal"; wait "$mortal" 2>/dev/null || true
+  wait "$watcher" || fail "$v will: not delivered"
+  [ "$(cat "$out")" = died ] || fail "$v will: got '$(cat "$out")'"
+  echo "interop: mosquitto clients $v: publish/subscribe QoS 0-2, retained set/delete, will: ok"
+done
+
+python3 interop/paho_check.py 127.0.0.1 "$port" || fail "paho-mqtt checks"
+echo "interop: all checks passed"
