@@ -90,6 +90,10 @@ pub struct LimitsConfig {
     /// Most messages queued for one session (online or offline) before new ones are dropped
     /// and counted.
     pub max_queued_messages: usize,
+    /// Longest time, in milliseconds, a publisher is paused for a subscriber whose queue is
+    /// past half of `max_queued_messages`; after it, that subscriber no longer holds
+    /// publishers back until it catches up.
+    pub backpressure_wait_ms: u64,
     /// Most retained messages per tenant; a retained PUBLISH to a new topic beyond this is
     /// delivered but not retained (v5 clients get reason 0x97 Quota exceeded).
     pub max_retained_messages: usize,
@@ -110,6 +114,7 @@ impl Default for LimitsConfig {
             topic_alias_maximum: 64,
             max_inflight: 1024,
             max_queued_messages: 10_000,
+            backpressure_wait_ms: 1000,
             max_retained_messages: 100_000,
             max_connections: 100_000,
             write_timeout_secs: 30,

@@ -5,6 +5,13 @@
 //! attached to it, or nobody while it is offline — and sits behind a mutex that is only held
 //! for short, non-async sections. Publishers push deliveries into its bounded queue and wake
 //! the attached connection through `notify`.
+//!
+//! Flow control: past half of its limit, a connected session's queue reports pressure, and
+//! the publisher that caused it stops reading from its socket until the queue drains below
+//! half again (`space` wakes it) or a bounded wait passes, after which the session counts as
+//! stalled and no longer holds publishers back. So a fast publisher slows to what its
+//! subscribers can take instead of losing acknowledged messages, and one stuck subscriber
+//! cannot stall publishers for more than the wait.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
@@ -92,7 +99,11 @@ pub struct Session {
     pub key: SessionKey,
     state: Mutex<SessionState>,
     notify: Notify,
+    /// Woken when the queue drains below its soft limit.
+    space: Notify,
     connected: AtomicBool,
+    /// A publisher waited for this session in vain; don't make others wait until it drains.
+    stalled: AtomicBool,
 }
 
 /// The mutable part of a session.
@@ -135,7 +146,9 @@ impl Session {
                 pending_will: None,
             }),
             notify: Notify::new(),
+            space: Notify::new(),
             connected: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         }
     }
 
@@ -160,34 +173,76 @@ impl Session {
     }
 
     /// Queues a delivery, subject to the session's limit, and wakes the connection.
+    /// `Ok(true)` means the queue is past its soft limit: the publisher should pause
+    /// (see [`Session::wait_for_space`]).
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
         queue_qos0_offline: bool,
-    ) -> Result<(), EnqueueError> {
-        if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !self.is_connected() {
+    ) -> Result<bool, EnqueueError> {
+        let connected = self.is_connected();
+        if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
             return Err(EnqueueError::Offline);
         }
-        {
+        let pressure = {
             let mut st = self.lock();
             if st.queue.len() >= st.max_queued {
                 return Err(EnqueueError::Full);
             }
             st.queue.push_back(delivery);
-        }
+            st.queue.len() >= st.soft_limit()
+        };
         self.notify.notify_one();
-        Ok(())
+        Ok(pressure && connected && !self.stalled.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the queue is below its soft limit, the session goes offline, or
+    /// `deadline` passes (then the session is marked stalled). Cancel-safe.
+    pub(crate) async fn wait_for_space(&self, deadline: tokio::time::Instant) {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.queue.len() < st.soft_limit() || !self.is_connected() {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, space).await.is_err() {
+                self.stalled.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Called by the connection after taking from the queue: wakes paused publishers once
+    /// it is below the soft limit.
+    pub(crate) fn after_drain(&self, queued: usize, soft_limit: usize) {
+        if queued < soft_limit {
+            self.stalled.store(false, Ordering::Relaxed);
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Wakes paused publishers when the connection goes away (they stop waiting).
+    pub(crate) fn release_waiters(&self) {
+        self.space.notify_waiters();
     }
 }
 
 impl SessionState {
+    /// Queue length past which publishers are paused.
+    pub fn soft_limit(&self) -> usize {
+        (self.max_queued / 2).max(1)
+    }
+
     /// Number of outgoing QoS 1/2 messages not yet completed.
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
 
     /// Messages waiting to be sent.
-    #[cfg(test)]
     pub fn queued_len(&self) -> usize {
         self.queue.len()
     }
@@ -355,14 +410,50 @@ mod tests {
     }
 
     #[test]
-    fn queue_is_bounded() {
-        let s = session(2);
-        assert!(s.enqueue(delivery(QoS::AtLeastOnce), false).is_ok());
-        assert!(s.enqueue(delivery(QoS::AtLeastOnce), false).is_ok());
+    fn queue_is_bounded_and_reports_pressure_past_half() {
+        let s = session(4);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(false));
+        for _ in 0..3 {
+            assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(true));
+        }
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), false),
             Err(EnqueueError::Full)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_publisher_resumes_on_drain_or_marks_stalled() {
+        let s = Arc::new(session(4));
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        }
+        // Draining below the soft limit wakes the waiter.
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.wait_for_space(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        {
+            let mut st = s.lock();
+            let mut out = Vec::new();
+            st.take_batch(Instant::now(), 10, 2, &mut out);
+            let (left, soft) = (st.queued_len(), st.soft_limit());
+            drop(st);
+            s.after_drain(left, soft);
+        }
+        waiter.await.unwrap();
+        assert!(!s.stalled.load(Ordering::Relaxed));
+        // Nobody drains: the wait ends at the deadline and the session is stalled, so it no
+        // longer reports pressure.
+        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        s.wait_for_space(tokio::time::Instant::now() + std::time::Duration::from_secs(1))
+            .await;
+        assert!(s.stalled.load(Ordering::Relaxed));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(false));
     }
 
     #[test]

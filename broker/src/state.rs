@@ -164,6 +164,7 @@ impl BrokerState {
             st.expiry_interval
         };
         session.set_connected(false);
+        session.release_waiters();
         if departure == Departure::Shutdown {
             return;
         }

@@ -523,3 +523,35 @@ async fn no_matching_subscribers_is_reported_to_v5_publishers() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn slow_subscriber_slows_the_publisher_instead_of_dropping() {
+    let broker = TestBroker::start_with(|c| c.limits.max_queued_messages = 20).await;
+    let mut connect = connect_packet(Protocol::V5, "slowpoke", true);
+    connect.properties.receive_maximum = NonZeroU16::new(1);
+    let (mut sub, _) = Raw::connect_with(broker.addr, connect).await;
+    sub.subscribe("bp", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(broker.addr, "firehose").await;
+    // 200 QoS 1 messages pipelined at once: ten times the subscriber's queue.
+    let sender = tokio::spawn(async move {
+        for i in 1..=200u16 {
+            publ.send(&Packet::Publish(Box::new(publish(
+                "bp",
+                b"m",
+                QosPid::AtLeastOnce(pid(i)),
+                false,
+            ))))
+            .await;
+        }
+        for _ in 1..=200 {
+            assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+        }
+    });
+    for _ in 0..200 {
+        sub.recv_publish_ack().await;
+    }
+    sender.await.unwrap();
+    use std::sync::atomic::Ordering;
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+    sub.expect_silence().await;
+}

@@ -117,6 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .state
             .router
             .publish(&self.session.key.tenant, Arc::new(message));
+        if let Some(session) = outcome.pressure {
+            self.pause_for(session);
+        }
         let reason = if outcome.retained_rejected {
             ReasonCode::QuotaExceeded
         } else if outcome.matched == 0 {

@@ -64,6 +64,12 @@ impl Negotiated {
     }
 }
 
+async fn wait_for_space(paused: &Option<(Arc<Session>, tokio::time::Instant)>) {
+    if let Some((session, deadline)) = paused {
+        session.wait_for_space(*deadline).await;
+    }
+}
+
 /// Why the loop ended.
 pub(crate) enum End {
     /// The client sent DISCONNECT (with 0x04: send the will anyway).
@@ -99,6 +105,9 @@ pub(crate) struct Client<S> {
     out_aliases: HashMap<TopicName, NonZeroU16>,
     /// Reused buffer for deliveries taken from the session queue.
     batch: Vec<(Delivery, QosPid)>,
+    /// A subscriber session this client's publishes have filled past its soft limit: the
+    /// socket is not read until it drains or the deadline passes.
+    paused_by: Option<(Arc<Session>, tokio::time::Instant)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
@@ -131,6 +140,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             in_aliases: HashMap::new(),
             out_aliases: HashMap::new(),
             batch: Vec::new(),
+            paused_by: None,
         }
     }
 
@@ -155,11 +165,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let window_open = self.session.lock().inflight_len() < self.neg.window;
             let deadline = tokio::time::Instant::from_std(self.deadline);
+            let paused = self.paused_by.clone();
             tokio::select! {
                 biased;
                 _ = self.state.shutdown.cancelled() => return End::Shutdown,
                 _ = &mut self.kick => return End::TakenOver,
-                read = self.conn.fill() => match read {
+                _ = wait_for_space(&paused), if paused.is_some() => {
+                    self.paused_by = None;
+                    // Packets already read wait behind the pause; time spent paused is the
+                    // broker's doing, so it also restarts the keep-alive clock.
+                    if let Some(end) = self.process_input() {
+                        return end;
+                    }
+                }
+                read = self.conn.fill(), if paused.is_none() => match read {
                     Ok(0) => return End::Closed,
                     Ok(_) => {
                         if let Some(end) = self.process_input() {
@@ -176,12 +195,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Handles every complete packet in the read buffer.
+    /// Pauses reading after a publish pushed a subscriber's queue past its soft limit.
+    pub(super) fn pause_for(&mut self, session: Arc<Session>) {
+        if self.paused_by.is_none() && session.id != self.session.id {
+            let wait = Duration::from_millis(self.state.config.limits.backpressure_wait_ms);
+            self.paused_by = Some((session, tokio::time::Instant::now() + wait));
+        }
+    }
+
+    /// Handles the complete packets in the read buffer, stopping early if a publish pauses
+    /// the client (the rest stay buffered until the pause ends).
     fn process_input(&mut self) -> Option<End> {
         if let Some(k) = self.neg.keep_alive {
             self.deadline = Instant::now() + k;
         }
-        loop {
+        while self.paused_by.is_none() {
             match self.conn.next_packet() {
                 Ok(Some(packet)) => match self.handle(packet) {
                     Ok(None) => {}
@@ -192,6 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 Err(e) => return Some(End::Failed(e.into())),
             }
         }
+        None
     }
 
     async fn finish(mut self, end: End) {

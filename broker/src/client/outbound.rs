@@ -35,10 +35,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let now = Instant::now();
         loop {
             let mut batch = std::mem::take(&mut self.batch);
-            let expired =
-                self.session
-                    .lock()
-                    .take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
+            let (expired, left, soft_limit) = {
+                let mut st = self.session.lock();
+                let expired = st.take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
+                (expired, st.queued_len(), st.soft_limit())
+            };
+            self.session.after_drain(left, soft_limit);
             if expired > 0 {
                 self.state
                     .stats

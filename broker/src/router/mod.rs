@@ -36,12 +36,13 @@ struct TenantRoutes {
 }
 
 /// What happened to a published message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PublishOutcome {
     /// Sessions it was queued for.
     pub matched: usize,
     /// It asked to be retained, but the tenant's retained store is full.
     pub retained_rejected: bool,
+    /// A subscriber whose queue is past its soft limit: the publisher should pause.
+    pub pressure: Option<Arc<Session>>,
 }
 
 /// All tenants' routes.
@@ -144,6 +145,7 @@ impl Router {
             matches.sort_by_key(|m| m.session.id);
         }
         let mut matched = 0;
+        let mut pressure = None;
         let mut i = 0;
         while i < matches.len() {
             let first = &matches[i];
@@ -162,7 +164,12 @@ impl Router {
                 j += 1;
             }
             match first.session.enqueue(delivery, self.queue_qos0_offline) {
-                Ok(()) => matched += 1,
+                Ok(over) => {
+                    matched += 1;
+                    if over && pressure.is_none() {
+                        pressure = Some(first.session.clone());
+                    }
+                }
                 Err(EnqueueError::Offline) => {
                     self.stats.dropped_offline.fetch_add(1, Ordering::Relaxed);
                 }
@@ -181,6 +188,7 @@ impl Router {
         PublishOutcome {
             matched,
             retained_rejected,
+            pressure,
         }
     }
 
