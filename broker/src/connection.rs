@@ -6,6 +6,8 @@
 //! it inside `select!` loses nothing. Writes are batched: packets are encoded into the write
 //! buffer and sent with one [`Connection::flush`].
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,16 +16,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::BrokerError;
 
-/// Read in chunks of this size; buffers start empty and grow on demand.
-const READ_CHUNK: usize = 4096;
-/// Buffers larger than this are released once empty, so one burst does not pin memory.
-const SHRINK_ABOVE: usize = 64 * 1024;
+/// Smallest read: what an idle connection holds while it waits for bytes.
+const MIN_READ: usize = 256;
+/// Largest read: a busy connection grows to this, doubling while reads fill the buffer.
+const MAX_READ: usize = 64 * 1024;
+/// A write buffer larger than this is released after a flush.
+const KEEP_WRITE: usize = 1024;
 
 /// A framed MQTT connection over a byte stream.
 pub(crate) struct Connection<S> {
     stream: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Current read size, adapted to the traffic between `MIN_READ` and `MAX_READ`.
+    read_chunk: usize,
     protocol: Protocol,
     limits: Limits,
     write_timeout: Duration,
@@ -36,6 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream,
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
+            read_chunk: MIN_READ,
             protocol: Protocol::V5,
             limits,
             write_timeout,
@@ -48,18 +55,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.limits = limits;
     }
 
-    /// Reads more bytes into the read buffer. Returns 0 at end of stream. Cancel-safe.
+    /// Reads more bytes into the read buffer. Returns 0 at end of stream. Cancel-safe: it
+    /// only appends to the buffer.
+    ///
+    /// The read size adapts: it doubles while reads fill the buffer and halves while they
+    /// use little of it, so a busy connection reads 64 KiB per system call and an idle one
+    /// holds only `MIN_READ` bytes.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
+        if self.read_buf.capacity() - self.read_buf.len() < self.read_chunk / 2 {
+            self.read_buf.reserve(self.read_chunk);
         }
-        self.stream.read_buf(&mut self.read_buf).await
+        let spare = self.read_buf.capacity() - self.read_buf.len();
+        let n = self.stream.read_buf(&mut self.read_buf).await?;
+        if n == spare {
+            self.read_chunk = (self.read_chunk * 2).min(MAX_READ);
+        } else if n < self.read_chunk / 4 {
+            self.read_chunk = (self.read_chunk / 2).max(MIN_READ);
+        }
+        Ok(n)
     }
 
-    /// Decodes the next complete packet already buffered, if any.
+    /// Decodes the next complete packet already buffered, if any. Once the buffer is
+    /// empty its memory is released (payloads decoded from it keep their own reference).
     pub fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
         let packet = decode(&mut self.read_buf, self.protocol, &self.limits)?;
-        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
         Ok(packet)
@@ -93,20 +113,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Writes everything queued, within the write timeout.
+    ///
+    /// The common case — the socket takes it all at once — needs no timer; only a write that
+    /// would block gets a (boxed) timeout, which keeps every connection's future small.
     pub async fn flush(&mut self) -> Result<(), BrokerError> {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        let write = async {
-            self.stream.write_all(&self.write_buf).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(self.write_timeout, write).await {
+        let mut written = 0;
+        while written < self.write_buf.len() {
+            let attempt = std::future::poll_fn(|cx| {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.write_buf[written..]) {
+                    Poll::Pending => Poll::Ready(None),
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                }
+            })
+            .await;
+            match attempt {
+                Some(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Some(Ok(n)) => written += n,
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            }
+        }
+        if written < self.write_buf.len() {
+            let rest = &self.write_buf[written..];
+            let slow = Box::pin(tokio::time::timeout(
+                self.write_timeout,
+                self.stream.write_all(rest),
+            ));
+            match slow.await {
+                Ok(result) => result?,
+                Err(_) => return Err(BrokerError::WriteTimeout),
+            }
+        }
+        match tokio::time::timeout(self.write_timeout, self.stream.flush()).await {
             Ok(result) => result?,
             Err(_) => return Err(BrokerError::WriteTimeout),
         }
         self.write_buf.clear();
-        if self.write_buf.capacity() > SHRINK_ABOVE {
+        if self.write_buf.capacity() > KEEP_WRITE {
             self.write_buf = BytesMut::new();
         }
         Ok(())

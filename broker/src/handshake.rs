@@ -26,12 +26,31 @@ pub const DEFAULT_TENANT: &str = "default";
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Serves one accepted socket from CONNECT to close.
+///
+/// The handshake runs in its own boxed future, freed once the client is connected: only the
+/// client loop's (smaller) state stays allocated for the life of an idle connection.
 pub(crate) async fn serve<S>(
     state: Arc<BrokerState>,
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let client = Box::pin(handshake(state, stream, peer, listener)).await;
+    if let Some(client) = client {
+        Box::new(client).run().await;
+    }
+}
+
+/// Reads and answers CONNECT; the connected client, or `None` if it was refused or failed.
+async fn handshake<S>(
+    state: Arc<BrokerState>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+) -> Option<Client<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &state.config.limits;
@@ -44,16 +63,16 @@ pub(crate) async fn serve<S>(
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => {
             // [MQTT-3.1.0-1]: the first packet must be CONNECT.
             tracing::debug!(%peer, packet = other.name(), "first packet is not CONNECT");
             conn.close().await;
-            return;
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(BrokerError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
             tracing::debug!(%peer, %name, level, "unsupported protocol");
             let protocol = if level == 5 {
@@ -68,17 +87,15 @@ pub(crate) async fn serve<S>(
                 "supported: MQTT 3.1, 3.1.1 and 5.0",
             )
             .await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "bad CONNECT");
             conn.close().await;
-            return;
+            return None;
         }
     };
-    if let Some(client) = accept(&state, conn, *connect, peer, &listener).await {
-        client.run().await;
-    }
+    accept(&state, conn, *connect, peer, &listener).await
 }
 
 /// Reads the first packet, refusing at its first byte anything that is not a CONNECT, so a
@@ -201,7 +218,7 @@ where
             connect.keep_alive
         };
 
-    let tenant: TenantId = Arc::from(DEFAULT_TENANT);
+    let tenant: TenantId = state.default_tenant.clone();
     let key = SessionKey {
         tenant,
         client_id: Arc::from(client_id.as_str()),

@@ -27,6 +27,8 @@ pub(crate) struct BrokerState {
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
+    pub default_tenant: crate::session::TenantId,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     /// Serialises attach/takeover so two CONNECTs with one client id cannot interleave.
     takeover: tokio::sync::Mutex<()>,
@@ -73,6 +75,7 @@ impl BrokerState {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            default_tenant: std::sync::Arc::from(crate::handshake::DEFAULT_TENANT),
             sessions: Mutex::new(HashMap::new()),
             takeover: tokio::sync::Mutex::new(()),
             next_session_id: AtomicU64::new(1),

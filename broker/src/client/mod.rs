@@ -9,6 +9,7 @@ mod outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use messs_codec::{Connect, Disconnect, Packet, QosPid, ReasonCode, TopicName, Will};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use crate::config::LimitsConfig;
 use crate::connection::Connection;
@@ -64,6 +66,13 @@ impl Negotiated {
     }
 }
 
+async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_for_space(paused: &Option<(Arc<Session>, tokio::time::Instant)>) {
     if let Some((session, deadline)) = paused {
         session.wait_for_space(*deadline).await;
@@ -96,7 +105,8 @@ pub(crate) struct Client<S> {
     kick: oneshot::Receiver<ReasonCode>,
     done: Option<oneshot::Sender<()>>,
     neg: Negotiated,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and it is only read at the end.
+    will: Option<Box<Will>>,
     peer: SocketAddr,
     deadline: Instant,
     /// Topic aliases the client defined (inbound).
@@ -108,6 +118,9 @@ pub(crate) struct Client<S> {
     /// A subscriber session this client's publishes have filled past its soft limit: the
     /// socket is not read until it drains or the deadline passes.
     paused_by: Option<(Arc<Session>, tokio::time::Instant)>,
+    /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
+    /// touch the timer wheel.
+    keep_alive_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
@@ -119,12 +132,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         will: Option<Will>,
         peer: SocketAddr,
     ) -> Self {
+        let will = will.map(Box::new);
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
         state
             .stats
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + neg.keep_alive.unwrap_or(Duration::ZERO);
+        let keep_alive_timer = neg
+            .keep_alive
+            .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
         Client {
             state,
             conn,
@@ -141,13 +158,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             out_aliases: HashMap::new(),
             batch: Vec::new(),
             paused_by: None,
+            keep_alive_timer,
         }
     }
 
-    /// Runs the client until it ends, then detaches it from its session.
-    pub(crate) async fn run(mut self) {
+    /// Runs the client until it ends, then detaches it from its session. The client lives
+    /// in a box so the task's future holds a pointer to it, not a second copy.
+    pub(crate) async fn run(mut self: Box<Self>) {
         let end = self.event_loop().await;
-        self.finish(end).await;
+        // Boxed: the end of a connection happens once, so its state need not be part of
+        // every idle connection's future.
+        Box::pin(self.finish(end)).await;
     }
 
     async fn event_loop(&mut self) -> End {
@@ -164,13 +185,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 return End::Failed(e);
             }
             let window_open = self.session.lock().inflight_len() < self.neg.window;
-            let deadline = tokio::time::Instant::from_std(self.deadline);
             let paused = self.paused_by.clone();
             tokio::select! {
                 biased;
                 _ = self.state.shutdown.cancelled() => return End::Shutdown,
                 _ = &mut self.kick => return End::TakenOver,
-                _ = wait_for_space(&paused), if paused.is_some() => {
+                _ = Box::pin(wait_for_space(&paused)), if paused.is_some() => {
                     self.paused_by = None;
                     // Packets already read wait behind the pause; time spent paused is the
                     // broker's doing, so it also restarts the keep-alive clock.
@@ -188,8 +208,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     Err(e) => return End::Failed(e.into()),
                 },
                 _ = self.session.notified(), if window_open => {}
-                _ = tokio::time::sleep_until(deadline), if self.neg.keep_alive.is_some() => {
-                    return End::KeepAlive;
+                _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
+                    if Instant::now() >= self.deadline {
+                        return End::KeepAlive;
+                    }
+                    if let Some(t) = self.keep_alive_timer.as_mut() {
+                        t.as_mut().reset(self.deadline.into());
+                    }
                 }
             }
         }
@@ -223,7 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         None
     }
 
-    async fn finish(mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         let reason = match &end {
             End::TakenOver => Some(ReasonCode::SessionTakenOver),
             End::Shutdown => Some(ReasonCode::ServerShuttingDown),
@@ -260,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let now = Instant::now();
         let will = self.will.take().map(|w| {
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            (Message::from_will(w, self.session.id, now), delay)
+            (Message::from_will(*w, self.session.id, now), delay)
         });
         self.state
             .detach(&self.session, self.generation, departure, will);
