@@ -20,8 +20,22 @@ use crate::error::BrokerError;
 const MIN_READ: usize = 256;
 /// Largest read: a busy connection grows to this, doubling while reads fill the buffer.
 const MAX_READ: usize = 64 * 1024;
-/// A write buffer larger than this is released after a flush.
-const KEEP_WRITE: usize = 1024;
+
+/// A byte stream a connection runs over. `readable` lets an idle connection wait for data
+/// without holding a read buffer; a stream that cannot tell resolves at once (and then waits
+/// inside the read, buffer reserved).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Resolves when a read is likely not to block. Cancel-safe.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::TcpStream::readable(self)
+    }
+}
 
 /// A framed MQTT connection over a byte stream.
 pub(crate) struct Connection<S> {
@@ -35,7 +49,7 @@ pub(crate) struct Connection<S> {
     write_timeout: Duration,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: Transport> Connection<S> {
     /// Wraps a stream; `limits` applies from the first packet (the pre-auth CONNECT limit).
     pub fn new(stream: S, limits: Limits, write_timeout: Duration) -> Self {
         Connection {
@@ -60,8 +74,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ///
     /// The read size adapts: it doubles while reads fill the buffer and halves while they
     /// use little of it, so a busy connection reads 64 KiB per system call and an idle one
-    /// holds only `MIN_READ` bytes.
+    /// holds no buffer at all while it waits.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.read_buf.is_empty() {
+            self.stream.readable().await?;
+        }
         if self.read_buf.capacity() - self.read_buf.len() < self.read_chunk / 2 {
             self.read_buf.reserve(self.read_chunk);
         }
@@ -130,7 +147,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             })
             .await;
             match attempt {
-                Some(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Some(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
                 Some(Ok(n)) => written += n,
                 Some(Err(e)) => return Err(e.into()),
                 None => break,
@@ -151,10 +170,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Ok(result) => result?,
             Err(_) => return Err(BrokerError::WriteTimeout),
         }
-        self.write_buf.clear();
-        if self.write_buf.capacity() > KEEP_WRITE {
-            self.write_buf = BytesMut::new();
-        }
+        // Released after every flush: an idle connection holds no write buffer, and a busy
+        // one pays one allocation per batch, not per message.
+        self.write_buf = BytesMut::new();
         Ok(())
     }
 

@@ -11,11 +11,10 @@ use std::time::Duration;
 use messs_codec::{
     ConnAck, ConnAckProperties, Connect, DecodeError, Limits, Packet, Protocol, ReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client::{Client, Negotiated};
 use crate::config::ListenerConfig;
-use crate::connection::Connection;
+use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
 use crate::session::{SessionKey, TenantId};
 use crate::state::BrokerState;
@@ -25,21 +24,26 @@ pub const DEFAULT_TENANT: &str = "default";
 
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
-/// Serves one accepted socket from CONNECT to close.
-///
-/// The handshake runs in its own boxed future, freed once the client is connected: only the
-/// client loop's (smaller) state stays allocated for the life of an idle connection.
-pub(crate) async fn serve<S>(
+/// Serves one accepted socket: the handshake runs in this task; a connected client then
+/// gets a task of its own, so an idle connection keeps only the client loop's small state,
+/// not the handshake's. `permit` (a connection slot) lives as long as the connection.
+pub(crate) async fn serve<S, P>(
     state: Arc<BrokerState>,
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
+    permit: P,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport + 'static,
+    P: Send + 'static,
 {
-    let client = Box::pin(handshake(state, stream, peer, listener)).await;
-    if let Some(client) = client {
-        Box::new(client).run().await;
+    let tasks = state.tasks.clone();
+    if let Some(client) = handshake(state, stream, peer, listener).await {
+        let client = Box::new(client);
+        tasks.spawn(async move {
+            client.run().await;
+            drop(permit);
+        });
     }
 }
 
@@ -51,7 +55,7 @@ async fn handshake<S>(
     listener: Arc<ListenerConfig>,
 ) -> Option<Client<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     let limits = &state.config.limits;
     let pre_auth = Limits {
@@ -59,7 +63,10 @@ where
     };
     let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let mut conn = Connection::new(stream, pre_auth, write_timeout);
-    let first = tokio::time::timeout(limits.connect_timeout(), read_connect(&mut conn)).await;
+    let first = tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        first = tokio::time::timeout(limits.connect_timeout(), read_connect(&mut conn)) => first,
+    };
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
@@ -102,7 +109,7 @@ where
 /// stray protocol cannot hold the socket open until the connect timeout.
 async fn read_connect<S>(conn: &mut Connection<S>) -> Result<Option<Packet>, BrokerError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     loop {
         if conn.peek_type().is_some_and(|t| t != 1) {
@@ -122,7 +129,7 @@ where
 
 async fn reject<S>(conn: &mut Connection<S>, protocol: Protocol, code: ReasonCode, why: &str)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     conn.configure(protocol, Limits::default());
     let ack = ConnAck {
@@ -146,7 +153,7 @@ async fn accept<S>(
     listener: &ListenerConfig,
 ) -> Option<Client<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     let protocol = connect.protocol;
     let v5 = protocol.is_v5();

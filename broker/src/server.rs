@@ -94,6 +94,7 @@ impl Broker {
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
+        state.kick_all(messs_codec::ReasonCode::ServerShuttingDown);
         state.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
             .await
@@ -138,9 +139,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state2 = state.clone();
         let config = config.clone();
-        state.tasks.spawn(async move {
-            handshake::serve(state2, stream, peer, config).await;
-            drop(permit);
-        });
+        state
+            .tasks
+            .spawn(handshake::serve(state2, stream, peer, config, permit));
     }
 }

@@ -140,12 +140,38 @@ impl BrokerState {
             st.generation
         };
         session.set_connected(true);
+        if self.shutdown.is_cancelled() {
+            // Attached after `kick_all` ran: close at once.
+            let kick = session
+                .lock()
+                .attachment
+                .as_mut()
+                .and_then(|a| a.kick.take());
+            if let Some(kick) = kick {
+                let _ = kick.send(ReasonCode::ServerShuttingDown);
+            }
+        }
         Attached {
             session,
             session_present,
             generation,
             kick: kick_rx,
             done: done_tx,
+        }
+    }
+
+    /// Tells every attached connection to close with `code` (shutdown).
+    pub fn kick_all(&self, code: ReasonCode) {
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for session in sessions {
+            let kick = session
+                .lock()
+                .attachment
+                .as_mut()
+                .and_then(|a| a.kick.take());
+            if let Some(kick) = kick {
+                let _ = kick.send(code);
+            }
         }
     }
 

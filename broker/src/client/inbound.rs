@@ -11,9 +11,9 @@ use messs_codec::{
     AckProperties, Disconnect, Packet, PubResponse, Publish, QoS, QosPid, ReasonCode,
     RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, End};
+use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::{Delivery, Message};
 use crate::session::StoredSubscription;
@@ -21,7 +21,7 @@ use crate::session::StoredSubscription;
 /// Topics under this prefix belong to the broker; clients may not publish to them.
 const SYS_PREFIX: &str = "$SYS";
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+impl<S: Transport> Client<S> {
     /// Handles one packet; `Some(end)` when the connection should end.
     pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<End>, BrokerError> {
         match packet {
@@ -72,11 +72,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             ));
         }
         if p.topic.is_empty() {
-            self.in_aliases.get(&alias.get()).cloned().ok_or_else(|| {
+            let known = self.in_aliases.as_ref().and_then(|m| m.get(&alias.get()));
+            known.cloned().ok_or_else(|| {
                 BrokerError::protocol(ReasonCode::ProtocolError, "unknown topic alias")
             })
         } else {
-            self.in_aliases.insert(alias.get(), p.topic.clone());
+            self.in_aliases
+                .get_or_insert_default()
+                .insert(alias.get(), p.topic.clone());
             Ok(p.topic.clone())
         }
     }

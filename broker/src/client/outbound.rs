@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, MAX_BATCH};
+use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Delivery;
 use crate::session::Resend;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+impl<S: Transport> Client<S> {
     /// On session resume, resends unacknowledged PUBLISHes (DUP set) and PUBRELs in their
     /// original order, before anything new [MQTT-4.4.0-1].
     pub(super) fn resend_inflight(&mut self) -> Result<(), BrokerError> {
@@ -62,10 +62,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Picks the topic alias for a topic: an existing one (send an empty topic), a new one
     /// while the client's Topic Alias Maximum allows (send both), or none.
     fn outbound_alias(&mut self, topic: &TopicName) -> (Option<NonZeroU16>, bool) {
-        if let Some(a) = self.out_aliases.get(topic) {
+        let aliases = self.out_aliases.get_or_insert_default();
+        if let Some(a) = aliases.get(topic) {
             return (Some(*a), false);
         }
-        let next = self.out_aliases.len() + 1;
+        let next = aliases.len() + 1;
         if next > usize::from(self.neg.client_alias_max) {
             return (None, false);
         }
@@ -98,7 +99,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .queue_publish(&publish, self.neg.client_max_packet)?
         {
             if let Some(a) = new_alias {
-                self.out_aliases.insert(d.message.topic.clone(), a);
+                self.out_aliases
+                    .get_or_insert_default()
+                    .insert(d.message.topic.clone(), a);
             }
             self.state
                 .stats
