@@ -244,7 +244,7 @@ pub async fn run(plan: Plan, on_live: impl FnOnce(Live)) -> anyhow::Result<Outco
     let mut last_total = 0;
     let mut last_change = Instant::now();
     let grace = Duration::from_secs(2);
-    while plan.subscribers > 0 {
+    while !sub_counters.is_empty() {
         let total: u64 = sub_counters
             .iter()
             .map(|c| c.received.load(Ordering::Relaxed))
