@@ -6,6 +6,8 @@
 //! `router`, which fans it out into the bounded queues of matching sessions; each session's
 //! own client task drains its queue back to its socket. Storage will hang off this path.
 
+#[doc(hidden)]
+pub mod bench_support;
 mod client;
 mod config;
 mod connection;

@@ -7,7 +7,7 @@
 //! bottleneck, and tenants never share a trie, so `#` cannot reach across tenants.
 
 mod retained;
-mod trie;
+pub(crate) mod trie;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

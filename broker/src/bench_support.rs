@@ -1,0 +1,127 @@
+//! Entry points for the criterion benches in `benches/` (hidden from the docs; not an API).
+//! They drive the real trie and router, not copies of them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use messs_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
+
+use crate::message::{Message, MessageProperties};
+use crate::router::trie::{Subscriber, SubscriptionTrie};
+use crate::router::Router;
+use crate::session::{Session, SessionKey, StoredSubscription, TenantId};
+use crate::stats::Stats;
+
+fn session(id: u64, max_queued: usize) -> Arc<Session> {
+    let key = SessionKey {
+        tenant: Arc::from("bench"),
+        client_id: Arc::from(format!("bench-{id}")),
+    };
+    let s = Arc::new(Session::new(id, key, max_queued));
+    s.set_connected(true);
+    s
+}
+
+/// A subscription trie filled by the bench.
+pub struct BenchTrie {
+    trie: SubscriptionTrie,
+    sessions: Vec<Arc<Session>>,
+}
+
+impl BenchTrie {
+    /// An empty trie with `sessions` subscriber sessions to spread subscriptions over.
+    pub fn new(sessions: usize) -> Self {
+        BenchTrie {
+            trie: SubscriptionTrie::default(),
+            sessions: (0..sessions.max(1) as u64).map(|i| session(i, 1)).collect(),
+        }
+    }
+
+    /// Adds a subscription for session `n % sessions`. Panics on an invalid filter (bench
+    /// input is fixed).
+    pub fn subscribe(&mut self, filter: &str, n: usize) {
+        let Ok(filter) = TopicFilter::new(filter) else {
+            return;
+        };
+        let session = self.sessions[n % self.sessions.len()].clone();
+        self.trie.insert(
+            &filter,
+            Subscriber {
+                session,
+                options: SubscriptionOptions::new(QoS::AtMostOnce),
+                id: None,
+            },
+        );
+    }
+
+    /// How many subscriptions match `topic`.
+    pub fn count_matches(&self, topic: &str) -> usize {
+        let mut n = 0;
+        self.trie.for_each_match(topic, &mut |_| n += 1);
+        n
+    }
+}
+
+/// A router with `n` connected sessions subscribed to one filter.
+pub struct BenchRouter {
+    router: Router,
+    tenant: TenantId,
+    sessions: Vec<Arc<Session>>,
+    origin: u64,
+}
+
+impl BenchRouter {
+    /// `subscribers` sessions, each subscribed to `filter` at QoS 0.
+    pub fn new(subscribers: usize, filter: &str) -> Self {
+        let router = Router::new(1000, false, Arc::new(Stats::default()));
+        let tenant: TenantId = Arc::from("bench");
+        let mut sessions = Vec::with_capacity(subscribers);
+        if let Ok(filter) = TopicFilter::new(filter) {
+            for i in 0..subscribers as u64 {
+                let s = session(i + 1, 1 << 20);
+                router.subscribe(
+                    &tenant,
+                    &s,
+                    &StoredSubscription {
+                        filter: filter.clone(),
+                        options: SubscriptionOptions::new(QoS::AtMostOnce),
+                        id: None,
+                    },
+                );
+                sessions.push(s);
+            }
+        }
+        BenchRouter {
+            router,
+            tenant,
+            sessions,
+            origin: u64::MAX,
+        }
+    }
+
+    /// Publishes one message through the router; returns how many sessions it was queued for.
+    pub fn publish(&self, topic: &TopicName, payload: &Bytes) -> usize {
+        let message = Message {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+            expires_at: None,
+            origin: self.origin,
+        };
+        self.router.publish(&self.tenant, Arc::new(message)).matched
+    }
+
+    /// Empties every session queue as their connections would (outside the timed part).
+    pub fn drain(&self) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in &self.sessions {
+            let mut st = s.lock();
+            st.take_batch(now, 0, usize::MAX, &mut out);
+            out.clear();
+        }
+    }
+}
