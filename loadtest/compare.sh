@@ -6,6 +6,7 @@
 #   loadtest/compare.sh              # full run (~5 minutes)
 #   QUICK=1 loadtest/compare.sh      # smaller counts, for a smoke test
 #   BROKERS="messs mosquitto" loadtest/compare.sh
+#   CHECK=1 ...                      # fail if messs lost/duplicated QoS 1 messages (CI)
 #
 # Installs Mosquitto (Debian package) and rumqttd (cargo install) when missing. All traffic
 # stays on 127.0.0.1; every run is bounded by a count and a duration.
@@ -124,5 +125,5 @@ for entry in "${SCENARIOS[@]}"; do
   done
 done
 
-python3 loadtest/compare_table.py "$results" | tee "$OUT/$stamp.md"
+python3 loadtest/compare_table.py "$results" ${CHECK:+--check} | tee "$OUT/$stamp.md"
 echo "compare: results in $results and $OUT/$stamp.md" >&2

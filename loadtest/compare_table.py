@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Turns compare.sh's JSON lines into a Markdown table with messs/peer ratios."""
+"""Turns compare.sh's JSON lines into a Markdown table with messs/peer ratios.
+
+With --check, exits 1 if a messs run failed or a messs QoS 1 run lost or duplicated a
+message (used by CI).
+"""
 import json
 import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+check = "--check" in sys.argv[2:]
 brokers = []
 for r in rows:
     if r["broker"] not in brokers:
@@ -67,3 +72,22 @@ for s in scenarios:
             q = vals.get((label, p), (None, True))[0]
             cells.append(f"{m / q:.2f}x" if m is not None and q else "n/a")
         print("| " + " | ".join(cells) + " |")
+
+if check:
+    problems = []
+    for r in rows:
+        if r["broker"] != "messs":
+            continue
+        if "error" in r:
+            problems.append(f"{r['scenario']}: run failed")
+            continue
+        res = r["result"]
+        if res.get("command") == "conn":
+            if res["outcome"]["failed"]:
+                problems.append(f"{r['scenario']}: {res['outcome']['failed']} connections failed")
+        elif res.get("qos", 0) >= 1 and (res["outcome"]["lost"] or res["outcome"]["duplicates"]):
+            problems.append(f"{r['scenario']}: lost {res['outcome']['lost']}, duplicates {res['outcome']['duplicates']}")
+    if problems:
+        print("compare check FAILED: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print("compare check: messs runs complete, no QoS 1 loss or duplicates", file=sys.stderr)
