@@ -47,8 +47,9 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message from a client's PUBLISH whose topic is already resolved.
-    pub fn from_publish(p: Publish, topic: TopicName, origin: u64, now: Instant) -> Self {
+    /// A message from a client's PUBLISH whose topic is already resolved. The clock is read
+    /// only when the message has an expiry interval.
+    pub fn from_publish(p: Publish, topic: TopicName, origin: u64) -> Self {
         let props = p.properties;
         Message {
             topic,
@@ -57,7 +58,7 @@ impl Message {
             retain: p.retain,
             expires_at: props
                 .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             properties: MessageProperties {
                 payload_format_indicator: props.payload_format_indicator,
                 content_type: props.content_type,

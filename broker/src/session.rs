@@ -184,15 +184,21 @@ impl Session {
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
             return Err(EnqueueError::Offline);
         }
-        let pressure = {
+        let (pressure, was_empty) = {
             let mut st = self.lock();
             if st.queue.len() >= st.max_queued {
                 return Err(EnqueueError::Full);
             }
+            let was_empty = st.queue.is_empty();
             st.queue.push_back(delivery);
-            st.queue.len() >= st.soft_limit()
+            (st.queue.len() >= st.soft_limit(), was_empty)
         };
-        self.notify.notify_one();
+        // The connection drains until the queue is empty or its window is full (and an ack
+        // reopening the window makes it drain again), so only the first message after empty
+        // needs a wake-up: one cross-thread wake per batch, not per message.
+        if was_empty {
+            self.notify.notify_one();
+        }
         Ok(pressure && connected && !self.stalled.load(Ordering::Relaxed))
     }
 

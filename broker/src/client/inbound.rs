@@ -115,11 +115,11 @@ impl<S: Transport> Client<S> {
         if topic.as_str().starts_with(SYS_PREFIX) {
             return self.ack(qos_pid, ReasonCode::NotAuthorized);
         }
-        let message = Message::from_publish(p, topic, self.session.id, Instant::now());
+        let message = Message::from_publish(p, topic, self.session.id);
         let outcome = self
             .state
             .router
-            .publish(&self.session.key.tenant, Arc::new(message));
+            .publish_to(&self.routes, Arc::new(message));
         if let Some(session) = outcome.pressure {
             self.pause_for(session);
         }

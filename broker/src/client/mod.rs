@@ -22,6 +22,7 @@ use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
 use crate::message::{Delivery, Message};
+use crate::router::TenantRoutes;
 use crate::session::Session;
 use crate::state::{Attached, BrokerState, Departure};
 
@@ -124,6 +125,8 @@ pub(crate) struct Client<S> {
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
     /// touch the timer wheel.
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
+    /// The tenant's routes, looked up once.
+    routes: Arc<TenantRoutes>,
 }
 
 impl<S: Transport> Client<S> {
@@ -136,6 +139,7 @@ impl<S: Transport> Client<S> {
         peer: SocketAddr,
     ) -> Self {
         let will = will.map(Box::new);
+        let routes = state.router.tenant(&attached.session.key.tenant);
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
         state
             .stats
@@ -162,6 +166,7 @@ impl<S: Transport> Client<S> {
             batch: Vec::new(),
             paused_by: None,
             keep_alive_timer,
+            routes,
         }
     }
 

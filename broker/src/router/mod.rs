@@ -9,6 +9,7 @@
 mod retained;
 pub(crate) mod trie;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -30,7 +31,9 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct TenantRoutes {
+/// One tenant's subscription trie and retained store. A client holds its tenant's routes so
+/// a publish skips the tenant lookup.
+pub(crate) struct TenantRoutes {
     trie: RwLock<SubscriptionTrie>,
     retained: RwLock<RetainedStore>,
 }
@@ -53,6 +56,11 @@ pub(crate) struct Router {
     stats: Arc<Stats>,
 }
 
+thread_local! {
+    /// Reused per thread so a publish does not allocate its list of matches.
+    static MATCHES: RefCell<Vec<Match>> = const { RefCell::new(Vec::new()) };
+}
+
 /// One session's share of a message, before overlapping subscriptions are merged.
 struct Match {
     session: Arc<Session>,
@@ -71,7 +79,8 @@ impl Router {
         }
     }
 
-    fn tenant(&self, tenant: &TenantId) -> Arc<TenantRoutes> {
+    /// The routes of a tenant (created on first use).
+    pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantRoutes> {
         if let Some(t) = read(&self.tenants).get(tenant) {
             return t.clone();
         }
@@ -120,7 +129,11 @@ impl Router {
     /// matching session (one per session, with the highest QoS and all subscription ids of
     /// its matching subscriptions).
     pub fn publish(&self, tenant: &TenantId, message: Arc<Message>) -> PublishOutcome {
-        let routes = self.tenant(tenant);
+        self.publish_to(&self.tenant(tenant), message)
+    }
+
+    /// [`Router::publish`] with the tenant's routes already at hand.
+    pub fn publish_to(&self, routes: &TenantRoutes, message: Arc<Message>) -> PublishOutcome {
         let mut retained_rejected = false;
         if message.retain {
             retained_rejected = write(&routes.retained).set(message.clone()).is_err();
@@ -128,7 +141,30 @@ impl Router {
                 self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let mut matches: Vec<Match> = Vec::new();
+        let (matched, pressure) = MATCHES.with_borrow_mut(|matches| {
+            let result = self.fan_out(routes, &message, matches);
+            matches.clear();
+            result
+        });
+        self.stats
+            .messages_routed
+            .fetch_add(matched as u64, Ordering::Relaxed);
+        PublishOutcome {
+            matched,
+            retained_rejected,
+            pressure,
+        }
+    }
+
+    /// Queues `message` for every matching session, one delivery per session (highest QoS
+    /// and every subscription id of its overlapping subscriptions). Returns how many
+    /// sessions matched and one whose queue is past its soft limit, if any.
+    fn fan_out(
+        &self,
+        routes: &TenantRoutes,
+        message: &Arc<Message>,
+        matches: &mut Vec<Match>,
+    ) -> (usize, Option<Arc<Session>>) {
         read(&routes.trie).for_each_match(message.topic.as_str(), &mut |s| {
             if s.options.no_local && s.session.id == message.origin {
                 return; // [MQTT-3.8.3-3]
@@ -182,14 +218,7 @@ impl Router {
             }
             i = j;
         }
-        self.stats
-            .messages_routed
-            .fetch_add(matched as u64, Ordering::Relaxed);
-        PublishOutcome {
-            matched,
-            retained_rejected,
-            pressure,
-        }
+        (matched, pressure)
     }
 
     /// Retained messages matching a filter (for a new subscription).
