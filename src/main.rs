@@ -76,6 +76,7 @@ fn build_config(
                 bind,
                 transport,
                 allow_anonymous,
+                ..ListenerConfig::default()
             });
         }
         cfg.listeners = listeners;

@@ -46,6 +46,10 @@ pub struct ListenerConfig {
     /// Accept clients without credentials. Off unless a listener says so: the default
     /// listener of `messs serve` without a config file turns it on for 127.0.0.1 only.
     pub allow_anonymous: bool,
+    /// Length of the kernel's queue of connections not yet accepted (capped by
+    /// `net.core.somaxconn`). A short queue turns a connect storm into SYN retransmits
+    /// (a one-second stall for each client that overflows it).
+    pub backlog: u32,
 }
 
 impl Default for ListenerConfig {
@@ -54,6 +58,7 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             transport: Transport::Tcp,
             allow_anonymous: false,
+            backlog: 4096,
         }
     }
 }

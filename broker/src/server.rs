@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ListenerConfig, Transport};
@@ -35,12 +35,10 @@ impl Broker {
             match l.transport {
                 Transport::Tcp => {
                     let socket =
-                        TcpListener::bind(l.bind)
-                            .await
-                            .map_err(|source| BrokerError::Bind {
-                                addr: l.bind,
-                                source,
-                            })?;
+                        bind_tcp(l.bind, l.backlog).map_err(|source| BrokerError::Bind {
+                            addr: l.bind,
+                            source,
+                        })?;
                     listeners.push((socket, Arc::new(l.clone())));
                 }
             }
@@ -105,6 +103,18 @@ impl Broker {
         purger.abort();
         Ok(())
     }
+}
+
+/// Binds a TCP listener with an explicit backlog (tokio's `bind` uses a short fixed one).
+fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Takes a connection permit before each accept, so at most `max_connections` sockets are
