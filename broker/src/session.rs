@@ -13,7 +13,7 @@
 //! subscribers can take instead of losing acknowledged messages, and one stuck subscriber
 //! cannot stall publishers for more than the wait.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -106,16 +106,17 @@ pub struct Session {
     stalled: AtomicBool,
 }
 
-/// The mutable part of a session.
+/// The mutable part of a session. Ordered maps rather than hash maps: they are small, need no
+/// per-map hasher state, and an empty one is half the size (every idle session has three).
 pub(crate) struct SessionState {
-    pub subscriptions: HashMap<Arc<str>, StoredSubscription>,
+    pub subscriptions: BTreeMap<Arc<str>, StoredSubscription>,
     queue: VecDeque<Delivery>,
     max_queued: usize,
-    inflight: HashMap<NonZeroU16, InflightEntry>,
+    inflight: BTreeMap<NonZeroU16, InflightEntry>,
     next_seq: u64,
     next_pid: u16,
     /// QoS 2 packet ids received and answered with PUBREC, awaiting PUBREL.
-    pub incoming_qos2: HashSet<NonZeroU16>,
+    pub incoming_qos2: BTreeSet<NonZeroU16>,
     /// Seconds the session outlives its connection.
     pub expiry_interval: u32,
     /// Bumped on every attach, so a stale expiry timer can tell it lost.
@@ -133,13 +134,13 @@ impl Session {
             id,
             key,
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: BTreeMap::new(),
                 queue: VecDeque::new(),
                 max_queued,
-                inflight: HashMap::new(),
+                inflight: BTreeMap::new(),
                 next_seq: 0,
                 next_pid: 0,
-                incoming_qos2: HashSet::new(),
+                incoming_qos2: BTreeSet::new(),
                 expiry_interval: 0,
                 generation: 0,
                 attachment: None,
@@ -170,6 +171,15 @@ impl Session {
     /// Resolves when deliveries were queued since the last call.
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// Tells the attached connection, if any, to close with `code` (it sends DISCONNECT
+    /// with that reason to a v5 client).
+    pub(crate) fn kick(&self, code: ReasonCode) {
+        let kick = self.lock().attachment.as_mut().and_then(|a| a.kick.take());
+        if let Some(kick) = kick {
+            let _ = kick.send(code);
+        }
     }
 
     /// Queues a delivery, subject to the session's limit, and wakes the connection.

@@ -142,14 +142,7 @@ impl BrokerState {
         session.set_connected(true);
         if self.shutdown.is_cancelled() {
             // Attached after `kick_all` ran: close at once.
-            let kick = session
-                .lock()
-                .attachment
-                .as_mut()
-                .and_then(|a| a.kick.take());
-            if let Some(kick) = kick {
-                let _ = kick.send(ReasonCode::ServerShuttingDown);
-            }
+            session.kick(ReasonCode::ServerShuttingDown);
         }
         Attached {
             session,
@@ -164,14 +157,7 @@ impl BrokerState {
     pub fn kick_all(&self, code: ReasonCode) {
         let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
         for session in sessions {
-            let kick = session
-                .lock()
-                .attachment
-                .as_mut()
-                .and_then(|a| a.kick.take());
-            if let Some(kick) = kick {
-                let _ = kick.send(code);
-            }
+            session.kick(code);
         }
     }
 
@@ -260,7 +246,9 @@ impl BrokerState {
         }
         let (subs, will) = {
             let mut st = session.lock();
-            let subs: Vec<_> = st.subscriptions.drain().map(|(_, s)| s).collect();
+            let subs: Vec<_> = std::mem::take(&mut st.subscriptions)
+                .into_values()
+                .collect();
             (subs, st.pending_will.take())
         };
         for sub in subs {
