@@ -7,7 +7,7 @@
 //! buffer and sent with one [`Connection::flush`].
 
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -21,19 +21,19 @@ const MIN_READ: usize = 256;
 /// Largest read: a busy connection grows to this, doubling while reads fill the buffer.
 const MAX_READ: usize = 64 * 1024;
 
-/// A byte stream a connection runs over. `readable` lets an idle connection wait for data
-/// without holding a read buffer; a stream that cannot tell resolves at once (and then waits
-/// inside the read, buffer reserved).
+/// A byte stream a connection runs over. `poll_read_ready` lets an idle connection wait for
+/// data without holding a read buffer (and without a waiter node in its future); a stream
+/// that cannot tell reports ready at once and then waits inside the read, buffer reserved.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Resolves when a read is likely not to block. Cancel-safe.
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    /// Ready when a read is likely not to block.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 impl Transport for tokio::net::TcpStream {
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        tokio::net::TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
     }
 }
 
@@ -77,7 +77,8 @@ impl<S: Transport> Connection<S> {
     /// holds no buffer at all while it waits.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         if self.read_buf.is_empty() {
-            self.stream.readable().await?;
+            let stream = &mut self.stream; // `&mut` keeps the future `Send` without `S: Sync`
+            std::future::poll_fn(move |cx| stream.poll_read_ready(cx)).await?;
         }
         if self.read_buf.capacity() - self.read_buf.len() < self.read_chunk / 2 {
             self.read_buf.reserve(self.read_chunk);
@@ -166,9 +167,24 @@ impl<S: Transport> Connection<S> {
                 Err(_) => return Err(BrokerError::WriteTimeout),
             }
         }
-        match tokio::time::timeout(self.write_timeout, self.stream.flush()).await {
-            Ok(result) => result?,
-            Err(_) => return Err(BrokerError::WriteTimeout),
+        // TCP has nothing to flush; a stream that does (TLS) gets the boxed timeout too.
+        let flushed = std::future::poll_fn(|cx| match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        })
+        .await;
+        match flushed {
+            Some(result) => result?,
+            None => {
+                let slow = Box::pin(tokio::time::timeout(
+                    self.write_timeout,
+                    self.stream.flush(),
+                ));
+                match slow.await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(BrokerError::WriteTimeout),
+                }
+            }
         }
         // Released after every flush: an idle connection holds no write buffer, and a busy
         // one pays one allocation per batch, not per message.

@@ -72,8 +72,6 @@ pub(crate) enum Resend {
 pub(crate) struct Attachment {
     /// Tells the connection to close (session taken over).
     pub kick: Option<oneshot::Sender<ReasonCode>>,
-    /// Closed by the connection once it has detached.
-    pub done: Option<oneshot::Receiver<()>>,
 }
 
 /// A will message whose delay has not passed yet.
@@ -241,7 +239,23 @@ impl Session {
         }
     }
 
-    /// Wakes paused publishers when the connection goes away (they stop waiting).
+    /// Waits (until `deadline`) for the attached connection to finish detaching: a takeover
+    /// must not touch the session while the old connection still does. Cancel-safe.
+    pub(crate) async fn wait_detached(&self, deadline: tokio::time::Instant) {
+        loop {
+            let signal = self.space.notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            if !self.is_connected() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, signal).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Wakes paused publishers and a waiting takeover when the connection goes away.
     pub(crate) fn release_waiters(&self) {
         self.space.notify_waiters();
     }

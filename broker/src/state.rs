@@ -43,8 +43,6 @@ pub(crate) struct Attached {
     pub generation: u64,
     /// Fires when another connection takes the session over.
     pub kick: oneshot::Receiver<ReasonCode>,
-    /// Dropped once this connection has detached.
-    pub done: oneshot::Sender<()>,
 }
 
 /// How a connection ended, as far as the session is concerned.
@@ -106,13 +104,10 @@ impl BrokerState {
         let existing = self.sessions().get(&key).cloned();
         if let Some(old) = &existing {
             let attachment = old.lock().attachment.take();
-            if let Some(Attachment { kick, done }) = attachment {
-                if let Some(kick) = kick {
-                    let _ = kick.send(ReasonCode::SessionTakenOver);
-                }
-                if let Some(done) = done {
-                    let _ = tokio::time::timeout(TAKEOVER_WAIT, done).await;
-                }
+            if let Some(Attachment { kick: Some(kick) }) = attachment {
+                let _ = kick.send(ReasonCode::SessionTakenOver);
+                old.wait_detached(tokio::time::Instant::now() + TAKEOVER_WAIT)
+                    .await;
             }
         }
         let (session, session_present) = match existing {
@@ -124,12 +119,10 @@ impl BrokerState {
             None => (self.new_session(key), false),
         };
         let (kick_tx, kick_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
         let generation = {
             let mut st = session.lock();
             st.attachment = Some(Attachment {
                 kick: Some(kick_tx),
-                done: Some(done_rx),
             });
             st.generation += 1;
             st.expiry_interval = expiry;
@@ -149,7 +142,6 @@ impl BrokerState {
             session_present,
             generation,
             kick: kick_rx,
-            done: done_tx,
         }
     }
 
@@ -178,12 +170,8 @@ impl BrokerState {
             st.attachment = None;
             st.expiry_interval
         };
-        session.set_connected(false);
-        session.release_waiters();
-        if departure == Departure::Shutdown {
-            return;
-        }
-        if let (Some((message, delay)), true) = (will, departure != Departure::Clean) {
+        let publish_will = !matches!(departure, Departure::Clean | Departure::Shutdown);
+        if let (Some((message, delay)), true) = (will, publish_will) {
             let message = Arc::new(message);
             let delay = delay.min(expiry);
             if delay == 0 {
@@ -192,8 +180,11 @@ impl BrokerState {
                 self.schedule_will(session, message, delay);
             }
         }
-        if departure == Departure::TakenOver {
-            return; // the taker resumes or ends the session
+        // Last change to the session by this connection: a takeover waits for it.
+        session.set_connected(false);
+        session.release_waiters();
+        if matches!(departure, Departure::TakenOver | Departure::Shutdown) {
+            return; // the taker resumes or ends the session; shutdown keeps it as it is
         }
         if expiry == 0 {
             self.end_session(session);

@@ -103,7 +103,6 @@ pub(crate) struct Client<S> {
     generation: u64,
     session_present: bool,
     kick: oneshot::Receiver<ReasonCode>,
-    done: Option<oneshot::Sender<()>>,
     neg: Negotiated,
     /// Boxed: most clients have none, and it is only read at the end.
     will: Option<Box<Will>>,
@@ -156,7 +155,6 @@ impl<S: Transport> Client<S> {
             generation: attached.generation,
             session_present: attached.session_present,
             kick: attached.kick,
-            done: Some(attached.done),
             neg,
             will,
             peer,
@@ -304,6 +302,5 @@ impl<S: Transport> Client<S> {
         self.state
             .detach(&self.session, self.generation, departure, will);
         self.state.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        drop(self.done.take());
     }
 }
