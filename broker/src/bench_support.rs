@@ -18,7 +18,7 @@ fn session(id: u64, max_queued: usize) -> Arc<Session> {
         tenant: Arc::from("bench"),
         client_id: Arc::from(format!("bench-{id}")),
     };
-    let s = Arc::new(Session::new(id, key, max_queued));
+    let s = Arc::new(Session::new(id, key, max_queued, Default::default()));
     s.set_connected(true);
     s
 }

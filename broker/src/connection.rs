@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::BrokerError;
 
 /// Smallest read: what an idle connection holds while it waits for bytes.
-const MIN_READ: usize = 256;
+const MIN_READ: u32 = 256;
 /// Largest read: a busy connection grows to this, doubling while reads fill the buffer.
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: u32 = 64 * 1024;
 
 /// A byte stream a connection runs over. `poll_read_ready` lets an idle connection wait for
 /// data without holding a read buffer (and without a waiter node in its future); a stream
@@ -43,15 +43,17 @@ pub(crate) struct Connection<S> {
     read_buf: BytesMut,
     write_buf: BytesMut,
     /// Current read size, adapted to the traffic between `MIN_READ` and `MAX_READ`.
-    read_chunk: usize,
+    read_chunk: u32,
     protocol: Protocol,
     limits: Limits,
-    write_timeout: Duration,
+    /// Seconds (a `u32`: this struct is in every idle connection).
+    write_timeout_secs: u32,
 }
 
 impl<S: Transport> Connection<S> {
     /// Wraps a stream; `limits` applies from the first packet (the pre-auth CONNECT limit).
     pub fn new(stream: S, limits: Limits, write_timeout: Duration) -> Self {
+        let write_timeout_secs = u32::try_from(write_timeout.as_secs()).unwrap_or(u32::MAX);
         Connection {
             stream,
             read_buf: BytesMut::new(),
@@ -59,7 +61,7 @@ impl<S: Transport> Connection<S> {
             read_chunk: MIN_READ,
             protocol: Protocol::V5,
             limits,
-            write_timeout,
+            write_timeout_secs,
         }
     }
 
@@ -80,14 +82,15 @@ impl<S: Transport> Connection<S> {
             let stream = &mut self.stream; // `&mut` keeps the future `Send` without `S: Sync`
             std::future::poll_fn(move |cx| stream.poll_read_ready(cx)).await?;
         }
-        if self.read_buf.capacity() - self.read_buf.len() < self.read_chunk / 2 {
-            self.read_buf.reserve(self.read_chunk);
+        let chunk = self.read_chunk as usize;
+        if self.read_buf.capacity() - self.read_buf.len() < chunk / 2 {
+            self.read_buf.reserve(chunk);
         }
         let spare = self.read_buf.capacity() - self.read_buf.len();
         let n = self.stream.read_buf(&mut self.read_buf).await?;
         if n == spare {
             self.read_chunk = (self.read_chunk * 2).min(MAX_READ);
-        } else if n < self.read_chunk / 4 {
+        } else if n < chunk / 4 {
             self.read_chunk = (self.read_chunk / 2).max(MIN_READ);
         }
         Ok(n)
@@ -159,7 +162,7 @@ impl<S: Transport> Connection<S> {
         if written < self.write_buf.len() {
             let rest = &self.write_buf[written..];
             let slow = Box::pin(tokio::time::timeout(
-                self.write_timeout,
+                self.write_timeout(),
                 self.stream.write_all(rest),
             ));
             match slow.await {
@@ -177,7 +180,7 @@ impl<S: Transport> Connection<S> {
             Some(result) => result?,
             None => {
                 let slow = Box::pin(tokio::time::timeout(
-                    self.write_timeout,
+                    self.write_timeout(),
                     self.stream.flush(),
                 ));
                 match slow.await {
@@ -194,9 +197,13 @@ impl<S: Transport> Connection<S> {
 
     /// Flushes what is queued (briefly) and shuts the stream down; errors are irrelevant now.
     pub async fn close(&mut self) {
-        self.write_timeout = self.write_timeout.min(Duration::from_secs(2));
+        self.write_timeout_secs = self.write_timeout_secs.min(2);
         let _ = self.flush().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.write_timeout_secs))
     }
 
     /// The protocol level in force.

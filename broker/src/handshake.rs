@@ -261,6 +261,5 @@ where
         attached,
         negotiated,
         connect.will,
-        peer,
     ))
 }

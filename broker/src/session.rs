@@ -15,12 +15,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use messs_codec::{QoS, QosPid, ReasonCode, SubscriptionOptions, TopicFilter};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::message::{Delivery, Message};
 
@@ -68,12 +68,6 @@ pub(crate) enum Resend {
     PubRel(NonZeroU16),
 }
 
-/// The signals between a session and the connection attached to it.
-pub(crate) struct Attachment {
-    /// Tells the connection to close (session taken over).
-    pub kick: Option<oneshot::Sender<ReasonCode>>,
-}
-
 /// A will message whose delay has not passed yet.
 pub(crate) struct PendingWill {
     pub message: Arc<Message>,
@@ -97,11 +91,19 @@ pub struct Session {
     pub key: SessionKey,
     state: Mutex<SessionState>,
     notify: Notify,
-    /// Woken when the queue drains below its soft limit.
-    space: Notify,
+    /// Woken when a queue under pressure drains below its soft limit or a connection
+    /// detaches. Shared by all sessions of a broker (waiters recheck their own session), so an
+    /// idle session does not carry one.
+    space: Arc<Notify>,
+    /// Pressure was reported since the last drain below the soft limit: only then does a
+    /// drain wake the shared `space`.
+    pressured: AtomicBool,
     connected: AtomicBool,
     /// A publisher waited for this session in vain; don't make others wait until it drains.
     stalled: AtomicBool,
+    /// The generation of the connection told to close (0: none), and why.
+    kicked_generation: AtomicU64,
+    kick_code: AtomicU8,
 }
 
 /// The mutable part of a session. Ordered maps rather than hash maps: they are small, need no
@@ -109,7 +111,7 @@ pub struct Session {
 pub(crate) struct SessionState {
     pub subscriptions: BTreeMap<Arc<str>, StoredSubscription>,
     queue: VecDeque<Delivery>,
-    max_queued: usize,
+    max_queued: u32,
     inflight: BTreeMap<NonZeroU16, InflightEntry>,
     next_seq: u64,
     next_pid: u16,
@@ -119,7 +121,8 @@ pub(crate) struct SessionState {
     pub expiry_interval: u32,
     /// Bumped on every attach, so a stale expiry timer can tell it lost.
     pub generation: u64,
-    pub attachment: Option<Attachment>,
+    /// A connection is attached (set by attach, cleared by that connection's detach).
+    pub attached: bool,
     /// A delayed will waiting to be published; dropped if the client comes back, published
     /// at once if the session ends first.
     pub pending_will: Option<PendingWill>,
@@ -127,27 +130,30 @@ pub(crate) struct SessionState {
 
 impl Session {
     /// A new, empty session.
-    pub(crate) fn new(id: u64, key: SessionKey, max_queued: usize) -> Self {
+    pub(crate) fn new(id: u64, key: SessionKey, max_queued: usize, space: Arc<Notify>) -> Self {
         Session {
             id,
             key,
             state: Mutex::new(SessionState {
                 subscriptions: BTreeMap::new(),
                 queue: VecDeque::new(),
-                max_queued,
+                max_queued: u32::try_from(max_queued).unwrap_or(u32::MAX),
                 inflight: BTreeMap::new(),
                 next_seq: 0,
                 next_pid: 0,
                 incoming_qos2: BTreeSet::new(),
                 expiry_interval: 0,
                 generation: 0,
-                attachment: None,
+                attached: false,
                 pending_will: None,
             }),
             notify: Notify::new(),
-            space: Notify::new(),
+            space,
+            pressured: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            kicked_generation: AtomicU64::new(0),
+            kick_code: AtomicU8::new(0),
         }
     }
 
@@ -166,18 +172,34 @@ impl Session {
         self.connected.store(connected, Ordering::Release);
     }
 
-    /// Resolves when deliveries were queued since the last call.
-    pub(crate) async fn notified(&self) {
-        self.notify.notified().await;
+    /// Resolves when deliveries were queued since the last call (a plain `Notified`, not an
+    /// `async fn` around it: it sits in every idle connection's future).
+    pub(crate) fn queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     /// Tells the attached connection, if any, to close with `code` (it sends DISCONNECT
-    /// with that reason to a v5 client).
+    /// with that reason to a v5 client). The connection notices through the queue's wake-up:
+    /// one signal per idle connection instead of a channel of its own.
     pub(crate) fn kick(&self, code: ReasonCode) {
-        let kick = self.lock().attachment.as_mut().and_then(|a| a.kick.take());
-        if let Some(kick) = kick {
-            let _ = kick.send(code);
+        let generation = {
+            let st = self.lock();
+            if !st.attached {
+                return;
+            }
+            st.generation
+        };
+        self.kick_code.store(code.as_u8(), Ordering::Release);
+        self.kicked_generation.store(generation, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Why the connection of `generation` was told to close, if it was.
+    pub(crate) fn kicked(&self, generation: u64) -> Option<ReasonCode> {
+        if self.kicked_generation.load(Ordering::Acquire) != generation {
+            return None;
         }
+        ReasonCode::from_u8(self.kick_code.load(Ordering::Acquire))
     }
 
     /// Queues a delivery, subject to the session's limit, and wakes the connection.
@@ -194,7 +216,7 @@ impl Session {
         }
         let (pressure, was_empty) = {
             let mut st = self.lock();
-            if st.queue.len() >= st.max_queued {
+            if st.queue.len() >= st.max_queued as usize {
                 return Err(EnqueueError::Full);
             }
             let was_empty = st.queue.is_empty();
@@ -207,7 +229,11 @@ impl Session {
         if was_empty {
             self.notify.notify_one();
         }
-        Ok(pressure && connected && !self.stalled.load(Ordering::Relaxed))
+        let pressure = pressure && connected && !self.stalled.load(Ordering::Relaxed);
+        if pressure {
+            self.pressured.store(true, Ordering::Release);
+        }
+        Ok(pressure)
     }
 
     /// Waits until the queue is below its soft limit, the session goes offline, or
@@ -235,7 +261,9 @@ impl Session {
     pub(crate) fn after_drain(&self, queued: usize, soft_limit: usize) {
         if queued < soft_limit {
             self.stalled.store(false, Ordering::Relaxed);
-            self.space.notify_waiters();
+            if self.pressured.swap(false, Ordering::AcqRel) {
+                self.space.notify_waiters();
+            }
         }
     }
 
@@ -264,10 +292,11 @@ impl Session {
 impl SessionState {
     /// Queue length past which publishers are paused.
     pub fn soft_limit(&self) -> usize {
-        (self.max_queued / 2).max(1)
+        (self.max_queued as usize / 2).max(1)
     }
 
     /// Number of outgoing QoS 1/2 messages not yet completed.
+    #[cfg(test)]
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
@@ -434,7 +463,7 @@ mod tests {
             tenant: Arc::from("t"),
             client_id: Arc::from("c"),
         };
-        let s = Session::new(1, key, max);
+        let s = Session::new(1, key, max, Arc::new(Notify::new()));
         s.set_connected(true);
         s
     }

@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use messs_codec::ReasonCode;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::message::Message;
 use crate::router::Router;
-use crate::session::{Attachment, PendingWill, Session, SessionKey};
+use crate::session::{PendingWill, Session, SessionKey};
 use crate::stats::Stats;
 
 /// How long a takeover waits for the old connection to let go of the session.
@@ -30,6 +29,8 @@ pub(crate) struct BrokerState {
     /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
     pub default_tenant: crate::session::TenantId,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    /// The `space` signal every session shares (see `Session`).
+    space: Arc<tokio::sync::Notify>,
     /// Serialises attach/takeover so two CONNECTs with one client id cannot interleave.
     takeover: tokio::sync::Mutex<()>,
     next_session_id: AtomicU64,
@@ -41,8 +42,6 @@ pub(crate) struct Attached {
     pub session_present: bool,
     /// The generation this attach created; detach is a no-op if another attach followed.
     pub generation: u64,
-    /// Fires when another connection takes the session over.
-    pub kick: oneshot::Receiver<ReasonCode>,
 }
 
 /// How a connection ended, as far as the session is concerned.
@@ -75,6 +74,7 @@ impl BrokerState {
             tasks: TaskTracker::new(),
             default_tenant: std::sync::Arc::from(crate::handshake::DEFAULT_TENANT),
             sessions: Mutex::new(HashMap::new()),
+            space: Arc::new(tokio::sync::Notify::new()),
             takeover: tokio::sync::Mutex::new(()),
             next_session_id: AtomicU64::new(1),
         }
@@ -90,6 +90,7 @@ impl BrokerState {
             id,
             key.clone(),
             self.config.limits.max_queued_messages,
+            self.space.clone(),
         ));
         self.sessions().insert(key, session.clone());
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
@@ -103,9 +104,8 @@ impl BrokerState {
         let _serial = self.takeover.lock().await;
         let existing = self.sessions().get(&key).cloned();
         if let Some(old) = &existing {
-            let attachment = old.lock().attachment.take();
-            if let Some(Attachment { kick: Some(kick) }) = attachment {
-                let _ = kick.send(ReasonCode::SessionTakenOver);
+            if old.lock().attached {
+                old.kick(ReasonCode::SessionTakenOver);
                 old.wait_detached(tokio::time::Instant::now() + TAKEOVER_WAIT)
                     .await;
             }
@@ -118,12 +118,9 @@ impl BrokerState {
             }
             None => (self.new_session(key), false),
         };
-        let (kick_tx, kick_rx) = oneshot::channel();
         let generation = {
             let mut st = session.lock();
-            st.attachment = Some(Attachment {
-                kick: Some(kick_tx),
-            });
+            st.attached = true;
             st.generation += 1;
             st.expiry_interval = expiry;
             if let Some(will) = st.pending_will.take() {
@@ -141,7 +138,6 @@ impl BrokerState {
             session,
             session_present,
             generation,
-            kick: kick_rx,
         }
     }
 
@@ -167,7 +163,7 @@ impl BrokerState {
             if st.generation != generation {
                 return; // a newer connection owns the session already
             }
-            st.attachment = None;
+            st.attached = false;
             st.expiry_interval
         };
         let publish_will = !matches!(departure, Departure::Clean | Departure::Shutdown);
@@ -217,7 +213,7 @@ impl BrokerState {
             tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
             let still_ours = {
                 let st = session.lock();
-                st.generation == generation && st.attachment.is_none()
+                st.generation == generation && !st.attached
             };
             if still_ours {
                 state.end_session(&session);

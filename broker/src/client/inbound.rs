@@ -104,7 +104,7 @@ impl<S: Transport> Client<S> {
                 drop(st);
                 return self.ack(qos_pid, ReasonCode::Success);
             }
-            if st.incoming_qos2.len() >= self.neg.receive_maximum {
+            if st.incoming_qos2.len() >= usize::from(self.neg.receive_maximum) {
                 return Err(BrokerError::protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "more unreleased QoS 2 messages than Receive Maximum [MQTT-3.3.4-9]",

@@ -7,21 +7,19 @@ mod inbound;
 mod outbound;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use messs_codec::{Connect, Disconnect, Packet, QosPid, ReasonCode, TopicName, Will};
-use tokio::sync::oneshot;
+use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
 
 use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
-use crate::message::{Delivery, Message};
+use crate::message::Message;
 use crate::router::TenantRoutes;
 use crate::session::Session;
 use crate::state::{Attached, BrokerState, Departure};
@@ -34,15 +32,15 @@ pub(crate) struct Negotiated {
     /// Close the connection after this long without a packet (1.5 x keep-alive).
     keep_alive: Option<Duration>,
     /// Most outgoing QoS 1/2 messages unacknowledged at once.
-    window: usize,
+    window: u16,
     /// Largest packet the client accepts.
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Topic aliases the client accepts from us.
     client_alias_max: u16,
     /// Topic aliases we accept from the client.
     alias_max: u16,
     /// Unreleased incoming QoS 2 messages allowed.
-    receive_maximum: usize,
+    receive_maximum: u16,
     /// Session Expiry Interval was 0 at CONNECT (DISCONNECT may not raise it then).
     expiry_was_zero: bool,
 }
@@ -54,13 +52,11 @@ impl Negotiated {
         Negotiated {
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-            window: usize::from(client_receive.min(limits.max_inflight)),
-            client_max_packet: p
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m.get() as usize),
+            window: client_receive.min(limits.max_inflight),
+            client_max_packet: p.maximum_packet_size.map_or(u32::MAX, |m| m.get()),
             client_alias_max: p.topic_alias_maximum.unwrap_or(0),
             alias_max: limits.topic_alias_maximum,
-            receive_maximum: usize::from(limits.receive_maximum),
+            receive_maximum: limits.receive_maximum,
             expiry_was_zero: p.session_expiry_interval.unwrap_or(0) == 0,
         }
     }
@@ -73,9 +69,10 @@ async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
     }
 }
 
-async fn wait_for_space(paused: &Option<(Arc<Session>, tokio::time::Instant)>) {
-    if let Some((session, deadline)) = paused {
-        session.wait_for_space(*deadline).await;
+async fn wait_for_space(paused: Option<Box<(Arc<Session>, tokio::time::Instant)>>) {
+    if let Some(p) = paused {
+        let (session, deadline) = *p;
+        session.wait_for_space(deadline).await;
     }
 }
 
@@ -102,11 +99,9 @@ pub(crate) struct Client<S> {
     session: Arc<Session>,
     generation: u64,
     session_present: bool,
-    kick: oneshot::Receiver<ReasonCode>,
     neg: Negotiated,
     /// Boxed: most clients have none, and it is only read at the end.
     will: Option<Box<Will>>,
-    peer: SocketAddr,
     deadline: Instant,
     /// Topic aliases the client defined (inbound).
     /// Boxed on first use (most clients use no aliases; an idle connection stays small:
@@ -116,11 +111,9 @@ pub(crate) struct Client<S> {
     /// Topic aliases we defined (outbound).
     #[allow(clippy::box_collection)]
     out_aliases: Option<Box<HashMap<TopicName, NonZeroU16>>>,
-    /// Reused buffer for deliveries taken from the session queue.
-    batch: Vec<(Delivery, QosPid)>,
     /// A subscriber session this client's publishes have filled past its soft limit: the
     /// socket is not read until it drains or the deadline passes.
-    paused_by: Option<(Arc<Session>, tokio::time::Instant)>,
+    paused_by: Option<Box<(Arc<Session>, tokio::time::Instant)>>,
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
     /// touch the timer wheel.
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
@@ -135,7 +128,6 @@ impl<S: Transport> Client<S> {
         attached: Attached,
         neg: Negotiated,
         will: Option<Will>,
-        peer: SocketAddr,
     ) -> Self {
         let will = will.map(Box::new);
         let routes = state.router.tenant(&attached.session.key.tenant);
@@ -154,14 +146,11 @@ impl<S: Transport> Client<S> {
             session: attached.session,
             generation: attached.generation,
             session_present: attached.session_present,
-            kick: attached.kick,
             neg,
             will,
-            peer,
             deadline,
             in_aliases: None,
             out_aliases: None,
-            batch: Vec::new(),
             paused_by: None,
             keep_alive_timer,
             routes,
@@ -190,19 +179,17 @@ impl<S: Transport> Client<S> {
             if let Err(e) = self.conn.flush().await {
                 return End::Failed(e);
             }
-            let window_open = self.session.lock().inflight_len() < self.neg.window;
-            let paused = self.paused_by.clone();
+            // Takeover and shutdown arrive as a kick plus the queue's wake-up, so an idle
+            // connection waits on one signal.
+            match self.session.kicked(self.generation) {
+                Some(ReasonCode::ServerShuttingDown) => return End::Shutdown,
+                Some(_) => return End::TakenOver,
+                None => {}
+            }
+            let paused = self.paused_by.is_some();
             tokio::select! {
                 biased;
-                kicked = &mut self.kick => {
-                    // Shutdown and takeover both arrive here, so an idle connection waits on
-                    // one channel instead of two.
-                    return match kicked {
-                        Ok(ReasonCode::ServerShuttingDown) => End::Shutdown,
-                        _ => End::TakenOver,
-                    };
-                }
-                _ = Box::pin(wait_for_space(&paused)), if paused.is_some() => {
+                _ = Box::pin(wait_for_space(self.paused_by.clone())), if paused => {
                     self.paused_by = None;
                     // Packets already read wait behind the pause; time spent paused is the
                     // broker's doing, so it also restarts the keep-alive clock.
@@ -210,7 +197,7 @@ impl<S: Transport> Client<S> {
                         return end;
                     }
                 }
-                read = self.conn.fill(), if paused.is_none() => match read {
+                read = self.conn.fill(), if !paused => match read {
                     Ok(0) => return End::Closed,
                     Ok(_) => {
                         if let Some(end) = self.process_input() {
@@ -219,7 +206,9 @@ impl<S: Transport> Client<S> {
                     }
                     Err(e) => return End::Failed(e.into()),
                 },
-                _ = self.session.notified(), if window_open => {}
+                // Always armed (a kick comes this way); with the window full, a wake-up for new
+                // messages costs one pass, since only an empty queue's first message wakes.
+                _ = self.session.queued() => {}
                 _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
                     if Instant::now() >= self.deadline {
                         return End::KeepAlive;
@@ -236,7 +225,7 @@ impl<S: Transport> Client<S> {
     pub(super) fn pause_for(&mut self, session: Arc<Session>) {
         if self.paused_by.is_none() && session.id != self.session.id {
             let wait = Duration::from_millis(self.state.config.limits.backpressure_wait_ms);
-            self.paused_by = Some((session, tokio::time::Instant::now() + wait));
+            self.paused_by = Some(Box::new((session, tokio::time::Instant::now() + wait)));
         }
     }
 
@@ -270,13 +259,13 @@ impl<S: Transport> Client<S> {
         };
         match &end {
             End::Failed(e) => {
-                tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, error = %e, "closing connection")
+                tracing::info!(client_id = %self.session.key.client_id, error = %e, "closing connection")
             }
             End::KeepAlive => {
-                tracing::info!(peer = %self.peer, client_id = %self.session.key.client_id, "keep-alive timeout")
+                tracing::info!(client_id = %self.session.key.client_id, "keep-alive timeout")
             }
             _ => {
-                tracing::debug!(peer = %self.peer, client_id = %self.session.key.client_id, "disconnected")
+                tracing::debug!(client_id = %self.session.key.client_id, "disconnected")
             }
         }
         if let (Some(code), true) = (reason, self.conn.protocol().is_v5()) {

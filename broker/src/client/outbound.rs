@@ -13,6 +13,12 @@ use crate::error::BrokerError;
 use crate::message::Delivery;
 use crate::session::Resend;
 
+thread_local! {
+    /// Reused per thread for deliveries taken from a session queue, so neither each pass nor
+    /// each idle connection carries its own buffer.
+    static BATCH: std::cell::Cell<Vec<(Delivery, QosPid)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl<S: Transport> Client<S> {
     /// On session resume, resends unacknowledged PUBLISHes (DUP set) and PUBRELs in their
     /// original order, before anything new [MQTT-4.4.0-1].
@@ -34,10 +40,11 @@ impl<S: Transport> Client<S> {
     pub(super) fn drain_outbox(&mut self) -> Result<(), BrokerError> {
         let now = Instant::now();
         loop {
-            let mut batch = std::mem::take(&mut self.batch);
+            let mut batch = BATCH.take();
             let (expired, left, soft_limit) = {
                 let mut st = self.session.lock();
-                let expired = st.take_batch(now, self.neg.window, MAX_BATCH, &mut batch);
+                let expired =
+                    st.take_batch(now, usize::from(self.neg.window), MAX_BATCH, &mut batch);
                 (expired, st.queued_len(), st.soft_limit())
             };
             self.session.after_drain(left, soft_limit);
@@ -51,7 +58,7 @@ impl<S: Transport> Client<S> {
             let result = batch
                 .drain(..)
                 .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now));
-            self.batch = batch;
+            BATCH.set(batch);
             result?;
             if !full_batch {
                 return Ok(());
@@ -96,7 +103,7 @@ impl<S: Transport> Client<S> {
         }
         if self
             .conn
-            .queue_publish(&publish, self.neg.client_max_packet)?
+            .queue_publish(&publish, self.neg.client_max_packet as usize)?
         {
             if let Some(a) = new_alias {
                 self.out_aliases

@@ -218,7 +218,7 @@ mod tests {
             client_id: Arc::from(format!("c{id}")),
         };
         Subscriber {
-            session: Arc::new(Session::new(id, key, 10)),
+            session: Arc::new(Session::new(id, key, 10, Default::default())),
             options: SubscriptionOptions::new(QoS::AtMostOnce),
             id: None,
         }
