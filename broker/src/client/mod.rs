@@ -69,12 +69,17 @@ async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
     }
 }
 
-async fn wait_for_space(paused: Option<Box<(Arc<Session>, tokio::time::Instant)>>) {
-    if let Some(p) = paused {
-        let (session, deadline) = *p;
-        session.wait_for_space(deadline).await;
+/// Waits on the pause future, if any (the branch is disabled when there is none; this
+/// small future is what `select!` builds on every pass, so it must not allocate).
+async fn pause_over(pause: &mut Option<PauseWait>) {
+    match pause {
+        Some(wait) => wait.as_mut().await,
+        None => std::future::pending().await,
     }
 }
+
+/// A paused publisher's wait for a subscriber's queue to drain, boxed once per pause.
+type PauseWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Why the loop ended.
 pub(crate) enum End {
@@ -111,9 +116,9 @@ pub(crate) struct Client<S> {
     /// Topic aliases we defined (outbound).
     #[allow(clippy::box_collection)]
     out_aliases: Option<Box<HashMap<TopicName, NonZeroU16>>>,
-    /// A subscriber session this client's publishes have filled past its soft limit: the
-    /// socket is not read until it drains or the deadline passes.
-    paused_by: Option<Box<(Arc<Session>, tokio::time::Instant)>>,
+    /// Set when this client's publishes filled a subscriber's queue past its soft limit:
+    /// the socket is not read until that queue drains or the pause's deadline passes.
+    pause: Option<PauseWait>,
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
     /// touch the timer wheel.
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
@@ -151,7 +156,7 @@ impl<S: Transport> Client<S> {
             deadline,
             in_aliases: None,
             out_aliases: None,
-            paused_by: None,
+            pause: None,
             keep_alive_timer,
             routes,
         }
@@ -186,11 +191,11 @@ impl<S: Transport> Client<S> {
                 Some(_) => return End::TakenOver,
                 None => {}
             }
-            let paused = self.paused_by.is_some();
+            let paused = self.pause.is_some();
             tokio::select! {
                 biased;
-                _ = Box::pin(wait_for_space(self.paused_by.clone())), if paused => {
-                    self.paused_by = None;
+                _ = pause_over(&mut self.pause), if paused => {
+                    self.pause = None;
                     // Packets already read wait behind the pause; time spent paused is the
                     // broker's doing, so it also restarts the keep-alive clock.
                     if let Some(end) = self.process_input() {
@@ -223,9 +228,12 @@ impl<S: Transport> Client<S> {
 
     /// Pauses reading after a publish pushed a subscriber's queue past its soft limit.
     pub(super) fn pause_for(&mut self, session: Arc<Session>) {
-        if self.paused_by.is_none() && session.id != self.session.id {
+        if self.pause.is_none() && session.id != self.session.id {
             let wait = Duration::from_millis(self.state.config.limits.backpressure_wait_ms);
-            self.paused_by = Some(Box::new((session, tokio::time::Instant::now() + wait)));
+            let deadline = tokio::time::Instant::now() + wait;
+            self.pause = Some(Box::pin(
+                async move { session.wait_for_space(deadline).await },
+            ));
         }
     }
 
@@ -235,7 +243,7 @@ impl<S: Transport> Client<S> {
         if let Some(k) = self.neg.keep_alive {
             self.deadline = Instant::now() + k;
         }
-        while self.paused_by.is_none() {
+        while self.pause.is_none() {
             match self.conn.next_packet() {
                 Ok(Some(packet)) => match self.handle(packet) {
                     Ok(None) => {}
