@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::UserProperties;
-use super::{id, once, put_bin, put_str, put_u32, put_user, read_properties, Value};
+use super::{id, once, push_user, put_bin, put_str, put_u32, put_user, read_properties, Value};
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{write_length_prefixed, write_varint};
 
@@ -30,10 +30,7 @@ impl AckProperties {
         let mut p = AckProperties::default();
         read_properties(buf, |pid, v| match pid {
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
@@ -66,10 +63,7 @@ impl SubscribeProperties {
                     .ok_or(DecodeError::InvalidPropertyValue { id: pid })?;
                 once(&mut p.subscription_identifier, pid, n)
             }
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
@@ -97,10 +91,7 @@ impl UnsubscribeProperties {
     pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         let mut p = UnsubscribeProperties::default();
         read_properties(buf, |pid, v| match pid {
-            id::USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            id::USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
@@ -137,10 +128,7 @@ impl DisconnectProperties {
             SESSION_EXPIRY => once(&mut p.session_expiry_interval, pid, take!(v, U32, pid)),
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
             SERVER_REFERENCE => once(&mut p.server_reference, pid, take!(v, Str, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
@@ -178,10 +166,7 @@ impl AuthProperties {
             AUTH_METHOD => once(&mut p.authentication_method, pid, take!(v, Str, pid)),
             AUTH_DATA => once(&mut p.authentication_data, pid, take!(v, Bin, pid)),
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)

@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::UserProperties;
 use super::{
-    bool_value, id, once, put_bin, put_byte, put_str, put_u16, put_u32, put_user, read_properties,
-    Value,
+    id, once, once_bool, push_user, put_bin, put_byte, put_str, put_u16, put_u32, put_user,
+    read_properties, Value,
 };
 use crate::error::{DecodeError, EncodeError};
 use crate::topic::TopicName;
@@ -54,20 +54,11 @@ impl ConnectProperties {
                 once(&mut p.maximum_packet_size, pid, n)
             }
             TOPIC_ALIAS_MAXIMUM => once(&mut p.topic_alias_maximum, pid, take!(v, U16, pid)),
-            REQUEST_RESPONSE_INFO => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.request_response_information, pid, b)
-            }
-            REQUEST_PROBLEM_INFO => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.request_problem_information, pid, b)
-            }
+            REQUEST_RESPONSE_INFO => once_bool(&mut p.request_response_information, pid, v),
+            REQUEST_PROBLEM_INFO => once_bool(&mut p.request_problem_information, pid, v),
             AUTH_METHOD => once(&mut p.authentication_method, pid, take!(v, Str, pid)),
             AUTH_DATA => once(&mut p.authentication_data, pid, take!(v, Bin, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         if p.authentication_data.is_some() && p.authentication_method.is_none() {
@@ -134,10 +125,7 @@ impl WillProperties {
         let mut p = WillProperties::default();
         read_properties(buf, |pid, v| match pid {
             WILL_DELAY => once(&mut p.will_delay_interval, pid, take!(v, U32, pid)),
-            PAYLOAD_FORMAT => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.payload_format_indicator, pid, b)
-            }
+            PAYLOAD_FORMAT => once_bool(&mut p.payload_format_indicator, pid, v),
             MESSAGE_EXPIRY => once(&mut p.message_expiry_interval, pid, take!(v, U32, pid)),
             CONTENT_TYPE => once(&mut p.content_type, pid, take!(v, Str, pid)),
             RESPONSE_TOPIC => {
@@ -145,10 +133,7 @@ impl WillProperties {
                 once(&mut p.response_topic, pid, t)
             }
             CORRELATION_DATA => once(&mut p.correlation_data, pid, take!(v, Bin, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
@@ -234,10 +219,7 @@ impl ConnAckProperties {
                 };
                 once(&mut p.maximum_qos, pid, q)
             }
-            RETAIN_AVAILABLE => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.retain_available, pid, b)
-            }
+            RETAIN_AVAILABLE => once_bool(&mut p.retain_available, pid, v),
             MAXIMUM_PACKET_SIZE => {
                 let n = NonZeroU32::new(take!(v, U32, pid))
                     .ok_or(DecodeError::InvalidPropertyValue { id: pid })?;
@@ -246,27 +228,15 @@ impl ConnAckProperties {
             ASSIGNED_CLIENT_ID => once(&mut p.assigned_client_identifier, pid, take!(v, Str, pid)),
             TOPIC_ALIAS_MAXIMUM => once(&mut p.topic_alias_maximum, pid, take!(v, U16, pid)),
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
-            WILDCARD_SUB_AVAILABLE => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.wildcard_subscription_available, pid, b)
-            }
-            SUB_ID_AVAILABLE => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.subscription_identifiers_available, pid, b)
-            }
-            SHARED_SUB_AVAILABLE => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.shared_subscription_available, pid, b)
-            }
+            WILDCARD_SUB_AVAILABLE => once_bool(&mut p.wildcard_subscription_available, pid, v),
+            SUB_ID_AVAILABLE => once_bool(&mut p.subscription_identifiers_available, pid, v),
+            SHARED_SUB_AVAILABLE => once_bool(&mut p.shared_subscription_available, pid, v),
             SERVER_KEEP_ALIVE => once(&mut p.server_keep_alive, pid, take!(v, U16, pid)),
             RESPONSE_INFO => once(&mut p.response_information, pid, take!(v, Str, pid)),
             SERVER_REFERENCE => once(&mut p.server_reference, pid, take!(v, Str, pid)),
             AUTH_METHOD => once(&mut p.authentication_method, pid, take!(v, Str, pid)),
             AUTH_DATA => once(&mut p.authentication_data, pid, take!(v, Bin, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)

@@ -106,6 +106,23 @@ pub(super) fn once<T>(slot: &mut Option<T>, pid: u8, value: T) -> Result<(), Dec
     Ok(())
 }
 
+/// A byte property that must be 0 or 1, set once.
+pub(super) fn once_bool(slot: &mut Option<bool>, pid: u8, v: Value) -> Result<(), DecodeError> {
+    let Value::Byte(b) = v else {
+        return Err(DecodeError::InvalidProperty { id: pid });
+    };
+    once(slot, pid, bool_value(pid, b)?)
+}
+
+/// A user property (may repeat).
+pub(super) fn push_user(props: &mut UserProperties, v: Value, pid: u8) -> Result<(), DecodeError> {
+    let Value::Pair(pair) = v else {
+        return Err(DecodeError::InvalidProperty { id: pid });
+    };
+    props.push(pair);
+    Ok(())
+}
+
 pub(super) fn bool_value(pid: u8, v: u8) -> Result<bool, DecodeError> {
     match v {
         0 => Ok(false),

@@ -6,8 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::UserProperties;
 use super::{
-    bool_value, id, once, put_bin, put_byte, put_str, put_u16, put_u32, put_user, read_properties,
-    Value,
+    id, once, once_bool, push_user, put_bin, put_byte, put_str, put_u16, put_u32, put_user,
+    read_properties, Value,
 };
 use crate::error::{DecodeError, EncodeError};
 use crate::topic::TopicName;
@@ -39,10 +39,7 @@ impl PublishProperties {
         use id::*;
         let mut p = PublishProperties::default();
         read_properties(buf, |pid, v| match pid {
-            PAYLOAD_FORMAT => {
-                let b = bool_value(pid, take!(v, Byte, pid))?;
-                once(&mut p.payload_format_indicator, pid, b)
-            }
+            PAYLOAD_FORMAT => once_bool(&mut p.payload_format_indicator, pid, v),
             MESSAGE_EXPIRY => once(&mut p.message_expiry_interval, pid, take!(v, U32, pid)),
             TOPIC_ALIAS => {
                 let a = NonZeroU16::new(take!(v, U16, pid)).ok_or(DecodeError::TopicAliasZero)?;
@@ -60,10 +57,7 @@ impl PublishProperties {
                 Ok(())
             }
             CONTENT_TYPE => once(&mut p.content_type, pid, take!(v, Str, pid)),
-            USER_PROPERTY => {
-                p.user_properties.push(take!(v, Pair, pid));
-                Ok(())
-            }
+            USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
         Ok(p)
