@@ -18,8 +18,8 @@ use crate::error::BrokerError;
 use crate::message::{Delivery, Message};
 use crate::session::StoredSubscription;
 
-/// Topics under this prefix belong to the broker; clients may not publish to them.
-const SYS_PREFIX: &str = "$SYS";
+/// Topics whose first level is this belong to the broker; clients may not publish to them.
+const SYS_LEVEL: &str = "$SYS";
 
 impl<S: Transport> Client<S> {
     /// Handles one packet; `Some(end)` when the connection should end.
@@ -112,7 +112,7 @@ impl<S: Transport> Client<S> {
             }
             st.incoming_qos2.insert(pid);
         }
-        if topic.as_str().starts_with(SYS_PREFIX) {
+        if topic.as_str().split('/').next() == Some(SYS_LEVEL) {
             return self.ack(qos_pid, ReasonCode::NotAuthorized);
         }
         let message = Message::from_publish(p, topic, self.session.id);
