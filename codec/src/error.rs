@@ -111,6 +111,21 @@ pub enum DecodeError {
     /// A PUBLISH with an empty topic and no Topic Alias (§3.3.2.1).
     #[error("empty topic name without a topic alias")]
     EmptyTopicWithoutAlias,
+    /// Maximum QoS 3 in a subscription's options (a Protocol Error, §3.8.3.1).
+    #[error("maximum QoS 3 in subscription options (§3.8.3.1)")]
+    SubscriptionQoSInvalid,
+    /// More User Properties than the receiver's limit.
+    #[error("more than {max} user properties in one packet")]
+    TooManyUserProperties {
+        /// The limit in force.
+        max: usize,
+    },
+    /// More topic filters in one SUBSCRIBE or UNSUBSCRIBE than the receiver's limit.
+    #[error("more than {max} topic filters in one packet")]
+    TooManyTopicFilters {
+        /// The limit in force.
+        max: usize,
+    },
     /// A Topic Alias of 0 [MQTT-3.3.2-8].
     #[error("topic alias 0 is not allowed [MQTT-3.3.2-8]")]
     TopicAliasZero,
@@ -130,7 +145,9 @@ impl DecodeError {
             | NoTopicFilters
             | InvalidRetainHandling
             | SharedSubscriptionNoLocal
-            | EmptyTopicWithoutAlias => ReasonCode::ProtocolError,
+            | EmptyTopicWithoutAlias
+            | SubscriptionQoSInvalid => ReasonCode::ProtocolError,
+            TooManyUserProperties { .. } | TooManyTopicFilters { .. } => ReasonCode::QuotaExceeded,
             TopicNameInvalid(_) => ReasonCode::TopicNameInvalid,
             TopicFilterInvalid(_) => ReasonCode::TopicFilterInvalid,
             TopicAliasZero => ReasonCode::TopicAliasInvalid,

@@ -107,7 +107,9 @@ impl SubscriptionOptions {
         if byte & reserved_mask != 0 {
             return Err(DecodeError::SubscriptionOptionsReserved);
         }
-        let qos = QoS::from_u8(byte & 0b11)?;
+        // v5 §3.8.3.1: Maximum QoS 3 is a Protocol Error (in 3.1.1 it is malformed, and
+        // a 3.1.1 peer is told nothing either way).
+        let qos = QoS::from_u8(byte & 0b11).map_err(|_| DecodeError::SubscriptionQoSInvalid)?;
         let retain_handling = match (byte >> 4) & 0b11 {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNewSubscription,

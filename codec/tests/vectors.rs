@@ -468,9 +468,7 @@ fn partial_input_needs_more_and_consumes_nothing() {
 
 #[test]
 fn too_large_is_refused_from_the_fixed_header() {
-    let limits = Limits {
-        max_packet_size: 10,
-    };
+    let limits = Limits::with_max_packet_size(10);
     // Only the header is present: the size is known, so the error comes at once.
     let mut buf = BytesMut::from(&[0x30, 0x0A][..]);
     assert_eq!(
@@ -658,7 +656,7 @@ fn malformed_subscribe_and_acks() {
     malformed(
         &[0x82, 0x06, 0, 1, 0, 1, b'a', 0x03],
         V3,
-        DecodeError::InvalidQoS,
+        DecodeError::SubscriptionQoSInvalid,
     );
     let shared = b"$share/g/a";
     let mut bytes = vec![0x82, 6 + shared.len() as u8, 0, 1, 0, 0, shared.len() as u8];
@@ -719,4 +717,81 @@ fn errors_carry_reason_codes() {
         .reason_code(),
         ReasonCode::UnsupportedProtocolVersion
     );
+}
+
+#[test]
+fn subscription_max_qos_3_is_a_protocol_error_in_v5() {
+    // SUBSCRIBE id 1, no properties, filter "a", options 0x03.
+    let bytes = [0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x03];
+    malformed(&bytes, V5, DecodeError::SubscriptionQoSInvalid);
+    assert_eq!(
+        DecodeError::SubscriptionQoSInvalid.reason_code(),
+        ReasonCode::ProtocolError
+    );
+}
+
+#[test]
+fn user_properties_beyond_the_limit_fail_before_allocation() {
+    // PUBLISH QoS 0 to "t" with three empty user properties (0x26, "", "").
+    let mut bytes = vec![0x30, 0x13, 0x00, 0x01, b't', 0x0F];
+    for _ in 0..3 {
+        bytes.extend_from_slice(&[0x26, 0, 0, 0, 0]);
+    }
+    let limits = |n| Limits {
+        max_user_properties: n,
+        ..Limits::default()
+    };
+    let mut ok = BytesMut::from(&bytes[..]);
+    assert!(decode(&mut ok, V5, &limits(3)).unwrap().is_some());
+    let mut too_many = BytesMut::from(&bytes[..]);
+    let err = decode(&mut too_many, V5, &limits(2)).unwrap_err();
+    assert_eq!(err, DecodeError::TooManyUserProperties { max: 2 });
+    assert_eq!(err.reason_code(), ReasonCode::QuotaExceeded);
+}
+
+#[test]
+fn topic_filters_beyond_the_limit_fail_the_packet() {
+    // 3.1.1 SUBSCRIBE id 1 with three filters "a", "b", "c" at QoS 0.
+    let bytes = [
+        0x82, 0x0E, 0x00, 0x01, 0, 1, b'a', 0, 0, 1, b'b', 0, 0, 1, b'c', 0,
+    ];
+    let limits = |n| Limits {
+        max_topic_filters: n,
+        ..Limits::default()
+    };
+    let mut ok = BytesMut::from(&bytes[..]);
+    assert!(decode(&mut ok, V3, &limits(3)).unwrap().is_some());
+    let mut too_many = BytesMut::from(&bytes[..]);
+    assert_eq!(
+        decode(&mut too_many, V3, &limits(2)),
+        Err(DecodeError::TooManyTopicFilters { max: 2 })
+    );
+    // UNSUBSCRIBE the same three.
+    let unsub = [0xA2, 0x0B, 0x00, 0x01, 0, 1, b'a', 0, 1, b'b', 0, 1, b'c'];
+    let mut too_many = BytesMut::from(&unsub[..]);
+    assert_eq!(
+        decode(&mut too_many, V3, &limits(2)),
+        Err(DecodeError::TooManyTopicFilters { max: 2 })
+    );
+}
+
+#[test]
+fn connack_session_present_only_where_it_exists() {
+    let ack = |code| {
+        Packet::ConnAck(Box::new(ConnAck {
+            session_present: true,
+            code,
+            properties: ConnAckProperties::default(),
+        }))
+    };
+    let bytes = |packet: &Packet, protocol| {
+        let mut out = BytesMut::new();
+        encode(packet, protocol, &mut out).unwrap();
+        out.to_vec()
+    };
+    // MQTT 3.1 reserves the first byte of CONNACK.
+    assert_eq!(bytes(&ack(ReasonCode::Success), Protocol::V3_1), [0x20, 2, 0, 0]);
+    assert_eq!(bytes(&ack(ReasonCode::Success), V3), [0x20, 2, 1, 0]);
+    // A refusal never claims a session [MQTT-3.2.2-4].
+    assert_eq!(bytes(&ack(ReasonCode::NotAuthorized), V3), [0x20, 2, 0, 5]);
 }

@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use messs_codec::{decode, encode, Limits, Packet, Protocol};
 
 pub fn fuzz_decode(data: &[u8], protocol: Protocol) {
-    let limits = Limits { max_packet_size: 64 * 1024 };
+    let limits = Limits::with_max_packet_size(64 * 1024);
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();

@@ -5,6 +5,7 @@ use std::num::NonZeroU16;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::AckProperties;
 use crate::reason::{ReasonCode, ReasonContext};
@@ -35,6 +36,7 @@ impl PubResponse {
         mut body: Bytes,
         v5: bool,
         ctx: ReasonContext,
+        lim: &Limits,
     ) -> Result<Self, DecodeError> {
         let packet_id = NonZeroU16::new(read_u16(&mut body)?).ok_or(DecodeError::ZeroPacketId)?;
         let mut reason = ReasonCode::Success;
@@ -42,7 +44,7 @@ impl PubResponse {
         if v5 && !body.is_empty() {
             reason = ReasonCode::decode_in(read_u8(&mut body)?, ctx)?;
             if !body.is_empty() {
-                properties = AckProperties::decode(&mut body)?;
+                properties = AckProperties::decode(&mut body, lim.max_user_properties)?;
             }
         }
         if !body.is_empty() {

@@ -3,9 +3,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::ConnAckProperties;
 use crate::reason::{ReasonCode, ReasonContext};
+use crate::types::Protocol;
 use crate::wire::read_u8;
 
 /// The server's answer to CONNECT.
@@ -44,7 +46,7 @@ fn from_v3_return_code(rc: u8) -> Result<ReasonCode, DecodeError> {
 }
 
 impl ConnAck {
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let flags = read_u8(&mut body)?;
         if flags & 0xFE != 0 {
             return Err(DecodeError::ReservedFlags { packet_type: 2 });
@@ -52,7 +54,10 @@ impl ConnAck {
         let raw = read_u8(&mut body)?;
         let (code, properties) = if v5 {
             let code = ReasonCode::decode_in(raw, ReasonContext::ConnAck)?;
-            (code, ConnAckProperties::decode(&mut body)?)
+            (
+                code,
+                ConnAckProperties::decode(&mut body, lim.max_user_properties)?,
+            )
         } else {
             (from_v3_return_code(raw)?, ConnAckProperties::default())
         };
@@ -66,8 +71,17 @@ impl ConnAck {
         })
     }
 
-    pub(crate) fn encode_body(&self, b: &mut BytesMut, v5: bool) -> Result<(), EncodeError> {
-        b.put_u8(u8::from(self.session_present));
+    /// Session Present is sent only where it exists and only with success: MQTT 3.1
+    /// reserves the whole first byte, and a refusal carries 0 [MQTT-3.2.2-4], [MQTT-3.2.2-6].
+    pub(crate) fn encode_body(
+        &self,
+        b: &mut BytesMut,
+        protocol: Protocol,
+    ) -> Result<(), EncodeError> {
+        let v5 = protocol.is_v5();
+        let present =
+            self.session_present && self.code == ReasonCode::Success && protocol != Protocol::V3_1;
+        b.put_u8(u8::from(present));
         if v5 {
             b.put_u8(self.code.as_u8());
             self.properties.encode(b)?;

@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::{ConnectProperties, WillProperties};
 use crate::topic::TopicName;
@@ -56,7 +57,7 @@ mod flag {
 }
 
 impl Connect {
-    pub(crate) fn decode(mut body: Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, lim: &Limits) -> Result<Self, DecodeError> {
         let name = read_binary(&mut body)?;
         let level = read_u8(&mut body)?;
         let protocol = match (&name[..], level) {
@@ -87,14 +88,14 @@ impl Connect {
         }
         let keep_alive = read_u16(&mut body)?;
         let properties = if protocol.is_v5() {
-            ConnectProperties::decode(&mut body)?
+            ConnectProperties::decode(&mut body, lim.max_user_properties)?
         } else {
             ConnectProperties::default()
         };
         let client_id = read_string(&mut body)?;
         let will = if will_flag {
             let properties = if protocol.is_v5() {
-                WillProperties::decode(&mut body)?
+                WillProperties::decode(&mut body, lim.max_user_properties)?
             } else {
                 WillProperties::default()
             };

@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::{AuthProperties, DisconnectProperties};
 use crate::reason::{ReasonCode, ReasonContext};
@@ -26,12 +27,12 @@ impl Disconnect {
         }
     }
 
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let mut d = Disconnect::new(ReasonCode::Success);
         if v5 && !body.is_empty() {
             d.reason = ReasonCode::decode_in(read_u8(&mut body)?, ReasonContext::Disconnect)?;
             if !body.is_empty() {
-                d.properties = DisconnectProperties::decode(&mut body)?;
+                d.properties = DisconnectProperties::decode(&mut body, lim.max_user_properties)?;
             }
         }
         if !body.is_empty() {
@@ -64,7 +65,7 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub(crate) fn decode(mut body: Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, lim: &Limits) -> Result<Self, DecodeError> {
         let mut a = Auth {
             reason: ReasonCode::Success,
             properties: AuthProperties::default(),
@@ -72,7 +73,7 @@ impl Auth {
         if !body.is_empty() {
             a.reason = ReasonCode::decode_in(read_u8(&mut body)?, ReasonContext::Auth)?;
             if !body.is_empty() {
-                a.properties = AuthProperties::decode(&mut body)?;
+                a.properties = AuthProperties::decode(&mut body, lim.max_user_properties)?;
             }
         }
         if !body.is_empty() {

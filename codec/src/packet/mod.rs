@@ -88,12 +88,31 @@ impl Packet {
 pub struct Limits {
     /// Largest whole packet accepted, fixed header included.
     pub max_packet_size: usize,
+    /// Most User Properties in one packet (per property list); more fail the packet before
+    /// they are allocated.
+    pub max_user_properties: usize,
+    /// Most topic filters in one SUBSCRIBE or UNSUBSCRIBE; more fail the packet before they
+    /// are allocated.
+    pub max_topic_filters: usize,
 }
 
 impl Default for Limits {
+    /// What the protocol itself allows: no limit beyond the largest encodable packet.
     fn default() -> Self {
         Limits {
             max_packet_size: crate::wire::MAX_VARINT as usize + 5,
+            max_user_properties: usize::MAX,
+            max_topic_filters: usize::MAX,
+        }
+    }
+}
+
+impl Limits {
+    /// The protocol's limits with a smaller maximum packet size.
+    pub fn with_max_packet_size(max_packet_size: usize) -> Self {
+        Limits {
+            max_packet_size,
+            ..Limits::default()
         }
     }
 }
@@ -142,17 +161,37 @@ pub fn decode(
     body.advance(1 + len_bytes);
     let v5 = protocol.is_v5();
     let packet = match packet_type {
-        1 => Packet::Connect(Box::new(Connect::decode(body)?)),
-        2 => Packet::ConnAck(Box::new(ConnAck::decode(body, v5)?)),
-        3 => Packet::Publish(Box::new(Publish::decode(flags, body, v5)?)),
-        4 => Packet::PubAck(PubResponse::decode(body, v5, ReasonContext::PubAckOrRec)?),
-        5 => Packet::PubRec(PubResponse::decode(body, v5, ReasonContext::PubAckOrRec)?),
-        6 => Packet::PubRel(PubResponse::decode(body, v5, ReasonContext::PubRelOrComp)?),
-        7 => Packet::PubComp(PubResponse::decode(body, v5, ReasonContext::PubRelOrComp)?),
-        8 => Packet::Subscribe(Box::new(Subscribe::decode(body, v5)?)),
-        9 => Packet::SubAck(Box::new(SubAck::decode(body, v5)?)),
-        10 => Packet::Unsubscribe(Box::new(Unsubscribe::decode(body, v5)?)),
-        11 => Packet::UnsubAck(Box::new(UnsubAck::decode(body, v5)?)),
+        1 => Packet::Connect(Box::new(Connect::decode(body, limits)?)),
+        2 => Packet::ConnAck(Box::new(ConnAck::decode(body, v5, limits)?)),
+        3 => Packet::Publish(Box::new(Publish::decode(flags, body, v5, limits)?)),
+        4 => Packet::PubAck(PubResponse::decode(
+            body,
+            v5,
+            ReasonContext::PubAckOrRec,
+            limits,
+        )?),
+        5 => Packet::PubRec(PubResponse::decode(
+            body,
+            v5,
+            ReasonContext::PubAckOrRec,
+            limits,
+        )?),
+        6 => Packet::PubRel(PubResponse::decode(
+            body,
+            v5,
+            ReasonContext::PubRelOrComp,
+            limits,
+        )?),
+        7 => Packet::PubComp(PubResponse::decode(
+            body,
+            v5,
+            ReasonContext::PubRelOrComp,
+            limits,
+        )?),
+        8 => Packet::Subscribe(Box::new(Subscribe::decode(body, v5, limits)?)),
+        9 => Packet::SubAck(Box::new(SubAck::decode(body, v5, limits)?)),
+        10 => Packet::Unsubscribe(Box::new(Unsubscribe::decode(body, v5, limits)?)),
+        11 => Packet::UnsubAck(Box::new(UnsubAck::decode(body, v5, limits)?)),
         12 | 13 => {
             if !body.is_empty() {
                 return Err(DecodeError::TrailingBytes);
@@ -163,8 +202,8 @@ pub fn decode(
                 Packet::PingResp
             }
         }
-        14 => Packet::Disconnect(Disconnect::decode(body, v5)?),
-        15 if v5 => Packet::Auth(Box::new(Auth::decode(body)?)),
+        14 => Packet::Disconnect(Disconnect::decode(body, v5, limits)?),
+        15 if v5 => Packet::Auth(Box::new(Auth::decode(body, limits)?)),
         other => return Err(DecodeError::InvalidPacketType(other)),
     };
     Ok(Some(packet))
@@ -190,7 +229,7 @@ fn encode_inner(
     match packet {
         Packet::Publish(p) => encode_publish_inner(p, v5, buf),
         Packet::Connect(c) => body(buf, 0x10, |b| c.encode_body(b)),
-        Packet::ConnAck(c) => body(buf, 0x20, |b| c.encode_body(b, v5)),
+        Packet::ConnAck(c) => body(buf, 0x20, |b| c.encode_body(b, protocol)),
         Packet::PubAck(r) => body(buf, 0x40, |b| r.encode_body(b, v5)),
         Packet::PubRec(r) => body(buf, 0x50, |b| r.encode_body(b, v5)),
         Packet::PubRel(r) => body(buf, 0x62, |b| r.encode_body(b, v5)),

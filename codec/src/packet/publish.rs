@@ -5,6 +5,7 @@ use std::num::NonZeroU16;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::PublishProperties;
 use crate::topic::TopicName;
@@ -69,7 +70,12 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub(crate) fn decode(flags: u8, mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(
+        flags: u8,
+        mut body: Bytes,
+        v5: bool,
+        lim: &Limits,
+    ) -> Result<Self, DecodeError> {
         let dup = flags & 0b1000 != 0;
         let qos = QoS::from_u8((flags >> 1) & 0b11)?;
         let retain = flags & 1 != 0;
@@ -86,7 +92,7 @@ impl Publish {
             }
         };
         let properties = if v5 {
-            PublishProperties::decode(&mut body)?
+            PublishProperties::decode(&mut body, lim.max_user_properties)?
         } else {
             PublishProperties::default()
         };

@@ -4,6 +4,7 @@ use std::num::NonZeroU16;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use crate::error::{DecodeError, EncodeError};
 use crate::properties::{AckProperties, SubscribeProperties, UnsubscribeProperties};
 use crate::reason::{ReasonCode, ReasonContext};
@@ -69,15 +70,20 @@ fn read_packet_id(body: &mut Bytes) -> Result<NonZeroU16, DecodeError> {
 }
 
 impl Subscribe {
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(&mut body)?;
         let properties = if v5 {
-            SubscribeProperties::decode(&mut body)?
+            SubscribeProperties::decode(&mut body, lim.max_user_properties)?
         } else {
             SubscribeProperties::default()
         };
         let mut subscriptions = Vec::new();
         while !body.is_empty() {
+            if subscriptions.len() == lim.max_topic_filters {
+                return Err(DecodeError::TooManyTopicFilters {
+                    max: lim.max_topic_filters,
+                });
+            }
             let filter = TopicFilter::new(&read_string(&mut body)?)?;
             let options = SubscriptionOptions::decode(read_u8(&mut body)?, v5)?;
             if v5 && options.no_local && filter.share_group().is_some() {
@@ -119,10 +125,10 @@ fn suback_code_from_v3(raw: u8) -> Result<ReasonCode, DecodeError> {
 }
 
 impl SubAck {
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(&mut body)?;
         let properties = if v5 {
-            AckProperties::decode(&mut body)?
+            AckProperties::decode(&mut body, lim.max_user_properties)?
         } else {
             AckProperties::default()
         };
@@ -160,15 +166,20 @@ impl SubAck {
 }
 
 impl Unsubscribe {
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(&mut body)?;
         let properties = if v5 {
-            UnsubscribeProperties::decode(&mut body)?
+            UnsubscribeProperties::decode(&mut body, lim.max_user_properties)?
         } else {
             UnsubscribeProperties::default()
         };
         let mut filters = Vec::new();
         while !body.is_empty() {
+            if filters.len() == lim.max_topic_filters {
+                return Err(DecodeError::TooManyTopicFilters {
+                    max: lim.max_topic_filters,
+                });
+            }
             filters.push(TopicFilter::new(&read_string(&mut body)?)?);
         }
         if filters.is_empty() {
@@ -194,7 +205,7 @@ impl Unsubscribe {
 }
 
 impl UnsubAck {
-    pub(crate) fn decode(mut body: Bytes, v5: bool) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, v5: bool, lim: &Limits) -> Result<Self, DecodeError> {
         let packet_id = read_packet_id(&mut body)?;
         if !v5 {
             if !body.is_empty() {
@@ -206,7 +217,7 @@ impl UnsubAck {
                 reasons: Vec::new(),
             });
         }
-        let properties = AckProperties::decode(&mut body)?;
+        let properties = AckProperties::decode(&mut body, lim.max_user_properties)?;
         let mut reasons = Vec::with_capacity(body.len());
         while !body.is_empty() {
             reasons.push(ReasonCode::decode_in(

@@ -25,10 +25,10 @@ impl AckProperties {
         self.reason_string.is_none() && self.user_properties.is_empty()
     }
 
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = AckProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
             USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
@@ -54,10 +54,10 @@ pub struct SubscribeProperties {
 }
 
 impl SubscribeProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = SubscribeProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             SUBSCRIPTION_ID => {
                 let n = NonZeroU32::new(take!(v, VarInt, pid))
                     .ok_or(DecodeError::InvalidPropertyValue { id: pid })?;
@@ -88,9 +88,9 @@ pub struct UnsubscribeProperties {
 }
 
 impl UnsubscribeProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         let mut p = UnsubscribeProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             id::USER_PROPERTY => push_user(&mut p.user_properties, v, pid),
             _ => Err(DecodeError::InvalidProperty { id: pid }),
         })?;
@@ -121,10 +121,10 @@ impl DisconnectProperties {
         *self == DisconnectProperties::default()
     }
 
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = DisconnectProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             SESSION_EXPIRY => once(&mut p.session_expiry_interval, pid, take!(v, U32, pid)),
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),
             SERVER_REFERENCE => once(&mut p.server_reference, pid, take!(v, Str, pid)),
@@ -159,10 +159,10 @@ pub struct AuthProperties {
 }
 
 impl AuthProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = AuthProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             AUTH_METHOD => once(&mut p.authentication_method, pid, take!(v, Str, pid)),
             AUTH_DATA => once(&mut p.authentication_data, pid, take!(v, Bin, pid)),
             REASON_STRING => once(&mut p.reason_string, pid, take!(v, Str, pid)),

@@ -38,10 +38,10 @@ pub struct ConnectProperties {
 }
 
 impl ConnectProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = ConnectProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             SESSION_EXPIRY => once(&mut p.session_expiry_interval, pid, take!(v, U32, pid)),
             RECEIVE_MAXIMUM => {
                 let n = NonZeroU16::new(take!(v, U16, pid))
@@ -120,10 +120,10 @@ pub struct WillProperties {
 }
 
 impl WillProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = WillProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             WILL_DELAY => once(&mut p.will_delay_interval, pid, take!(v, U32, pid)),
             PAYLOAD_FORMAT => once_bool(&mut p.payload_format_indicator, pid, v),
             MESSAGE_EXPIRY => once(&mut p.message_expiry_interval, pid, take!(v, U32, pid)),
@@ -201,10 +201,10 @@ pub struct ConnAckProperties {
 }
 
 impl ConnAckProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = ConnAckProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             SESSION_EXPIRY => once(&mut p.session_expiry_interval, pid, take!(v, U32, pid)),
             RECEIVE_MAXIMUM => {
                 let n = NonZeroU16::new(take!(v, U16, pid))

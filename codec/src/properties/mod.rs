@@ -80,10 +80,15 @@ pub(super) fn read_value(buf: &mut Bytes, pid: u8) -> Result<Value, DecodeError>
 }
 
 /// Reads the property length and calls `each` for every property in it.
+///
+/// More than `max_user` User Properties fail the packet before they are allocated: each
+/// costs ~50 bytes of memory for 5 bytes on the wire.
 pub(super) fn read_properties(
     buf: &mut Bytes,
+    max_user: usize,
     mut each: impl FnMut(u8, Value) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
+    let mut user = 0usize;
     let len = read_varint(buf)? as usize;
     if buf.len() < len {
         return Err(DecodeError::Truncated);
@@ -92,6 +97,12 @@ pub(super) fn read_properties(
     while !props.is_empty() {
         let pid = read_varint(&mut props)?;
         let pid = u8::try_from(pid).map_err(|_| DecodeError::InvalidProperty { id: 0xFF })?;
+        if pid == id::USER_PROPERTY {
+            user += 1;
+            if user > max_user {
+                return Err(DecodeError::TooManyUserProperties { max: max_user });
+            }
+        }
         let value = read_value(&mut props, pid)?;
         each(pid, value)?;
     }

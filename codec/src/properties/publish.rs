@@ -35,10 +35,10 @@ pub struct PublishProperties {
 }
 
 impl PublishProperties {
-    pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &mut Bytes, max_user: usize) -> Result<Self, DecodeError> {
         use id::*;
         let mut p = PublishProperties::default();
-        read_properties(buf, |pid, v| match pid {
+        read_properties(buf, max_user, |pid, v| match pid {
             PAYLOAD_FORMAT => once_bool(&mut p.payload_format_indicator, pid, v),
             MESSAGE_EXPIRY => once(&mut p.message_expiry_interval, pid, take!(v, U32, pid)),
             TOPIC_ALIAS => {
