@@ -2,15 +2,17 @@
 //! They drive the real trie and router, not copies of them.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use messs_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 
+use crate::budget::ByteBudget;
 use crate::message::{Message, MessageProperties};
 use crate::router::trie::{Subscriber, SubscriptionTrie};
 use crate::router::Router;
-use crate::session::{Session, SessionKey, StoredSubscription, TenantId};
+use crate::session::{
+    Session, SessionKey, SessionLimits, SessionState, StoredSubscription, TenantId,
+};
 use crate::stats::Stats;
 
 fn session(id: u64, max_queued: usize) -> Arc<Session> {
@@ -18,8 +20,19 @@ fn session(id: u64, max_queued: usize) -> Arc<Session> {
         tenant: Arc::from("bench"),
         client_id: Arc::from(format!("bench-{id}")),
     };
-    let s = Arc::new(Session::new(id, key, max_queued, Default::default()));
-    s.set_connected(true);
+    let limits = SessionLimits {
+        max_queued,
+        max_queued_bytes: usize::MAX,
+        max_subscriptions: usize::MAX,
+    };
+    let budget = Arc::new(ByteBudget::new(Arc::new(Stats::default()), usize::MAX));
+    let s = Arc::new(Session::new(
+        id,
+        key,
+        SessionState::new(limits, budget, 0),
+        Default::default(),
+    ));
+    s.attach(0);
     s
 }
 
@@ -74,7 +87,7 @@ pub struct BenchRouter {
 impl BenchRouter {
     /// `subscribers` sessions, each subscribed to `filter` at QoS 0.
     pub fn new(subscribers: usize, filter: &str) -> Self {
-        let router = Router::new(1000, false, Arc::new(Stats::default()));
+        let router = Router::new(1000, usize::MAX, false, Arc::new(Stats::default()));
         let tenant: TenantId = Arc::from("bench");
         let mut sessions = Vec::with_capacity(subscribers);
         if let Ok(filter) = TopicFilter::new(filter) {
@@ -111,12 +124,13 @@ impl BenchRouter {
             expires_at: None,
             origin: self.origin,
         };
-        self.router.publish(&self.tenant, Arc::new(message)).matched
+        let routes = self.router.tenant(&self.tenant);
+        self.router.publish_to(&routes, Arc::new(message)).matched
     }
 
     /// Empties every session queue as their connections would (outside the timed part).
     pub fn drain(&self) {
-        let now = Instant::now();
+        let now = 0;
         let mut out = Vec::new();
         for s in &self.sessions {
             let mut st = s.lock();

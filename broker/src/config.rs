@@ -95,13 +95,41 @@ pub struct LimitsConfig {
     /// Most messages queued for one session (online or offline) before new ones are dropped
     /// and counted.
     pub max_queued_messages: usize,
-    /// Longest time, in milliseconds, a publisher is paused for a subscriber whose queue is
-    /// past half of `max_queued_messages`; after it, that subscriber no longer holds
-    /// publishers back until it catches up.
+    /// Most bytes of messages queued or in flight for one session; beyond it new messages
+    /// for that session are dropped and counted.
+    pub max_queued_bytes: usize,
+    /// Most bytes all sessions together may hold: queued and in-flight messages,
+    /// subscriptions and the sessions themselves. Beyond it new deliveries are dropped,
+    /// new subscriptions refused (0x97) and new sessions refused (0x97 / 3.1.1: 0x03).
+    pub max_session_bytes_total: usize,
+    /// Most sessions, online or offline; a CONNECT that would create one more is refused
+    /// with 0x97 Quota exceeded (3.1.1: 0x03 Server unavailable).
+    pub max_sessions: usize,
+    /// Most subscriptions one session may hold; further filters get 0x97 Quota exceeded
+    /// in SUBACK (3.1.1: 0x80).
+    pub max_subscriptions_per_session: usize,
+    /// Most topic filters in one SUBSCRIBE or UNSUBSCRIBE; more close the connection
+    /// (v5: DISCONNECT 0x97).
+    pub max_filters_per_subscribe: usize,
+    /// Most levels in a topic name or filter. Deeper topics close the connection (v5:
+    /// DISCONNECT 0x90 for a topic name, 0x8F for a filter; a will topic is refused with
+    /// CONNACK 0x90).
+    pub max_topic_levels: usize,
+    /// Most User Properties in one packet; more close the connection (v5: 0x97).
+    pub max_user_properties: usize,
+    /// Longest time, in milliseconds, one pause of a publisher may last while a subscriber
+    /// drains a queue that its messages filled past half its limit.
     pub backpressure_wait_ms: u64,
+    /// A subscriber that has taken nothing from its queue for this many milliseconds is
+    /// stalled: it no longer holds publishers back (its queue fills and drops instead)
+    /// until it drains below half its limit again.
+    pub stall_timeout_ms: u64,
     /// Most retained messages per tenant; a retained PUBLISH to a new topic beyond this is
     /// delivered but not retained (v5 clients get reason 0x97 Quota exceeded).
     pub max_retained_messages: usize,
+    /// Most bytes of retained messages per tenant; beyond it as for
+    /// `max_retained_messages`.
+    pub max_retained_bytes: usize,
     /// Most simultaneous client connections; further sockets wait in the accept backlog.
     pub max_connections: usize,
     /// Seconds a write to a client may block before the client is dropped as too slow.
@@ -119,8 +147,17 @@ impl Default for LimitsConfig {
             topic_alias_maximum: 64,
             max_inflight: 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_session_bytes_total: 192 * 1024 * 1024,
+            max_sessions: 100_000,
+            max_subscriptions_per_session: 1000,
+            max_filters_per_subscribe: 256,
+            max_topic_levels: 128,
+            max_user_properties: 128,
             backpressure_wait_ms: 1000,
+            stall_timeout_ms: 250,
             max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
             max_connections: 100_000,
             write_timeout_secs: 30,
         }
@@ -131,6 +168,23 @@ impl LimitsConfig {
     /// The connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// What the decoder enforces after CONNECT.
+    pub(crate) fn codec_limits(&self) -> messs_codec::Limits {
+        messs_codec::Limits {
+            max_packet_size: self.max_packet_size as usize,
+            max_user_properties: self.max_user_properties,
+            max_topic_filters: self.max_filters_per_subscribe,
+        }
+    }
+
+    /// What the decoder enforces on the CONNECT itself (before authentication).
+    pub(crate) fn connect_codec_limits(&self) -> messs_codec::Limits {
+        messs_codec::Limits {
+            max_packet_size: self.max_connect_packet_size as usize,
+            ..self.codec_limits()
+        }
     }
 }
 
@@ -205,6 +259,16 @@ impl Config {
         }
         if l.connect_timeout_secs == 0 || l.write_timeout_secs == 0 {
             return bad("limits.connect_timeout_secs and write_timeout_secs must be >= 1");
+        }
+        if l.max_topic_levels == 0
+            || l.max_filters_per_subscribe == 0
+            || l.max_subscriptions_per_session == 0
+            || l.max_sessions == 0
+        {
+            return bad("limits.max_topic_levels, max_filters_per_subscribe, max_subscriptions_per_session and max_sessions must be >= 1");
+        }
+        if l.max_queued_bytes < l.max_packet_size as usize {
+            return bad("limits.max_queued_bytes must hold at least one max_packet_size message");
         }
         Ok(())
     }

@@ -117,6 +117,39 @@ impl<S: Transport> Connection<S> {
         Ok(())
     }
 
+    /// Encodes a CONNACK or DISCONNECT within the peer's Maximum Packet Size: if it would be
+    /// larger, the Reason String and User Properties are left out [MQTT-3.2.2-19],
+    /// [MQTT-3.14.2-3]; if it is still larger, nothing is sent. True if queued.
+    pub fn queue_within(
+        &mut self,
+        mut packet: Packet,
+        max_size: usize,
+    ) -> Result<bool, BrokerError> {
+        let start = self.write_buf.len();
+        self.queue(&packet)?;
+        if self.write_buf.len() - start <= max_size {
+            return Ok(true);
+        }
+        self.write_buf.truncate(start);
+        match &mut packet {
+            Packet::ConnAck(ack) => {
+                ack.properties.reason_string = None;
+                ack.properties.user_properties.clear();
+            }
+            Packet::Disconnect(d) => {
+                d.properties.reason_string = None;
+                d.properties.user_properties.clear();
+            }
+            _ => {}
+        }
+        self.queue(&packet)?;
+        if self.write_buf.len() - start <= max_size {
+            return Ok(true);
+        }
+        self.write_buf.truncate(start);
+        Ok(false)
+    }
+
     /// Encodes a PUBLISH unless it would exceed `max_size` bytes; false if it was too large
     /// (nothing is queued then).
     pub fn queue_publish(

@@ -6,12 +6,16 @@
 //! `router`, which fans it out into the bounded queues of matching sessions; each session's
 //! own client task drains its queue back to its socket. Storage will hang off this path.
 
+mod admission;
 #[doc(hidden)]
 pub mod bench_support;
+mod budget;
 mod client;
+mod clock;
 mod config;
 mod connection;
 mod error;
+mod handle;
 mod handshake;
 mod message;
 mod router;
@@ -19,9 +23,11 @@ mod server;
 mod session;
 mod state;
 mod stats;
+mod timers;
 
 pub use config::{Config, LimitsConfig, ListenerConfig, SessionConfig, StorageConfig, Transport};
 pub use error::BrokerError;
+pub use handle::{BrokerHandle, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use server::Broker;
 pub use stats::Stats;

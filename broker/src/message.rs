@@ -1,11 +1,12 @@
 //! An application message as the router holds it, and one delivery of it to one session.
 //!
 //! A [`Message`] is built once per PUBLISH and shared (`Arc`) by every subscriber's queue and
-//! the retained store: fan-out copies a pointer, never the payload.
+//! the retained store: fan-out copies a pointer, never the payload. Its payload is copied
+//! out of the connection's read buffer once, so a queued or retained message holds only
+//! its own bytes, not the whole read chunk it arrived in.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messs_codec::{
@@ -40,25 +41,27 @@ pub struct Message {
     pub retain: bool,
     /// Pass-through properties.
     pub properties: MessageProperties,
-    /// When it expires (from Message Expiry Interval).
-    pub expires_at: Option<Instant>,
+    /// When it expires (from Message Expiry Interval), in Unix milliseconds: wall-clock,
+    /// so it can be stored and still mean the same after a restart.
+    pub expires_at: Option<u64>,
     /// The publishing session, for No Local; 0 for the broker itself.
     pub origin: u64,
 }
 
 impl Message {
     /// A message from a client's PUBLISH whose topic is already resolved. The clock is read
-    /// only when the message has an expiry interval.
+    /// only when the message has an expiry interval. The payload is copied out of the read
+    /// buffer (see the module header).
     pub fn from_publish(p: Publish, topic: TopicName, origin: u64) -> Self {
         let props = p.properties;
         Message {
             topic,
-            payload: p.payload,
+            payload: Bytes::copy_from_slice(&p.payload),
             qos: p.qos_pid.qos(),
             retain: p.retain,
             expires_at: props
                 .message_expiry_interval
-                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+                .map(|s| crate::clock::after_secs(crate::clock::unix_ms(), s)),
             properties: MessageProperties {
                 payload_format_indicator: props.payload_format_indicator,
                 content_type: props.content_type,
@@ -70,8 +73,8 @@ impl Message {
         }
     }
 
-    /// A will message.
-    pub fn from_will(will: messs_codec::Will, origin: u64, now: Instant) -> Self {
+    /// A will message, its expiry counted from `now_ms` (Unix milliseconds).
+    pub fn from_will(will: messs_codec::Will, origin: u64, now_ms: u64) -> Self {
         let WillProperties {
             payload_format_indicator,
             message_expiry_interval,
@@ -83,10 +86,10 @@ impl Message {
         } = will.properties;
         Message {
             topic: will.topic,
-            payload: will.payload,
+            payload: Bytes::copy_from_slice(&will.payload),
             qos: will.qos,
             retain: will.retain,
-            expires_at: message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+            expires_at: message_expiry_interval.map(|s| crate::clock::after_secs(now_ms, s)),
             properties: MessageProperties {
                 payload_format_indicator,
                 content_type,
@@ -98,19 +101,44 @@ impl Message {
         }
     }
 
-    /// True once the message's lifetime has passed.
-    pub fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
+    /// True once the message's lifetime has passed (`now_ms` in Unix milliseconds).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now_ms)
     }
 
     /// Seconds of lifetime left, rounded up, for the Message Expiry Interval sent on
     /// delivery [MQTT-3.3.2-6].
-    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+    pub fn remaining_expiry(&self, now_ms: u64) -> Option<u32> {
         self.expires_at.map(|t| {
-            let left = t.saturating_duration_since(now);
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            u32::try_from(secs).unwrap_or(u32::MAX)
+            let left = t.saturating_sub(now_ms);
+            u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
         })
+    }
+
+    /// Roughly what this message holds in memory, in bytes: what limits and budgets count.
+    pub fn cost(&self) -> usize {
+        const FIXED: usize = std::mem::size_of::<Message>() + 32;
+        let p = &self.properties;
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        FIXED
+            + self.topic.as_str().len()
+            + self.payload.len()
+            + p.content_type.as_ref().map_or(0, String::len)
+            + p.response_topic.as_ref().map_or(0, |t| t.as_str().len())
+            + p.correlation_data.as_ref().map_or(0, Bytes::len)
+            + user
+    }
+}
+
+impl Delivery {
+    /// What this delivery holds a session to, in bytes: the message (counted in full for
+    /// each session, since each may keep it alive alone) and the delivery's own fields.
+    pub fn cost(&self) -> usize {
+        self.message.cost() + std::mem::size_of::<Delivery>() + 4 * self.subscription_ids.len()
     }
 }
 
@@ -130,7 +158,7 @@ pub struct Delivery {
 impl Delivery {
     /// The PUBLISH to send for this delivery (topic alias and packet id are filled in by the
     /// connection).
-    pub fn to_publish(&self, qos_pid: QosPid, dup: bool, now: Instant) -> Publish {
+    pub fn to_publish(&self, qos_pid: QosPid, dup: bool, now_ms: u64) -> Publish {
         let m = &self.message;
         Publish {
             dup,
@@ -139,7 +167,7 @@ impl Delivery {
             topic: m.topic.clone(),
             properties: PublishProperties {
                 payload_format_indicator: m.properties.payload_format_indicator,
-                message_expiry_interval: m.remaining_expiry(now),
+                message_expiry_interval: m.remaining_expiry(now_ms),
                 topic_alias: None,
                 response_topic: m.properties.response_topic.clone(),
                 correlation_data: m.properties.correlation_data.clone(),

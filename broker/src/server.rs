@@ -62,6 +62,11 @@ impl Broker {
         self.state.stats.clone()
     }
 
+    /// A handle for the admin plane: stats, sessions, kick.
+    pub fn handle(&self) -> crate::BrokerHandle {
+        crate::BrokerHandle::new(self.state.clone())
+    }
+
     /// Serves until `shutdown` completes, then closes all connections gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BrokerError> {
         let state = self.state;
@@ -79,16 +84,7 @@ impl Broker {
                 permits.clone(),
             ));
         }
-        let purger = tokio::spawn({
-            let state = state.clone();
-            async move {
-                let mut tick = tokio::time::interval(PURGE_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    state.purge_expired();
-                }
-            }
-        });
+        let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
@@ -100,7 +96,7 @@ impl Broker {
         {
             tracing::warn!("some connections did not close within the grace period");
         }
-        purger.abort();
+        timers.abort();
         Ok(())
     }
 }

@@ -1,22 +1,28 @@
 //! The broker's shared state and the session lifecycle: attaching a connection to a session
-//! (with takeover), detaching it (will, expiry), and ending a session.
+//! (with takeover), detaching it (will, expiry), ending a session, and the timer task that
+//! expires sessions and publishes delayed wills.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use messs_codec::ReasonCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Source;
+use crate::budget::ByteBudget;
+use crate::clock::{after_secs, unix_ms};
 use crate::config::Config;
 use crate::message::Message;
 use crate::router::Router;
-use crate::session::{PendingWill, Session, SessionKey};
+use crate::session::{PendingWill, Session, SessionKey, SessionLimits, SessionState, SESSION_COST};
 use crate::stats::Stats;
+use crate::timers::{Due, Timers};
 
-/// How long a takeover waits for the old connection to let go of the session.
+/// Longest wait for the old connection to let go of a session on takeover (within the
+/// handshake's own deadline).
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the connection tasks share.
@@ -28,12 +34,19 @@ pub(crate) struct BrokerState {
     pub tasks: TaskTracker,
     /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
     pub default_tenant: crate::session::TenantId,
+    pub timers: Timers,
+    budget: Arc<ByteBudget>,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     /// The `space` signal every session shares (see `Session`).
     space: Arc<tokio::sync::Notify>,
-    /// Serialises attach/takeover so two CONNECTs with one client id cannot interleave.
-    takeover: tokio::sync::Mutex<()>,
-    next_session_id: AtomicU64,
+    /// One lock per client id being attached, so two CONNECTs with one client id cannot
+    /// interleave while CONNECTs for other client ids never wait on them.
+    attach_locks: Mutex<HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>>,
+    /// Session ids and assigned client ids start from the start time in microseconds, so
+    /// they are unique across restarts (as long as fewer than a million are made per second
+    /// of uptime).
+    id_base: u64,
+    next_id: AtomicU64,
 }
 
 /// A connection's hold on a session.
@@ -42,6 +55,15 @@ pub(crate) struct Attached {
     pub session_present: bool,
     /// The generation this attach created; detach is a no-op if another attach followed.
     pub generation: u64,
+}
+
+/// Why a connection could not get a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttachRefused {
+    /// `max_sessions` or the session byte budget is reached.
+    Quota,
+    /// The handshake deadline passed while waiting for another CONNECT of this client id.
+    Timeout,
 }
 
 /// How a connection ended, as far as the session is concerned.
@@ -61,22 +83,31 @@ pub(crate) enum Departure {
 impl BrokerState {
     pub fn new(config: Config) -> Self {
         let stats = Arc::new(Stats::default());
+        let limits = &config.limits;
         let router = Router::new(
-            config.limits.max_retained_messages,
+            limits.max_retained_messages,
+            limits.max_retained_bytes,
             config.session.queue_qos0_offline,
             stats.clone(),
         );
+        let budget = Arc::new(ByteBudget::new(
+            stats.clone(),
+            limits.max_session_bytes_total,
+        ));
         BrokerState {
-            config,
             router,
+            timers: Timers::new(stats.clone()),
+            budget,
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             default_tenant: std::sync::Arc::from(crate::handshake::DEFAULT_TENANT),
             sessions: Mutex::new(HashMap::new()),
             space: Arc::new(tokio::sync::Notify::new()),
-            takeover: tokio::sync::Mutex::new(()),
-            next_session_id: AtomicU64::new(1),
+            attach_locks: Mutex::new(HashMap::new()),
+            id_base: unix_ms().saturating_mul(1000),
+            next_id: AtomicU64::new(1),
+            config,
         }
     }
 
@@ -84,75 +115,159 @@ impl BrokerState {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn new_session(&self, key: SessionKey) -> Arc<Session> {
-        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+    /// A number no other session or assigned client id of this broker has had, across
+    /// restarts (see `id_base`).
+    pub fn unique_id(&self) -> u64 {
+        self.id_base + self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The session registered under `key`, if any.
+    pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
+        self.sessions().get(key).cloned()
+    }
+
+    /// Every session (a snapshot).
+    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions().values().cloned().collect()
+    }
+
+    fn new_session(&self, key: SessionKey) -> Result<Arc<Session>, AttachRefused> {
+        let limits = &self.config.limits;
+        if self.stats.sessions.load(Ordering::Relaxed) >= limits.max_sessions {
+            return Err(AttachRefused::Quota);
+        }
+        let cost = SESSION_COST + key.client_id.len();
+        if !self.budget.try_charge(cost) {
+            return Err(AttachRefused::Quota);
+        }
+        let session_limits = SessionLimits {
+            max_queued: limits.max_queued_messages,
+            max_queued_bytes: limits.max_queued_bytes,
+            max_subscriptions: limits.max_subscriptions_per_session,
+        };
+        let state = SessionState::new(session_limits, self.budget.clone(), cost);
         let session = Arc::new(Session::new(
-            id,
+            self.unique_id(),
             key.clone(),
-            self.config.limits.max_queued_messages,
+            state,
             self.space.clone(),
         ));
         self.sessions().insert(key, session.clone());
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        session
+        Ok(session)
     }
 
-    /// Attaches a new connection to the session `key`: an existing connection is told to
-    /// close (DISCONNECT 0x8E) and awaited; with `clean_start` the old session ends, else it
-    /// is resumed [MQTT-3.1.2-4], [MQTT-3.1.2-5].
-    pub async fn attach(&self, key: SessionKey, clean_start: bool, expiry: u32) -> Attached {
-        let _serial = self.takeover.lock().await;
-        let existing = self.sessions().get(&key).cloned();
-        if let Some(old) = &existing {
-            if old.lock().attached {
+    /// The attach lock of one client id (created on first use, dropped with its last user).
+    fn attach_lock(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .attach_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key.clone(), Arc::downgrade(&lock));
+        lock
+    }
+
+    fn release_attach_lock(&self, key: &SessionKey, lock: Arc<tokio::sync::Mutex<()>>) {
+        drop(lock);
+        let mut locks = self
+            .attach_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if locks.get(key).is_some_and(|w| w.strong_count() == 0) {
+            locks.remove(key);
+        }
+    }
+
+    /// Attaches a new connection to the session `key` before `deadline`: an existing
+    /// connection is told to close (DISCONNECT 0x8E) and awaited; a will still waiting for
+    /// its delay is deleted [MQTT-3.1.2-8]; the old session is resumed only without
+    /// `clean_start` and if it is persistent (expiry > 0) [MQTT-3.1.2-4], [MQTT-3.1.2-5],
+    /// [MQTT-3.1.2-6].
+    pub async fn attach(
+        &self,
+        key: SessionKey,
+        clean_start: bool,
+        expiry: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<Attached, AttachRefused> {
+        let lock = self.attach_lock(&key);
+        let result = match tokio::time::timeout_at(deadline, lock.lock()).await {
+            Ok(_serial) => {
+                self.attach_serialised(key.clone(), clean_start, expiry, deadline)
+                    .await
+            }
+            Err(_) => Err(AttachRefused::Timeout),
+        };
+        self.release_attach_lock(&key, lock);
+        result
+    }
+
+    async fn attach_serialised(
+        &self,
+        key: SessionKey,
+        clean_start: bool,
+        expiry: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<Attached, AttachRefused> {
+        if let Some(old) = self.session(&key) {
+            if old.lock().is_attached() {
                 old.kick(ReasonCode::SessionTakenOver);
-                old.wait_detached(tokio::time::Instant::now() + TAKEOVER_WAIT)
-                    .await;
+                let wait = deadline.min(tokio::time::Instant::now() + TAKEOVER_WAIT);
+                old.wait_detached(wait).await;
             }
         }
+        // Looked up again: the old connection's detach may have ended the session.
+        let existing = self.session(&key);
         let (session, session_present) = match existing {
-            Some(old) if !clean_start => (old, true),
             Some(old) => {
-                self.end_session(&old);
-                (self.new_session(key), false)
+                let resumable = {
+                    let mut st = old.lock();
+                    if let Some(will) = st.take_pending_will() {
+                        // Back before the will delay passed: the will is deleted.
+                        self.timers.cancel(will.timer);
+                    }
+                    if let Some(timer) = st.take_expiry_timer() {
+                        self.timers.cancel(timer);
+                    }
+                    !clean_start && st.expiry_interval() > 0
+                };
+                if resumable {
+                    (old, true)
+                } else {
+                    self.end_session(&old);
+                    (self.new_session(key)?, false)
+                }
             }
-            None => (self.new_session(key), false),
+            None => (self.new_session(key)?, false),
         };
-        let generation = {
-            let mut st = session.lock();
-            st.attached = true;
-            st.generation += 1;
-            st.expiry_interval = expiry;
-            if let Some(will) = st.pending_will.take() {
-                // The client is back before its will delay passed [MQTT-3.1.3-9].
-                will.timer.abort();
-            }
-            st.generation
-        };
-        session.set_connected(true);
+        let generation = session.attach(expiry);
         if self.shutdown.is_cancelled() {
             // Attached after `kick_all` ran: close at once.
             session.kick(ReasonCode::ServerShuttingDown);
         }
-        Attached {
+        Ok(Attached {
             session,
             session_present,
             generation,
-        }
+        })
     }
 
     /// Tells every attached connection to close with `code` (shutdown).
     pub fn kick_all(&self, code: ReasonCode) {
-        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
-        for session in sessions {
+        for session in self.all_sessions() {
             session.kick(code);
         }
     }
 
     /// Detaches a connection from its session: publishes or schedules the will, and ends the
-    /// session now or schedules its expiry.
+    /// session now or schedules its expiry. The session's fate is settled before waiters
+    /// (a takeover) are released, so a reconnect never resumes a session that is ending.
     pub fn detach(
-        self: &Arc<Self>,
+        &self,
         session: &Arc<Session>,
         generation: u64,
         departure: Departure,
@@ -160,65 +275,45 @@ impl BrokerState {
     ) {
         let expiry = {
             let mut st = session.lock();
-            if st.generation != generation {
+            if !st.detach(generation) {
                 return; // a newer connection owns the session already
             }
-            st.attached = false;
-            st.expiry_interval
+            st.expiry_interval()
         };
         let publish_will = !matches!(departure, Departure::Clean | Departure::Shutdown);
         if let (Some((message, delay)), true) = (will, publish_will) {
             let message = Arc::new(message);
             let delay = delay.min(expiry);
             if delay == 0 {
-                self.router.publish(&session.key.tenant, message);
+                self.publish_will(session, message);
             } else {
-                self.schedule_will(session, message, delay);
+                let timer = self
+                    .timers
+                    .schedule(after_secs(unix_ms(), delay), Due::Will(session.clone()));
+                session
+                    .lock()
+                    .set_pending_will(PendingWill { message, timer });
+            }
+        }
+        let keep = matches!(departure, Departure::TakenOver | Departure::Shutdown);
+        if !keep {
+            if expiry == 0 {
+                self.end_session(session);
+            } else {
+                let due = Due::SessionExpiry(session.clone(), generation);
+                let timer = self.timers.schedule(after_secs(unix_ms(), expiry), due);
+                session.lock().set_expiry_timer(timer);
             }
         }
         // Last change to the session by this connection: a takeover waits for it.
-        session.set_connected(false);
-        session.release_waiters();
-        if matches!(departure, Departure::TakenOver | Departure::Shutdown) {
-            return; // the taker resumes or ends the session; shutdown keeps it as it is
-        }
-        if expiry == 0 {
-            self.end_session(session);
-        } else {
-            self.schedule_expiry(session, generation, expiry);
-        }
+        session.set_disconnected(generation);
     }
 
-    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, message: Arc<Message>, delay: u32) {
-        let state = self.clone();
-        let owner = session.clone();
-        let msg = message.clone();
-        let handle = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-            let due = owner.lock().pending_will.take();
-            if due.is_some() {
-                state.router.publish(&owner.key.tenant, msg);
-            }
-        });
-        session.lock().pending_will = Some(PendingWill {
-            message,
-            timer: handle.abort_handle(),
-        });
-    }
-
-    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, generation: u64, expiry: u32) {
-        let state = self.clone();
-        let session = session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-            let still_ours = {
-                let st = session.lock();
-                st.generation == generation && !st.attached
-            };
-            if still_ours {
-                state.end_session(&session);
-            }
-        });
+    fn publish_will(&self, session: &Session, message: Arc<Message>) {
+        let routes = self.router.tenant(&session.key.tenant);
+        if let Err(refused) = self.publish(&routes, Source::Will, message) {
+            tracing::info!(client_id = %session.key.client_id, %refused, "will not published");
+        }
     }
 
     /// Ends a session: forgets it, removes its subscriptions, and publishes a will that was
@@ -233,23 +328,69 @@ impl BrokerState {
         }
         let (subs, will) = {
             let mut st = session.lock();
-            let subs: Vec<_> = std::mem::take(&mut st.subscriptions)
-                .into_values()
-                .collect();
-            (subs, st.pending_will.take())
+            if !st.end() {
+                return;
+            }
+            if let Some(timer) = st.take_expiry_timer() {
+                self.timers.cancel(timer);
+            }
+            (st.take_subscriptions(), st.take_pending_will())
         };
         for sub in subs {
             self.router
                 .unsubscribe(&session.key.tenant, session.id, &sub.filter);
         }
         if let Some(will) = will {
-            will.timer.abort();
-            self.router.publish(&session.key.tenant, will.message);
+            self.timers.cancel(will.timer);
+            self.publish_will(session, will.message);
         }
     }
 
-    /// Drops expired retained messages (called periodically).
-    pub fn purge_expired(&self) {
-        self.router.purge_expired_retained(Instant::now());
+    /// Runs the timers (session expiry, delayed wills) and the retained-message purge until
+    /// shutdown: one task for the whole broker.
+    pub async fn run_timers(self: Arc<Self>, purge_every: Duration) {
+        let mut next_purge = tokio::time::Instant::now() + purge_every;
+        loop {
+            let now = unix_ms();
+            let (due, next) = self.timers.take_due(now);
+            for d in due {
+                self.fire(d);
+            }
+            if tokio::time::Instant::now() >= next_purge {
+                self.router.purge_expired_retained(now);
+                next_purge = tokio::time::Instant::now() + purge_every;
+            }
+            let mut wake = next_purge;
+            if let Some(at) = next {
+                let until = Duration::from_millis(at.saturating_sub(unix_ms()));
+                wake = wake.min(tokio::time::Instant::now() + until);
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.timers.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn fire(&self, due: Due) {
+        match due {
+            Due::SessionExpiry(session, generation) => {
+                let still_ours = {
+                    let st = session.lock();
+                    st.generation() == generation && !st.is_attached()
+                };
+                if still_ours {
+                    session.lock().take_expiry_timer();
+                    self.end_session(&session);
+                }
+            }
+            Due::Will(session) => {
+                let will = session.lock().take_pending_will();
+                if let Some(will) = will {
+                    self.publish_will(&session, will.message);
+                }
+            }
+        }
     }
 }

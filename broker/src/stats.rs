@@ -30,4 +30,22 @@ pub struct Stats {
     pub subscriptions: AtomicUsize,
     /// Sessions held, online or offline.
     pub sessions: AtomicUsize,
+    /// Bytes sessions hold (queued and in-flight deliveries, subscriptions, session
+    /// records), bounded by `limits.max_session_bytes_total`.
+    pub session_bytes: AtomicUsize,
+    /// Bytes of retained messages held (all tenants).
+    pub retained_bytes: AtomicUsize,
+    /// Deliveries dropped because `max_session_bytes_total` was reached.
+    pub dropped_budget: AtomicU64,
+    /// CONNECTs refused because `max_sessions` or the session byte budget was reached.
+    pub sessions_refused: AtomicU64,
+    /// Subscriptions refused (per-session limit or byte budget).
+    pub subscriptions_refused: AtomicU64,
+    /// Messages refused at admission (e.g. a will to a `$SYS/` topic).
+    pub messages_refused: AtomicU64,
+    /// Session-expiry and will-delay timers pending.
+    pub timers: AtomicUsize,
+    /// Times a subscriber was found stalled (no progress for `stall_timeout_ms`) while a
+    /// publisher waited on it.
+    pub subscribers_stalled: AtomicU64,
 }

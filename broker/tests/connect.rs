@@ -114,7 +114,9 @@ async fn anonymous_refused_unless_listener_allows() {
 #[tokio::test]
 async fn takeover_disconnects_old_connection_with_0x8e() {
     let broker = TestBroker::start().await;
-    let mut old = Raw::v5(broker.addr, "twin").await;
+    let mut first = connect_packet(Protocol::V5, "twin", true);
+    first.properties.session_expiry_interval = Some(60);
+    let (mut old, _) = Raw::connect_with(broker.addr, first).await;
     old.subscribe("twin/t", QoS::AtLeastOnce).await;
     let (mut new, ack) =
         Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "twin", false)).await;

@@ -790,7 +790,10 @@ fn connack_session_present_only_where_it_exists() {
         out.to_vec()
     };
     // MQTT 3.1 reserves the first byte of CONNACK.
-    assert_eq!(bytes(&ack(ReasonCode::Success), Protocol::V3_1), [0x20, 2, 0, 0]);
+    assert_eq!(
+        bytes(&ack(ReasonCode::Success), Protocol::V3_1),
+        [0x20, 2, 0, 0]
+    );
     assert_eq!(bytes(&ack(ReasonCode::Success), V3), [0x20, 2, 1, 0]);
     // A refusal never claims a session [MQTT-3.2.2-4].
     assert_eq!(bytes(&ack(ReasonCode::NotAuthorized), V3), [0x20, 2, 0, 5]);

@@ -5,21 +5,24 @@
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use messs_codec::{
     AckProperties, Disconnect, Packet, PubResponse, Publish, QoS, QosPid, ReasonCode,
-    RetainHandling, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+    RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
 use super::{Client, End};
+use crate::admission::{topic_levels, Refused, Source};
 use crate::connection::Transport;
 use crate::error::BrokerError;
-use crate::message::{Delivery, Message};
-use crate::session::StoredSubscription;
+use crate::message::Message;
+use crate::session::{AckMatch, StoredSubscription};
 
-/// Topics whose first level is this belong to the broker; clients may not publish to them.
-const SYS_LEVEL: &str = "$SYS";
+/// The violation for an acknowledgement of the wrong type for its packet id (3.1.1 closes
+/// the connection [MQTT-4.8.0-1]; v5 calls it a Protocol Error).
+fn wrong_ack(name: &'static str) -> BrokerError {
+    BrokerError::protocol(ReasonCode::ProtocolError, name)
+}
 
 impl<S: Transport> Client<S> {
     /// Handles one packet; `Some(end)` when the connection should end.
@@ -27,12 +30,16 @@ impl<S: Transport> Client<S> {
         match packet {
             Packet::Publish(p) => self.on_publish(*p)?,
             Packet::PubAck(r) => {
-                self.session.lock().on_puback(r.packet_id);
+                if self.session.lock().on_puback(r.packet_id) == AckMatch::WrongType {
+                    return Err(wrong_ack("PUBACK for a message not sent at QoS 1"));
+                }
             }
             Packet::PubRec(r) => self.on_pubrec(r)?,
             Packet::PubRel(r) => self.on_pubrel(r)?,
             Packet::PubComp(r) => {
-                self.session.lock().on_pubcomp(r.packet_id);
+                if self.session.lock().on_pubcomp(r.packet_id) == AckMatch::WrongType {
+                    return Err(wrong_ack("PUBCOMP for a message not released at QoS 2"));
+                }
             }
             Packet::Subscribe(s) => self.on_subscribe(*s)?,
             Packet::Unsubscribe(u) => self.on_unsubscribe(*u)?,
@@ -90,6 +97,12 @@ impl<S: Transport> Client<S> {
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
         let topic = self.resolve_topic(&mut p)?;
+        if topic_levels(topic.as_str()) > self.state.config.limits.max_topic_levels {
+            return Err(BrokerError::protocol(
+                ReasonCode::TopicNameInvalid,
+                "topic name has more levels than the broker allows",
+            ));
+        }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(BrokerError::protocol(
                 ReasonCode::ProtocolError,
@@ -99,27 +112,27 @@ impl<S: Transport> Client<S> {
         let qos_pid = p.qos_pid;
         if let QosPid::ExactlyOnce(pid) = qos_pid {
             let mut st = self.session.lock();
-            if st.incoming_qos2.contains(&pid) {
+            if st.has_incoming_qos2(pid) {
                 // A resend of a message already accepted: acknowledge, don't route twice.
                 drop(st);
                 return self.ack(qos_pid, ReasonCode::Success);
             }
-            if st.incoming_qos2.len() >= usize::from(self.neg.receive_maximum) {
+            if !st.add_incoming_qos2(pid, usize::from(self.neg.receive_maximum)) {
                 return Err(BrokerError::protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "more unreleased QoS 2 messages than Receive Maximum [MQTT-3.3.4-9]",
                 ));
             }
-            st.incoming_qos2.insert(pid);
-        }
-        if topic.as_str().split('/').next() == Some(SYS_LEVEL) {
-            return self.ack(qos_pid, ReasonCode::NotAuthorized);
         }
         let message = Message::from_publish(p, topic, self.session.id);
-        let outcome = self
+        let outcome = match self
             .state
-            .router
-            .publish_to(&self.routes, Arc::new(message));
+            .publish(&self.routes, Source::Client, Arc::new(message))
+        {
+            Ok(outcome) => outcome,
+            Err(Refused::ReservedTopic) => return self.ack(qos_pid, ReasonCode::NotAuthorized),
+            Err(Refused::TooDeep) => return self.ack(qos_pid, ReasonCode::TopicNameInvalid),
+        };
         if let Some(session) = outcome.pressure {
             self.pause_for(session);
         }
@@ -146,7 +159,7 @@ impl<S: Transport> Client<S> {
             QosPid::ExactlyOnce(pid) => {
                 if !reason.is_success() {
                     // A failed PUBREC ends the exchange; no PUBREL will follow.
-                    self.session.lock().incoming_qos2.remove(&pid);
+                    self.session.lock().release_incoming_qos2(pid);
                 }
                 self.conn.queue(&Packet::PubRec(make(pid)))
             }
@@ -155,19 +168,22 @@ impl<S: Transport> Client<S> {
 
     fn on_pubrec(&mut self, r: PubResponse) -> Result<(), BrokerError> {
         let failed = !r.reason.is_success();
-        let known = self.session.lock().on_pubrec(r.packet_id, failed);
+        let matched = self.session.lock().on_pubrec(r.packet_id, failed);
+        if matched == AckMatch::WrongType {
+            return Err(wrong_ack("PUBREC for a message not sent at QoS 2"));
+        }
         if failed {
             return Ok(());
         }
         let mut rel = PubResponse::success(r.packet_id);
-        if !known {
+        if matched == AckMatch::Unknown {
             rel.reason = ReasonCode::PacketIdentifierNotFound;
         }
         self.conn.queue(&Packet::PubRel(rel))
     }
 
     fn on_pubrel(&mut self, r: PubResponse) -> Result<(), BrokerError> {
-        let known = self.session.lock().incoming_qos2.remove(&r.packet_id);
+        let known = self.session.lock().release_incoming_qos2(r.packet_id);
         let mut comp = PubResponse::success(r.packet_id);
         if !known {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
@@ -175,19 +191,44 @@ impl<S: Transport> Client<S> {
         self.conn.queue(&Packet::PubComp(comp))
     }
 
+    /// Closes the connection if a filter is deeper than `max_topic_levels`.
+    fn check_filter_depth(&self, filter: &TopicFilter) -> Result<(), BrokerError> {
+        if topic_levels(filter.filter()) > self.state.config.limits.max_topic_levels {
+            return Err(BrokerError::protocol(
+                ReasonCode::TopicFilterInvalid,
+                "topic filter has more levels than the broker allows",
+            ));
+        }
+        Ok(())
+    }
+
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), BrokerError> {
+        for sub in &s.subscriptions {
+            self.check_filter_depth(&sub.filter)?;
+        }
         let tenant = self.session.key.tenant.clone();
         let id = s.properties.subscription_identifier;
-        let now = Instant::now();
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
-        let mut retained = Vec::new();
         for sub in s.subscriptions {
             let stored = StoredSubscription {
                 filter: sub.filter,
                 options: sub.options,
                 id,
             };
-            let existed = self.state.router.subscribe(&tenant, &self.session, &stored);
+            let added = self.session.lock().add_subscription(stored.clone());
+            let existed = match added {
+                Ok(existed) => existed,
+                Err(refused) => {
+                    tracing::debug!(client_id = %self.session.key.client_id, ?refused, "subscription refused");
+                    self.state
+                        .stats
+                        .subscriptions_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    reasons.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
+            };
+            self.state.router.subscribe(&tenant, &self.session, &stored);
             reasons.push(match sub.options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
@@ -202,54 +243,32 @@ impl<S: Transport> Client<S> {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                for m in self
-                    .state
-                    .router
-                    .retained_matching(&tenant, stored.filter.filter(), now)
-                {
-                    retained.push(Delivery {
-                        qos: m.qos.min(sub.options.qos),
-                        message: m,
-                        retain: true,
-                        subscription_ids: id.into_iter().collect(),
-                    });
-                }
+                self.schedule_replay(stored.filter, sub.options.qos, id);
             }
-            self.session
-                .lock()
-                .subscriptions
-                .insert(Arc::from(stored.filter.as_str()), stored);
         }
         self.conn.queue(&Packet::SubAck(Box::new(SubAck {
             packet_id: s.packet_id,
             properties: AckProperties::default(),
             reasons,
-        })))?;
-        for d in retained {
-            if self.session.enqueue(d, true).is_err() {
-                self.state
-                    .stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
+        })))
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), BrokerError> {
+        for f in &u.filters {
+            self.check_filter_depth(f)?;
+        }
         let tenant = self.session.key.tenant.clone();
-        let reasons = u
-            .filters
-            .iter()
-            .map(|f| {
-                self.session.lock().subscriptions.remove(f.as_str());
-                if self.state.router.unsubscribe(&tenant, self.session.id, f) {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::NoSubscriptionExisted
-                }
-            })
-            .collect();
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            self.cancel_replay(f.as_str());
+            let had = self.session.lock().remove_subscription(f.as_str());
+            let removed = self.state.router.unsubscribe(&tenant, self.session.id, f);
+            reasons.push(if had || removed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
         self.conn.queue(&Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: u.packet_id,
             properties: AckProperties::default(),
@@ -266,7 +285,7 @@ impl<S: Transport> Client<S> {
                 ));
             }
             let max = self.state.config.session.max_expiry_secs;
-            self.session.lock().expiry_interval = expiry.min(max);
+            self.session.lock().set_expiry_interval(expiry.min(max));
         }
         Ok(End::Disconnect {
             with_will: d.reason == ReasonCode::DisconnectWithWillMessage,

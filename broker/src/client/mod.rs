@@ -5,8 +5,9 @@
 
 mod inbound;
 mod outbound;
+mod replay;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
 
+use crate::clock::{mono_ms, unix_ms};
 use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
@@ -23,6 +25,7 @@ use crate::message::Message;
 use crate::router::TenantRoutes;
 use crate::session::Session;
 use crate::state::{Attached, BrokerState, Departure};
+use replay::Replay;
 
 /// Most deliveries encoded per pass before the batch is flushed.
 const MAX_BATCH: usize = 256;
@@ -70,16 +73,22 @@ async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
 }
 
 /// Waits on the pause future, if any (the branch is disabled when there is none; this
-/// small future is what `select!` builds on every pass, so it must not allocate).
-async fn pause_over(pause: &mut Option<PauseWait>) {
+/// small future is what `select!` builds on every pass, so it must not allocate). Returns
+/// how long the pause lasted, in milliseconds.
+async fn pause_over(pause: &mut Option<PauseWait>) -> u64 {
     match pause {
         Some(wait) => wait.as_mut().await,
         None => std::future::pending().await,
     }
 }
 
-/// A paused publisher's wait for a subscriber's queue to drain, boxed once per pause.
-type PauseWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A paused publisher's wait for a subscriber's queue to drain, boxed once per pause; it
+/// yields the pause's length in milliseconds.
+type PauseWait = Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+/// After a pause of `d`, a publisher is not paused again for `d / RUN_SHARE_DIVISOR`: it
+/// keeps at least 10% of its time, whatever its subscribers do.
+const RUN_SHARE_DIVISOR: u64 = 9;
 
 /// Why the loop ended.
 pub(crate) enum End {
@@ -91,6 +100,8 @@ pub(crate) enum End {
     KeepAlive,
     /// Another connection took the session.
     TakenOver,
+    /// Told to close (e.g. by an administrator) with this reason.
+    Kicked(ReasonCode),
     /// The broker is shutting down.
     Shutdown,
     /// A protocol violation or I/O failure.
@@ -117,8 +128,17 @@ pub(crate) struct Client<S> {
     #[allow(clippy::box_collection)]
     out_aliases: Option<Box<HashMap<TopicName, NonZeroU16>>>,
     /// Set when this client's publishes filled a subscriber's queue past its soft limit:
-    /// the socket is not read until that queue drains or the pause's deadline passes.
+    /// the socket is not read until that queue drains, the subscriber stalls, or the
+    /// pause's deadline passes.
     pause: Option<PauseWait>,
+    /// No new pause before this (`clock::mono_ms`): the duty-cycle cap on pauses.
+    pause_allowed_at: u64,
+    /// Retained messages still to deliver for new subscriptions, walked a bounded chunk
+    /// per pass as the session queue has room. Boxed on first use.
+    #[allow(clippy::box_collection)]
+    replays: Option<Box<VecDeque<Replay>>>,
+    /// A replay has more to walk and the queue has room: come back after yielding.
+    replay_more: bool,
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
     /// touch the timer wheel.
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
@@ -157,6 +177,9 @@ impl<S: Transport> Client<S> {
             in_aliases: None,
             out_aliases: None,
             pause: None,
+            pause_allowed_at: 0,
+            replays: None,
+            replay_more: false,
             keep_alive_timer,
             routes,
         }
@@ -178,24 +201,28 @@ impl<S: Transport> Client<S> {
             }
         }
         loop {
+            // Takeover and shutdown arrive as a kick plus the queue's wake-up, so an idle
+            // connection waits on one signal. Checked before draining: a connection whose
+            // session was taken over must not take its deliveries.
+            match self.session.kicked(self.generation) {
+                Some(ReasonCode::ServerShuttingDown) => return End::Shutdown,
+                Some(ReasonCode::SessionTakenOver) => return End::TakenOver,
+                Some(code) => return End::Kicked(code),
+                None => {}
+            }
             if let Err(e) = self.drain_outbox() {
                 return End::Failed(e);
             }
             if let Err(e) = self.conn.flush().await {
                 return End::Failed(e);
             }
-            // Takeover and shutdown arrive as a kick plus the queue's wake-up, so an idle
-            // connection waits on one signal.
-            match self.session.kicked(self.generation) {
-                Some(ReasonCode::ServerShuttingDown) => return End::Shutdown,
-                Some(_) => return End::TakenOver,
-                None => {}
-            }
             let paused = self.pause.is_some();
+            let replay_more = self.replay_more;
             tokio::select! {
                 biased;
-                _ = pause_over(&mut self.pause), if paused => {
+                lasted = pause_over(&mut self.pause), if paused => {
                     self.pause = None;
+                    self.pause_allowed_at = mono_ms() + lasted / RUN_SHARE_DIVISOR;
                     // Packets already read wait behind the pause; time spent paused is the
                     // broker's doing, so it also restarts the keep-alive clock.
                     if let Some(end) = self.process_input() {
@@ -222,19 +249,33 @@ impl<S: Transport> Client<S> {
                         t.as_mut().reset(self.deadline.into());
                     }
                 }
+                // More retained messages to walk: let other tasks run first.
+                _ = tokio::task::yield_now(), if replay_more => {}
             }
         }
     }
 
-    /// Pauses reading after a publish pushed a subscriber's queue past its soft limit.
+    /// Pauses reading after a publish pushed a subscriber's queue past its soft limit —
+    /// unless the publisher was paused too recently (it keeps at least 10% of its time).
     pub(super) fn pause_for(&mut self, session: Arc<Session>) {
-        if self.pause.is_none() && session.id != self.session.id {
-            let wait = Duration::from_millis(self.state.config.limits.backpressure_wait_ms);
-            let deadline = tokio::time::Instant::now() + wait;
-            self.pause = Some(Box::pin(
-                async move { session.wait_for_space(deadline).await },
-            ));
+        if self.pause.is_some() || session.id == self.session.id {
+            return;
         }
+        if mono_ms() < self.pause_allowed_at {
+            return;
+        }
+        let limits = &self.state.config.limits;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(limits.backpressure_wait_ms);
+        let stall = Duration::from_millis(limits.stall_timeout_ms);
+        let stats = self.state.stats.clone();
+        self.pause = Some(Box::pin(async move {
+            let started = mono_ms();
+            if session.wait_for_space(deadline, stall).await {
+                stats.subscribers_stalled.fetch_add(1, Ordering::Relaxed);
+            }
+            mono_ms().saturating_sub(started)
+        }));
     }
 
     /// Handles the complete packets in the read buffer, stopping early if a publish pauses
@@ -260,6 +301,7 @@ impl<S: Transport> Client<S> {
     async fn finish(&mut self, end: End) {
         let reason = match &end {
             End::TakenOver => Some(ReasonCode::SessionTakenOver),
+            End::Kicked(code) => Some(*code),
             End::Shutdown => Some(ReasonCode::ServerShuttingDown),
             End::KeepAlive => Some(ReasonCode::KeepAliveTimeout),
             End::Failed(e) => e.disconnect_reason(),
@@ -282,7 +324,8 @@ impl<S: Transport> Client<S> {
                 // Protocol text only: errors never carry credentials or payloads.
                 disconnect.properties.reason_string = Some(e.to_string());
             }
-            let _ = self.conn.queue(&Packet::Disconnect(disconnect));
+            let max = self.neg.client_max_packet as usize;
+            let _ = self.conn.queue_within(Packet::Disconnect(disconnect), max);
         }
         self.conn.close().await;
         let departure = match end {
@@ -291,10 +334,10 @@ impl<S: Transport> Client<S> {
             End::Shutdown => Departure::Shutdown,
             _ => Departure::Abnormal,
         };
-        let now = Instant::now();
+        let now_ms = unix_ms();
         let will = self.will.take().map(|w| {
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            (Message::from_will(*w, self.session.id, now), delay)
+            (Message::from_will(*w, self.session.id, now_ms), delay)
         });
         self.state
             .detach(&self.session, self.generation, departure, will);

@@ -3,11 +3,11 @@
 
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
 
 use super::{Client, MAX_BATCH};
+use crate::clock::unix_ms;
 use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Delivery;
@@ -24,7 +24,7 @@ impl<S: Transport> Client<S> {
     /// original order, before anything new [MQTT-4.4.0-1].
     pub(super) fn resend_inflight(&mut self) -> Result<(), BrokerError> {
         let resend = self.session.lock().resend_list();
-        let now = Instant::now();
+        let now = unix_ms();
         for r in resend {
             match r {
                 Resend::Publish(d, qos_pid) => self.write_delivery(&d, qos_pid, true, now)?,
@@ -36,18 +36,27 @@ impl<S: Transport> Client<S> {
         Ok(())
     }
 
-    /// Encodes queued deliveries while the window allows.
+    /// Tops the queue up with owed retained messages, then encodes queued deliveries while
+    /// the window allows.
     pub(super) fn drain_outbox(&mut self) -> Result<(), BrokerError> {
-        let now = Instant::now();
+        self.replay_retained();
+        let result = self.encode_queued();
+        self.replay_more = self.replay_pending();
+        result
+    }
+
+    fn encode_queued(&mut self) -> Result<(), BrokerError> {
+        let now = unix_ms();
         loop {
             let mut batch = BATCH.take();
-            let (expired, left, soft_limit) = {
+            let (expired, below_soft_limit) = {
                 let mut st = self.session.lock();
                 let expired =
                     st.take_batch(now, usize::from(self.neg.window), MAX_BATCH, &mut batch);
-                (expired, st.queued_len(), st.soft_limit())
+                (expired, !st.over_soft_limit())
             };
-            self.session.after_drain(left, soft_limit);
+            self.session
+                .after_drain(!batch.is_empty() || expired > 0, below_soft_limit);
             if expired > 0 {
                 self.state
                     .stats
@@ -88,7 +97,7 @@ impl<S: Transport> Client<S> {
         d: &Delivery,
         qos_pid: QosPid,
         dup: bool,
-        now: Instant,
+        now: u64,
     ) -> Result<(), BrokerError> {
         let mut publish = d.to_publish(qos_pid, dup, now);
         let mut new_alias = None;

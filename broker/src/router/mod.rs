@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
 
 use messs_codec::TopicFilter;
 
@@ -21,6 +20,7 @@ use crate::message::{Delivery, Message};
 use crate::session::{EnqueueError, Session, StoredSubscription, TenantId};
 use crate::stats::Stats;
 use retained::RetainedStore;
+pub(crate) use retained::ScanEnd;
 use trie::{Subscriber, SubscriptionTrie};
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -52,6 +52,7 @@ pub(crate) struct PublishOutcome {
 pub(crate) struct Router {
     tenants: RwLock<HashMap<TenantId, Arc<TenantRoutes>>>,
     max_retained: usize,
+    max_retained_bytes: usize,
     queue_qos0_offline: bool,
     stats: Arc<Stats>,
 }
@@ -70,10 +71,16 @@ struct Match {
 }
 
 impl Router {
-    pub fn new(max_retained: usize, queue_qos0_offline: bool, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        max_retained: usize,
+        max_retained_bytes: usize,
+        queue_qos0_offline: bool,
+        stats: Arc<Stats>,
+    ) -> Self {
         Router {
             tenants: RwLock::new(HashMap::new()),
             max_retained,
+            max_retained_bytes,
             queue_qos0_offline,
             stats,
         }
@@ -89,7 +96,11 @@ impl Router {
             .or_insert_with(|| {
                 Arc::new(TenantRoutes {
                     trie: RwLock::new(SubscriptionTrie::default()),
-                    retained: RwLock::new(RetainedStore::new(self.max_retained)),
+                    retained: RwLock::new(RetainedStore::new(
+                        self.max_retained,
+                        self.max_retained_bytes,
+                        self.stats.clone(),
+                    )),
                 })
             })
             .clone()
@@ -127,12 +138,8 @@ impl Router {
 
     /// Publishes: updates the retained store if asked, then queues a delivery for every
     /// matching session (one per session, with the highest QoS and all subscription ids of
-    /// its matching subscriptions).
-    pub fn publish(&self, tenant: &TenantId, message: Arc<Message>) -> PublishOutcome {
-        self.publish_to(&self.tenant(tenant), message)
-    }
-
-    /// [`Router::publish`] with the tenant's routes already at hand.
+    /// its matching subscriptions). Only `BrokerState::publish`, the admission choke point,
+    /// calls this.
     pub fn publish_to(&self, routes: &TenantRoutes, message: Arc<Message>) -> PublishOutcome {
         let mut retained_rejected = false;
         if message.retain {
@@ -199,6 +206,11 @@ impl Router {
                 delivery.subscription_ids.extend(m.id);
                 j += 1;
             }
+            if delivery.subscription_ids.len() > 1 {
+                // One SUBSCRIBE's id shared by overlapping filters is sent once.
+                delivery.subscription_ids.sort_unstable();
+                delivery.subscription_ids.dedup();
+            }
             match first.session.enqueue(delivery, self.queue_qos0_offline) {
                 Ok(over) => {
                     matched += 1;
@@ -215,28 +227,36 @@ impl Router {
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                Err(EnqueueError::Budget) => {
+                    matched += 1;
+                    self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                }
             }
             i = j;
         }
         (matched, pressure)
     }
 
-    /// Retained messages matching a filter (for a new subscription).
-    pub fn retained_matching(
+    /// Walks the retained messages matching `filter` for a new subscription (see
+    /// [`RetainedStore::scan`]); the store's lock is held for this one bounded walk only.
+    pub fn scan_retained(
         &self,
-        tenant: &TenantId,
+        routes: &TenantRoutes,
         filter: &str,
-        now: Instant,
-    ) -> Vec<Arc<Message>> {
-        read(&self.tenant(tenant).retained).matching(filter, now)
+        resume: Option<&[Box<str>]>,
+        now_ms: u64,
+        budget: usize,
+        sink: &mut impl FnMut(&Arc<Message>) -> bool,
+    ) -> ScanEnd {
+        read(&routes.retained).scan(filter, resume, now_ms, budget, sink)
     }
 
     /// Removes expired retained messages everywhere; returns how many.
-    pub fn purge_expired_retained(&self, now: Instant) -> usize {
+    pub fn purge_expired_retained(&self, now_ms: u64) -> usize {
         let tenants: Vec<_> = read(&self.tenants).values().cloned().collect();
         tenants
             .iter()
-            .map(|t| write(&t.retained).purge_expired(now))
+            .map(|t| write(&t.retained).purge_expired(now_ms))
             .sum()
     }
 }

@@ -1,59 +1,491 @@
-//! The retained messages of one tenant: the last retained message per topic (spec §3.3.1.3),
-//! bounded in count.
+//! The retained messages of one tenant (spec §3.3.1.3): a topic tree with the last retained
+//! message at each topic's node, bounded in count and bytes.
+//!
+//! A new subscription's retained messages are found by walking the tree along its filter,
+//! so the cost follows the matching part of the tree, not the store's size. Children are
+//! kept in order, which gives every walk a stable order; a walk can therefore stop after a
+//! budget of nodes (or when the subscriber's queue is full) and resume later from the last
+//! topic it visited, without holding the store's lock in between. Everything is iterative:
+//! a client chooses the depth of a topic.
 
-use std::collections::HashMap;
+use std::collections::btree_map::{BTreeMap, Range};
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
-use messs_codec::{topic_matches, TopicName};
+use messs_codec::TopicName;
 
 use crate::message::Message;
+use crate::stats::Stats;
 
-/// Retained messages keyed by topic.
-pub(crate) struct RetainedStore {
-    messages: HashMap<TopicName, Arc<Message>>,
-    max: usize,
+#[derive(Default)]
+struct Node {
+    children: BTreeMap<Box<str>, Node>,
+    message: Option<Arc<Message>>,
 }
 
-/// The store is at its limit and the topic is new.
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.message.is_none()
+    }
+}
+
+/// Drops a subtree level by level, never recursing (see the trie's `Drop for Node`).
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut pending: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(std::mem::take(&mut node.children).into_values());
+        }
+    }
+}
+
+/// Retained messages of one tenant.
+pub(crate) struct RetainedStore {
+    root: Node,
+    count: usize,
+    bytes: usize,
+    max: usize,
+    max_bytes: usize,
+    /// Messages with an expiry, by (expiry, topic), so purging does not walk the tree.
+    expiring: BTreeSet<(u64, TopicName)>,
+    stats: Arc<Stats>,
+}
+
+/// The store is at its limit (count or bytes) and the message does not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RetainedFull;
 
+/// How a walk ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ScanEnd {
+    /// Every match was offered.
+    Done,
+    /// The walk stopped (budget spent, or the sink had no room); resume after this topic
+    /// path, the last node visited.
+    Paused(Vec<Box<str>>),
+}
+
+/// One level of an ongoing walk: the children of a node still to visit.
+struct Frame<'a> {
+    children: Range<'a, Box<str>, Node>,
+    /// Level index of those children (their depth in the tree, from 0).
+    depth: usize,
+    /// Filter level index each child has matched up to once entered.
+    next_fi: usize,
+    /// The parent lies on the resume path, so children at or before it were visited.
+    bounded: bool,
+}
+
+impl Drop for RetainedStore {
+    fn drop(&mut self) {
+        self.stats
+            .retained_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 impl RetainedStore {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_bytes: usize, stats: Arc<Stats>) -> Self {
         RetainedStore {
-            messages: HashMap::new(),
+            root: Node::default(),
+            count: 0,
+            bytes: 0,
             max,
+            max_bytes,
+            expiring: BTreeSet::new(),
+            stats,
+        }
+    }
+
+    /// Number of retained messages.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    fn find(&self, topic: &str) -> Option<&Node> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        Some(node)
+    }
+
+    fn account(&mut self, added: Option<&Arc<Message>>, removed: Option<&Arc<Message>>) {
+        if let Some(m) = added {
+            self.count += 1;
+            self.bytes += m.cost();
+            self.stats
+                .retained_bytes
+                .fetch_add(m.cost(), Ordering::Relaxed);
+            if let Some(at) = m.expires_at {
+                self.expiring.insert((at, m.topic.clone()));
+            }
+        }
+        if let Some(m) = removed {
+            self.count -= 1;
+            self.bytes -= m.cost();
+            self.stats
+                .retained_bytes
+                .fetch_sub(m.cost(), Ordering::Relaxed);
+            if let Some(at) = m.expires_at {
+                self.expiring.remove(&(at, m.topic.clone()));
+            }
         }
     }
 
     /// Stores, replaces, or (empty payload) deletes the retained message of a topic
     /// [MQTT-3.3.1-6], [MQTT-3.3.1-10].
     pub fn set(&mut self, message: Arc<Message>) -> Result<(), RetainedFull> {
+        let topic = message.topic.as_str();
         if message.payload.is_empty() {
-            self.messages.remove(&message.topic);
+            self.remove(topic);
             return Ok(());
         }
-        if self.messages.len() >= self.max && !self.messages.contains_key(&message.topic) {
+        let old_cost = self
+            .find(topic)
+            .and_then(|n| n.message.as_ref())
+            .map(|m| m.cost());
+        let after_count = self.count + usize::from(old_cost.is_none());
+        let after_bytes = self.bytes - old_cost.unwrap_or(0) + message.cost();
+        if after_count > self.max || after_bytes > self.max_bytes {
             return Err(RetainedFull);
         }
-        self.messages.insert(message.topic.clone(), message);
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.entry(Box::from(level)).or_default();
+        }
+        let old = node.message.replace(message.clone());
+        self.account(Some(&message), old.as_ref());
         Ok(())
     }
 
-    /// The unexpired retained messages matching a filter.
-    pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        self.messages
-            .values()
-            .filter(|m| !m.is_expired(now) && topic_matches(filter, m.topic.as_str()))
-            .cloned()
-            .collect()
+    /// Deletes the retained message of a topic and prunes the branch it leaves empty.
+    fn remove(&mut self, topic: &str) {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        let old = node.message.take();
+        let now_empty = node.is_empty();
+        self.account(None, old.as_ref());
+        if now_empty {
+            self.prune(topic);
+        }
     }
 
-    /// Drops expired messages; returns how many.
-    pub fn purge_expired(&mut self, now: Instant) -> usize {
-        let before = self.messages.len();
-        self.messages.retain(|_, m| !m.is_expired(now));
-        before - self.messages.len()
+    /// Cuts the chain of empty nodes at the end of `topic`'s path (as the trie does).
+    fn prune(&mut self, topic: &str) {
+        let mut cut_depth = 0;
+        let mut node = &self.root;
+        for (depth, level) in topic.split('/').enumerate() {
+            if depth > 0 && (node.children.len() > 1 || node.message.is_some()) {
+                cut_depth = depth;
+            }
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        let mut levels = topic.split('/');
+        let mut node = &mut self.root;
+        for _ in 0..cut_depth {
+            let Some(level) = levels.next() else { return };
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        if let Some(level) = levels.next() {
+            node.children.remove(level);
+        }
+    }
+
+    /// Drops expired messages; returns how many. Uses the expiry index, not a tree walk.
+    pub fn purge_expired(&mut self, now_ms: u64) -> usize {
+        let mut purged = 0;
+        while let Some((at, topic)) = self.expiring.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.expiring.pop_first();
+            let expired = self
+                .find(topic.as_str())
+                .and_then(|n| n.message.as_ref())
+                .is_some_and(|m| m.expires_at == Some(at));
+            if expired {
+                self.remove(topic.as_str());
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    /// Offers `sink` the unexpired retained messages matching `filter` (without any
+    /// `$share/` prefix), in topic order, starting after `resume` (a path returned by an
+    /// earlier walk). Visits at most `budget` nodes. `sink` returns false when it has no
+    /// room; the walk then pauses before that message, to offer it again on resume.
+    /// A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
+    pub fn scan(
+        &self,
+        filter: &str,
+        resume: Option<&[Box<str>]>,
+        now_ms: u64,
+        mut budget: usize,
+        sink: &mut impl FnMut(&Arc<Message>) -> bool,
+    ) -> ScanEnd {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let resume = resume.unwrap_or(&[]);
+        let no_dollar = matches!(levels.first(), Some(&"+") | Some(&"#"));
+        // The path of the last node entered; resuming continues after it.
+        let mut path: Vec<&str> = resume.iter().map(|l| &**l).collect();
+        let mut stack: Vec<Frame<'_>> = Vec::new();
+        if let Some(frame) =
+            Self::children_of(&self.root, &levels, 0, 0, !resume.is_empty(), resume)
+        {
+            stack.push(frame);
+        }
+        while let Some(frame) = stack.last_mut() {
+            let Some((key, child)) = frame.children.next() else {
+                stack.pop();
+                continue;
+            };
+            let (depth, fi) = (frame.depth, frame.next_fi);
+            if depth == 0 && no_dollar && key.starts_with('$') {
+                continue;
+            }
+            // On the resume path: this node is the resume point or one of its ancestors,
+            // all visited (and paid for) before.
+            let on_resume_path = frame.bounded && resume.get(depth).is_some_and(|r| **r == **key);
+            if !on_resume_path {
+                if budget == 0 {
+                    return ScanEnd::Paused(path.iter().map(|l| Box::from(*l)).collect());
+                }
+                budget -= 1;
+            }
+            let matches_here = fi == levels.len() || levels.get(fi) == Some(&"#");
+            if matches_here && !on_resume_path {
+                if let Some(m) = child.message.as_ref().filter(|m| !m.is_expired(now_ms)) {
+                    if !sink(m) {
+                        return ScanEnd::Paused(path.iter().map(|l| Box::from(*l)).collect());
+                    }
+                }
+            }
+            path.truncate(depth);
+            path.push(key);
+            let bounded = on_resume_path && depth + 1 < resume.len();
+            if let Some(next) = Self::children_of(child, &levels, fi, depth + 1, bounded, resume) {
+                stack.push(next);
+            }
+        }
+        ScanEnd::Done
+    }
+
+    /// The frame over `node`'s children that can match filter level `fi`, or `None`.
+    fn children_of<'a>(
+        node: &'a Node,
+        levels: &[&str],
+        fi: usize,
+        depth: usize,
+        bounded: bool,
+        resume: &[Box<str>],
+    ) -> Option<Frame<'a>> {
+        let level = *levels.get(fi)?;
+        let lower = if bounded { resume.get(depth) } else { None };
+        let (children, next_fi) = match level {
+            "#" | "+" => {
+                let start = lower.map_or(Bound::Unbounded, |l| Bound::Included(&**l));
+                let next_fi = if level == "#" { fi } else { fi + 1 };
+                (
+                    node.children.range::<str, _>((start, Bound::Unbounded)),
+                    next_fi,
+                )
+            }
+            literal => {
+                if lower.is_some_and(|l| **l > *literal) {
+                    return None;
+                }
+                let exact = (Bound::Included(literal), Bound::Included(literal));
+                (node.children.range::<str, _>(exact), fi + 1)
+            }
+        };
+        Some(Frame {
+            children,
+            depth,
+            next_fi,
+            bounded,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::MessageProperties;
+    use bytes::Bytes;
+    use messs_codec::QoS;
+
+    fn msg(topic: &str, payload: &'static [u8], expires_at: Option<u64>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: MessageProperties::default(),
+            expires_at,
+            origin: 0,
+        })
+    }
+
+    fn store() -> RetainedStore {
+        RetainedStore::new(1000, usize::MAX, Arc::new(Stats::default()))
+    }
+
+    fn all(s: &RetainedStore, filter: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let end = s.scan(filter, None, 0, usize::MAX, &mut |m| {
+            out.push(m.topic.to_string());
+            true
+        });
+        assert_eq!(end, ScanEnd::Done);
+        out
+    }
+
+    fn filled() -> RetainedStore {
+        let mut s = store();
+        for t in [
+            "a", "a/b", "a/b/c", "a/c", "b/x", "$SYS/up", "/lead", "a//d",
+        ] {
+            s.set(msg(t, b"1", None)).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn filters_match_as_the_spec_says_in_topic_order() {
+        let s = filled();
+        assert_eq!(all(&s, "a/#"), ["a", "a//d", "a/b", "a/b/c", "a/c"]);
+        assert_eq!(all(&s, "a/+"), ["a/b", "a/c"]);
+        assert_eq!(all(&s, "+/+"), ["/lead", "a/b", "a/c", "b/x"]);
+        assert_eq!(all(&s, "#").len(), 7, "no $ topic for a leading wildcard");
+        assert_eq!(all(&s, "$SYS/#"), ["$SYS/up"]);
+        assert_eq!(all(&s, "a/b/c"), ["a/b/c"]);
+        assert_eq!(all(&s, "a/+/d"), ["a//d"]);
+        assert!(all(&s, "z/#").is_empty());
+        for filter in ["#", "+/#", "a/#", "+/+", "+", "a/+/+", "$SYS/+"] {
+            let expected: Vec<String> = all(&s, filter);
+            let mut brute: Vec<String> = [
+                "a", "a/b", "a/b/c", "a/c", "b/x", "$SYS/up", "/lead", "a//d",
+            ]
+            .iter()
+            .filter(|t| messs_codec::topic_matches(filter, t))
+            .map(|t| t.to_string())
+            .collect();
+            brute.sort_by(|x, y| x.split('/').cmp(y.split('/')));
+            assert_eq!(expected, brute, "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_walk_resumes_where_it_paused_whatever_the_budget() {
+        let s = filled();
+        for filter in ["#", "a/#", "+/+", "a/+/d"] {
+            let whole = all(&s, filter);
+            for budget in 1..4 {
+                let mut seen = Vec::new();
+                let mut resume: Option<Vec<Box<str>>> = None;
+                loop {
+                    let end = s.scan(filter, resume.as_deref(), 0, budget, &mut |m| {
+                        seen.push(m.topic.to_string());
+                        true
+                    });
+                    match end {
+                        ScanEnd::Done => break,
+                        ScanEnd::Paused(p) => resume = Some(p),
+                    }
+                }
+                assert_eq!(seen, whole, "{filter} with budget {budget}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_sink_pauses_before_the_message_it_refused() {
+        let s = filled();
+        let mut seen = Vec::new();
+        let mut room = 2;
+        let end = s.scan("a/#", None, 0, usize::MAX, &mut |m| {
+            if room == 0 {
+                return false;
+            }
+            room -= 1;
+            seen.push(m.topic.to_string());
+            true
+        });
+        let ScanEnd::Paused(resume) = end else {
+            panic!("expected a pause")
+        };
+        let end = s.scan("a/#", Some(&resume), 0, usize::MAX, &mut |m| {
+            seen.push(m.topic.to_string());
+            true
+        });
+        assert_eq!(end, ScanEnd::Done);
+        assert_eq!(seen, all(&s, "a/#"));
+    }
+
+    #[test]
+    fn bounded_in_count_and_bytes_and_deletes_prune() {
+        let stats = Arc::new(Stats::default());
+        let one = msg("a", b"12345", None).cost();
+        let mut s = RetainedStore::new(2, 2 * one + 3, stats.clone());
+        s.set(msg("a", b"12345", None)).unwrap();
+        s.set(msg("b/c", b"12345", None)).unwrap();
+        assert_eq!(s.set(msg("d", b"12345", None)), Err(RetainedFull));
+        assert_eq!(
+            s.set(msg("a", b"1234567", None)),
+            Err(RetainedFull),
+            "bytes"
+        );
+        s.set(msg("a", b"54321", None)).unwrap();
+        assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 2 * one + 2);
+        s.set(msg("b/c", b"", None)).unwrap();
+        assert!(!s.root.children.contains_key("b"), "empty branch pruned");
+        assert_eq!(s.len(), 1);
+        drop(s);
+        assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn expired_messages_are_skipped_and_purged_by_index() {
+        let mut s = store();
+        s.set(msg("x/1", b"1", Some(100))).unwrap();
+        s.set(msg("x/2", b"1", Some(300))).unwrap();
+        s.set(msg("x/3", b"1", None)).unwrap();
+        let mut seen = 0;
+        s.scan("x/#", None, 200, usize::MAX, &mut |_| {
+            seen += 1;
+            true
+        });
+        assert_eq!(seen, 2);
+        assert_eq!(s.purge_expired(200), 1);
+        // Replaced without expiry: the stale index entry must not purge it.
+        s.set(msg("x/2", b"2", None)).unwrap();
+        assert_eq!(s.purge_expired(1000), 0);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn deep_topics_do_not_recurse() {
+        let mut s = store();
+        let deep = "/".repeat(65_000);
+        s.set(msg(&deep, b"1", None)).unwrap();
+        assert_eq!(all(&s, "#").len(), 1);
+        assert_eq!(all(&s, &deep).len(), 1);
+        drop(s);
     }
 }

@@ -55,6 +55,26 @@ impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
     }
+
+    /// True if the node must stay even when the chain below it goes: it has other
+    /// children, or subscriptions of its own.
+    fn is_branch_point(&self) -> bool {
+        self.children.len() > 1 || !self.subscribers.is_empty() || !self.shared.is_empty()
+    }
+}
+
+/// Drops a subtree level by level: the default drop recurses once per topic level, and a
+/// client chooses the depth, so a deep chain would overflow the stack.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut pending: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, n)| n));
+        }
+    }
 }
 
 /// All subscriptions of one tenant.
@@ -85,6 +105,45 @@ fn remove_from(list: &mut Vec<Subscriber>, session_id: u64) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// A last-in-first-out stack that keeps its first `N` entries inline, so a match on a topic
+/// of ordinary depth allocates nothing, while a deep one spills to the heap instead of
+/// recursing.
+struct SmallStack<T: Copy, const N: usize> {
+    inline: [Option<T>; N],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T: Copy, const N: usize> SmallStack<T, N> {
+    fn new() -> Self {
+        SmallStack {
+            inline: [None; N],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, value: T) {
+        if self.len < N {
+            self.inline[self.len] = Some(value);
+            self.len += 1;
+        } else {
+            self.spill.push(value);
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        if let Some(v) = self.spill.pop() {
+            return Some(v);
+        }
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        self.inline[self.len].take()
     }
 }
 
@@ -121,46 +180,100 @@ impl SubscriptionTrie {
         replaced
     }
 
-    /// Removes a session's subscription. True if it existed.
+    /// Removes a session's subscription and prunes the branch it leaves empty. True if it
+    /// existed. Iterative: two walks down the filter's levels, no recursion.
     pub fn remove(&mut self, filter: &TopicFilter, session_id: u64) -> bool {
-        let levels: Vec<&str> = filter.filter().split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, filter.share_group(), session_id);
-        if removed {
-            self.count -= 1;
+        let mut node = &mut self.root;
+        for level in filter.filter().split('/') {
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
         }
-        removed
+        let removed = match filter.share_group() {
+            None => remove_from(&mut node.subscribers, session_id),
+            Some(name) => {
+                let Some(i) = node.shared.iter().position(|g| &*g.name == name) else {
+                    return false;
+                };
+                let removed = remove_from(&mut node.shared[i].members, session_id);
+                if node.shared[i].members.is_empty() {
+                    node.shared.swap_remove(i);
+                }
+                removed
+            }
+        };
+        if !removed {
+            return false;
+        }
+        self.count -= 1;
+        if node.is_empty() {
+            self.prune(filter.filter());
+        }
+        true
     }
 
-    fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session_id: u64) -> bool {
-        let Some((first, rest)) = levels.split_first() else {
-            return match group {
-                None => remove_from(&mut node.subscribers, session_id),
-                Some(name) => {
-                    let Some(i) = node.shared.iter().position(|g| &*g.name == name) else {
-                        return false;
-                    };
-                    let removed = remove_from(&mut node.shared[i].members, session_id);
-                    if node.shared[i].members.is_empty() {
-                        node.shared.swap_remove(i);
-                    }
-                    removed
-                }
-            };
-        };
-        let Some(child) = node.children.get_mut(*first) else {
-            return false;
-        };
-        let removed = Self::remove_at(child, rest, group, session_id);
-        if child.is_empty() {
-            node.children.remove(*first);
+    /// Cuts the chain of nodes left empty at the end of `filter`'s path: below the last
+    /// node on the path that has other children or subscriptions, every node has exactly
+    /// one child and nothing else, so the whole chain goes with one removal.
+    fn prune(&mut self, filter: &str) {
+        let mut cut_depth = 0;
+        let mut node = &self.root;
+        for (depth, level) in filter.split('/').enumerate() {
+            if depth > 0 && node.is_branch_point() {
+                cut_depth = depth;
+            }
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return,
+            }
         }
-        removed
+        let mut levels = filter.split('/');
+        let mut node = &mut self.root;
+        for _ in 0..cut_depth {
+            let Some(level) = levels.next() else { return };
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        if let Some(level) = levels.next() {
+            // Dropping the chain is iterative too (see `Drop for Node`).
+            node.children.remove(level);
+        }
     }
 
     /// Calls `found` for every subscription matching `topic` (one member per shared group).
-    /// A `$` topic is not matched by a leading wildcard [MQTT-4.7.2-1].
+    /// A `$` topic is not matched by a leading wildcard [MQTT-4.7.2-1]. Iterative: an
+    /// explicit stack of (node, rest of the topic) instead of recursion per level.
     pub fn for_each_match(&self, topic: &str, found: &mut impl FnMut(&Subscriber)) {
-        Self::walk(&self.root, Some(topic), topic.starts_with('$'), found);
+        let mut stack: SmallStack<(&Node, Option<&str>, bool), 16> = SmallStack::new();
+        stack.push((&self.root, Some(topic), topic.starts_with('$')));
+        while let Some((node, rest, no_wildcard)) = stack.pop() {
+            let Some(rest) = rest else {
+                Self::visit(node, found);
+                // "a/#" also matches "a" [MQTT-4.7.1-2].
+                if let Some(hash) = node.children.get("#") {
+                    Self::visit(hash, found);
+                }
+                continue;
+            };
+            let (level, next) = match rest.split_once('/') {
+                Some((level, next)) => (level, Some(next)),
+                None => (rest, None),
+            };
+            if !no_wildcard {
+                if let Some(hash) = node.children.get("#") {
+                    Self::visit(hash, found);
+                }
+                if let Some(plus) = node.children.get("+") {
+                    stack.push((plus, next, false));
+                }
+            }
+            if let Some(child) = node.children.get(level) {
+                stack.push((child, next, false));
+            }
+        }
     }
 
     fn visit(node: &Node, found: &mut impl FnMut(&Subscriber)) {
@@ -173,52 +286,16 @@ impl SubscriptionTrie {
             }
         }
     }
-
-    fn walk(
-        node: &Node,
-        rest: Option<&str>,
-        no_wildcard: bool,
-        found: &mut impl FnMut(&Subscriber),
-    ) {
-        let Some(rest) = rest else {
-            Self::visit(node, found);
-            // "a/#" also matches "a" [MQTT-4.7.1-2].
-            if let Some(hash) = node.children.get("#") {
-                Self::visit(hash, found);
-            }
-            return;
-        };
-        let (level, next) = match rest.split_once('/') {
-            Some((level, next)) => (level, Some(next)),
-            None => (rest, None),
-        };
-        if !no_wildcard {
-            if let Some(hash) = node.children.get("#") {
-                Self::visit(hash, found);
-            }
-            if let Some(plus) = node.children.get("+") {
-                Self::walk(plus, next, false, found);
-            }
-        }
-        if let Some(child) = node.children.get(level) {
-            Self::walk(child, next, false, found);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionKey;
     use messs_codec::QoS;
 
     fn sub(id: u64) -> Subscriber {
-        let key = SessionKey {
-            tenant: Arc::from("t"),
-            client_id: Arc::from(format!("c{id}")),
-        };
         Subscriber {
-            session: Arc::new(Session::new(id, key, 10, Default::default())),
+            session: Arc::new(crate::session::test_session(id, 10)),
             options: SubscriptionOptions::new(QoS::AtMostOnce),
             id: None,
         }
@@ -259,12 +336,54 @@ mod tests {
     }
 
     #[test]
+    fn remove_keeps_branches_that_others_use() {
+        let mut t = SubscriptionTrie::default();
+        let deep = TopicFilter::new("a/b/c/d").unwrap();
+        let mid = TopicFilter::new("a/b").unwrap();
+        let side = TopicFilter::new("a/x/y").unwrap();
+        t.insert(&deep, sub(1));
+        t.insert(&mid, sub(2));
+        t.insert(&side, sub(3));
+        assert!(t.remove(&deep, 1));
+        assert_eq!(matched(&t, "a/b"), vec![2]);
+        assert_eq!(matched(&t, "a/x/y"), vec![3]);
+        let b = &t.root.children["a"].children["b"];
+        assert!(b.children.is_empty(), "the empty chain c/d is pruned");
+        assert!(t.remove(&mid, 2));
+        assert!(!t.root.children["a"].children.contains_key("b"));
+        assert!(t.remove(&side, 3));
+        assert!(t.root.is_empty());
+    }
+
+    /// Far deeper than any stack could recurse: insert, match, remove and drop must all
+    /// be iterative (the broker's `max_topic_levels` is the first line; this is the second).
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        // As deep as a 65,535-byte topic can be: 32,768 `+` levels, 65,536 empty ones (the
+        // recursive version overflowed at ~5,400 and ~9,300).
+        const LEVELS: usize = 32_768;
+        let mut t = SubscriptionTrie::default();
+        let empty_levels = TopicFilter::new(&"/".repeat(65_535)).unwrap();
+        let pluses = TopicFilter::new(&vec!["+"; LEVELS].join("/")).unwrap();
+        t.insert(&empty_levels, sub(1));
+        t.insert(&pluses, sub(2));
+        let topic = vec!["x"; LEVELS].join("/");
+        assert_eq!(matched(&t, &topic), vec![2]);
+        assert_eq!(matched(&t, &"/".repeat(LEVELS - 1)), vec![2]);
+        assert_eq!(matched(&t, &"/".repeat(65_535)), vec![1]);
+        assert!(t.remove(&empty_levels, 1));
+        assert!(t.root.children.contains_key("+"));
+        // The `+` chain is dropped with the trie.
+        drop(t);
+    }
+
+    #[test]
     fn shared_group_gets_one_copy_round_robin() {
         let mut t = SubscriptionTrie::default();
         let f = TopicFilter::new("$share/g/a/+").unwrap();
         for id in 1..=3 {
             let s = sub(id);
-            s.session.set_connected(true);
+            s.session.attach(0);
             t.insert(&f, s);
         }
         let mut seen = Vec::new();

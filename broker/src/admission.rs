@@ -1,0 +1,83 @@
+//! The choke point: every message that enters the router — a client PUBLISH, a will (at
+//! once, after its delay, or when its session ends), and later admin publishes and bridges —
+//! passes [`BrokerState::publish`], where the broker's rules for messages are applied. Today
+//! that is the reserved `$SYS/` namespace and the topic depth limit; the ACL, rate limits and
+//! the persistence decision join here, so no path can skip them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::message::Message;
+use crate::router::{PublishOutcome, TenantRoutes};
+use crate::state::BrokerState;
+
+/// Topics whose first level is this belong to the broker; clients may not publish to them,
+/// directly or through a will.
+const SYS_LEVEL: &str = "$SYS";
+
+/// Where a message entering the router comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A client's PUBLISH.
+    Client,
+    /// A client's will message.
+    Will,
+}
+
+/// Why a message was refused at the choke point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// The topic is in the broker's `$SYS/` namespace.
+    #[error("$SYS topics are reserved for the broker")]
+    ReservedTopic,
+    /// The topic has more levels than `limits.max_topic_levels`.
+    #[error("topic has more levels than allowed")]
+    TooDeep,
+}
+
+/// Levels in a topic name or filter ("a/b" has two, "/" has two, "a" one).
+pub(crate) fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+impl BrokerState {
+    /// Admits a message and routes it, or refuses it (counted; the caller tells the client
+    /// where it can). The single entry into the router.
+    pub fn publish(
+        &self,
+        routes: &TenantRoutes,
+        source: Source,
+        message: Arc<Message>,
+    ) -> Result<PublishOutcome, Refused> {
+        if let Err(refused) = self.admit(&message) {
+            self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?source, %refused, "message refused");
+            return Err(refused);
+        }
+        Ok(self.router.publish_to(routes, message))
+    }
+
+    fn admit(&self, message: &Message) -> Result<(), Refused> {
+        let topic = message.topic.as_str();
+        if topic.split('/').next() == Some(SYS_LEVEL) {
+            return Err(Refused::ReservedTopic);
+        }
+        if topic_levels(topic) > self.config.limits.max_topic_levels {
+            return Err(Refused::TooDeep);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_count_empty_ones_too() {
+        assert_eq!(topic_levels("a"), 1);
+        assert_eq!(topic_levels("a/b"), 2);
+        assert_eq!(topic_levels("/"), 2);
+        assert_eq!(topic_levels(&"/".repeat(127)), 128);
+    }
+}

@@ -1,0 +1,125 @@
+//! Retained messages for new subscriptions, delivered as the session's queue has room.
+//!
+//! A SUBSCRIBE only records what to replay; each pass of the client loop then walks the
+//! tenant's retained tree for a bounded number of nodes, pushing matches into the session's
+//! bounded queue, and stops when the queue is half full or the budget is spent. The walk
+//! resumes from the last topic it visited, so a subscription to `#` over a large store costs
+//! the subscriber time, not the broker memory, and never holds a worker or the store's lock
+//! for long. Repeated filters replace their pending replay instead of adding one.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use messs_codec::{QoS, TopicFilter};
+
+use super::Client;
+use crate::clock::unix_ms;
+use crate::connection::Transport;
+use crate::message::{Delivery, Message};
+use crate::router::ScanEnd;
+use crate::session::EnqueueError;
+
+/// Nodes of the retained tree one walk may visit per pass.
+const NODES_PER_WALK: usize = 1024;
+/// Walks per pass (one per pending subscription, at most).
+const WALKS_PER_PASS: usize = 8;
+
+/// The retained messages still owed to one new subscription.
+pub(super) struct Replay {
+    filter: TopicFilter,
+    qos: QoS,
+    id: Option<NonZeroU32>,
+    /// Where the last walk stopped (`None`: from the start).
+    resume: Option<Vec<Box<str>>>,
+}
+
+impl<S: Transport> Client<S> {
+    /// Records the retained replay a new subscription is owed, replacing a pending one for
+    /// the same filter.
+    pub(super) fn schedule_replay(
+        &mut self,
+        filter: TopicFilter,
+        qos: QoS,
+        id: Option<NonZeroU32>,
+    ) {
+        let replays = self.replays.get_or_insert_default();
+        replays.retain(|r| r.filter.as_str() != filter.as_str());
+        replays.push_back(Replay {
+            filter,
+            qos,
+            id,
+            resume: None,
+        });
+    }
+
+    /// Drops the pending replay of an unsubscribed filter.
+    pub(super) fn cancel_replay(&mut self, filter: &str) {
+        if let Some(replays) = self.replays.as_mut() {
+            replays.retain(|r| r.filter.as_str() != filter);
+        }
+    }
+
+    /// Walks pending replays while the session queue has room (see the module header).
+    pub(super) fn replay_retained(&mut self) {
+        let Some(replays) = self.replays.as_mut() else {
+            return;
+        };
+        let now_ms = unix_ms();
+        let session = &self.session;
+        let stats = &self.state.stats;
+        for _ in 0..WALKS_PER_PASS {
+            let Some(replay) = replays.front_mut() else {
+                break;
+            };
+            if !session.lock().has_room() {
+                break;
+            }
+            let mut sink = |m: &Arc<Message>| -> bool {
+                let delivery = Delivery {
+                    message: m.clone(),
+                    qos: m.qos.min(replay.qos),
+                    retain: true,
+                    subscription_ids: replay.id.into_iter().collect(),
+                };
+                let mut st = session.lock();
+                if !st.has_room() {
+                    return false;
+                }
+                match st.push(delivery) {
+                    Ok(()) => true,
+                    Err(EnqueueError::Full) => false,
+                    Err(EnqueueError::Budget | EnqueueError::Offline) => {
+                        stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                }
+            };
+            let end = self.state.router.scan_retained(
+                &self.routes,
+                replay.filter.filter(),
+                replay.resume.as_deref(),
+                now_ms,
+                NODES_PER_WALK,
+                &mut sink,
+            );
+            match end {
+                ScanEnd::Done => {
+                    replays.pop_front();
+                }
+                ScanEnd::Paused(at) => {
+                    replay.resume = Some(at);
+                    break;
+                }
+            }
+        }
+        if replays.is_empty() {
+            self.replays = None;
+        }
+    }
+
+    /// Whether another pass should follow at once to continue a replay.
+    pub(super) fn replay_pending(&self) -> bool {
+        self.replays.is_some() && self.session.lock().has_room()
+    }
+}

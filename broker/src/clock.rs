@@ -1,0 +1,27 @@
+//! The broker's two clocks. Anything that may be stored (message and session expiry) is in
+//! wall-clock milliseconds since the Unix epoch, so it means the same after a restart;
+//! timers that only pace this process (stall detection, pauses) use tokio's monotonic clock,
+//! which paused-time tests control.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now. A clock set before 1970 reads as 0.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `now` plus a number of seconds, in Unix milliseconds (saturating).
+pub(crate) fn after_secs(now_ms: u64, secs: u32) -> u64 {
+    now_ms.saturating_add(u64::from(secs) * 1000)
+}
+
+/// Milliseconds on tokio's monotonic clock since the first call in this process: small
+/// enough to keep in an atomic, and frozen or advanced by paused-time tests.
+pub(crate) fn mono_ms() -> u64 {
+    static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

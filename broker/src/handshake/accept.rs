@@ -1,0 +1,184 @@
+//! Accepting a decoded CONNECT, step by step: refuse what this listener or the broker
+//! cannot take (`check`), settle the client id (`client_id`) and the session expiry and
+//! keep-alive (`negotiate`), attach the session, and answer with CONNACK. Authentication
+//! slots in between `check` and `client_id` once identities exist.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+
+use messs_codec::{ConnAck, ConnAckProperties, Connect, Packet, Protocol, ReasonCode};
+
+use super::reject;
+use crate::admission::topic_levels;
+use crate::client::{Client, Negotiated};
+use crate::config::{LimitsConfig, ListenerConfig};
+use crate::connection::{Connection, Transport};
+use crate::session::SessionKey;
+use crate::state::{AttachRefused, BrokerState};
+
+/// A refusal: the CONNACK reason code and the reason string sent with it.
+type Refusal = (ReasonCode, &'static str);
+
+/// Checks the CONNECT, attaches the session and sends CONNACK; `None` if refused.
+pub(super) async fn accept<S>(
+    state: &Arc<BrokerState>,
+    mut conn: Connection<S>,
+    connect: Connect,
+    peer: SocketAddr,
+    listener: &ListenerConfig,
+    deadline: tokio::time::Instant,
+) -> Option<Client<S>>
+where
+    S: Transport,
+{
+    let protocol = connect.protocol;
+    let limits = &state.config.limits;
+    let client_max_packet = connect
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m.get() as usize);
+    conn.configure(protocol, limits.codec_limits());
+    if let Err((code, why)) = check(&connect, listener, limits) {
+        tracing::info!(%peer, %code, why, "CONNECT refused");
+        reject(&mut conn, protocol, code, why, client_max_packet).await;
+        return None;
+    }
+    let (client_id, assigned) = client_id(state, &connect);
+    let (expiry, requested_expiry, keep_alive) = negotiate(state, &connect);
+
+    let key = SessionKey {
+        tenant: state.default_tenant.clone(),
+        client_id: Arc::from(client_id.as_str()),
+    };
+    let attached = match state
+        .attach(key, connect.clean_start, expiry, deadline)
+        .await
+    {
+        Ok(attached) => attached,
+        Err(AttachRefused::Quota) => {
+            state
+                .stats
+                .sessions_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, "CONNECT refused: session limit reached");
+            let why = "the broker holds as many sessions as it may";
+            reject(
+                &mut conn,
+                protocol,
+                ReasonCode::QuotaExceeded,
+                why,
+                client_max_packet,
+            )
+            .await;
+            return None;
+        }
+        Err(AttachRefused::Timeout) => return None,
+    };
+
+    let properties = if protocol.is_v5() {
+        ConnAckProperties {
+            session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
+            receive_maximum: NonZeroU16::new(limits.receive_maximum),
+            maximum_packet_size: NonZeroU32::new(limits.max_packet_size),
+            assigned_client_identifier: assigned,
+            topic_alias_maximum: Some(limits.topic_alias_maximum),
+            server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+            ..ConnAckProperties::default()
+        }
+    } else {
+        ConnAckProperties::default()
+    };
+    let ack = ConnAck {
+        session_present: attached.session_present,
+        code: ReasonCode::Success,
+        properties,
+    };
+    if conn
+        .queue_within(Packet::ConnAck(Box::new(ack)), client_max_packet)
+        .is_err()
+    {
+        return None;
+    }
+    tracing::debug!(%peer, client_id = %client_id, ?protocol, "connected");
+    let negotiated = Negotiated::new(&connect, keep_alive, limits);
+    Some(Client::new(
+        state.clone(),
+        conn,
+        attached,
+        negotiated,
+        connect.will,
+    ))
+}
+
+/// What this listener and the broker's limits refuse outright.
+fn check(
+    connect: &Connect,
+    listener: &ListenerConfig,
+    limits: &LimitsConfig,
+) -> Result<(), Refusal> {
+    if connect.properties.authentication_method.is_some() {
+        // Enhanced authentication is not offered [MQTT-4.12.0-1].
+        return Err((
+            ReasonCode::BadAuthenticationMethod,
+            "enhanced authentication is not offered",
+        ));
+    }
+    if !listener.allow_anonymous {
+        return Err((
+            ReasonCode::NotAuthorized,
+            "this listener does not allow anonymous clients",
+        ));
+    }
+    if connect.client_id.is_empty()
+        && (connect.protocol == Protocol::V3_1
+            || (connect.protocol == Protocol::V3_1_1 && !connect.clean_start))
+    {
+        // 3.1 never allows it; 3.1.1 only with a clean session [MQTT-3.1.3-7], [MQTT-3.1.3-8].
+        return Err((
+            ReasonCode::ClientIdentifierNotValid,
+            "an empty client id needs clean session (3.1.1) or MQTT 5",
+        ));
+    }
+    if let Some(will) = &connect.will {
+        if topic_levels(will.topic.as_str()) > limits.max_topic_levels {
+            return Err((
+                ReasonCode::TopicNameInvalid,
+                "will topic has more levels than the broker allows",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The client id, and the one the broker assigned if the client sent none (unique across
+/// restarts: see `BrokerState::unique_id`).
+fn client_id(state: &BrokerState, connect: &Connect) -> (String, Option<String>) {
+    if connect.client_id.is_empty() {
+        let id = format!("messs-{:x}", state.unique_id());
+        (id.clone(), Some(id))
+    } else {
+        (connect.client_id.clone(), None)
+    }
+}
+
+/// The session expiry granted, the one requested, and the keep-alive granted.
+fn negotiate(state: &BrokerState, connect: &Connect) -> (u32, u32, u16) {
+    let max_expiry = state.config.session.max_expiry_secs;
+    let (requested, expiry) = if connect.protocol.is_v5() {
+        let e = connect.properties.session_expiry_interval.unwrap_or(0);
+        (e, e.min(max_expiry))
+    } else if connect.clean_start {
+        (0, 0)
+    } else {
+        (max_expiry, max_expiry)
+    };
+    let max_keep_alive = state.config.limits.max_keep_alive_secs;
+    let keep_alive =
+        if max_keep_alive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive) {
+            max_keep_alive
+        } else {
+            connect.keep_alive
+        };
+    (expiry, requested, keep_alive)
+}

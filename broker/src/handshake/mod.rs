@@ -1,0 +1,164 @@
+//! The CONNECT handshake of one socket: read CONNECT within the connect timeout and the
+//! pre-auth size limit, then (in `accept`) check it, settle the client's identity and
+//! limits, attach the session and send CONNACK — all under one deadline — and hand over to
+//! the client loop.
+
+mod accept;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messs_codec::{ConnAck, ConnAckProperties, DecodeError, Packet, Protocol, ReasonCode};
+
+use crate::client::Client;
+use crate::config::ListenerConfig;
+use crate::connection::{Connection, Transport};
+use crate::error::BrokerError;
+use crate::state::BrokerState;
+
+/// The tenant every client belongs to until the tenancy issue adds real ones.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Serves one accepted socket: the handshake runs in this task; a connected client then
+/// gets a task of its own, so an idle connection keeps only the client loop's small state,
+/// not the handshake's. `permit` (a connection slot) lives as long as the connection.
+pub(crate) async fn serve<S, P>(
+    state: Arc<BrokerState>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    permit: P,
+) where
+    S: Transport + 'static,
+    P: Send + 'static,
+{
+    let tasks = state.tasks.clone();
+    if let Some(client) = handshake(state, stream, peer, listener).await {
+        let client = Box::new(client);
+        tasks.spawn(async move {
+            client.run().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads and answers CONNECT; the connected client, or `None` if it was refused or failed.
+/// Everything up to the CONNACK, takeover included, happens before one deadline.
+async fn handshake<S>(
+    state: Arc<BrokerState>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+) -> Option<Client<S>>
+where
+    S: Transport,
+{
+    let limits = &state.config.limits;
+    let deadline = tokio::time::Instant::now() + limits.connect_timeout();
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
+    let mut conn = Connection::new(stream, limits.connect_codec_limits(), write_timeout);
+    let first = tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        first = tokio::time::timeout_at(deadline, read_connect(&mut conn)) => first,
+    };
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(other))) => {
+            // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+            tracing::debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            conn.close().await;
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(BrokerError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
+            tracing::debug!(%peer, %name, level, "unsupported protocol");
+            if name != "MQTT" && name != "MQIsdp" {
+                // Not MQTT at all: close without a CONNACK [MQTT-3.1.2-1], [MQTT-3.1.4-1].
+                conn.close().await;
+                return None;
+            }
+            let protocol = if level == 5 {
+                Protocol::V5
+            } else {
+                Protocol::V3_1_1
+            };
+            reject(
+                &mut conn,
+                protocol,
+                ReasonCode::UnsupportedProtocolVersion,
+                "supported: MQTT 3.1, 3.1.1 and 5.0",
+                usize::MAX,
+            )
+            .await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad CONNECT");
+            conn.close().await;
+            return None;
+        }
+    };
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        accept::accept(&state, conn, *connect, peer, &listener, deadline),
+    )
+    .await;
+    match accepted {
+        Ok(client) => client,
+        Err(_) => {
+            tracing::info!(%peer, "handshake did not finish within the connect timeout");
+            None
+        }
+    }
+}
+
+/// Reads the first packet, refusing at its first byte anything that is not a CONNECT, so a
+/// stray protocol cannot hold the socket open until the connect timeout.
+async fn read_connect<S>(conn: &mut Connection<S>) -> Result<Option<Packet>, BrokerError>
+where
+    S: Transport,
+{
+    loop {
+        if conn.peek_type().is_some_and(|t| t != 1) {
+            return Err(BrokerError::protocol(
+                ReasonCode::ProtocolError,
+                "first packet is not CONNECT [MQTT-3.1.0-1]",
+            ));
+        }
+        if let Some(p) = conn.next_packet()? {
+            return Ok(Some(p));
+        }
+        if conn.fill().await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Refuses the connection with a CONNACK carrying `code` (and, room permitting in the
+/// client's Maximum Packet Size, the reason), then closes it.
+async fn reject<S>(
+    conn: &mut Connection<S>,
+    protocol: Protocol,
+    code: ReasonCode,
+    why: &str,
+    client_max_packet: usize,
+) where
+    S: Transport,
+{
+    conn.configure(protocol, messs_codec::Limits::default());
+    let ack = ConnAck {
+        session_present: false,
+        code,
+        properties: ConnAckProperties {
+            reason_string: Some(why.to_owned()),
+            ..ConnAckProperties::default()
+        },
+    };
+    let _ = conn.queue_within(Packet::ConnAck(Box::new(ack)), client_max_packet);
+    conn.close().await;
+}

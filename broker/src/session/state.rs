@@ -1,0 +1,511 @@
+//! The mutable part of a session: its subscriptions, the queue of deliveries waiting to be
+//! sent, outgoing QoS 1/2 messages awaiting acknowledgement, incoming QoS 2 packet ids
+//! awaiting PUBREL, and its lifecycle fields. Every change goes through a method here, so
+//! the limits (count and bytes) and the byte budget are applied in one place, and the
+//! storage layer can later mirror exactly these changes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+
+use messs_codec::{QoS, QosPid, SubscriptionOptions, TopicFilter};
+
+use crate::budget::ByteBudget;
+use crate::message::{Delivery, Message};
+use crate::timers::TimerKey;
+
+/// What a session record costs beyond its client id, in bytes (the `Session`, its map
+/// entry and empty collections, rounded up).
+pub(crate) const SESSION_COST: usize = 640;
+/// What one subscription costs beyond its filter text, in bytes (the stored copy, the trie
+/// entry and node).
+pub(crate) const SUBSCRIPTION_COST: usize = 192;
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredSubscription {
+    pub filter: TopicFilter,
+    pub options: SubscriptionOptions,
+    pub id: Option<NonZeroU32>,
+}
+
+impl StoredSubscription {
+    fn cost(&self) -> usize {
+        SUBSCRIPTION_COST + self.filter.as_str().len()
+    }
+}
+
+/// Outgoing QoS 1/2 state for one packet id.
+#[derive(Debug)]
+enum Outgoing {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery, usize),
+    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer held.
+    Released,
+}
+
+#[derive(Debug)]
+struct InflightEntry {
+    /// Send order, so a resumed session resends in the original order [MQTT-4.6.0-1].
+    seq: u64,
+    state: Outgoing,
+}
+
+/// What a resumed connection must send again before anything new.
+pub(crate) enum Resend {
+    /// The PUBLISH, with DUP set.
+    Publish(Delivery, QosPid),
+    /// A PUBREL.
+    PubRel(NonZeroU16),
+}
+
+/// How an acknowledgement from the client matched the outgoing state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckMatch {
+    /// It completed (or advanced) an exchange.
+    Matched,
+    /// No exchange uses that packet id (e.g. a late duplicate): ignored.
+    Unknown,
+    /// The packet id is in flight, but this is the wrong acknowledgement for its QoS or
+    /// state (PUBREC for QoS 1, PUBACK for QoS 2, ...): a protocol violation
+    /// [MQTT-4.3.2-*], [MQTT-4.3.3-*].
+    WrongType,
+}
+
+/// A will message whose delay has not passed yet.
+pub(crate) struct PendingWill {
+    pub message: Arc<Message>,
+    pub timer: TimerKey,
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnqueueError {
+    /// QoS 0 for an offline session.
+    Offline,
+    /// The session's queue is at its limit (messages or bytes).
+    Full,
+    /// The broker-wide session byte budget is spent.
+    Budget,
+}
+
+/// Why a subscription was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscribeRefused {
+    /// The session holds `max_subscriptions_per_session` already.
+    TooMany,
+    /// The broker-wide session byte budget is spent.
+    Budget,
+}
+
+/// The mutable part of a session. Ordered maps rather than hash maps: they are small, need no
+/// per-map hasher state, and an empty one is half the size.
+pub(crate) struct SessionState {
+    subscriptions: BTreeMap<Arc<str>, StoredSubscription>,
+    max_subscriptions: u32,
+    queue: VecDeque<Delivery>,
+    max_queued: u32,
+    /// Bytes of deliveries queued or in flight, and the limit on them.
+    held_bytes: usize,
+    max_bytes: usize,
+    inflight: BTreeMap<NonZeroU16, InflightEntry>,
+    next_seq: u64,
+    next_pid: u16,
+    /// QoS 2 packet ids received and answered with PUBREC, awaiting PUBREL.
+    incoming_qos2: BTreeSet<NonZeroU16>,
+    /// Seconds the session outlives its connection.
+    expiry_interval: u32,
+    /// Bumped on every attach, so a stale connection or timer can tell it lost.
+    generation: u64,
+    /// A connection is attached (set by attach, cleared by that connection's detach).
+    attached: bool,
+    /// The session was ended: it is out of the registry and must not be resumed.
+    ended: bool,
+    /// A delayed will waiting to be published; dropped if the client comes back, published
+    /// at once if the session ends first.
+    pending_will: Option<PendingWill>,
+    /// The pending session-expiry timer, while offline.
+    expiry_timer: Option<TimerKey>,
+    /// Everything this session has charged to the broker-wide budget; given back when the
+    /// state is dropped, so no path can leak a charge.
+    charged: usize,
+    budget: Arc<ByteBudget>,
+}
+
+/// Per-session limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionLimits {
+    pub max_queued: usize,
+    pub max_queued_bytes: usize,
+    pub max_subscriptions: usize,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
+}
+
+impl SessionState {
+    /// An empty state; `charged` is what the caller already took from `budget` for it.
+    pub fn new(limits: SessionLimits, budget: Arc<ByteBudget>, charged: usize) -> Self {
+        SessionState {
+            subscriptions: BTreeMap::new(),
+            max_subscriptions: u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX),
+            queue: VecDeque::new(),
+            max_queued: u32::try_from(limits.max_queued).unwrap_or(u32::MAX),
+            held_bytes: 0,
+            max_bytes: limits.max_queued_bytes,
+            inflight: BTreeMap::new(),
+            next_seq: 0,
+            next_pid: 0,
+            incoming_qos2: BTreeSet::new(),
+            expiry_interval: 0,
+            generation: 0,
+            attached: false,
+            ended: false,
+            pending_will: None,
+            expiry_timer: None,
+            charged,
+            budget,
+        }
+    }
+
+    fn charge(&mut self, bytes: usize) -> bool {
+        if !self.budget.try_charge(bytes) {
+            return false;
+        }
+        self.charged += bytes;
+        true
+    }
+
+    fn release(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.charged);
+        self.charged -= bytes;
+        self.budget.release(bytes);
+    }
+
+    fn release_held(&mut self, bytes: usize) {
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
+        self.release(bytes);
+    }
+
+    // --- lifecycle -------------------------------------------------------------------
+
+    /// Marks a new connection attached; returns its generation.
+    pub fn attach(&mut self, expiry_interval: u32) -> u64 {
+        self.attached = true;
+        self.generation += 1;
+        self.expiry_interval = expiry_interval;
+        self.generation
+    }
+
+    /// Marks the connection of `generation` gone; false if a newer one owns the session.
+    pub fn detach(&mut self, generation: u64) -> bool {
+        if self.generation != generation {
+            return false;
+        }
+        self.attached = false;
+        true
+    }
+
+    /// The generation of the latest attach.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// Marks the session ended (out of the registry); false if it already was.
+    pub fn end(&mut self) -> bool {
+        !std::mem::replace(&mut self.ended, true)
+    }
+
+    /// Seconds the session outlives its connection.
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    /// Changes the expiry (DISCONNECT may, within the rules checked by the caller).
+    pub fn set_expiry_interval(&mut self, secs: u32) {
+        self.expiry_interval = secs;
+    }
+
+    /// Records the pending will (a delayed will after an abnormal end).
+    pub fn set_pending_will(&mut self, will: PendingWill) {
+        self.pending_will = Some(will);
+    }
+
+    /// Takes the pending will, if any (to publish it, or to delete it).
+    pub fn take_pending_will(&mut self) -> Option<PendingWill> {
+        self.pending_will.take()
+    }
+
+    /// Records the expiry timer started when the connection went away.
+    pub fn set_expiry_timer(&mut self, key: TimerKey) {
+        self.expiry_timer = Some(key);
+    }
+
+    /// Takes the expiry timer, if any (to cancel it).
+    pub fn take_expiry_timer(&mut self) -> Option<TimerKey> {
+        self.expiry_timer.take()
+    }
+
+    // --- subscriptions ---------------------------------------------------------------
+
+    /// Adds or replaces a subscription; `Ok(true)` if it replaced one with the same filter.
+    pub fn add_subscription(&mut self, sub: StoredSubscription) -> Result<bool, SubscribeRefused> {
+        let key: &str = sub.filter.as_str();
+        if let Some(existing) = self.subscriptions.get_mut(key) {
+            *existing = sub;
+            return Ok(true);
+        }
+        if self.subscriptions.len() >= self.max_subscriptions as usize {
+            return Err(SubscribeRefused::TooMany);
+        }
+        if !self.charge(sub.cost()) {
+            return Err(SubscribeRefused::Budget);
+        }
+        self.subscriptions.insert(Arc::from(key), sub);
+        Ok(false)
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn remove_subscription(&mut self, filter: &str) -> bool {
+        match self.subscriptions.remove(filter) {
+            Some(sub) => {
+                self.release(sub.cost());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every subscription (the session ends).
+    pub fn take_subscriptions(&mut self) -> Vec<StoredSubscription> {
+        let subs: Vec<StoredSubscription> = std::mem::take(&mut self.subscriptions)
+            .into_values()
+            .collect();
+        let cost = subs.iter().map(StoredSubscription::cost).sum();
+        self.release(cost);
+        subs
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    // --- incoming QoS 2 --------------------------------------------------------------
+
+    /// Whether an incoming QoS 2 packet id is awaiting PUBREL (a resend must not be routed
+    /// twice).
+    pub fn has_incoming_qos2(&self, pid: NonZeroU16) -> bool {
+        self.incoming_qos2.contains(&pid)
+    }
+
+    /// Records an incoming QoS 2 packet id; false if `max` are unreleased already.
+    pub fn add_incoming_qos2(&mut self, pid: NonZeroU16, max: usize) -> bool {
+        if self.incoming_qos2.len() >= max {
+            return false;
+        }
+        self.incoming_qos2.insert(pid);
+        true
+    }
+
+    /// PUBREL (or a failed PUBREC) ends an incoming QoS 2 exchange; false if unknown.
+    pub fn release_incoming_qos2(&mut self, pid: NonZeroU16) -> bool {
+        self.incoming_qos2.remove(&pid)
+    }
+
+    // --- the queue ---------------------------------------------------------------------
+
+    /// Queues a delivery within the session's limits and the broker budget.
+    pub fn push(&mut self, delivery: Delivery) -> Result<(), EnqueueError> {
+        let cost = delivery.cost();
+        if self.queue.len() >= self.max_queued as usize
+            || self.held_bytes.saturating_add(cost) > self.max_bytes
+        {
+            return Err(EnqueueError::Full);
+        }
+        if !self.charge(cost) {
+            return Err(EnqueueError::Budget);
+        }
+        self.held_bytes += cost;
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    /// Whether the queue has room for about one more ordinary message: retained replay
+    /// fills the queue only this far, then waits for the client to drain it.
+    pub fn has_room(&self) -> bool {
+        self.queue.len() < self.max_queued as usize && self.held_bytes < self.max_bytes / 2
+    }
+
+    /// Past half of its limits (messages, or bytes queued and in flight): publishers are
+    /// asked to pause.
+    pub fn over_soft_limit(&self) -> bool {
+        self.queue.len() >= self.soft_limit() || self.held_bytes >= self.max_bytes / 2
+    }
+
+    fn soft_limit(&self) -> usize {
+        (self.max_queued as usize / 2).max(1)
+    }
+
+    /// Number of outgoing QoS 1/2 messages not yet completed.
+    #[cfg(test)]
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages waiting to be sent.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Bytes of deliveries queued or in flight.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Moves up to `max` queued deliveries into `out`, giving QoS 1/2 ones a packet id and
+    /// an inflight slot while fewer than `window` are inflight. Expired messages are dropped
+    /// and counted in the return value. `now_ms` is in Unix milliseconds.
+    pub fn take_batch(
+        &mut self,
+        now_ms: u64,
+        window: usize,
+        max: usize,
+        out: &mut Vec<(Delivery, QosPid)>,
+    ) -> usize {
+        let mut expired = 0;
+        while out.len() < max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.message.is_expired(now_ms) {
+                if let Some(d) = self.queue.pop_front() {
+                    self.release_held(d.cost());
+                }
+                expired += 1;
+                continue;
+            }
+            if front.qos == QoS::AtMostOnce {
+                if let Some(d) = self.queue.pop_front() {
+                    self.release_held(d.cost());
+                    out.push((d, QosPid::AtMostOnce));
+                }
+                continue;
+            }
+            if self.inflight.len() >= window {
+                break;
+            }
+            let Some(pid) = self.allocate_pid() else {
+                break;
+            };
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            let qos_pid = QosPid::new(d.qos, pid);
+            self.next_seq += 1;
+            let cost = d.cost();
+            self.inflight.insert(
+                pid,
+                InflightEntry {
+                    seq: self.next_seq,
+                    state: Outgoing::Published(d.clone(), cost),
+                },
+            );
+            out.push((d, qos_pid));
+        }
+        expired
+    }
+
+    fn allocate_pid(&mut self) -> Option<NonZeroU16> {
+        for _ in 0..u16::MAX {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if let Some(pid) = NonZeroU16::new(self.next_pid) {
+                if !self.inflight.contains_key(&pid) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
+    /// PUBACK: completes a QoS 1 message.
+    pub fn on_puback(&mut self, pid: NonZeroU16) -> AckMatch {
+        let cost = match self.inflight.get(&pid) {
+            None => return AckMatch::Unknown,
+            Some(InflightEntry {
+                state: Outgoing::Published(d, cost),
+                ..
+            }) if d.qos == QoS::AtLeastOnce => *cost,
+            Some(_) => return AckMatch::WrongType,
+        };
+        self.inflight.remove(&pid);
+        self.release_held(cost);
+        AckMatch::Matched
+    }
+
+    /// PUBREC: a QoS 2 message moves to "released" (its bytes are given back). A PUBREC
+    /// with a failure reason code (v5) ends the exchange instead: the caller passes `failed`.
+    pub fn on_pubrec(&mut self, pid: NonZeroU16, failed: bool) -> AckMatch {
+        let Some(entry) = self.inflight.get_mut(&pid) else {
+            return AckMatch::Unknown;
+        };
+        let cost = match &entry.state {
+            Outgoing::Published(d, cost) if d.qos == QoS::ExactlyOnce => *cost,
+            // A repeated PUBREC after our PUBREL: answer with PUBREL again.
+            Outgoing::Released => return AckMatch::Matched,
+            Outgoing::Published(..) => return AckMatch::WrongType,
+        };
+        if failed {
+            self.inflight.remove(&pid);
+        } else {
+            entry.state = Outgoing::Released;
+        }
+        self.release_held(cost);
+        AckMatch::Matched
+    }
+
+    /// PUBCOMP: completes a QoS 2 message.
+    pub fn on_pubcomp(&mut self, pid: NonZeroU16) -> AckMatch {
+        match self.inflight.get(&pid) {
+            None => AckMatch::Unknown,
+            Some(InflightEntry {
+                state: Outgoing::Released,
+                ..
+            }) => {
+                self.inflight.remove(&pid);
+                AckMatch::Matched
+            }
+            Some(_) => AckMatch::WrongType,
+        }
+    }
+
+    /// Forgets an outgoing message that could not be sent (too large for the client).
+    pub fn forget_inflight(&mut self, pid: NonZeroU16) {
+        if let Some(entry) = self.inflight.remove(&pid) {
+            if let Outgoing::Published(_, cost) = entry.state {
+                self.release_held(cost);
+            }
+        }
+    }
+
+    /// Everything to resend on session resume, in the original order [MQTT-4.4.0-1].
+    pub fn resend_list(&self) -> Vec<Resend> {
+        let mut entries: Vec<(&NonZeroU16, &InflightEntry)> = self.inflight.iter().collect();
+        entries.sort_by_key(|(_, e)| e.seq);
+        entries
+            .into_iter()
+            .map(|(pid, e)| match &e.state {
+                Outgoing::Published(d, _) => Resend::Publish(d.clone(), QosPid::new(d.qos, *pid)),
+                Outgoing::Released => Resend::PubRel(*pid),
+            })
+            .collect()
+    }
+}
