@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use messs_broker::{Broker, Config, Stats};
+use messs_broker::{Broker, BrokerHandle, Config, Stats};
 use messs_codec::{
     decode, encode, ConnAck, Connect, ConnectProperties, Disconnect, Limits, Packet, Protocol,
     PubResponse, Publish, PublishProperties, QoS, QosPid, SubAck, Subscribe, Subscription,
@@ -27,6 +27,7 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
+    pub broker: BrokerHandle,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<()>,
 }
@@ -44,6 +45,7 @@ impl TestBroker {
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
         let stats = broker.stats();
+        let broker_handle = broker.handle();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             broker
@@ -56,6 +58,7 @@ impl TestBroker {
         TestBroker {
             addr,
             stats,
+            broker: broker_handle,
             stop: Some(tx),
             handle,
         }

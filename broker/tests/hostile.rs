@@ -1,0 +1,287 @@
+//! Hostile clients: deep topics, huge counts, clients that never read, reconnect churn and
+//! byte-hungry sessions. Each test keeps a bystander pair publishing and receiving: whatever
+//! the attacker does, the bystander must keep working and the broker must not crash.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use messs_codec::{
+    Packet, Protocol, QoS, QosPid, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
+    TopicFilter, Unsubscribe, Will, WillProperties,
+};
+
+async fn bystander(broker: &TestBroker, name: &str) -> Raw {
+    let mut b = Raw::v5(broker.addr, name).await;
+    b.subscribe(&format!("{name}/t"), QoS::AtLeastOnce).await;
+    b
+}
+
+fn subscribe_packet(filters: &[String]) -> Packet {
+    Packet::Subscribe(Box::new(Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        subscriptions: filters
+            .iter()
+            .map(|f| Subscription {
+                filter: TopicFilter::new(f).unwrap(),
+                options: SubscriptionOptions::new(QoS::AtMostOnce),
+            })
+            .collect(),
+    }))
+}
+
+/// With the level limit raised far beyond the default, a filter of 5,434 empty levels is
+/// subscribed, unsubscribed, left behind by a clean session, taken over, and left in an
+/// expiring session; `+` chains of 9,300 levels match a publish and a will that deep; the
+/// broker then shuts down with it all in place. The recursive trie aborted on each.
+#[tokio::test]
+async fn deep_topics_crash_nothing() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_topic_levels = 20_000;
+    })
+    .await;
+    let mut by = bystander(&broker, "by").await;
+    let empty_levels = "/".repeat(5434);
+    let shared = format!("$share/g/{empty_levels}");
+    let pluses = vec!["+"; 9300].join("/");
+    let deep_topic = vec!["x"; 9300].join("/");
+
+    // Subscribe and unsubscribe.
+    let mut a = Raw::v5(broker.addr, "deep-a").await;
+    for filter in [&empty_levels, &shared] {
+        let ack = a.subscribe(filter, QoS::AtMostOnce).await;
+        assert_eq!(ack.reasons, [ReasonCode::Success]);
+        a.send(&Packet::Unsubscribe(Box::new(Unsubscribe {
+            packet_id: pid(2),
+            properties: Default::default(),
+            filters: vec![TopicFilter::new(filter).unwrap()],
+        })))
+        .await;
+        assert!(matches!(a.recv().await, Packet::UnsubAck(_)));
+    }
+    by.roundtrip("by/t").await;
+
+    // A clean session leaves it behind.
+    a.subscribe(&empty_levels, QoS::AtMostOnce).await;
+    a.subscribe(&shared, QoS::AtMostOnce).await;
+    a.disconnect().await;
+    by.roundtrip("by/t").await;
+
+    // A clean-start takeover ends the old session.
+    let mut b = Raw::v5(broker.addr, "deep-b").await;
+    b.subscribe(&empty_levels, QoS::AtMostOnce).await;
+    let mut b2 = Raw::v5(broker.addr, "deep-b").await;
+    b.expect_disconnect(ReasonCode::SessionTakenOver).await;
+    by.roundtrip("by/t").await;
+
+    // `+` chains matched by a deep publish and a deep will.
+    b2.subscribe(&pluses, QoS::AtMostOnce).await;
+    let mut p = Raw::v5(broker.addr, "deep-p").await;
+    p.publish(publish(&deep_topic, b"deep", QosPid::AtMostOnce, false))
+        .await;
+    assert_eq!(b2.recv_publish().await.topic.as_str(), deep_topic);
+    let mut will_connect = connect_packet(Protocol::V5, "deep-w", true);
+    will_connect.will = Some(Will {
+        topic: topic(&deep_topic),
+        payload: Bytes::from_static(b"will"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    let (w, _) = Raw::connect_with(broker.addr, will_connect).await;
+    w.drop_connection();
+    assert_eq!(&b2.recv_publish().await.payload[..], b"will");
+    by.roundtrip("by/t").await;
+
+    // A session that expires with the deep subscription (the old time bomb).
+    let mut expiring = connect_packet(Protocol::V5, "deep-e", true);
+    expiring.properties.session_expiry_interval = Some(1);
+    let (mut e, _) = Raw::connect_with(broker.addr, expiring).await;
+    e.subscribe(&empty_levels, QoS::AtMostOnce).await;
+    e.drop_connection();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(
+        !broker.broker.sessions().iter().any(|s| s.client_id == "deep-e"),
+        "the session expired"
+    );
+    by.roundtrip("by/t").await;
+
+    // Shutdown with a deep trie and a deep retained message in place: a clean exit.
+    p.publish(publish(&deep_topic, b"kept", QosPid::AtMostOnce, true))
+        .await;
+    by.roundtrip("by/t").await;
+    broker.stop().await;
+}
+
+/// At the default limit of 128 levels a topic is fine; one level more closes the
+/// connection with the reason that fits, and the bystander never notices.
+#[tokio::test]
+async fn topic_levels_at_and_beyond_the_limit() {
+    let broker = TestBroker::start().await;
+    let mut by = bystander(&broker, "lv").await;
+    let at_limit = vec!["l"; 128].join("/");
+    let beyond = vec!["l"; 129].join("/");
+
+    let mut c = Raw::v5(broker.addr, "levels").await;
+    assert_eq!(
+        c.subscribe(&at_limit, QoS::AtMostOnce).await.reasons,
+        [ReasonCode::Success]
+    );
+    c.publish(publish(&at_limit, b"ok", QosPid::AtMostOnce, false))
+        .await;
+    assert_eq!(c.recv_publish().await.topic.as_str(), at_limit);
+    c.send(&subscribe_packet(std::slice::from_ref(&beyond)))
+        .await;
+    c.expect_disconnect(ReasonCode::TopicFilterInvalid).await;
+
+    let mut c = Raw::v5(broker.addr, "levels2").await;
+    c.send(&Packet::Publish(Box::new(publish(
+        &beyond,
+        b"no",
+        QosPid::AtMostOnce,
+        false,
+    ))))
+    .await;
+    c.expect_disconnect(ReasonCode::TopicNameInvalid).await;
+
+    let mut deep_will = connect_packet(Protocol::V5, "levels3", true);
+    deep_will.will = Some(Will {
+        topic: topic(&beyond),
+        payload: Bytes::from_static(b"w"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    let (mut c, ack) = Raw::connect_with(broker.addr, deep_will).await;
+    assert_eq!(ack.code, ReasonCode::TopicNameInvalid);
+    c.expect_closed().await;
+    by.roundtrip("lv/t").await;
+}
+
+/// A SUBSCRIBE repeating `#` as often as allowed, with 1,000 retained messages stored:
+/// the retained messages are delivered once (repeats replace their pending replay) and the
+/// bystander keeps working. One filter more than `max_filters_per_subscribe` closes the
+/// connection with 0x97 before anything is allocated for it.
+#[tokio::test]
+async fn repeated_hash_subscribe_is_bounded() {
+    let broker = TestBroker::start().await;
+    let mut by = bystander(&broker, "rh").await;
+    let mut p = Raw::v5(broker.addr, "rh-pub").await;
+    for i in 0..1000 {
+        let t = format!("ret/{i}");
+        p.send(&Packet::Publish(Box::new(publish(
+            &t,
+            b"r",
+            QosPid::AtMostOnce,
+            true,
+        ))))
+        .await;
+    }
+    p.publish(publish("ret/last", b"r", QosPid::AtLeastOnce(pid(7)), true))
+        .await;
+
+    let mut c = Raw::v5(broker.addr, "rh-sub").await;
+    let filters = vec!["#".to_string(); 256];
+    c.send(&subscribe_packet(&filters)).await;
+    match c.recv().await {
+        Packet::SubAck(ack) => assert_eq!(ack.reasons.len(), 256),
+        other => panic!("{other:?}"),
+    }
+    let mut received = 0;
+    while let Some(Packet::Publish(p)) = c.recv_within(Duration::from_millis(500)).await {
+        assert!(p.retain);
+        received += 1;
+    }
+    assert_eq!(received, 1001, "each retained message once");
+    by.roundtrip("rh/t").await;
+
+    let too_many = vec!["#".to_string(); 257];
+    c.send(&subscribe_packet(&too_many)).await;
+    c.expect_disconnect(ReasonCode::QuotaExceeded).await;
+    by.roundtrip("rh/t").await;
+}
+
+/// Subscriptions per session are capped: the filter beyond the cap gets 0x97 in SUBACK
+/// (the others in the same SUBSCRIBE are granted), and the session keeps working.
+#[tokio::test]
+async fn subscriptions_per_session_are_capped() {
+    let broker = TestBroker::start_with(|c| c.limits.max_subscriptions_per_session = 3).await;
+    let mut c = Raw::v5(broker.addr, "capped").await;
+    let filters: Vec<String> = (0..4).map(|i| format!("cap/{i}")).collect();
+    c.send(&subscribe_packet(&filters)).await;
+    match c.recv().await {
+        Packet::SubAck(ack) => assert_eq!(
+            ack.reasons,
+            [
+                ReasonCode::Success,
+                ReasonCode::Success,
+                ReasonCode::Success,
+                ReasonCode::QuotaExceeded
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Re-subscribing to a held filter is a replacement, not a new subscription.
+    assert_eq!(
+        c.subscribe("cap/0", QoS::AtMostOnce).await.reasons,
+        [ReasonCode::Success]
+    );
+    assert_eq!(broker.stats.subscriptions_refused.load(Ordering::Relaxed), 1);
+    c.publish(publish("cap/2", b"x", QosPid::AtMostOnce, false))
+        .await;
+    assert_eq!(c.recv_publish().await.topic.as_str(), "cap/2");
+}
+
+/// 100,000 retained messages and a subscriber asking for all of them, twice, with large
+/// SUBSCRIBEs: its replay streams through its bounded queue while the bystander's round
+/// trips stay quick (the old linear scan under a lock froze every client for seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_retained_store_does_not_freeze_others() {
+    const RETAINED: usize = 100_000;
+    let broker = TestBroker::start_with(|c| c.limits.max_queued_messages = 2000).await;
+    let mut p = Raw::v5(broker.addr, "big-pub").await;
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..RETAINED {
+        let t = format!("big/{}/{}", i % 100, i);
+        messs_codec::encode(
+            &Packet::Publish(Box::new(publish(&t, b"r", QosPid::AtMostOnce, true))),
+            Protocol::V5,
+            &mut batch,
+        )
+        .unwrap();
+    }
+    p.send_bytes(&batch).await;
+    p.publish(publish("big/sync", b"r", QosPid::AtLeastOnce(pid(7)), true))
+        .await;
+    let mut by = bystander(&broker, "bb").await;
+
+    let mut heavy = Raw::v5(broker.addr, "big-sub").await;
+    let filters: Vec<String> = (0..128)
+        .map(|i| if i % 2 == 0 { "#".into() } else { format!("big/+/{i}") })
+        .collect();
+    heavy.send(&subscribe_packet(&filters)).await;
+    heavy.send(&subscribe_packet(&filters)).await;
+    let mut slowest = Duration::ZERO;
+    let mut received = 0usize;
+    let start = Instant::now();
+    while received < RETAINED && start.elapsed() < Duration::from_secs(60) {
+        for _ in 0..200 {
+            if let Some(Packet::Publish(_)) = heavy.recv_within(Duration::from_secs(2)).await {
+                received += 1;
+            }
+        }
+        let t = Instant::now();
+        by.roundtrip("bb/t").await;
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(received >= RETAINED, "the replay streams everything: {received}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a bystander round trip took {slowest:?}"
+    );
+}
