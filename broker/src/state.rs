@@ -22,8 +22,11 @@ use crate::stats::Stats;
 use crate::timers::{Due, Timers};
 
 /// Longest wait for the old connection to let go of a session on takeover (within the
-/// handshake's own deadline).
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// handshake's own deadline). An idle connection lets go within milliseconds; one stuck in
+/// a write to a peer that does not read is not waited for longer than this: it is fenced
+/// off by the session's generation instead (it takes nothing more from the session and its
+/// detach is a no-op).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything the connection tasks share.
 pub(crate) struct BrokerState {

@@ -285,3 +285,221 @@ async fn large_retained_store_does_not_freeze_others() {
         "a bystander round trip took {slowest:?}"
     );
 }
+
+/// A subscriber that never reads, its socket full and the broker's write to it blocked,
+/// is taken over; meanwhile an unrelated client's CONNACK comes at once (the takeover used
+/// to hold a broker-wide lock for up to 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_takeover_delays_nobody_else() {
+    let broker = TestBroker::start_with(|c| c.limits.write_timeout_secs = 20).await;
+    let mut stuck = Raw::v5(broker.addr, "stuck").await;
+    stuck.subscribe("flood", QoS::AtMostOnce).await;
+    let mut p = Raw::v5(broker.addr, "flooder").await;
+    static BIG: [u8; 60_000] = [7; 60_000];
+    // Enough to fill both sockets' buffers: the broker's flush to `stuck` blocks.
+    for _ in 0..400 {
+        p.send(&Packet::Publish(Box::new(publish(
+            "flood",
+            &BIG,
+            QosPid::AtMostOnce,
+            false,
+        ))))
+        .await;
+    }
+    p.publish(publish("flood-sync", b"s", QosPid::AtLeastOnce(pid(1)), false))
+        .await;
+    let taker = tokio::spawn({
+        let addr = broker.addr;
+        async move { Raw::connect_with(addr, connect_packet(Protocol::V5, "stuck", true)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let other = Raw::v5(broker.addr, "unrelated").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "unrelated CONNACK took {:?}",
+        started.elapsed()
+    );
+    drop(other);
+    let (_, ack) = tokio::time::timeout(Duration::from_secs(15), taker)
+        .await
+        .expect("the takeover finishes within the handshake deadline")
+        .unwrap();
+    assert_eq!(ack.code, ReasonCode::Success);
+    drop(stuck);
+}
+
+/// Thirty `#` subscribers that never read, coming and going, must not starve an innocent
+/// pair: their queues fill, they stall (no progress), and stop holding the publisher back.
+/// With a fixed one-second wait per stalled subscriber, this took half a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_queued_messages = 200;
+        c.limits.stall_timeout_ms = 100;
+    })
+    .await;
+    let mut sub = Raw::v5(broker.addr, "innocent-sub").await;
+    sub.subscribe("innocent/t", QoS::AtLeastOnce).await;
+    let mut hostile = Vec::new();
+    for i in 0..30 {
+        let mut h = Raw::v5(broker.addr, &format!("sink-{i}")).await;
+        h.subscribe("#", QoS::AtLeastOnce).await;
+        hostile.push(h);
+    }
+    let mut publisher = Raw::v5(broker.addr, "innocent-pub").await;
+    let started = Instant::now();
+    const MESSAGES: u16 = 3000;
+    for round in 0..3 {
+        for n in 1..=MESSAGES / 3 {
+            let id = pid(n);
+            publisher
+                .publish(publish("innocent/t", b"0123456789", QosPid::AtLeastOnce(id), false))
+                .await;
+            let got = sub.recv_publish_ack().await;
+            assert_eq!(got.topic.as_str(), "innocent/t");
+        }
+        // The hostile subscribers reconnect with fresh sessions.
+        for (i, h) in hostile.iter_mut().enumerate().take(10) {
+            let mut fresh = Raw::v5(broker.addr, &format!("sink-{round}-{i}")).await;
+            fresh.subscribe("#", QoS::AtLeastOnce).await;
+            *h = fresh;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "{MESSAGES} round trips took {elapsed:?}"
+    );
+    assert!(broker.stats.dropped_queue_full.load(Ordering::Relaxed) > 0);
+}
+
+/// Limits count bytes: 1 MiB messages to an offline session stop at its byte limit, and
+/// retained messages stop at the tenant's byte limit (0x97 to a v5 publisher).
+#[tokio::test]
+async fn byte_limits_are_accounted() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_queued_bytes = 4 * 1024 * 1024;
+        c.limits.max_retained_bytes = 3 * 1024 * 1024;
+        c.limits.max_packet_size = 2 * 1024 * 1024;
+    })
+    .await;
+    let mut offline = connect_packet(Protocol::V5, "offline", true);
+    offline.properties.session_expiry_interval = Some(60);
+    let (mut o, _) = Raw::connect_with(broker.addr, offline).await;
+    o.subscribe("mb/#", QoS::AtLeastOnce).await;
+    o.disconnect().await;
+
+    let payload: &'static [u8] = Box::leak(vec![1u8; 1024 * 1024].into_boxed_slice());
+    let mut p = Raw::v5(broker.addr, "mb-pub").await;
+    for i in 0..10u16 {
+        p.publish(publish("mb/q", payload, QosPid::AtLeastOnce(pid(i + 1)), false))
+            .await;
+    }
+    let info = broker
+        .broker
+        .sessions()
+        .into_iter()
+        .find(|s| s.client_id == "offline")
+        .unwrap();
+    assert_eq!(info.queued_messages, 3, "4 MiB holds three 1 MiB messages");
+    assert!(info.queued_bytes <= 4 * 1024 * 1024);
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 7);
+
+    let mut codes = Vec::new();
+    for i in 0..4u16 {
+        let t = format!("mb/r/{i}");
+        p.send(&Packet::Publish(Box::new(publish(
+            &t,
+            payload,
+            QosPid::AtLeastOnce(pid(100 + i)),
+            true,
+        ))))
+        .await;
+        loop {
+            if let Packet::PubAck(a) = p.recv().await {
+                codes.push(a.reason);
+                break;
+            }
+        }
+    }
+    assert!(codes[..2].iter().all(|c| c.is_success()), "{codes:?}");
+    assert_eq!(codes[3], ReasonCode::QuotaExceeded);
+    let retained = broker.stats.retained_bytes.load(Ordering::Relaxed);
+    assert!(retained <= 3 * 1024 * 1024, "{retained}");
+}
+
+/// The broker-wide session byte budget refuses new sessions and drops deliveries once
+/// spent, and gives everything back when sessions end.
+#[tokio::test]
+async fn session_byte_budget_is_global() {
+    let broker = TestBroker::start_with(|c| c.limits.max_session_bytes_total = 64 * 1024).await;
+    let mut clients = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let (c, ack) = Raw::connect_with(
+            broker.addr,
+            connect_packet(Protocol::V5, &format!("budget-{i}"), true),
+        )
+        .await;
+        if ack.code != ReasonCode::Success {
+            refused = Some((i, ack.code));
+            break;
+        }
+        clients.push(c);
+    }
+    let (at, code) = refused.expect("the budget refuses sessions at some point");
+    assert_eq!(code, ReasonCode::QuotaExceeded);
+    assert!(at > 10, "sessions cost well under 6 KiB each (refused at {at})");
+    assert!(broker.stats.session_bytes.load(Ordering::Relaxed) <= 64 * 1024);
+    for c in clients {
+        c.disconnect().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broker.stats.session_bytes.load(Ordering::Relaxed), 0);
+    assert!(Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "after", true))
+        .await
+        .1
+        .code
+        .is_success());
+}
+
+/// A client reconnecting in a loop with a session expiry leaves one timer and one session
+/// behind, not one per cycle (each disconnect used to spawn a sleeping task).
+#[tokio::test]
+async fn expiry_churn_leaves_nothing_behind() {
+    let broker = TestBroker::start().await;
+    let mut connect = connect_packet(Protocol::V5, "churn", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    for _ in 0..200 {
+        let (c, _) = Raw::connect_with(broker.addr, connect.clone()).await;
+        c.drop_connection();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(broker.stats.timers.load(Ordering::Relaxed), 1);
+    assert_eq!(broker.stats.sessions.load(Ordering::Relaxed), 1);
+    let (_c, ack) = Raw::connect_with(broker.addr, connect).await;
+    assert!(ack.session_present);
+    assert_eq!(broker.stats.timers.load(Ordering::Relaxed), 0);
+}
+
+/// A will on `$SYS/...` goes through the same admission as a PUBLISH there: refused.
+#[tokio::test]
+async fn will_on_sys_topic_is_refused() {
+    let broker = TestBroker::start().await;
+    let mut watcher = Raw::v5(broker.addr, "sys-watcher").await;
+    watcher.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    let mut c = connect_packet(Protocol::V5, "sys-will", true);
+    c.will = Some(Will {
+        topic: topic("$SYS/broker/fake"),
+        payload: Bytes::from_static(b"spoofed"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: WillProperties::default(),
+    });
+    let (w, ack) = Raw::connect_with(broker.addr, c).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    w.drop_connection();
+    watcher.expect_silence().await;
+    assert_eq!(broker.stats.messages_refused.load(Ordering::Relaxed), 1);
+}
