@@ -106,7 +106,11 @@ async fn deep_topics_crash_nothing() {
     e.drop_connection();
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert!(
-        !broker.broker.sessions().iter().any(|s| s.client_id == "deep-e"),
+        !broker
+            .broker
+            .sessions()
+            .iter()
+            .any(|s| s.client_id == "deep-e"),
         "the session expired"
     );
     by.roundtrip("by/t").await;
@@ -231,7 +235,10 @@ async fn subscriptions_per_session_are_capped() {
         c.subscribe("cap/0", QoS::AtMostOnce).await.reasons,
         [ReasonCode::Success]
     );
-    assert_eq!(broker.stats.subscriptions_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        broker.stats.subscriptions_refused.load(Ordering::Relaxed),
+        1
+    );
     c.publish(publish("cap/2", b"x", QosPid::AtMostOnce, false))
         .await;
     assert_eq!(c.recv_publish().await.topic.as_str(), "cap/2");
@@ -262,7 +269,13 @@ async fn large_retained_store_does_not_freeze_others() {
 
     let mut heavy = Raw::v5(broker.addr, "big-sub").await;
     let filters: Vec<String> = (0..128)
-        .map(|i| if i % 2 == 0 { "#".into() } else { format!("big/+/{i}") })
+        .map(|i| {
+            if i % 2 == 0 {
+                "#".into()
+            } else {
+                format!("big/+/{i}")
+            }
+        })
         .collect();
     heavy.send(&subscribe_packet(&filters)).await;
     heavy.send(&subscribe_packet(&filters)).await;
@@ -279,7 +292,10 @@ async fn large_retained_store_does_not_freeze_others() {
         by.roundtrip("bb/t").await;
         slowest = slowest.max(t.elapsed());
     }
-    assert!(received >= RETAINED, "the replay streams everything: {received}");
+    assert!(
+        received >= RETAINED,
+        "the replay streams everything: {received}"
+    );
     assert!(
         slowest < Duration::from_secs(1),
         "a bystander round trip took {slowest:?}"
@@ -306,8 +322,13 @@ async fn a_stalled_takeover_delays_nobody_else() {
         ))))
         .await;
     }
-    p.publish(publish("flood-sync", b"s", QosPid::AtLeastOnce(pid(1)), false))
-        .await;
+    p.publish(publish(
+        "flood-sync",
+        b"s",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))
+    .await;
     let taker = tokio::spawn({
         let addr = broker.addr;
         async move { Raw::connect_with(addr, connect_packet(Protocol::V5, "stuck", true)).await }
@@ -354,7 +375,12 @@ async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
         for n in 1..=MESSAGES / 3 {
             let id = pid(n);
             publisher
-                .publish(publish("innocent/t", b"0123456789", QosPid::AtLeastOnce(id), false))
+                .publish(publish(
+                    "innocent/t",
+                    b"0123456789",
+                    QosPid::AtLeastOnce(id),
+                    false,
+                ))
                 .await;
             let got = sub.recv_publish_ack().await;
             assert_eq!(got.topic.as_str(), "innocent/t");
@@ -393,8 +419,13 @@ async fn byte_limits_are_accounted() {
     let payload: &'static [u8] = Box::leak(vec![1u8; 1024 * 1024].into_boxed_slice());
     let mut p = Raw::v5(broker.addr, "mb-pub").await;
     for i in 0..10u16 {
-        p.publish(publish("mb/q", payload, QosPid::AtLeastOnce(pid(i + 1)), false))
-            .await;
+        p.publish(publish(
+            "mb/q",
+            payload,
+            QosPid::AtLeastOnce(pid(i + 1)),
+            false,
+        ))
+        .await;
     }
     let info = broker
         .broker
@@ -450,18 +481,23 @@ async fn session_byte_budget_is_global() {
     }
     let (at, code) = refused.expect("the budget refuses sessions at some point");
     assert_eq!(code, ReasonCode::QuotaExceeded);
-    assert!(at > 10, "sessions cost well under 6 KiB each (refused at {at})");
+    assert!(
+        at > 10,
+        "sessions cost well under 6 KiB each (refused at {at})"
+    );
     assert!(broker.stats.session_bytes.load(Ordering::Relaxed) <= 64 * 1024);
     for c in clients {
         c.disconnect().await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(broker.stats.session_bytes.load(Ordering::Relaxed), 0);
-    assert!(Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "after", true))
-        .await
-        .1
-        .code
-        .is_success());
+    assert!(
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "after", true))
+            .await
+            .1
+            .code
+            .is_success()
+    );
 }
 
 /// A client reconnecting in a loop with a session expiry leaves one timer and one session

@@ -152,6 +152,11 @@ impl Raw {
         raw
     }
 
+    /// The socket itself, for tests that read exact bytes.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     pub async fn send(&mut self, packet: &Packet) {
         let mut out = BytesMut::new();
         encode(packet, self.protocol, &mut out).unwrap();
