@@ -147,7 +147,8 @@ async fn reason_strings_are_dropped_to_fit_the_client_maximum() {
 async fn wrong_ack_type_closes_the_connection() {
     let broker = TestBroker::start().await;
     let mut by = bystander(&broker).await;
-    let cases: [(QoS, fn(std::num::NonZeroU16) -> Packet); 4] = [
+    type WrongAck = fn(std::num::NonZeroU16) -> Packet;
+    let cases: [(QoS, WrongAck); 4] = [
         (QoS::AtLeastOnce, |p| {
             Packet::PubRec(PubResponse::success(p))
         }),
