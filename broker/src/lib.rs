@@ -15,6 +15,8 @@ mod clock;
 mod config;
 mod connection;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod handle;
 mod handshake;
 mod message;

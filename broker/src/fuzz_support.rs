@@ -1,0 +1,64 @@
+//! Entry points for the stateful broker fuzz target in `fuzz/` (hidden from the docs; not an
+//! API): the real broker state and handshake, served over in-memory streams instead of TCP.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ListenerConfig};
+use crate::connection::Transport;
+use crate::handle::BrokerHandle;
+use crate::state::BrokerState;
+
+impl Transport for tokio::io::DuplexStream {}
+
+/// A broker without listeners; each [`FuzzBroker::connect`] is one client connection.
+pub struct FuzzBroker {
+    state: Arc<BrokerState>,
+    listener: Arc<ListenerConfig>,
+    timers: tokio::task::JoinHandle<()>,
+}
+
+impl FuzzBroker {
+    /// Starts the broker's state and timer task on the current runtime.
+    pub fn new(config: Config) -> Self {
+        let listener = Arc::new(ListenerConfig {
+            allow_anonymous: true,
+            ..ListenerConfig::default()
+        });
+        let state = Arc::new(BrokerState::new(config));
+        let timers = tokio::spawn(state.clone().run_timers(std::time::Duration::from_secs(60)));
+        FuzzBroker {
+            state,
+            listener,
+            timers,
+        }
+    }
+
+    /// A new client connection: the returned stream is the client's end.
+    pub fn connect(&self) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        self.state.tasks.spawn(crate::handshake::serve(
+            self.state.clone(),
+            server,
+            peer,
+            self.listener.clone(),
+            (),
+        ));
+        client
+    }
+
+    /// The broker's handle (sessions, stats).
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle::new(self.state.clone())
+    }
+
+    /// Shuts down as `Broker::run` does and waits for every connection task.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.state
+            .kick_all(messs_codec::ReasonCode::ServerShuttingDown);
+        self.state.tasks.close();
+        self.state.tasks.wait().await;
+        self.timers.abort();
+    }
+}
