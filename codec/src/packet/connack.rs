@@ -65,7 +65,8 @@ impl ConnAck {
             return Err(DecodeError::TrailingBytes);
         }
         Ok(ConnAck {
-            session_present: flags & 1 == 1,
+            // A refusal never has a session [MQTT-3.2.2-4], as `encode_body` also holds.
+            session_present: flags & 1 == 1 && code == ReasonCode::Success,
             code,
             properties,
         })
