@@ -6,32 +6,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use messs_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 
-use crate::budget::ByteBudget;
 use crate::message::{Message, MessageProperties};
 use crate::router::trie::{Subscriber, SubscriptionTrie};
 use crate::router::Router;
-use crate::session::{
-    Session, SessionKey, SessionLimits, SessionState, StoredSubscription, TenantId,
-};
+use crate::session::{Session, StoredSubscription, TenantId};
 use crate::stats::Stats;
 
 fn session(id: u64, max_queued: usize) -> Arc<Session> {
-    let key = SessionKey {
-        tenant: Arc::from("bench"),
-        client_id: Arc::from(format!("bench-{id}")),
-    };
-    let limits = SessionLimits {
-        max_queued,
-        max_queued_bytes: usize::MAX,
-        max_subscriptions: usize::MAX,
-    };
-    let budget = Arc::new(ByteBudget::new(Arc::new(Stats::default()), usize::MAX));
-    let s = Arc::new(Session::new(
-        id,
-        key,
-        SessionState::new(limits, budget, 0),
-        Default::default(),
-    ));
+    let s = Arc::new(crate::session::unbounded_session(id, max_queued));
     s.attach(0);
     s
 }

@@ -134,14 +134,6 @@ impl Message {
     }
 }
 
-impl Delivery {
-    /// What this delivery holds a session to, in bytes: the message (counted in full for
-    /// each session, since each may keep it alive alone) and the delivery's own fields.
-    pub fn cost(&self) -> usize {
-        self.message.cost() + std::mem::size_of::<Delivery>() + 4 * self.subscription_ids.len()
-    }
-}
-
 /// One message on its way to one session, with what that session's subscriptions decided.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -156,6 +148,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// What this delivery holds a session to, in bytes: the message (counted in full for
+    /// each session, since each may keep it alive alone) and the delivery's own fields.
+    pub fn cost(&self) -> usize {
+        self.message.cost() + std::mem::size_of::<Delivery>() + 4 * self.subscription_ids.len()
+    }
+
     /// The PUBLISH to send for this delivery (topic alias and packet id are filled in by the
     /// connection).
     pub fn to_publish(&self, qos_pid: QosPid, dup: bool, now_ms: u64) -> Publish {

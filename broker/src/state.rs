@@ -160,12 +160,15 @@ impl BrokerState {
         Ok(session)
     }
 
+    fn attach_locks(&self) -> MutexGuard<'_, HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>> {
+        self.attach_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The attach lock of one client id (created on first use, dropped with its last user).
     fn attach_lock(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .attach_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut locks = self.attach_locks();
         if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
             return lock;
         }
@@ -176,10 +179,7 @@ impl BrokerState {
 
     fn release_attach_lock(&self, key: &SessionKey, lock: Arc<tokio::sync::Mutex<()>>) {
         drop(lock);
-        let mut locks = self
-            .attach_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut locks = self.attach_locks();
         if locks.get(key).is_some_and(|w| w.strong_count() == 0) {
             locks.remove(key);
         }

@@ -113,7 +113,7 @@ mod tests {
     use super::*;
 
     fn session() -> Arc<Session> {
-        Arc::new(crate::session::test_session(1, 1))
+        Arc::new(crate::session::unbounded_session(1, 1))
     }
 
     #[test]

@@ -97,12 +97,6 @@ impl<S: Transport> Client<S> {
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
         let topic = self.resolve_topic(&mut p)?;
-        if topic_levels(topic.as_str()) > self.state.config.limits.max_topic_levels {
-            return Err(BrokerError::protocol(
-                ReasonCode::TopicNameInvalid,
-                "topic name has more levels than the broker allows",
-            ));
-        }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(BrokerError::protocol(
                 ReasonCode::ProtocolError,
@@ -131,7 +125,12 @@ impl<S: Transport> Client<S> {
         {
             Ok(outcome) => outcome,
             Err(Refused::ReservedTopic) => return self.ack(qos_pid, ReasonCode::NotAuthorized),
-            Err(Refused::TooDeep) => return self.ack(qos_pid, ReasonCode::TopicNameInvalid),
+            Err(Refused::TooDeep) => {
+                return Err(BrokerError::protocol(
+                    ReasonCode::TopicNameInvalid,
+                    "topic name has more levels than the broker allows",
+                ))
+            }
         };
         if let Some(session) = outcome.pressure {
             self.pause_for(session);

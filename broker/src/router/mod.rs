@@ -7,6 +7,7 @@
 //! bottleneck, and tenants never share a trie, so `#` cannot reach across tenants.
 
 mod retained;
+mod tree;
 pub(crate) mod trie;
 
 use std::cell::RefCell;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use messs_codec::TopicName;
 
+use super::tree::{descend, descend_mut, drop_subtree, prune, LevelNode};
 use crate::message::Message;
 use crate::stats::Stats;
 
@@ -31,12 +32,36 @@ impl Node {
     }
 }
 
-/// Drops a subtree level by level, never recursing (see the trie's `Drop for Node`).
+impl LevelNode for Node {
+    fn child(&self, level: &str) -> Option<&Self> {
+        self.children.get(level)
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Self> {
+        self.children.get_mut(level)
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        self.children.remove(level);
+    }
+
+    fn child_count(&self) -> usize {
+        self.children.len()
+    }
+
+    fn holds_data(&self) -> bool {
+        self.message.is_some()
+    }
+
+    fn take_children(&mut self) -> Vec<Self> {
+        std::mem::take(&mut self.children).into_values().collect()
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut pending: Vec<Node> = std::mem::take(&mut self.children).into_values().collect();
-        while let Some(mut node) = pending.pop() {
-            pending.extend(std::mem::take(&mut node.children).into_values());
+        if !self.children.is_empty() {
+            drop_subtree(self);
         }
     }
 }
@@ -105,14 +130,6 @@ impl RetainedStore {
         self.count
     }
 
-    fn find(&self, topic: &str) -> Option<&Node> {
-        let mut node = &self.root;
-        for level in topic.split('/') {
-            node = node.children.get(level)?;
-        }
-        Some(node)
-    }
-
     fn account(&mut self, added: Option<&Arc<Message>>, removed: Option<&Arc<Message>>) {
         if let Some(m) = added {
             self.count += 1;
@@ -144,8 +161,7 @@ impl RetainedStore {
             self.remove(topic);
             return Ok(());
         }
-        let old_cost = self
-            .find(topic)
+        let old_cost = descend(&self.root, topic)
             .and_then(|n| n.message.as_ref())
             .map(|m| m.cost());
         let after_count = self.count + usize::from(old_cost.is_none());
@@ -164,45 +180,14 @@ impl RetainedStore {
 
     /// Deletes the retained message of a topic and prunes the branch it leaves empty.
     fn remove(&mut self, topic: &str) {
-        let mut node = &mut self.root;
-        for level in topic.split('/') {
-            match node.children.get_mut(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
+        let Some(node) = descend_mut(&mut self.root, topic) else {
+            return;
+        };
         let old = node.message.take();
         let now_empty = node.is_empty();
         self.account(None, old.as_ref());
         if now_empty {
-            self.prune(topic);
-        }
-    }
-
-    /// Cuts the chain of empty nodes at the end of `topic`'s path (as the trie does).
-    fn prune(&mut self, topic: &str) {
-        let mut cut_depth = 0;
-        let mut node = &self.root;
-        for (depth, level) in topic.split('/').enumerate() {
-            if depth > 0 && (node.children.len() > 1 || node.message.is_some()) {
-                cut_depth = depth;
-            }
-            match node.children.get(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
-        let mut levels = topic.split('/');
-        let mut node = &mut self.root;
-        for _ in 0..cut_depth {
-            let Some(level) = levels.next() else { return };
-            match node.children.get_mut(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
-        if let Some(level) = levels.next() {
-            node.children.remove(level);
+            prune(&mut self.root, topic);
         }
     }
 
@@ -214,8 +199,7 @@ impl RetainedStore {
                 break;
             }
             self.expiring.pop_first();
-            let expired = self
-                .find(topic.as_str())
+            let expired = descend(&self.root, topic.as_str())
                 .and_then(|n| n.message.as_ref())
                 .is_some_and(|m| m.expires_at == Some(at));
             if expired {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use messs_codec::{SubscriptionOptions, TopicFilter};
 
+use super::tree::{descend_mut, drop_subtree, prune, LevelNode};
 use crate::session::Session;
 
 /// One session's subscription at a trie node.
@@ -53,26 +54,40 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
-    }
-
-    /// True if the node must stay even when the chain below it goes: it has other
-    /// children, or subscriptions of its own.
-    fn is_branch_point(&self) -> bool {
-        self.children.len() > 1 || !self.subscribers.is_empty() || !self.shared.is_empty()
+        self.children.is_empty() && !self.holds_data()
     }
 }
 
-/// Drops a subtree level by level: the default drop recurses once per topic level, and a
-/// client chooses the depth, so a deep chain would overflow the stack.
+impl LevelNode for Node {
+    fn child(&self, level: &str) -> Option<&Self> {
+        self.children.get(level)
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Self> {
+        self.children.get_mut(level)
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        self.children.remove(level);
+    }
+
+    fn child_count(&self) -> usize {
+        self.children.len()
+    }
+
+    fn holds_data(&self) -> bool {
+        !self.subscribers.is_empty() || !self.shared.is_empty()
+    }
+
+    fn take_children(&mut self) -> Vec<Self> {
+        self.children.drain().map(|(_, n)| n).collect()
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        let mut pending: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
-        while let Some(mut node) = pending.pop() {
-            pending.extend(node.children.drain().map(|(_, n)| n));
+        if !self.children.is_empty() {
+            drop_subtree(self);
         }
     }
 }
@@ -181,15 +196,11 @@ impl SubscriptionTrie {
     }
 
     /// Removes a session's subscription and prunes the branch it leaves empty. True if it
-    /// existed. Iterative: two walks down the filter's levels, no recursion.
+    /// existed. Iterative: walks down the filter's levels, no recursion.
     pub fn remove(&mut self, filter: &TopicFilter, session_id: u64) -> bool {
-        let mut node = &mut self.root;
-        for level in filter.filter().split('/') {
-            match node.children.get_mut(level) {
-                Some(child) => node = child,
-                None => return false,
-            }
-        }
+        let Some(node) = descend_mut(&mut self.root, filter.filter()) else {
+            return false;
+        };
         let removed = match filter.share_group() {
             None => remove_from(&mut node.subscribers, session_id),
             Some(name) => {
@@ -208,39 +219,9 @@ impl SubscriptionTrie {
         }
         self.count -= 1;
         if node.is_empty() {
-            self.prune(filter.filter());
+            prune(&mut self.root, filter.filter());
         }
         true
-    }
-
-    /// Cuts the chain of nodes left empty at the end of `filter`'s path: below the last
-    /// node on the path that has other children or subscriptions, every node has exactly
-    /// one child and nothing else, so the whole chain goes with one removal.
-    fn prune(&mut self, filter: &str) {
-        let mut cut_depth = 0;
-        let mut node = &self.root;
-        for (depth, level) in filter.split('/').enumerate() {
-            if depth > 0 && node.is_branch_point() {
-                cut_depth = depth;
-            }
-            match node.children.get(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
-        let mut levels = filter.split('/');
-        let mut node = &mut self.root;
-        for _ in 0..cut_depth {
-            let Some(level) = levels.next() else { return };
-            match node.children.get_mut(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
-        if let Some(level) = levels.next() {
-            // Dropping the chain is iterative too (see `Drop for Node`).
-            node.children.remove(level);
-        }
     }
 
     /// Calls `found` for every subscription matching `topic` (one member per shared group).
@@ -295,7 +276,7 @@ mod tests {
 
     fn sub(id: u64) -> Subscriber {
         Subscriber {
-            session: Arc::new(crate::session::test_session(id, 10)),
+            session: Arc::new(crate::session::unbounded_session(id, 10)),
             options: SubscriptionOptions::new(QoS::AtMostOnce),
             id: None,
         }

@@ -257,10 +257,10 @@ impl Session {
     }
 }
 
-/// A session for unit tests: unlimited bytes and budget, `max_queued` messages, client id
-/// `c{id}`, not attached.
-#[cfg(test)]
-pub(crate) fn test_session(id: u64, max_queued: usize) -> Session {
+/// A session with no byte limits and no budget, `max_queued` messages, client id `c{id}`,
+/// not attached: for the criterion benches and unit tests, which drive sessions without a
+/// broker around them.
+pub(crate) fn unbounded_session(id: u64, max_queued: usize) -> Session {
     use crate::budget::ByteBudget;
     let key = SessionKey {
         tenant: Arc::from("t"),
