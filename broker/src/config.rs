@@ -102,8 +102,9 @@ pub struct LimitsConfig {
     /// subscriptions and the sessions themselves. Beyond it new deliveries are dropped,
     /// new subscriptions refused (0x97) and new sessions refused (0x97 / 3.1.1: 0x03).
     pub max_session_bytes_total: usize,
-    /// Most sessions, online or offline; a CONNECT that would create one more is refused
-    /// with 0x97 Quota exceeded (3.1.1: 0x03 Server unavailable).
+    /// Most sessions, online or offline. A CONNECT that would create one more ends the
+    /// offline session that would expire first; with none offline it is refused with 0x97
+    /// Quota exceeded (3.1.1: 0x03 Server unavailable).
     pub max_sessions: usize,
     /// Most subscriptions one session may hold; further filters get 0x97 Quota exceeded
     /// in SUBACK (3.1.1: 0x80).

@@ -134,14 +134,25 @@ impl BrokerState {
         self.sessions().values().cloned().collect()
     }
 
+    /// Creates and registers a session. At `max_sessions`, or with the byte budget spent,
+    /// the offline session that would expire soonest is ended to make room (counted in
+    /// `sessions_evicted`): a connecting client gets in rather than everyone being refused
+    /// until sessions expire. Connected sessions are never evicted; with none offline the
+    /// connection is refused.
     fn new_session(&self, key: SessionKey) -> Result<Arc<Session>, AttachRefused> {
+        const EVICTIONS_PER_SESSION: usize = 8;
         let limits = &self.config.limits;
-        if self.stats.sessions.load(Ordering::Relaxed) >= limits.max_sessions {
-            return Err(AttachRefused::Quota);
-        }
         let cost = SESSION_COST + key.client_id.len();
-        if !self.budget.try_charge(cost) {
-            return Err(AttachRefused::Quota);
+        let mut evictions = 0;
+        loop {
+            let below_max = self.stats.sessions.load(Ordering::Relaxed) < limits.max_sessions;
+            if below_max && self.budget.try_charge(cost) {
+                break;
+            }
+            if evictions == EVICTIONS_PER_SESSION || !self.evict_offline_session() {
+                return Err(AttachRefused::Quota);
+            }
+            evictions += 1;
         }
         let session_limits = SessionLimits {
             max_queued: limits.max_queued_messages,
@@ -183,6 +194,18 @@ impl BrokerState {
         if locks.get(key).is_some_and(|w| w.strong_count() == 0) {
             locks.remove(key);
         }
+    }
+
+    /// Ends the offline session whose expiry is due first; false if there is none.
+    fn evict_offline_session(&self) -> bool {
+        let Some(victim) = self.timers.take_first_session_expiry() else {
+            return false;
+        };
+        victim.lock().take_expiry_timer();
+        tracing::debug!(client_id = %victim.key.client_id, "offline session evicted for room");
+        self.end_session(&victim);
+        self.stats.sessions_evicted.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Attaches a new connection to the session `key` before `deadline`: an existing
@@ -236,7 +259,8 @@ impl BrokerState {
                     if let Some(timer) = st.take_expiry_timer() {
                         self.timers.cancel(timer);
                     }
-                    !clean_start && st.expiry_interval() > 0
+                    // Ended meanwhile (evicted for room): a new session, not a resumed one.
+                    !clean_start && st.expiry_interval() > 0 && !st.is_ended()
                 };
                 if resumable {
                     (old, true)

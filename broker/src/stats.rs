@@ -37,8 +37,11 @@ pub struct Stats {
     pub retained_bytes: AtomicUsize,
     /// Deliveries dropped because `max_session_bytes_total` was reached.
     pub dropped_budget: AtomicU64,
-    /// CONNECTs refused because `max_sessions` or the session byte budget was reached.
+    /// CONNECTs refused because `max_sessions` or the session byte budget was reached
+    /// with no offline session left to evict.
     pub sessions_refused: AtomicU64,
+    /// Offline sessions ended early to make room for a new one.
+    pub sessions_evicted: AtomicU64,
     /// Subscriptions refused (per-session limit or byte budget).
     pub subscriptions_refused: AtomicU64,
     /// Messages refused at admission (e.g. a will to a `$SYS/` topic).

@@ -96,6 +96,25 @@ impl Timers {
         (due, next)
     }
 
+    /// Removes the session-expiry timer due first and returns its session: the offline
+    /// session that would expire soonest, to evict when a new one needs room.
+    pub fn take_first_session_expiry(&self) -> Option<Arc<Session>> {
+        let session = {
+            let mut guard = self.lock();
+            let map = &mut guard.0;
+            let key = map
+                .iter()
+                .find(|(_, due)| matches!(due, Due::SessionExpiry(..)))
+                .map(|(k, _)| *k)?;
+            match map.remove(&key) {
+                Some(Due::SessionExpiry(session, _)) => session,
+                _ => return None,
+            }
+        };
+        self.stats.timers.fetch_sub(1, Ordering::Relaxed);
+        Some(session)
+    }
+
     /// Resolves when a timer earlier than the others was scheduled.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
@@ -137,5 +156,18 @@ mod tests {
         assert_eq!(next, None);
         assert_eq!(timers.len(), 0);
         assert_eq!(stats.timers.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_first_session_expiry_is_taken_past_wills() {
+        let timers = Timers::new(Arc::new(Stats::default()));
+        let (a, b) = (session(), Arc::new(crate::session::unbounded_session(2, 1)));
+        timers.schedule(100, Due::Will(a.clone()));
+        timers.schedule(300, Due::SessionExpiry(b.clone(), 1));
+        timers.schedule(200, Due::SessionExpiry(a.clone(), 1));
+        assert_eq!(timers.take_first_session_expiry().map(|s| s.id), Some(a.id));
+        assert_eq!(timers.take_first_session_expiry().map(|s| s.id), Some(b.id));
+        assert!(timers.take_first_session_expiry().is_none());
+        assert_eq!(timers.len(), 1, "the will stays");
     }
 }

@@ -539,3 +539,72 @@ async fn will_on_sys_topic_is_refused() {
     watcher.expect_silence().await;
     assert_eq!(broker.stats.messages_refused.load(Ordering::Relaxed), 1);
 }
+
+/// At `max_sessions`, a new client gets in by evicting the offline session that would
+/// expire first; connected sessions are never evicted, so with none offline it is refused.
+/// (Reconnect churn with fresh client ids would otherwise lock everyone out until expiry.)
+#[tokio::test]
+async fn full_session_table_evicts_offline_sessions_not_online_ones() {
+    let broker = TestBroker::start_with(|c| c.limits.max_sessions = 3).await;
+    for (id, expiry) in [("first-out", 100), ("second-out", 200)] {
+        let mut c = connect_packet(Protocol::V5, id, true);
+        c.properties.session_expiry_interval = Some(expiry);
+        let (raw, _) = Raw::connect_with(broker.addr, c).await;
+        raw.disconnect().await;
+    }
+    let mut online = Raw::v5(broker.addr, "online").await;
+    online.subscribe("online/t", QoS::AtMostOnce).await;
+    let newcomer = Raw::v5(broker.addr, "newcomer").await;
+    let ids: Vec<String> = broker
+        .broker
+        .sessions()
+        .into_iter()
+        .map(|s| s.client_id)
+        .collect();
+    assert_eq!(ids, ["newcomer", "online", "second-out"]);
+    assert_eq!(broker.stats.sessions_evicted.load(Ordering::Relaxed), 1);
+    let _second = Raw::v5(broker.addr, "second").await;
+    let (mut refused, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "third", true)).await;
+    assert_eq!(ack.code, ReasonCode::QuotaExceeded, "all three are online");
+    refused.expect_closed().await;
+    online.roundtrip("online/t").await;
+    drop(newcomer);
+}
+
+/// A subscriber that asks for every retained message and never reads is given one batch
+/// ahead at a time (and what its socket buffers take), not a queue full of retained
+/// messages.
+#[tokio::test]
+async fn retained_replay_to_a_non_reader_stays_one_batch_ahead() {
+    let broker = TestBroker::start().await;
+    let mut p = Raw::v5(broker.addr, "ret-pub").await;
+    static PAYLOAD: [u8; 10_000] = [3; 10_000];
+    // At QoS 1, so that deliveries wait in the session queue behind the client's window.
+    for i in 0..3001u16 {
+        let t = format!("ahead/{i}");
+        p.publish(publish(&t, &PAYLOAD, QosPid::AtLeastOnce(pid(i + 1)), true))
+            .await;
+    }
+    // Receive Maximum 10: at most ten in flight, the rest waits in the session queue.
+    let mut connect = connect_packet(Protocol::V5, "lazy", true);
+    connect.properties.receive_maximum = std::num::NonZeroU16::new(10);
+    let (mut lazy, _) = Raw::connect_with(broker.addr, connect).await;
+    lazy.subscribe("#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let info = broker
+        .broker
+        .sessions()
+        .into_iter()
+        .find(|s| s.client_id == "lazy")
+        .unwrap();
+    assert!(
+        info.queued_messages <= 256,
+        "{} retained messages queued for a client that reads nothing",
+        info.queued_messages
+    );
+    // It still gets them all once it reads.
+    for _ in 0..3001 {
+        assert!(lazy.recv_publish_ack().await.retain);
+    }
+}

@@ -5,6 +5,7 @@
 
 mod bench;
 mod conn;
+mod hostile;
 mod payload;
 mod procstat;
 mod proto;
@@ -19,6 +20,7 @@ use messs_codec::{Protocol, QoS};
 
 use crate::bench::{Plan, Topology};
 use crate::conn::ConnPlan;
+use crate::hostile::{Attack, AttackPlan};
 use crate::proto::ConnectOptions;
 
 #[derive(Parser)]
@@ -81,6 +83,28 @@ enum Command {
         publishers: u32,
         #[arg(long, default_value_t = 1)]
         subscribers: u32,
+    },
+    /// An innocent publisher/subscriber pair measured alone, then beside hostile clients;
+    /// reports the pair's rate and p99 in both phases and the broker's RSS.
+    Hostile {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flow: Flow,
+        /// Attacks to run (comma-separated).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "never-read,deep,hash-flood,churn,retained-flood"
+        )]
+        attacks: Vec<Attack>,
+        /// Attacker connections per attack kind.
+        #[arg(long, default_value_t = 30)]
+        attackers: u32,
+        /// How long a never-reading subscriber stays before it reconnects.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        reconnect: Duration,
     },
 }
 
@@ -187,6 +211,7 @@ impl Common {
             password: self.password.clone(),
             keep_alive: 300,
             clean: true,
+            session_expiry: None,
         })
     }
 }
@@ -277,6 +302,23 @@ async fn main() -> anyhow::Result<()> {
             };
             let p = plan(&common, &flow, topology, p, s)?;
             report::bench("bench", p, common.broker_pid, common.json).await
+        }
+        Command::Hostile {
+            common,
+            flow,
+            attacks,
+            attackers,
+            reconnect,
+        } => {
+            let pair = plan(&common, &flow, Topology::Pairs, 1, 1)?;
+            let attack = AttackPlan {
+                attacks,
+                clients: attackers,
+                reconnect,
+                connect: common.connect_options()?,
+                client_prefix: format!("{}-hostile", common.client_prefix),
+            };
+            report::hostile(pair, attack, common.broker_pid, common.json).await
         }
     }
 }

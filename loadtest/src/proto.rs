@@ -26,6 +26,8 @@ pub struct ConnectOptions {
     pub password: Option<String>,
     pub keep_alive: u16,
     pub clean: bool,
+    /// Session Expiry Interval to ask for (v5).
+    pub session_expiry: Option<u32>,
 }
 
 /// The reading half with its buffer.
@@ -112,6 +114,7 @@ pub async fn connect(opts: &ConnectOptions, timeout: Duration) -> anyhow::Result
     if opts.protocol.is_v5() {
         // Let the broker queue for us as a v5 client would ask; no limit on our side.
         properties.receive_maximum = NonZeroU16::new(u16::MAX);
+        properties.session_expiry_interval = opts.session_expiry;
     }
     let connect = Connect {
         protocol: opts.protocol,

@@ -125,6 +125,56 @@ pub async fn bench(name: &str, plan: Plan, pid: Option<u32>, json: bool) -> anyh
     Ok(())
 }
 
+/// Runs the hostile scenario and prints both phases.
+pub async fn hostile(
+    pair: Plan,
+    attack: crate::hostile::AttackPlan,
+    pid: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bar = spinner();
+    bar.set_message(format!(
+        "innocent pair alone, then beside {:?}",
+        attack.attacks
+    ));
+    let shown = attack.clone();
+    let o = crate::hostile::run(pair, attack, pid).await?;
+    bar.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "command": "hostile", "outcome": o })
+        );
+        return Ok(());
+    }
+    println!(
+        "hostile: innocent pair vs {} x {:?}",
+        shown.clients, shown.attacks
+    );
+    for (name, p) in [("alone", &o.baseline), ("attacked", &o.attacked)] {
+        println!(
+            "  {name:<9} {:>10.0} msg/s  lost {}  p50 {} µs  p99 {} µs  max {} µs",
+            p.delivered_per_s, p.lost, p.latency_us.p50, p.latency_us.p99, p.latency_us.max
+        );
+    }
+    println!("  rate kept {:.1}%", o.rate_ratio * 100.0);
+    println!(
+        "  attackers {} connections, {} refused or closed, {} packets",
+        o.attackers.connections, o.attackers.refused_or_closed, o.attackers.packets
+    );
+    if let (Some(b), Some(p), Some(a)) =
+        (o.broker_rss_before, o.broker_rss_peak, o.broker_rss_after)
+    {
+        println!(
+            "  broker RSS {} -> peak {} -> {} MiB",
+            b >> 20,
+            p >> 20,
+            a >> 20
+        );
+    }
+    Ok(())
+}
+
 /// Runs a connection plan and prints its outcome.
 pub async fn conn(plan: ConnPlan, pid: Option<u32>, json: bool) -> anyhow::Result<()> {
     let bar = spinner();

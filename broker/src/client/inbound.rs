@@ -135,6 +135,9 @@ impl<S: Transport> Client<S> {
         if let Some(session) = outcome.pressure {
             self.pause_for(session);
         }
+        self.pass_work = self
+            .pass_work
+            .saturating_add(u32::try_from(outcome.matched).unwrap_or(u32::MAX));
         let reason = if outcome.retained_rejected {
             ReasonCode::QuotaExceeded
         } else if outcome.matched == 0 {

@@ -29,6 +29,12 @@ use replay::Replay;
 
 /// Most deliveries encoded per pass before the batch is flushed.
 const MAX_BATCH: usize = 256;
+/// Work a client may do between two yields to the scheduler (a packet counts one, each
+/// session a PUBLISH is queued for one more). A socket that always has data never makes the
+/// task wait, so without this a flooding client would keep its worker for as long as
+/// tokio's own budget allows (128 reads: thousands of messages), and a client whose
+/// messages fan out widely would get longer turns than everyone else.
+const PASS_WORK: u32 = 2048;
 
 /// What CONNECT and CONNACK settled for this connection.
 pub(crate) struct Negotiated {
@@ -139,6 +145,10 @@ pub(crate) struct Client<S> {
     replays: Option<Box<VecDeque<Replay>>>,
     /// A replay has more to walk and the queue has room: come back after yielding.
     replay_more: bool,
+    /// `PASS_WORK` was reached: yield, then go on with what is buffered.
+    input_more: bool,
+    /// Work done since the client last yielded.
+    pass_work: u32,
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
     /// touch the timer wheel.
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
@@ -180,6 +190,8 @@ impl<S: Transport> Client<S> {
             pause_allowed_at: 0,
             replays: None,
             replay_more: false,
+            input_more: false,
+            pass_work: 0,
             keep_alive_timer,
             routes,
         }
@@ -217,7 +229,8 @@ impl<S: Transport> Client<S> {
                 return End::Failed(e);
             }
             let paused = self.pause.is_some();
-            let replay_more = self.replay_more;
+            let more = self.replay_more || self.input_more;
+            let input_more = self.input_more;
             tokio::select! {
                 biased;
                 lasted = pause_over(&mut self.pause), if paused => {
@@ -229,7 +242,16 @@ impl<S: Transport> Client<S> {
                         return end;
                     }
                 }
-                read = self.conn.fill(), if !paused => match read {
+                // More buffered input or retained replay: let other tasks run first.
+                _ = tokio::task::yield_now(), if more && !paused => {
+                    self.pass_work = 0;
+                    if self.input_more {
+                        if let Some(end) = self.process_input() {
+                            return end;
+                        }
+                    }
+                }
+                read = self.conn.fill(), if !paused && !input_more => match read {
                     Ok(0) => return End::Closed,
                     Ok(_) => {
                         if let Some(end) = self.process_input() {
@@ -249,8 +271,6 @@ impl<S: Transport> Client<S> {
                         t.as_mut().reset(self.deadline.into());
                     }
                 }
-                // More retained messages to walk: let other tasks run first.
-                _ = tokio::task::yield_now(), if replay_more => {}
             }
         }
     }
@@ -279,12 +299,19 @@ impl<S: Transport> Client<S> {
     }
 
     /// Handles the complete packets in the read buffer, stopping early if a publish pauses
-    /// the client (the rest stay buffered until the pause ends).
+    /// the client (the rest stay buffered until the pause ends) or `PASS_WORK` is reached
+    /// (the rest wait until the client has yielded).
     fn process_input(&mut self) -> Option<End> {
         if let Some(k) = self.neg.keep_alive {
             self.deadline = Instant::now() + k;
         }
+        self.input_more = false;
         while self.pause.is_none() {
+            if self.pass_work >= PASS_WORK {
+                self.input_more = true;
+                return None;
+            }
+            self.pass_work += 1;
             match self.conn.next_packet() {
                 Ok(Some(packet)) => match self.handle(packet) {
                     Ok(None) => {}

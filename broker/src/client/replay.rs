@@ -2,7 +2,8 @@
 //!
 //! A SUBSCRIBE only records what to replay; each pass of the client loop then walks the
 //! tenant's retained tree for a bounded number of nodes, pushing matches into the session's
-//! bounded queue, and stops when the queue is half full or the budget is spent. The walk
+//! bounded queue, and stops once a batch is queued ahead of the client or the budget is
+//! spent. The walk
 //! resumes from the last topic it visited, so a subscription to `#` over a large store costs
 //! the subscriber time, not the broker memory, and never holds a worker or the store's lock
 //! for long. Repeated filters replace their pending replay instead of adding one.
@@ -24,6 +25,10 @@ use crate::session::EnqueueError;
 const NODES_PER_WALK: usize = 1024;
 /// Walks per pass (one per pending subscription, at most).
 const WALKS_PER_PASS: usize = 8;
+/// Messages replay keeps queued ahead of the client: one batch. More follow only as the
+/// client takes them, so a client that subscribes and never reads costs one batch and what
+/// its socket buffers hold, not a queue full of retained messages.
+const AHEAD: usize = super::MAX_BATCH;
 
 /// The retained messages still owed to one new subscription.
 pub(super) struct Replay {
@@ -72,7 +77,7 @@ impl<S: Transport> Client<S> {
             let Some(replay) = replays.front_mut() else {
                 break;
             };
-            if !session.lock().has_room() {
+            if !session.lock().has_room(AHEAD) {
                 break;
             }
             let mut sink = |m: &Arc<Message>| -> bool {
@@ -83,7 +88,7 @@ impl<S: Transport> Client<S> {
                     subscription_ids: replay.id.into_iter().collect(),
                 };
                 let mut st = session.lock();
-                if !st.has_room() {
+                if !st.has_room(AHEAD) {
                     return false;
                 }
                 match st.push(delivery) {
@@ -120,6 +125,6 @@ impl<S: Transport> Client<S> {
 
     /// Whether another pass should follow at once to continue a replay.
     pub(super) fn replay_pending(&self) -> bool {
-        self.replays.is_some() && self.session.lock().has_room()
+        self.replays.is_some() && self.session.lock().has_room(AHEAD)
     }
 }

@@ -179,6 +179,14 @@ impl SessionState {
         true
     }
 
+    fn charge_message(&mut self, bytes: usize) -> bool {
+        if !self.budget.try_charge_message(bytes, self.held_bytes) {
+            return false;
+        }
+        self.charged += bytes;
+        true
+    }
+
     fn release(&mut self, bytes: usize) {
         let bytes = bytes.min(self.charged);
         self.charged -= bytes;
@@ -222,6 +230,11 @@ impl SessionState {
     /// Marks the session ended (out of the registry); false if it already was.
     pub fn end(&mut self) -> bool {
         !std::mem::replace(&mut self.ended, true)
+    }
+
+    /// Whether the session was ended (it must not be resumed).
+    pub fn is_ended(&self) -> bool {
+        self.ended
     }
 
     /// Seconds the session outlives its connection.
@@ -331,7 +344,7 @@ impl SessionState {
         {
             return Err(EnqueueError::Full);
         }
-        if !self.charge(cost) {
+        if !self.charge_message(cost) {
             return Err(EnqueueError::Budget);
         }
         self.held_bytes += cost;
@@ -339,10 +352,11 @@ impl SessionState {
         Ok(())
     }
 
-    /// Whether the queue has room for about one more ordinary message: retained replay
-    /// fills the queue only this far, then waits for the client to drain it.
-    pub fn has_room(&self) -> bool {
-        self.queue.len() < self.max_queued as usize && self.held_bytes < self.max_bytes / 2
+    /// Whether fewer than `ahead` messages are queued (and the queue is below half its
+    /// byte limit): retained replay fills the queue only this far ahead of the client.
+    pub fn has_room(&self, ahead: usize) -> bool {
+        self.queue.len() < ahead.min(self.max_queued as usize)
+            && self.held_bytes < self.max_bytes / 2
     }
 
     /// Past half of its limits (messages, or bytes queued and in flight): publishers are
