@@ -116,7 +116,7 @@ impl BenchRouter {
         let mut out = Vec::new();
         for s in &self.sessions {
             let mut st = s.lock();
-            st.take_batch(now, 0, usize::MAX, &mut out);
+            st.take_batch(now, 0, usize::MAX, usize::MAX, &mut out);
             out.clear();
         }
     }

@@ -111,6 +111,11 @@ impl<S: Transport> Connection<S> {
         self.read_buf.first().map(|b| b >> 4)
     }
 
+    /// Bytes encoded and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.write_buf.len()
+    }
+
     /// Encodes a packet into the write buffer.
     pub fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
         encode(packet, self.protocol, &mut self.write_buf)?;

@@ -608,3 +608,41 @@ async fn retained_replay_to_a_non_reader_stays_one_batch_ahead() {
         assert!(lazy.recv_publish_ack().await.retain);
     }
 }
+
+/// What waits for a subscriber that does not read is counted in its queue and bounded by
+/// `max_queued_bytes`, and the bystander is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_reader_keeps_its_backlog_in_the_counted_queue() {
+    let broker = TestBroker::start().await;
+    let mut by = bystander(&broker, "wb").await;
+    let mut sink = Raw::v5(broker.addr, "wb-sink").await;
+    sink.subscribe("flood/#", QoS::AtMostOnce).await;
+    let mut p = Raw::v5(broker.addr, "wb-pub").await;
+    static PAYLOAD: [u8; 10_000] = [9; 10_000];
+    for _ in 0..3000 {
+        p.send(&Packet::Publish(Box::new(publish(
+            "flood/x",
+            &PAYLOAD,
+            QosPid::AtMostOnce,
+            false,
+        ))))
+        .await;
+    }
+    p.publish(publish("wb-sync", b"s", QosPid::AtLeastOnce(pid(1)), false))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = broker
+        .broker
+        .sessions()
+        .into_iter()
+        .find(|s| s.client_id == "wb-sink")
+        .unwrap();
+    assert!(
+        info.queued_bytes >= 4 * 1024 * 1024,
+        "only {} bytes counted for the non-reader's backlog",
+        info.queued_bytes
+    );
+    assert!(info.queued_bytes <= 16 * 1024 * 1024);
+    by.roundtrip("wb/t").await;
+    drop(sink);
+}

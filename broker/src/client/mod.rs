@@ -147,6 +147,9 @@ pub(crate) struct Client<S> {
     replay_more: bool,
     /// `PASS_WORK` was reached: yield, then go on with what is buffered.
     input_more: bool,
+    /// Deliveries were left queued because the write buffer was full: another pass after
+    /// the flush.
+    drain_more: bool,
     /// Work done since the client last yielded.
     pass_work: u32,
     /// Fires at (or after) `deadline`; reset lazily when it fires early, so packets do not
@@ -191,6 +194,7 @@ impl<S: Transport> Client<S> {
             replays: None,
             replay_more: false,
             input_more: false,
+            drain_more: false,
             pass_work: 0,
             keep_alive_timer,
             routes,
@@ -229,7 +233,7 @@ impl<S: Transport> Client<S> {
                 return End::Failed(e);
             }
             let paused = self.pause.is_some();
-            let more = self.replay_more || self.input_more;
+            let more = self.replay_more || self.input_more || self.drain_more;
             let input_more = self.input_more;
             tokio::select! {
                 biased;

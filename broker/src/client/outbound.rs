@@ -7,6 +7,9 @@ use std::sync::atomic::Ordering;
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
 
 use super::{Client, MAX_BATCH};
+
+/// About how many bytes of deliveries are encoded before they are flushed.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
 use crate::clock::unix_ms;
 use crate::connection::Transport;
 use crate::error::BrokerError;
@@ -45,14 +48,24 @@ impl<S: Transport> Client<S> {
         result
     }
 
+    /// Encodes queued deliveries, in batches, until the queue is empty, the window is full,
+    /// or about `MAX_WRITE_BUFFER` bytes wait to be written; in the last case `drain_more`
+    /// asks for another pass once they are flushed. So the write buffer of a client that
+    /// does not read stays small, and what waits for it stays in its (counted) queue.
     fn encode_queued(&mut self) -> Result<(), BrokerError> {
         let now = unix_ms();
+        self.drain_more = false;
         loop {
+            let room = MAX_WRITE_BUFFER.saturating_sub(self.conn.queued_bytes());
+            if room == 0 {
+                self.drain_more = true;
+                return Ok(());
+            }
             let mut batch = BATCH.take();
             let (expired, below_soft_limit) = {
                 let mut st = self.session.lock();
-                let expired =
-                    st.take_batch(now, usize::from(self.neg.window), MAX_BATCH, &mut batch);
+                let window = usize::from(self.neg.window);
+                let expired = st.take_batch(now, window, MAX_BATCH, room, &mut batch);
                 (expired, !st.over_soft_limit())
             };
             self.session
@@ -63,7 +76,8 @@ impl<S: Transport> Client<S> {
                     .dropped_expired
                     .fetch_add(expired as u64, Ordering::Relaxed);
             }
-            let full_batch = batch.len() == MAX_BATCH;
+            let full_batch =
+                batch.len() == MAX_BATCH || self.conn.queued_bytes() >= MAX_WRITE_BUFFER;
             let result = batch
                 .drain(..)
                 .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now));

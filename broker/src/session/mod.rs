@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 2 * one);
         // In flight still counts; the ack gives it back.
         let mut out = Vec::new();
-        s.lock().take_batch(0, 10, 1, &mut out);
+        s.lock().take_batch(0, 10, 1, usize::MAX, &mut out);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 2 * one);
         let pid = out[0].1.packet_id().unwrap();
         assert_eq!(s.lock().on_puback(pid), AckMatch::Matched);
@@ -439,7 +439,7 @@ mod tests {
             let mut out = Vec::new();
             let below = {
                 let mut st = s.lock();
-                st.take_batch(0, 10, 1, &mut out);
+                st.take_batch(0, 10, 1, usize::MAX, &mut out);
                 !st.over_soft_limit()
             };
             s.after_drain(true, below);
@@ -476,14 +476,14 @@ mod tests {
         }
         let mut st = s.lock();
         let mut out = Vec::new();
-        st.take_batch(0, 2, 100, &mut out);
+        st.take_batch(0, 2, 100, usize::MAX, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(st.queued_len(), 1);
         let pid = out[0].1.packet_id().unwrap();
         assert_eq!(st.on_puback(pid), AckMatch::Matched);
         assert_eq!(st.on_puback(pid), AckMatch::Unknown, "a second PUBACK");
         out.clear();
-        st.take_batch(0, 2, 100, &mut out);
+        st.take_batch(0, 2, 100, usize::MAX, &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -494,7 +494,7 @@ mod tests {
         s.enqueue(delivery(QoS::ExactlyOnce), false).unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
-        st.take_batch(0, 10, 10, &mut out);
+        st.take_batch(0, 10, 10, usize::MAX, &mut out);
         let (p1, p2) = (out[0].1.packet_id().unwrap(), out[1].1.packet_id().unwrap());
         assert_eq!(st.on_pubrec(p1, false), AckMatch::WrongType);
         assert_eq!(st.on_pubcomp(p1), AckMatch::WrongType);
@@ -516,7 +516,7 @@ mod tests {
         s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
-        st.take_batch(0, 10, 10, &mut out);
+        st.take_batch(0, 10, 10, usize::MAX, &mut out);
         let p2 = out[0].1.packet_id().unwrap();
         assert_eq!(st.on_pubrec(p2, false), AckMatch::Matched);
         let resend = st.resend_list();

@@ -385,18 +385,21 @@ impl SessionState {
         self.held_bytes
     }
 
-    /// Moves up to `max` queued deliveries into `out`, giving QoS 1/2 ones a packet id and
-    /// an inflight slot while fewer than `window` are inflight. Expired messages are dropped
-    /// and counted in the return value. `now_ms` is in Unix milliseconds.
+    /// Moves up to `max` queued deliveries, and about `max_bytes` (at least one delivery),
+    /// into `out`, giving QoS 1/2 ones a packet id and an inflight slot while fewer than
+    /// `window` are inflight. Expired messages are dropped and counted in the return value.
+    /// `now_ms` is in Unix milliseconds.
     pub fn take_batch(
         &mut self,
         now_ms: u64,
         window: usize,
         max: usize,
+        max_bytes: usize,
         out: &mut Vec<(Delivery, QosPid)>,
     ) -> usize {
         let mut expired = 0;
-        while out.len() < max {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes {
             let Some(front) = self.queue.front() else {
                 break;
             };
@@ -409,7 +412,9 @@ impl SessionState {
             }
             if front.qos == QoS::AtMostOnce {
                 if let Some(d) = self.queue.pop_front() {
-                    self.release_held(d.cost());
+                    let cost = d.cost();
+                    bytes += cost;
+                    self.release_held(cost);
                     out.push((d, QosPid::AtMostOnce));
                 }
                 continue;
@@ -426,6 +431,7 @@ impl SessionState {
             let qos_pid = QosPid::new(d.qos, pid);
             self.next_seq += 1;
             let cost = d.cost();
+            bytes += cost;
             self.inflight.insert(
                 pid,
                 InflightEntry {
