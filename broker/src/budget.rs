@@ -5,9 +5,10 @@
 //! `session_bytes` gauge in [`Stats`].
 //!
 //! The budget is shared out in tiers, so that subscribers that never read cannot take it
-//! all: sessions whose queues already hold [`SMALL_QUEUE`] bytes or more may fill it to one
-//! half, sessions with small queues (a client that keeps up) to three quarters, and the
-//! last quarter is kept for session records and subscriptions, so new clients still get in.
+//! all: a session that is draining its queue, or whose queue is small (under
+//! [`SMALL_QUEUE`]), may fill it to three quarters; one with a large queue it is not
+//! draining (a client that does not read) only to one half; the last quarter is kept for
+//! session records and subscriptions, so new clients still get in.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +16,17 @@ use std::sync::Arc;
 use crate::stats::Stats;
 
 /// A shared byte budget.
-/// A session queue at least this large (queued and in-flight bytes) counts as big.
+/// A session queue below this (queued and in-flight bytes) counts as small.
 pub(crate) const SMALL_QUEUE: usize = 256 * 1024;
+
+/// How a session stands when a message is charged for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Standing {
+    /// Bytes it holds already.
+    pub held: usize,
+    /// It took from its queue recently.
+    pub draining: bool,
+}
 
 pub(crate) struct ByteBudget {
     stats: Arc<Stats>,
@@ -34,10 +44,10 @@ impl ByteBudget {
         self.charge_within(bytes, self.limit)
     }
 
-    /// Takes `bytes` for a message queued to a session already holding `held` bytes,
-    /// within that session's tier (see the module header).
-    pub fn try_charge_message(&self, bytes: usize, held: usize) -> bool {
-        let tier = if held < SMALL_QUEUE {
+    /// Takes `bytes` for a message queued to a session, within that session's tier (see
+    /// the module header).
+    pub fn try_charge_message(&self, bytes: usize, standing: Standing) -> bool {
+        let tier = if standing.draining || standing.held < SMALL_QUEUE {
             self.limit - self.limit / 4
         } else {
             self.limit / 2
@@ -80,19 +90,31 @@ mod tests {
     }
 
     #[test]
-    fn big_queues_fill_half_small_ones_three_quarters_sessions_all() {
+    fn stuck_queues_fill_half_draining_or_small_ones_three_quarters_sessions_all() {
         let stats = Arc::new(Stats::default());
         let budget = ByteBudget::new(stats.clone(), 100);
-        assert!(budget.try_charge_message(50, SMALL_QUEUE));
+        let stuck = Standing {
+            held: SMALL_QUEUE,
+            draining: false,
+        };
+        let draining = Standing {
+            held: SMALL_QUEUE,
+            draining: true,
+        };
+        let small = Standing {
+            held: 0,
+            draining: false,
+        };
+        assert!(budget.try_charge_message(50, stuck));
         assert!(
-            !budget.try_charge_message(1, SMALL_QUEUE),
-            "big queues: half"
+            !budget.try_charge_message(1, stuck),
+            "stuck big queues: half"
         );
-        assert!(budget.try_charge_message(25, 0));
-        assert!(
-            !budget.try_charge_message(1, 0),
-            "small queues: three quarters"
-        );
+        assert!(budget.try_charge_message(20, draining));
+        assert!(budget.try_charge_message(5, small));
+        assert!(!budget.try_charge_message(1, small), "three quarters");
+        assert!(!budget.try_charge_message(1, draining), "three quarters");
+
         assert!(
             budget.try_charge(25),
             "sessions and subscriptions: all of it"

@@ -23,7 +23,7 @@ use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::router::TenantRoutes;
-use crate::session::Session;
+use crate::session::{Session, DRAINING_MS};
 use crate::state::{Attached, BrokerState, Departure};
 use replay::Replay;
 
@@ -92,8 +92,11 @@ async fn pause_over(pause: &mut Option<PauseWait>) -> u64 {
 /// yields the pause's length in milliseconds.
 type PauseWait = Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
 
-/// After a pause of `d`, a publisher is not paused again for `d / RUN_SHARE_DIVISOR`: it
-/// keeps at least 10% of its time, whatever its subscribers do.
+/// After a pause of `d`, for `d / RUN_SHARE_DIVISOR`, a publisher is paused again only for a
+/// subscriber that is visibly draining (it took from its queue within `DRAINING_MS`): so
+/// subscribers that do not read get at most ~90% of a publisher's time, while one that
+/// keeps up can still hold it back instead of overflowing (the burst right after a long
+/// pause is exactly when a reading subscriber's queue is fullest).
 const RUN_SHARE_DIVISOR: u64 = 9;
 
 /// Why the loop ended.
@@ -285,7 +288,7 @@ impl<S: Transport> Client<S> {
         if self.pause.is_some() || session.id == self.session.id {
             return;
         }
-        if mono_ms() < self.pause_allowed_at {
+        if mono_ms() < self.pause_allowed_at && !session.drained_within(DRAINING_MS) {
             return;
         }
         let limits = &self.state.config.limits;

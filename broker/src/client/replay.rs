@@ -91,7 +91,9 @@ impl<S: Transport> Client<S> {
                 if !st.has_room(AHEAD) {
                     return false;
                 }
-                match st.push(delivery) {
+                // Replay fills only one batch ahead, so the queue is small: the tier of
+                // a client that reads.
+                match st.push(delivery, true) {
                     Ok(()) => true,
                     Err(EnqueueError::Full) => false,
                     Err(EnqueueError::Budget | EnqueueError::Offline) => {

@@ -18,7 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use messs_codec::TopicFilter;
 
 use crate::message::{Delivery, Message};
-use crate::session::{EnqueueError, Session, StoredSubscription, TenantId};
+use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINING_MS};
 use crate::stats::Stats;
 use retained::RetainedStore;
 pub(crate) use retained::ScanEnd;
@@ -215,7 +215,13 @@ impl Router {
             match first.session.enqueue(delivery, self.queue_qos0_offline) {
                 Ok(over) => {
                     matched += 1;
-                    if over && pressure.is_none() {
+                    // Report one pressured subscriber, a draining one if there is any: a
+                    // publisher may skip a pause for a subscriber that is not reading,
+                    // never for one that is (see `Client::pause_for`).
+                    let replace = pressure.as_ref().is_none_or(|p: &Arc<Session>| {
+                        !p.drained_within(DRAINING_MS) && first.session.drained_within(DRAINING_MS)
+                    });
+                    if over && replace {
                         pressure = Some(first.session.clone());
                     }
                 }

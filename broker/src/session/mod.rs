@@ -31,6 +31,13 @@ pub(crate) use state::{
     SESSION_COST,
 };
 
+/// How recent a subscriber's last take from its queue must be for it to count as draining
+/// when a publisher decides whether to pause for it.
+pub(crate) const DRAINING_MS: u64 = 25;
+/// How recent it must be for the session to keep the byte budget tier of a client that
+/// reads (see `budget`).
+const DRAINING_BUDGET_MS: u64 = 250;
+
 /// A tenant's name; every router, store and registry key starts with it.
 pub type TenantId = Arc<str>;
 
@@ -170,10 +177,11 @@ impl Session {
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
             return Err(EnqueueError::Offline);
         }
+        let draining = self.drained_within(DRAINING_BUDGET_MS);
         let (pressure, was_empty) = {
             let mut st = self.lock();
             let was_empty = st.queued_len() == 0;
-            st.push(delivery)?;
+            st.push(delivery, draining)?;
             (st.over_soft_limit(), was_empty)
         };
         // The connection drains until the queue is empty or its window is full (and an ack
@@ -218,6 +226,11 @@ impl Session {
                 return false;
             }
         }
+    }
+
+    /// Whether the connection took from the queue within the last `ms` milliseconds.
+    pub(crate) fn drained_within(&self, ms: u64) -> bool {
+        mono_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed)) <= ms
     }
 
     /// Called by the connection after taking from the queue: records progress (if it took

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use messs_codec::{QoS, QosPid, SubscriptionOptions, TopicFilter};
 
-use crate::budget::ByteBudget;
+use crate::budget::{ByteBudget, Standing};
 use crate::message::{Delivery, Message};
 use crate::timers::TimerKey;
 
@@ -179,8 +179,12 @@ impl SessionState {
         true
     }
 
-    fn charge_message(&mut self, bytes: usize) -> bool {
-        if !self.budget.try_charge_message(bytes, self.held_bytes) {
+    fn charge_message(&mut self, bytes: usize, draining: bool) -> bool {
+        let standing = Standing {
+            held: self.held_bytes,
+            draining,
+        };
+        if !self.budget.try_charge_message(bytes, standing) {
             return false;
         }
         self.charged += bytes;
@@ -336,15 +340,16 @@ impl SessionState {
 
     // --- the queue ---------------------------------------------------------------------
 
-    /// Queues a delivery within the session's limits and the broker budget.
-    pub fn push(&mut self, delivery: Delivery) -> Result<(), EnqueueError> {
+    /// Queues a delivery within the session's limits and the broker budget; `draining`
+    /// says whether the connection took from the queue recently (see `budget`).
+    pub fn push(&mut self, delivery: Delivery, draining: bool) -> Result<(), EnqueueError> {
         let cost = delivery.cost();
         if self.queue.len() >= self.max_queued as usize
             || self.held_bytes.saturating_add(cost) > self.max_bytes
         {
             return Err(EnqueueError::Full);
         }
-        if !self.charge_message(cost) {
+        if !self.charge_message(cost, draining) {
             return Err(EnqueueError::Budget);
         }
         self.held_bytes += cost;
