@@ -140,7 +140,8 @@ pub(crate) struct Client<S> {
     /// the socket is not read until that queue drains, the subscriber stalls, or the
     /// pause's deadline passes.
     pause: Option<PauseWait>,
-    /// No new pause before this (`clock::mono_ms`): the duty-cycle cap on pauses.
+    /// Until this (`clock::mono_ms`), pause only for a draining subscriber (see
+    /// `RUN_SHARE_DIVISOR`).
     pause_allowed_at: u64,
     /// Retained messages still to deliver for new subscriptions, walked a bounded chunk
     /// per pass as the session queue has room. Boxed on first use.
@@ -283,7 +284,8 @@ impl<S: Transport> Client<S> {
     }
 
     /// Pauses reading after a publish pushed a subscriber's queue past its soft limit —
-    /// unless the publisher was paused too recently (it keeps at least 10% of its time).
+    /// unless the publisher was paused too recently and the subscriber is not draining
+    /// (see `RUN_SHARE_DIVISOR`).
     pub(super) fn pause_for(&mut self, session: Arc<Session>) {
         if self.pause.is_some() || session.id == self.session.id {
             return;
