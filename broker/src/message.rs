@@ -13,6 +13,36 @@ use messs_codec::{
     Publish, PublishProperties, QoS, QosPid, TopicName, UserProperties, WillProperties,
 };
 
+/// Payloads up to this size are copied into one allocation together with their reference
+/// count (most IoT payloads are small).
+const INLINE_PAYLOAD: usize = 120;
+
+/// A small payload stored inline in the `Bytes` owner allocation.
+struct InlinePayload {
+    len: u8,
+    data: [u8; INLINE_PAYLOAD],
+}
+
+impl AsRef<[u8]> for InlinePayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+/// Copies a payload out of the read buffer into memory of its own. `Bytes::copy_from_slice`
+/// would cost two allocations (the vector, then the shared header on the first clone,
+/// which every fan-out does); a small payload here costs one, and clones only count.
+fn own_copy(payload: &[u8]) -> Bytes {
+    match u8::try_from(payload.len()) {
+        Ok(len) if payload.len() <= INLINE_PAYLOAD => {
+            let mut data = [0u8; INLINE_PAYLOAD];
+            data[..payload.len()].copy_from_slice(payload);
+            Bytes::from_owner(InlinePayload { len, data })
+        }
+        _ => Bytes::from_owner(Box::<[u8]>::from(payload)),
+    }
+}
+
 /// The properties that travel with a message unchanged from publisher to subscriber.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageProperties {
@@ -56,7 +86,7 @@ impl Message {
         let props = p.properties;
         Message {
             topic,
-            payload: Bytes::copy_from_slice(&p.payload),
+            payload: own_copy(&p.payload),
             qos: p.qos_pid.qos(),
             retain: p.retain,
             expires_at: props
@@ -86,7 +116,7 @@ impl Message {
         } = will.properties;
         Message {
             topic: will.topic,
-            payload: Bytes::copy_from_slice(&will.payload),
+            payload: own_copy(&will.payload),
             qos: will.qos,
             retain: will.retain,
             expires_at: message_expiry_interval.map(|s| crate::clock::after_secs(now_ms, s)),
@@ -174,6 +204,28 @@ impl Delivery {
                 content_type: m.properties.content_type.clone(),
             },
             payload: m.payload.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_copied_out_of_the_read_buffer() {
+        let read_buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        for len in [0, 1, INLINE_PAYLOAD, INLINE_PAYLOAD + 1, 4096] {
+            let slice = read_buffer.slice(100..100 + len);
+            let owned = own_copy(&slice);
+            assert_eq!(owned, slice);
+            assert_eq!(owned.clone(), slice, "clones see the same bytes");
+            let start = read_buffer.as_ptr() as usize;
+            let at = owned.as_ptr() as usize;
+            assert!(
+                len == 0 || !(start..start + read_buffer.len()).contains(&at),
+                "a {len}-byte payload still points into the read buffer"
+            );
         }
     }
 }

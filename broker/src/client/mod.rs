@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 256;
 /// task wait, so without this a flooding client would keep its worker for as long as
 /// tokio's own budget allows (128 reads: thousands of messages), and a client whose
 /// messages fan out widely would get longer turns than everyone else.
-const PASS_WORK: u32 = 2048;
+const PASS_WORK: u32 = 16384;
 
 /// What CONNECT and CONNACK settled for this connection.
 pub(crate) struct Negotiated {
@@ -290,7 +290,10 @@ impl<S: Transport> Client<S> {
         if self.pause.is_some() || session.id == self.session.id {
             return;
         }
-        if mono_ms() < self.pause_allowed_at && !session.drained_within(DRAINING_MS) {
+        if self.pause_allowed_at > 0
+            && mono_ms() < self.pause_allowed_at
+            && !session.drained_within(DRAINING_MS)
+        {
             return;
         }
         let limits = &self.state.config.limits;

@@ -10,6 +10,7 @@ use super::{Client, MAX_BATCH};
 
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
+use crate::budget::SMALL_QUEUE;
 use crate::clock::unix_ms;
 use crate::connection::Transport;
 use crate::error::BrokerError;
@@ -62,28 +63,30 @@ impl<S: Transport> Client<S> {
                 return Ok(());
             }
             let mut batch = BATCH.take();
-            let (expired, below_soft_limit) = {
+            let (expired, busy, below_soft_limit) = {
                 let mut st = self.session.lock();
+                let busy = st.over_soft_limit() || st.held_bytes() >= SMALL_QUEUE;
                 let window = usize::from(self.neg.window);
                 let expired = st.take_batch(now, window, MAX_BATCH, room, &mut batch);
-                (expired, !st.over_soft_limit())
+                (expired, busy, !st.over_soft_limit())
             };
-            self.session
-                .after_drain(!batch.is_empty() || expired > 0, below_soft_limit);
+            let took = !batch.is_empty() || expired > 0;
+            self.session.after_drain(took, busy, below_soft_limit);
             if expired > 0 {
                 self.state
                     .stats
                     .dropped_expired
                     .fetch_add(expired as u64, Ordering::Relaxed);
             }
-            let full_batch =
-                batch.len() == MAX_BATCH || self.conn.queued_bytes() >= MAX_WRITE_BUFFER;
+            // Nothing taken and nothing expired: the queue is empty or the window is full.
+            // Otherwise go on: the next round stops at the write-buffer cap.
+            let done = batch.is_empty() && expired == 0;
             let result = batch
                 .drain(..)
                 .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now));
             BATCH.set(batch);
             result?;
-            if !full_batch {
+            if done {
                 return Ok(());
             }
         }

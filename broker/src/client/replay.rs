@@ -93,7 +93,7 @@ impl<S: Transport> Client<S> {
                 }
                 // Replay fills only one batch ahead, so the queue is small: the tier of
                 // a client that reads.
-                match st.push(delivery, true) {
+                match st.push(delivery, || true) {
                     Ok(()) => true,
                     Err(EnqueueError::Full) => false,
                     Err(EnqueueError::Budget | EnqueueError::Offline) => {

@@ -218,10 +218,13 @@ impl Router {
                     // Report one pressured subscriber, a draining one if there is any: a
                     // publisher may skip a pause for a subscriber that is not reading,
                     // never for one that is (see `Client::pause_for`).
-                    let replace = pressure.as_ref().is_none_or(|p: &Arc<Session>| {
-                        !p.drained_within(DRAINING_MS) && first.session.drained_within(DRAINING_MS)
-                    });
-                    if over && replace {
+                    // (The clock is read only when two subscribers compete.)
+                    let replace = over
+                        && pressure.as_ref().is_none_or(|p: &Arc<Session>| {
+                            !p.drained_within(DRAINING_MS)
+                                && first.session.drained_within(DRAINING_MS)
+                        });
+                    if replace {
                         pressure = Some(first.session.clone());
                     }
                 }

@@ -177,11 +177,10 @@ impl Session {
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
             return Err(EnqueueError::Offline);
         }
-        let draining = self.drained_within(DRAINING_BUDGET_MS);
         let (pressure, was_empty) = {
             let mut st = self.lock();
             let was_empty = st.queued_len() == 0;
-            st.push(delivery, draining)?;
+            st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS))?;
             (st.over_soft_limit(), was_empty)
         };
         // The connection drains until the queue is empty or its window is full (and an ack
@@ -191,8 +190,10 @@ impl Session {
             self.notify.notify_one();
         }
         let pressure = pressure && connected && !self.stalled.load(Ordering::Relaxed);
-        if pressure {
-            self.pressured.store(true, Ordering::Release);
+        if pressure && !self.pressured.swap(true, Ordering::AcqRel) {
+            // Just crossed into pressure: progress was not stamped while the queue was
+            // light, so start its clock now (one stall timeout of grace, once).
+            self.progress_ms.store(mono_ms(), Ordering::Relaxed);
         }
         Ok(pressure)
     }
@@ -235,8 +236,12 @@ impl Session {
 
     /// Called by the connection after taking from the queue: records progress (if it took
     /// something) and wakes paused publishers once the queue is below its soft limit.
-    pub(crate) fn after_drain(&self, took: bool, below_soft_limit: bool) {
-        if took {
+    ///
+    /// Progress is stamped only for a `busy` queue (past its soft limit, or holding
+    /// `SMALL_QUEUE` bytes, before the take): only then does anyone ask for it, and it
+    /// saves a clock read on every pass of every lightly loaded subscriber.
+    pub(crate) fn after_drain(&self, took: bool, busy: bool, below_soft_limit: bool) {
+        if took && busy {
             self.progress_ms.store(mono_ms(), Ordering::Relaxed);
         }
         if below_soft_limit {
@@ -385,9 +390,41 @@ mod tests {
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 2 * one);
         let pid = out[0].1.packet_id().unwrap();
         assert_eq!(s.lock().on_puback(pid), AckMatch::Matched);
-        assert_eq!(stats.session_bytes.load(Ordering::Relaxed), one);
-        // Dropping the session gives back the rest.
+        assert_eq!(s.lock().held_bytes(), one);
+        // The freed bytes stay in the session's reserve while it still holds a message...
+        assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 2 * one);
+        // ...and go back once it holds nothing.
+        out.clear();
+        s.lock().take_batch(0, 10, 1, usize::MAX, &mut out);
+        let pid = out[0].1.packet_id().unwrap();
+        assert_eq!(s.lock().on_puback(pid), AckMatch::Matched);
+        assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
+        // Dropping the session gives back anything left.
+        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false)
+            .unwrap();
         drop(s);
+        assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn messages_are_charged_in_chunks_and_the_reserve_is_bounded() {
+        let (s, stats) = session_with(100_000, usize::MAX, usize::MAX);
+        let one = delivery(QoS::AtMostOnce).cost();
+        for _ in 0..1000 {
+            s.enqueue(delivery(QoS::AtMostOnce), false).unwrap();
+        }
+        let held = s.lock().held_bytes();
+        assert_eq!(held, 1000 * one);
+        let used = stats.session_bytes.load(Ordering::Relaxed);
+        assert!(used >= held && used < held + 16 * 1024, "{used} for {held}");
+        // Draining most of it keeps at most two chunks in reserve.
+        let mut out = Vec::new();
+        s.lock().take_batch(0, 10, 990, usize::MAX, &mut out);
+        let held = s.lock().held_bytes();
+        let used = stats.session_bytes.load(Ordering::Relaxed);
+        assert!(used <= held + 2 * 16 * 1024, "{used} for {held}");
+        out.clear();
+        s.lock().take_batch(0, 10, 10, usize::MAX, &mut out);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
     }
 
@@ -455,7 +492,7 @@ mod tests {
                 st.take_batch(0, 10, 1, usize::MAX, &mut out);
                 !st.over_soft_limit()
             };
-            s.after_drain(true, below);
+            s.after_drain(true, true, below);
         }
         assert!(!waiter.await.unwrap(), "released by draining, not stalled");
         assert!(!s.is_stalled());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use messs_codec::{QoS, QosPid, SubscriptionOptions, TopicFilter};
 
-use crate::budget::{ByteBudget, Standing};
+use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
 use crate::message::{Delivery, Message};
 use crate::timers::TimerKey;
 
@@ -20,6 +20,8 @@ pub(crate) const SESSION_COST: usize = 640;
 /// What one subscription costs beyond its filter text, in bytes (the stored copy, the trie
 /// entry and node).
 pub(crate) const SUBSCRIPTION_COST: usize = 192;
+/// Bytes a session takes from the broker budget at a time for its messages.
+const MESSAGE_CHUNK: usize = 16 * 1024;
 
 /// A subscription as the session remembers it.
 #[derive(Debug, Clone)]
@@ -129,6 +131,11 @@ pub(crate) struct SessionState {
     /// Everything this session has charged to the broker-wide budget; given back when the
     /// state is dropped, so no path can leak a charge.
     charged: usize,
+    /// Part of `charged` taken for messages but not held by any: messages are charged from
+    /// the broker-wide counter in chunks, so a delivery costs no shared atomic (publishers
+    /// and subscribers on different cores would fight over it), and the reserve goes back
+    /// whenever the session holds nothing.
+    reserve: usize,
     budget: Arc<ByteBudget>,
 }
 
@@ -167,6 +174,7 @@ impl SessionState {
             pending_will: None,
             expiry_timer: None,
             charged,
+            reserve: 0,
             budget,
         }
     }
@@ -179,15 +187,27 @@ impl SessionState {
         true
     }
 
-    fn charge_message(&mut self, bytes: usize, draining: bool) -> bool {
-        let standing = Standing {
-            held: self.held_bytes,
-            draining,
-        };
-        if !self.budget.try_charge_message(bytes, standing) {
-            return false;
+    /// Takes `bytes` for a message from the reserve, topping it up from the broker budget
+    /// (a chunk at a time, or just what is missing if a chunk does not fit).
+    fn charge_message(&mut self, bytes: usize, draining: impl FnOnce() -> bool) -> bool {
+        if self.reserve < bytes {
+            let standing = Standing {
+                held: self.held_bytes,
+                draining: self.held_bytes >= SMALL_QUEUE && draining(),
+            };
+            let missing = bytes - self.reserve;
+            let chunk = missing.max(MESSAGE_CHUNK);
+            let taken = if self.budget.try_charge_message(chunk, standing) {
+                chunk
+            } else if self.budget.try_charge_message(missing, standing) {
+                missing
+            } else {
+                return false;
+            };
+            self.charged += taken;
+            self.reserve += taken;
         }
-        self.charged += bytes;
+        self.reserve -= bytes;
         true
     }
 
@@ -197,9 +217,21 @@ impl SessionState {
         self.budget.release(bytes);
     }
 
+    /// A message no longer held: its bytes go to the reserve, which goes back to the broker
+    /// budget once the session holds nothing (or grows past two chunks).
     fn release_held(&mut self, bytes: usize) {
         self.held_bytes = self.held_bytes.saturating_sub(bytes);
-        self.release(bytes);
+        self.reserve += bytes;
+        let keep = if self.held_bytes == 0 {
+            0
+        } else {
+            MESSAGE_CHUNK
+        };
+        if self.reserve > keep && (self.held_bytes == 0 || self.reserve > 2 * MESSAGE_CHUNK) {
+            let back = self.reserve - keep;
+            self.reserve = keep;
+            self.release(back);
+        }
     }
 
     // --- lifecycle -------------------------------------------------------------------
@@ -341,8 +373,13 @@ impl SessionState {
     // --- the queue ---------------------------------------------------------------------
 
     /// Queues a delivery within the session's limits and the broker budget; `draining`
-    /// says whether the connection took from the queue recently (see `budget`).
-    pub fn push(&mut self, delivery: Delivery, draining: bool) -> Result<(), EnqueueError> {
+    /// says whether the connection took from the queue recently (see `budget`; asked only
+    /// when the queue is large, as it reads the clock).
+    pub fn push(
+        &mut self,
+        delivery: Delivery,
+        draining: impl FnOnce() -> bool,
+    ) -> Result<(), EnqueueError> {
         let cost = delivery.cost();
         if self.queue.len() >= self.max_queued as usize
             || self.held_bytes.saturating_add(cost) > self.max_bytes
