@@ -555,3 +555,34 @@ async fn slow_subscriber_slows_the_publisher_instead_of_dropping() {
     assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 0);
     sub.expect_silence().await;
 }
+
+/// A burst larger than one write round (about 256 KiB of deliveries) is delivered in full:
+/// the connection comes back for the rest after each flush instead of waiting for a wake-up
+/// that only an empty queue gets.
+#[tokio::test]
+async fn a_burst_larger_than_one_write_round_is_delivered_in_full() {
+    let broker = TestBroker::start().await;
+    let mut sub = Raw::v5(broker.addr, "burst-sub").await;
+    sub.subscribe("burst/#", QoS::AtMostOnce).await;
+    let mut p = Raw::v5(broker.addr, "burst-pub").await;
+    static PAYLOAD: [u8; 2000] = [5; 2000];
+    let mut bytes = bytes::BytesMut::new();
+    for _ in 0..500 {
+        messs_codec::encode(
+            &Packet::Publish(Box::new(publish(
+                "burst/t",
+                &PAYLOAD,
+                QosPid::AtMostOnce,
+                false,
+            ))),
+            Protocol::V5,
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    p.send_bytes(&bytes).await;
+    for n in 0..500 {
+        let got = sub.recv_publish().await;
+        assert_eq!(got.payload.len(), 2000, "message {n}");
+    }
+}
