@@ -10,7 +10,6 @@ use super::{Client, MAX_BATCH};
 
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
-use crate::budget::SMALL_QUEUE;
 use crate::clock::unix_ms;
 use crate::connection::Transport;
 use crate::error::BrokerError;
@@ -63,15 +62,14 @@ impl<S: Transport> Client<S> {
                 return Ok(());
             }
             let mut batch = BATCH.take();
-            let (expired, busy, below_soft_limit) = {
+            let (expired, below_soft_limit) = {
                 let mut st = self.session.lock();
-                let busy = st.over_soft_limit() || st.held_bytes() >= SMALL_QUEUE;
                 let window = usize::from(self.neg.window);
                 let expired = st.take_batch(now, window, MAX_BATCH, room, &mut batch);
-                (expired, busy, !st.over_soft_limit())
+                (expired, !st.over_soft_limit())
             };
             let took = !batch.is_empty() || expired > 0;
-            self.session.after_drain(took, busy, below_soft_limit);
+            self.session.after_drain(took, now, below_soft_limit);
             if expired > 0 {
                 self.state
                     .stats
