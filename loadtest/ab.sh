@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A/B: two messs builds on the same machine and moment, interleaved, on the saturating
+# scenarios (QoS 0 fan-in, fan-out 1 -> 100, QoS 1 fan-in). For a change whose cost is
+# smaller than the run-to-run noise of a full compare run.
+#   OLD=/path/to/old/messs [NEW=./target/release/messs] [ROUNDS=2] bash loadtest/ab.sh
+# Build the old one from a worktree, e.g.:
+#   git worktree add /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/oldtarget cargo build --release -p messs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${OLD:?set OLD to the other messs binary}"
+NEW=${NEW:-./target/release/messs}
+ROUNDS=${ROUNDS:-2}
+cargo build --release --locked -q -p messs-load
+LOAD=./target/release/messs-load
+data=$(mktemp -d)
+trap 'rm -rf "$data"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+run() { # label binary messs-load-args...
+  local label=$1 bin=$2; shift 2
+  "$bin" serve --listen "tcp://127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
+  local pid=$!
+  sleep 0.5
+  local out
+  out=$(timeout 60 "$LOAD" "$@" --port "$port" --protocol 4 --broker-pid "$pid" 2>&1 || true)
+  echo "$label $1 $(echo "$out" | grep -E "delivered|expected|broker" | tr -s ' ' | tr '\n' ' ')"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+for _ in $(seq "$ROUNDS"); do
+  for side in old new; do
+    bin=$OLD; [ "$side" = new ] && bin=$NEW
+    run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 0 --payload 64 --count 2000000 --duration 15s
+    run "$side" "$bin" bench --topology fan-out --subscribers 100 --qos 0 --payload 64 --count 20000 --duration 15s
+    run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --count 1000000 --duration 15s
+  done
+done
