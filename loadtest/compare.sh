@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_cargo
+use_prebuilt_rocksdb
 
 BROKERS=${BROKERS:-"messs mosquitto rumqttd"}
 QUICK=${QUICK:-0}

@@ -31,3 +31,48 @@ ensure_cmd() {
   fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
+
+# ensure_libclang: bindgen (RocksDB's Rust bindings) needs libclang at build time.
+ensure_libclang() {
+  if ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: libclang is missing (RocksDB's bindings are generated with it); install libclang-dev or your system's libclang package." >&2
+    exit 1
+  fi
+  echo "installing libclang-dev (for RocksDB's bindings)"
+  if [ -z "$_apt_updated" ]; then
+    as_root apt-get update -qq
+    _apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+}
+
+# use_prebuilt_rocksdb: compiles RocksDB's C++ library once per checkout into
+# target/rocksdb/ (about 15-20 minutes on 2 cores), then points every cargo build at it
+# (ROCKSDB_LIB_DIR, static), so the test, release, bench, clippy and fuzz builds link that
+# one copy instead of each compiling RocksDB again. Rebuilt only when Cargo.lock moves to
+# another librocksdb-sys.
+use_prebuilt_rocksdb() {
+  ensure_cmd c++ g++
+  ensure_libclang
+  local version dir
+  version=$(awk '/^name = "librocksdb-sys"$/ {getline; print $3}' Cargo.lock | tr -d '"')
+  dir="$PWD/target/rocksdb"
+  if [ ! -f "$dir/librocksdb.a" ] || [ "$(cat "$dir/VERSION" 2>/dev/null)" != "$version" ]; then
+    echo "building RocksDB $version once into target/rocksdb (15-20 minutes on 2 cores; later builds reuse it)"
+    (unset ROCKSDB_LIB_DIR ROCKSDB_STATIC
+     CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR="$PWD/target/rocksdb-build" \
+       cargo build --release --locked --quiet -p librocksdb-sys)
+    local lib
+    lib=$(ls -t target/rocksdb-build/release/build/librocksdb-sys-*/out/librocksdb.a | head -n 1)
+    mkdir -p "$dir"
+    # Without debug sections: every test binary links it.
+    strip --strip-debug -o "$dir/librocksdb.a.tmp" "$lib"
+    mv "$dir/librocksdb.a.tmp" "$dir/librocksdb.a"
+    echo "$version" > "$dir/VERSION"
+    rm -rf target/rocksdb-build
+  fi
+  export ROCKSDB_LIB_DIR="$dir" ROCKSDB_STATIC=1
+}

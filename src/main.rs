@@ -36,6 +36,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Operator tasks on a data directory (the broker using it must be stopped; a running
+    /// broker takes online checkpoints through its admin plane).
+    Storage {
+        #[command(subcommand)]
+        task: StorageTask,
+        /// TOML configuration file, for storage.data_dir and the encryption key settings.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The data directory (overrides storage.data_dir).
+        #[arg(long, global = true, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageTask {
+    /// Reads and decodes every record (payloads too, so a wrong or missing key shows up)
+    /// and checks the audit log's hash chain. Exits 1 if anything is wrong.
+    Verify,
+    /// Writes a consistent copy of the data directory to DIR (which must not exist).
+    /// Start a broker with --data-dir DIR to restore it.
+    Checkpoint {
+        /// Where to write the copy.
+        #[arg(value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Compacts the store, giving back the space of deleted data.
+    Compact,
 }
 
 fn parse_listen(url: &str) -> anyhow::Result<(Transport, SocketAddr)> {
@@ -132,13 +160,63 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
         } => {
             let cfg = build_config(config, listen, data_dir)?;
-            tracing::info!(
-                data_dir = %cfg.storage.data_dir.display(),
-                "sessions and retained messages are kept in memory in this version"
-            );
             let broker = Broker::bind(cfg).await?;
             broker.run(shutdown_signal()).await?;
             tracing::info!("stopped");
+        }
+        Command::Storage {
+            task,
+            config,
+            data_dir,
+        } => {
+            let cfg = build_config(config, Vec::new(), data_dir)?;
+            let outcome = tokio::task::spawn_blocking(move || storage_task(&cfg, task)).await?;
+            return outcome;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one `messs storage` task on the configured data directory.
+fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
+    let dir = &cfg.storage.data_dir;
+    if !dir.exists() {
+        bail!("data directory {} does not exist", dir.display());
+    }
+    let store = messs_broker::open_store(&cfg.storage).with_context(|| {
+        format!(
+            "cannot open the data directory {} (if a broker is running on it, stop it first, or take an online checkpoint through the broker)",
+            dir.display()
+        )
+    })?;
+    match task {
+        StorageTask::Verify => {
+            let report = store.verify()?;
+            for (cf, n) in &report.records {
+                println!("{cf:>10}: {n} records");
+            }
+            if let Some((cf, error)) = &report.first_bad_record {
+                println!("first bad record in {cf}: {error}");
+            }
+            match &report.audit.broken {
+                Some(link) => println!(
+                    "audit chain: BROKEN at record {}: {}",
+                    link.seq, link.reason
+                ),
+                None => println!("audit chain: {} records, intact", report.audit.records),
+            }
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+            println!("ok");
+        }
+        StorageTask::Checkpoint { to } => {
+            store.checkpoint(&to)?;
+            println!("checkpoint written to {}", to.display());
+        }
+        StorageTask::Compact => {
+            store.compact()?;
+            println!("compacted");
         }
     }
     Ok(())

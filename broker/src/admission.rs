@@ -1,14 +1,17 @@
 //! The choke point: every message that enters the router — a client PUBLISH, a will (at
 //! once, after its delay, or when its session ends), and later admin publishes and bridges —
-//! passes [`BrokerState::publish`], where the broker's rules for messages are applied. Today
-//! that is the reserved `$SYS/` namespace and the topic depth limit; the ACL, rate limits and
-//! the persistence decision join here, so no path can skip them.
+//! passes [`BrokerState::publish`], where the broker's rules for messages are applied: the
+//! reserved `$SYS/` namespace, the topic depth limit, and what must be stored (telemetry
+//! here; retained topics and persistent subscribers in the router, with the same ticket).
+//! The ACL and rate limits join here, so no path can skip them.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::message::Message;
+use crate::persist::{codec, AckTicket};
 use crate::router::{PublishOutcome, TenantRoutes};
+use crate::session::TenantId;
 use crate::state::BrokerState;
 
 /// Topics whose first level is this belong to the broker; clients may not publish to them,
@@ -42,19 +45,52 @@ pub(crate) fn topic_levels(topic: &str) -> usize {
 
 impl BrokerState {
     /// Admits a message and routes it, or refuses it (counted; the caller tells the client
-    /// where it can). The single entry into the router.
+    /// where it can). The single entry into the router. Writes the message needs are
+    /// submitted with `ack`'s ticket, which the publisher's acknowledgement waits on.
     pub fn publish(
         &self,
+        tenant: &TenantId,
         routes: &TenantRoutes,
         source: Source,
         message: Arc<Message>,
+        ack: &mut AckTicket,
     ) -> Result<PublishOutcome, Refused> {
         if let Err(refused) = self.admit(&message) {
             self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(?source, %refused, "message refused");
             return Err(refused);
         }
-        Ok(self.router.publish_to(routes, message))
+        self.store_telemetry(tenant, &message, ack);
+        Ok(self.router.publish_to(tenant, routes, message, ack))
+    }
+
+    /// Stores the message as telemetry if its topic matches a telemetry filter.
+    fn store_telemetry(&self, tenant: &TenantId, message: &Message, ack: &mut AckTicket) {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        if !persist.is_telemetry(message.topic.as_str()) {
+            return;
+        }
+        let mut batch = messs_storage::Batch::new();
+        let written = codec::message_record(message)
+            .and_then(|r| {
+                persist
+                    .store
+                    .put_telemetry(&mut batch, tenant, crate::clock::unix_ms(), &r)
+            })
+            .and_then(|()| persist.store.submit(batch, ack.get()));
+        match written {
+            Ok(()) => {
+                self.stats.telemetry_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Some(t) = ack.get() {
+                    t.fail();
+                }
+                tracing::warn!(error = %e, "telemetry not stored");
+            }
+        }
     }
 
     fn admit(&self, message: &Message) -> Result<(), Refused> {

@@ -69,7 +69,7 @@ pub struct BenchRouter {
 impl BenchRouter {
     /// `subscribers` sessions, each subscribed to `filter` at QoS 0.
     pub fn new(subscribers: usize, filter: &str) -> Self {
-        let router = Router::new(1000, usize::MAX, false, Arc::new(Stats::default()));
+        let router = Router::new(1000, usize::MAX, false, Arc::new(Stats::default()), None);
         let tenant: TenantId = Arc::from("bench");
         let mut sessions = Vec::with_capacity(subscribers);
         if let Ok(filter) = TopicFilter::new(filter) {
@@ -107,7 +107,10 @@ impl BenchRouter {
             origin: self.origin,
         };
         let routes = self.router.tenant(&self.tenant);
-        self.router.publish_to(&routes, Arc::new(message)).matched
+        let mut no_store = crate::persist::AckTicket::new(false);
+        self.router
+            .publish_to(&self.tenant, &routes, Arc::new(message), &mut no_store)
+            .matched
     }
 
     /// Empties every session queue as their connections would (outside the timed part).

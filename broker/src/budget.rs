@@ -65,6 +65,13 @@ impl ByteBudget {
         true
     }
 
+    /// Takes `bytes` whatever the limit: state restored from the store at start-up, which
+    /// exists already and must be held (it can push the total past the limit; new charges
+    /// are then refused until it drains).
+    pub fn force_charge(&self, bytes: usize) {
+        self.stats.session_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Gives `bytes` back.
     pub fn release(&self, bytes: usize) {
         if bytes > 0 {

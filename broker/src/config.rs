@@ -20,7 +20,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Session behaviour.
     pub session: SessionConfig,
-    /// Where durable state will live.
+    /// Durable state.
     pub storage: StorageConfig,
 }
 
@@ -92,11 +92,12 @@ pub struct LimitsConfig {
     /// Most unacknowledged QoS 1/2 messages sent to one client at once (also capped by
     /// the client's own Receive Maximum).
     pub max_inflight: u16,
-    /// Most messages queued for one session (online or offline) before new ones are dropped
-    /// and counted.
+    /// Most messages queued in memory for one session. Beyond it new messages for a session
+    /// that is not persistent are dropped and counted; a persistent one keeps them on disk
+    /// (up to `storage.max_stored_messages_per_session`).
     pub max_queued_messages: usize,
-    /// Most bytes of messages queued or in flight for one session; beyond it new messages
-    /// for that session are dropped and counted.
+    /// Most bytes of messages queued in memory or in flight for one session; beyond it as
+    /// above.
     pub max_queued_bytes: usize,
     /// Most bytes all sessions together may hold: queued and in-flight messages,
     /// subscriptions and the sessions themselves. Beyond it new deliveries are dropped,
@@ -209,19 +210,99 @@ impl Default for SessionConfig {
     }
 }
 
+/// When an acknowledged write counts as done (see `messs_storage::Durability`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityLevel {
+    /// Acknowledge at once; a crash may lose what was not yet flushed.
+    None,
+    /// Acknowledge once in the write-ahead log: survives a crash of the process.
+    #[default]
+    Wal,
+    /// Acknowledge once the write-ahead log is synced: survives power loss.
+    Fsync,
+}
+
+impl DurabilityLevel {
+    pub(crate) fn to_storage(self) -> messs_storage::Durability {
+        match self {
+            DurabilityLevel::None => messs_storage::Durability::None,
+            DurabilityLevel::Wal => messs_storage::Durability::Wal,
+            DurabilityLevel::Fsync => messs_storage::Durability::Fsync,
+        }
+    }
+}
+
 /// Durable storage settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Directory for durable state. Sessions and retained messages are in memory in this
-    /// version; the storage issue makes them durable here.
+    /// Directory of the RocksDB store: persistent sessions, their queues, retained messages,
+    /// telemetry and the audit log.
     pub data_dir: PathBuf,
+    /// When a PUBACK/PUBREC for a message that must be stored is sent.
+    pub durability: DurabilityLevel,
+    /// Bytes of writes waiting for the writer thread beyond which new QoS >= 1 messages
+    /// that need storage are refused (v5: 0x97).
+    pub max_pending_bytes: usize,
+    /// RocksDB block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// Most messages stored for one persistent session (in memory and on disk); beyond it
+    /// new messages for that session are dropped and counted.
+    pub max_stored_messages_per_session: usize,
+    /// Most bytes stored for one persistent session; beyond it as above.
+    pub max_stored_bytes_per_session: usize,
+    /// Retained payloads up to this size are kept in memory after a restart; larger ones
+    /// are read from disk when delivered.
+    pub retained_inline_bytes: usize,
+    /// File with the encryption key(s) for payloads and secrets at rest (`id:hex` lines;
+    /// the last is active). Unset with `encryption_key_env` unset: values are stored plain.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the key(s) instead of a file.
+    pub encryption_key_env: Option<String>,
+    /// Telemetry capture and retention.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
+            durability: DurabilityLevel::Wal,
+            max_pending_bytes: 64 * 1024 * 1024,
+            block_cache_bytes: 32 * 1024 * 1024,
+            max_stored_messages_per_session: 100_000,
+            max_stored_bytes_per_session: 64 * 1024 * 1024,
+            retained_inline_bytes: 4096,
+            encryption_key_file: None,
+            encryption_key_env: None,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// Which messages are kept as telemetry, and for how long.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Topic filters; a message on a matching topic is stored with its arrival time (in
+    /// the publisher's tenant).
+    pub filters: Vec<String>,
+    /// Telemetry older than this many seconds is deleted (0: kept regardless of age).
+    pub max_age_secs: u64,
+    /// Beyond this many bytes per tenant the oldest telemetry is deleted (0: no cap).
+    pub max_bytes_per_tenant: u64,
+    /// Seconds between retention runs.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            filters: Vec::new(),
+            max_age_secs: 7 * 24 * 3600,
+            max_bytes_per_tenant: 1024 * 1024 * 1024,
+            retention_interval_secs: 60,
         }
     }
 }
@@ -270,6 +351,25 @@ impl Config {
         }
         if l.max_queued_bytes < l.max_packet_size as usize {
             return bad("limits.max_queued_bytes must hold at least one max_packet_size message");
+        }
+        let st = &self.storage;
+        if st.max_stored_messages_per_session == 0
+            || st.max_stored_bytes_per_session < l.max_packet_size as usize
+        {
+            return bad("storage.max_stored_messages_per_session must be >= 1 and max_stored_bytes_per_session must hold one max_packet_size message");
+        }
+        if st.encryption_key_file.is_some() && st.encryption_key_env.is_some() {
+            return bad("set storage.encryption_key_file or storage.encryption_key_env, not both");
+        }
+        for f in &st.telemetry.filters {
+            if messs_codec::TopicFilter::new(f).is_err() || f.starts_with("$share/") {
+                return bad(&format!(
+                    "storage.telemetry.filters: {f:?} is not a valid topic filter"
+                ));
+            }
+        }
+        if st.telemetry.retention_interval_secs == 0 {
+            return bad("storage.telemetry.retention_interval_secs must be >= 1");
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ pub enum BrokerError {
     /// A write to the peer took longer than the write timeout.
     #[error("write timed out")]
     WriteTimeout,
+    /// The durable store failed (opening it, or a write an acknowledgement needed).
+    #[error("storage: {0}")]
+    Storage(#[from] messs_storage::StorageError),
 }
 
 impl BrokerError {

@@ -24,7 +24,8 @@ impl FuzzBroker {
             allow_anonymous: true,
             ..ListenerConfig::default()
         });
-        let state = Arc::new(BrokerState::new(config));
+        // In memory: the fuzzer exercises the protocol engine, not the disk.
+        let state = Arc::new(BrokerState::new(config, None));
         let timers = tokio::spawn(state.clone().run_timers(std::time::Duration::from_secs(60)));
         FuzzBroker {
             state,

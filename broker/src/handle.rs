@@ -33,6 +33,11 @@ pub struct SessionInfo {
     pub queued_bytes: usize,
     /// Seconds the session outlives its connection.
     pub expiry_interval: u32,
+    /// Messages kept in the store for a persistent session (queued in memory or on disk,
+    /// or in flight); 0 for a session that is not persistent.
+    pub stored_messages: u64,
+    /// Bytes of those messages.
+    pub stored_bytes: usize,
 }
 
 impl BrokerHandle {
@@ -53,6 +58,7 @@ impl BrokerHandle {
             .into_iter()
             .map(|s| {
                 let st = s.lock();
+                let (stored_messages, stored_bytes) = st.stored();
                 SessionInfo {
                     tenant: s.key.tenant.to_string(),
                     client_id: s.key.client_id.to_string(),
@@ -61,11 +67,34 @@ impl BrokerHandle {
                     queued_messages: st.queued_len(),
                     queued_bytes: st.held_bytes(),
                     expiry_interval: st.expiry_interval(),
+                    stored_messages,
+                    stored_bytes,
                 }
             })
             .collect();
         infos.sort_by(|a, b| (&a.tenant, &a.client_id).cmp(&(&b.tenant, &b.client_id)));
         infos
+    }
+
+    /// Writes an online backup of the store to `dir` (which must not exist): a consistent
+    /// RocksDB checkpoint taken while the broker serves; a broker started with `dir` as its
+    /// data directory restores it.
+    pub async fn checkpoint(&self, dir: std::path::PathBuf) -> Result<(), crate::BrokerError> {
+        let Some(persist) = &self.state.persist else {
+            return Err(crate::BrokerError::Config(
+                "this broker has no store".into(),
+            ));
+        };
+        let store = persist.store.clone();
+        tokio::task::spawn_blocking(move || store.checkpoint(&dir))
+            .await
+            .map_err(|e| crate::BrokerError::Config(format!("checkpoint task: {e}")))?
+            .map_err(Into::into)
+    }
+
+    /// The store, for the admin plane (telemetry queries, audit log); `None` without one.
+    pub fn store(&self) -> Option<messs_storage::Store> {
+        self.state.persist.as_ref().map(|p| p.store.clone())
     }
 
     /// Disconnects a client (v5: DISCONNECT 0x98 Administrative action); its will is

@@ -20,6 +20,7 @@ pub mod fuzz_support;
 mod handle;
 mod handshake;
 mod message;
+mod persist;
 mod router;
 mod server;
 mod session;
@@ -27,9 +28,18 @@ mod state;
 mod stats;
 mod timers;
 
-pub use config::{Config, LimitsConfig, ListenerConfig, SessionConfig, StorageConfig, Transport};
+pub use config::{
+    Config, DurabilityLevel, LimitsConfig, ListenerConfig, SessionConfig, StorageConfig,
+    TelemetryConfig, Transport,
+};
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use server::Broker;
+
+/// Opens the store a broker with `config` would use (operator tasks on a stopped broker's
+/// data directory).
+pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, BrokerError> {
+    persist::Persistence::open(config).map(|p| p.store)
+}
 pub use stats::Stats;

@@ -175,6 +175,8 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions.
     pub subscription_ids: Vec<NonZeroU32>,
+    /// Its key in the session's stored queue (persistent sessions); 0 while not stored.
+    pub stored_seq: u64,
 }
 
 impl Delivery {

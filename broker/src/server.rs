@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, ListenerConfig, Transport};
 use crate::error::BrokerError;
 use crate::handshake;
+use crate::persist::Persistence;
 use crate::state::BrokerState;
 use crate::stats::Stats;
 
@@ -43,10 +44,25 @@ impl Broker {
                 }
             }
         }
-        Ok(Broker {
-            state: Arc::new(BrokerState::new(config)),
-            listeners,
-        })
+        let storage = config.storage.clone();
+        let persist = tokio::task::spawn_blocking(move || Persistence::open(&storage))
+            .await
+            .map_err(|e| BrokerError::Config(format!("opening the store: {e}")))??;
+        let state = Arc::new(BrokerState::new(config, Some(persist)));
+        let restoring = state.clone();
+        let report = tokio::task::spawn_blocking(move || restoring.restore())
+            .await
+            .map_err(|e| BrokerError::Config(format!("restoring from the store: {e}")))??;
+        tracing::info!(
+            data_dir = %state.config.storage.data_dir.display(),
+            durability = ?state.config.storage.durability,
+            sessions = report.sessions,
+            expired_sessions = report.expired_sessions,
+            queued_messages = report.queued_messages,
+            retained = report.retained,
+            "store opened"
+        );
+        Ok(Broker { state, listeners })
     }
 
     /// The addresses actually bound, in config order.
@@ -85,6 +101,7 @@ impl Broker {
             ));
         }
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
+        let retention = tokio::spawn(run_retention(state.clone()));
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
@@ -97,7 +114,38 @@ impl Broker {
             tracing::warn!("some connections did not close within the grace period");
         }
         timers.abort();
+        retention.abort();
+        if let Some(persist) = &state.persist {
+            let store = persist.store.clone();
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => tracing::info!("store flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
+                Err(e) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
+            }
+        }
         Ok(())
+    }
+}
+
+/// Applies telemetry retention every `storage.telemetry.retention_interval_secs`, on the
+/// blocking pool.
+async fn run_retention(state: Arc<BrokerState>) {
+    let Some(persist) = &state.persist else {
+        return;
+    };
+    let every = Duration::from_secs(state.config.storage.telemetry.retention_interval_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let store = persist.store.clone();
+        let policy = persist.retention;
+        let now = crate::clock::unix_ms();
+        match tokio::task::spawn_blocking(move || store.apply_telemetry_retention(&policy, now))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "telemetry retention failed"),
+            Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+        }
     }
 }
 

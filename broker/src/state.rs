@@ -16,6 +16,7 @@ use crate::budget::ByteBudget;
 use crate::clock::{after_secs, unix_ms};
 use crate::config::Config;
 use crate::message::Message;
+use crate::persist::{AckTicket, Persistence};
 use crate::router::Router;
 use crate::session::{PendingWill, Session, SessionKey, SessionLimits, SessionState, SESSION_COST};
 use crate::stats::Stats;
@@ -38,6 +39,9 @@ pub(crate) struct BrokerState {
     /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
     pub default_tenant: crate::session::TenantId,
     pub timers: Timers,
+    /// The durable store, if the broker has one (tests of the in-memory engine and the
+    /// fuzzer run without).
+    pub persist: Option<Persistence>,
     budget: Arc<ByteBudget>,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     /// The `space` signal every session shares (see `Session`).
@@ -84,7 +88,7 @@ pub(crate) enum Departure {
 }
 
 impl BrokerState {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, persist: Option<Persistence>) -> Self {
         let stats = Arc::new(Stats::default());
         let limits = &config.limits;
         let router = Router::new(
@@ -92,6 +96,7 @@ impl BrokerState {
             limits.max_retained_bytes,
             config.session.queue_qos0_offline,
             stats.clone(),
+            persist.as_ref().map(|p| p.store.clone()),
         );
         let budget = Arc::new(ByteBudget::new(
             stats.clone(),
@@ -100,6 +105,7 @@ impl BrokerState {
         BrokerState {
             router,
             timers: Timers::new(stats.clone()),
+            persist,
             budget,
             stats,
             shutdown: CancellationToken::new(),
@@ -122,6 +128,38 @@ impl BrokerState {
     /// restarts (see `id_base`).
     pub fn unique_id(&self) -> u64 {
         self.id_base + self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The shared name of a tenant (the default tenant's `Arc` when it is that one).
+    pub fn tenant_id(&self, name: &str) -> crate::session::TenantId {
+        if *self.default_tenant == *name {
+            self.default_tenant.clone()
+        } else {
+            Arc::from(name)
+        }
+    }
+
+    /// Whether acknowledgements may wait for the store.
+    pub fn acks_wait(&self) -> bool {
+        self.persist.as_ref().is_some_and(Persistence::waits)
+    }
+
+    /// Registers a session restored from the store (start-up): it existed before the
+    /// restart, so it is charged whatever the limits.
+    pub(crate) fn restored_session(&self, key: SessionKey, id: u64) -> Arc<Session> {
+        let limits = &self.config.limits;
+        let cost = SESSION_COST + key.client_id.len();
+        self.budget.force_charge(cost);
+        let session_limits = SessionLimits {
+            max_queued: limits.max_queued_messages,
+            max_queued_bytes: limits.max_queued_bytes,
+            max_subscriptions: limits.max_subscriptions_per_session,
+        };
+        let state = SessionState::new(session_limits, self.budget.clone(), cost);
+        let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));
+        self.sessions().insert(key, session.clone());
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        session
     }
 
     /// The session registered under `key`, if any.
@@ -271,6 +309,16 @@ impl BrokerState {
             }
             None => (self.new_session(key)?, false),
         };
+        if expiry > 0 && !session.is_durable() {
+            if let Some(disk) = self
+                .persist
+                .as_ref()
+                .and_then(|p| p.session_disk(&session.key, session.id, 1, &self.stats))
+            {
+                session.lock().make_durable(disk);
+                session.set_durable();
+            }
+        }
         let generation = session.attach(expiry);
         if self.shutdown.is_cancelled() {
             // Attached after `kick_all` ran: close at once.
@@ -302,7 +350,7 @@ impl BrokerState {
     ) {
         let expiry = {
             let mut st = session.lock();
-            if !st.detach(generation) {
+            if !st.detach(generation, unix_ms()) {
                 return; // a newer connection owns the session already
             }
             st.expiry_interval()
@@ -314,12 +362,13 @@ impl BrokerState {
             if delay == 0 {
                 self.publish_will(session, message);
             } else {
-                let timer = self
-                    .timers
-                    .schedule(after_secs(unix_ms(), delay), Due::Will(session.clone()));
-                session
-                    .lock()
-                    .set_pending_will(PendingWill { message, timer });
+                let due_at = after_secs(unix_ms(), delay);
+                let timer = self.timers.schedule(due_at, Due::Will(session.clone()));
+                session.lock().set_pending_will(PendingWill {
+                    message,
+                    timer,
+                    due_at,
+                });
             }
         }
         let keep = matches!(departure, Departure::TakenOver | Departure::Shutdown);
@@ -338,7 +387,15 @@ impl BrokerState {
 
     fn publish_will(&self, session: &Session, message: Arc<Message>) {
         let routes = self.router.tenant(&session.key.tenant);
-        if let Err(refused) = self.publish(&routes, Source::Will, message) {
+        // Nobody waits for a will's acknowledgement; its writes are submitted all the same.
+        let mut no_ack = AckTicket::new(false);
+        if let Err(refused) = self.publish(
+            &session.key.tenant,
+            &routes,
+            Source::Will,
+            message,
+            &mut no_ack,
+        ) {
             tracing::info!(client_id = %session.key.client_id, %refused, "will not published");
         }
     }

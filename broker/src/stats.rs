@@ -51,4 +51,14 @@ pub struct Stats {
     /// Times a subscriber was found stalled (no progress for `stall_timeout_ms`) while a
     /// publisher waited on it.
     pub subscribers_stalled: AtomicU64,
+    /// Deliveries to persistent sessions dropped because storage refused them (writer too
+    /// far behind, or writes failing).
+    pub dropped_storage: AtomicU64,
+    /// QoS 1/2 publishes refused (v5: 0x80 or 0x97; 3.1.1: connection closed) because a
+    /// write they needed failed.
+    pub publishes_refused_storage: AtomicU64,
+    /// Messages of persistent sessions kept on disk only (offline queues), a gauge.
+    pub queued_on_disk: AtomicU64,
+    /// Telemetry messages stored.
+    pub telemetry_stored: AtomicU64,
 }

@@ -400,12 +400,14 @@ async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
     assert!(broker.stats.dropped_queue_full.load(Ordering::Relaxed) > 0);
 }
 
-/// Limits count bytes: 1 MiB messages to an offline session stop at its byte limit, and
-/// retained messages stop at the tenant's byte limit (0x97 to a v5 publisher).
+/// Limits count bytes: 1 MiB messages to an offline session stop at its byte limit (on
+/// disk, for a persistent session), and retained messages stop at the tenant's byte limit
+/// (0x97 to a v5 publisher).
 #[tokio::test]
 async fn byte_limits_are_accounted() {
     let broker = TestBroker::start_with(|c| {
         c.limits.max_queued_bytes = 4 * 1024 * 1024;
+        c.storage.max_stored_bytes_per_session = 4 * 1024 * 1024;
         c.limits.max_retained_bytes = 3 * 1024 * 1024;
         c.limits.max_packet_size = 2 * 1024 * 1024;
     })
@@ -433,8 +435,9 @@ async fn byte_limits_are_accounted() {
         .into_iter()
         .find(|s| s.client_id == "offline")
         .unwrap();
-    assert_eq!(info.queued_messages, 3, "4 MiB holds three 1 MiB messages");
-    assert!(info.queued_bytes <= 4 * 1024 * 1024);
+    assert_eq!(info.stored_messages, 3, "4 MiB holds three 1 MiB messages");
+    assert!(info.stored_bytes <= 4 * 1024 * 1024);
+    assert_eq!(info.queued_messages, 0, "offline: none in memory");
     assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 7);
 
     let mut codes = Vec::new();

@@ -185,7 +185,8 @@ async fn resumed_session_redelivers_unacked_with_dup_then_queued() {
 
 #[tokio::test]
 async fn offline_queue_is_bounded_and_counted() {
-    let broker = TestBroker::start_with(|c| c.limits.max_queued_messages = 3).await;
+    // A persistent session's queue is bounded by what the store may keep for it.
+    let broker = TestBroker::start_with(|c| c.storage.max_stored_messages_per_session = 3).await;
     let mut connect = connect_packet(Protocol::V3_1_1, "offline", false);
     let (mut sub, _) = Raw::connect_with(broker.addr, connect.clone()).await;
     sub.subscribe("off", QoS::AtLeastOnce).await;

@@ -1,6 +1,240 @@
-//! messs-storage: durable state for the broker (RocksDB column families, a batching writer,
-//! retention, checkpoints, encryption at rest).
+//! messs-storage: the broker's durable state in RocksDB.
 //!
-//! Not built yet: the durable-storage issue fills this crate. Until then the broker keeps
-//! sessions and retained messages in memory only, and says so in its docs; nothing here
-//! pretends to persist anything.
+//! - [`Store`] opens a data directory (column families and schema version in
+//!   [`schema`]), and owns the one writer thread ([`writer`]): every change is a [`Batch`]
+//!   submitted to it, group-committed, and acknowledged through a [`Ticket`] at the
+//!   configured [`Durability`].
+//! - Typed records: persistent sessions and their queues ([`sessions`]), retained messages
+//!   ([`retained`]), telemetry with retention and queries ([`telemetry`]), and the
+//!   hash-chained audit log ([`audit`]). Payloads and secret values are sealed with
+//!   AES-256-GCM when a key is configured ([`crypto`]).
+//! - Operator tasks: online checkpoints, compaction, and a full verify ([`maintenance`]).
+//!
+//! The crate knows nothing of sockets or MQTT sessions; the broker decides what to store
+//! and when, and reads happen on its blocking pool, never on the async reactor.
+
+pub mod audit;
+pub mod crypto;
+mod error;
+pub mod keys;
+pub mod maintenance;
+pub mod record;
+pub mod retained;
+pub mod schema;
+pub mod sessions;
+pub mod telemetry;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, Options, DB};
+
+pub use crypto::KeyRing;
+pub use error::StorageError;
+pub use schema::{Cf, SCHEMA_VERSION};
+pub use writer::{Batch, Durability, Durable, Ticket, WriterStats};
+
+/// How to open a store.
+#[derive(Debug)]
+pub struct StoreOptions {
+    /// The data directory (created if missing).
+    pub path: PathBuf,
+    /// When writes count as done.
+    pub durability: Durability,
+    /// Most bytes of submitted, unwritten batches with new data before further ones are
+    /// refused ([`StorageError::Busy`]).
+    pub max_pending_bytes: usize,
+    /// Bytes of RocksDB's block cache (reads of queued messages and large retained
+    /// payloads).
+    pub block_cache_bytes: usize,
+    /// Key material for encryption at rest; `None` stores values plain.
+    pub keys: Option<KeyRing>,
+}
+
+impl StoreOptions {
+    /// Defaults for `path`: `wal` durability, 64 MiB of pending writes, a 32 MiB cache, no
+    /// encryption.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            path: path.into(),
+            durability: Durability::Wal,
+            max_pending_bytes: 64 << 20,
+            block_cache_bytes: 32 << 20,
+            keys: None,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Arc<DB>,
+    pub(crate) writer: writer::Writer,
+    pub(crate) keys: Option<KeyRing>,
+    pub(crate) durability: Durability,
+    pub(crate) path: PathBuf,
+    pub(crate) audit: audit::Chain,
+    pub(crate) telemetry: telemetry::Usage,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.stop();
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::warn!(error = %e, "flushing the write-ahead log at close failed");
+        }
+    }
+}
+
+/// An open data directory. Cheap to clone; the writer stops (after writing what is
+/// queued) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("durability", &self.inner.durability)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens or creates the data directory. A directory written by a newer messs, one that
+    /// is not a messs directory, or a corrupt one is an error, never reset.
+    pub fn open(options: StoreOptions) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(&options.path)?;
+        let mut db_opts = Options::default();
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_total_wal_size(256 << 20);
+        db_opts.set_paranoid_checks(true);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
+        db_opts.set_block_based_table_factory(&table);
+        let db = Arc::new(schema::open(&options.path, db_opts)?);
+        let audit = audit::Chain::load(&db)?;
+        let telemetry = telemetry::Usage::load(&db)?;
+        let writer =
+            writer::Writer::start(db.clone(), options.durability, options.max_pending_bytes);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                writer,
+                keys: options.keys,
+                durability: options.durability,
+                path: options.path,
+                audit,
+                telemetry,
+            }),
+        })
+    }
+
+    /// The configured durability level.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The writer's counters.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.inner.writer.stats
+    }
+
+    /// Whether the last write failed (cleared by the next that succeeds).
+    pub fn is_failing(&self) -> bool {
+        self.inner
+            .writer
+            .stats
+            .failing
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Queues `batch` for the writer; `ticket` (if any) resolves once it is durable.
+    pub fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+        self.inner.writer.submit(batch, ticket)
+    }
+
+    /// While `on`, every write fails as on a full disk, until it is turned off again
+    /// (fault drills and tests; nothing in the broker turns it on).
+    pub fn set_write_fault(&self, on: bool) {
+        self.inner.writer.set_fault(on);
+    }
+
+    /// Waits until the writer has finished everything submitted before this call (written
+    /// or failed), without writing anything itself: a reader calls it to see every change
+    /// submitted so far. Blocking.
+    pub fn wait_written(&self) -> Result<(), StorageError> {
+        self.inner.writer.wait_written()
+    }
+
+    /// Waits until everything submitted so far is written (tests, shutdown, checkpoints).
+    /// Blocking: call from a blocking thread.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let (ticket, durable) = Ticket::new();
+        let mut batch = Batch::new();
+        // A no-op write that orders behind everything queued.
+        batch.push(writer::Op::Delete(Cf::Meta, b"sync-barrier".to_vec()));
+        self.submit(batch, Some(&ticket))?;
+        drop(ticket);
+        block_on(durable)
+    }
+
+    /// Writes everything submitted so far and syncs the write-ahead log (shutdown).
+    /// Blocking.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.sync()?;
+        self.inner.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    pub(crate) fn cf(&self, cf: Cf) -> Result<&ColumnFamily, StorageError> {
+        self.inner
+            .db
+            .cf_handle(cf.name())
+            .ok_or(StorageError::MissingColumnFamily(cf.name()))
+    }
+
+    pub(crate) fn keys(&self) -> Option<&KeyRing> {
+        self.inner.keys.as_ref()
+    }
+
+    /// Seals a secret value for `key` in `cf` (the registries of the security and admin
+    /// issues store credentials this way).
+    pub fn seal_secret(&self, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StorageError> {
+        crypto::seal(self.keys(), key, plain)
+    }
+
+    /// Opens a value sealed by [`Store::seal_secret`] for the same key.
+    pub fn open_secret(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StorageError> {
+        crypto::open(self.keys(), key, stored)
+    }
+}
+
+/// Waits for a future on the current (non-async) thread: the storage writer resolves it
+/// from its own thread, so no runtime is needed.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

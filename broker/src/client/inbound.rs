@@ -16,6 +16,7 @@ use crate::admission::{topic_levels, Refused, Source};
 use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Message;
+use crate::persist::AckTicket;
 use crate::session::{AckMatch, StoredSubscription};
 
 /// The violation for an acknowledgement of the wrong type for its packet id (3.1.1 closes
@@ -104,14 +105,21 @@ impl<S: Transport> Client<S> {
             ));
         }
         let qos_pid = p.qos_pid;
+        // The acknowledgement waits for whatever this publish stores (QoS 0 never waits).
+        let mut store_ack = AckTicket::new(qos_pid != QosPid::AtMostOnce && self.state.acks_wait());
         if let QosPid::ExactlyOnce(pid) = qos_pid {
             let mut st = self.session.lock();
             if st.has_incoming_qos2(pid) {
                 // A resend of a message already accepted: acknowledge, don't route twice.
                 drop(st);
-                return self.ack(qos_pid, ReasonCode::Success);
+                return self.ack(qos_pid, ReasonCode::Success, None);
             }
-            if !st.add_incoming_qos2(pid, usize::from(self.neg.receive_maximum)) {
+            let ticket = if self.session.is_durable() {
+                store_ack.get()
+            } else {
+                None
+            };
+            if !st.add_incoming_qos2(pid, usize::from(self.neg.receive_maximum), ticket) {
                 return Err(BrokerError::protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "more unreleased QoS 2 messages than Receive Maximum [MQTT-3.3.4-9]",
@@ -119,12 +127,18 @@ impl<S: Transport> Client<S> {
             }
         }
         let message = Message::from_publish(p, topic, self.session.id);
-        let outcome = match self
-            .state
-            .publish(&self.routes, Source::Client, Arc::new(message))
-        {
+        let published = self.state.publish(
+            &self.session.key.tenant,
+            &self.routes,
+            Source::Client,
+            Arc::new(message),
+            &mut store_ack,
+        );
+        let outcome = match published {
             Ok(outcome) => outcome,
-            Err(Refused::ReservedTopic) => return self.ack(qos_pid, ReasonCode::NotAuthorized),
+            Err(Refused::ReservedTopic) => {
+                return self.ack(qos_pid, ReasonCode::NotAuthorized, store_ack.finish())
+            }
             Err(Refused::TooDeep) => {
                 return Err(BrokerError::protocol(
                     ReasonCode::TopicNameInvalid,
@@ -145,11 +159,17 @@ impl<S: Transport> Client<S> {
         } else {
             ReasonCode::Success
         };
-        self.ack(qos_pid, reason)
+        self.ack(qos_pid, reason, store_ack.finish())
     }
 
-    /// PUBACK or PUBREC for an incoming PUBLISH (nothing for QoS 0).
-    fn ack(&mut self, qos_pid: QosPid, reason: ReasonCode) -> Result<(), BrokerError> {
+    /// PUBACK or PUBREC for an incoming PUBLISH (nothing for QoS 0), sent once `wait` (the
+    /// writes the message needed) is durable.
+    fn ack(
+        &mut self,
+        qos_pid: QosPid,
+        reason: ReasonCode,
+        wait: Option<messs_storage::Durable>,
+    ) -> Result<(), BrokerError> {
         let make = |pid: NonZeroU16| PubResponse {
             packet_id: pid,
             reason,
@@ -157,13 +177,13 @@ impl<S: Transport> Client<S> {
         };
         match qos_pid {
             QosPid::AtMostOnce => Ok(()),
-            QosPid::AtLeastOnce(pid) => self.conn.queue(&Packet::PubAck(make(pid))),
+            QosPid::AtLeastOnce(pid) => self.send_ack(Packet::PubAck(make(pid)), wait),
             QosPid::ExactlyOnce(pid) => {
                 if !reason.is_success() {
                     // A failed PUBREC ends the exchange; no PUBREL will follow.
-                    self.session.lock().release_incoming_qos2(pid);
+                    self.session.lock().release_incoming_qos2(pid, None);
                 }
-                self.conn.queue(&Packet::PubRec(make(pid)))
+                self.send_ack(Packet::PubRec(make(pid)), wait)
             }
         }
     }
@@ -185,12 +205,18 @@ impl<S: Transport> Client<S> {
     }
 
     fn on_pubrel(&mut self, r: PubResponse) -> Result<(), BrokerError> {
-        let known = self.session.lock().release_incoming_qos2(r.packet_id);
+        // PUBCOMP waits until the release is stored: a packet id still stored as unreleased
+        // after a restart would make the broker drop the client's next message with it.
+        let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
+        let known = self
+            .session
+            .lock()
+            .release_incoming_qos2(r.packet_id, store_ack.get());
         let mut comp = PubResponse::success(r.packet_id);
         if !known {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.conn.queue(&Packet::PubComp(comp))
+        self.send_ack(Packet::PubComp(comp), store_ack.finish())
     }
 
     /// Closes the connection if a filter is deeper than `max_topic_levels`.
@@ -211,13 +237,17 @@ impl<S: Transport> Client<S> {
         let tenant = self.session.key.tenant.clone();
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
+        let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
         for sub in s.subscriptions {
             let stored = StoredSubscription {
                 filter: sub.filter,
                 options: sub.options,
                 id,
             };
-            let added = self.session.lock().add_subscription(stored.clone());
+            let added = self
+                .session
+                .lock()
+                .add_subscription(stored.clone(), store_ack.get());
             let existed = match added {
                 Ok(existed) => existed,
                 Err(refused) => {
@@ -248,11 +278,12 @@ impl<S: Transport> Client<S> {
                 self.schedule_replay(stored.filter, sub.options.qos, id);
             }
         }
-        self.conn.queue(&Packet::SubAck(Box::new(SubAck {
+        let suback = Packet::SubAck(Box::new(SubAck {
             packet_id: s.packet_id,
             properties: AckProperties::default(),
             reasons,
-        })))
+        }));
+        self.send_ack(suback, store_ack.finish())
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), BrokerError> {
@@ -261,9 +292,13 @@ impl<S: Transport> Client<S> {
         }
         let tenant = self.session.key.tenant.clone();
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
         for f in &u.filters {
             self.cancel_replay(f.as_str());
-            let had = self.session.lock().remove_subscription(f.as_str());
+            let had = self
+                .session
+                .lock()
+                .remove_subscription(f.as_str(), store_ack.get());
             let removed = self.state.router.unsubscribe(&tenant, self.session.id, f);
             reasons.push(if had || removed {
                 ReasonCode::Success
@@ -271,11 +306,12 @@ impl<S: Transport> Client<S> {
                 ReasonCode::NoSubscriptionExisted
             });
         }
-        self.conn.queue(&Packet::UnsubAck(Box::new(UnsubAck {
+        let unsuback = Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: u.packet_id,
             properties: AckProperties::default(),
             reasons,
-        })))
+        }));
+        self.send_ack(unsuback, store_ack.finish())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<End, BrokerError> {

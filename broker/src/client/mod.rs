@@ -3,6 +3,7 @@
 //! `inbound`, deliveries written in `outbound`. Each pass handles everything one read
 //! brought, then encodes what is queued and writes it all with one flush.
 
+mod acks;
 mod inbound;
 mod outbound;
 mod replay;
@@ -25,6 +26,7 @@ use crate::message::Message;
 use crate::router::TenantRoutes;
 use crate::session::{Session, DRAINING_MS};
 use crate::state::{Attached, BrokerState, Departure};
+use acks::PendingAcks;
 use replay::Replay;
 
 /// Most deliveries encoded per pass before the batch is flushed.
@@ -68,6 +70,14 @@ impl Negotiated {
             receive_maximum: limits.receive_maximum,
             expiry_was_zero: p.session_expiry_interval.unwrap_or(0) == 0,
         }
+    }
+}
+
+/// Waits for the first acknowledgement's writes (the branch is armed only when one waits).
+async fn front_ack(acks: &mut Option<Box<PendingAcks>>) -> Result<(), messs_storage::StorageError> {
+    match acks {
+        Some(a) => a.front_done().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -161,6 +171,12 @@ pub(crate) struct Client<S> {
     keep_alive_timer: Option<Pin<Box<Sleep>>>,
     /// The tenant's routes, looked up once.
     routes: Arc<TenantRoutes>,
+    /// Acknowledgements waiting for the store, in order (see `acks`). Boxed on first use.
+    #[allow(clippy::box_collection)]
+    acks: Option<Box<PendingAcks>>,
+    /// Input processing stopped because too many acknowledgements wait for the store; it
+    /// goes on once one is sent.
+    input_held: bool,
 }
 
 impl<S: Transport> Client<S> {
@@ -202,6 +218,8 @@ impl<S: Transport> Client<S> {
             pass_work: 0,
             keep_alive_timer,
             routes,
+            acks: None,
+            input_held: false,
         }
     }
 
@@ -239,8 +257,20 @@ impl<S: Transport> Client<S> {
             let paused = self.pause.is_some();
             let more = self.replay_more || self.input_more || self.drain_more;
             let input_more = self.input_more;
+            let input_held = self.input_held;
+            let ack_waiting = self.ack_waiting();
             tokio::select! {
                 biased;
+                done = front_ack(&mut self.acks), if ack_waiting => {
+                    if let Err(e) = self.release_acks(Some(done)) {
+                        return End::Failed(e);
+                    }
+                    if self.input_held && !self.acks_full() {
+                        if let Some(end) = self.process_input() {
+                            return end;
+                        }
+                    }
+                }
                 lasted = pause_over(&mut self.pause), if paused => {
                     self.pause = None;
                     self.pause_allowed_at = mono_ms() + lasted / RUN_SHARE_DIVISOR;
@@ -259,7 +289,7 @@ impl<S: Transport> Client<S> {
                         }
                     }
                 }
-                read = self.conn.fill(), if !paused && !input_more => match read {
+                read = self.conn.fill(), if !paused && !input_more && !input_held => match read {
                     Ok(0) => return End::Closed,
                     Ok(_) => {
                         if let Some(end) = self.process_input() {
@@ -318,7 +348,12 @@ impl<S: Transport> Client<S> {
             self.deadline = Instant::now() + k;
         }
         self.input_more = false;
+        self.input_held = false;
         while self.pause.is_none() {
+            if self.acks_full() {
+                self.input_held = true;
+                return None;
+            }
             if self.pass_work >= PASS_WORK {
                 self.input_more = true;
                 return None;

@@ -14,7 +14,7 @@ use crate::clock::unix_ms;
 use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Delivery;
-use crate::session::Resend;
+use crate::session::{read_page, Resend};
 
 thread_local! {
     /// Reused per thread for deliveries taken from a session queue, so neither each pass nor
@@ -45,7 +45,29 @@ impl<S: Transport> Client<S> {
         self.replay_retained();
         let result = self.encode_queued();
         self.replay_more = self.replay_pending();
+        self.page_in();
         result
+    }
+
+    /// Starts reading the next page of a persistent session's on-disk queue when its memory
+    /// queue runs low. The read runs on the blocking pool; when it is done the page is in
+    /// the queue and the connection is woken.
+    fn page_in(&mut self) {
+        let Some(request) = self.session.lock().page_in_request(unix_ms()) else {
+            return;
+        };
+        let session = self.session.clone();
+        let stats = self.state.stats.clone();
+        tokio::task::spawn_blocking(move || {
+            let page = read_page(&request);
+            let expired = session.lock().page_in_done(page, unix_ms());
+            if expired > 0 {
+                stats
+                    .dropped_expired
+                    .fetch_add(expired as u64, Ordering::Relaxed);
+            }
+            session.wake();
+        });
     }
 
     /// Encodes queued deliveries, in batches, until the queue is empty, the window is full,

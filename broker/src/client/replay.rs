@@ -86,6 +86,7 @@ impl<S: Transport> Client<S> {
                     qos: m.qos.min(replay.qos),
                     retain: true,
                     subscription_ids: replay.id.into_iter().collect(),
+                    stored_seq: 0,
                 };
                 let mut st = session.lock();
                 if !st.has_room(AHEAD) {
@@ -93,9 +94,13 @@ impl<S: Transport> Client<S> {
                 }
                 // Replay fills only one batch ahead, so the queue is small: the tier of
                 // a client that reads.
-                match st.push(delivery, || true) {
+                match st.push(delivery, || true, None) {
                     Ok(()) => true,
                     Err(EnqueueError::Full) => false,
+                    Err(EnqueueError::Storage) => {
+                        stats.dropped_storage.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
                     Err(EnqueueError::Budget | EnqueueError::Offline) => {
                         stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
                         true

@@ -18,6 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use messs_codec::TopicFilter;
 
 use crate::message::{Delivery, Message};
+use crate::persist::AckTicket;
 use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINING_MS};
 use crate::stats::Stats;
 use retained::RetainedStore;
@@ -56,6 +57,8 @@ pub(crate) struct Router {
     max_retained_bytes: usize,
     queue_qos0_offline: bool,
     stats: Arc<Stats>,
+    /// Where retained messages are mirrored, if the broker has a store.
+    store: Option<messs_storage::Store>,
 }
 
 thread_local! {
@@ -77,6 +80,7 @@ impl Router {
         max_retained_bytes: usize,
         queue_qos0_offline: bool,
         stats: Arc<Stats>,
+        store: Option<messs_storage::Store>,
     ) -> Self {
         Router {
             tenants: RwLock::new(HashMap::new()),
@@ -84,6 +88,7 @@ impl Router {
             max_retained_bytes,
             queue_qos0_offline,
             stats,
+            store,
         }
     }
 
@@ -141,16 +146,27 @@ impl Router {
     /// matching session (one per session, with the highest QoS and all subscription ids of
     /// its matching subscriptions). Only `BrokerState::publish`, the admission choke point,
     /// calls this.
-    pub fn publish_to(&self, routes: &TenantRoutes, message: Arc<Message>) -> PublishOutcome {
+    pub fn publish_to(
+        &self,
+        tenant: &TenantId,
+        routes: &TenantRoutes,
+        message: Arc<Message>,
+        ack: &mut AckTicket,
+    ) -> PublishOutcome {
         let mut retained_rejected = false;
         if message.retain {
-            retained_rejected = write(&routes.retained).set(message.clone()).is_err();
+            let mut retained = write(&routes.retained);
+            retained_rejected = retained.set(message.clone()).is_err();
             if retained_rejected {
                 self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Under the store's lock, so two publishers of one topic reach the disk in
+                // the order they reached memory.
+                self.store_retained(tenant, &message, ack);
             }
         }
         let (matched, pressure) = MATCHES.with_borrow_mut(|matches| {
-            let result = self.fan_out(routes, &message, matches);
+            let result = self.fan_out(routes, &message, matches, ack);
             matches.clear();
             result
         });
@@ -172,6 +188,7 @@ impl Router {
         routes: &TenantRoutes,
         message: &Arc<Message>,
         matches: &mut Vec<Match>,
+        ack: &mut AckTicket,
     ) -> (usize, Option<Arc<Session>>) {
         read(&routes.trie).for_each_match(message.topic.as_str(), &mut |s| {
             if s.options.no_local && s.session.id == message.origin {
@@ -198,6 +215,7 @@ impl Router {
                 qos: first.delivery_qos,
                 retain: first.retain,
                 subscription_ids: first.id.into_iter().collect(),
+                stored_seq: 0,
             };
             let mut j = i + 1;
             while j < matches.len() && matches[j].session.id == first.session.id {
@@ -212,7 +230,15 @@ impl Router {
                 delivery.subscription_ids.sort_unstable();
                 delivery.subscription_ids.dedup();
             }
-            match first.session.enqueue(delivery, self.queue_qos0_offline) {
+            let ticket = if first.session.is_durable() {
+                ack.get()
+            } else {
+                None
+            };
+            match first
+                .session
+                .enqueue(delivery, self.queue_qos0_offline, ticket)
+            {
                 Ok(over) => {
                     matched += 1;
                     // Report one pressured subscriber, a draining one if there is any: a
@@ -241,6 +267,10 @@ impl Router {
                     matched += 1;
                     self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
                 }
+                Err(EnqueueError::Storage) => {
+                    matched += 1;
+                    self.stats.dropped_storage.fetch_add(1, Ordering::Relaxed);
+                }
             }
             i = j;
         }
@@ -261,12 +291,62 @@ impl Router {
         read(&routes.retained).scan(filter, resume, now_ms, budget, sink)
     }
 
-    /// Removes expired retained messages everywhere; returns how many.
+    /// Removes expired retained messages everywhere (and from the store); returns how
+    /// many.
     pub fn purge_expired_retained(&self, now_ms: u64) -> usize {
-        let tenants: Vec<_> = read(&self.tenants).values().cloned().collect();
-        tenants
+        let tenants: Vec<_> = read(&self.tenants)
             .iter()
-            .map(|t| write(&t.retained).purge_expired(now_ms))
-            .sum()
+            .map(|(name, routes)| (name.clone(), routes.clone()))
+            .collect();
+        let mut purged = 0;
+        for (tenant, routes) in tenants {
+            let mut retained = write(&routes.retained);
+            let topics = retained.purge_expired(now_ms);
+            purged += topics.len();
+            if let (Some(store), false) = (&self.store, topics.is_empty()) {
+                let mut batch = messs_storage::Batch::new();
+                for topic in &topics {
+                    if let Err(e) = store.delete_retained(&mut batch, &tenant, topic.as_str()) {
+                        tracing::warn!(error = %e, "expired retained message not deleted from the store");
+                    }
+                }
+                if let Err(e) = store.submit(batch, None) {
+                    tracing::warn!(error = %e, "expired retained messages not deleted from the store");
+                }
+            }
+        }
+        purged
+    }
+
+    /// Mirrors a retained message (or its deletion, for an empty payload) to the store.
+    fn store_retained(&self, tenant: &TenantId, message: &Message, ack: &mut AckTicket) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut batch = messs_storage::Batch::new();
+        let written = if message.payload.is_empty() {
+            store.delete_retained(&mut batch, tenant, message.topic.as_str())
+        } else {
+            crate::persist::codec::message_record(message)
+                .and_then(|r| store.put_retained(&mut batch, tenant, &r))
+        }
+        .and_then(|()| store.submit(batch, ack.get()));
+        if let Err(e) = written {
+            if let Some(t) = ack.get() {
+                t.fail();
+            }
+            tracing::warn!(error = %e, "retained message not stored");
+        }
+    }
+
+    /// Puts a retained message read from the store at start-up into its tenant's tree
+    /// (nothing is written); false if the tenant's retained limits are reached.
+    pub fn restore_retained(&self, tenant: &TenantId, message: Message) -> bool {
+        let routes = self.tenant(tenant);
+        let stored = write(&routes.retained).set(Arc::new(message)).is_ok();
+        if !stored {
+            self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        stored
     }
 }

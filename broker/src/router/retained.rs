@@ -191,9 +191,9 @@ impl RetainedStore {
         }
     }
 
-    /// Drops expired messages; returns how many. Uses the expiry index, not a tree walk.
-    pub fn purge_expired(&mut self, now_ms: u64) -> usize {
-        let mut purged = 0;
+    /// Drops expired messages; returns their topics. Uses the expiry index, not a tree walk.
+    pub fn purge_expired(&mut self, now_ms: u64) -> Vec<TopicName> {
+        let mut purged = Vec::new();
         while let Some((at, topic)) = self.expiring.first().cloned() {
             if at > now_ms {
                 break;
@@ -204,7 +204,7 @@ impl RetainedStore {
                 .is_some_and(|m| m.expires_at == Some(at));
             if expired {
                 self.remove(topic.as_str());
-                purged += 1;
+                purged.push(topic);
             }
         }
         purged
@@ -456,10 +456,10 @@ mod tests {
             true
         });
         assert_eq!(seen, 2);
-        assert_eq!(s.purge_expired(200), 1);
+        assert_eq!(s.purge_expired(200).len(), 1);
         // Replaced without expiry: the stale index entry must not purge it.
         s.set(msg("x/2", b"2", None)).unwrap();
-        assert_eq!(s.purge_expired(1000), 0);
+        assert!(s.purge_expired(1000).is_empty());
         assert_eq!(s.len(), 2);
     }
 

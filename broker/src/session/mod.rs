@@ -12,6 +12,7 @@
 //! paused, so they slow to its pace instead of losing messages. Each pause is also capped
 //! (`backpressure_wait_ms`), and the publisher side caps the share of time spent paused.
 
+mod durable;
 mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use crate::clock::unix_ms;
 use crate::message::Delivery;
 
+pub(crate) use durable::{read_page, DiskLimits, SessionDisk};
 #[cfg(test)]
 pub(crate) use state::SubscribeRefused;
 pub(crate) use state::{
@@ -81,6 +83,9 @@ pub struct Session {
     /// The generation of the attached connection, mirrored out of the lock so every pass
     /// of a connection's loop can check it cheaply.
     live_generation: AtomicU64,
+    /// The session is mirrored to the store (mirrored out of the lock so a publish asks
+    /// for a storage ticket only for sessions that need one).
+    durable: AtomicBool,
 }
 
 impl Session {
@@ -99,7 +104,18 @@ impl Session {
             kicked_generation: AtomicU64::new(0),
             kick_code: AtomicU8::new(0),
             live_generation: AtomicU64::new(0),
+            durable: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session is mirrored to the store.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Marks the session mirrored to the store (after `SessionState::make_durable`).
+    pub(crate) fn set_durable(&self) {
+        self.durable.store(true, Ordering::Release);
     }
 
     /// Locks the state. A panic while holding the lock cannot leave the plain-data state
@@ -131,6 +147,11 @@ impl Session {
             self.connected.store(false, Ordering::Release);
         }
         self.space.notify_waiters();
+    }
+
+    /// Wakes the attached connection (a page-in finished).
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
     }
 
     /// Resolves when deliveries were queued since the last call (a plain `Notified`, not an
@@ -170,10 +191,13 @@ impl Session {
     /// Queues a delivery, subject to the session's limits, and wakes the connection.
     /// `Ok(true)` means the queue is past its soft limit and the subscriber is not stalled:
     /// the publisher should pause (see [`Session::wait_for_space`]).
+    /// A persistent session stores the delivery with `ticket` (the publisher's
+    /// acknowledgement waits on it).
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
         queue_qos0_offline: bool,
+        ticket: Option<&messs_storage::Ticket>,
     ) -> Result<bool, EnqueueError> {
         let connected = self.is_connected();
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
@@ -182,7 +206,7 @@ impl Session {
         let (pressure, was_empty) = {
             let mut st = self.lock();
             let was_empty = st.queued_len() == 0;
-            st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS))?;
+            st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS), ticket)?;
             (st.over_soft_limit(), was_empty)
         };
         // The connection drains until the queue is empty or its window is full (and an ack
@@ -317,6 +341,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            stored_seq: 0,
         }
     }
 
@@ -353,12 +378,15 @@ mod tests {
     #[test]
     fn queue_is_bounded_and_reports_pressure_past_half() {
         let s = session(4);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(false));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
+            Ok(false)
+        );
         for _ in 0..3 {
-            assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(true));
+            assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false, None), Ok(true));
         }
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false),
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
             Err(EnqueueError::Full)
         );
     }
@@ -368,15 +396,15 @@ mod tests {
         let one = delivery_of(QoS::AtLeastOnce, &[0; 1000]).cost();
         // Room for two by the session's byte limit; a broker budget for three.
         let (s, stats) = session_with(100, 2 * one + 10, 3 * one + 10);
-        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false)
+        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
             .unwrap();
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false),
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None),
             Ok(true),
             "past half of the byte limit: pressure"
         );
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false),
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None),
             Err(EnqueueError::Full)
         );
         assert_eq!(s.lock().held_bytes(), 2 * one);
@@ -397,7 +425,7 @@ mod tests {
         assert_eq!(s.lock().on_puback(pid), AckMatch::Matched);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
         // Dropping the session gives back anything left.
-        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false)
+        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
             .unwrap();
         drop(s);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
@@ -408,7 +436,7 @@ mod tests {
         let (s, stats) = session_with(100_000, usize::MAX, usize::MAX);
         let one = delivery(QoS::AtMostOnce).cost();
         for _ in 0..1000 {
-            s.enqueue(delivery(QoS::AtMostOnce), false).unwrap();
+            s.enqueue(delivery(QoS::AtMostOnce), false, None).unwrap();
         }
         let held = s.lock().held_bytes();
         assert_eq!(held, 1000 * one);
@@ -429,9 +457,9 @@ mod tests {
     fn broker_budget_refuses_when_spent() {
         let one = delivery(QoS::AtMostOnce).cost();
         let (s, stats) = session_with(100, usize::MAX, one + one / 2);
-        s.enqueue(delivery(QoS::AtMostOnce), false).unwrap();
+        s.enqueue(delivery(QoS::AtMostOnce), false, None).unwrap();
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false),
+            s.enqueue(delivery(QoS::AtMostOnce), false, None),
             Err(EnqueueError::Budget)
         );
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), one);
@@ -446,19 +474,19 @@ mod tests {
             id: None,
         };
         let mut st = s.lock();
-        assert_eq!(st.add_subscription(sub("a")), Ok(false));
+        assert_eq!(st.add_subscription(sub("a"), None), Ok(false));
         assert_eq!(
-            st.add_subscription(sub("a")),
+            st.add_subscription(sub("a"), None),
             Ok(true),
             "same filter replaces"
         );
-        assert_eq!(st.add_subscription(sub("b")), Ok(false));
+        assert_eq!(st.add_subscription(sub("b"), None), Ok(false));
         assert_eq!(
-            st.add_subscription(sub("c")),
+            st.add_subscription(sub("c"), None),
             Err(SubscribeRefused::TooMany)
         );
         assert!(stats.session_bytes.load(Ordering::Relaxed) > 0);
-        assert!(st.remove_subscription("a"));
+        assert!(st.remove_subscription("a", None));
         assert_eq!(st.take_subscriptions().len(), 1);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
     }
@@ -467,7 +495,7 @@ mod tests {
     async fn a_draining_subscriber_holds_the_publisher_a_silent_one_is_stalled() {
         let s = Arc::new(session(4));
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
         }
         let stall = Duration::from_millis(250);
         let long = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -495,8 +523,8 @@ mod tests {
         assert!(!s.is_stalled());
         // Nobody drains: the wait ends after the stall timeout and the session is stalled,
         // so it no longer reports pressure.
-        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
         let started = tokio::time::Instant::now();
         assert!(s.wait_for_space(long, stall).await);
         assert!(
@@ -504,7 +532,10 @@ mod tests {
             "released by the stall timeout, not the deadline"
         );
         assert!(s.is_stalled());
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false), Ok(false));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
+            Ok(false)
+        );
     }
 
     #[test]
@@ -512,17 +543,17 @@ mod tests {
         let s = session(10);
         s.set_disconnected(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false),
+            s.enqueue(delivery(QoS::AtMostOnce), false, None),
             Err(EnqueueError::Offline)
         );
-        assert!(s.enqueue(delivery(QoS::AtMostOnce), true).is_ok());
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), true, None).is_ok());
     }
 
     #[test]
     fn window_limits_inflight_and_acks_free_it() {
         let s = session(10);
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
         }
         let mut st = s.lock();
         let mut out = Vec::new();
@@ -540,8 +571,8 @@ mod tests {
     #[test]
     fn wrong_acknowledgement_types_are_told_apart() {
         let s = session(10);
-        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
-        s.enqueue(delivery(QoS::ExactlyOnce), false).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None).unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);
@@ -562,8 +593,8 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_order() {
         let s = session(10);
-        s.enqueue(delivery(QoS::ExactlyOnce), false).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false).unwrap();
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);

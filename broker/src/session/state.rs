@@ -9,9 +9,13 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 
 use messs_codec::{QoS, QosPid, SubscriptionOptions, TopicFilter};
+use messs_storage::sessions::{InflightRecord, SessionRecord, WillRecord};
+use messs_storage::{Batch, Ticket};
 
+use super::durable::{PageIn, SessionDisk, PAGE};
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
 use crate::message::{Delivery, Message};
+use crate::persist::codec;
 use crate::timers::TimerKey;
 
 /// What a session record costs beyond its client id, in bytes (the `Session`, its map
@@ -42,8 +46,9 @@ impl StoredSubscription {
 enum Outgoing {
     /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published(Delivery, usize),
-    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer held.
-    Released,
+    /// PUBREL sent; waiting for PUBCOMP. The message itself is no longer held; the stored
+    /// sequence number (0 if not stored) keys its on-disk state.
+    Released(u64),
 }
 
 #[derive(Debug)]
@@ -78,6 +83,8 @@ pub(crate) enum AckMatch {
 pub(crate) struct PendingWill {
     pub message: Arc<Message>,
     pub timer: TimerKey,
+    /// When it is due (Unix ms), as stored.
+    pub due_at: u64,
 }
 
 /// Why a delivery was not queued.
@@ -89,6 +96,9 @@ pub(crate) enum EnqueueError {
     Full,
     /// The broker-wide session byte budget is spent.
     Budget,
+    /// The session is persistent and the store refused the message (writer too far
+    /// behind, or failing).
+    Storage,
 }
 
 /// Why a subscription was not added.
@@ -137,6 +147,8 @@ pub(crate) struct SessionState {
     /// whenever the session holds nothing.
     reserve: usize,
     budget: Arc<ByteBudget>,
+    /// The store mirror of a persistent session (boxed: most sessions have none).
+    disk: Option<Box<SessionDisk>>,
 }
 
 /// Per-session limits from the configuration.
@@ -176,6 +188,7 @@ impl SessionState {
             charged,
             reserve: 0,
             budget,
+            disk: None,
         }
     }
 
@@ -241,16 +254,197 @@ impl SessionState {
         self.attached = true;
         self.generation += 1;
         self.expiry_interval = expiry_interval;
+        self.write_session_record(None);
         self.generation
     }
 
-    /// Marks the connection of `generation` gone; false if a newer one owns the session.
-    pub fn detach(&mut self, generation: u64) -> bool {
+    /// Marks the connection of `generation` gone (at `now_ms`); false if a newer one owns
+    /// the session. A persistent session's queue goes back to disk only.
+    pub fn detach(&mut self, generation: u64, now_ms: u64) -> bool {
         if self.generation != generation {
             return false;
         }
         self.attached = false;
+        self.write_session_record(Some(now_ms));
+        self.spill_queue_to_disk();
         true
+    }
+
+    // --- persistence -----------------------------------------------------------------
+
+    /// Mirrors the session to the store from now on, starting with its record and its
+    /// subscriptions.
+    pub fn make_durable(&mut self, disk: SessionDisk) {
+        let mut b = Batch::new();
+        for sub in self.subscriptions.values() {
+            disk.store
+                .put_subscription(&mut b, &disk.prefix, &codec::subscription_record(sub));
+        }
+        disk.submit(b, None);
+        self.disk = Some(Box::new(disk));
+        self.write_session_record(if self.attached {
+            None
+        } else {
+            Some(crate::clock::unix_ms())
+        });
+    }
+
+    /// Gives a session restored at start-up its store mirror. Nothing is written: the
+    /// restore builds the state first (no mirror, so no writes), then attaches it.
+    pub fn restore_disk(&mut self, disk: SessionDisk) {
+        self.disk = Some(Box::new(disk));
+    }
+
+    fn write_session_record(&self, disconnected_at: Option<u64>) {
+        if let Some(d) = &self.disk {
+            let mut b = Batch::new();
+            let record = SessionRecord {
+                session_id: d.session_id,
+                expiry_interval: self.expiry_interval,
+                disconnected_at,
+            };
+            d.store.put_session(&mut b, &d.prefix, &record);
+            d.submit(b, None);
+        }
+    }
+
+    /// Drops the in-memory copies of stored queued messages (they are all on disk): an
+    /// offline session costs disk, not memory. The memory queue holds the lowest unsent
+    /// sequence numbers, so the disk part now starts at its front.
+    fn spill_queue_to_disk(&mut self) {
+        let Some(d) = self.disk.as_deref_mut() else {
+            return;
+        };
+        if self.queue.is_empty() {
+            return;
+        }
+        let queue = std::mem::take(&mut self.queue);
+        let mut freed = 0;
+        let mut spilled = 0;
+        let mut first = None;
+        let mut last = 0;
+        for q in &queue {
+            freed += q.cost();
+            if q.stored_seq != 0 {
+                first.get_or_insert(q.stored_seq);
+                last = q.stored_seq;
+                spilled += 1;
+            }
+        }
+        if let Some(first) = first {
+            let before = d.on_disk;
+            d.on_disk += spilled;
+            d.cursor = first;
+            d.disk_high = d.disk_high.max(last);
+            d.stats
+                .queued_on_disk
+                .fetch_add(d.on_disk - before, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(queue);
+        self.release_held(freed);
+    }
+
+    /// Asks for a page-in when the session is attached, has messages on disk only, and its
+    /// memory queue runs low (see `durable`).
+    pub fn page_in_request(&mut self, now_ms: u64) -> Option<PageIn> {
+        let (attached, queued) = (self.attached, self.queue.len());
+        let d = self.disk.as_deref_mut()?;
+        if !attached || d.on_disk == 0 || d.paging || now_ms < d.retry_at_ms || queued >= PAGE / 2 {
+            return None;
+        }
+        d.paging = true;
+        Some(PageIn {
+            store: d.store.clone(),
+            prefix: d.prefix.clone(),
+            from: d.cursor,
+            limit: PAGE,
+        })
+    }
+
+    /// Takes a page read from disk into the memory queue (expired messages are deleted and
+    /// counted in the return value). Stops early if the byte budget is spent; the rest stay
+    /// on disk for the next page.
+    pub fn page_in_done(
+        &mut self,
+        result: Result<
+            Vec<(u64, messs_storage::sessions::QueuedRecord)>,
+            messs_storage::StorageError,
+        >,
+        now_ms: u64,
+    ) -> usize {
+        let attached = self.attached;
+        let Some(d) = self.disk.as_deref_mut() else {
+            return 0;
+        };
+        d.paging = false;
+        let records = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a stored queue failed; retrying in a second");
+                d.retry_at_ms = now_ms + 1000;
+                return 0;
+            }
+        };
+        if !attached {
+            return 0;
+        }
+        let full_page = records.len() >= PAGE;
+        let empty = records.is_empty();
+        let mut expired = 0;
+        let mut stopped = false;
+        let mut deletes = Batch::new();
+        for (seq, record) in records {
+            let Some(d) = self.disk.as_deref_mut() else {
+                break;
+            };
+            if seq < d.cursor || d.restored_inflight.contains(&seq) {
+                continue;
+            }
+            let delivery = match codec::delivery_from_record(seq, record) {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    tracing::error!(error = %e, "a stored message cannot be read; it is dropped");
+                    d.store.delete_queued(&mut deletes, &d.prefix, seq);
+                    d.count_deleted(0);
+                    d.took_from_disk(1);
+                    d.cursor = seq + 1;
+                    continue;
+                }
+            };
+            let cost = delivery.cost();
+            if delivery.message.is_expired(now_ms) {
+                d.store.delete_queued(&mut deletes, &d.prefix, seq);
+                d.count_deleted(cost);
+                d.took_from_disk(1);
+                d.cursor = seq + 1;
+                expired += 1;
+                continue;
+            }
+            if !self.charge_message(cost, || true) {
+                stopped = true;
+                break;
+            }
+            self.held_bytes += cost;
+            self.queue.push_back(delivery);
+            if let Some(d) = self.disk.as_deref_mut() {
+                d.took_from_disk(1);
+                d.cursor = seq + 1;
+            }
+        }
+        if let Some(d) = self.disk.as_deref_mut() {
+            d.submit(deletes, None);
+            if !stopped && !full_page {
+                d.restored_inflight.clear();
+                if d.cursor > d.disk_high || empty {
+                    if d.on_disk > 0 && empty {
+                        tracing::warn!(missing = d.on_disk, "stored queue shorter than counted");
+                    }
+                    let left = d.on_disk;
+                    d.took_from_disk(left);
+                }
+            }
+        }
+        expired
     }
 
     /// The generation of the latest attach.
@@ -263,9 +457,18 @@ impl SessionState {
         self.attached
     }
 
-    /// Marks the session ended (out of the registry); false if it already was.
+    /// Marks the session ended (out of the registry) and deletes what the store holds of
+    /// it; false if it already was.
     pub fn end(&mut self) -> bool {
-        !std::mem::replace(&mut self.ended, true)
+        if std::mem::replace(&mut self.ended, true) {
+            return false;
+        }
+        if let Some(d) = self.disk.take() {
+            let mut b = Batch::new();
+            d.store.delete_session(&mut b, &d.prefix);
+            d.submit(b, None);
+        }
+        true
     }
 
     /// Whether the session was ended (it must not be resumed).
@@ -281,16 +484,39 @@ impl SessionState {
     /// Changes the expiry (DISCONNECT may, within the rules checked by the caller).
     pub fn set_expiry_interval(&mut self, secs: u32) {
         self.expiry_interval = secs;
+        self.write_session_record(None);
     }
 
     /// Records the pending will (a delayed will after an abnormal end).
     pub fn set_pending_will(&mut self, will: PendingWill) {
+        if let Some(d) = &self.disk {
+            let mut b = Batch::new();
+            let stored = codec::message_record(&will.message).and_then(|message| {
+                let record = WillRecord {
+                    due_at: will.due_at,
+                    message,
+                };
+                d.store.put_will(&mut b, &d.prefix, &record)
+            });
+            match stored {
+                Ok(()) => {
+                    d.submit(b, None);
+                }
+                Err(e) => tracing::warn!(error = %e, "pending will not stored"),
+            }
+        }
         self.pending_will = Some(will);
     }
 
     /// Takes the pending will, if any (to publish it, or to delete it).
     pub fn take_pending_will(&mut self) -> Option<PendingWill> {
-        self.pending_will.take()
+        let will = self.pending_will.take();
+        if let (Some(_), Some(d)) = (&will, &self.disk) {
+            let mut b = Batch::new();
+            d.store.delete_will(&mut b, &d.prefix);
+            d.submit(b, None);
+        }
+        will
     }
 
     /// Records the expiry timer started when the connection went away.
@@ -306,27 +532,49 @@ impl SessionState {
     // --- subscriptions ---------------------------------------------------------------
 
     /// Adds or replaces a subscription; `Ok(true)` if it replaced one with the same filter.
-    pub fn add_subscription(&mut self, sub: StoredSubscription) -> Result<bool, SubscribeRefused> {
+    /// A persistent session stores it (with `ticket`, which its SUBACK waits on).
+    pub fn add_subscription(
+        &mut self,
+        sub: StoredSubscription,
+        ticket: Option<&Ticket>,
+    ) -> Result<bool, SubscribeRefused> {
+        if let Some(d) = &self.disk {
+            let mut b = Batch::new();
+            d.store
+                .put_subscription(&mut b, &d.prefix, &codec::subscription_record(&sub));
+            d.submit(b, ticket);
+        }
         let key: &str = sub.filter.as_str();
         if let Some(existing) = self.subscriptions.get_mut(key) {
             *existing = sub;
             return Ok(true);
         }
         if self.subscriptions.len() >= self.max_subscriptions as usize {
+            self.unstore_subscription(key, None);
             return Err(SubscribeRefused::TooMany);
         }
         if !self.charge(sub.cost()) {
+            self.unstore_subscription(key, None);
             return Err(SubscribeRefused::Budget);
         }
         self.subscriptions.insert(Arc::from(key), sub);
         Ok(false)
     }
 
+    fn unstore_subscription(&self, filter: &str, ticket: Option<&Ticket>) {
+        if let Some(d) = &self.disk {
+            let mut b = Batch::new();
+            d.store.delete_subscription(&mut b, &d.prefix, filter);
+            d.submit(b, ticket);
+        }
+    }
+
     /// Removes a subscription; true if it existed.
-    pub fn remove_subscription(&mut self, filter: &str) -> bool {
+    pub fn remove_subscription(&mut self, filter: &str, ticket: Option<&Ticket>) -> bool {
         match self.subscriptions.remove(filter) {
             Some(sub) => {
                 self.release(sub.cost());
+                self.unstore_subscription(filter, ticket);
                 true
             }
             None => false,
@@ -356,18 +604,37 @@ impl SessionState {
         self.incoming_qos2.contains(&pid)
     }
 
-    /// Records an incoming QoS 2 packet id; false if `max` are unreleased already.
-    pub fn add_incoming_qos2(&mut self, pid: NonZeroU16, max: usize) -> bool {
+    /// Records an incoming QoS 2 packet id; false if `max` are unreleased already. A
+    /// persistent session stores it with `ticket` (its PUBREC waits on it: a resend after a
+    /// restart must not be routed twice).
+    pub fn add_incoming_qos2(
+        &mut self,
+        pid: NonZeroU16,
+        max: usize,
+        ticket: Option<&Ticket>,
+    ) -> bool {
         if self.incoming_qos2.len() >= max {
             return false;
+        }
+        if let Some(d) = &self.disk {
+            let mut b = Batch::new();
+            d.store.put_incoming_qos2(&mut b, &d.prefix, pid.get());
+            d.submit(b, ticket);
         }
         self.incoming_qos2.insert(pid);
         true
     }
 
-    /// PUBREL (or a failed PUBREC) ends an incoming QoS 2 exchange; false if unknown.
-    pub fn release_incoming_qos2(&mut self, pid: NonZeroU16) -> bool {
-        self.incoming_qos2.remove(&pid)
+    /// PUBREL (or a failed PUBREC) ends an incoming QoS 2 exchange; false if unknown. A
+    /// persistent session deletes it with `ticket` (PUBCOMP waits on it).
+    pub fn release_incoming_qos2(&mut self, pid: NonZeroU16, ticket: Option<&Ticket>) -> bool {
+        let known = self.incoming_qos2.remove(&pid);
+        if let (true, Some(d)) = (known, &self.disk) {
+            let mut b = Batch::new();
+            d.store.delete_incoming_qos2(&mut b, &d.prefix, pid.get());
+            d.submit(b, ticket);
+        }
+        known
     }
 
     // --- the queue ---------------------------------------------------------------------
@@ -379,8 +646,12 @@ impl SessionState {
         &mut self,
         delivery: Delivery,
         draining: impl FnOnce() -> bool,
+        ticket: Option<&Ticket>,
     ) -> Result<(), EnqueueError> {
         let cost = delivery.cost();
+        if self.disk.is_some() {
+            return self.push_durable(delivery, cost, draining, ticket);
+        }
         if self.queue.len() >= self.max_queued as usize
             || self.held_bytes.saturating_add(cost) > self.max_bytes
         {
@@ -392,6 +663,68 @@ impl SessionState {
         self.held_bytes += cost;
         self.queue.push_back(delivery);
         Ok(())
+    }
+
+    /// Stores a delivery for a persistent session (with `ticket`, which the publisher's
+    /// acknowledgement waits on), then keeps it in memory too if the session is attached,
+    /// nothing is waiting on disk before it, and the memory queue and budget have room;
+    /// otherwise it stays on disk only. Only the stored limits make it `Full`.
+    fn push_durable(
+        &mut self,
+        mut delivery: Delivery,
+        cost: usize,
+        draining: impl FnOnce() -> bool,
+        ticket: Option<&Ticket>,
+    ) -> Result<(), EnqueueError> {
+        let Some(d) = self.disk.as_deref_mut() else {
+            return Err(EnqueueError::Storage);
+        };
+        if !d.has_room(cost) {
+            return Err(EnqueueError::Full);
+        }
+        let seq = d.next_seq;
+        let mut b = Batch::new();
+        let stored = codec::queued_record(&delivery)
+            .and_then(|record| d.store.put_queued(&mut b, &d.prefix, seq, &record));
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "message not stored");
+            if let Some(t) = ticket {
+                t.fail();
+            }
+            return Err(EnqueueError::Storage);
+        }
+        if !d.submit(b, ticket) {
+            return Err(EnqueueError::Storage);
+        }
+        d.next_seq += 1;
+        d.count_stored(cost);
+        delivery.stored_seq = seq;
+        let nothing_on_disk = d.on_disk == 0;
+        let to_memory = self.attached
+            && nothing_on_disk
+            && self.queue.len() < self.max_queued as usize
+            && self.held_bytes.saturating_add(cost) <= self.max_bytes
+            && self.charge_message(cost, draining);
+        if to_memory {
+            self.held_bytes += cost;
+            self.queue.push_back(delivery);
+        } else if let Some(d) = self.disk.as_deref_mut() {
+            d.push_on_disk(seq);
+        }
+        Ok(())
+    }
+
+    /// Deletes a stored message (acknowledged, expired, or undeliverable).
+    fn forget_stored(&mut self, seq: u64, cost: usize) {
+        if seq == 0 {
+            return;
+        }
+        if let Some(d) = self.disk.as_deref_mut() {
+            let mut b = Batch::new();
+            d.store.delete_queued(&mut b, &d.prefix, seq);
+            d.count_deleted(cost);
+            d.submit(b, None);
+        }
     }
 
     /// Whether fewer than `ahead` messages are queued (and the queue is below half its
@@ -422,6 +755,13 @@ impl SessionState {
         self.queue.len()
     }
 
+    /// Messages (and their bytes) kept in the store; zero for a session without one.
+    pub fn stored(&self) -> (u64, usize) {
+        self.disk
+            .as_deref()
+            .map_or((0, 0), |d| (d.stored, d.stored_bytes))
+    }
+
     /// Bytes of deliveries queued or in flight.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
@@ -441,13 +781,18 @@ impl SessionState {
     ) -> usize {
         let mut expired = 0;
         let mut bytes = 0usize;
+        // Store changes of this batch (deletes of sent QoS 0 and expired messages, in-flight
+        // packet ids), submitted once at the end.
+        let mut changes = Batch::new();
         while out.len() < max && bytes < max_bytes {
             let Some(front) = self.queue.front() else {
                 break;
             };
             if front.message.is_expired(now_ms) {
                 if let Some(d) = self.queue.pop_front() {
-                    self.release_held(d.cost());
+                    let cost = d.cost();
+                    self.release_held(cost);
+                    self.note_deleted(&mut changes, d.stored_seq, cost);
                 }
                 expired += 1;
                 continue;
@@ -457,6 +802,7 @@ impl SessionState {
                     let cost = d.cost();
                     bytes += cost;
                     self.release_held(cost);
+                    self.note_deleted(&mut changes, d.stored_seq, cost);
                     out.push((d, QosPid::AtMostOnce));
                 }
                 continue;
@@ -474,6 +820,11 @@ impl SessionState {
             self.next_seq += 1;
             let cost = d.cost();
             bytes += cost;
+            if let (Some(disk), true) = (self.disk.as_deref(), d.stored_seq != 0) {
+                let record = InflightRecord::Published(pid.get());
+                disk.store
+                    .put_inflight(&mut changes, &disk.prefix, d.stored_seq, record);
+            }
             self.inflight.insert(
                 pid,
                 InflightEntry {
@@ -483,7 +834,18 @@ impl SessionState {
             );
             out.push((d, qos_pid));
         }
+        if let (Some(disk), false) = (self.disk.as_deref(), changes.is_empty()) {
+            disk.submit(changes, None);
+        }
         expired
+    }
+
+    /// Adds the delete of stored message `seq` to `changes`.
+    fn note_deleted(&mut self, changes: &mut Batch, seq: u64, cost: usize) {
+        if let (Some(d), true) = (self.disk.as_deref_mut(), seq != 0) {
+            d.store.delete_queued(changes, &d.prefix, seq);
+            d.count_deleted(cost);
+        }
     }
 
     fn allocate_pid(&mut self) -> Option<NonZeroU16> {
@@ -508,7 +870,13 @@ impl SessionState {
             }) if d.qos == QoS::AtLeastOnce => *cost,
             Some(_) => return AckMatch::WrongType,
         };
-        self.inflight.remove(&pid);
+        if let Some(InflightEntry {
+            state: Outgoing::Published(d, _),
+            ..
+        }) = self.inflight.remove(&pid)
+        {
+            self.forget_stored(d.stored_seq, cost);
+        }
         self.release_held(cost);
         AckMatch::Matched
     }
@@ -519,16 +887,23 @@ impl SessionState {
         let Some(entry) = self.inflight.get_mut(&pid) else {
             return AckMatch::Unknown;
         };
-        let cost = match &entry.state {
-            Outgoing::Published(d, cost) if d.qos == QoS::ExactlyOnce => *cost,
+        let (cost, seq) = match &entry.state {
+            Outgoing::Published(d, cost) if d.qos == QoS::ExactlyOnce => (*cost, d.stored_seq),
             // A repeated PUBREC after our PUBREL: answer with PUBREL again.
-            Outgoing::Released => return AckMatch::Matched,
+            Outgoing::Released(_) => return AckMatch::Matched,
             Outgoing::Published(..) => return AckMatch::WrongType,
         };
         if failed {
             self.inflight.remove(&pid);
+            self.forget_stored(seq, cost);
         } else {
-            entry.state = Outgoing::Released;
+            entry.state = Outgoing::Released(seq);
+            if let (Some(d), true) = (self.disk.as_deref_mut(), seq != 0) {
+                let mut b = Batch::new();
+                d.store.release_queued(&mut b, &d.prefix, seq, pid.get());
+                d.count_deleted(cost);
+                d.submit(b, None);
+            }
         }
         self.release_held(cost);
         AckMatch::Matched
@@ -539,10 +914,16 @@ impl SessionState {
         match self.inflight.get(&pid) {
             None => AckMatch::Unknown,
             Some(InflightEntry {
-                state: Outgoing::Released,
+                state: Outgoing::Released(seq),
                 ..
             }) => {
+                let seq = *seq;
                 self.inflight.remove(&pid);
+                if let (Some(d), true) = (self.disk.as_deref(), seq != 0) {
+                    let mut b = Batch::new();
+                    d.store.delete_inflight(&mut b, &d.prefix, seq);
+                    d.submit(b, None);
+                }
                 AckMatch::Matched
             }
             Some(_) => AckMatch::WrongType,
@@ -552,10 +933,37 @@ impl SessionState {
     /// Forgets an outgoing message that could not be sent (too large for the client).
     pub fn forget_inflight(&mut self, pid: NonZeroU16) {
         if let Some(entry) = self.inflight.remove(&pid) {
-            if let Outgoing::Published(_, cost) = entry.state {
+            if let Outgoing::Published(d, cost) = entry.state {
+                self.forget_stored(d.stored_seq, cost);
                 self.release_held(cost);
             }
         }
+    }
+
+    /// Restores an outgoing message that was in flight when the broker stopped: it is
+    /// resent (DUP) with its packet id when the client comes back. A `delivery` of `None`
+    /// is a QoS 2 message already released (PUBREL is resent).
+    pub fn restore_inflight(&mut self, pid: NonZeroU16, seq: u64, delivery: Option<Delivery>) {
+        self.next_seq += 1;
+        let state = match delivery {
+            Some(d) => {
+                let cost = d.cost();
+                // Restored state is charged like any other; the budget is checked at start-up
+                // by the caller as a whole.
+                self.charged += cost;
+                self.budget.force_charge(cost);
+                self.held_bytes += cost;
+                Outgoing::Published(d, cost)
+            }
+            None => Outgoing::Released(seq),
+        };
+        self.inflight.insert(
+            pid,
+            InflightEntry {
+                seq: self.next_seq,
+                state,
+            },
+        );
     }
 
     /// Everything to resend on session resume, in the original order [MQTT-4.4.0-1].
@@ -566,7 +974,7 @@ impl SessionState {
             .into_iter()
             .map(|(pid, e)| match &e.state {
                 Outgoing::Published(d, _) => Resend::Publish(d.clone(), QosPid::new(d.qos, *pid)),
-                Outgoing::Released => Resend::PubRel(*pid),
+                Outgoing::Released(_) => Resend::PubRel(*pid),
             })
             .collect()
     }

@@ -30,6 +30,8 @@ pub struct TestBroker {
     pub broker: BrokerHandle,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<()>,
+    /// The broker's data directory (a fresh temporary one unless the test chose one).
+    pub data: Arc<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -38,9 +40,15 @@ impl TestBroker {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), adjust).await
+    }
+
+    /// Starts on the data directory `data` (a restart of an earlier broker uses its).
+    pub async fn start_in(data: Arc<tempfile::TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
         config.listeners[0].allow_anonymous = true;
+        config.storage.data_dir = data.path().to_path_buf();
         adjust(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
@@ -61,6 +69,7 @@ impl TestBroker {
             broker: broker_handle,
             stop: Some(tx),
             handle,
+            data,
         }
     }
 

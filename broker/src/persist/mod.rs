@@ -1,0 +1,162 @@
+//! The broker's side of durable storage: opening the store from the configuration, deciding
+//! what a publish must store (persistent subscribers, retained topics, telemetry filters)
+//! and holding its acknowledgement until that is durable ([`AckTicket`]), and rebuilding
+//! sessions and retained messages at start-up (`restore`). The storage crate itself knows
+//! nothing of MQTT; this module translates (`codec`).
+
+pub(crate) mod codec;
+mod restore;
+
+use std::sync::Arc;
+
+use messs_storage::sessions::SessionPrefix;
+use messs_storage::telemetry::RetentionPolicy;
+use messs_storage::{Durable, KeyRing, Store, StoreOptions, Ticket};
+
+use crate::config::StorageConfig;
+use crate::error::BrokerError;
+use crate::session::{DiskLimits, SessionDisk, SessionKey};
+use crate::stats::Stats;
+
+/// The open store and what the configuration says to keep in it.
+pub(crate) struct Persistence {
+    pub store: Store,
+    telemetry: Vec<String>,
+    disk_limits: DiskLimits,
+    pub retained_inline_bytes: usize,
+    pub retention: RetentionPolicy,
+}
+
+/// Reads the key material named by the configuration. Errors name the file or variable,
+/// never its contents.
+fn key_ring(config: &StorageConfig) -> Result<Option<KeyRing>, BrokerError> {
+    let text = if let Some(path) = &config.encryption_key_file {
+        std::fs::read_to_string(path).map_err(|e| {
+            BrokerError::Config(format!(
+                "storage.encryption_key_file {}: {e}",
+                path.display()
+            ))
+        })?
+    } else if let Some(var) = &config.encryption_key_env {
+        std::env::var(var).map_err(|_| {
+            BrokerError::Config(format!(
+                "storage.encryption_key_env: environment variable {var} is not set"
+            ))
+        })?
+    } else {
+        return Ok(None);
+    };
+    KeyRing::parse(&text)
+        .map(Some)
+        .map_err(|e| BrokerError::Config(format!("storage encryption key: {e}")))
+}
+
+impl Persistence {
+    /// Opens the store. Blocking (RocksDB opens and replays its log).
+    pub fn open(config: &StorageConfig) -> Result<Self, BrokerError> {
+        let mut options = StoreOptions::new(&config.data_dir);
+        options.durability = config.durability.to_storage();
+        options.max_pending_bytes = config.max_pending_bytes;
+        options.block_cache_bytes = config.block_cache_bytes;
+        options.keys = key_ring(config)?;
+        let store = Store::open(options)?;
+        let telemetry = config.telemetry.filters.clone();
+        let t = &config.telemetry;
+        Ok(Persistence {
+            store,
+            telemetry,
+            disk_limits: DiskLimits {
+                max_messages: config.max_stored_messages_per_session as u64,
+                max_bytes: config.max_stored_bytes_per_session,
+            },
+            retained_inline_bytes: config.retained_inline_bytes,
+            retention: RetentionPolicy {
+                max_age_ms: (t.max_age_secs > 0).then(|| t.max_age_secs.saturating_mul(1000)),
+                max_bytes_per_tenant: (t.max_bytes_per_tenant > 0)
+                    .then_some(t.max_bytes_per_tenant),
+            },
+        })
+    }
+
+    /// Whether acknowledgements wait for the store (`wal`, `fsync`).
+    pub fn waits(&self) -> bool {
+        self.store.durability().waits()
+    }
+
+    /// The store mirror for a session about to become persistent; `None` (logged) if its
+    /// names cannot be stored.
+    pub fn session_disk(
+        &self,
+        key: &SessionKey,
+        session_id: u64,
+        next_seq: u64,
+        stats: &Arc<Stats>,
+    ) -> Option<SessionDisk> {
+        let prefix = match SessionPrefix::new(&key.tenant, &key.client_id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "session cannot be stored; it stays in memory");
+                return None;
+            }
+        };
+        Some(SessionDisk {
+            store: self.store.clone(),
+            session_id,
+            prefix,
+            limits: self.disk_limits,
+            stats: stats.clone(),
+            next_seq,
+            stored: 0,
+            stored_bytes: 0,
+            on_disk: 0,
+            cursor: next_seq,
+            disk_high: 0,
+            paging: false,
+            retry_at_ms: 0,
+            restored_inflight: Default::default(),
+        })
+    }
+
+    /// Whether messages on `topic` are kept as telemetry.
+    pub fn is_telemetry(&self, topic: &str) -> bool {
+        self.telemetry
+            .iter()
+            .any(|f| messs_storage::telemetry::topic_matches(f, topic))
+    }
+}
+
+/// The store writes one inbound packet causes, and the acknowledgement that waits for
+/// them. The ticket is made on first use, so a publish that stores nothing costs nothing.
+pub(crate) struct AckTicket {
+    enabled: bool,
+    ticket: Option<(Ticket, Durable)>,
+}
+
+impl AckTicket {
+    /// A slot that hands out a ticket only if `enabled` (the store's level waits and the
+    /// packet's acknowledgement may be held).
+    pub fn new(enabled: bool) -> Self {
+        AckTicket {
+            enabled,
+            ticket: None,
+        }
+    }
+
+    /// The ticket to submit writes with, made on first use.
+    pub fn get(&mut self) -> Option<&Ticket> {
+        if !self.enabled {
+            return None;
+        }
+        Some(&self.ticket.get_or_insert_with(Ticket::new).0)
+    }
+
+    /// What the acknowledgement waits for: `None` when nothing was stored.
+    pub fn finish(self) -> Option<Durable> {
+        let (ticket, durable) = self.ticket?;
+        // A write that could not even be submitted failed the ticket: the durable future
+        // then resolves to that error.
+        let wait = ticket.is_used() || ticket.is_failed();
+        drop(ticket);
+        wait.then_some(durable)
+    }
+}

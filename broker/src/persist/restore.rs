@@ -1,0 +1,166 @@
+//! Start-up: rebuilds persistent sessions and retained messages from the store before any
+//! listener accepts. Expiry is wall-clock: a session whose expiry passed while the broker
+//! was down ends now (its pending will is published); the others get their expiry and will
+//! timers at the times stored. Queued messages stay on disk; only messages that were in
+//! flight are read, to be resent (DUP) with their packet ids.
+
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use messs_storage::sessions::{InflightRecord, LoadedSession, SessionPrefix};
+use messs_storage::Batch;
+
+use super::codec;
+use crate::clock::unix_ms;
+use crate::error::BrokerError;
+use crate::session::{PendingWill, SessionKey};
+use crate::state::BrokerState;
+use crate::timers::Due;
+
+/// What a restore found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Sessions restored.
+    pub sessions: usize,
+    /// Sessions whose expiry passed while the broker was down (ended now).
+    pub expired_sessions: usize,
+    /// Messages queued on disk for restored sessions.
+    pub queued_messages: u64,
+    /// Retained messages restored.
+    pub retained: usize,
+}
+
+impl BrokerState {
+    /// Restores what the store holds. Blocking; runs once, before serving.
+    pub(crate) fn restore(&self) -> Result<RestoreReport, BrokerError> {
+        let Some(persist) = &self.persist else {
+            return Ok(RestoreReport::default());
+        };
+        let store = &persist.store;
+        let now = unix_ms();
+        let mut report = RestoreReport::default();
+        let mut cleanup = Batch::new();
+        for r in store.load_retained(usize::MAX)? {
+            let message = codec::message_from_record(r.message)?;
+            if message.is_expired(now) {
+                store.delete_retained(&mut cleanup, &r.tenant, message.topic.as_str())?;
+                continue;
+            }
+            if self
+                .router
+                .restore_retained(&self.tenant_id(&r.tenant), message)
+            {
+                report.retained += 1;
+            }
+        }
+        store.submit(cleanup, None)?;
+        for loaded in store.load_sessions()? {
+            self.restore_session(loaded, now, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn restore_session(
+        &self,
+        loaded: LoadedSession,
+        now: u64,
+        report: &mut RestoreReport,
+    ) -> Result<(), BrokerError> {
+        let Some(persist) = &self.persist else {
+            return Ok(());
+        };
+        let key = SessionKey {
+            tenant: self.tenant_id(&loaded.tenant),
+            client_id: Arc::from(loaded.client_id.as_str()),
+        };
+        let session = self.restored_session(key.clone(), loaded.record.session_id);
+        let expiry = loaded
+            .record
+            .expiry_interval
+            .min(self.config.session.max_expiry_secs);
+        let disconnected_at = loaded.record.disconnected_at.unwrap_or(now);
+        let expires_at = crate::clock::after_secs(disconnected_at, expiry);
+        let prefix = SessionPrefix::new(&loaded.tenant, &loaded.client_id)?;
+        let mut restored_inflight = std::collections::BTreeSet::new();
+        {
+            let mut st = session.lock();
+            // No store mirror yet: nothing below writes.
+            st.set_expiry_interval(expiry);
+            for record in &loaded.subscriptions {
+                let sub = codec::subscription_from_record(record)?;
+                if st.add_subscription(sub.clone(), None).is_ok() {
+                    self.router.subscribe(&key.tenant, &session, &sub);
+                }
+            }
+            for pid in loaded
+                .incoming_qos2
+                .iter()
+                .filter_map(|p| NonZeroU16::new(*p))
+            {
+                st.add_incoming_qos2(pid, usize::MAX, None);
+            }
+            for (seq, state) in &loaded.inflight {
+                match *state {
+                    InflightRecord::Published(pid) => {
+                        let Some(pid) = NonZeroU16::new(pid) else {
+                            continue;
+                        };
+                        let page = persist.store.read_queue(&prefix, *seq, 1, usize::MAX)?;
+                        if let Some((found, record)) = page.into_iter().next() {
+                            if found == *seq {
+                                let delivery = codec::delivery_from_record(found, record)?;
+                                st.restore_inflight(pid, found, Some(delivery));
+                                restored_inflight.insert(found);
+                            }
+                        }
+                    }
+                    InflightRecord::Released(pid) => {
+                        if let Some(pid) = NonZeroU16::new(pid) {
+                            st.restore_inflight(pid, *seq, None);
+                        }
+                    }
+                }
+            }
+            if let Some(will) = &loaded.will {
+                let message = Arc::new(codec::message_from_record(will.message.clone())?);
+                let timer = self
+                    .timers
+                    .schedule(will.due_at, Due::Will(session.clone()));
+                st.set_pending_will(PendingWill {
+                    message,
+                    timer,
+                    due_at: will.due_at,
+                });
+            }
+            if let Some(mut disk) =
+                persist.session_disk(&key, session.id, loaded.next_seq, &self.stats)
+            {
+                disk.stored = loaded.queued;
+                disk.stored_bytes = usize::try_from(loaded.queued_bytes).unwrap_or(usize::MAX);
+                let on_disk = loaded.queued - restored_inflight.len() as u64;
+                disk.on_disk = on_disk;
+                disk.cursor = 0;
+                disk.disk_high = loaded.next_seq.saturating_sub(1);
+                disk.restored_inflight = restored_inflight;
+                self.stats
+                    .queued_on_disk
+                    .fetch_add(on_disk, Ordering::Relaxed);
+                st.restore_disk(disk);
+                session.set_durable();
+            }
+        }
+        report.queued_messages += loaded.queued;
+        if expires_at <= now {
+            report.expired_sessions += 1;
+            self.end_session(&session);
+            return Ok(());
+        }
+        let timer = self
+            .timers
+            .schedule(expires_at, Due::SessionExpiry(session.clone(), 0));
+        session.lock().set_expiry_timer(timer);
+        report.sessions += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,449 @@
+//! Durable state across broker restarts, on real RocksDB in a temporary directory: a
+//! persistent session's subscriptions, queued and in-flight messages, incoming QoS 2 state
+//! and pending will; retained messages; telemetry; online checkpoints; and what a failing
+//! disk does to acknowledgements. (The SIGKILL crash test runs the `messs` binary: see
+//! `tests/crash.rs` at the repository root.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use messs_codec::{
+    Packet, Protocol, PubResponse, QoS, QosPid, ReasonCode, SubscriptionOptions, Will,
+};
+
+const EXPIRY: u32 = 3600;
+
+/// A v5 client resuming (or starting) the persistent session `id`.
+async fn persistent(addr: std::net::SocketAddr, id: &str, clean: bool) -> (Raw, bool) {
+    let mut c = connect_packet(Protocol::V5, id, clean);
+    c.properties.session_expiry_interval = Some(EXPIRY);
+    let (raw, ack) = Raw::connect_with(addr, c).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    (raw, ack.session_present)
+}
+
+async fn restart(broker: TestBroker) -> TestBroker {
+    let data = broker.data.clone();
+    broker.stop().await;
+    TestBroker::start_in(data, |_| {}).await
+}
+
+#[tokio::test]
+async fn a_persistent_session_and_retained_messages_survive_a_restart() {
+    let broker = TestBroker::start().await;
+    let (mut sub, present) = persistent(broker.addr, "sub", true).await;
+    assert!(!present);
+    sub.subscribe_opts(
+        1,
+        "t/#",
+        SubscriptionOptions::new(QoS::AtLeastOnce),
+        Some(9),
+    )
+    .await;
+    sub.disconnect().await;
+
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..50u16 {
+        let payload: &'static [u8] = Box::leak(format!("m{i}").into_bytes().into_boxed_slice());
+        publisher
+            .publish(publish("t/x", payload, QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    publisher
+        .publish(publish("r/1", b"kept", QosPid::AtLeastOnce(pid(1)), true))
+        .await;
+    publisher.disconnect().await;
+    assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 50);
+
+    let broker = restart(broker).await;
+    assert_eq!(
+        broker.stats.queued_on_disk.load(Ordering::Relaxed),
+        50,
+        "the queue is on disk after the restart, not in memory"
+    );
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present, "the session was restored");
+    for i in 0..50u16 {
+        let p = sub.recv_publish_ack().await;
+        assert_eq!(p.payload, format!("m{i}").as_bytes(), "in order, none lost");
+        assert!(!p.dup, "never sent before the restart: not a redelivery");
+        assert_eq!(
+            p.properties.subscription_identifiers,
+            vec![std::num::NonZeroU32::new(9).unwrap()],
+            "the subscription (with its identifier) was restored"
+        );
+    }
+    sub.expect_silence().await;
+    // Live messages still reach the restored subscription.
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    publisher
+        .publish(publish(
+            "t/live",
+            b"live",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    assert_eq!(sub.recv_publish_ack().await.payload, &b"live"[..]);
+    // And the retained message was restored.
+    let mut fresh = Raw::v5(broker.addr, "fresh").await;
+    fresh.subscribe("r/#", QoS::AtLeastOnce).await;
+    let r = fresh.recv_publish_ack().await;
+    assert_eq!(
+        (r.topic.as_str(), &r.payload[..], r.retain),
+        ("r/1", &b"kept"[..], true)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_offline_queue_costs_disk_not_memory_and_pages_back_in_order() {
+    // Memory queues hold 16 messages; the persistent session keeps 2,000 on disk.
+    let broker = TestBroker::start_with(|c| c.limits.max_queued_messages = 16).await;
+    let (mut sub, _) = persistent(broker.addr, "sub", true).await;
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let bytes_before = broker.stats.session_bytes.load(Ordering::Relaxed);
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..2000u32 {
+        let payload: &'static [u8] = Box::leak(i.to_be_bytes().to_vec().into_boxed_slice());
+        publisher
+            .publish(publish("q/1", payload, QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 2000);
+    let held = broker.stats.session_bytes.load(Ordering::Relaxed) - bytes_before;
+    assert!(
+        held < 4096,
+        "2,000 offline messages hold {held} bytes of memory"
+    );
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present);
+    for i in 0..2000u32 {
+        let p = sub.recv_publish_ack().await;
+        assert_eq!(&p.payload[..], &i.to_be_bytes(), "message {i}");
+    }
+    sub.expect_silence().await;
+    assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn in_flight_messages_are_resent_with_their_packet_ids_after_a_restart() {
+    let broker = TestBroker::start().await;
+    let (mut sub, _) = persistent(broker.addr, "sub", true).await;
+    sub.subscribe("f/#", QoS::ExactlyOnce).await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    publisher
+        .publish(publish("f/1", b"one", QosPid::AtLeastOnce(pid(1)), false))
+        .await;
+    publisher
+        .publish(publish("f/2", b"two", QosPid::ExactlyOnce(pid(5)), false))
+        .await;
+    // QoS 1: received, never acknowledged.
+    let first = sub.recv_publish().await;
+    let QosPid::AtLeastOnce(first_id) = first.qos_pid else {
+        panic!("{first:?}")
+    };
+    // QoS 2: PUBREC sent, PUBREL received, PUBCOMP never sent.
+    let second = sub.recv_publish().await;
+    let QosPid::ExactlyOnce(second_id) = second.qos_pid else {
+        panic!("{second:?}")
+    };
+    sub.send(&Packet::PubRec(PubResponse::success(second_id)))
+        .await;
+    assert!(matches!(sub.recv().await, Packet::PubRel(r) if r.packet_id == second_id));
+    sub.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let broker = restart(broker).await;
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present);
+    let again = sub.recv_publish().await;
+    assert!(again.dup, "a redelivery is flagged DUP");
+    assert_eq!(
+        again.qos_pid,
+        QosPid::AtLeastOnce(first_id),
+        "same packet id"
+    );
+    assert_eq!(&again.payload[..], b"one");
+    match sub.recv().await {
+        Packet::PubRel(r) => assert_eq!(r.packet_id, second_id),
+        other => panic!("expected the PUBREL again, got {other:?}"),
+    }
+    sub.send(&Packet::PubAck(PubResponse::success(first_id)))
+        .await;
+    sub.send(&Packet::PubComp(PubResponse::success(second_id)))
+        .await;
+    sub.expect_silence().await;
+    sub.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Completed exchanges stay completed across another restart.
+    let broker = restart(broker).await;
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present);
+    sub.expect_silence().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreleased_incoming_qos2_message_is_not_routed_twice_after_a_restart() {
+    let broker = TestBroker::start().await;
+    let (mut publisher, _) = persistent(broker.addr, "pub", true).await;
+    publisher
+        .send(&Packet::Publish(Box::new(publish(
+            "q2/t",
+            b"once",
+            QosPid::ExactlyOnce(pid(7)),
+            false,
+        ))))
+        .await;
+    assert!(matches!(publisher.recv().await, Packet::PubRec(r) if r.packet_id == pid(7)));
+    publisher.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let broker = restart(broker).await;
+    let mut sub = Raw::v5(broker.addr, "sub").await;
+    sub.subscribe("q2/#", QoS::ExactlyOnce).await;
+    let (mut publisher, present) = persistent(broker.addr, "pub", false).await;
+    assert!(present);
+    let mut resend = publish("q2/t", b"once", QosPid::ExactlyOnce(pid(7)), false);
+    resend.dup = true;
+    publisher.send(&Packet::Publish(Box::new(resend))).await;
+    assert!(matches!(publisher.recv().await, Packet::PubRec(r) if r.packet_id == pid(7)));
+    publisher
+        .send(&Packet::PubRel(PubResponse::success(pid(7))))
+        .await;
+    match publisher.recv().await {
+        Packet::PubComp(r) => assert_eq!(r.reason, ReasonCode::Success, "the packet id was known"),
+        other => panic!("{other:?}"),
+    }
+    sub.expect_silence().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_delayed_will_survives_a_restart() {
+    let broker = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "dying", true);
+    c.properties.session_expiry_interval = Some(EXPIRY);
+    let mut will = Will {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic("wills/dying"),
+        payload: bytes::Bytes::from_static(b"gone"),
+        properties: Default::default(),
+    };
+    will.properties.will_delay_interval = Some(2);
+    c.will = Some(will);
+    let (client, _) = Raw::connect_with(broker.addr, c).await;
+    client.drop_connection();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let broker = restart(broker).await;
+    let mut watcher = Raw::v5(broker.addr, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let p = watcher.recv_publish_ack().await;
+    assert_eq!(&p.payload[..], b"gone");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_publishes_that_need_it_and_recovers() {
+    let broker = TestBroker::start().await;
+    let store = broker.broker.store().unwrap();
+    let (mut durable_sub, _) = persistent(broker.addr, "durable", true).await;
+    durable_sub.subscribe("d/#", QoS::AtLeastOnce).await;
+    let mut live_sub = Raw::v5(broker.addr, "live").await;
+    live_sub.subscribe("l/#", QoS::AtLeastOnce).await;
+    let mut v5 = Raw::v5(broker.addr, "pub5").await;
+
+    store.set_write_fault(true);
+    // v5: refused with 0x80 and a reason string.
+    v5.send(&Packet::Publish(Box::new(publish(
+        "d/1",
+        b"x",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))))
+    .await;
+    match v5.recv().await {
+        Packet::PubAck(r) => {
+            assert_eq!(r.reason, ReasonCode::UnspecifiedError);
+            assert!(r.properties.reason_string.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A message that needs no storage is routed as usual, at any QoS.
+    v5.publish(publish(
+        "l/1",
+        b"in memory",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))
+    .await;
+    assert_eq!(live_sub.recv_publish_ack().await.payload, &b"in memory"[..]);
+    // 3.1.1 has no refusal: the connection closes without the PUBACK.
+    let mut v3 = Raw::v311(broker.addr, "pub3").await;
+    v3.send(&Packet::Publish(Box::new(publish(
+        "d/1",
+        b"x",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))))
+    .await;
+    let seen = v3.expect_closed().await;
+    assert!(seen.is_empty(), "no PUBACK: {seen:?}");
+    assert!(
+        broker
+            .stats
+            .publishes_refused_storage
+            .load(Ordering::Relaxed)
+            >= 2
+    );
+
+    // Space comes back: the same publish succeeds, nothing restarted.
+    store.set_write_fault(false);
+    v5.publish(publish("d/1", b"after", QosPid::AtLeastOnce(pid(1)), false))
+        .await;
+    // The refused message may or may not have reached the online subscriber; the one sent
+    // after recovery must.
+    loop {
+        let p = durable_sub.recv_publish_ack().await;
+        if &p.payload[..] == b"after" {
+            break;
+        }
+    }
+    assert!(!store.is_failing());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn telemetry_filters_capture_messages_in_the_store() {
+    let broker = TestBroker::start_with(|c| {
+        c.storage.telemetry.filters = vec!["sensors/+/temp".into()];
+    })
+    .await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    publisher
+        .publish(publish(
+            "sensors/a/temp",
+            b"21.5",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    publisher
+        .publish(publish(
+            "sensors/a/hum",
+            b"40",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    let store = broker.broker.store().unwrap();
+    let page = store
+        .query_telemetry(&messs_storage::telemetry::TelemetryQuery {
+            tenant: messs_broker::DEFAULT_TENANT.into(),
+            filter: "#".into(),
+            from_ms: 0,
+            to_ms: u64::MAX,
+            limit: 10,
+            cursor: None,
+        })
+        .unwrap();
+    let topics: Vec<&str> = page
+        .records
+        .iter()
+        .map(|r| r.message.topic.as_str())
+        .collect();
+    assert_eq!(
+        topics,
+        vec!["sensors/a/temp"],
+        "only the filter's topic, once"
+    );
+    assert_eq!(&page.records[0].message.payload[..], b"21.5");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_online_checkpoint_restores_into_a_new_broker() {
+    let broker = TestBroker::start().await;
+    let (mut sub, _) = persistent(broker.addr, "sub", true).await;
+    sub.subscribe("c/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    publisher
+        .publish(publish(
+            "c/1",
+            b"queued",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    publisher
+        .publish(publish(
+            "c/r",
+            b"retained",
+            QosPid::AtLeastOnce(pid(1)),
+            true,
+        ))
+        .await;
+    let backup = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let target = backup.path().join("checkpoint");
+    broker.broker.checkpoint(target.clone()).await.unwrap();
+    // The original keeps serving.
+    publisher
+        .publish(publish(
+            "c/2",
+            b"after the checkpoint",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    broker.stop().await;
+
+    let restored = tempfile::TempDir::new_in(backup.path()).unwrap();
+    std::fs::remove_dir(restored.path()).unwrap();
+    std::fs::rename(&target, restored.path()).unwrap();
+    let broker = TestBroker::start_in(std::sync::Arc::new(restored), |_| {}).await;
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present);
+    let got: Vec<Vec<u8>> = vec![
+        sub.recv_publish_ack().await.payload.to_vec(),
+        sub.recv_publish_ack().await.payload.to_vec(),
+    ];
+    assert!(
+        got.contains(&b"queued".to_vec()) && got.contains(&b"retained".to_vec()),
+        "{got:?}"
+    );
+    sub.expect_silence().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn clean_sessions_never_wait_for_the_store() {
+    let broker = TestBroker::start().await;
+    let store = broker.broker.store().unwrap();
+    let mut sub = Raw::v5(broker.addr, "sub").await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    store.set_write_fault(true);
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    publisher
+        .publish(publish(
+            "m/1",
+            b"memory only",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    assert_eq!(sub.recv_publish_ack().await.payload, &b"memory only"[..]);
+    store.set_write_fault(false);
+    broker.stop().await;
+}

@@ -1,0 +1,60 @@
+//! The storage crate's error enum.
+
+/// Errors from opening, reading or writing the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error (I/O, corruption it detected itself, a lock held by another
+    /// process, ...).
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// The data directory was written by a newer messs: never opened, never reset.
+    #[error(
+        "the data directory has schema version {found}, newer than this messs supports \
+         ({supported}): run the messs release that wrote it, or restore a backup"
+    )]
+    NewerSchema {
+        /// Version found on disk.
+        found: u32,
+        /// Highest version this build understands.
+        supported: u32,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt record in column family {cf}: {what}")]
+    Corrupt {
+        /// Column family it was read from.
+        cf: &'static str,
+        /// What was wrong with it.
+        what: String,
+    },
+    /// A column family the schema needs is missing from an existing data directory.
+    #[error("the data directory lacks column family {0}: it is not a messs data directory, or it is damaged")]
+    MissingColumnFamily(&'static str),
+    /// Writes are backed up beyond `max_pending_bytes`: the caller refuses or retries.
+    #[error("the storage writer is behind: {0} bytes of writes are waiting")]
+    Busy(usize),
+    /// A write batch failed (disk full, I/O error); the message is RocksDB's, without data.
+    #[error("storage write failed: {0}")]
+    WriteFailed(String),
+    /// The writer thread is gone (the store was closed).
+    #[error("the storage writer has stopped")]
+    WriterStopped,
+    /// A value could not be encrypted or decrypted, or the key material is unusable.
+    #[error("encryption at rest: {0}")]
+    Crypto(String),
+    /// A key or value is larger than its encoding allows.
+    #[error("{0} is too long to store")]
+    TooLong(&'static str),
+    /// File-system error outside RocksDB (key files, checkpoint directories).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    /// A corrupt-record error for column family (or record kind) `cf`.
+    pub fn corrupt(cf: &'static str, what: impl Into<String>) -> Self {
+        StorageError::Corrupt {
+            cf,
+            what: what.into(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Column families, the schema version in `meta`, and migrations. Opening a directory
+//! written by a newer messs, or one that is not a messs data directory, is an error: the
+//! store never resets data it does not understand.
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+use crate::error::StorageError;
+
+/// The schema this build writes. Bump it with a migration in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Key of the schema version in `meta`.
+const VERSION_KEY: &[u8] = b"schema_version";
+
+/// One step from version `from` to `from + 1`.
+type Migration = fn(&DB) -> Result<(), StorageError>;
+
+/// Migrations by the version they start from; `MIGRATIONS[n]` takes n+1 to n+2 (version 1
+/// is the first, so there are none yet). Each runs once, then the version is written.
+const MIGRATIONS: &[Migration] = &[];
+
+/// The column families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// Schema version, audit chain head, and other singletons.
+    Meta,
+    /// Persistent sessions: record, subscriptions, incoming QoS 2 ids, pending will.
+    Sessions,
+    /// Messages queued for persistent sessions (offline, or not yet acknowledged).
+    Queue,
+    /// Outgoing QoS 1/2 state of queued messages: packet id, and whether PUBREL was sent.
+    Inflight,
+    /// Retained messages.
+    Retained,
+    /// Telemetry: messages on configured filters, by tenant and time.
+    Telemetry,
+    /// The hash-chained audit log.
+    Audit,
+    /// Device credentials (the security issue's registry).
+    Devices,
+    /// Topic ACL rules (the security issue's registry).
+    Acls,
+    /// Admin accounts and roles (the admin issue's registry).
+    Admins,
+}
+
+impl Cf {
+    /// Every column family, in creation order.
+    pub const ALL: [Cf; 10] = [
+        Cf::Meta,
+        Cf::Sessions,
+        Cf::Queue,
+        Cf::Inflight,
+        Cf::Retained,
+        Cf::Telemetry,
+        Cf::Audit,
+        Cf::Devices,
+        Cf::Acls,
+        Cf::Admins,
+    ];
+
+    /// Its name on disk.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Sessions => "sessions",
+            Cf::Queue => "queue",
+            Cf::Inflight => "inflight",
+            Cf::Retained => "retained",
+            Cf::Telemetry => "telemetry",
+            Cf::Audit => "audit",
+            Cf::Devices => "devices",
+            Cf::Acls => "acls",
+            Cf::Admins => "admins",
+        }
+    }
+}
+
+/// Options for every column family: LZ4 for data that compresses (payloads, records).
+fn cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+/// Opens (or creates) the database at `path` with `db_opts`, then checks or writes the
+/// schema version and runs pending migrations.
+pub(crate) fn open(path: &std::path::Path, mut db_opts: Options) -> Result<DB, StorageError> {
+    let existing = DB::list_cf(&Options::default(), path).ok();
+    match &existing {
+        Some(names) => {
+            // An existing directory must have every family of its version; a new version's
+            // families are created by its migration, so only the first ones are required.
+            for cf in [Cf::Meta, Cf::Sessions, Cf::Queue, Cf::Retained] {
+                if !names.iter().any(|n| n == cf.name()) {
+                    return Err(StorageError::MissingColumnFamily(cf.name()));
+                }
+            }
+            db_opts.create_if_missing(false);
+        }
+        None => db_opts.create_if_missing(true),
+    }
+    db_opts.create_missing_column_families(true);
+    let descriptors = Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+    let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
+    let meta = db
+        .cf_handle(Cf::Meta.name())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
+    let found = match db.get_cf(meta, VERSION_KEY)? {
+        None if existing.is_some() => {
+            return Err(StorageError::corrupt(
+                "meta",
+                "no schema version in an existing data directory",
+            ))
+        }
+        None => {
+            db.put_cf(meta, VERSION_KEY, SCHEMA_VERSION.to_be_bytes())?;
+            db.flush_wal(true)?;
+            SCHEMA_VERSION
+        }
+        Some(v) => {
+            let bytes: [u8; 4] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::corrupt("meta", "schema version is not 4 bytes"))?;
+            u32::from_be_bytes(bytes)
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        return Err(StorageError::corrupt("meta", "schema version 0"));
+    }
+    for version in found..SCHEMA_VERSION {
+        let index = (version - 1) as usize;
+        if let Some(migrate) = MIGRATIONS.get(index) {
+            tracing::info!(
+                from = version,
+                to = version + 1,
+                "migrating the data directory"
+            );
+            migrate(&db)?;
+        }
+        db.put_cf(meta, VERSION_KEY, (version + 1).to_be_bytes())?;
+        db.flush_wal(true)?;
+    }
+    Ok(db)
+}

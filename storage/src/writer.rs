@@ -1,0 +1,463 @@
+//! The one writer thread. Every change to the store is a [`Batch`] sent to it; while one
+//! RocksDB write is in progress the next requests queue up, and the writer takes all of
+//! them (up to a cap) into the next write: group commit, so a thousand publishers cost a
+//! handful of WAL writes, not a thousand. Requests are applied in the order they were
+//! submitted, so changes to one session made under its lock reach the disk in that order.
+//!
+//! A [`Ticket`] says when a set of batches is durable at the configured level: each batch
+//! submitted with a clone holds it, and when the last clone is dropped (the writer drops its
+//! clones after the write, the submitter after its last submit) the [`Durable`] future
+//! resolves — with an error if any of those writes failed. No RocksDB call runs on the
+//! caller's thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use crate::error::StorageError;
+use crate::schema::Cf;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// At once: writes go to RocksDB's memtable without the write-ahead log. Fastest; a
+    /// crash loses what was not yet flushed to SST files.
+    None,
+    /// Once in the write-ahead log (not synced): survives a crash of the process, not of
+    /// the machine.
+    #[default]
+    Wal,
+    /// Once the write-ahead log is synced to the device: survives power loss.
+    Fsync,
+}
+
+impl Durability {
+    /// Whether acknowledgements wait for the writer.
+    pub fn waits(self) -> bool {
+        self != Durability::None
+    }
+}
+
+/// One change.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put(_, k, v) => k.len() + v.len(),
+            Op::Delete(_, k) => k.len(),
+            Op::DeleteRange(_, a, b) => a.len() + b.len(),
+        }
+    }
+}
+
+/// Changes applied atomically, in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+    bytes: usize,
+    /// Holds new message data: refused with [`StorageError::Busy`] when the writer is too
+    /// far behind. Batches of deletes and session bookkeeping always go through, since they
+    /// only ever shrink what the store holds or track what was already admitted.
+    new_data: bool,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub(crate) fn push(&mut self, op: Op) {
+        self.bytes += op.bytes();
+        self.ops.push(op);
+    }
+
+    pub(crate) fn mark_new_data(&mut self) {
+        self.new_data = true;
+    }
+
+    /// Whether it holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Moves every change of `other` to the end of this batch.
+    pub fn append(&mut self, other: &mut Batch) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        self.new_data |= std::mem::take(&mut other.new_data);
+        self.ops.append(&mut other.ops);
+    }
+}
+
+struct TicketInner {
+    failed: AtomicBool,
+    used: AtomicBool,
+    tx: Mutex<Option<tokio::sync::oneshot::Sender<bool>>>,
+}
+
+impl Drop for TicketInner {
+    fn drop(&mut self) {
+        let tx = self
+            .tx
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(!self.failed.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Tracks when the batches submitted with it are durable (see the module header).
+#[derive(Clone)]
+pub struct Ticket(Arc<TicketInner>);
+
+impl Ticket {
+    /// A ticket and the future that resolves once it and every batch submitted with it
+    /// are done.
+    pub fn new() -> (Ticket, Durable) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = TicketInner {
+            failed: AtomicBool::new(false),
+            used: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+        };
+        (Ticket(Arc::new(inner)), Durable(rx))
+    }
+
+    /// Whether any batch was submitted with it.
+    pub fn is_used(&self) -> bool {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    /// Whether it was marked failed.
+    pub fn is_failed(&self) -> bool {
+        self.0.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks it failed (a batch that should have gone with it could not be submitted).
+    pub fn fail(&self) {
+        self.0.failed.store(true, Ordering::Release);
+    }
+}
+
+/// Resolves when a [`Ticket`]'s batches are durable: `Err` if any of them failed or the
+/// writer stopped.
+#[derive(Debug)]
+pub struct Durable(tokio::sync::oneshot::Receiver<bool>);
+
+impl Durable {
+    /// The result if it is already known, without waiting.
+    pub fn try_result(&mut self) -> Option<Result<(), StorageError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.0.try_recv() {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => Some(Err(StorageError::WriteFailed(
+                "a write this acknowledgement depends on failed".into(),
+            ))),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => Some(Err(StorageError::WriterStopped)),
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StorageError::WriteFailed(
+                "a write this acknowledgement depends on failed".into(),
+            )),
+            Err(_) => Err(StorageError::WriterStopped),
+        })
+    }
+}
+
+struct Request {
+    batch: Batch,
+    ticket: Option<Ticket>,
+    /// Submission number (see `Progress`).
+    n: u64,
+}
+
+/// How far the writer got: requests are numbered as they are submitted, and `written` is
+/// the number of the last one the writer finished (written or failed), so a reader can wait
+/// until everything submitted before it is visible.
+#[derive(Default)]
+struct Progress {
+    written: Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Progress {
+    fn set(&self, n: u64) {
+        *self.written.lock().unwrap_or_else(PoisonError::into_inner) = n;
+        self.changed.notify_all();
+    }
+}
+
+/// Counters of the writer, for metrics and the performance report.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// RocksDB writes (each one group-committed batch).
+    pub writes: AtomicU64,
+    /// Changes written.
+    pub ops: AtomicU64,
+    /// Bytes of keys and values written.
+    pub bytes: AtomicU64,
+    /// Largest number of requests merged into one write.
+    pub max_group: AtomicU64,
+    /// Requests merged into writes, in total (divided by `writes`: the mean group size).
+    pub requests: AtomicU64,
+    /// Writes that failed.
+    pub failures: AtomicU64,
+    /// Batches refused because the writer was too far behind.
+    pub refused_busy: AtomicU64,
+    /// Bytes submitted and not yet written (a gauge).
+    pub pending_bytes: AtomicUsize,
+    /// 1 while the last write failed, 0 once one succeeds again (a gauge).
+    pub failing: AtomicBool,
+}
+
+/// Most requests merged into one RocksDB write.
+const MAX_GROUP: usize = 4096;
+/// Most bytes merged into one RocksDB write.
+const MAX_GROUP_BYTES: usize = 8 << 20;
+
+/// The submitting side of the writer thread.
+pub(crate) struct Writer {
+    /// The channel, and the number of the last request sent on it (numbered under this
+    /// lock, so numbers follow the channel's order).
+    tx: Mutex<(Option<mpsc::Sender<Request>>, u64)>,
+    progress: Arc<Progress>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) stats: Arc<WriterStats>,
+    max_pending_bytes: usize,
+    fault: Arc<AtomicBool>,
+}
+
+impl Writer {
+    pub(crate) fn start(db: Arc<DB>, durability: Durability, max_pending_bytes: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let stats = Arc::new(WriterStats::default());
+        let fault = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let thread = {
+            let stats = stats.clone();
+            let inject = fault.clone();
+            let progress = progress.clone();
+            std::thread::Builder::new()
+                .name("messs-storage-writer".into())
+                .spawn(move || {
+                    run(&db, durability, &rx, &stats, &inject, &progress);
+                    // Nothing more will be written: release every waiter.
+                    progress.set(u64::MAX);
+                })
+        };
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the storage writer thread");
+                None
+            }
+        };
+        Writer {
+            tx: Mutex::new((thread.as_ref().map(|_| tx), 0)),
+            progress,
+            thread: Mutex::new(thread),
+            stats,
+            max_pending_bytes,
+            fault,
+        }
+    }
+
+    /// Queues `batch` for the writer. A batch with new message data is refused while more
+    /// than `max_pending_bytes` wait.
+    pub(crate) fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+        if batch.new_data && pending > 0 && pending + batch.bytes > self.max_pending_bytes {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(StorageError::Busy(pending));
+        }
+        self.stats
+            .pending_bytes
+            .fetch_add(batch.bytes, Ordering::Relaxed);
+        let bytes = batch.bytes;
+        if let Some(t) = ticket {
+            t.0.used.store(true, Ordering::Release);
+        }
+        let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tx, last) = &mut *guard;
+        let request = Request {
+            batch,
+            ticket: ticket.cloned(),
+            n: *last + 1,
+        };
+        let sent = tx.as_ref().is_some_and(|tx| tx.send(request).is_ok());
+        if sent {
+            *last += 1;
+        }
+        drop(guard);
+        if !sent {
+            self.stats.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            if let Some(t) = ticket {
+                t.fail();
+            }
+            return Err(StorageError::WriterStopped);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every request submitted before this call was written (or failed).
+    pub(crate) fn wait_written(&self) -> Result<(), StorageError> {
+        let target = self.tx.lock().unwrap_or_else(PoisonError::into_inner).1;
+        let mut written = self
+            .progress
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *written < target {
+            written = self
+                .progress
+                .changed
+                .wait(written)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if *written == u64::MAX && target != u64::MAX {
+            return Err(StorageError::WriterStopped);
+        }
+        Ok(())
+    }
+
+    /// While `on`, every write fails as on a full disk (fault drills and tests).
+    pub(crate) fn set_fault(&self, on: bool) {
+        self.fault.store(on, Ordering::Release);
+    }
+
+    /// Stops accepting batches, lets the thread write what is queued, and waits for it.
+    pub(crate) fn stop(&self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("the storage writer thread panicked");
+            }
+        }
+    }
+}
+
+fn run(
+    db: &DB,
+    durability: Durability,
+    rx: &mpsc::Receiver<Request>,
+    stats: &WriterStats,
+    inject: &AtomicBool,
+    progress: &Progress,
+) {
+    let mut opts = WriteOptions::default();
+    match durability {
+        Durability::None => opts.disable_wal(true),
+        Durability::Wal => opts.set_sync(false),
+        Durability::Fsync => opts.set_sync(true),
+    }
+    let mut tickets: Vec<Ticket> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut wb = WriteBatch::default();
+        let mut bytes = 0usize;
+        let mut group = 0usize;
+        let mut last_n = 0;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            bytes += request.batch.bytes;
+            group += 1;
+            last_n = request.n;
+            for op in &request.batch.ops {
+                apply(db, &mut wb, op);
+            }
+            tickets.extend(request.ticket);
+            if group < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let injected = inject.load(Ordering::Acquire);
+        let ops = wb.len();
+        let result = if injected {
+            Err("injected fault: no space left on device".to_string())
+        } else {
+            db.write_opt(wb, &opts).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => {
+                if stats.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("storage writes succeed again");
+                }
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+                stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+                stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                stats.requests.fetch_add(group as u64, Ordering::Relaxed);
+                stats.max_group.fetch_max(group as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !stats.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "storage write failed; publishes that need storage are refused until writes succeed");
+                }
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                for t in &tickets {
+                    t.fail();
+                }
+            }
+        }
+        stats.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        progress.set(last_n);
+        // Dropping the writer's clones resolves tickets whose submitter is done.
+        tickets.clear();
+    }
+}
+
+fn apply(db: &DB, wb: &mut WriteBatch, op: &Op) {
+    let Some(cf) = db.cf_handle(cf_name(op)) else {
+        // Every family is created at open; a missing one cannot happen after it.
+        tracing::error!(cf = cf_name(op), "column family missing; change dropped");
+        return;
+    };
+    match op {
+        Op::Put(_, k, v) => wb.put_cf(cf, k, v),
+        Op::Delete(_, k) => wb.delete_cf(cf, k),
+        Op::DeleteRange(_, from, to) => wb.delete_range_cf(cf, from, to),
+    }
+}
+
+fn cf_name(op: &Op) -> &'static str {
+    match op {
+        Op::Put(cf, ..) | Op::Delete(cf, _) | Op::DeleteRange(cf, ..) => cf.name(),
+    }
+}

@@ -1,0 +1,549 @@
+//! The store on real RocksDB in temporary directories: what is written survives a reopen,
+//! tickets resolve at their durability level, bad directories are refused, encryption,
+//! telemetry retention and queries, the audit chain, checkpoints and write faults.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use messs_storage::audit::AuditEvent;
+use messs_storage::sessions::{
+    InflightRecord, MessageRecord, QueuedRecord, SessionPrefix, SessionRecord, SubscriptionRecord,
+    WillRecord,
+};
+use messs_storage::telemetry::{RetentionPolicy, TelemetryQuery};
+use messs_storage::{Batch, Durability, KeyRing, StorageError, Store, StoreOptions, Ticket};
+
+const KEY: &str = "7:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn open(dir: &Path) -> Store {
+    Store::open(StoreOptions::new(dir)).unwrap()
+}
+
+fn message(topic: &str, payload: &[u8]) -> MessageRecord {
+    MessageRecord {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        qos: 1,
+        retain: false,
+        expires_at: Some(123),
+        origin: 42,
+        properties: Bytes::from_static(b"props"),
+    }
+}
+
+fn queued(payload: &[u8]) -> QueuedRecord {
+    QueuedRecord {
+        qos: 1,
+        retain: false,
+        subscription_ids: vec![3, 9],
+        message: message("t/1", payload),
+    }
+}
+
+/// Submits `batch` and waits until it is durable.
+fn write(store: &Store, batch: Batch) -> Result<(), StorageError> {
+    let (ticket, durable) = Ticket::new();
+    store.submit(batch, Some(&ticket))?;
+    drop(ticket);
+    futures_block_on(durable)
+}
+
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn sessions_queues_and_retained_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SessionPrefix::new("acme", "dev-1").unwrap();
+    let other = SessionPrefix::new("acme", "dev-10").unwrap();
+    {
+        let store = open(dir.path());
+        let mut b = Batch::new();
+        let record = SessionRecord {
+            session_id: 77,
+            expiry_interval: 3600,
+            disconnected_at: Some(1_000),
+        };
+        store.put_session(&mut b, &p, &record);
+        store.put_session(&mut b, &other, &record);
+        store.put_subscription(
+            &mut b,
+            &p,
+            &SubscriptionRecord {
+                filter: "a/+/c".into(),
+                options: 0x21,
+                id: Some(5),
+            },
+        );
+        store.put_incoming_qos2(&mut b, &p, 17);
+        store
+            .put_will(
+                &mut b,
+                &p,
+                &WillRecord {
+                    due_at: 9_000,
+                    message: message("will/t", b"bye"),
+                },
+            )
+            .unwrap();
+        for seq in 1..=5 {
+            store
+                .put_queued(&mut b, &p, seq, &queued(format!("m{seq}").as_bytes()))
+                .unwrap();
+            store
+                .put_queued(&mut b, &other, seq, &queued(b"x"))
+                .unwrap();
+        }
+        store.put_inflight(&mut b, &p, 1, InflightRecord::Published(300));
+        store.release_queued(&mut b, &p, 2, 301);
+        store.delete_queued(&mut b, &p, 3);
+        let mut retained = message("r/1", b"retained");
+        retained.retain = true;
+        store.put_retained(&mut b, "acme", &retained).unwrap();
+        store
+            .put_retained(&mut b, "acme", &message("r/big", &[7; 5000]))
+            .unwrap();
+        write(&store, b).unwrap();
+    }
+    let store = open(dir.path());
+    let sessions = store.load_sessions().unwrap();
+    assert_eq!(sessions.len(), 2);
+    let s = sessions.iter().find(|s| s.client_id == "dev-1").unwrap();
+    assert_eq!(s.tenant, "acme");
+    assert_eq!(s.record.session_id, 77);
+    assert_eq!(s.record.disconnected_at, Some(1_000));
+    assert_eq!(s.subscriptions.len(), 1);
+    assert_eq!(s.subscriptions[0].filter, "a/+/c");
+    assert_eq!(s.subscriptions[0].options, 0x21);
+    assert_eq!(s.subscriptions[0].id, Some(5));
+    assert_eq!(s.incoming_qos2, vec![17]);
+    assert_eq!(s.will.as_ref().unwrap().message.payload.as_ref(), b"bye");
+    assert_eq!(
+        s.inflight,
+        vec![
+            (1, InflightRecord::Published(300)),
+            (2, InflightRecord::Released(301))
+        ]
+    );
+    assert_eq!(
+        s.queued, 3,
+        "1, 4 and 5 are left (2 released, 3 acknowledged)"
+    );
+    assert_eq!(s.next_seq, 6);
+    let q = store.read_queue(&p, 0, 10, usize::MAX).unwrap();
+    let seqs: Vec<u64> = q.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 4, 5]);
+    assert_eq!(q[0].1, queued(b"m1"));
+    assert_eq!(store.read_queue(&p, 4, 1, usize::MAX).unwrap()[0].0, 4);
+    let retained = store.load_retained(1024).unwrap();
+    assert_eq!(retained.len(), 2);
+    let big = retained
+        .iter()
+        .find(|r| r.message.topic == "r/big")
+        .unwrap();
+    assert!(big.payload_on_disk && big.message.payload.is_empty());
+    assert_eq!(big.payload_len, 5000);
+    let read = store.read_retained("acme", "r/big").unwrap().unwrap();
+    assert_eq!(read.payload.len(), 5000);
+    // Ending one session removes all of it and nothing of its neighbour.
+    let mut b = Batch::new();
+    store.delete_session(&mut b, &p);
+    write(&store, b).unwrap();
+    let sessions = store.load_sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].client_id, "dev-10");
+    assert_eq!(sessions[0].queued, 5);
+    assert!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn tickets_resolve_after_the_write_and_writes_are_grouped() {
+    for durability in [Durability::None, Durability::Wal, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = StoreOptions::new(dir.path());
+        options.durability = durability;
+        let store = Store::open(options).unwrap();
+        let p = SessionPrefix::new("t", "c").unwrap();
+        let mut waits = Vec::new();
+        for seq in 0..2000u64 {
+            let (ticket, durable) = Ticket::new();
+            let mut b = Batch::new();
+            store
+                .put_queued(&mut b, &p, seq, &queued(b"payload"))
+                .unwrap();
+            store.submit(b, Some(&ticket)).unwrap();
+            assert!(ticket.is_used());
+            waits.push(durable);
+        }
+        futures_block_on(async {
+            for w in waits {
+                w.await.unwrap();
+            }
+        });
+        let stats = store.writer_stats();
+        let writes = stats.writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            writes >= 1 && writes < 2000,
+            "{durability:?}: {writes} writes for 2000 submits"
+        );
+        assert_eq!(
+            store.read_queue(&p, 0, 5000, usize::MAX).unwrap().len(),
+            2000
+        );
+    }
+}
+
+#[test]
+fn a_ticket_without_writes_resolves_when_dropped() {
+    let (ticket, durable) = Ticket::new();
+    assert!(!ticket.is_used());
+    drop(ticket);
+    futures_block_on(durable).unwrap();
+}
+
+#[test]
+fn newer_schema_and_foreign_directories_are_refused_never_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"schema_version", 99u32.to_be_bytes())
+            .unwrap();
+    }
+    let err = Store::open(StoreOptions::new(dir.path())).unwrap_err();
+    assert!(
+        matches!(err, StorageError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = rocksdb::DB::open(&opts, foreign.path()).unwrap();
+        db.put(b"k", b"v").unwrap();
+    }
+    let err = Store::open(StoreOptions::new(foreign.path())).unwrap_err();
+    assert!(matches!(err, StorageError::MissingColumnFamily(_)), "{err}");
+    // Still the foreign data, untouched.
+    let db = rocksdb::DB::open_default(foreign.path()).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// Every file of the data directory, concatenated (WAL and SST files hold the values).
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            out.extend(std::fs::read(path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn encrypted_payloads_never_reach_the_disk_in_clear_and_keys_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = b"very-secret-payload-0123456789";
+    let p = SessionPrefix::new("t", "c").unwrap();
+    {
+        let mut options = StoreOptions::new(dir.path());
+        options.keys = Some(KeyRing::parse(KEY).unwrap());
+        let store = Store::open(options).unwrap();
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, 1, &queued(secret)).unwrap();
+        store
+            .put_retained(&mut b, "t", &message("r", secret))
+            .unwrap();
+        write(&store, b).unwrap();
+        store.compact().unwrap();
+    }
+    let bytes = all_bytes(dir.path());
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret),
+        "the payload is on disk in clear"
+    );
+    // Without the key: a clear error, no garbage.
+    let store = open(dir.path());
+    let err = store.read_queue(&p, 0, 10, usize::MAX).unwrap_err();
+    assert!(err.to_string().contains("no key is configured"), "{err}");
+    assert!(!store.verify().unwrap().is_ok());
+    drop(store);
+    // A rotated key ring (new active key 8) still reads what key 7 sealed.
+    let mut options = StoreOptions::new(dir.path());
+    let rotated = format!("{KEY}\n8:{}", "ab".repeat(32));
+    options.keys = Some(KeyRing::parse(&rotated).unwrap());
+    let store = Store::open(options).unwrap();
+    assert_eq!(
+        store.read_queue(&p, 0, 10, usize::MAX).unwrap()[0]
+            .1
+            .message
+            .payload
+            .as_ref(),
+        secret
+    );
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn telemetry_queries_page_stay_in_their_tenant_and_retention_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut b = Batch::new();
+    for i in 0..100u64 {
+        let topic = if i % 2 == 0 { "s/temp" } else { "s/hum" };
+        store
+            .put_telemetry(&mut b, "a", 1_000 + i, &message(topic, &[1; 100]))
+            .unwrap();
+    }
+    store
+        .put_telemetry(&mut b, "b", 1_050, &message("s/temp", b"other tenant"))
+        .unwrap();
+    write(&store, b).unwrap();
+
+    let mut query = TelemetryQuery {
+        tenant: "a".into(),
+        filter: "s/temp".into(),
+        from_ms: 1_010,
+        to_ms: 1_060,
+        limit: 10,
+        cursor: None,
+    };
+    let mut got = Vec::new();
+    loop {
+        let page = store.query_telemetry(&query).unwrap();
+        got.extend(page.records.iter().map(|r| r.timestamp_ms));
+        match page.next {
+            Some(c) => query.cursor = Some(c.to_string().parse().unwrap()),
+            None => break,
+        }
+    }
+    let want: Vec<u64> = (1_010..1_060).filter(|t| t % 2 == 0).collect();
+    assert_eq!(got, want);
+    // A cursor from tenant b cannot read tenant a.
+    let b_page = store
+        .query_telemetry(&TelemetryQuery {
+            tenant: "b".into(),
+            filter: "#".into(),
+            from_ms: 0,
+            to_ms: u64::MAX,
+            limit: 1,
+            cursor: None,
+        })
+        .unwrap();
+    assert_eq!(b_page.records.len(), 1);
+    assert_eq!(b_page.records[0].message.payload.as_ref(), b"other tenant");
+
+    let before = store.telemetry_usage("a");
+    assert_eq!(before.records, 100);
+    // Age: everything before 1_050 goes.
+    let report = store
+        .apply_telemetry_retention(
+            &RetentionPolicy {
+                max_age_ms: Some(100),
+                max_bytes_per_tenant: None,
+            },
+            1_150,
+        )
+        .unwrap();
+    assert_eq!(report.records, 50);
+    assert_eq!(store.telemetry_usage("a").records, 50);
+    assert_eq!(
+        store.telemetry_usage("b").records,
+        1,
+        "tenant b's one record is newer"
+    );
+    // Size: keep about a fifth of what is left.
+    let left = store.telemetry_usage("a").bytes;
+    store
+        .apply_telemetry_retention(
+            &RetentionPolicy {
+                max_age_ms: None,
+                max_bytes_per_tenant: Some(left / 5),
+            },
+            1_150,
+        )
+        .unwrap();
+    let usage = store.telemetry_usage("a");
+    assert!(usage.bytes <= left / 5, "{usage:?}");
+    let all = store
+        .query_telemetry(&TelemetryQuery {
+            tenant: "a".into(),
+            filter: "#".into(),
+            from_ms: 0,
+            to_ms: u64::MAX,
+            limit: 1000,
+            cursor: None,
+        })
+        .unwrap();
+    assert_eq!(all.records.len() as u64, usage.records);
+    assert_eq!(
+        all.records.last().unwrap().timestamp_ms,
+        1_099,
+        "the newest are kept"
+    );
+    drop(store);
+    // Usage is recounted from disk at open.
+    assert_eq!(open(dir.path()).telemetry_usage("a"), usage);
+}
+
+fn event(i: u64) -> AuditEvent {
+    AuditEvent {
+        time_ms: i,
+        actor: "admin".into(),
+        action: "test.event".into(),
+        detail: format!("event {i}"),
+    }
+}
+
+#[test]
+fn audit_verify_finds_a_changed_record_and_a_removed_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 1..=10 {
+            futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+        }
+        let report = store.verify_audit().unwrap();
+        assert_eq!(report.records, 10);
+        assert!(report.broken.is_none());
+        assert_eq!(store.read_audit(4, 2).unwrap()[0].event, event(4));
+    }
+    // Appends go on after a reopen, on the same chain.
+    {
+        let store = open(dir.path());
+        futures_block_on(store.append_audit(&event(11)).unwrap()).unwrap();
+        assert!(store.verify_audit().unwrap().broken.is_none());
+    }
+    let raw = |f: &dyn Fn(&rocksdb::DB)| {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        f(&db);
+    };
+    // Change one byte of the detail of record 5.
+    raw(&|db| {
+        let cf = db.cf_handle("audit").unwrap();
+        let mut v = db.get_cf(cf, 5u64.to_be_bytes()).unwrap().unwrap();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        db.put_cf(cf, 5u64.to_be_bytes(), v).unwrap();
+    });
+    let report = open(dir.path()).verify_audit().unwrap();
+    let broken = report.broken.expect("the change went unnoticed");
+    assert_eq!(broken.seq, 5, "{broken:?}");
+
+    // On a fresh chain, removing the newest record is found as well.
+    let dir2 = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir2.path());
+        for i in 1..=3 {
+            futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+        }
+    }
+    let opts = rocksdb::Options::default();
+    {
+        let cfs = rocksdb::DB::list_cf(&opts, dir2.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir2.path(), cfs).unwrap();
+        db.delete_cf(db.cf_handle("audit").unwrap(), 3u64.to_be_bytes())
+            .unwrap();
+    }
+    let report = open(dir2.path()).verify_audit().unwrap();
+    assert_eq!(report.broken.unwrap().seq, 3);
+}
+
+#[test]
+fn a_checkpoint_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    let data = dir.path().join("data");
+    let p = SessionPrefix::new("t", "c").unwrap();
+    {
+        let store = open(&data);
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, 1, &queued(b"before")).unwrap();
+        // Not waited for: the checkpoint waits for everything submitted.
+        store.submit(b, None).unwrap();
+        store.checkpoint(&backup).unwrap();
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, 2, &queued(b"after")).unwrap();
+        write(&store, b).unwrap();
+        assert!(store.checkpoint(&backup).is_err(), "never overwrites");
+    }
+    let restored = open(&backup);
+    let q = restored.read_queue(&p, 0, 10, usize::MAX).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].1.message.payload.as_ref(), b"before");
+    assert!(restored.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_failed_write_fails_its_ticket_and_the_next_write_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = SessionPrefix::new("t", "c").unwrap();
+    store.set_write_fault(true);
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 1, &queued(b"lost")).unwrap();
+    let err = write(&store, b).unwrap_err();
+    assert!(matches!(err, StorageError::WriteFailed(_)), "{err}");
+    assert!(store.is_failing());
+    store.set_write_fault(false);
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 2, &queued(b"kept")).unwrap();
+    write(&store, b).unwrap();
+    assert!(!store.is_failing());
+    let q = store.read_queue(&p, 0, 10, usize::MAX).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, 2);
+    assert_eq!(
+        store
+            .writer_stats()
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn new_data_is_refused_when_the_writer_is_too_far_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.max_pending_bytes = 64 * 1024;
+    let store = Store::open(options).unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let mut refused = 0;
+    for seq in 0..2000 {
+        let mut b = Batch::new();
+        store
+            .put_queued(&mut b, &p, seq, &queued(&[0; 4096]))
+            .unwrap();
+        if let Err(e) = store.submit(b, None) {
+            assert!(matches!(e, StorageError::Busy(_)));
+            refused += 1;
+        }
+    }
+    // Deletes are never refused.
+    for seq in 0..2000 {
+        let mut b = Batch::new();
+        store.delete_queued(&mut b, &p, seq);
+        store.submit(b, None).unwrap();
+    }
+    assert!(
+        refused > 0,
+        "8 MiB submitted at once against a 64 KiB limit"
+    );
+    store.sync().unwrap();
+    assert!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().is_empty());
+}
