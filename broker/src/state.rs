@@ -96,7 +96,9 @@ impl BrokerState {
             limits.max_retained_bytes,
             config.session.queue_qos0_offline,
             stats.clone(),
-            persist.as_ref().map(|p| p.store.clone()),
+            persist
+                .as_ref()
+                .map(|p| (p.store.clone(), p.retained_inline_bytes)),
         );
         let budget = Arc::new(ByteBudget::new(
             stats.clone(),

@@ -447,3 +447,53 @@ async fn clean_sessions_never_wait_for_the_store() {
     store.set_write_fault(false);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn large_retained_payloads_stay_on_disk_and_are_read_on_delivery() {
+    let small_inline = |c: &mut messs_broker::Config| c.storage.retained_inline_bytes = 100;
+    let broker = TestBroker::start_with(small_inline).await;
+    let big: &'static [u8] = Box::leak(vec![7u8; 10_000].into_boxed_slice());
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..40 {
+        let t = format!("big/{i}");
+        publisher
+            .publish(publish(&t, big, QosPid::AtLeastOnce(pid(1)), true))
+            .await;
+    }
+    publisher
+        .publish(publish(
+            "big/small",
+            b"inline",
+            QosPid::AtLeastOnce(pid(1)),
+            true,
+        ))
+        .await;
+    let check = |broker: &TestBroker| {
+        let addr = broker.addr;
+        async move {
+            let mut sub = Raw::v5(addr, "reader").await;
+            sub.subscribe("big/#", QoS::AtLeastOnce).await;
+            let mut bigs = 0;
+            for _ in 0..41 {
+                let p = sub.recv_publish_ack().await;
+                if p.topic.as_str() == "big/small" {
+                    assert_eq!(&p.payload[..], b"inline");
+                } else {
+                    assert_eq!(p.payload.len(), 10_000, "{}", p.topic.as_str());
+                    bigs += 1;
+                }
+            }
+            assert_eq!(
+                bigs, 40,
+                "every on-disk payload was read (in batches of 32)"
+            );
+            sub.expect_silence().await;
+        }
+    };
+    check(&broker).await;
+    let data = broker.data.clone();
+    broker.stop().await;
+    let broker = TestBroker::start_in(data, small_inline).await;
+    check(&broker).await;
+    broker.stop().await;
+}

@@ -7,12 +7,17 @@
 //! resumes from the last topic it visited, so a subscription to `#` over a large store costs
 //! the subscriber time, not the broker memory, and never holds a worker or the store's lock
 //! for long. Repeated filters replace their pending replay instead of adding one.
+//!
+//! A retained message whose payload is kept on disk (larger than
+//! `storage.retained_inline_bytes`) is read on the blocking pool: the walk collects up to
+//! `FETCH_MAX` of them, a task reads them and queues them for the session, and the walk
+//! goes on once they are in.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use messs_codec::{QoS, TopicFilter};
+use messs_codec::{QoS, TopicFilter, TopicName};
 
 use super::Client;
 use crate::clock::unix_ms;
@@ -29,6 +34,15 @@ const WALKS_PER_PASS: usize = 8;
 /// client takes them, so a client that subscribes and never reads costs one batch and what
 /// its socket buffers hold, not a queue full of retained messages.
 const AHEAD: usize = super::MAX_BATCH;
+/// Retained messages with on-disk payloads read by one fetch.
+const FETCH_MAX: usize = 32;
+
+/// A retained message to read from the store for one subscription.
+struct Fetch {
+    topic: TopicName,
+    qos: QoS,
+    id: Option<NonZeroU32>,
+}
 
 /// The retained messages still owed to one new subscription.
 pub(super) struct Replay {
@@ -67,12 +81,16 @@ impl<S: Transport> Client<S> {
 
     /// Walks pending replays while the session queue has room (see the module header).
     pub(super) fn replay_retained(&mut self) {
+        if self.session.is_fetching() {
+            return; // the fetch wakes the connection when its messages are queued
+        }
         let Some(replays) = self.replays.as_mut() else {
             return;
         };
         let now_ms = unix_ms();
         let session = &self.session;
         let stats = &self.state.stats;
+        let mut fetches: Vec<Fetch> = Vec::new();
         for _ in 0..WALKS_PER_PASS {
             let Some(replay) = replays.front_mut() else {
                 break;
@@ -80,7 +98,20 @@ impl<S: Transport> Client<S> {
             if !session.lock().has_room(AHEAD) {
                 break;
             }
-            let mut sink = |m: &Arc<Message>| -> bool {
+            let mut sink = |m: &Arc<Message>, disk_len: usize| -> bool {
+                if disk_len > 0 {
+                    // Fetched messages count against the batch ahead like queued ones.
+                    let room = AHEAD.saturating_sub(fetches.len());
+                    if fetches.len() >= FETCH_MAX || !session.lock().has_room(room) {
+                        return false;
+                    }
+                    fetches.push(Fetch {
+                        topic: m.topic.clone(),
+                        qos: m.qos.min(replay.qos),
+                        id: replay.id,
+                    });
+                    return true;
+                }
                 let delivery = Delivery {
                     message: m.clone(),
                     qos: m.qos.min(replay.qos),
@@ -128,10 +159,64 @@ impl<S: Transport> Client<S> {
         if replays.is_empty() {
             self.replays = None;
         }
+        if !fetches.is_empty() {
+            self.fetch_retained(fetches);
+        }
+    }
+
+    /// Reads retained messages whose payloads are on disk and queues them for the session.
+    fn fetch_retained(&self, fetches: Vec<Fetch>) {
+        let Some(persist) = &self.state.persist else {
+            return;
+        };
+        let store = persist.store.clone();
+        let session = self.session.clone();
+        let stats = self.state.stats.clone();
+        session.set_fetching(true);
+        tokio::task::spawn_blocking(move || {
+            let tenant = session.key.tenant.clone();
+            if let Err(e) = store.wait_written() {
+                tracing::warn!(error = %e, "retained payloads not read");
+            }
+            let now_ms = unix_ms();
+            for f in fetches {
+                let message = match store.read_retained(&tenant, f.topic.as_str()) {
+                    Ok(Some(record)) => match crate::persist::codec::message_from_record(record) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a retained message cannot be read");
+                            continue;
+                        }
+                    },
+                    // Replaced by a smaller one or deleted meanwhile: the walk saw the old.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a retained message cannot be read");
+                        continue;
+                    }
+                };
+                if message.is_expired(now_ms) {
+                    continue;
+                }
+                let delivery = Delivery {
+                    message: Arc::new(message),
+                    qos: f.qos,
+                    retain: true,
+                    subscription_ids: f.id.into_iter().collect(),
+                    stored_seq: 0,
+                };
+                if let Err(e) = session.lock().push(delivery, || true, None) {
+                    tracing::debug!(?e, "retained message not queued");
+                    stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            session.set_fetching(false);
+            session.wake();
+        });
     }
 
     /// Whether another pass should follow at once to continue a replay.
     pub(super) fn replay_pending(&self) -> bool {
-        self.replays.is_some() && self.session.lock().has_room(AHEAD)
+        self.replays.is_some() && !self.session.is_fetching() && self.session.lock().has_room(AHEAD)
     }
 }

@@ -41,15 +41,16 @@ impl BrokerState {
         let now = unix_ms();
         let mut report = RestoreReport::default();
         let mut cleanup = Batch::new();
-        for r in store.load_retained(usize::MAX)? {
+        for r in store.load_retained(persist.retained_inline_bytes)? {
             let message = codec::message_from_record(r.message)?;
             if message.is_expired(now) {
                 store.delete_retained(&mut cleanup, &r.tenant, message.topic.as_str())?;
                 continue;
             }
+            let disk_len = if r.payload_on_disk { r.payload_len } else { 0 };
             if self
                 .router
-                .restore_retained(&self.tenant_id(&r.tenant), message)
+                .restore_retained(&self.tenant_id(&r.tenant), message, disk_len)
             {
                 report.retained += 1;
             }

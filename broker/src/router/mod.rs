@@ -59,6 +59,8 @@ pub(crate) struct Router {
     stats: Arc<Stats>,
     /// Where retained messages are mirrored, if the broker has a store.
     store: Option<messs_storage::Store>,
+    /// Retained payloads larger than this stay in the store only (`usize::MAX` without one).
+    retained_inline: usize,
 }
 
 thread_local! {
@@ -80,8 +82,12 @@ impl Router {
         max_retained_bytes: usize,
         queue_qos0_offline: bool,
         stats: Arc<Stats>,
-        store: Option<messs_storage::Store>,
+        store: Option<(messs_storage::Store, usize)>,
     ) -> Self {
+        let (store, retained_inline) = match store {
+            Some((store, inline)) => (Some(store), inline),
+            None => (None, usize::MAX),
+        };
         Router {
             tenants: RwLock::new(HashMap::new()),
             max_retained,
@@ -89,6 +95,7 @@ impl Router {
             queue_qos0_offline,
             stats,
             store,
+            retained_inline,
         }
     }
 
@@ -156,7 +163,17 @@ impl Router {
         let mut retained_rejected = false;
         if message.retain {
             let mut retained = write(&routes.retained);
-            retained_rejected = retained.set(message.clone()).is_err();
+            // A large payload is kept in the store only; the tree holds the rest.
+            let disk_len = message.payload.len();
+            retained_rejected = if disk_len > self.retained_inline {
+                let stripped = Message {
+                    payload: bytes::Bytes::new(),
+                    ..(*message).clone()
+                };
+                retained.set_entry(Arc::new(stripped), disk_len).is_err()
+            } else {
+                retained.set(message.clone()).is_err()
+            };
             if retained_rejected {
                 self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -286,7 +303,7 @@ impl Router {
         resume: Option<&[Box<str>]>,
         now_ms: u64,
         budget: usize,
-        sink: &mut impl FnMut(&Arc<Message>) -> bool,
+        sink: &mut impl FnMut(&Arc<Message>, usize) -> bool,
     ) -> ScanEnd {
         read(&routes.retained).scan(filter, resume, now_ms, budget, sink)
     }
@@ -340,10 +357,13 @@ impl Router {
     }
 
     /// Puts a retained message read from the store at start-up into its tenant's tree
-    /// (nothing is written); false if the tenant's retained limits are reached.
-    pub fn restore_retained(&self, tenant: &TenantId, message: Message) -> bool {
+    /// (nothing is written; `disk_len > 0`: its payload stayed on disk); false if the
+    /// tenant's retained limits are reached.
+    pub fn restore_retained(&self, tenant: &TenantId, message: Message, disk_len: usize) -> bool {
         let routes = self.tenant(tenant);
-        let stored = write(&routes.retained).set(Arc::new(message)).is_ok();
+        let stored = write(&routes.retained)
+            .set_entry(Arc::new(message), disk_len)
+            .is_ok();
         if !stored {
             self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
         }

@@ -24,6 +24,9 @@ use crate::stats::Stats;
 struct Node {
     children: BTreeMap<Box<str>, Node>,
     message: Option<Arc<Message>>,
+    /// The message's payload is not in memory but in the store, this many bytes long (0: the
+    /// payload is in `message`). Large payloads stay on disk; memory holds the tree.
+    disk_len: usize,
 }
 
 impl Node {
@@ -130,25 +133,23 @@ impl RetainedStore {
         self.count
     }
 
-    fn account(&mut self, added: Option<&Arc<Message>>, removed: Option<&Arc<Message>>) {
-        if let Some(m) = added {
+    /// Counts a message in (`added`) or out, with `disk_len` payload bytes kept on disk:
+    /// the limits count a message's whole size wherever its payload is.
+    fn account(&mut self, message: &Message, disk_len: usize, added: bool) {
+        let cost = message.cost() + disk_len;
+        if added {
             self.count += 1;
-            self.bytes += m.cost();
-            self.stats
-                .retained_bytes
-                .fetch_add(m.cost(), Ordering::Relaxed);
-            if let Some(at) = m.expires_at {
-                self.expiring.insert((at, m.topic.clone()));
+            self.bytes += cost;
+            self.stats.retained_bytes.fetch_add(cost, Ordering::Relaxed);
+            if let Some(at) = message.expires_at {
+                self.expiring.insert((at, message.topic.clone()));
             }
-        }
-        if let Some(m) = removed {
+        } else {
             self.count -= 1;
-            self.bytes -= m.cost();
-            self.stats
-                .retained_bytes
-                .fetch_sub(m.cost(), Ordering::Relaxed);
-            if let Some(at) = m.expires_at {
-                self.expiring.remove(&(at, m.topic.clone()));
+            self.bytes -= cost;
+            self.stats.retained_bytes.fetch_sub(cost, Ordering::Relaxed);
+            if let Some(at) = message.expires_at {
+                self.expiring.remove(&(at, message.topic.clone()));
             }
         }
     }
@@ -156,16 +157,25 @@ impl RetainedStore {
     /// Stores, replaces, or (empty payload) deletes the retained message of a topic
     /// [MQTT-3.3.1-6], [MQTT-3.3.1-10].
     pub fn set(&mut self, message: Arc<Message>) -> Result<(), RetainedFull> {
+        self.set_entry(message, 0)
+    }
+
+    /// As [`RetainedStore::set`]; with `disk_len > 0` the message's payload (of that
+    /// length) is in the store only and `message` carries none.
+    pub fn set_entry(
+        &mut self,
+        message: Arc<Message>,
+        disk_len: usize,
+    ) -> Result<(), RetainedFull> {
         let topic = message.topic.as_str();
-        if message.payload.is_empty() {
+        if message.payload.is_empty() && disk_len == 0 {
             self.remove(topic);
             return Ok(());
         }
         let old_cost = descend(&self.root, topic)
-            .and_then(|n| n.message.as_ref())
-            .map(|m| m.cost());
+            .and_then(|n| n.message.as_ref().map(|m| m.cost() + n.disk_len));
         let after_count = self.count + usize::from(old_cost.is_none());
-        let after_bytes = self.bytes - old_cost.unwrap_or(0) + message.cost();
+        let after_bytes = self.bytes - old_cost.unwrap_or(0) + message.cost() + disk_len;
         if after_count > self.max || after_bytes > self.max_bytes {
             return Err(RetainedFull);
         }
@@ -174,7 +184,11 @@ impl RetainedStore {
             node = node.children.entry(Box::from(level)).or_default();
         }
         let old = node.message.replace(message.clone());
-        self.account(Some(&message), old.as_ref());
+        let old_disk = std::mem::replace(&mut node.disk_len, disk_len);
+        if let Some(old) = old {
+            self.account(&old, old_disk, false);
+        }
+        self.account(&message, disk_len, true);
         Ok(())
     }
 
@@ -184,8 +198,11 @@ impl RetainedStore {
             return;
         };
         let old = node.message.take();
+        let old_disk = std::mem::take(&mut node.disk_len);
         let now_empty = node.is_empty();
-        self.account(None, old.as_ref());
+        if let Some(old) = old {
+            self.account(&old, old_disk, false);
+        }
         if now_empty {
             prune(&mut self.root, topic);
         }
@@ -213,7 +230,8 @@ impl RetainedStore {
     /// Offers `sink` the unexpired retained messages matching `filter` (without any
     /// `$share/` prefix), in topic order, starting after `resume` (a path returned by an
     /// earlier walk). Visits at most `budget` nodes. `sink` returns false when it has no
-    /// room; the walk then pauses before that message, to offer it again on resume.
+    /// room; the walk then pauses before that message, to offer it again on resume. The sink
+    /// also gets the length of a payload kept on disk (0 when the message carries it).
     /// A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
     pub fn scan(
         &self,
@@ -221,7 +239,7 @@ impl RetainedStore {
         resume: Option<&[Box<str>]>,
         now_ms: u64,
         mut budget: usize,
-        sink: &mut impl FnMut(&Arc<Message>) -> bool,
+        sink: &mut impl FnMut(&Arc<Message>, usize) -> bool,
     ) -> ScanEnd {
         let levels: Vec<&str> = filter.split('/').collect();
         let resume = resume.unwrap_or(&[]);
@@ -255,7 +273,7 @@ impl RetainedStore {
             let matches_here = fi == levels.len() || levels.get(fi) == Some(&"#");
             if matches_here && !on_resume_path {
                 if let Some(m) = child.message.as_ref().filter(|m| !m.is_expired(now_ms)) {
-                    if !sink(m) {
+                    if !sink(m, child.disk_len) {
                         return ScanEnd::Paused(path.iter().map(|l| Box::from(*l)).collect());
                     }
                 }
@@ -332,7 +350,7 @@ mod tests {
 
     fn all(s: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let end = s.scan(filter, None, 0, usize::MAX, &mut |m| {
+        let end = s.scan(filter, None, 0, usize::MAX, &mut |m, _| {
             out.push(m.topic.to_string());
             true
         });
@@ -384,7 +402,7 @@ mod tests {
                 let mut seen = Vec::new();
                 let mut resume: Option<Vec<Box<str>>> = None;
                 loop {
-                    let end = s.scan(filter, resume.as_deref(), 0, budget, &mut |m| {
+                    let end = s.scan(filter, resume.as_deref(), 0, budget, &mut |m, _| {
                         seen.push(m.topic.to_string());
                         true
                     });
@@ -403,7 +421,7 @@ mod tests {
         let s = filled();
         let mut seen = Vec::new();
         let mut room = 2;
-        let end = s.scan("a/#", None, 0, usize::MAX, &mut |m| {
+        let end = s.scan("a/#", None, 0, usize::MAX, &mut |m, _| {
             if room == 0 {
                 return false;
             }
@@ -414,7 +432,7 @@ mod tests {
         let ScanEnd::Paused(resume) = end else {
             panic!("expected a pause")
         };
-        let end = s.scan("a/#", Some(&resume), 0, usize::MAX, &mut |m| {
+        let end = s.scan("a/#", Some(&resume), 0, usize::MAX, &mut |m, _| {
             seen.push(m.topic.to_string());
             true
         });
@@ -451,7 +469,7 @@ mod tests {
         s.set(msg("x/2", b"1", Some(300))).unwrap();
         s.set(msg("x/3", b"1", None)).unwrap();
         let mut seen = 0;
-        s.scan("x/#", None, 200, usize::MAX, &mut |_| {
+        s.scan("x/#", None, 200, usize::MAX, &mut |_, _| {
             seen += 1;
             true
         });

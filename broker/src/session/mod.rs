@@ -86,6 +86,8 @@ pub struct Session {
     /// The session is mirrored to the store (mirrored out of the lock so a publish asks
     /// for a storage ticket only for sessions that need one).
     durable: AtomicBool,
+    /// Retained messages with on-disk payloads are being read for this session.
+    fetching: AtomicBool,
 }
 
 impl Session {
@@ -105,7 +107,18 @@ impl Session {
             kick_code: AtomicU8::new(0),
             live_generation: AtomicU64::new(0),
             durable: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
         }
+    }
+
+    /// Whether retained payloads are being read from disk for this session.
+    pub(crate) fn is_fetching(&self) -> bool {
+        self.fetching.load(Ordering::Acquire)
+    }
+
+    /// Marks a retained fetch started or done.
+    pub(crate) fn set_fetching(&self, on: bool) {
+        self.fetching.store(on, Ordering::Release);
     }
 
     /// Whether the session is mirrored to the store.
