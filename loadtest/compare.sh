@@ -102,6 +102,7 @@ scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 10 )); else echo "$1"; fi; }
 SCENARIOS=(
   "qos0-fan-in|bench --topology fan-in --publishers 4 --qos 0 --payload 64 --count $(scale 2000000) --duration 15s"
   "qos1-fan-in|bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --count $(scale 1000000) --duration 15s"
+  "qos1-fan-in-persistent|bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --persistent --count $(scale 1000000) --duration 15s"
   "fan-out-100|bench --topology fan-out --subscribers 100 --qos 0 --payload 64 --count $(scale 20000) --duration 15s"
   "latency-1k|bench --topology pairs --publishers 1 --qos 0 --payload 64 --rate 1000 --count $(scale 10000) --duration 12s"
   "latency-20k|bench --topology pairs --publishers 1 --qos 0 --payload 64 --rate 20000 --count $(scale 200000) --duration 12s"

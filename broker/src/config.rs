@@ -243,7 +243,7 @@ pub struct StorageConfig {
     /// When a PUBACK/PUBREC for a message that must be stored is sent.
     pub durability: DurabilityLevel,
     /// Bytes of writes waiting for the writer thread beyond which new QoS >= 1 messages
-    /// that need storage are refused (v5: 0x97).
+    /// that need storage are refused (v5: 0x80).
     pub max_pending_bytes: usize,
     /// RocksDB block cache, in bytes.
     pub block_cache_bytes: usize,
@@ -262,6 +262,8 @@ pub struct StorageConfig {
     pub encryption_key_env: Option<String>,
     /// Telemetry capture and retention.
     pub telemetry: TelemetryConfig,
+    /// Periodic online backups (checkpoints).
+    pub backup: BackupConfig,
 }
 
 impl Default for StorageConfig {
@@ -277,6 +279,31 @@ impl Default for StorageConfig {
             encryption_key_file: None,
             encryption_key_env: None,
             telemetry: TelemetryConfig::default(),
+            backup: BackupConfig::default(),
+        }
+    }
+}
+
+/// Online backups: a RocksDB checkpoint (a consistent copy, mostly hard links) written
+/// while the broker serves.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Directory the checkpoints go to, one subdirectory per checkpoint named by its Unix
+    /// time in milliseconds. Unset: no periodic checkpoints.
+    pub dir: Option<PathBuf>,
+    /// Seconds between checkpoints.
+    pub every_secs: u64,
+    /// Checkpoints kept; older ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            every_secs: 3600,
+            keep: 24,
         }
     }
 }
@@ -367,6 +394,9 @@ impl Config {
                     "storage.telemetry.filters: {f:?} is not a valid topic filter"
                 ));
             }
+        }
+        if st.backup.every_secs == 0 || st.backup.keep == 0 {
+            return bad("storage.backup.every_secs and storage.backup.keep must be >= 1");
         }
         if st.telemetry.retention_interval_secs == 0 {
             return bad("storage.telemetry.retention_interval_secs must be >= 1");

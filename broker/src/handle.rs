@@ -86,10 +86,12 @@ impl BrokerHandle {
             ));
         };
         let store = persist.store.clone();
+        let detail = format!("online checkpoint to {}", dir.display());
         tokio::task::spawn_blocking(move || store.checkpoint(&dir))
             .await
-            .map_err(|e| crate::BrokerError::Config(format!("checkpoint task: {e}")))?
-            .map_err(Into::into)
+            .map_err(|e| crate::BrokerError::Config(format!("checkpoint task: {e}")))??;
+        persist.audit("storage.checkpoint", detail);
+        Ok(())
     }
 
     /// The store, for the admin plane (telemetry queries, audit log); `None` without one.

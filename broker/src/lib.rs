@@ -29,8 +29,8 @@ mod stats;
 mod timers;
 
 pub use config::{
-    Config, DurabilityLevel, LimitsConfig, ListenerConfig, SessionConfig, StorageConfig,
-    TelemetryConfig, Transport,
+    BackupConfig, Config, DurabilityLevel, LimitsConfig, ListenerConfig, SessionConfig,
+    StorageConfig, TelemetryConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

@@ -62,6 +62,19 @@ impl Broker {
             retained = report.retained,
             "store opened"
         );
+        if let Some(p) = &state.persist {
+            p.audit(
+                "broker.start",
+                format!(
+                    "messs {}; restored {} sessions ({} expired while down), {} queued messages, {} retained",
+                    env!("CARGO_PKG_VERSION"),
+                    report.sessions,
+                    report.expired_sessions,
+                    report.queued_messages,
+                    report.retained
+                ),
+            );
+        }
         Ok(Broker { state, listeners })
     }
 
@@ -102,6 +115,7 @@ impl Broker {
         }
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         let retention = tokio::spawn(run_retention(state.clone()));
+        let backups = tokio::spawn(run_backups(state.clone()));
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
@@ -115,7 +129,9 @@ impl Broker {
         }
         timers.abort();
         retention.abort();
+        backups.abort();
         if let Some(persist) = &state.persist {
+            persist.audit("broker.stop", "graceful shutdown".into());
             let store = persist.store.clone();
             match tokio::task::spawn_blocking(move || store.flush()).await {
                 Ok(Ok(())) => tracing::info!("store flushed"),
@@ -125,6 +141,54 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Writes a checkpoint into `storage.backup.dir` every `every_secs` and deletes all but the
+/// newest `keep`, on the blocking pool.
+async fn run_backups(state: Arc<BrokerState>) {
+    let (Some(persist), Some(dir)) = (&state.persist, &state.config.storage.backup.dir) else {
+        return;
+    };
+    let backup = &state.config.storage.backup;
+    let every = Duration::from_secs(backup.every_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let store = persist.store.clone();
+        let (dir, keep) = (dir.clone(), backup.keep);
+        let done = tokio::task::spawn_blocking(move || backup_once(&store, &dir, keep)).await;
+        match done {
+            Ok(Ok(path)) => {
+                tracing::info!(path = %path.display(), "backup checkpoint written");
+                persist.audit("storage.checkpoint", format!("periodic backup to {}", path.display()));
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "backup checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "backup checkpoint failed"),
+        }
+    }
+}
+
+/// One checkpoint into `dir`, then the oldest beyond `keep` removed.
+fn backup_once(
+    store: &messs_storage::Store,
+    dir: &std::path::Path,
+    keep: usize,
+) -> Result<std::path::PathBuf, BrokerError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(crate::clock::unix_ms().to_string());
+    store.checkpoint(&path)?;
+    let mut existing: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.parse::<u64>().ok()?;
+            Some((name, e.path()))
+        })
+        .collect();
+    existing.sort();
+    let excess = existing.len().saturating_sub(keep);
+    for (_, old) in existing.into_iter().take(excess) {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(path)
 }
 
 /// Applies telemetry retention every `storage.telemetry.retention_interval_secs`, on the

@@ -49,6 +49,9 @@ pub struct Plan {
     pub topic: String,
     pub connect: ConnectOptions,
     pub client_prefix: String,
+    /// Subscribers use persistent sessions (clean start 0; v5 session expiry one hour), so
+    /// a broker with durable storage keeps what it queues for them.
+    pub persistent_subscribers: bool,
 }
 
 impl Plan {
@@ -156,6 +159,10 @@ pub async fn run(plan: Plan, on_live: impl FnOnce(Live)) -> anyhow::Result<Outco
     for i in 0..plan.subscribers {
         let mut opts = plan.connect.clone();
         opts.client_id = format!("{}-sub-{i}", plan.client_prefix);
+        if plan.persistent_subscribers {
+            opts.clean = false;
+            opts.session_expiry = Some(3600);
+        }
         opts.username = opts.username.map(|u| u.replace("{i}", &i.to_string()));
         opts.password = opts.password.map(|p| p.replace("{i}", &i.to_string()));
         let (mut r, mut w) = connect(&opts, Duration::from_secs(10))

@@ -162,6 +162,10 @@ struct Flow {
     /// Total messages to publish (or, for `sub`, to receive).
     #[arg(long, default_value_t = 100_000)]
     count: u64,
+    /// Subscribers use persistent sessions (clean start 0, session expiry 1 h): a broker
+    /// with durable storage then stores what it queues for them.
+    #[arg(long)]
+    persistent: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,6 +251,7 @@ fn plan(
         topic: flow.topic.clone(),
         connect: common.connect_options()?,
         client_prefix: common.client_prefix.clone(),
+        persistent_subscribers: flow.persistent,
     })
 }
 

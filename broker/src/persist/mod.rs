@@ -117,6 +117,20 @@ impl Persistence {
         })
     }
 
+    /// Appends an event by the broker itself to the audit log (not waited for; a failure is
+    /// logged).
+    pub fn audit(&self, action: &str, detail: String) {
+        let event = messs_storage::audit::AuditEvent {
+            time_ms: crate::clock::unix_ms(),
+            actor: "broker".into(),
+            action: action.into(),
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(&event) {
+            tracing::warn!(error = %e, action, "audit record not written");
+        }
+    }
+
     /// Whether messages on `topic` are kept as telemetry.
     pub fn is_telemetry(&self, topic: &str) -> bool {
         self.telemetry
