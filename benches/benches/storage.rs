@@ -43,11 +43,15 @@ fn run(store: &Arc<Store>, submitters: u64, seq_base: &mut u64) -> Duration {
             let record = record.clone();
             let base = *seq_base;
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
                 let prefix = SessionPrefix::new("bench", &format!("c{t}")).unwrap();
                 for i in 0..PER_SUBMITTER {
                     let mut b = Batch::new();
-                    store.put_queued(&mut b, &prefix, base + i, &record).unwrap();
+                    store
+                        .put_queued(&mut b, &prefix, base + i, &record)
+                        .unwrap();
                     let (ticket, durable) = Ticket::new();
                     store.submit(b, Some(&ticket)).unwrap();
                     drop(ticket);
@@ -79,9 +83,14 @@ fn bench_writer(c: &mut Criterion) {
             let store = Arc::new(Store::open(options).unwrap());
             let mut seq = 0;
             group.throughput(Throughput::Elements(submitters * PER_SUBMITTER));
-            group.bench_function(BenchmarkId::new(name, format!("{submitters}_submitters")), |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| run(&store, submitters, &mut seq)).sum())
-            });
+            group.bench_function(
+                BenchmarkId::new(name, format!("{submitters}_submitters")),
+                |b| {
+                    b.iter_custom(|iters| {
+                        (0..iters).map(|_| run(&store, submitters, &mut seq)).sum()
+                    })
+                },
+            );
             let s = store.writer_stats();
             let writes = s.writes.load(Ordering::Relaxed).max(1);
             let requests = s.requests.load(Ordering::Relaxed);

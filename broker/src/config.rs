@@ -247,6 +247,10 @@ pub struct StorageConfig {
     pub max_pending_bytes: usize,
     /// RocksDB block cache, in bytes.
     pub block_cache_bytes: usize,
+    /// Below this many free bytes on the data directory's file system, new messages that
+    /// need storage are refused (RocksDB stops for good on a full disk; this keeps it from
+    /// getting there). 0 turns the check off.
+    pub min_free_disk_bytes: u64,
     /// Most messages stored for one persistent session (in memory and on disk); beyond it
     /// new messages for that session are dropped and counted.
     pub max_stored_messages_per_session: usize,
@@ -273,6 +277,7 @@ impl Default for StorageConfig {
             durability: DurabilityLevel::Wal,
             max_pending_bytes: 64 * 1024 * 1024,
             block_cache_bytes: 32 * 1024 * 1024,
+            min_free_disk_bytes: 64 * 1024 * 1024,
             max_stored_messages_per_session: 100_000,
             max_stored_bytes_per_session: 64 * 1024 * 1024,
             retained_inline_bytes: 4096,

@@ -159,7 +159,10 @@ async fn run_backups(state: Arc<BrokerState>) {
         match done {
             Ok(Ok(path)) => {
                 tracing::info!(path = %path.display(), "backup checkpoint written");
-                persist.audit("storage.checkpoint", format!("periodic backup to {}", path.display()));
+                persist.audit(
+                    "storage.checkpoint",
+                    format!("periodic backup to {}", path.display()),
+                );
             }
             Ok(Err(e)) => tracing::error!(error = %e, "backup checkpoint failed"),
             Err(e) => tracing::error!(error = %e, "backup checkpoint failed"),

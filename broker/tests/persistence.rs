@@ -510,7 +510,12 @@ async fn periodic_backups_are_written_and_pruned() {
     .await;
     let mut publisher = Raw::v5(broker.addr, "pub").await;
     publisher
-        .publish(publish("b/r", b"backed up", QosPid::AtLeastOnce(pid(1)), true))
+        .publish(publish(
+            "b/r",
+            b"backed up",
+            QosPid::AtLeastOnce(pid(1)),
+            true,
+        ))
         .await;
     tokio::time::sleep(Duration::from_millis(3600)).await;
     broker.stop().await;
@@ -519,7 +524,11 @@ async fn periodic_backups_are_written_and_pruned() {
         .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 2, "three or more were written, two kept: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "three or more were written, two kept: {names:?}"
+    );
     // The newest restores.
     let newest = dir.join(names[1].to_string());
     let restored = tempfile::TempDir::new_in(backups.path()).unwrap();

@@ -50,11 +50,14 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Key material for encryption at rest; `None` stores values plain.
     pub keys: Option<KeyRing>,
+    /// Below this many free bytes on the store's file system, new data is refused (see
+    /// [`writer`]); 0 turns the check off.
+    pub min_free_disk_bytes: u64,
 }
 
 impl StoreOptions {
     /// Defaults for `path`: `wal` durability, 64 MiB of pending writes, a 32 MiB cache, no
-    /// encryption.
+    /// encryption, new data refused below 64 MiB of free disk.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         StoreOptions {
             path: path.into(),
@@ -62,6 +65,7 @@ impl StoreOptions {
             max_pending_bytes: 64 << 20,
             block_cache_bytes: 32 << 20,
             keys: None,
+            min_free_disk_bytes: 64 << 20,
         }
     }
 }
@@ -118,8 +122,12 @@ impl Store {
         let db = Arc::new(schema::open(&options.path, db_opts)?);
         let audit = audit::Chain::load(&db)?;
         let telemetry = telemetry::Usage::load(&db)?;
-        let writer =
-            writer::Writer::start(db.clone(), options.durability, options.max_pending_bytes);
+        let writer = writer::Writer::start(
+            db.clone(),
+            options.durability,
+            options.max_pending_bytes,
+            (options.path.clone(), options.min_free_disk_bytes),
+        );
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -160,6 +168,12 @@ impl Store {
     /// Queues `batch` for the writer; `ticket` (if any) resolves once it is durable.
     pub fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
         self.inner.writer.submit(batch, ticket)
+    }
+
+    /// Changes the free-space watermark below which new data is refused (0: off); it takes
+    /// effect within 100 ms.
+    pub fn set_min_free_disk_bytes(&self, bytes: u64) {
+        self.inner.writer.set_min_free(bytes);
     }
 
     /// While `on`, every write fails as on a full disk, until it is turned off again

@@ -9,6 +9,12 @@
 //! clones after the write, the submitter after its last submit) the [`Durable`] future
 //! resolves — with an error if any of those writes failed. No RocksDB call runs on the
 //! caller's thread.
+//!
+//! The writer never lets RocksDB run out of disk: RocksDB treats a full disk under its
+//! write-ahead log as a hard error and stops all writes until the database is reopened.
+//! So below a free-space watermark (`min_free_disk_bytes`) batches with new data are failed
+//! before they reach RocksDB — their acknowledgements become refusals — while deletes and
+//! bookkeeping still go through, and writes resume by themselves once space is freed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -191,6 +197,38 @@ impl Future for Durable {
     }
 }
 
+/// The free-space watermark, checked with `statvfs` at most every `DISK_CHECK`.
+struct DiskGuard {
+    path: std::path::PathBuf,
+    min_free: Arc<AtomicU64>,
+    checked: Option<std::time::Instant>,
+    low: bool,
+}
+
+/// How long a free-space reading is trusted.
+const DISK_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl DiskGuard {
+    /// Whether the file system holding the store has less than the watermark free.
+    fn is_low(&mut self) -> bool {
+        let min_free = self.min_free.load(Ordering::Relaxed);
+        if min_free == 0 {
+            self.low = false;
+            return false;
+        }
+        if self.checked.is_some_and(|at| at.elapsed() < DISK_CHECK) {
+            return self.low;
+        }
+        self.checked = Some(std::time::Instant::now());
+        self.low = match rustix::fs::statvfs(&self.path) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < min_free,
+            // Cannot tell: let RocksDB try (and report).
+            Err(_) => false,
+        };
+        self.low
+    }
+}
+
 struct Request {
     batch: Batch,
     ticket: Option<Ticket>,
@@ -235,6 +273,8 @@ pub struct WriterStats {
     pub pending_bytes: AtomicUsize,
     /// 1 while the last write failed, 0 once one succeeds again (a gauge).
     pub failing: AtomicBool,
+    /// Batches with new data refused because free disk space was below the watermark.
+    pub refused_disk_low: AtomicU64,
 }
 
 /// Most requests merged into one RocksDB write.
@@ -252,22 +292,36 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<WriterStats>,
     max_pending_bytes: usize,
     fault: Arc<AtomicBool>,
+    min_free: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub(crate) fn start(db: Arc<DB>, durability: Durability, max_pending_bytes: usize) -> Self {
+    pub(crate) fn start(
+        db: Arc<DB>,
+        durability: Durability,
+        max_pending_bytes: usize,
+        disk: (std::path::PathBuf, u64),
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Request>();
         let stats = Arc::new(WriterStats::default());
         let fault = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
+        let min_free = Arc::new(AtomicU64::new(disk.1));
         let thread = {
             let stats = stats.clone();
             let inject = fault.clone();
             let progress = progress.clone();
+            let min_free = min_free.clone();
             std::thread::Builder::new()
                 .name("messs-storage-writer".into())
                 .spawn(move || {
-                    run(&db, durability, &rx, &stats, &inject, &progress);
+                    let mut guard = DiskGuard {
+                        path: disk.0,
+                        min_free,
+                        checked: None,
+                        low: false,
+                    };
+                    run(&db, durability, &rx, &stats, &inject, &progress, &mut guard);
                     // Nothing more will be written: release every waiter.
                     progress.set(u64::MAX);
                 })
@@ -286,6 +340,7 @@ impl Writer {
             stats,
             max_pending_bytes,
             fault,
+            min_free,
         }
     }
 
@@ -350,6 +405,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Changes the free-space watermark (0: off); takes effect within `DISK_CHECK`.
+    pub(crate) fn set_min_free(&self, bytes: u64) {
+        self.min_free.store(bytes, Ordering::Relaxed);
+    }
+
     /// While `on`, every write fails as on a full disk (fault drills and tests).
     pub(crate) fn set_fault(&self, on: bool) {
         self.fault.store(on, Ordering::Release);
@@ -382,6 +442,7 @@ fn run(
     stats: &WriterStats,
     inject: &AtomicBool,
     progress: &Progress,
+    disk: &mut DiskGuard,
 ) {
     let mut opts = WriteOptions::default();
     match durability {
@@ -396,16 +457,34 @@ fn run(
         let mut group = 0usize;
         let mut last_n = 0;
         let mut next = Some(first);
+        let mut refused = 0u64;
         while let Some(request) = next.take() {
             bytes += request.batch.bytes;
             group += 1;
             last_n = request.n;
-            for op in &request.batch.ops {
-                apply(db, &mut wb, op);
+            if request.batch.new_data && disk.is_low() {
+                // Refused before RocksDB sees it: its acknowledgement becomes a refusal.
+                refused += 1;
+                if let Some(t) = &request.ticket {
+                    t.fail();
+                }
+            } else {
+                for op in &request.batch.ops {
+                    apply(db, &mut wb, op);
+                }
+                tickets.extend(request.ticket);
             }
-            tickets.extend(request.ticket);
             if group < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 next = rx.try_recv().ok();
+            }
+        }
+        if refused > 0 {
+            stats.refused_disk_low.fetch_add(refused, Ordering::Relaxed);
+            if !stats.failing.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    min_free_bytes = disk.min_free.load(Ordering::Relaxed),
+                    "free disk space is below storage.min_free_disk_bytes: new messages that need storage are refused until space is freed"
+                );
             }
         }
         let injected = inject.load(Ordering::Acquire);
@@ -417,7 +496,8 @@ fn run(
         };
         match result {
             Ok(()) => {
-                if stats.failing.swap(false, Ordering::AcqRel) {
+                // Still refusing for lack of disk: failing until a write goes through whole.
+                if refused == 0 && !disk.low && stats.failing.swap(false, Ordering::AcqRel) {
                     tracing::warn!("storage writes succeed again");
                 }
                 stats.writes.fetch_add(1, Ordering::Relaxed);

@@ -549,3 +549,46 @@ fn new_data_is_refused_when_the_writer_is_too_far_behind() {
     store.sync().unwrap();
     assert!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().is_empty());
 }
+
+#[test]
+fn below_the_free_space_watermark_new_data_is_refused_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = {
+        let st = rustix::fs::statvfs(dir.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    // A watermark above what the disk has free: the store sees a full disk.
+    let mut options = StoreOptions::new(dir.path());
+    options.min_free_disk_bytes = free + (1 << 30);
+    let store = Store::open(options).unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let mut b = Batch::new();
+    store
+        .put_queued(&mut b, &p, 1, &queued(b"refused"))
+        .unwrap();
+    let err = write(&store, b).unwrap_err();
+    assert!(matches!(err, StorageError::WriteFailed(_)), "{err}");
+    assert!(store.is_failing());
+    // Deletes still go through (they only ever free space).
+    let mut b = Batch::new();
+    store.delete_queued(&mut b, &p, 1);
+    write(&store, b).unwrap();
+    assert_eq!(
+        store
+            .writer_stats()
+            .refused_disk_low
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().is_empty());
+
+    // Space comes back (the watermark drops below what is free): the same store writes
+    // again by itself.
+    store.set_min_free_disk_bytes(1);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 2, &queued(b"kept")).unwrap();
+    write(&store, b).unwrap();
+    assert!(!store.is_failing());
+    assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 1);
+}

@@ -58,6 +58,7 @@ impl Persistence {
         options.durability = config.durability.to_storage();
         options.max_pending_bytes = config.max_pending_bytes;
         options.block_cache_bytes = config.block_cache_bytes;
+        options.min_free_disk_bytes = config.min_free_disk_bytes;
         options.keys = key_ring(config)?;
         let store = Store::open(options)?;
         let telemetry = config.telemetry.filters.clone();
