@@ -4,7 +4,9 @@
 //! flows cut mid-way in both directions; kills the broker with SIGKILL; restarts it on the
 //! same data directory; and checks that everything acknowledged is there — none lost, none
 //! duplicated except redeliveries flagged DUP. At `none` the broker acknowledges before
-//! writing, so losses are allowed there (and reported), duplicates still are not.
+//! writing, so losses are allowed there (and reported), duplicates still are not. The
+//! operator commands (`messs storage verify|checkpoint|compact`) run on the killed broker's
+//! directory at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -458,4 +460,66 @@ async fn sigkill_at_none_may_lose_but_never_duplicates() {
     eprintln!("durability none after SIGKILL: {o:?}");
     assert_eq!(o.unflagged_duplicates, 0, "{o:?}");
     assert!(o.received <= MESSAGES);
+}
+
+/// `messs storage verify|checkpoint|compact` on a stopped broker's data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_commands_verify_checkpoint_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "wal");
+    let (mut publisher, _) = Client::connect(broker.addr, connect_packet("pub", true, None)).await;
+    publisher
+        .send(&publish(
+            "cli/r",
+            b"kept".to_vec(),
+            QosPid::AtLeastOnce(pid(1)),
+            true,
+        ))
+        .await;
+    assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    broker.kill();
+    let messs = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_messs"))
+            .args(["storage", "--config"])
+            .arg(dir.path().join("messs.toml"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = messs(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("retained: 1 records") && text.contains("intact"),
+        "{text}"
+    );
+    let backup = dir.path().join("backup");
+    let out = messs(&["checkpoint", backup.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(messs(&["compact"]).status.success());
+    // The checkpoint is a data directory of its own, and verifies.
+    let out = Command::new(env!("CARGO_BIN_EXE_messs"))
+        .args(["storage", "verify", "--data-dir"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A directory that is not there is a clear error, not a new empty store.
+    let missing = dir.path().join("missing");
+    let out = Command::new(env!("CARGO_BIN_EXE_messs"))
+        .args(["storage", "verify", "--data-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(!missing.exists());
 }

@@ -525,7 +525,8 @@ fn seq_of(key: &[u8], prefix: &[u8], cf: &'static str) -> Result<u64, StorageErr
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Blank-record helper for the maintenance verify: decodes any value of `cf` at `key`.
+/// For the maintenance verify: decodes the value at `key` in `cf` (payloads opened), where
+/// the record kind has a decoder here.
 pub(crate) fn verify_value(
     store: &Store,
     cf: Cf,
