@@ -116,6 +116,8 @@ impl Store {
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(256 << 20);
         db_opts.set_paranoid_checks(true);
+        // All memtables together: flushed early rather than grow past this.
+        db_opts.set_db_write_buffer_size(64 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
         db_opts.set_block_based_table_factory(&table);
