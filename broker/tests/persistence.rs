@@ -570,11 +570,10 @@ async fn encrypted_at_rest_with_a_key_from_the_environment_and_audited() {
         "the payload is on disk in clear"
     );
     // The broker logged its start and stop in the audit chain, and the chain verifies.
-    let store = messs_broker::open_store(&{
-        let mut c = messs_broker::StorageConfig::default();
-        c.data_dir = data.path().to_path_buf();
-        c.encryption_key_env = Some(var.into());
-        c
+    let store = messs_broker::open_store(&messs_broker::StorageConfig {
+        data_dir: data.path().to_path_buf(),
+        encryption_key_env: Some(var.into()),
+        ..Default::default()
     })
     .unwrap();
     let report = store.verify().unwrap();
@@ -591,5 +590,43 @@ async fn encrypted_at_rest_with_a_key_from_the_environment_and_audited() {
     let broker = TestBroker::start_in(data, with_key).await;
     let (mut sub, _) = persistent(broker.addr, "sub", false).await;
     assert_eq!(&sub.recv_publish_ack().await.payload[..], secret);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_will() {
+    let broker = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "short", true);
+    c.properties.session_expiry_interval = Some(1);
+    let mut will = Will {
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: topic("wills/short"),
+        payload: bytes::Bytes::from_static(b"expired"),
+        properties: Default::default(),
+    };
+    // The will waits longer than the session lives: it goes out when the session ends.
+    will.properties.will_delay_interval = Some(60);
+    c.will = Some(will);
+    let (client, _) = Raw::connect_with(broker.addr, c).await;
+    client.drop_connection();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let data = broker.data.clone();
+    broker.stop().await;
+    // Down for longer than the session's expiry (wall-clock).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let broker = TestBroker::start_in(data, |_| {}).await;
+    assert!(
+        broker
+            .broker
+            .sessions()
+            .iter()
+            .all(|s| s.client_id != "short"),
+        "the expired session was not restored"
+    );
+    // Its will was published (retained, so a late subscriber sees it).
+    let mut watcher = Raw::v5(broker.addr, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    assert_eq!(&watcher.recv_publish_ack().await.payload[..], b"expired");
     broker.stop().await;
 }
