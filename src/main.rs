@@ -160,7 +160,10 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
         } => {
             let cfg = build_config(config, listen, data_dir)?;
-            let broker = Broker::bind(cfg).await?;
+            let dir = cfg.storage.data_dir.display().to_string();
+            let broker = Broker::bind(cfg).await.with_context(|| {
+                format!("cannot start with data directory {dir} (another messs using it? a directory from a newer release?)")
+            })?;
             broker.run(shutdown_signal()).await?;
             tracing::info!("stopped");
         }
