@@ -251,6 +251,10 @@ impl<S: Transport> Client<S> {
             if let Err(e) = self.drain_outbox() {
                 return End::Failed(e);
             }
+            if self.session.is_durable() {
+                // This pass's acknowledgement deletes and in-flight ids, as one request.
+                self.session.lock().flush_deferred();
+            }
             if let Err(e) = self.conn.flush().await {
                 return End::Failed(e);
             }

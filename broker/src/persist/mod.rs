@@ -115,6 +115,7 @@ impl Persistence {
             paging: false,
             retry_at_ms: 0,
             restored_inflight: Default::default(),
+            deferred: Default::default(),
         })
     }
 

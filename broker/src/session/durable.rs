@@ -47,6 +47,11 @@ pub(crate) struct SessionDisk {
     pub retry_at_ms: u64,
     /// Sequence numbers restored into memory as in-flight at start-up: a page-in skips them.
     pub restored_inflight: BTreeSet<u64>,
+    /// Changes no acknowledgement waits on (deletes at PUBACK, in-flight packet ids),
+    /// collected over one pass of the connection and submitted as one request: at its end
+    /// (`flush_deferred`), or before any other change of this session, so the store still
+    /// sees the session's changes in order. (A cell: the state's lock already serialises.)
+    pub deferred: std::cell::RefCell<Batch>,
 }
 
 /// A page-in to run on the blocking pool (see [`read_page`]).
@@ -74,6 +79,7 @@ impl SessionDisk {
     /// Submits `batch` (with `ticket`, whose acknowledgement waits on it); a refused batch
     /// fails the ticket, is logged, and returns false.
     pub fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> bool {
+        self.flush_deferred();
         match self.store.submit(batch, ticket) {
             Ok(()) => true,
             Err(e) => {
@@ -82,6 +88,22 @@ impl SessionDisk {
                 }
                 tracing::warn!(error = %e, "session change not stored");
                 false
+            }
+        }
+    }
+
+    /// Adds changes to the deferred batch (see `deferred`).
+    pub fn defer(&self, mut batch: Batch) {
+        self.deferred.borrow_mut().append(&mut batch);
+    }
+
+    /// Submits the deferred changes, if any. They hold no new data, so the writer never
+    /// refuses them for being behind.
+    pub fn flush_deferred(&self) {
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        if !deferred.is_empty() {
+            if let Err(e) = self.store.submit(deferred, None) {
+                tracing::warn!(error = %e, "session changes not stored");
             }
         }
     }

@@ -272,6 +272,14 @@ impl SessionState {
 
     // --- persistence -----------------------------------------------------------------
 
+    /// Submits the changes deferred during this pass of the connection (see
+    /// `SessionDisk::deferred`).
+    pub fn flush_deferred(&self) {
+        if let Some(d) = &self.disk {
+            d.flush_deferred();
+        }
+    }
+
     /// Mirrors the session to the store from now on, starting with its record and its
     /// subscriptions.
     pub fn make_durable(&mut self, disk: SessionDisk) {
@@ -432,7 +440,7 @@ impl SessionState {
             }
         }
         if let Some(d) = self.disk.as_deref_mut() {
-            d.submit(deletes, None);
+            d.defer(deletes);
             if !stopped && !full_page {
                 d.restored_inflight.clear();
                 if d.cursor > d.disk_high || empty {
@@ -723,7 +731,7 @@ impl SessionState {
             let mut b = Batch::new();
             d.store.delete_queued(&mut b, &d.prefix, seq);
             d.count_deleted(cost);
-            d.submit(b, None);
+            d.defer(b);
         }
     }
 
@@ -835,7 +843,7 @@ impl SessionState {
             out.push((d, qos_pid));
         }
         if let (Some(disk), false) = (self.disk.as_deref(), changes.is_empty()) {
-            disk.submit(changes, None);
+            disk.defer(changes);
         }
         expired
     }
@@ -902,7 +910,7 @@ impl SessionState {
                 let mut b = Batch::new();
                 d.store.release_queued(&mut b, &d.prefix, seq, pid.get());
                 d.count_deleted(cost);
-                d.submit(b, None);
+                d.defer(b);
             }
         }
         self.release_held(cost);
@@ -922,7 +930,7 @@ impl SessionState {
                 if let (Some(d), true) = (self.disk.as_deref(), seq != 0) {
                     let mut b = Batch::new();
                     d.store.delete_inflight(&mut b, &d.prefix, seq);
-                    d.submit(b, None);
+                    d.defer(b);
                 }
                 AckMatch::Matched
             }
