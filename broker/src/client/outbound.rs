@@ -60,7 +60,7 @@ impl<S: Transport> Client<S> {
         let stats = self.state.stats.clone();
         tokio::task::spawn_blocking(move || {
             let page = read_page(&request);
-            let expired = session.lock().page_in_done(page, unix_ms());
+            let expired = session.lock().page_in_done(page, request.from, unix_ms());
             if expired > 0 {
                 stats
                     .dropped_expired

@@ -369,15 +369,18 @@ impl SessionState {
         })
     }
 
-    /// Takes a page read from disk into the memory queue (expired messages are deleted and
-    /// counted in the return value). Stops early if the byte budget is spent; the rest stay
-    /// on disk for the next page.
+    /// Takes a page read from disk from sequence number `from` into the memory queue
+    /// (expired messages are deleted and counted in the return value). Stops early if the
+    /// byte budget is spent; the rest stay on disk for the next page. A page read from a
+    /// cursor that has moved since (the connection left and came back meanwhile, putting its
+    /// memory queue back on disk) is dropped: the next pass reads from the right place.
     pub fn page_in_done(
         &mut self,
         result: Result<
             Vec<(u64, messs_storage::sessions::QueuedRecord)>,
             messs_storage::StorageError,
         >,
+        from: u64,
         now_ms: u64,
     ) -> usize {
         let attached = self.attached;
@@ -393,7 +396,7 @@ impl SessionState {
                 return 0;
             }
         };
-        if !attached {
+        if !attached || from != d.cursor {
             return 0;
         }
         let full_page = records.len() >= PAGE;
