@@ -630,3 +630,62 @@ async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_
     assert_eq!(&watcher.recv_publish_ack().await.payload[..], b"expired");
     broker.stop().await;
 }
+
+/// QoS 1 messages sent together share one stored record of their packet ids: after some are
+/// acknowledged and the broker restarts, exactly the others come back, each with DUP and
+/// its packet id.
+#[tokio::test]
+async fn of_a_batch_in_flight_only_the_unacknowledged_come_back() {
+    let broker = TestBroker::start().await;
+    let (mut sub, _) = persistent(broker.addr, "sub", true).await;
+    sub.subscribe("g/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..5u8 {
+        let payload: &'static [u8] = Box::leak(vec![i].into_boxed_slice());
+        publisher
+            .publish(publish("g/1", payload, QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    // On reconnect the five are sent in one batch; acknowledge 0, 2 and 4 only.
+    let (mut sub, _) = persistent(broker.addr, "sub", false).await;
+    let mut unacked = Vec::new();
+    for _ in 0..5 {
+        let p = sub.recv_publish().await;
+        let QosPid::AtLeastOnce(id) = p.qos_pid else {
+            panic!("{p:?}")
+        };
+        if p.payload[0] % 2 == 0 {
+            sub.send(&Packet::PubAck(PubResponse::success(id))).await;
+        } else {
+            unacked.push((p.payload[0], id));
+        }
+    }
+    sub.expect_silence().await;
+    sub.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let broker = restart(broker).await;
+    let (mut sub, present) = persistent(broker.addr, "sub", false).await;
+    assert!(present);
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let p = sub.recv_publish().await;
+        assert!(p.dup, "{p:?}");
+        let QosPid::AtLeastOnce(id) = p.qos_pid else {
+            panic!("{p:?}")
+        };
+        again.push((p.payload[0], id));
+        sub.send(&Packet::PubAck(PubResponse::success(id))).await;
+    }
+    assert_eq!(again, unacked, "the unacknowledged two, same ids, in order");
+    sub.expect_silence().await;
+    sub.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // All acknowledged now: nothing after one more restart.
+    let broker = restart(broker).await;
+    let (mut sub, _) = persistent(broker.addr, "sub", false).await;
+    sub.expect_silence().await;
+    broker.stop().await;
+}

@@ -154,6 +154,8 @@ pub struct QueuedRecord {
 }
 
 const QUEUED_V1: u8 = 1;
+/// In-flight record state: a group of QoS 1 packet ids (see `put_inflight_group`).
+const GROUP: u8 = 2;
 
 /// The outgoing state of a queued message that was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +191,12 @@ pub struct LoadedSession {
     pub incoming_qos2: Vec<u16>,
     /// A will waiting for its delay.
     pub will: Option<WillRecord>,
-    /// Outgoing QoS 1/2 state by queue sequence number, in order.
+    /// Outgoing QoS 1/2 state by queue sequence number, in order (group records
+    /// expanded).
     pub inflight: Vec<(u64, InflightRecord)>,
+    /// Keys (first sequence numbers) of the group records `inflight` was expanded from:
+    /// the restore rewrites what is left of them as single records and deletes these.
+    pub inflight_groups: Vec<u64>,
     /// Messages in its queue.
     pub queued: u64,
     /// Bytes of those messages as stored.
@@ -326,6 +332,29 @@ impl Store {
         self.put_inflight(b, p, seq, InflightRecord::Released(pid));
     }
 
+    /// Records the packet ids of QoS 1 messages sent together, as one record keyed by the
+    /// first one's sequence number (one change per batch of deliveries instead of one per
+    /// message). Delete it with [`Store::delete_inflight`] once all of them are
+    /// acknowledged; their queue records go with [`Store::delete_queued_only`].
+    pub fn put_inflight_group(&self, b: &mut Batch, p: &SessionPrefix, sent: &[(u64, u16)]) {
+        let Some(&(first, _)) = sent.first() else {
+            return;
+        };
+        let mut e = Enc::new(1, 3 + sent.len() * 10);
+        e.u8(GROUP)
+            .u16(u16::try_from(sent.len()).unwrap_or(u16::MAX));
+        for &(seq, pid) in sent.iter().take(usize::from(u16::MAX)) {
+            e.u64(seq).u16(pid);
+        }
+        b.push(Op::Put(Cf::Inflight, p.seq_key(first), e.finish()));
+    }
+
+    /// Removes a queued message whose outgoing state is in a group record (or that has
+    /// none): only its queue record.
+    pub fn delete_queued_only(&self, b: &mut Batch, p: &SessionPrefix, seq: u64) {
+        b.push(Op::Delete(Cf::Queue, p.seq_key(seq)));
+    }
+
     /// Forgets the outgoing state of `seq` (PUBCOMP).
     pub fn delete_inflight(&self, b: &mut Batch, p: &SessionPrefix, seq: u64) {
         b.push(Op::Delete(Cf::Inflight, p.seq_key(seq)));
@@ -411,6 +440,7 @@ impl Store {
                     incoming_qos2: Vec::new(),
                     will: None,
                     inflight: Vec::new(),
+                    inflight_groups: Vec::new(),
                     queued: 0,
                     queued_bytes: 0,
                     next_seq: 1,
@@ -502,6 +532,17 @@ impl Store {
             max_seq = max_seq.max(seq);
             let (mut d, _) = Dec::new("inflight", &value)?;
             let state = d.u8()?;
+            if state == GROUP {
+                let n = d.u16()?;
+                for _ in 0..n {
+                    let member = d.u64()?;
+                    let pid = d.u16()?;
+                    max_seq = max_seq.max(member);
+                    s.inflight.push((member, InflightRecord::Published(pid)));
+                }
+                s.inflight_groups.push(seq);
+                continue;
+            }
             let pid = d.u16()?;
             let r = match state {
                 0 => InflightRecord::Published(pid),
@@ -510,6 +551,7 @@ impl Store {
             };
             s.inflight.push((seq, r));
         }
+        s.inflight.sort_by_key(|(seq, _)| *seq);
         s.next_seq = max_seq + 1;
         Ok(())
     }

@@ -116,6 +116,7 @@ impl Persistence {
             retry_at_ms: 0,
             restored_inflight: Default::default(),
             deferred: Default::default(),
+            groups: Default::default(),
         })
     }
 

@@ -84,6 +84,12 @@ impl BrokerState {
         let expires_at = crate::clock::after_secs(disconnected_at, expiry);
         let prefix = SessionPrefix::new(&loaded.tenant, &loaded.client_id)?;
         let mut restored_inflight = std::collections::BTreeSet::new();
+        // Group records (QoS 1 ids sent together) become single records for what is left
+        // of them: deleted first, since a group is keyed like its first member's record.
+        let mut rewrite = Batch::new();
+        for group in &loaded.inflight_groups {
+            persist.store.delete_inflight(&mut rewrite, &prefix, *group);
+        }
         {
             let mut st = session.lock();
             // No store mirror yet: nothing below writes.
@@ -113,15 +119,30 @@ impl BrokerState {
                                 let delivery = codec::delivery_from_record(found, record)?;
                                 st.restore_inflight(pid, found, Some(delivery));
                                 restored_inflight.insert(found);
+                                persist.store.put_inflight(
+                                    &mut rewrite,
+                                    &prefix,
+                                    found,
+                                    InflightRecord::Published(pid.get()),
+                                );
                             }
                         }
                     }
                     InflightRecord::Released(pid) => {
                         if let Some(pid) = NonZeroU16::new(pid) {
                             st.restore_inflight(pid, *seq, None);
+                            persist.store.put_inflight(
+                                &mut rewrite,
+                                &prefix,
+                                *seq,
+                                InflightRecord::Released(pid.get()),
+                            );
                         }
                     }
                 }
+            }
+            if !loaded.inflight_groups.is_empty() {
+                persist.store.submit(rewrite, None)?;
             }
             if let Some(will) = &loaded.will {
                 let message = Arc::new(codec::message_from_record(will.message.clone())?);

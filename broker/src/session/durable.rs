@@ -52,6 +52,9 @@ pub(crate) struct SessionDisk {
     /// (`flush_deferred`), or before any other change of this session, so the store still
     /// sees the session's changes in order. (A cell: the state's lock already serialises.)
     pub deferred: std::cell::RefCell<Batch>,
+    /// QoS 1 messages in flight per group record (keyed by its first sequence number): the
+    /// record is deleted when the last of them is acknowledged. Bounded by the window.
+    pub groups: std::collections::BTreeMap<u64, u32>,
 }
 
 /// A page-in to run on the blocking pool (see [`read_page`]).
@@ -218,6 +221,7 @@ mod tests {
             retry_at_ms: 0,
             restored_inflight: Default::default(),
             deferred: Default::default(),
+            groups: Default::default(),
         });
         let generation = st.attach(60);
         // 1-3 in memory (its limit), 4-6 on disk only.

@@ -55,6 +55,9 @@ enum Outgoing {
 struct InflightEntry {
     /// Send order, so a resumed session resends in the original order [MQTT-4.6.0-1].
     seq: u64,
+    /// The stored group record holding its packet id (QoS 1 sent in one batch; see
+    /// `SessionDisk::groups`), or 0: a record of its own, or not stored.
+    group: u64,
     state: Outgoing,
 }
 
@@ -725,14 +728,27 @@ impl SessionState {
         Ok(())
     }
 
-    /// Deletes a stored message (acknowledged, expired, or undeliverable).
-    fn forget_stored(&mut self, seq: u64, cost: usize) {
+    /// Deletes a stored message (acknowledged, expired, or undeliverable) and its outgoing
+    /// state: its own in-flight record, or its share of `group`'s (deleted with the last).
+    fn forget_stored(&mut self, seq: u64, cost: usize, group: u64) {
         if seq == 0 {
             return;
         }
         if let Some(d) = self.disk.as_deref_mut() {
             let mut b = Batch::new();
-            d.store.delete_queued(&mut b, &d.prefix, seq);
+            if group == 0 {
+                d.store.delete_queued(&mut b, &d.prefix, seq);
+            } else {
+                d.store.delete_queued_only(&mut b, &d.prefix, seq);
+                let last = d.groups.get_mut(&group).is_some_and(|n| {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                });
+                if last {
+                    d.groups.remove(&group);
+                    d.store.delete_inflight(&mut b, &d.prefix, group);
+                }
+            }
             d.count_deleted(cost);
             d.defer(b);
         }
@@ -795,6 +811,8 @@ impl SessionState {
         // Store changes of this batch (deletes of sent QoS 0 and expired messages, in-flight
         // packet ids), submitted once at the end.
         let mut changes = Batch::new();
+        // Stored QoS 1 messages sent in this batch: their packet ids go in one record.
+        let mut sent_qos1: Vec<(u64, u16)> = Vec::new();
         while out.len() < max && bytes < max_bytes {
             let Some(front) = self.queue.front() else {
                 break;
@@ -831,19 +849,32 @@ impl SessionState {
             self.next_seq += 1;
             let cost = d.cost();
             bytes += cost;
+            let mut group = 0;
             if let (Some(disk), true) = (self.disk.as_deref(), d.stored_seq != 0) {
-                let record = InflightRecord::Published(pid.get());
-                disk.store
-                    .put_inflight(&mut changes, &disk.prefix, d.stored_seq, record);
+                if d.qos == QoS::AtLeastOnce {
+                    sent_qos1.push((d.stored_seq, pid.get()));
+                    group = sent_qos1[0].0;
+                } else {
+                    let record = InflightRecord::Published(pid.get());
+                    disk.store
+                        .put_inflight(&mut changes, &disk.prefix, d.stored_seq, record);
+                }
             }
             self.inflight.insert(
                 pid,
                 InflightEntry {
                     seq: self.next_seq,
+                    group,
                     state: Outgoing::Published(d.clone(), cost),
                 },
             );
             out.push((d, qos_pid));
+        }
+        if let (Some(disk), Some(&(first, _))) = (self.disk.as_deref_mut(), sent_qos1.first()) {
+            disk.store
+                .put_inflight_group(&mut changes, &disk.prefix, &sent_qos1);
+            disk.groups
+                .insert(first, u32::try_from(sent_qos1.len()).unwrap_or(u32::MAX));
         }
         if let (Some(disk), false) = (self.disk.as_deref(), changes.is_empty()) {
             disk.defer(changes);
@@ -883,10 +914,11 @@ impl SessionState {
         };
         if let Some(InflightEntry {
             state: Outgoing::Published(d, _),
+            group,
             ..
         }) = self.inflight.remove(&pid)
         {
-            self.forget_stored(d.stored_seq, cost);
+            self.forget_stored(d.stored_seq, cost, group);
         }
         self.release_held(cost);
         AckMatch::Matched
@@ -906,7 +938,7 @@ impl SessionState {
         };
         if failed {
             self.inflight.remove(&pid);
-            self.forget_stored(seq, cost);
+            self.forget_stored(seq, cost, 0);
         } else {
             entry.state = Outgoing::Released(seq);
             if let (Some(d), true) = (self.disk.as_deref_mut(), seq != 0) {
@@ -945,7 +977,7 @@ impl SessionState {
     pub fn forget_inflight(&mut self, pid: NonZeroU16) {
         if let Some(entry) = self.inflight.remove(&pid) {
             if let Outgoing::Published(d, cost) = entry.state {
-                self.forget_stored(d.stored_seq, cost);
+                self.forget_stored(d.stored_seq, cost, entry.group);
                 self.release_held(cost);
             }
         }
@@ -972,6 +1004,7 @@ impl SessionState {
             pid,
             InflightEntry {
                 seq: self.next_seq,
+                group: 0,
                 state,
             },
         );
