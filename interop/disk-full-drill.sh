@@ -6,6 +6,7 @@
 # restart. Needs root (it mounts the tmpfs); .ci/run runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 if [ "$(id -u)" != 0 ]; then
   echo "disk-full drill: needs root to mount a tmpfs" >&2
   exit 1
@@ -29,15 +30,11 @@ allow_anonymous = true
 data_dir = "$fs/data"
 min_free_disk_bytes = 8388608
 CONF
+use_prebuilt_rocksdb
 cargo build -q --bin messs
 RUST_LOG=info ./target/debug/messs serve --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
 broker=$!
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/.*listening (mqtt over tcp) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/messs.log" | head -n1)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+port=$(broker_port "$work/messs.log")
 [ -n "$port" ] || { echo "disk-full drill: broker did not start"; cat "$work/messs.log"; exit 1; }
 fail() { echo "disk-full drill: FAIL: $*" >&2; tail -n 20 "$work/messs.log" >&2; exit 1; }
 python3 interop/disk_full.py "$port" setup || fail "setup"

@@ -4,18 +4,10 @@
 # Installs mosquitto-clients (Debian) and paho-mqtt (PyPI) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@";
-  elif command -v sudo >/dev/null; then sudo "$@";
-  else echo "interop: need root (or sudo) to run: $*" >&2; exit 1; fi
-}
-
-if ! command -v mosquitto_sub >/dev/null || ! command -v mosquitto_pub >/dev/null; then
-  echo "interop: installing mosquitto-clients"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
-fi
+ensure_cmd mosquitto_sub mosquitto-clients
+use_prebuilt_rocksdb
 if ! python3 -c 'import paho.mqtt as p, sys; sys.exit(0 if int(p.__version__.split(".")[0]) >= 2 else 1)' 2>/dev/null; then
   echo "interop: installing paho-mqtt 2.x"
   python3 -m pip install -q 'paho-mqtt>=2,<3' || {
@@ -30,12 +22,7 @@ broker=$!
 cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/.*listening (mqtt over tcp) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+port=$(broker_port "$log")
 [ -n "$port" ] || { echo "interop: broker did not start:"; cat "$log"; exit 1; }
 echo "interop: messs on 127.0.0.1:$port"
 

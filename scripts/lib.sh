@@ -17,6 +17,16 @@ need_cargo() {
 }
 
 _apt_updated=""
+# apt_install PACKAGE: installs a Debian package (apt-get update once per run).
+apt_install() {
+  echo "installing $1"
+  if [ -z "$_apt_updated" ]; then
+    as_root apt-get update -qq
+    _apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
 # ensure_cmd COMMAND DEBIAN-PACKAGE: installs the package when the command is missing.
 ensure_cmd() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -24,12 +34,7 @@ ensure_cmd() {
     echo "error: '$1' is missing and apt-get is not available; install the package that provides '$1' ($2 on Debian)." >&2
     exit 1
   fi
-  echo "installing $2 (for '$1')"
-  if [ -z "$_apt_updated" ]; then
-    as_root apt-get update -qq
-    _apt_updated=1
-  fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  apt_install "$2"
 }
 
 # ensure_libclang: bindgen (RocksDB's Rust bindings) needs libclang at build time.
@@ -41,12 +46,19 @@ ensure_libclang() {
     echo "error: libclang is missing (RocksDB's bindings are generated with it); install libclang-dev or your system's libclang package." >&2
     exit 1
   fi
-  echo "installing libclang-dev (for RocksDB's bindings)"
-  if [ -z "$_apt_updated" ]; then
-    as_root apt-get update -qq
-    _apt_updated=1
-  fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  apt_install libclang-dev
+}
+
+# broker_port LOG: waits (up to 10 s) for a messs started with port 0 to log its listening
+# address in LOG, and prints the port; prints nothing if it never does.
+broker_port() {
+  local port=""
+  for _ in $(seq 1 100); do
+    port=$(sed -n 's/.*listening (mqtt over tcp) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$1" | head -n1)
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  echo "$port"
 }
 
 # use_prebuilt_rocksdb: compiles RocksDB's C++ library once per checkout into

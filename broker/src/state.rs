@@ -149,9 +149,15 @@ impl BrokerState {
     /// Registers a session restored from the store (start-up): it existed before the
     /// restart, so it is charged whatever the limits.
     pub(crate) fn restored_session(&self, key: SessionKey, id: u64) -> Arc<Session> {
-        let limits = &self.config.limits;
         let cost = SESSION_COST + key.client_id.len();
         self.budget.force_charge(cost);
+        self.register_session(key, id, cost)
+    }
+
+    /// Builds an empty session with the configured limits (its record's `cost` already
+    /// charged) and puts it in the registry.
+    fn register_session(&self, key: SessionKey, id: u64, cost: usize) -> Arc<Session> {
+        let limits = &self.config.limits;
         let session_limits = SessionLimits {
             max_queued: limits.max_queued_messages,
             max_queued_bytes: limits.max_queued_bytes,
@@ -194,21 +200,7 @@ impl BrokerState {
             }
             evictions += 1;
         }
-        let session_limits = SessionLimits {
-            max_queued: limits.max_queued_messages,
-            max_queued_bytes: limits.max_queued_bytes,
-            max_subscriptions: limits.max_subscriptions_per_session,
-        };
-        let state = SessionState::new(session_limits, self.budget.clone(), cost);
-        let session = Arc::new(Session::new(
-            self.unique_id(),
-            key.clone(),
-            state,
-            self.space.clone(),
-        ));
-        self.sessions().insert(key, session.clone());
-        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(session)
+        Ok(self.register_session(key, self.unique_id(), cost))
     }
 
     fn attach_locks(&self) -> MutexGuard<'_, HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>> {

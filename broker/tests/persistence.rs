@@ -26,6 +26,16 @@ async fn persistent(addr: std::net::SocketAddr, id: &str, clean: bool) -> (Raw, 
     (raw, ack.session_present)
 }
 
+/// A broker started on the checkpoint at `dir` (moved into a temporary directory of its
+/// own beside it, removed with it).
+async fn start_on_checkpoint(dir: &std::path::Path) -> TestBroker {
+    let parent = dir.parent().unwrap();
+    let restored = tempfile::TempDir::new_in(parent).unwrap();
+    std::fs::remove_dir(restored.path()).unwrap();
+    std::fs::rename(dir, restored.path()).unwrap();
+    TestBroker::start_in(std::sync::Arc::new(restored), |_| {}).await
+}
+
 async fn restart(broker: TestBroker) -> TestBroker {
     let data = broker.data.clone();
     broker.stop().await;
@@ -409,10 +419,7 @@ async fn an_online_checkpoint_restores_into_a_new_broker() {
         .await;
     broker.stop().await;
 
-    let restored = tempfile::TempDir::new_in(backup.path()).unwrap();
-    std::fs::remove_dir(restored.path()).unwrap();
-    std::fs::rename(&target, restored.path()).unwrap();
-    let broker = TestBroker::start_in(std::sync::Arc::new(restored), |_| {}).await;
+    let broker = start_on_checkpoint(&target).await;
     let (mut sub, present) = persistent(broker.addr, "sub", false).await;
     assert!(present);
     let got: Vec<Vec<u8>> = vec![
@@ -531,10 +538,7 @@ async fn periodic_backups_are_written_and_pruned() {
     );
     // The newest restores.
     let newest = dir.join(names[1].to_string());
-    let restored = tempfile::TempDir::new_in(backups.path()).unwrap();
-    std::fs::remove_dir(restored.path()).unwrap();
-    std::fs::rename(&newest, restored.path()).unwrap();
-    let broker = TestBroker::start_in(std::sync::Arc::new(restored), |_| {}).await;
+    let broker = start_on_checkpoint(&newest).await;
     let mut sub = Raw::v5(broker.addr, "sub").await;
     sub.subscribe("b/#", QoS::AtLeastOnce).await;
     assert_eq!(&sub.recv_publish_ack().await.payload[..], b"backed up");

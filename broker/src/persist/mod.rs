@@ -100,24 +100,14 @@ impl Persistence {
                 return None;
             }
         };
-        Some(SessionDisk {
-            store: self.store.clone(),
+        Some(SessionDisk::new(
+            self.store.clone(),
             session_id,
             prefix,
-            limits: self.disk_limits,
-            stats: stats.clone(),
+            self.disk_limits,
+            stats.clone(),
             next_seq,
-            stored: 0,
-            stored_bytes: 0,
-            on_disk: 0,
-            cursor: next_seq,
-            disk_high: 0,
-            paging: false,
-            retry_at_ms: 0,
-            restored_inflight: Default::default(),
-            deferred: Default::default(),
-            groups: Default::default(),
-        })
+        ))
     }
 
     /// Appends an event by the broker itself to the audit log (not waited for; a failure is

@@ -79,6 +79,36 @@ pub(crate) fn read_page(p: &PageIn) -> Result<Vec<(u64, QueuedRecord)>, StorageE
 }
 
 impl SessionDisk {
+    /// The mirror of a session whose next stored message gets `next_seq`, with nothing
+    /// stored or on disk yet.
+    pub fn new(
+        store: Store,
+        session_id: u64,
+        prefix: SessionPrefix,
+        limits: DiskLimits,
+        stats: Arc<Stats>,
+        next_seq: u64,
+    ) -> Self {
+        SessionDisk {
+            store,
+            session_id,
+            prefix,
+            limits,
+            stats,
+            next_seq,
+            stored: 0,
+            stored_bytes: 0,
+            on_disk: 0,
+            cursor: next_seq,
+            disk_high: 0,
+            paging: false,
+            retry_at_ms: 0,
+            restored_inflight: Default::default(),
+            deferred: Default::default(),
+            groups: Default::default(),
+        }
+    }
+
     /// Submits `batch` (with `ticket`, whose acknowledgement waits on it); a refused batch
     /// fails the ticket, is logged, and returns false.
     pub fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> bool {
@@ -202,27 +232,12 @@ mod tests {
             max_subscriptions: 10,
         };
         let mut st = SessionState::new(limits, budget, 0);
-        st.make_durable(SessionDisk {
-            store: store.clone(),
-            session_id: 1,
-            prefix: SessionPrefix::new("t", "c").unwrap(),
-            limits: DiskLimits {
-                max_messages: 100,
-                max_bytes: usize::MAX,
-            },
-            stats,
-            next_seq: 1,
-            stored: 0,
-            stored_bytes: 0,
-            on_disk: 0,
-            cursor: 1,
-            disk_high: 0,
-            paging: false,
-            retry_at_ms: 0,
-            restored_inflight: Default::default(),
-            deferred: Default::default(),
-            groups: Default::default(),
-        });
+        let limits = DiskLimits {
+            max_messages: 100,
+            max_bytes: usize::MAX,
+        };
+        let prefix = SessionPrefix::new("t", "c").unwrap();
+        st.make_durable(SessionDisk::new(store, 1, prefix, limits, stats, 1));
         let generation = st.attach(60);
         // 1-3 in memory (its limit), 4-6 on disk only.
         for n in 1..=6 {
