@@ -29,6 +29,9 @@ use crate::timers::{Due, Timers};
 /// detach is a no-op).
 const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 
+/// Store reads for connections that may run at once (see `spawn_storage_read`).
+const STORAGE_READS: usize = 4;
+
 /// Everything the connection tasks share.
 pub(crate) struct BrokerState {
     pub config: Config,
@@ -39,6 +42,10 @@ pub(crate) struct BrokerState {
     /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
     pub default_tenant: crate::session::TenantId,
     pub timers: Timers,
+    /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
+    /// run at once: each holds up to a page (~1 MiB) while it runs, so many clients cannot
+    /// make the broker read their backlogs all at the same time.
+    storage_reads: Arc<tokio::sync::Semaphore>,
     /// The durable store, if the broker has one (tests of the in-memory engine and the
     /// fuzzer run without).
     pub persist: Option<Persistence>,
@@ -107,6 +114,7 @@ impl BrokerState {
         BrokerState {
             router,
             timers: Timers::new(stats.clone()),
+            storage_reads: Arc::new(tokio::sync::Semaphore::new(STORAGE_READS)),
             persist,
             budget,
             stats,
@@ -139,6 +147,20 @@ impl BrokerState {
         } else {
             Arc::from(name)
         }
+    }
+
+    /// Runs `read` (a blocking read of the store for one connection) on the blocking pool,
+    /// at most `STORAGE_READS` at a time.
+    pub fn spawn_storage_read(&self, read: impl FnOnce() + Send + 'static) {
+        let permits = self.storage_reads.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            if let Err(e) = tokio::task::spawn_blocking(read).await {
+                tracing::error!(error = %e, "a storage read failed");
+            }
+        });
     }
 
     /// Whether acknowledgements may wait for the store.

@@ -58,7 +58,7 @@ impl<S: Transport> Client<S> {
         };
         let session = self.session.clone();
         let stats = self.state.stats.clone();
-        tokio::task::spawn_blocking(move || {
+        self.state.spawn_storage_read(move || {
             let page = read_page(&request);
             let expired = session.lock().page_in_done(page, request.from, unix_ms());
             if expired > 0 {

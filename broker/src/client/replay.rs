@@ -34,8 +34,10 @@ const WALKS_PER_PASS: usize = 8;
 /// client takes them, so a client that subscribes and never reads costs one batch and what
 /// its socket buffers hold, not a queue full of retained messages.
 const AHEAD: usize = super::MAX_BATCH;
-/// Retained messages with on-disk payloads read by one fetch.
+/// Retained messages with on-disk payloads read by one fetch, and about how many bytes (at
+/// least one message): what one fetch holds while it runs.
 const FETCH_MAX: usize = 32;
+const FETCH_BYTES: usize = 1 << 20;
 
 /// A retained message to read from the store for one subscription.
 struct Fetch {
@@ -91,6 +93,7 @@ impl<S: Transport> Client<S> {
         let session = &self.session;
         let stats = &self.state.stats;
         let mut fetches: Vec<Fetch> = Vec::new();
+        let mut fetch_bytes = 0usize;
         for _ in 0..WALKS_PER_PASS {
             let Some(replay) = replays.front_mut() else {
                 break;
@@ -102,9 +105,11 @@ impl<S: Transport> Client<S> {
                 if disk_len > 0 {
                     // Fetched messages count against the batch ahead like queued ones.
                     let room = AHEAD.saturating_sub(fetches.len());
-                    if fetches.len() >= FETCH_MAX || !session.lock().has_room(room) {
+                    let full = fetches.len() >= FETCH_MAX || fetch_bytes >= FETCH_BYTES;
+                    if full || !session.lock().has_room(room) {
                         return false;
                     }
+                    fetch_bytes += disk_len;
                     fetches.push(Fetch {
                         topic: m.topic.clone(),
                         qos: m.qos.min(replay.qos),
@@ -173,7 +178,7 @@ impl<S: Transport> Client<S> {
         let session = self.session.clone();
         let stats = self.state.stats.clone();
         session.set_fetching(true);
-        tokio::task::spawn_blocking(move || {
+        self.state.spawn_storage_read(move || {
             let tenant = session.key.tenant.clone();
             if let Err(e) = store.wait_written() {
                 tracing::warn!(error = %e, "retained payloads not read");
