@@ -44,6 +44,12 @@ pub enum StorageError {
     /// A key or value is larger than its encoding allows.
     #[error("{0} is too long to store")]
     TooLong(&'static str),
+    /// A registry change was refused: a bad name, a duplicate, a limit.
+    #[error("{0}")]
+    Invalid(String),
+    /// A registry entry does not exist.
+    #[error("no such {0}")]
+    NotFound(String),
     /// File-system error outside RocksDB (key files, checkpoint directories).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -19,6 +19,7 @@ mod error;
 pub mod keys;
 pub mod maintenance;
 pub mod record;
+pub mod registry;
 pub mod retained;
 pub mod schema;
 pub mod sessions;
@@ -78,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) audit: audit::Chain,
     pub(crate) telemetry: telemetry::Usage,
+    /// Serialises registry changes (read-modify-write; see [`registry`]).
+    pub(crate) registry: std::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -139,6 +142,7 @@ impl Store {
                 path: options.path,
                 audit,
                 telemetry,
+                registry: std::sync::Mutex::new(()),
             }),
         })
     }

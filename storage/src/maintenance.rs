@@ -86,6 +86,9 @@ impl Store {
             Cf::Retained | Cf::Telemetry => {
                 sessions::MessageRecord::decode(cf.name(), self.keys(), key, value).map(|_| ())
             }
+            Cf::Devices | Cf::Acls | Cf::Tenants => {
+                crate::registry::verify_value(self, cf, key, value)
+            }
             _ => sessions::verify_value(self, cf, key, value),
         }
     }

@@ -7,7 +7,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use crate::error::StorageError;
 
 /// The schema this build writes. Bump it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Key of the schema version in `meta`.
 const VERSION_KEY: &[u8] = b"schema_version";
@@ -15,9 +15,17 @@ const VERSION_KEY: &[u8] = b"schema_version";
 /// One step from version `from` to `from + 1`.
 type Migration = fn(&DB) -> Result<(), StorageError>;
 
-/// Migrations by the version they start from; `MIGRATIONS[n]` takes n+1 to n+2 (version 1
-/// is the first, so there are none yet). Each runs once, then the version is written.
-const MIGRATIONS: &[Migration] = &[];
+/// Migrations by the version they start from; `MIGRATIONS[n]` takes n+1 to n+2. Each runs
+/// once, then the version is written.
+const MIGRATIONS: &[Migration] = &[add_tenants];
+
+/// 1 -> 2: the `tenants` family, created empty when the store opens with every family of
+/// this version (`create_missing_column_families`); nothing to copy.
+fn add_tenants(db: &DB) -> Result<(), StorageError> {
+    db.cf_handle(Cf::Tenants.name())
+        .map(|_| ())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Tenants.name()))
+}
 
 /// The column families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,11 +50,13 @@ pub enum Cf {
     Acls,
     /// Admin accounts and roles (the admin issue's registry).
     Admins,
+    /// Tenants and their JWT keys, trusted CAs and revoked certificates (schema 2).
+    Tenants,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Sessions,
         Cf::Queue,
@@ -57,6 +67,7 @@ impl Cf {
         Cf::Devices,
         Cf::Acls,
         Cf::Admins,
+        Cf::Tenants,
     ];
 
     /// Its name on disk.
@@ -72,6 +83,7 @@ impl Cf {
             Cf::Devices => "devices",
             Cf::Acls => "acls",
             Cf::Admins => "admins",
+            Cf::Tenants => "tenants",
         }
     }
 }

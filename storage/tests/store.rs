@@ -592,3 +592,178 @@ fn below_the_free_space_watermark_new_data_is_refused_until_space_returns() {
     assert!(!store.is_failing());
     assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 1);
 }
+
+mod registry {
+    use super::*;
+    use messs_storage::registry::{
+        AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, TenantRecord,
+    };
+
+    fn tenant(id: &str) -> TenantRecord {
+        TenantRecord {
+            id: id.into(),
+            name: format!("{id} Inc."),
+            enabled: true,
+            created_ms: 5,
+            limits: vec![("max_connections".into(), 10)],
+        }
+    }
+
+    fn device(tenant: &str, username: &str) -> DeviceRecord {
+        DeviceRecord {
+            tenant: tenant.into(),
+            username: username.into(),
+            password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            client_id_pattern: Some("%u-*".into()),
+            groups: vec!["sensors".into()],
+            enabled: true,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn tenants_devices_and_keys_survive_a_reopen_and_secrets_are_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = StoreOptions::new(dir.path());
+        opts.keys = Some(KeyRing::parse(KEY).unwrap());
+        let store = Store::open(opts).unwrap();
+        store.add_tenant(&tenant("acme")).unwrap();
+        let dup = store.add_tenant(&tenant("acme")).unwrap_err();
+        assert!(dup.to_string().contains("already exists"), "{dup}");
+        assert!(store.add_tenant(&tenant("bad tenant")).is_err());
+        assert!(store.add_tenant(&tenant("a@b")).is_err());
+        // A device needs its tenant.
+        assert!(matches!(
+            store.put_device(&device("nope", "d1"), true),
+            Err(StorageError::NotFound(_))
+        ));
+        assert_eq!(store.put_device(&device("acme", "d1"), true).unwrap(), 1);
+        assert!(store.put_device(&device("acme", "d1"), true).is_err());
+        let mut changed = device("acme", "d1");
+        changed.enabled = false;
+        assert_eq!(store.put_device(&changed, false).unwrap(), 2);
+        store.put_device(&device("acme", "d2"), true).unwrap();
+        store
+            .put_jwt_key(
+                "acme",
+                &JwtKey {
+                    kid: "k1".into(),
+                    alg: "HS256".into(),
+                    key: b"super-secret-hmac-key".to_vec(),
+                },
+            )
+            .unwrap();
+        let fp = store.add_ca("acme", b"not really DER").unwrap();
+        store.revoke_cert("acme", &[7; 32]).unwrap();
+        drop(store);
+
+        // Neither the hash nor the HMAC key is stored in the clear.
+        let raw = all_bytes(dir.path());
+        assert!(
+            !contains(&raw, b"$argon2id$v=19"),
+            "password hash in the clear"
+        );
+        assert!(
+            !contains(&raw, b"super-secret-hmac-key"),
+            "jwt key in the clear"
+        );
+
+        let mut opts = StoreOptions::new(dir.path());
+        opts.keys = Some(KeyRing::parse(KEY).unwrap());
+        let store = Store::open(opts).unwrap();
+        assert_eq!(store.tenants().unwrap(), vec![tenant("acme")]);
+        let d1 = store.device("acme", "d1").unwrap().unwrap();
+        assert!(!d1.enabled);
+        assert_eq!(d1.version, 2);
+        assert_eq!(d1.password_hash, device("acme", "d1").password_hash);
+        assert_eq!(d1.groups, vec!["sensors".to_owned()]);
+        let page = store.devices("acme", None, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].username, "d1");
+        let page = store.devices("acme", Some("d1"), 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].username, "d2");
+        assert!(store.device("other", "d1").unwrap().is_none());
+        assert_eq!(
+            store.jwt_keys("acme").unwrap()[0].key,
+            b"super-secret-hmac-key"
+        );
+        assert_eq!(store.cas("acme").unwrap()[0].fingerprint, fp);
+        assert_eq!(store.revoked_certs("acme").unwrap(), vec![[7; 32]]);
+        assert!(store.delete_device("acme", "d2").unwrap());
+        assert!(!store.delete_device("acme", "d2").unwrap());
+        let report = store.verify().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[test]
+    fn acl_rules_keep_their_order_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let rule = |id, allow, filter: &str| AclRule {
+            id,
+            allow,
+            action: AclAction::Both,
+            filter: filter.into(),
+            subject: AclSubject::Group("g".into()),
+            qos_mask: 3,
+            retain: Some(false),
+        };
+        for (allow, filter) in [(false, "secret/#"), (true, "devices/%c/#"), (true, "x")] {
+            store
+                .update_acl_rules("acme", |rules, id| {
+                    rules.push(rule(id, allow, filter));
+                    Ok(())
+                })
+                .unwrap();
+        }
+        // Insert at the front, then remove the middle one by id.
+        store
+            .update_acl_rules("acme", |rules, id| {
+                rules.insert(0, rule(id, true, "first"));
+                Ok(())
+            })
+            .unwrap();
+        store
+            .update_acl_rules("acme", |rules, _| {
+                rules.retain(|r| r.id != 2);
+                Ok(())
+            })
+            .unwrap();
+        let rules = store.acl_rules("acme").unwrap();
+        let got: Vec<(u32, &str)> = rules.iter().map(|r| (r.id, r.filter.as_str())).collect();
+        assert_eq!(got, vec![(4, "first"), (1, "secret/#"), (3, "x")]);
+        assert_eq!(rules[1], rule(1, false, "secret/#"));
+        assert!(store.acl_rules("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_1_directory_is_migrated_to_the_registry_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        {
+            // Make it what a version-1 messs wrote: no tenants family, version 1.
+            let opts = rocksdb::Options::default();
+            let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            let mut db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+            db.drop_cf("tenants").unwrap();
+            let meta = db.cf_handle("meta").unwrap();
+            db.put_cf(meta, b"schema_version", 1u32.to_be_bytes())
+                .unwrap();
+        }
+        let store = open(dir.path());
+        store.add_tenant(&tenant("t")).unwrap();
+        drop(store);
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        assert!(cfs.iter().any(|c| c == "tenants"));
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        let v = db.get_cf(meta, b"schema_version").unwrap().unwrap();
+        assert_eq!(v, 2u32.to_be_bytes());
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+}
