@@ -26,6 +26,9 @@ cat >"$work/messs.toml" <<CONF
 [[listener]]
 bind = "127.0.0.1:0"
 allow_anonymous = true
+tenant = "default"
+[acl]
+tenant_without_rules = "allow"
 [storage]
 data_dir = "$fs/data"
 min_free_disk_bytes = 8388608

@@ -24,6 +24,9 @@ cat >"$work/messs.toml" <<CONF
 [[listener]]
 bind = "127.0.0.1:$port"
 allow_anonymous = true
+tenant = "default"
+[acl]
+tenant_without_rules = "allow"
 [storage]
 data_dir = "$work/data"
 durability = "${DURABILITY:-wal}"

@@ -84,26 +84,27 @@ fn build_config(
     let from_file = config.is_some();
     let mut cfg = match &config {
         Some(path) => Config::from_file(path)?,
-        None => {
-            let mut c = Config::default();
-            c.listeners[0].allow_anonymous = true;
-            c
-        }
+        None => Config::try_out(),
     };
     if !listen.is_empty() {
-        let inherit = cfg.listeners.first().is_some_and(|l| l.allow_anonymous);
+        // With a file, --listen listeners inherit the first configured listener's access
+        // rules; without one, anonymous clients (in tenant `default`) only on loopback.
+        let first = cfg.listeners.first().cloned().unwrap_or_default();
         let mut listeners = Vec::new();
         for url in &listen {
             let (transport, bind) = parse_listen(url)?;
-            let allow_anonymous = if from_file {
-                inherit
+            let (allow_anonymous, tenant) = if from_file {
+                (first.allow_anonymous, first.tenant.clone())
+            } else if bind.ip().is_loopback() {
+                (true, Some(messs_broker::DEFAULT_TENANT.to_owned()))
             } else {
-                bind.ip().is_loopback()
+                (false, None)
             };
             listeners.push(ListenerConfig {
                 bind,
                 transport,
                 allow_anonymous,
+                tenant,
                 ..ListenerConfig::default()
             });
         }

@@ -41,7 +41,8 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "[[listener]]\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\n\n\
+                "[[listener]]\nbind = \"127.0.0.1:0\"\nallow_anonymous = true\ntenant = \"default\"\n\n\
+                 [acl]\ntenant_without_rules = \"allow\"\n\n\
                  [storage]\ndata_dir = \"{}\"\ndurability = \"{durability}\"\n",
                 dir.join("data").display()
             ),

@@ -1,13 +1,17 @@
 //! The choke point: every message that enters the router — a client PUBLISH, a will (at
 //! once, after its delay, or when its session ends), and later admin publishes and bridges —
 //! passes [`BrokerState::publish`], where the broker's rules for messages are applied: the
-//! reserved `$SYS/` namespace, the topic depth limit, and what must be stored (telemetry
-//! here; retained topics and persistent subscribers in the router, with the same ticket).
-//! The ACL and rate limits join here, so no path can skip them.
+//! reserved `$SYS/` namespace, the topic depth limit, the publisher's ACL, and what must be
+//! stored (telemetry here; retained topics and persistent subscribers in the router, with
+//! the same ticket). Rate limits join here, so no path can skip them.
+//!
+//! A will is checked against its client's ACL when the connection ends
+//! ([`BrokerState::will_allowed`]): that is when the client's rights are last known.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::auth::Access;
 use crate::message::Message;
 use crate::persist::{codec, AckTicket};
 use crate::router::{PublishOutcome, TenantRoutes};
@@ -36,6 +40,9 @@ pub(crate) enum Refused {
     /// The topic has more levels than `limits.max_topic_levels`.
     #[error("topic has more levels than allowed")]
     TooDeep,
+    /// The publisher's ACL does not allow it.
+    #[error("the ACL does not allow publishing to this topic")]
+    NotAuthorized,
 }
 
 /// Levels in a topic name or filter ("a/b" has two, "/" has two, "a" one).
@@ -47,6 +54,8 @@ impl BrokerState {
     /// Admits a message and routes it, or refuses it (counted; the caller tells the client
     /// where it can). The single entry into the router. Writes the message needs are
     /// submitted with `ack`'s ticket, which the publisher's acknowledgement waits on.
+    /// `access` is the publishing client's (`None` for a will, checked when its connection
+    /// ended, and for the broker's own messages).
     pub fn publish(
         &self,
         tenant: &TenantId,
@@ -54,11 +63,20 @@ impl BrokerState {
         source: Source,
         message: Arc<Message>,
         ack: &mut AckTicket,
+        access: Option<&mut Access>,
     ) -> Result<PublishOutcome, Refused> {
         if let Err(refused) = self.admit(&message) {
             self.stats.messages_refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(?source, %refused, "message refused");
             return Err(refused);
+        }
+        if let Some(access) = access {
+            access.refresh(&self.auth);
+            let m = &message;
+            if !access.acl().may_publish(m.topic.as_str(), m.qos, m.retain) {
+                self.acl_denied(access, "publish", m.topic.as_str());
+                return Err(Refused::NotAuthorized);
+            }
         }
         self.store_telemetry(tenant, &message, ack);
         Ok(self.router.publish_to(tenant, routes, message, ack))
@@ -90,6 +108,41 @@ impl BrokerState {
                 }
                 tracing::warn!(error = %e, "telemetry not stored");
             }
+        }
+    }
+
+    /// Whether a client's will may be published, under its ACL as it is now (refused wills
+    /// are counted and audited).
+    pub fn will_allowed(&self, access: &mut Access, will: &Message) -> bool {
+        access.refresh(&self.auth);
+        if access
+            .acl()
+            .may_publish(will.topic.as_str(), will.qos, will.retain)
+        {
+            return true;
+        }
+        self.acl_denied(access, "will", will.topic.as_str());
+        false
+    }
+
+    /// Counts an ACL refusal; the first of a connection is audited (the rest are counted
+    /// in the disconnect record), so a client cannot flood the audit log.
+    pub fn acl_denied(&self, access: &mut Access, what: &str, topic: &str) {
+        let counter = match what {
+            "subscribe" => &self.stats.acl_subscribe_denied,
+            _ => &self.stats.acl_publish_denied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        access.denied += 1;
+        if access.denied == 1 {
+            self.audit(
+                "acl.deny",
+                format!(
+                    "{} client {:?}: {what} {topic:?}",
+                    access.identity.describe(),
+                    access.client_id
+                ),
+            );
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// Durable state.
     pub storage: StorageConfig,
+    /// Device authentication.
+    pub auth: AuthConfig,
+    /// Topic access control.
+    pub acl: AclConfig,
 }
 
 impl Default for Config {
@@ -31,6 +35,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            acl: AclConfig::default(),
         }
     }
 }
@@ -43,9 +49,14 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Transport: only `tcp` for now.
     pub transport: Transport,
-    /// Accept clients without credentials. Off unless a listener says so: the default
-    /// listener of `messs serve` without a config file turns it on for 127.0.0.1 only.
+    /// Accept clients without credentials, into `tenant`. Off unless a listener says so:
+    /// the default listener of `messs serve` without a config file turns it on for
+    /// 127.0.0.1 only.
     pub allow_anonymous: bool,
+    /// The tenant of this listener's clients: anonymous clients join it and usernames are
+    /// taken as they are. Unset: a device names its tenant in its username,
+    /// `NAME@TENANT` (split at the last `@`), and anonymous clients are not possible.
+    pub tenant: Option<String>,
     /// Length of the kernel's queue of connections not yet accepted (capped by
     /// `net.core.somaxconn`). A short queue turns a connect storm into SYN retransmits
     /// (a one-second stall for each client that overflows it).
@@ -58,6 +69,7 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             transport: Transport::Tcp,
             allow_anonymous: false,
+            tenant: None,
             backlog: 4096,
         }
     }
@@ -339,7 +351,93 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Device authentication: password hashing cost, the verification pool, the cache of
+/// successful verifications, and brute-force lockout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// argon2id memory per hash, KiB (new hashes; existing ones keep their own).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Threads verifying passwords (0: one per CPU core).
+    pub verify_threads: usize,
+    /// Verifications that may wait for a thread; a CONNECT beyond that is refused at once
+    /// with 0x89 Server busy (3.1.1: 0x03), so a login flood cannot stall other clients.
+    pub verify_queue: usize,
+    /// Successful verifications remembered (a reconnecting device skips argon2).
+    pub cache_capacity: u64,
+    /// Seconds a remembered verification stays valid.
+    pub cache_ttl_secs: u64,
+    /// Failed logins from one IP address before it is locked out.
+    pub lockout_ip_threshold: u32,
+    /// Failed logins for one username before it is locked out (a device that logs in
+    /// with its right password while locked out still gets in if its verification is
+    /// remembered).
+    pub lockout_user_threshold: u32,
+    /// First lockout, in seconds; it doubles with each further failure.
+    pub lockout_base_secs: u64,
+    /// Longest lockout, in seconds.
+    pub lockout_max_secs: u64,
+    /// Addresses and usernames whose failures are tracked (each).
+    pub lockout_capacity: u64,
+    /// Seconds of clock difference tolerated in JWT `exp` and `nbf`.
+    pub jwt_leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            verify_threads: 0,
+            verify_queue: 256,
+            cache_capacity: 100_000,
+            cache_ttl_secs: 600,
+            lockout_ip_threshold: 20,
+            lockout_user_threshold: 5,
+            lockout_base_secs: 1,
+            lockout_max_secs: 900,
+            lockout_capacity: 100_000,
+            jwt_leeway_secs: 30,
+        }
+    }
+}
+
+/// What a tenant without any ACL rule allows.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoRules {
+    /// Nothing (deny by default).
+    #[default]
+    Deny,
+    /// Everything in the tenant: only for trying messs out (the no-config default).
+    Allow,
+}
+
+/// Topic access control.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// What a tenant with no ACL rules allows: `deny` (the default) or `allow`.
+    pub tenant_without_rules: NoRules,
+}
+
 impl Config {
+    /// The configuration `messs serve` runs with when given no file: one TCP listener on
+    /// 127.0.0.1:1883 for anonymous clients in tenant `default`, which may use every topic
+    /// until it gets ACL rules.
+    pub fn try_out() -> Self {
+        let mut c = Config::default();
+        c.listeners[0].allow_anonymous = true;
+        c.listeners[0].tenant = Some(crate::DEFAULT_TENANT.to_owned());
+        c.acl.tenant_without_rules = NoRules::Allow;
+        c
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, BrokerError> {
         let config: Config =
@@ -400,6 +498,29 @@ impl Config {
                 ));
             }
         }
+        for l in &self.listeners {
+            if l.allow_anonymous && l.tenant.is_none() {
+                return bad(&format!(
+                    "listener {}: allow_anonymous needs a tenant for anonymous clients to join (tenant = \"...\")",
+                    l.bind
+                ));
+            }
+            if let Some(t) = &l.tenant {
+                if messs_storage::registry::validate_tenant_id(t).is_err() {
+                    return bad(&format!(
+                        "listener {}: {t:?} is not a valid tenant id",
+                        l.bind
+                    ));
+                }
+            }
+        }
+        let a = &self.auth;
+        if a.verify_queue == 0 || a.lockout_ip_threshold == 0 || a.lockout_user_threshold == 0 {
+            return bad("auth.verify_queue and the lockout thresholds must be >= 1");
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism.max(1) || a.argon2_iterations == 0 {
+            return bad("auth.argon2_memory_kib must be >= 8 x argon2_parallelism and argon2_iterations >= 1");
+        }
         if st.backup.every_secs == 0 || st.backup.keep == 0 {
             return bad("storage.backup.every_secs and storage.backup.keep must be >= 1");
         }
@@ -418,8 +539,7 @@ mod tests {
     fn example_file_parses_and_matches_defaults() {
         let text = include_str!("../../messs.example.toml");
         let parsed = Config::from_toml(text).unwrap();
-        let mut expected = Config::default();
-        expected.listeners[0].allow_anonymous = true;
+        let expected = Config::try_out();
         assert_eq!(
             parsed, expected,
             "messs.example.toml must show every default"

@@ -39,6 +39,9 @@ pub enum BrokerError {
     /// The durable store failed (opening it, or a write an acknowledgement needed).
     #[error("storage: {0}")]
     Storage(#[from] messs_storage::StorageError),
+    /// A registry change was refused (a bad name or value, a missing tenant or device).
+    #[error("{0}")]
+    Registry(String),
 }
 
 impl BrokerError {

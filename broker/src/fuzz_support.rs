@@ -19,19 +19,20 @@ pub struct FuzzBroker {
 
 impl FuzzBroker {
     /// Starts the broker's state and timer task on the current runtime.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config) -> Result<Self, crate::BrokerError> {
         let listener = Arc::new(ListenerConfig {
             allow_anonymous: true,
+            tenant: Some(crate::DEFAULT_TENANT.to_owned()),
             ..ListenerConfig::default()
         });
         // In memory: the fuzzer exercises the protocol engine, not the disk.
-        let state = Arc::new(BrokerState::new(config, None));
+        let state = Arc::new(BrokerState::new(config, None)?);
         let timers = tokio::spawn(state.clone().run_timers(std::time::Duration::from_secs(60)));
-        FuzzBroker {
+        Ok(FuzzBroker {
             state,
             listener,
             timers,
-        }
+        })
     }
 
     /// A new client connection: the returned stream is the client's end.

@@ -94,9 +94,46 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// Password verifications (argon2 runs) since start: a refused login that never got
+    /// that far (locked out, queue full) does not count.
+    pub fn password_verifications(&self) -> u64 {
+        self.state.auth.verifications()
+    }
+
     /// The store, for the admin plane (telemetry queries, audit log); `None` without one.
     pub fn store(&self) -> Option<messs_storage::Store> {
         self.state.persist.as_ref().map(|p| p.store.clone())
+    }
+
+    /// Runs registry operations (see [`crate::registry::Registry`]) on the running
+    /// broker's store as `actor`, then brings live state in line: connections of a changed
+    /// tenant recompile its ACL rules at their next packet or delivery, remembered logins
+    /// of a changed device or tenant are forgotten, and clients of a disabled tenant or
+    /// device are disconnected (v5: 0x98).
+    pub async fn registry<R, F>(&self, actor: &str, ops: F) -> Result<R, crate::BrokerError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut crate::registry::Registry<'_>) -> Result<R, crate::BrokerError>
+            + Send
+            + 'static,
+    {
+        let Some(persist) = &self.state.persist else {
+            return Err(crate::BrokerError::Config(
+                "this broker has no store".into(),
+            ));
+        };
+        let store = persist.store.clone();
+        let state = self.state.clone();
+        let actor = actor.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut registry =
+                crate::registry::Registry::new(&store, &actor, state.auth.hash_params);
+            let result = ops(&mut registry);
+            state.apply_registry(&store, registry.take_touched());
+            result
+        })
+        .await
+        .map_err(|e| crate::BrokerError::Config(format!("registry task: {e}")))?
     }
 
     /// Disconnects a client (v5: DISCONNECT 0x98 Administrative action); its will is

@@ -6,7 +6,9 @@
 //! `router`, which fans it out into the bounded queues of matching sessions; each session's
 //! own client task drains its queue back to its socket. Storage will hang off this path.
 
+mod acl;
 mod admission;
+mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod budget;
@@ -21,6 +23,7 @@ mod handle;
 mod handshake;
 mod message;
 mod persist;
+pub mod registry;
 mod router;
 mod server;
 mod session;
@@ -28,9 +31,10 @@ mod state;
 mod stats;
 mod timers;
 
+pub use auth::password::{hash_password, HashParams};
 pub use config::{
-    BackupConfig, Config, DurabilityLevel, LimitsConfig, ListenerConfig, SessionConfig,
-    StorageConfig, TelemetryConfig, Transport,
+    AclConfig, AuthConfig, BackupConfig, Config, DurabilityLevel, LimitsConfig, ListenerConfig,
+    NoRules, SessionConfig, StorageConfig, TelemetryConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

@@ -48,7 +48,15 @@ impl Broker {
         let persist = tokio::task::spawn_blocking(move || Persistence::open(&storage))
             .await
             .map_err(|e| BrokerError::Config(format!("opening the store: {e}")))??;
-        let state = Arc::new(BrokerState::new(config, Some(persist)));
+        let state = Arc::new(BrokerState::new(config, Some(persist))?);
+        let loading = state.clone();
+        let tenants = tokio::task::spawn_blocking(move || match &loading.persist {
+            Some(p) => loading.auth.load(&p.store),
+            None => Ok(0),
+        })
+        .await
+        .map_err(|e| BrokerError::Config(format!("loading the registry: {e}")))??;
+        tracing::info!(tenants, "registry loaded");
         let restoring = state.clone();
         let report = tokio::task::spawn_blocking(move || restoring.restore())
             .await

@@ -39,8 +39,8 @@ pub(crate) struct BrokerState {
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
-    /// The one tenant until tenancy lands; shared so sessions don't each allocate its name.
-    pub default_tenant: crate::session::TenantId,
+    /// Authentication, tenants and their ACL rules.
+    pub auth: crate::auth::Auth,
     pub timers: Timers,
     /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
     /// run at once: each holds up to a page (~1 MiB) while it runs, so many clients cannot
@@ -95,7 +95,7 @@ pub(crate) enum Departure {
 }
 
 impl BrokerState {
-    pub fn new(config: Config, persist: Option<Persistence>) -> Self {
+    pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
         let limits = &config.limits;
         let router = Router::new(
@@ -111,7 +111,8 @@ impl BrokerState {
             stats.clone(),
             limits.max_session_bytes_total,
         ));
-        BrokerState {
+        Ok(BrokerState {
+            auth: crate::auth::Auth::new(&config)?,
             router,
             timers: Timers::new(stats.clone()),
             storage_reads: Arc::new(tokio::sync::Semaphore::new(STORAGE_READS)),
@@ -120,14 +121,13 @@ impl BrokerState {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            default_tenant: std::sync::Arc::from(crate::handshake::DEFAULT_TENANT),
             sessions: Mutex::new(HashMap::new()),
             space: Arc::new(tokio::sync::Notify::new()),
             attach_locks: Mutex::new(HashMap::new()),
             id_base: unix_ms().saturating_mul(1000),
             next_id: AtomicU64::new(1),
             config,
-        }
+        })
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Arc<Session>>> {
@@ -140,12 +140,53 @@ impl BrokerState {
         self.id_base + self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The shared name of a tenant (the default tenant's `Arc` when it is that one).
+    /// The shared name of a tenant (the registry's `Arc` when it knows the tenant).
     pub fn tenant_id(&self, name: &str) -> crate::session::TenantId {
-        if *self.default_tenant == *name {
-            self.default_tenant.clone()
-        } else {
-            Arc::from(name)
+        match self.auth.tenants.get(name) {
+            Some(t) => t.id.clone(),
+            None => Arc::from(name),
+        }
+    }
+
+    /// Applies registry changes to live state (see `BrokerHandle::registry`). Blocking.
+    pub(crate) fn apply_registry(
+        &self,
+        store: &messs_storage::Store,
+        touched: Vec<crate::registry::Touched>,
+    ) {
+        use crate::registry::Touched;
+        for t in touched {
+            let (tenant, device) = match &t {
+                Touched::Tenant(t) => (t.as_str(), None),
+                Touched::Device(t, d) => (t.as_str(), Some(d.as_str())),
+            };
+            self.auth.forget(tenant, device);
+            let kick = match device {
+                None => match self.auth.reload_tenant(store, tenant) {
+                    Ok(enabled) => !enabled,
+                    Err(e) => {
+                        tracing::error!(error = %e, tenant, "reloading a tenant failed");
+                        false
+                    }
+                },
+                Some(d) => !matches!(store.device(tenant, d), Ok(Some(dev)) if dev.enabled),
+            };
+            if !kick {
+                continue;
+            }
+            for s in self.all_sessions() {
+                let owned = device.is_none_or(|d| s.lock().owner() == Some(d));
+                if *s.key.tenant == *tenant && owned && s.is_connected() {
+                    s.kick(ReasonCode::AdministrativeAction);
+                }
+            }
+        }
+    }
+
+    /// Appends a security event to the audit log (when the broker has a store).
+    pub fn audit(&self, action: &str, detail: String) {
+        if let Some(p) = &self.persist {
+            p.audit(action, detail);
         }
     }
 
@@ -411,6 +452,7 @@ impl BrokerState {
             Source::Will,
             message,
             &mut no_ack,
+            None,
         ) {
             tracing::info!(client_id = %session.key.client_id, %refused, "will not published");
         }

@@ -61,4 +61,14 @@ pub struct Stats {
     pub queued_on_disk: AtomicU64,
     /// Telemetry messages stored.
     pub telemetry_stored: AtomicU64,
+    /// CONNECTs refused by authentication (bad credentials, anonymous refused, busy,
+    /// locked out, client id not allowed).
+    pub auth_failures: AtomicU64,
+    /// PUBLISHes and wills the ACL refused.
+    pub acl_publish_denied: AtomicU64,
+    /// Subscriptions the ACL refused.
+    pub acl_subscribe_denied: AtomicU64,
+    /// Deliveries (retained, queued or live) withheld because the ACL no longer allows
+    /// them.
+    pub acl_delivery_denied: AtomicU64,
 }

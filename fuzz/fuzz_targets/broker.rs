@@ -151,13 +151,14 @@ fuzz_target!(|data: &[u8]| {
 });
 
 async fn run(data: &[u8]) {
-    let mut config = Config::default();
+    // The try-out setup: anonymous clients, every topic allowed (ACLs have their own tests).
+    let mut config = Config::try_out();
     config.limits.max_queued_messages = 50;
     config.limits.max_retained_messages = 20;
     config.limits.max_filters_per_subscribe = 16;
     config.limits.max_subscriptions_per_session = 8;
     config.limits.max_sessions = 4;
-    let broker = FuzzBroker::new(config);
+    let broker = FuzzBroker::new(config).expect("the fuzz broker starts");
     let (filters, topics) = (filters(), topics());
     let mut clients: Vec<Client> = (0..3)
         .map(|_| Client {

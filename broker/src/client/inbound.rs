@@ -133,11 +133,14 @@ impl<S: Transport> Client<S> {
             Source::Client,
             Arc::new(message),
             &mut store_ack,
+            Some(&mut self.access),
         );
         let outcome = match published {
             Ok(outcome) => outcome,
-            Err(Refused::ReservedTopic) => {
-                return self.ack(qos_pid, ReasonCode::NotAuthorized, store_ack.finish())
+            Err(Refused::ReservedTopic | Refused::NotAuthorized) => {
+                // 3.1.1 has no way to say so: the acknowledgement is positive and the
+                // message is dropped [MQTT-3.3.5-2].
+                return self.ack(qos_pid, ReasonCode::NotAuthorized, store_ack.finish());
             }
             Err(Refused::TooDeep) => {
                 return Err(BrokerError::protocol(
@@ -238,7 +241,20 @@ impl<S: Transport> Client<S> {
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
+        self.refresh_access();
         for sub in s.subscriptions {
+            // Every topic the filter can match must be allowed (a `$share/group/` prefix
+            // changes who gets a message, not which messages).
+            if !self
+                .access
+                .acl()
+                .may_subscribe(sub.filter.filter(), sub.options.qos)
+            {
+                self.state
+                    .acl_denied(&mut self.access, "subscribe", sub.filter.as_str());
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let stored = StoredSubscription {
                 filter: sub.filter,
                 options: sub.options,
@@ -305,6 +321,10 @@ impl<S: Transport> Client<S> {
             } else {
                 ReasonCode::NoSubscriptionExisted
             });
+        }
+        if self.access.check_deliveries {
+            // The subscription that was not wholly allowed may be gone.
+            self.recheck_subscriptions();
         }
         let unsuback = Packet::UnsubAck(Box::new(UnsubAck {
             packet_id: u.packet_id,

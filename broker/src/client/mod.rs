@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
 
+use crate::auth::Access;
 use crate::clock::{mono_ms, unix_ms};
 use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
@@ -177,6 +178,8 @@ pub(crate) struct Client<S> {
     /// Input processing stopped because too many acknowledgements wait for the store; it
     /// goes on once one is sent.
     input_held: bool,
+    /// Who the client is and what its ACL allows. Boxed: one pointer in every connection.
+    access: Box<Access>,
 }
 
 impl<S: Transport> Client<S> {
@@ -186,6 +189,7 @@ impl<S: Transport> Client<S> {
         attached: Attached,
         neg: Negotiated,
         will: Option<Will>,
+        access: Access,
     ) -> Self {
         let will = will.map(Box::new);
         let routes = state.router.tenant(&attached.session.key.tenant);
@@ -220,6 +224,26 @@ impl<S: Transport> Client<S> {
             routes,
             acks: None,
             input_held: false,
+            access: Box::new(access),
+        }
+    }
+
+    /// Re-checks the session's subscriptions against the ACL: while one is no longer
+    /// wholly allowed, every delivery is checked on its own (see `Access`).
+    fn recheck_subscriptions(&mut self) {
+        let acl = self.access.acl();
+        let all_allowed = acl.is_allow_all()
+            || self
+                .session
+                .lock()
+                .all_subscriptions(|filter, qos| acl.may_subscribe(filter, qos));
+        self.access.check_deliveries = !all_allowed;
+    }
+
+    /// Picks up a change of the tenant's ACL rules.
+    pub(super) fn refresh_access(&mut self) {
+        if self.access.refresh(&self.state.auth) {
+            self.recheck_subscriptions();
         }
     }
 
@@ -234,6 +258,8 @@ impl<S: Transport> Client<S> {
 
     async fn event_loop(&mut self) -> End {
         if self.session_present {
+            // Subscriptions from before this connection (maybe from before a rule change).
+            self.recheck_subscriptions();
             if let Err(e) = self.resend_inflight() {
                 return End::Failed(e);
             }
@@ -406,6 +432,16 @@ impl<S: Transport> Client<S> {
             let _ = self.conn.queue_within(Packet::Disconnect(disconnect), max);
         }
         self.conn.close().await;
+        let end_name = match &end {
+            End::Disconnect { with_will: false } => "client disconnected".to_owned(),
+            End::Disconnect { with_will: true } => "client disconnected with will".to_owned(),
+            End::Closed => "connection closed by the client".to_owned(),
+            End::KeepAlive => "keep-alive timeout".to_owned(),
+            End::TakenOver => "session taken over".to_owned(),
+            End::Kicked(code) => format!("kicked ({code})"),
+            End::Shutdown => "broker shutting down".to_owned(),
+            End::Failed(e) => format!("closed: {e}"),
+        };
         let departure = match end {
             End::Disconnect { with_will: false } => Departure::Clean,
             End::TakenOver => Departure::TakenOver,
@@ -413,10 +449,36 @@ impl<S: Transport> Client<S> {
             _ => Departure::Abnormal,
         };
         let now_ms = unix_ms();
-        let will = self.will.take().map(|w| {
-            let delay = w.properties.will_delay_interval.unwrap_or(0);
-            (Message::from_will(*w, self.session.id, now_ms), delay)
-        });
+        let will = self
+            .will
+            .take()
+            .map(|w| {
+                let delay = w.properties.will_delay_interval.unwrap_or(0);
+                (Message::from_will(*w, self.session.id, now_ms), delay)
+            })
+            .filter(|(m, _)| {
+                departure == Departure::Clean
+                    || departure == Departure::Shutdown
+                    || self.state.will_allowed(&mut self.access, m)
+            });
+        let a = &self.access;
+        self.state.audit(
+            "client.disconnect",
+            format!(
+                "{} client {:?}: {}{}",
+                a.identity.describe(),
+                a.client_id,
+                end_name,
+                if a.denied > 0 {
+                    format!(
+                        "; {} messages or subscriptions refused by the ACL",
+                        a.denied
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        );
         self.state
             .detach(&self.session, self.generation, departure, will);
         self.state.stats.connections.fetch_sub(1, Ordering::Relaxed);

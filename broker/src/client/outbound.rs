@@ -42,6 +42,7 @@ impl<S: Transport> Client<S> {
     /// Tops the queue up with owed retained messages, then encodes queued deliveries while
     /// the window allows.
     pub(super) fn drain_outbox(&mut self) -> Result<(), BrokerError> {
+        self.refresh_access();
         self.replay_retained();
         let result = self.encode_queued();
         self.replay_more = self.replay_pending();
@@ -136,6 +137,21 @@ impl<S: Transport> Client<S> {
         dup: bool,
         now: u64,
     ) -> Result<(), BrokerError> {
+        if !self
+            .access
+            .may_receive(d.message.topic.as_str(), d.qos, d.retain)
+        {
+            // A rule changed since the subscription was granted: withhold it, and settle
+            // it as if sent so its packet id and storage are freed.
+            if let Some(pid) = qos_pid.packet_id() {
+                self.session.lock().forget_inflight(pid);
+            }
+            self.state
+                .stats
+                .acl_delivery_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let mut publish = d.to_publish(qos_pid, dup, now);
         let mut new_alias = None;
         if self.conn.protocol().is_v5() && self.neg.client_alias_max > 0 {

@@ -1,7 +1,8 @@
-//! Accepting a decoded CONNECT, step by step: refuse what this listener or the broker
-//! cannot take (`check`), settle the client id (`client_id`) and the session expiry and
-//! keep-alive (`negotiate`), attach the session, and answer with CONNACK. Authentication
-//! slots in between `check` and `client_id` once identities exist.
+//! Accepting a decoded CONNECT, step by step: refuse what the broker cannot take (`check`),
+//! authenticate (`auth`: the client's identity and tenant), settle the client id
+//! (`client_id`) and check it against the device, check the will against the ACL, settle
+//! the session expiry and keep-alive (`negotiate`), attach the session in the client's
+//! tenant, and answer with CONNACK. Every refusal and every login is audited.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -11,6 +12,7 @@ use messs_codec::{ConnAck, ConnAckProperties, Connect, Packet, Protocol, ReasonC
 
 use super::reject;
 use crate::admission::topic_levels;
+use crate::auth::{Access, Login};
 use crate::client::{Client, Negotiated};
 use crate::config::{LimitsConfig, ListenerConfig};
 use crate::connection::{Connection, Transport};
@@ -39,17 +41,78 @@ where
         .maximum_packet_size
         .map_or(usize::MAX, |m| m.get() as usize);
     conn.configure(protocol, limits.codec_limits());
-    if let Err((code, why)) = check(&connect, listener, limits) {
+    if let Err((code, why)) = check(&connect, limits) {
         tracing::info!(%peer, %code, why, "CONNECT refused");
         reject(&mut conn, protocol, code, why, client_max_packet).await;
         return None;
     }
+    let login = Login {
+        peer: peer.ip(),
+        listener,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+    };
+    let store = state.persist.as_ref().map(|p| &p.store);
+    let identity = match state
+        .auth
+        .authenticate(login, store, crate::clock::unix_ms())
+        .await
+    {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            state
+                .stats
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
+            state.audit("auth.failure", refusal.detail);
+            for lock in refusal.lockouts {
+                tracing::warn!(%peer, lockout = %lock, "lockout");
+                state.audit("auth.lockout", lock);
+            }
+            let d = refusal.denied;
+            reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
+            return None;
+        }
+    };
     let (client_id, assigned) = client_id(state, &connect);
+    let refused_id = !identity.allows_client_id(&client_id);
+    let access = Access::new(&state.auth, identity, Arc::from(client_id.as_str()));
+    let refusal = if refused_id {
+        Some((
+            crate::auth::Denied::ClientIdNotAllowed.code(),
+            crate::auth::Denied::ClientIdNotAllowed.reason(),
+            "client id not allowed for the device",
+        ))
+    } else {
+        connect
+            .will
+            .as_ref()
+            .filter(|w| !access.acl().may_publish(w.topic.as_str(), w.qos, w.retain))
+            .map(|_| {
+                (
+                    ReasonCode::NotAuthorized,
+                    "the ACL does not allow this will topic",
+                    "will topic denied by the ACL",
+                )
+            })
+    };
+    if let Some((code, why, audit)) = refusal {
+        state.audit(
+            "auth.failure",
+            format!(
+                "{} client {client_id:?} from {peer}: {audit}",
+                access.identity.describe()
+            ),
+        );
+        reject(&mut conn, protocol, code, why, client_max_packet).await;
+        return None;
+    }
     let (expiry, requested_expiry, keep_alive) = negotiate(state, &connect);
 
     let key = SessionKey {
-        tenant: state.default_tenant.clone(),
-        client_id: Arc::from(client_id.as_str()),
+        tenant: access.identity.tenant.id.clone(),
+        client_id: access.client_id.clone(),
     };
     let attached = match state
         .attach(key, connect.clean_start, expiry, deadline)
@@ -75,6 +138,10 @@ where
         }
         Err(AttachRefused::Timeout) => return None,
     };
+    attached
+        .session
+        .lock()
+        .set_owner(access.identity.username.clone());
 
     let properties = if protocol.is_v5() {
         ConnAckProperties {
@@ -101,6 +168,14 @@ where
         return None;
     }
     tracing::debug!(%peer, client_id = %client_id, ?protocol, "connected");
+    state.audit(
+        "client.connect",
+        format!(
+            "{} client {client_id:?} from {peer} ({}, {protocol:?})",
+            access.identity.describe(),
+            access.identity.method_name()
+        ),
+    );
     let negotiated = Negotiated::new(&connect, keep_alive, limits);
     Some(Client::new(
         state.clone(),
@@ -108,26 +183,17 @@ where
         attached,
         negotiated,
         connect.will,
+        access,
     ))
 }
 
-/// What this listener and the broker's limits refuse outright.
-fn check(
-    connect: &Connect,
-    listener: &ListenerConfig,
-    limits: &LimitsConfig,
-) -> Result<(), Refusal> {
+/// What the broker's limits refuse outright (before any authentication work).
+fn check(connect: &Connect, limits: &LimitsConfig) -> Result<(), Refusal> {
     if connect.properties.authentication_method.is_some() {
         // Enhanced authentication is not offered [MQTT-4.12.0-1].
         return Err((
             ReasonCode::BadAuthenticationMethod,
             "enhanced authentication is not offered",
-        ));
-    }
-    if !listener.allow_anonymous {
-        return Err((
-            ReasonCode::NotAuthorized,
-            "this listener does not allow anonymous clients",
         ));
     }
     if connect.client_id.is_empty()

@@ -152,6 +152,9 @@ pub(crate) struct SessionState {
     budget: Arc<ByteBudget>,
     /// The store mirror of a persistent session (boxed: most sessions have none).
     disk: Option<Box<SessionDisk>>,
+    /// The username the attached (or last) connection logged in with, so disabling a
+    /// device can disconnect it.
+    owner: Option<Arc<str>>,
 }
 
 /// Per-session limits from the configuration.
@@ -172,6 +175,7 @@ impl SessionState {
     /// An empty state; `charged` is what the caller already took from `budget` for it.
     pub fn new(limits: SessionLimits, budget: Arc<ByteBudget>, charged: usize) -> Self {
         SessionState {
+            owner: None,
             subscriptions: BTreeMap::new(),
             max_subscriptions: u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX),
             queue: VecDeque::new(),
@@ -603,6 +607,27 @@ impl SessionState {
         let cost = subs.iter().map(StoredSubscription::cost).sum();
         self.release(cost);
         subs
+    }
+
+    /// Whether every subscription passes `allowed(filter without $share prefix, max QoS)`
+    /// (the ACL check of a session's subscriptions after a rule change).
+    pub fn all_subscriptions(
+        &self,
+        mut allowed: impl FnMut(&str, messs_codec::QoS) -> bool,
+    ) -> bool {
+        self.subscriptions
+            .values()
+            .all(|s| allowed(s.filter.filter(), s.options.qos))
+    }
+
+    /// Records who the attached connection logged in as.
+    pub fn set_owner(&mut self, username: Option<Arc<str>>) {
+        self.owner = username;
+    }
+
+    /// The username of the attached (or last) connection.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// Number of subscriptions.

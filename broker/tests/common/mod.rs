@@ -45,9 +45,10 @@ impl TestBroker {
 
     /// Starts on the data directory `data` (a restart of an earlier broker uses its).
     pub async fn start_in(data: Arc<tempfile::TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
+        // The try-out setup (anonymous clients in tenant `default`, every topic allowed)
+        // unless a test says otherwise.
+        let mut config = Config::try_out();
         config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-        config.listeners[0].allow_anonymous = true;
         config.storage.data_dir = data.path().to_path_buf();
         adjust(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");

@@ -1,0 +1,502 @@
+//! Who a client is: authentication inside the CONNECT handshake, ending in an [`Identity`]
+//! bound to one tenant, and the per-connection [`Access`] that the ACL questions go to.
+//!
+//! Order of the checks (cheap first, and the address check before any crypto):
+//! 1. the client's address is not locked out;
+//! 2. the tenant: the listener's, or the `@TENANT` suffix of the username;
+//! 3. the credential: a remembered verification (microseconds), else the username's
+//!    lockout, then argon2 on the verification pool (busy: 0x89);
+//! 4. the device's client-id pattern.
+//!
+//! Every refusal looks the same to the client whatever its cause among unknown tenant,
+//! unknown device, disabled device and wrong password (v5 0x86, 3.1.1 0x04).
+
+mod lockout;
+pub mod password;
+mod tenants;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use messs_codec::{QoS, ReasonCode};
+use messs_storage::Store;
+use moka::sync::Cache;
+
+use crate::acl::{ClientAcl, Subject};
+use crate::config::{Config, ListenerConfig, NoRules};
+use crate::error::BrokerError;
+use lockout::{Lockout, LockoutPolicy};
+use password::{HashParams, PasswordPool, Verdict};
+pub(crate) use tenants::{TenantSecurity, Tenants};
+
+/// How a client proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// No credentials, on a listener that allows that.
+    Anonymous,
+    /// Username and argon2id-verified password (or a remembered verification).
+    Password,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Anonymous => "anonymous",
+            Method::Password => "password",
+        }
+    }
+}
+
+/// An authenticated client, bound to its tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub tenant: Arc<TenantSecurity>,
+    /// `None` for an anonymous client.
+    pub username: Option<Arc<str>>,
+    pub groups: Arc<[String]>,
+    pub method: Method,
+    /// Client ids the device may use (`*` wildcard, `%u`), if restricted.
+    client_id_pattern: Option<Arc<str>>,
+}
+
+impl Identity {
+    /// `name@tenant` (or `anonymous@tenant`) for logs and the audit log.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}@{}",
+            self.username.as_deref().unwrap_or("anonymous"),
+            self.tenant.id
+        )
+    }
+
+    pub fn method_name(&self) -> &'static str {
+        self.method.name()
+    }
+
+    /// Whether the device may use `client_id`.
+    pub fn allows_client_id(&self, client_id: &str) -> bool {
+        let Some(pattern) = &self.client_id_pattern else {
+            return true;
+        };
+        let pattern = pattern.replace("%u", self.username.as_deref().unwrap_or(""));
+        glob(&pattern, client_id)
+    }
+}
+
+/// `*` matches any run of characters; everything else itself. Iterative (no recursion a
+/// pattern could deepen).
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// Unknown tenant or device, disabled, wrong password: all the same to the client.
+    BadCredentials,
+    /// No credentials on a listener that needs them.
+    AnonymousRefused,
+    /// The verification queue is full.
+    Busy,
+    /// The address or username is locked out after too many failures.
+    LockedOut,
+    /// The device may not use this client id.
+    ClientIdNotAllowed,
+}
+
+impl Denied {
+    /// The CONNACK reason code (the codec maps it for 3.1.1).
+    pub fn code(self) -> ReasonCode {
+        match self {
+            Denied::BadCredentials => ReasonCode::BadUserNameOrPassword,
+            Denied::AnonymousRefused => ReasonCode::NotAuthorized,
+            Denied::Busy => ReasonCode::ServerBusy,
+            Denied::LockedOut => ReasonCode::Banned,
+            Denied::ClientIdNotAllowed => ReasonCode::ClientIdentifierNotValid,
+        }
+    }
+
+    /// The reason string sent to the client: nothing that tells which check failed.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denied::BadCredentials => "bad user name or password",
+            Denied::AnonymousRefused => "this listener does not allow anonymous clients",
+            Denied::Busy => "too many logins are being verified; retry later",
+            Denied::LockedOut => "too many failed logins; retry later",
+            Denied::ClientIdNotAllowed => "this device may not use that client id",
+        }
+    }
+}
+
+/// A refusal with what the audit log gets (never a password).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub denied: Denied,
+    /// Who and why, for the audit log.
+    pub detail: String,
+    /// Lockouts this failure started, for the audit log.
+    pub lockouts: Vec<String>,
+}
+
+/// A verification remembered under a keyed digest of the credential.
+#[derive(Debug, Clone)]
+struct Remembered {
+    tenant: Arc<str>,
+    username: Arc<str>,
+    groups: Arc<[String]>,
+    client_id_pattern: Option<Arc<str>>,
+}
+
+/// The authenticator: tenants, the verification pool and cache, and the lockout counters.
+pub(crate) struct Auth {
+    pub tenants: Tenants,
+    pool: PasswordPool,
+    remembered: Cache<[u8; 32], Remembered>,
+    /// Key of the digest the cache is keyed by: random per process, so the cache's keys
+    /// say nothing about the passwords outside it.
+    digest_key: hmac::Key,
+    lockout: Lockout,
+    no_rules: NoRules,
+    pub(crate) hash_params: HashParams,
+}
+
+/// The credentials a CONNECT carried, and where it came from.
+pub(crate) struct Login<'a> {
+    pub peer: IpAddr,
+    pub listener: &'a ListenerConfig,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Result<Self, BrokerError> {
+        let a = &config.auth;
+        let hash_params = HashParams {
+            memory_kib: a.argon2_memory_kib,
+            iterations: a.argon2_iterations,
+            parallelism: a.argon2_parallelism,
+        };
+        let threads = match a.verify_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let pool = PasswordPool::new(threads, a.verify_queue, hash_params);
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key)
+            .map_err(|_| BrokerError::Config("no system randomness".into()))?;
+        let tenants = Tenants::default();
+        for l in &config.listeners {
+            if let Some(t) = &l.tenant {
+                tenants.get_or_insert(&Arc::from(t.as_str()), false);
+            }
+        }
+        Ok(Auth {
+            tenants,
+            pool,
+            remembered: Cache::builder()
+                .max_capacity(a.cache_capacity)
+                .time_to_live(Duration::from_secs(a.cache_ttl_secs))
+                .support_invalidation_closures()
+                .build(),
+            digest_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            lockout: Lockout::new(LockoutPolicy {
+                ip_threshold: a.lockout_ip_threshold,
+                user_threshold: a.lockout_user_threshold,
+                base_ms: a.lockout_base_secs.saturating_mul(1000),
+                max_ms: a.lockout_max_secs.saturating_mul(1000),
+                capacity: a.lockout_capacity,
+            }),
+            no_rules: config.acl.tenant_without_rules,
+            hash_params,
+        })
+    }
+
+    /// Loads every registered tenant with its rules and keys. Blocking.
+    pub fn load(&self, store: &Store) -> Result<usize, BrokerError> {
+        let tenants = store.tenants()?;
+        for t in &tenants {
+            self.reload_tenant(store, &t.id)?;
+        }
+        Ok(tenants.len())
+    }
+
+    /// Re-reads one tenant's record, rules and keys; returns whether it is enabled.
+    /// Blocking.
+    pub fn reload_tenant(&self, store: &Store, id: &str) -> Result<bool, BrokerError> {
+        let Some(t) = store.tenant(id)? else {
+            return Ok(true);
+        };
+        let entry = self.tenants.get_or_insert(&Arc::from(id), true);
+        entry.set_jwt_keys(store.jwt_keys(id)?);
+        entry.set_rules(store.acl_rules(id)?);
+        entry.set_enabled(t.enabled);
+        Ok(t.enabled)
+    }
+
+    /// Argon2 computations run so far (tests count them).
+    pub fn verifications(&self) -> u64 {
+        self.pool.runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forgets remembered verifications of one device (its credential or status changed),
+    /// or of a whole tenant (`username` `None`).
+    pub fn forget(&self, tenant: &str, username: Option<&str>) {
+        let (tenant, username) = (tenant.to_owned(), username.map(str::to_owned));
+        let _ = self.remembered.invalidate_entries_if(move |_, r| {
+            *r.tenant == *tenant && username.as_deref().is_none_or(|u| *r.username == *u)
+        });
+    }
+
+    fn digest(&self, tenant: &str, username: &str, password: &[u8]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.digest_key);
+        for part in [tenant.as_bytes(), username.as_bytes()] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.update(password);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// Authenticates a CONNECT. `store` is where devices are looked up (none: only
+    /// anonymous clients can connect).
+    pub async fn authenticate(
+        &self,
+        login: Login<'_>,
+        store: Option<&Store>,
+        now_ms: u64,
+    ) -> Result<Identity, Refusal> {
+        let refuse = |denied, detail: String| Refusal {
+            denied,
+            detail,
+            lockouts: Vec::new(),
+        };
+        let peer = login.peer;
+        if let Some(ms) = self.lockout.ip_locked(peer, now_ms) {
+            return Err(refuse(
+                Denied::LockedOut,
+                format!("from {peer}: address locked out for {ms} ms more"),
+            ));
+        }
+        if login.username.is_none() && login.password.is_none() {
+            return self.anonymous(&login);
+        }
+        // The tenant, and the name within it.
+        let raw = login.username.unwrap_or("");
+        let (name, tenant_id) = match &login.listener.tenant {
+            Some(t) => (raw, t.as_str()),
+            None => match raw.rsplit_once('@') {
+                Some((n, t)) if !n.is_empty() && !t.is_empty() => (n, t),
+                _ => ("", ""),
+            },
+        };
+        let password = login.password.unwrap_or(b"");
+        let who = format!("{name}@{tenant_id} from {peer}");
+        let tenant = self
+            .tenants
+            .get(tenant_id)
+            .filter(|t| t.registered.load(std::sync::atomic::Ordering::Acquire));
+        let digest = self.digest(tenant_id, name, password);
+        if let Some(r) = self.remembered.get(&digest) {
+            if let Some(t) = tenant.as_ref().filter(|t| t.is_enabled()) {
+                return Ok(Identity {
+                    tenant: t.clone(),
+                    username: Some(r.username),
+                    groups: r.groups,
+                    method: Method::Password,
+                    client_id_pattern: r.client_id_pattern,
+                });
+            }
+        }
+        if let Some(ms) = self.lockout.user_locked(tenant_id, name, now_ms) {
+            return Err(refuse(
+                Denied::LockedOut,
+                format!("{who}: username locked out for {ms} ms more"),
+            ));
+        }
+        // Unknown or disabled tenants cost the same as a wrong password.
+        let usable_tenant = tenant.filter(|t| t.is_enabled());
+        let lookup = usable_tenant.as_ref().and(store).cloned();
+        let verdict = self
+            .pool
+            .verify(
+                lookup,
+                tenant_id.to_owned(),
+                name.to_owned(),
+                password.to_vec(),
+            )
+            .await;
+        match (verdict, usable_tenant) {
+            (None, _) => Err(refuse(
+                Denied::Busy,
+                format!("{who}: verification queue full"),
+            )),
+            (Some(Verdict::Valid(device)), Some(t)) => {
+                self.lockout.succeeded(tenant_id, name);
+                let remembered = Remembered {
+                    tenant: t.id.clone(),
+                    username: Arc::from(device.username.as_str()),
+                    groups: Arc::from(device.groups),
+                    client_id_pattern: device.client_id_pattern.map(Arc::from),
+                };
+                self.remembered.insert(digest, remembered.clone());
+                Ok(Identity {
+                    tenant: t,
+                    username: Some(remembered.username),
+                    groups: remembered.groups,
+                    method: Method::Password,
+                    client_id_pattern: remembered.client_id_pattern,
+                })
+            }
+            (Some(v), _) => {
+                let why = match v {
+                    Verdict::StoreError => "registry unreadable",
+                    _ => "bad credentials",
+                };
+                let lockouts = self
+                    .lockout
+                    .failed(peer, Some((tenant_id, name)), now_ms)
+                    .into_iter()
+                    .map(|l| format!("{} locked out for {} ms", l.what, l.ms))
+                    .collect();
+                Err(Refusal {
+                    denied: Denied::BadCredentials,
+                    detail: format!("{who}: {why}"),
+                    lockouts,
+                })
+            }
+        }
+    }
+
+    fn anonymous(&self, login: &Login<'_>) -> Result<Identity, Refusal> {
+        let tenant = match (&login.listener.tenant, login.listener.allow_anonymous) {
+            (Some(t), true) => self.tenants.get_or_insert(&Arc::from(t.as_str()), false),
+            _ => {
+                return Err(Refusal {
+                    denied: Denied::AnonymousRefused,
+                    detail: format!("anonymous from {}: listener needs credentials", login.peer),
+                    lockouts: Vec::new(),
+                })
+            }
+        };
+        if !tenant.is_enabled() {
+            return Err(Refusal {
+                denied: Denied::AnonymousRefused,
+                detail: format!(
+                    "anonymous from {}: tenant {} disabled",
+                    login.peer, tenant.id
+                ),
+                lockouts: Vec::new(),
+            });
+        }
+        Ok(Identity {
+            tenant,
+            username: None,
+            groups: Arc::from(Vec::new()),
+            method: Method::Anonymous,
+            client_id_pattern: None,
+        })
+    }
+
+    /// The ACL for a client, compiled from its tenant's current rules.
+    pub fn compile(&self, identity: &Identity, client_id: &str) -> (ClientAcl, u64) {
+        let (rules, epoch) = identity.tenant.rules();
+        let acl = if rules.is_empty() && self.no_rules == NoRules::Allow {
+            ClientAcl::allow_all()
+        } else {
+            ClientAcl::compile(
+                &rules,
+                &Subject {
+                    username: identity.username.as_deref(),
+                    client_id,
+                    groups: &identity.groups,
+                },
+            )
+        };
+        (acl, epoch)
+    }
+}
+
+/// One connection's identity and compiled ACL, recompiled when its tenant's rules change.
+pub(crate) struct Access {
+    pub identity: Identity,
+    pub client_id: Arc<str>,
+    acl: ClientAcl,
+    epoch: u64,
+    /// Deliveries must be checked one by one: some subscription of the session is not
+    /// wholly allowed any more (after a rule change, or restored from before one).
+    pub check_deliveries: bool,
+    /// Messages refused so far (the first is audited, the rest counted at disconnect).
+    pub denied: u64,
+}
+
+impl Access {
+    pub fn new(auth: &Auth, identity: Identity, client_id: Arc<str>) -> Self {
+        let (acl, epoch) = auth.compile(&identity, &client_id);
+        Access {
+            identity,
+            client_id,
+            acl,
+            epoch,
+            check_deliveries: false,
+            denied: 0,
+        }
+    }
+
+    /// Recompiles if the tenant's rules changed since; true if they did.
+    pub fn refresh(&mut self, auth: &Auth) -> bool {
+        if self.identity.tenant.epoch() == self.epoch {
+            return false;
+        }
+        let (acl, epoch) = auth.compile(&self.identity, &self.client_id);
+        self.acl = acl;
+        self.epoch = epoch;
+        true
+    }
+
+    pub fn acl(&self) -> &ClientAcl {
+        &self.acl
+    }
+
+    /// May a message on `topic` be delivered through a subscription of this client?
+    pub fn may_receive(&self, topic: &str, qos: QoS, retain: bool) -> bool {
+        !self.check_deliveries || self.acl.may_receive(topic, qos, retain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_id_patterns() {
+        assert!(glob("sensor-*", "sensor-1"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+        assert!(!glob("sensor-*", "other"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+    }
+}

@@ -1,0 +1,334 @@
+//! Registry operations — tenants, devices, ACL rules, JWT keys, trusted CAs, revocations —
+//! with their validation, password hashing and audit records in one place. The `messs`
+//! CLI runs them on a stopped broker's store; a running broker runs them through
+//! [`crate::BrokerHandle::registry`], which then applies the change to live state (rules
+//! recompiled by every connection of the tenant, remembered logins forgotten, clients of a
+//! disabled tenant or device disconnected).
+//!
+//! Every function here is blocking (RocksDB and argon2): call it from a blocking thread.
+
+use messs_storage::audit::AuditEvent;
+use messs_storage::registry::{
+    cert_fingerprint, AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, TenantRecord,
+};
+use messs_storage::Store;
+
+use crate::auth::password::{hash_password, HashParams};
+use crate::error::BrokerError;
+
+/// A change of ACL rules, as an operator states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Allow (true) or deny.
+    pub allow: bool,
+    /// What it governs.
+    pub action: AclAction,
+    /// Topic filter, with `%c` and `%u`.
+    pub filter: String,
+    /// Whom it applies to.
+    pub subject: AclSubject,
+    /// QoS levels it applies to (bits: 1 = QoS 0, 2 = QoS 1, 4 = QoS 2).
+    pub qos_mask: u8,
+    /// Applies only to messages with this retain flag.
+    pub retain: Option<bool>,
+}
+
+/// What a change touched, so a running broker can bring its live state in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Touched {
+    /// The tenant's record, rules or keys.
+    Tenant(String),
+    /// One device of a tenant.
+    Device(String, String),
+}
+
+/// Registry operations on one store, audited as `actor`.
+pub struct Registry<'a> {
+    store: &'a Store,
+    actor: String,
+    params: HashParams,
+    touched: Vec<Touched>,
+}
+
+fn now_ms() -> u64 {
+    crate::clock::unix_ms()
+}
+
+impl<'a> Registry<'a> {
+    /// Operations on `store`, audited as done by `actor`, hashing new passwords with
+    /// `params`.
+    pub fn new(store: &'a Store, actor: &str, params: HashParams) -> Self {
+        Registry {
+            store,
+            actor: actor.to_owned(),
+            params,
+            touched: Vec::new(),
+        }
+    }
+
+    pub(crate) fn take_touched(&mut self) -> Vec<Touched> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn audit(&self, action: &str, detail: String) {
+        let event = AuditEvent {
+            time_ms: now_ms(),
+            actor: self.actor.clone(),
+            action: action.to_owned(),
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(&event) {
+            tracing::warn!(error = %e, action, "audit record not written");
+        }
+    }
+
+    fn tenant_record(&self, id: &str) -> Result<TenantRecord, BrokerError> {
+        self.store
+            .tenant(id)?
+            .ok_or_else(|| BrokerError::Registry(format!("no tenant {id:?}")))
+    }
+
+    /// Creates a tenant.
+    pub fn add_tenant(&mut self, id: &str, name: Option<&str>) -> Result<(), BrokerError> {
+        self.store.add_tenant(&TenantRecord {
+            id: id.to_owned(),
+            name: name.unwrap_or(id).to_owned(),
+            enabled: true,
+            created_ms: now_ms(),
+            limits: Vec::new(),
+        })?;
+        self.audit("tenant.add", format!("tenant {id:?}"));
+        self.touched.push(Touched::Tenant(id.to_owned()));
+        Ok(())
+    }
+
+    /// Enables or disables a tenant (a disabled tenant's clients are disconnected and
+    /// cannot log in).
+    pub fn set_tenant_enabled(&mut self, id: &str, enabled: bool) -> Result<(), BrokerError> {
+        let mut t = self.tenant_record(id)?;
+        t.enabled = enabled;
+        self.store.update_tenant(&t)?;
+        let what = if enabled { "enable" } else { "disable" };
+        self.audit(&format!("tenant.{what}"), format!("tenant {id:?}"));
+        self.touched.push(Touched::Tenant(id.to_owned()));
+        Ok(())
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, BrokerError> {
+        Ok(self.store.tenants()?)
+    }
+
+    /// Adds a device; `password` `None` for one that logs in with a token or certificate.
+    pub fn add_device(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        password: Option<&str>,
+        client_id_pattern: Option<&str>,
+        groups: &[String],
+    ) -> Result<(), BrokerError> {
+        let password_hash = password
+            .map(|p| check_password(p).and_then(|()| hash_password(p, self.params)))
+            .transpose()?;
+        self.store.put_device(
+            &DeviceRecord {
+                tenant: tenant.to_owned(),
+                username: username.to_owned(),
+                password_hash,
+                client_id_pattern: client_id_pattern.map(str::to_owned),
+                groups: groups.to_vec(),
+                enabled: true,
+                version: 0,
+            },
+            true,
+        )?;
+        self.audit(
+            "device.add",
+            format!("device {username:?} in tenant {tenant:?}"),
+        );
+        self.touched
+            .push(Touched::Device(tenant.to_owned(), username.to_owned()));
+        Ok(())
+    }
+
+    fn change_device(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        action: &str,
+        change: impl FnOnce(&mut DeviceRecord) -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
+        let mut d = self.store.device(tenant, username)?.ok_or_else(|| {
+            BrokerError::Registry(format!("no device {username:?} in tenant {tenant:?}"))
+        })?;
+        change(&mut d)?;
+        self.store.put_device(&d, false)?;
+        self.audit(action, format!("device {username:?} in tenant {tenant:?}"));
+        self.touched
+            .push(Touched::Device(tenant.to_owned(), username.to_owned()));
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) a device's password.
+    pub fn set_device_password(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let hash = password
+            .map(|p| check_password(p).and_then(|()| hash_password(p, self.params)))
+            .transpose()?;
+        self.change_device(tenant, username, "device.set_password", |d| {
+            d.password_hash = hash;
+            Ok(())
+        })
+    }
+
+    /// Enables or disables a device (a disabled device is disconnected and cannot log in).
+    pub fn set_device_enabled(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        enabled: bool,
+    ) -> Result<(), BrokerError> {
+        let action = if enabled {
+            "device.enable"
+        } else {
+            "device.disable"
+        };
+        self.change_device(tenant, username, action, |d| {
+            d.enabled = enabled;
+            Ok(())
+        })
+    }
+
+    /// A page of a tenant's devices, after `after`.
+    pub fn devices(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, BrokerError> {
+        Ok(self.store.devices(tenant, after, limit)?)
+    }
+
+    /// Adds a rule at `position` (0 = first; `None` = last); returns its id.
+    pub fn add_rule(
+        &mut self,
+        tenant: &str,
+        rule: RuleSpec,
+        position: Option<usize>,
+    ) -> Result<u32, BrokerError> {
+        self.tenant_record(tenant)?;
+        let filter = rule.filter.replace("%c", "c").replace("%u", "u");
+        if messs_codec::TopicFilter::new(&filter).is_err() || filter.starts_with("$share/") {
+            return Err(BrokerError::Registry(format!(
+                "{:?} is not a valid topic filter",
+                rule.filter
+            )));
+        }
+        if rule.qos_mask & 7 == 0 {
+            return Err(BrokerError::Registry(
+                "a rule must apply to at least one QoS".into(),
+            ));
+        }
+        let detail = format!(
+            "tenant {tenant:?}: {} {:?} {:?} for {:?}",
+            if rule.allow { "allow" } else { "deny" },
+            rule.action,
+            rule.filter,
+            rule.subject
+        );
+        let id = self.store.update_acl_rules(tenant, |rules, id| {
+            let new = AclRule {
+                id,
+                allow: rule.allow,
+                action: rule.action,
+                filter: rule.filter,
+                subject: rule.subject,
+                qos_mask: rule.qos_mask & 7,
+                retain: rule.retain,
+            };
+            let at = position.unwrap_or(rules.len()).min(rules.len());
+            rules.insert(at, new);
+            Ok(id)
+        })?;
+        self.audit("acl.add", format!("{detail} (rule {id})"));
+        self.touched.push(Touched::Tenant(tenant.to_owned()));
+        Ok(id)
+    }
+
+    /// Removes a rule by id; false if there was none.
+    pub fn remove_rule(&mut self, tenant: &str, id: u32) -> Result<bool, BrokerError> {
+        let removed = self.store.update_acl_rules(tenant, |rules, _| {
+            let before = rules.len();
+            rules.retain(|r| r.id != id);
+            Ok(rules.len() != before)
+        })?;
+        if removed {
+            self.audit("acl.remove", format!("tenant {tenant:?}: rule {id}"));
+            self.touched.push(Touched::Tenant(tenant.to_owned()));
+        }
+        Ok(removed)
+    }
+
+    /// A tenant's rules, in order.
+    pub fn rules(&self, tenant: &str) -> Result<Vec<AclRule>, BrokerError> {
+        Ok(self.store.acl_rules(tenant)?)
+    }
+
+    /// Adds or replaces a JWT verification key of a tenant.
+    pub fn put_jwt_key(&mut self, tenant: &str, key: JwtKey) -> Result<(), BrokerError> {
+        self.tenant_record(tenant)?;
+        if !matches!(key.alg.as_str(), "HS256" | "RS256" | "ES256" | "EdDSA") {
+            return Err(BrokerError::Registry(format!(
+                "algorithm {:?}: use HS256, RS256, ES256 or EdDSA",
+                key.alg
+            )));
+        }
+        let detail = format!("tenant {tenant:?}: key {:?} ({})", key.kid, key.alg);
+        self.store.put_jwt_key(tenant, &key)?;
+        self.audit("jwt_key.put", detail);
+        self.touched.push(Touched::Tenant(tenant.to_owned()));
+        Ok(())
+    }
+
+    /// Trusts a CA (DER) for a tenant's device certificates; returns its fingerprint.
+    pub fn add_ca(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
+        self.tenant_record(tenant)?;
+        let fp = self.store.add_ca(tenant, der)?;
+        self.audit("ca.add", format!("tenant {tenant:?}: CA {}", hex(&fp)));
+        self.touched.push(Touched::Tenant(tenant.to_owned()));
+        Ok(fp)
+    }
+
+    /// Revokes a device certificate (DER) of a tenant.
+    pub fn revoke_cert(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
+        self.tenant_record(tenant)?;
+        let fp = cert_fingerprint(der);
+        self.store.revoke_cert(tenant, &fp)?;
+        self.audit(
+            "cert.revoke",
+            format!("tenant {tenant:?}: certificate {}", hex(&fp)),
+        );
+        self.touched.push(Touched::Tenant(tenant.to_owned()));
+        Ok(fp)
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses passwords too short to be worth hashing.
+fn check_password(p: &str) -> Result<(), BrokerError> {
+    if p.chars().count() < 8 {
+        return Err(BrokerError::Registry(
+            "a device password needs at least 8 characters".into(),
+        ));
+    }
+    Ok(())
+}
