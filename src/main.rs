@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod registry_cli;
+
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use messs_broker::{Broker, Config, ListenerConfig, Transport};
+use registry_cli::{AclCmd, DeviceCmd, RegistryCmd, TenantCmd};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +51,39 @@ enum Command {
         #[arg(long, global = true, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Tenants, on a stopped broker's data directory.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Devices and their credentials, on a stopped broker's data directory.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Topic ACL rules of a tenant, on a stopped broker's data directory.
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+}
+
+/// The data directory a command works on (the broker using it must be stopped).
+#[derive(Args)]
+struct DataDirArgs {
+    /// TOML configuration file, for storage.data_dir, the encryption key settings and the
+    /// password hashing parameters.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The data directory (overrides storage.data_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,8 +213,39 @@ async fn main() -> anyhow::Result<()> {
             let outcome = tokio::task::spawn_blocking(move || storage_task(&cfg, task)).await?;
             return outcome;
         }
+        Command::Tenant { cmd, dir } => return registry(dir, RegistryCmd::Tenant(cmd)).await,
+        Command::Device { cmd, dir } => return registry(dir, RegistryCmd::Device(cmd)).await,
+        Command::Acl { cmd, dir } => return registry(dir, RegistryCmd::Acl(cmd)).await,
     }
     Ok(())
+}
+
+/// Runs one registry command on the configured data directory (created if missing, so the
+/// first tenant can be added before the broker ever ran).
+async fn registry(dir: DataDirArgs, cmd: RegistryCmd) -> anyhow::Result<()> {
+    let cfg = build_config(dir.config, Vec::new(), dir.data_dir)?;
+    tokio::task::spawn_blocking(move || {
+        let store = open_store(&cfg)?;
+        let params = messs_broker::HashParams {
+            memory_kib: cfg.auth.argon2_memory_kib,
+            iterations: cfg.auth.argon2_iterations,
+            parallelism: cfg.auth.argon2_parallelism,
+        };
+        let mut registry = messs_broker::registry::Registry::new(&store, "cli", params);
+        registry_cli::run(&mut registry, cmd)
+    })
+    .await?
+}
+
+/// Opens the configured data directory for an operator task.
+fn open_store(cfg: &Config) -> anyhow::Result<messs_broker::storage::Store> {
+    let dir = &cfg.storage.data_dir;
+    messs_broker::open_store(&cfg.storage).with_context(|| {
+        format!(
+            "cannot open the data directory {} (if a broker is running on it, stop it first, or take an online checkpoint through the broker)",
+            dir.display()
+        )
+    })
 }
 
 /// Runs one `messs storage` task on the configured data directory.
@@ -187,12 +254,7 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
     if !dir.exists() {
         bail!("data directory {} does not exist", dir.display());
     }
-    let store = messs_broker::open_store(&cfg.storage).with_context(|| {
-        format!(
-            "cannot open the data directory {} (if a broker is running on it, stop it first, or take an online checkpoint through the broker)",
-            dir.display()
-        )
-    })?;
+    let store = open_store(cfg)?;
     match task {
         StorageTask::Verify => {
             let report = store.verify()?;

@@ -148,13 +148,44 @@ pub(crate) struct Subject<'a> {
     pub groups: &'a [String],
 }
 
+/// The topics a device token allows (its `acl` claim): it can only narrow what the
+/// tenant's rules allow, never widen it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub(crate) struct TokenScope {
+    /// Filters the client may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Filters the client may subscribe to (and receive from).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+/// A token scope, compiled.
+#[derive(Debug, Clone)]
+struct Scope {
+    publish: Vec<Vec<Level>>,
+    subscribe: Vec<Vec<Level>>,
+}
+
+impl Scope {
+    fn new(t: &TokenScope) -> Self {
+        let compile = |v: &[String]| v.iter().map(|f| parse_levels(f)).collect();
+        Scope {
+            publish: compile(&t.publish),
+            subscribe: compile(&t.subscribe),
+        }
+    }
+}
+
 /// A tenant's rules compiled for one client.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientAcl {
     rules: Vec<Compiled>,
-    /// Everything is allowed (a tenant without rules while `allow_all_without_rules` is on:
-    /// the try-out default).
+    /// Everything is allowed by the rules (a tenant without rules under
+    /// `acl.tenant_without_rules = "allow"`: the try-out default).
     allow_all: bool,
+    /// A token's narrowing, if it had one.
+    scope: Option<Box<Scope>>,
 }
 
 /// A value safe to put into a filter level.
@@ -163,16 +194,17 @@ fn safe(v: &str) -> bool {
 }
 
 impl ClientAcl {
-    /// Allows everything (no rules enforced).
-    pub fn allow_all() -> Self {
+    /// Allows everything the token scope (if any) allows.
+    pub fn allow_all(scope: Option<&TokenScope>) -> Self {
         ClientAcl {
             rules: Vec::new(),
             allow_all: true,
+            scope: scope.map(|s| Box::new(Scope::new(s))),
         }
     }
 
-    /// Compiles the rules that apply to `who`.
-    pub fn compile(rules: &[AclRule], who: &Subject<'_>) -> Self {
+    /// Compiles the rules that apply to `who`, narrowed by a token's scope.
+    pub fn compile(rules: &[AclRule], who: &Subject<'_>, scope: Option<&TokenScope>) -> Self {
         let mut out = Vec::new();
         for r in rules {
             let applies = match &r.subject {
@@ -212,22 +244,31 @@ impl ClientAcl {
         ClientAcl {
             rules: out,
             allow_all: false,
+            scope: scope.map(|s| Box::new(Scope::new(s))),
         }
     }
 
     /// Whether every check passes without looking at rules.
     pub fn is_allow_all(&self) -> bool {
-        self.allow_all
+        self.allow_all && self.scope.is_none()
     }
 
     /// May the client publish to `topic`?
     pub fn may_publish(&self, topic: &str, qos: QoS, retain: bool) -> bool {
-        self.allow_all || self.decide(topic, qos, retain, |r| r.publish)
+        let scoped = self
+            .scope
+            .as_ref()
+            .is_none_or(|s| s.publish.iter().any(|f| matches(f, topic)));
+        scoped && (self.allow_all || self.decide(topic, qos, retain, |r| r.publish))
     }
 
     /// May a message on `topic` be delivered to the client?
     pub fn may_receive(&self, topic: &str, qos: QoS, retain: bool) -> bool {
-        self.allow_all || self.decide(topic, qos, retain, |r| r.subscribe)
+        let scoped = self
+            .scope
+            .as_ref()
+            .is_none_or(|s| s.subscribe.iter().any(|f| matches(f, topic)));
+        scoped && (self.allow_all || self.decide(topic, qos, retain, |r| r.subscribe))
     }
 
     fn decide(&self, topic: &str, qos: QoS, retain: bool, kind: fn(&Compiled) -> bool) -> bool {
@@ -242,10 +283,15 @@ impl ClientAcl {
     /// subscribe rule that covers the filter for every QoS up to `qos` and either retain
     /// flag allows, and no earlier rule that could match one of its topics denies.
     pub fn may_subscribe(&self, filter: &str, qos: QoS) -> bool {
+        let f = parse_levels(filter);
+        if let Some(s) = &self.scope {
+            if !s.subscribe.iter().any(|r| covers(r, &f)) {
+                return false;
+            }
+        }
         if self.allow_all {
             return true;
         }
-        let f = parse_levels(filter);
         let needed: u8 = (1u8 << (qos as u8 + 1)) - 1;
         for r in self.rules.iter().filter(|r| r.subscribe) {
             let (covered, touched) = match &r.pattern {
@@ -293,7 +339,7 @@ mod tests {
     #[test]
     fn device_scoped_rules_refuse_wider_subscriptions() {
         let rules = [rule(1, true, AclAction::Both, "devices/%c/#")];
-        let acl = ClientAcl::compile(&rules, &who("d1", Some("u")));
+        let acl = ClientAcl::compile(&rules, &who("d1", Some("u")), None);
         assert!(acl.may_subscribe("devices/d1/#", QoS::ExactlyOnce));
         assert!(acl.may_subscribe("devices/d1/+/temp", QoS::AtMostOnce));
         assert!(acl.may_subscribe("devices/d1", QoS::AtMostOnce));
@@ -311,7 +357,7 @@ mod tests {
             rule(1, false, AclAction::Both, "a/secret/#"),
             rule(2, true, AclAction::Both, "a/#"),
         ];
-        let acl = ClientAcl::compile(&rules, &who("c", None));
+        let acl = ClientAcl::compile(&rules, &who("c", None), None);
         assert!(!acl.may_publish("a/secret/x", QoS::AtMostOnce, false));
         assert!(acl.may_publish("a/open", QoS::AtMostOnce, false));
         assert!(!acl.may_subscribe("a/#", QoS::AtMostOnce));
@@ -323,10 +369,14 @@ mod tests {
 
     #[test]
     fn no_rule_means_deny_and_dollar_topics_need_a_literal_rule() {
-        let acl = ClientAcl::compile(&[], &who("c", None));
+        let acl = ClientAcl::compile(&[], &who("c", None), None);
         assert!(!acl.may_publish("x", QoS::AtMostOnce, false));
         assert!(!acl.may_subscribe("x", QoS::AtMostOnce));
-        let acl = ClientAcl::compile(&[rule(1, true, AclAction::Both, "#")], &who("c", None));
+        let acl = ClientAcl::compile(
+            &[rule(1, true, AclAction::Both, "#")],
+            &who("c", None),
+            None,
+        );
         assert!(acl.may_subscribe("#", QoS::AtMostOnce));
         assert!(!acl.may_subscribe("$SYS/#", QoS::AtMostOnce));
         assert!(!acl.may_receive("$SYS/x", QoS::AtMostOnce, false));
@@ -340,7 +390,7 @@ mod tests {
             rule(3, true, AclAction::Both, "public/#"),
         ];
         for id in ["#", "+", "a/b"] {
-            let acl = ClientAcl::compile(&rules, &who(id, None));
+            let acl = ClientAcl::compile(&rules, &who(id, None), None);
             assert!(!acl.may_subscribe("devices/#", QoS::AtMostOnce), "{id}");
             assert!(!acl.may_subscribe("devices/x/#", QoS::AtMostOnce), "{id}");
             // The deny rule with the unsafe value denies every publish.
@@ -351,6 +401,7 @@ mod tests {
         let acl = ClientAcl::compile(
             &[rule(1, true, AclAction::Both, "users/%u/#")],
             &who("c", None),
+            None,
         );
         assert!(!acl.may_publish("users//x", QoS::AtMostOnce, false));
     }
@@ -372,7 +423,7 @@ mod tests {
             client_id: "c",
             groups: &groups,
         };
-        let acl = ClientAcl::compile(&rules, &admin);
+        let acl = ClientAcl::compile(&rules, &admin, None);
         assert!(acl.may_publish("t/x", QoS::AtMostOnce, false));
         assert!(!acl.may_publish("t/x", QoS::AtLeastOnce, false));
         assert!(acl.may_subscribe("t/#", QoS::AtMostOnce));
@@ -380,9 +431,36 @@ mod tests {
         assert!(acl.may_publish("r/x", QoS::AtMostOnce, false));
         assert!(!acl.may_publish("r/x", QoS::AtMostOnce, true));
         assert!(!acl.may_subscribe("pub/#", QoS::AtMostOnce));
-        let acl = ClientAcl::compile(&rules, &who("c", None));
+        let acl = ClientAcl::compile(&rules, &who("c", None), None);
         assert!(!acl.may_publish("r/x", QoS::AtMostOnce, false));
         assert!(acl.may_subscribe("pub/#", QoS::AtMostOnce));
+    }
+
+    #[test]
+    fn a_token_scope_only_narrows() {
+        let scope = TokenScope {
+            publish: vec!["devices/d1/up".into()],
+            subscribe: vec!["devices/d1/down/#".into()],
+        };
+        let rules = [rule(1, true, AclAction::Both, "devices/%c/#")];
+        let acl = ClientAcl::compile(&rules, &who("d1", Some("u")), Some(&scope));
+        assert!(acl.may_publish("devices/d1/up", QoS::AtMostOnce, false));
+        assert!(!acl.may_publish("devices/d1/other", QoS::AtMostOnce, false));
+        assert!(acl.may_subscribe("devices/d1/down/#", QoS::AtMostOnce));
+        assert!(!acl.may_subscribe("devices/d1/#", QoS::AtMostOnce));
+        assert!(acl.may_receive("devices/d1/down/x", QoS::AtMostOnce, false));
+        assert!(!acl.may_receive("devices/d1/up", QoS::AtMostOnce, false));
+        // A scope wider than the rules gains nothing.
+        let wide = TokenScope {
+            publish: vec!["#".into()],
+            subscribe: vec!["#".into()],
+        };
+        let acl = ClientAcl::compile(&rules, &who("d1", Some("u")), Some(&wide));
+        assert!(!acl.may_publish("devices/d2/x", QoS::AtMostOnce, false));
+        assert!(!acl.may_subscribe("#", QoS::AtMostOnce));
+        let open = ClientAcl::allow_all(Some(&scope));
+        assert!(!open.is_allow_all());
+        assert!(!open.may_publish("x", QoS::AtMostOnce, false));
     }
 
     #[test]

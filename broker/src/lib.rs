@@ -46,4 +46,6 @@ pub use server::Broker;
 pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, BrokerError> {
     persist::Persistence::open(config).map(|p| p.store)
 }
+/// The storage crate, for registry and audit types the admin plane and CLI use.
+pub use messs_storage as storage;
 pub use stats::Stats;

@@ -302,6 +302,9 @@ impl AclRule {
     }
 }
 
+/// A key and its value, as read.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
@@ -338,7 +341,7 @@ impl Store {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let start = keys::join(prefix, from);
         let mut out = Vec::new();
         let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);

@@ -4,13 +4,15 @@
 //! Order of the checks (cheap first, and the address check before any crypto):
 //! 1. the client's address is not locked out;
 //! 2. the tenant: the listener's, or the `@TENANT` suffix of the username;
-//! 3. the credential: a remembered verification (microseconds), else the username's
-//!    lockout, then argon2 on the verification pool (busy: 0x89);
+//! 3. the credential: a device JWT signed by one of the tenant's keys (`jwt`); else a
+//!    remembered password verification (microseconds), else the username's lockout, then
+//!    argon2 on the verification pool (busy: 0x89);
 //! 4. the device's client-id pattern.
 //!
 //! Every refusal looks the same to the client whatever its cause among unknown tenant,
 //! unknown device, disabled device and wrong password (v5 0x86, 3.1.1 0x04).
 
+mod jwt;
 mod lockout;
 pub mod password;
 mod tenants;
@@ -24,7 +26,7 @@ use messs_codec::{QoS, ReasonCode};
 use messs_storage::Store;
 use moka::sync::Cache;
 
-use crate::acl::{ClientAcl, Subject};
+use crate::acl::{ClientAcl, Subject, TokenScope};
 use crate::config::{Config, ListenerConfig, NoRules};
 use crate::error::BrokerError;
 use lockout::{Lockout, LockoutPolicy};
@@ -38,6 +40,8 @@ pub(crate) enum Method {
     Anonymous,
     /// Username and argon2id-verified password (or a remembered verification).
     Password,
+    /// A JWT signed by one of the tenant's keys.
+    Jwt,
 }
 
 impl Method {
@@ -45,6 +49,7 @@ impl Method {
         match self {
             Method::Anonymous => "anonymous",
             Method::Password => "password",
+            Method::Jwt => "jwt",
         }
     }
 }
@@ -59,6 +64,8 @@ pub(crate) struct Identity {
     pub method: Method,
     /// Client ids the device may use (`*` wildcard, `%u`), if restricted.
     client_id_pattern: Option<Arc<str>>,
+    /// A token's narrowing of the ACL.
+    scope: Option<Arc<TokenScope>>,
 }
 
 impl Identity {
@@ -177,6 +184,7 @@ pub(crate) struct Auth {
     digest_key: hmac::Key,
     lockout: Lockout,
     no_rules: NoRules,
+    jwt_leeway_secs: u64,
     pub(crate) hash_params: HashParams,
 }
 
@@ -227,6 +235,7 @@ impl Auth {
                 capacity: a.lockout_capacity,
             }),
             no_rules: config.acl.tenant_without_rules,
+            jwt_leeway_secs: a.jwt_leeway_secs,
             hash_params,
         })
     }
@@ -317,6 +326,16 @@ impl Auth {
             .tenants
             .get(tenant_id)
             .filter(|t| t.registered.load(std::sync::atomic::Ordering::Acquire));
+        if jwt::looks_like_jwt(password) {
+            let keys = tenant
+                .as_ref()
+                .filter(|t| t.is_enabled())
+                .map(|t| (t.clone(), t.jwt_keys()))
+                .filter(|(_, k)| !k.is_empty());
+            if let Some((t, keys)) = keys {
+                return self.token(&login, t, &keys, name, &who, now_ms);
+            }
+        }
         let digest = self.digest(tenant_id, name, password);
         if let Some(r) = self.remembered.get(&digest) {
             if let Some(t) = tenant.as_ref().filter(|t| t.is_enabled()) {
@@ -326,6 +345,7 @@ impl Auth {
                     groups: r.groups,
                     method: Method::Password,
                     client_id_pattern: r.client_id_pattern,
+                    scope: None,
                 });
             }
         }
@@ -367,6 +387,7 @@ impl Auth {
                     groups: remembered.groups,
                     method: Method::Password,
                     client_id_pattern: remembered.client_id_pattern,
+                    scope: None,
                 })
             }
             (Some(v), _) => {
@@ -416,14 +437,60 @@ impl Auth {
             groups: Arc::from(Vec::new()),
             method: Method::Anonymous,
             client_id_pattern: None,
+            scope: None,
         })
+    }
+
+    /// Logs in with a device JWT of `tenant` (subject to the username's lockout).
+    fn token(
+        &self,
+        login: &Login<'_>,
+        tenant: Arc<TenantSecurity>,
+        keys: &[messs_storage::registry::JwtKey],
+        name: &str,
+        who: &str,
+        now_ms: u64,
+    ) -> Result<Identity, Refusal> {
+        if let Some(ms) = self.lockout.user_locked(&tenant.id, name, now_ms) {
+            return Err(Refusal {
+                denied: Denied::LockedOut,
+                detail: format!("{who}: username locked out for {ms} ms more"),
+                lockouts: Vec::new(),
+            });
+        }
+        let username = login.username.map(|_| name);
+        let password = login.password.unwrap_or(b"");
+        match jwt::verify(password, keys, username, self.jwt_leeway_secs) {
+            Ok(v) => Ok(Identity {
+                tenant,
+                username: Some(Arc::from(v.subject.as_str())),
+                groups: Arc::from(v.groups),
+                method: Method::Jwt,
+                client_id_pattern: None,
+                scope: v.scope.map(Arc::new),
+            }),
+            Err(why) => {
+                let lockouts = self
+                    .lockout
+                    .failed(login.peer, Some((&tenant.id, name)), now_ms)
+                    .into_iter()
+                    .map(|l| format!("{} locked out for {} ms", l.what, l.ms))
+                    .collect();
+                Err(Refusal {
+                    denied: Denied::BadCredentials,
+                    detail: format!("{who}: {why}"),
+                    lockouts,
+                })
+            }
+        }
     }
 
     /// The ACL for a client, compiled from its tenant's current rules.
     pub fn compile(&self, identity: &Identity, client_id: &str) -> (ClientAcl, u64) {
         let (rules, epoch) = identity.tenant.rules();
+        let scope = identity.scope.as_deref();
         let acl = if rules.is_empty() && self.no_rules == NoRules::Allow {
-            ClientAcl::allow_all()
+            ClientAcl::allow_all(scope)
         } else {
             ClientAcl::compile(
                 &rules,
@@ -432,6 +499,7 @@ impl Auth {
                     client_id,
                     groups: &identity.groups,
                 },
+                scope,
             )
         };
         (acl, epoch)

@@ -1,0 +1,823 @@
+//! Security in the handshake and at the choke point, with real clients: password logins at
+//! both protocol levels, remembered verifications, lockout, the verification queue, tenant
+//! isolation, ACLs (subscribe coverage, publish, will, retained), rule changes reaching live
+//! connections and queued deliveries, and the audit records of each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use messs_broker::registry::RuleSpec;
+use messs_broker::storage::registry::{AclAction, AclSubject};
+use messs_broker::{Config, NoRules};
+use messs_codec::{Connect, Packet, Protocol, QoS, QosPid, ReasonCode, Will};
+
+/// A listener shared by tenants (devices log in as NAME@TENANT), deny by default.
+fn secured(c: &mut Config) {
+    c.listeners[0].allow_anonymous = false;
+    c.listeners[0].tenant = None;
+    c.acl.tenant_without_rules = NoRules::Deny;
+}
+
+fn rule(allow: bool, action: AclAction, filter: &str) -> RuleSpec {
+    RuleSpec {
+        allow,
+        action,
+        filter: filter.into(),
+        subject: AclSubject::All,
+        qos_mask: 7,
+        retain: None,
+    }
+}
+
+/// Two tenants, `acme` and `globex`, each with a device `sensor1` (different passwords)
+/// and `rules` for acme (globex allows everything).
+async fn start(adjust: impl FnOnce(&mut Config), acme_rules: Vec<RuleSpec>) -> TestBroker {
+    let broker = TestBroker::start_with(|c| {
+        secured(c);
+        adjust(c);
+    })
+    .await;
+    broker
+        .broker
+        .registry("test", move |r| {
+            r.add_tenant("acme", Some("Acme"))?;
+            r.add_tenant("globex", None)?;
+            r.add_device("acme", "sensor1", Some("acme-password-1"), None, &[])?;
+            r.add_device("acme", "pub", Some("pub-password-1"), None, &[])?;
+            r.add_device("globex", "sensor1", Some("globex-password-1"), None, &[])?;
+            for spec in acme_rules {
+                r.add_rule("acme", spec, None)?;
+            }
+            r.add_rule("globex", rule(true, AclAction::Both, "#"), None)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    broker
+}
+
+fn login(protocol: Protocol, client_id: &str, user: Option<&str>, password: &str) -> Connect {
+    let mut c = connect_packet(protocol, client_id, true);
+    c.username = user.map(str::to_owned);
+    c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    c
+}
+
+async fn connect_as(broker: &TestBroker, client_id: &str, user: &str, password: &str) -> Raw {
+    let (raw, ack) = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V5, client_id, Some(user), password),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::Success, "{user} should log in");
+    raw
+}
+
+/// Every audit record as (action, detail), read after the broker stopped.
+fn audit(data: &tempfile::TempDir) -> Vec<(String, String)> {
+    let store = messs_broker::open_store(&messs_broker::StorageConfig {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    store
+        .read_audit(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.event.action, r.event.detail))
+        .collect()
+}
+
+fn has(audit: &[(String, String)], action: &str, detail_part: &str) -> bool {
+    audit
+        .iter()
+        .any(|(a, d)| a == action && d.contains(detail_part))
+}
+
+#[tokio::test]
+async fn passwords_are_checked_and_every_wrong_credential_gets_the_same_answer() {
+    let broker = start(|_| {}, vec![]).await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_device("acme", "off", Some("off-password-1"), None, &[])?;
+            r.set_device_enabled("acme", "off", false)
+        })
+        .await
+        .unwrap();
+    for protocol in [Protocol::V5, Protocol::V3_1_1] {
+        let ok = login(protocol, "c1", Some("sensor1@acme"), "acme-password-1");
+        let (raw, ack) = Raw::connect_with(broker.addr, ok).await;
+        assert_eq!(ack.code, ReasonCode::Success, "{protocol:?}");
+        raw.disconnect().await;
+        for (user, password) in [
+            ("sensor1@acme", "wrong-password"),
+            ("sensor1@acme", "globex-password-1"), // another tenant's device's password
+            ("nobody@acme", "acme-password-1"),
+            ("sensor1@nowhere", "acme-password-1"),
+            ("off@acme", "off-password-1"), // disabled
+            ("sensor1", "acme-password-1"), // no tenant on a shared listener
+        ] {
+            let (mut raw, ack) =
+                Raw::connect_with(broker.addr, login(protocol, "c2", Some(user), password)).await;
+            // v5 0x86; 3.1.1 return code 4, which the codec reads back as the same code.
+            assert_eq!(
+                ack.code,
+                ReasonCode::BadUserNameOrPassword,
+                "{protocol:?} {user}"
+            );
+            raw.expect_closed().await;
+        }
+        let (mut raw, ack) =
+            Raw::connect_with(broker.addr, connect_packet(protocol, "anon", true)).await;
+        assert_eq!(
+            ack.code,
+            ReasonCode::NotAuthorized,
+            "{protocol:?} anonymous"
+        );
+        raw.expect_closed().await;
+    }
+    let data = broker.data.clone();
+    broker.stop().await;
+    let audit = audit(&data);
+    assert!(has(&audit, "client.connect", "sensor1@acme client \"c1\""));
+    assert!(has(
+        &audit,
+        "auth.failure",
+        "nobody@acme from 127.0.0.1: bad credentials"
+    ));
+    assert!(has(&audit, "auth.failure", "anonymous from 127.0.0.1"));
+    assert!(has(&audit, "device.disable", "\"off\""));
+    assert!(has(&audit, "client.disconnect", "client disconnected"));
+    for (_, detail) in &audit {
+        assert!(
+            !detail.contains("password-1"),
+            "secret in the audit log: {detail}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_remembered_login_skips_argon2_until_the_password_changes() {
+    let broker = start(|_| {}, vec![]).await;
+    let h = &broker.broker;
+    connect_as(&broker, "c", "sensor1@acme", "acme-password-1")
+        .await
+        .disconnect()
+        .await;
+    let after_first = h.password_verifications();
+    assert!(after_first >= 1);
+    for _ in 0..5 {
+        connect_as(&broker, "c", "sensor1@acme", "acme-password-1")
+            .await
+            .disconnect()
+            .await;
+    }
+    assert_eq!(h.password_verifications(), after_first, "remembered");
+    // The same password for the same name in another tenant is another credential.
+    let (_raw, ack) = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V5, "c", Some("sensor1@globex"), "acme-password-1"),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    // A new password through the running broker: the old one stops working at once.
+    h.registry("test", |r| {
+        r.set_device_password("acme", "sensor1", Some("new-password-22"))
+    })
+    .await
+    .unwrap();
+    let (_raw, ack) = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V5, "c", Some("sensor1@acme"), "acme-password-1"),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    connect_as(&broker, "c", "sensor1@acme", "new-password-22")
+        .await
+        .disconnect()
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
+    let broker = start(
+        |c| {
+            c.auth.lockout_user_threshold = 3;
+            c.auth.lockout_ip_threshold = 6;
+            c.auth.lockout_base_secs = 60;
+        },
+        vec![],
+    )
+    .await;
+    let h = &broker.broker;
+    for _ in 0..3 {
+        let (_r, ack) = Raw::connect_with(
+            broker.addr,
+            login(Protocol::V5, "c", Some("sensor1@acme"), "guess"),
+        )
+        .await;
+        assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    }
+    // Locked: even the right password (never verified, so not remembered) is refused.
+    let (_r, ack) = Raw::connect_with(
+        broker.addr,
+        login(
+            Protocol::V3_1_1,
+            "c",
+            Some("sensor1@acme"),
+            "acme-password-1",
+        ),
+    )
+    .await;
+    assert_eq!(
+        ack.code,
+        ReasonCode::NotAuthorized,
+        "3.1.1 code 5 for Banned"
+    );
+    let (_r, ack) = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V5, "c", Some("sensor1@acme"), "acme-password-1"),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::Banned);
+    // Other usernames from the same address, until the address is locked out too.
+    for i in 0..3 {
+        let user = format!("other{i}@acme");
+        let (_r, ack) =
+            Raw::connect_with(broker.addr, login(Protocol::V5, "c", Some(&user), "guess")).await;
+        assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    }
+    let runs = h.password_verifications();
+    for _ in 0..50 {
+        let (_r, ack) = Raw::connect_with(
+            broker.addr,
+            login(
+                Protocol::V5,
+                "c",
+                Some("sensor1@globex"),
+                "globex-password-1",
+            ),
+        )
+        .await;
+        assert_eq!(ack.code, ReasonCode::Banned);
+    }
+    assert_eq!(
+        h.password_verifications(),
+        runs,
+        "a locked-out address costs no argon2"
+    );
+    let data = broker.data.clone();
+    broker.stop().await;
+    let audit = audit(&data);
+    assert!(has(
+        &audit,
+        "auth.lockout",
+        "user sensor1@acme locked out for 60000 ms"
+    ));
+    assert!(has(&audit, "auth.lockout", "ip 127.0.0.1 locked out"));
+    assert!(has(&audit, "auth.failure", "address locked out"));
+}
+
+#[tokio::test]
+async fn a_full_verification_queue_answers_server_busy_and_others_still_connect() {
+    let broker = start(
+        |c| {
+            c.auth.verify_threads = 1;
+            c.auth.verify_queue = 1;
+            c.auth.lockout_ip_threshold = 1000;
+            c.auth.lockout_user_threshold = 1000;
+        },
+        vec![rule(true, AclAction::Both, "t/#")],
+    )
+    .await;
+    // A client connected before the flood keeps working through it.
+    let mut bystander = connect_as(&broker, "bystander", "pub@acme", "pub-password-1").await;
+    bystander.subscribe("t/#", QoS::AtLeastOnce).await;
+    let addr = broker.addr;
+    let flood: Vec<_> = (0..24)
+        .map(|i| {
+            tokio::spawn(async move {
+                let user = format!("flood{i}@acme");
+                let (_r, ack) =
+                    Raw::connect_with(addr, login(Protocol::V5, "f", Some(&user), "guess")).await;
+                ack.code
+            })
+        })
+        .collect();
+    bystander.roundtrip("t/alive").await;
+    let mut busy = 0;
+    for f in flood {
+        match f.await.unwrap() {
+            ReasonCode::ServerBusy => busy += 1,
+            ReasonCode::BadUserNameOrPassword => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "some of 24 concurrent logins found the queue of 1 full"
+    );
+    connect_as(&broker, "late", "sensor1@acme", "acme-password-1")
+        .await
+        .disconnect()
+        .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_sees_nothing_of_another_by_any_path() {
+    let broker = start(|_| {}, vec![rule(true, AclAction::Both, "#")]).await;
+    // acme: a wildcard, a shared and a dollar-free catch-all subscriber, same client id as
+    // globex's client.
+    let mut spy = connect_as(&broker, "dup", "sensor1@acme", "acme-password-1").await;
+    spy.subscribe("#", QoS::AtLeastOnce).await;
+    spy.subscribe_opts(
+        2,
+        "$share/g/#",
+        messs_codec::SubscriptionOptions::new(QoS::AtLeastOnce),
+        None,
+    )
+    .await;
+    // globex: the same client id is another client (no takeover), with a will, a retained
+    // message, a topic alias and odd topic bytes.
+    let mut c = login(
+        Protocol::V5,
+        "dup",
+        Some("sensor1@globex"),
+        "globex-password-1",
+    );
+    c.will = Some(Will {
+        topic: topic("status/dup"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Default::default(),
+    });
+    c.properties.topic_alias_maximum = Some(4);
+    let (mut victim, ack) = Raw::connect_with(broker.addr, c).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    victim
+        .publish(publish("x", b"globex-1", QosPid::AtLeastOnce(pid(1)), true))
+        .await;
+    let mut aliased = publish("a/b", b"globex-2", QosPid::AtLeastOnce(pid(2)), false);
+    aliased.properties.topic_alias = std::num::NonZeroU16::new(1);
+    victim.publish(aliased).await;
+    for odd in ["acme/x", "/", "..", "+x", "$share/g/x", " #"] {
+        if let Ok(t) = messs_codec::TopicName::new(odd) {
+            let mut p = publish("x", b"globex-odd", QosPid::AtLeastOnce(pid(3)), false);
+            p.topic = t;
+            victim.publish(p).await;
+        }
+    }
+    victim.drop_connection(); // the will fires, retained, in globex
+                              // A new acme subscriber to everything gets no retained message from globex either.
+    let mut late = connect_as(&broker, "late", "pub@acme", "pub-password-1").await;
+    late.subscribe("#", QoS::AtLeastOnce).await;
+    spy.expect_silence().await;
+    late.expect_silence().await;
+    // Still a working subscriber in its own tenant.
+    late.publish(publish("mine", b"acme", QosPid::AtLeastOnce(pid(9)), false))
+        .await;
+    let got = spy.recv_publish_ack().await;
+    assert_eq!(&got.payload[..], b"acme");
+    // And globex's own subscriber sees its will and retained messages.
+    let mut own = connect_as(&broker, "own", "sensor1@globex", "globex-password-1").await;
+    own.subscribe("#", QoS::AtLeastOnce).await;
+    let mut topics = vec![
+        own.recv_publish_ack().await.topic.to_string(),
+        own.recv_publish_ack().await.topic.to_string(),
+    ];
+    topics.sort();
+    assert_eq!(topics, ["status/dup", "x"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn acl_rules_govern_subscribe_publish_wills_and_retained_messages() {
+    let mut no_retained_config = rule(false, AclAction::Publish, "devices/%c/config");
+    no_retained_config.retain = Some(true);
+    let mut public = rule(true, AclAction::Subscribe, "public/#");
+    public.qos_mask = 0b011;
+    let rules = vec![
+        no_retained_config,
+        rule(true, AclAction::Both, "devices/%c/#"),
+        public,
+    ];
+    let broker = start(|_| {}, rules).await;
+    let mut d1 = connect_as(&broker, "d1", "sensor1@acme", "acme-password-1").await;
+    for (filter, qos, want) in [
+        ("#", QoS::AtMostOnce, ReasonCode::NotAuthorized),
+        ("devices/+/x", QoS::AtMostOnce, ReasonCode::NotAuthorized),
+        ("devices/d2/#", QoS::AtMostOnce, ReasonCode::NotAuthorized),
+        ("devices/d1/#", QoS::ExactlyOnce, ReasonCode::GrantedQoS2),
+        ("public/#", QoS::AtLeastOnce, ReasonCode::GrantedQoS1),
+        ("public/#", QoS::ExactlyOnce, ReasonCode::NotAuthorized),
+        (
+            "$share/g/devices/d2/#",
+            QoS::AtMostOnce,
+            ReasonCode::NotAuthorized,
+        ),
+    ] {
+        let ack = d1.subscribe(filter, qos).await;
+        assert_eq!(ack.reasons, [want], "{filter} {qos:?}");
+    }
+    // 3.1.1 gets 0x80 for a refused filter.
+    let mut old = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V3_1_1, "d9", Some("pub@acme"), "pub-password-1"),
+    )
+    .await
+    .0;
+    let ack = old.subscribe("#", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::UnspecifiedError]);
+
+    // Publishing outside its rules: PUBACK 0x87, and nobody gets it.
+    d1.send(&Packet::Publish(Box::new(publish(
+        "devices/d2/cmd",
+        b"no",
+        QosPid::AtLeastOnce(pid(5)),
+        false,
+    ))))
+    .await;
+    match d1.recv().await {
+        Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    // A retained message the rules forbid is refused and not retained; the same topic
+    // without retain is allowed.
+    d1.send(&Packet::Publish(Box::new(publish(
+        "devices/d1/config",
+        b"retained",
+        QosPid::AtLeastOnce(pid(6)),
+        true,
+    ))))
+    .await;
+    match d1.recv().await {
+        Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    d1.publish(publish(
+        "devices/d1/config",
+        b"live",
+        QosPid::AtLeastOnce(pid(7)),
+        false,
+    ))
+    .await;
+    assert_eq!(&d1.recv_publish_ack().await.payload[..], b"live");
+    // Subscribing again replays retained messages: there is none.
+    let ack = d1.subscribe("devices/d1/#", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::GrantedQoS1]);
+    d1.expect_silence().await;
+
+    // A will the rules forbid refuses the CONNECT.
+    let mut c = login(Protocol::V5, "d3", Some("sensor1@acme"), "acme-password-1");
+    c.will = Some(Will {
+        topic: topic("devices/d4/status"),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mut refused, ack) = Raw::connect_with(broker.addr, c).await;
+    assert_eq!(ack.code, ReasonCode::NotAuthorized);
+    refused.expect_closed().await;
+    assert!(
+        broker
+            .stats
+            .acl_publish_denied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    let data = broker.data.clone();
+    broker.stop().await;
+    let audit = audit(&data);
+    assert!(has(&audit, "acl.deny", "subscribe \"#\""));
+    assert!(has(&audit, "auth.failure", "will topic denied by the ACL"));
+    assert!(has(&audit, "client.disconnect", "refused by the ACL"));
+}
+
+#[tokio::test]
+async fn rule_changes_reach_live_connections_queued_messages_and_wills() {
+    let mut publisher = rule(true, AclAction::Publish, "devices/#");
+    publisher.subject = AclSubject::User("pub".into());
+    let broker = start(
+        |_| {},
+        vec![publisher, rule(true, AclAction::Both, "devices/%c/#")],
+    )
+    .await;
+    let h = broker.broker.clone();
+    let mut c = login(Protocol::V5, "d1", Some("sensor1@acme"), "acme-password-1");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let (mut d1, _) = Raw::connect_with(broker.addr, c.clone()).await;
+    d1.subscribe("devices/d1/#", QoS::AtLeastOnce).await;
+    let mut p = connect_as(&broker, "p", "pub@acme", "pub-password-1").await;
+    p.publish(publish(
+        "devices/d1/a",
+        b"a",
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))
+    .await;
+    assert_eq!(&d1.recv_publish_ack().await.payload[..], b"a");
+
+    // A deny inserted first: the live subscriber stops getting that topic.
+    h.registry("test", |r| {
+        r.add_rule(
+            "acme",
+            rule(false, AclAction::Subscribe, "devices/+/secret"),
+            Some(0),
+        )
+    })
+    .await
+    .unwrap();
+    p.publish(publish(
+        "devices/d1/secret",
+        b"s1",
+        QosPid::AtLeastOnce(pid(2)),
+        false,
+    ))
+    .await;
+    p.publish(publish(
+        "devices/d1/b",
+        b"b",
+        QosPid::AtLeastOnce(pid(3)),
+        false,
+    ))
+    .await;
+    assert_eq!(&d1.recv_publish_ack().await.payload[..], b"b");
+
+    // Offline: what was queued under the old rules is checked at delivery.
+    d1.disconnect().await;
+    p.publish(publish(
+        "devices/d1/secret",
+        b"s2",
+        QosPid::AtLeastOnce(pid(4)),
+        false,
+    ))
+    .await;
+    p.publish(publish(
+        "devices/d1/c",
+        b"c",
+        QosPid::AtLeastOnce(pid(5)),
+        false,
+    ))
+    .await;
+    let (mut d1, ack) = Raw::connect_with(broker.addr, c).await;
+    assert!(ack.session_present);
+    assert_eq!(&d1.recv_publish_ack().await.payload[..], b"c");
+    d1.expect_silence().await;
+    assert!(
+        broker
+            .stats
+            .acl_delivery_denied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+
+    // The publisher loses its rule: its next publish is refused.
+    let id = h
+        .registry("test", |r| Ok(r.rules("acme")?[1].id))
+        .await
+        .unwrap();
+    h.registry("test", move |r| r.remove_rule("acme", id))
+        .await
+        .unwrap();
+    p.send(&Packet::Publish(Box::new(publish(
+        "devices/d1/d",
+        b"d",
+        QosPid::AtLeastOnce(pid(6)),
+        false,
+    ))))
+    .await;
+    match p.recv().await {
+        Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    d1.expect_silence().await;
+
+    // Disabling the device disconnects it (v5 0x98) and it cannot log in again.
+    h.registry("test", |r| r.set_device_enabled("acme", "sensor1", false))
+        .await
+        .unwrap();
+    d1.expect_disconnect(ReasonCode::AdministrativeAction).await;
+    let (_r, ack) = Raw::connect_with(
+        broker.addr,
+        login(Protocol::V5, "d1", Some("sensor1@acme"), "acme-password-1"),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    broker.stop().await;
+}
+
+mod tokens {
+    use super::*;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use messs_broker::storage::registry::JwtKey;
+
+    const SECRET: &[u8] = b"an hmac secret of the acme tenant";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: serde_json::Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, key).unwrap()
+    }
+
+    fn b64(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    async fn try_login(
+        broker: &TestBroker,
+        protocol: Protocol,
+        user: &str,
+        token: &str,
+    ) -> ReasonCode {
+        let (_raw, ack) =
+            Raw::connect_with(broker.addr, login(protocol, "t", Some(user), token)).await;
+        ack.code
+    }
+
+    #[tokio::test]
+    async fn device_tokens_are_verified_with_the_tenants_keys_and_narrow_the_acl() {
+        let broker = start(
+            |c| c.auth.lockout_user_threshold = 100,
+            vec![rule(true, AclAction::Both, "devices/%c/#")],
+        )
+        .await;
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let keys = vec![
+            ("hs", "HS256", SECRET.to_vec()),
+            ("ec", "ES256", ec.public_key_pem().into_bytes()),
+            ("ed", "EdDSA", ed.public_key_pem().into_bytes()),
+            ("rsa", "RS256", rsa.public_key_pem().into_bytes()),
+        ];
+        let rsa_public = rsa.public_key_pem();
+        broker
+            .broker
+            .registry("test", move |r| {
+                for (kid, alg, key) in keys {
+                    r.put_jwt_key(
+                        "acme",
+                        JwtKey {
+                            kid: kid.into(),
+                            alg: alg.into(),
+                            key,
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let claims = |sub: &str, exp: u64| serde_json::json!({ "sub": sub, "exp": exp });
+        let hs = EncodingKey::from_secret(SECRET);
+        let good = now() + 600;
+        // Each algorithm, at both protocol levels.
+        let signed = [
+            token(Algorithm::HS256, "hs", &hs, claims("dev", good)),
+            token(
+                Algorithm::ES256,
+                "ec",
+                &EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+                claims("dev", good),
+            ),
+            token(
+                Algorithm::EdDSA,
+                "ed",
+                &EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+                claims("dev", good),
+            ),
+            token(
+                Algorithm::RS256,
+                "rsa",
+                &EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).unwrap(),
+                claims("dev", good),
+            ),
+        ];
+        for t in &signed {
+            for protocol in [Protocol::V5, Protocol::V3_1_1] {
+                assert_eq!(
+                    try_login(&broker, protocol, "dev@acme", t).await,
+                    ReasonCode::Success,
+                    "{protocol:?} {t}"
+                );
+            }
+        }
+        // Refused: expired, not yet valid, forged, another subject, unknown kid, alg none,
+        // algorithm confusion (the RSA public key used as an HMAC secret), another tenant.
+        let header_none = b64(br#"{"alg":"none","kid":"hs"}"#);
+        let body = b64(format!(r#"{{"sub":"dev","exp":{good}}}"#).as_bytes());
+        let refused = [
+            token(Algorithm::HS256, "hs", &hs, claims("dev", now() - 3600)),
+            token(
+                Algorithm::HS256,
+                "hs",
+                &hs,
+                serde_json::json!({ "sub": "dev", "exp": good, "nbf": now() + 3600 }),
+            ),
+            token(
+                Algorithm::HS256,
+                "hs",
+                &EncodingKey::from_secret(b"guessed"),
+                claims("dev", good),
+            ),
+            token(Algorithm::HS256, "hs", &hs, claims("other", good)),
+            token(Algorithm::HS256, "nope", &hs, claims("dev", good)),
+            format!("{header_none}.{body}."),
+            token(
+                Algorithm::HS256,
+                "rsa",
+                &EncodingKey::from_secret(rsa_public.as_bytes()),
+                claims("dev", good),
+            ),
+        ];
+        for t in &refused {
+            for protocol in [Protocol::V5, Protocol::V3_1_1] {
+                assert_eq!(
+                    try_login(&broker, protocol, "dev@acme", t).await,
+                    ReasonCode::BadUserNameOrPassword,
+                    "{protocol:?} {t}"
+                );
+            }
+        }
+        assert_eq!(
+            try_login(&broker, Protocol::V5, "dev@globex", &signed[0]).await,
+            ReasonCode::BadUserNameOrPassword,
+            "globex has no such key"
+        );
+
+        // An acl claim narrows the tenant's rules.
+        let scoped = token(
+            Algorithm::HS256,
+            "hs",
+            &hs,
+            serde_json::json!({
+                "sub": "dev", "exp": good,
+                "acl": { "publish": ["devices/d1/up"], "subscribe": ["devices/d1/down/#"] }
+            }),
+        );
+        let (mut d1, ack) = Raw::connect_with(
+            broker.addr,
+            login(Protocol::V5, "d1", Some("dev@acme"), &scoped),
+        )
+        .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        let ack = d1.subscribe("devices/d1/#", QoS::AtLeastOnce).await;
+        assert_eq!(
+            ack.reasons,
+            [ReasonCode::NotAuthorized],
+            "wider than the token"
+        );
+        let ack = d1.subscribe("devices/d1/down/#", QoS::AtLeastOnce).await;
+        assert_eq!(ack.reasons, [ReasonCode::GrantedQoS1]);
+        d1.send(&Packet::Publish(Box::new(publish(
+            "devices/d1/other",
+            b"x",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))))
+        .await;
+        match d1.recv().await {
+            Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        d1.publish(publish(
+            "devices/d1/up",
+            b"ok",
+            QosPid::AtLeastOnce(pid(2)),
+            false,
+        ))
+        .await;
+        let data = broker.data.clone();
+        broker.stop().await;
+        let audit = audit(&data);
+        assert!(has(&audit, "client.connect", "(jwt, "));
+        assert!(has(&audit, "auth.failure", "ExpiredSignature"));
+        assert!(has(&audit, "auth.failure", "is not key \"rsa\"'s"));
+    }
+}

@@ -1,0 +1,366 @@
+//! `messs tenant|device|acl ...`: the registry on a stopped broker's data directory, until
+//! the admin plane manages it on a running one. Every change is an audit record with actor
+//! `cli`.
+
+use std::io::Read;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use messs_broker::registry::{Registry, RuleSpec};
+use messs_broker::storage::registry::{AclAction, AclSubject};
+
+/// `messs tenant ...`
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Creates a tenant: a namespace of its own for topics, sessions and retained messages.
+    Add {
+        /// Its id: letters, digits, '-', '_', '.' (devices log in as NAME@ID).
+        id: String,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists the tenants.
+    List,
+    /// Disables a tenant: its devices can no longer log in.
+    Disable {
+        /// The tenant.
+        id: String,
+    },
+    /// Enables a disabled tenant.
+    Enable {
+        /// The tenant.
+        id: String,
+    },
+}
+
+/// Where a device password comes from.
+#[derive(Args)]
+#[group(required = false, multiple = false)]
+pub struct PasswordArg {
+    /// The password (visible to other users in the process list: prefer --password-stdin).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArg {
+    fn read(&self) -> anyhow::Result<Option<String>> {
+        if self.password_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut line)
+                .context("reading the password from standard input")?;
+            let pw = line.lines().next().unwrap_or("").to_owned();
+            if pw.is_empty() {
+                bail!("no password on standard input");
+            }
+            return Ok(Some(pw));
+        }
+        Ok(self.password.clone())
+    }
+}
+
+/// `messs device ...`
+#[derive(Subcommand)]
+pub enum DeviceCmd {
+    /// Adds a device to a tenant.
+    Add {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        password: PasswordArg,
+        /// Client ids it may use: '*' matches anything, %u is the username (e.g. "%u-*").
+        #[arg(long)]
+        client_id_pattern: Option<String>,
+        /// A group, for ACL rules that name groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Lists a tenant's devices.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Disables a device: it can no longer log in.
+    Disable {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+    },
+    /// Enables a disabled device.
+    Enable {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+    },
+    /// Sets a device's password.
+    SetPassword {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        password: PasswordArg,
+    },
+}
+
+/// What a rule governs, on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ActionArg {
+    /// PUBLISH and wills.
+    Publish,
+    /// SUBSCRIBE and deliveries.
+    Subscribe,
+    /// Both.
+    Both,
+}
+
+/// `messs acl ...`
+#[derive(Subcommand)]
+pub enum AclCmd {
+    /// Adds a rule. The first rule that matches decides; no match means deny.
+    Add {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Allow what the rule matches.
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        allow: bool,
+        /// Deny what the rule matches.
+        #[arg(long)]
+        deny: bool,
+        /// What it governs.
+        #[arg(long, value_enum, default_value = "both")]
+        action: ActionArg,
+        /// Topic filter; %c is the client id, %u the username (e.g. "devices/%c/#").
+        #[arg(long)]
+        topic: String,
+        /// Only for this username.
+        #[arg(long, conflicts_with_all = ["group", "anonymous"])]
+        user: Option<String>,
+        /// Only for devices in this group.
+        #[arg(long, conflicts_with = "anonymous")]
+        group: Option<String>,
+        /// Only for anonymous clients.
+        #[arg(long)]
+        anonymous: bool,
+        /// Only for these QoS levels (e.g. "0,1"); default all.
+        #[arg(long, value_delimiter = ',')]
+        qos: Vec<u8>,
+        /// Only for messages with this retain flag.
+        #[arg(long)]
+        retain: Option<bool>,
+        /// Insert at this position (0 = first); default last.
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Lists a tenant's rules in order.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Removes a rule by id.
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The rule's id (see `acl list`).
+        id: u32,
+    },
+}
+
+/// The registry commands.
+pub enum RegistryCmd {
+    Tenant(TenantCmd),
+    Device(DeviceCmd),
+    Acl(AclCmd),
+}
+
+/// Runs one registry command; blocking.
+pub fn run(registry: &mut Registry<'_>, cmd: RegistryCmd) -> anyhow::Result<()> {
+    match cmd {
+        RegistryCmd::Tenant(c) => tenant(registry, c),
+        RegistryCmd::Device(c) => device(registry, c),
+        RegistryCmd::Acl(c) => acl(registry, c),
+    }
+}
+
+fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Add { id, name } => {
+            r.add_tenant(&id, name.as_deref())?;
+            println!("tenant {id} added");
+        }
+        TenantCmd::List => {
+            for t in r.tenants()? {
+                let status = if t.enabled { "enabled" } else { "disabled" };
+                println!("{}\t{}\t{status}", t.id, t.name);
+            }
+        }
+        TenantCmd::Disable { id } => {
+            r.set_tenant_enabled(&id, false)?;
+            println!("tenant {id} disabled");
+        }
+        TenantCmd::Enable { id } => {
+            r.set_tenant_enabled(&id, true)?;
+            println!("tenant {id} enabled");
+        }
+    }
+    Ok(())
+}
+
+fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCmd::Add {
+            tenant,
+            username,
+            password,
+            client_id_pattern,
+            groups,
+        } => {
+            let pw = password.read()?;
+            r.add_device(
+                &tenant,
+                &username,
+                pw.as_deref(),
+                client_id_pattern.as_deref(),
+                &groups,
+            )?;
+            println!("device {username} added to tenant {tenant}");
+        }
+        DeviceCmd::List { tenant } => {
+            let mut after: Option<String> = None;
+            loop {
+                let page = r.devices(&tenant, after.as_deref(), 1000)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.username.clone());
+                for d in &page {
+                    println!(
+                        "{}\t{}\tpassword: {}\tclient ids: {}\tgroups: {}",
+                        d.username,
+                        if d.enabled { "enabled" } else { "disabled" },
+                        if d.password_hash.is_some() {
+                            "set"
+                        } else {
+                            "none"
+                        },
+                        d.client_id_pattern.as_deref().unwrap_or("*"),
+                        d.groups.join(",")
+                    );
+                }
+            }
+        }
+        DeviceCmd::Disable { tenant, username } => {
+            r.set_device_enabled(&tenant, &username, false)?;
+            println!("device {username} disabled");
+        }
+        DeviceCmd::Enable { tenant, username } => {
+            r.set_device_enabled(&tenant, &username, true)?;
+            println!("device {username} enabled");
+        }
+        DeviceCmd::SetPassword {
+            tenant,
+            username,
+            password,
+        } => {
+            let Some(pw) = password.read()? else {
+                bail!("give --password or --password-stdin");
+            };
+            r.set_device_password(&tenant, &username, Some(&pw))?;
+            println!("password of device {username} set");
+        }
+    }
+    Ok(())
+}
+
+fn acl(r: &mut Registry<'_>, cmd: AclCmd) -> anyhow::Result<()> {
+    match cmd {
+        AclCmd::Add {
+            tenant,
+            allow,
+            deny: _,
+            action,
+            topic,
+            user,
+            group,
+            anonymous,
+            qos,
+            retain,
+            position,
+        } => {
+            let mut qos_mask = 0u8;
+            for q in &qos {
+                if *q > 2 {
+                    bail!("--qos takes 0, 1 and 2");
+                }
+                qos_mask |= 1 << q;
+            }
+            let subject = match (user, group, anonymous) {
+                (Some(u), _, _) => AclSubject::User(u),
+                (_, Some(g), _) => AclSubject::Group(g),
+                (_, _, true) => AclSubject::Anonymous,
+                _ => AclSubject::All,
+            };
+            let action = match action {
+                ActionArg::Publish => AclAction::Publish,
+                ActionArg::Subscribe => AclAction::Subscribe,
+                ActionArg::Both => AclAction::Both,
+            };
+            let spec = RuleSpec {
+                allow,
+                action,
+                filter: topic,
+                subject,
+                qos_mask: if qos.is_empty() { 7 } else { qos_mask },
+                retain,
+            };
+            let id = r.add_rule(&tenant, spec, position)?;
+            println!("rule {id} added");
+        }
+        AclCmd::List { tenant } => {
+            for rule in r.rules(&tenant)? {
+                let qos: Vec<String> = (0..3)
+                    .filter(|q| rule.qos_mask & (1 << q) != 0)
+                    .map(|q| q.to_string())
+                    .collect();
+                println!(
+                    "{}\t{}\t{:?}\t{}\tfor {:?}\tqos {}{}",
+                    rule.id,
+                    if rule.allow { "allow" } else { "deny" },
+                    rule.action,
+                    rule.filter,
+                    rule.subject,
+                    qos.join(","),
+                    rule.retain
+                        .map(|r| format!("\tretain {r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        AclCmd::Remove { tenant, id } => {
+            if !r.remove_rule(&tenant, id)? {
+                bail!("tenant {tenant} has no rule {id}");
+            }
+            println!("rule {id} removed");
+        }
+    }
+    Ok(())
+}
