@@ -9,7 +9,7 @@ mod registry_cli;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use messs_broker::{Broker, Config, ListenerConfig, Transport};
-use registry_cli::{AclCmd, DeviceCmd, RegistryCmd, TenantCmd};
+use registry_cli::{AclCmd, CaCmd, DeviceCmd, JwtKeyCmd, RegistryCmd, TenantCmd};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,21 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArgs,
     },
+    /// Keys a tenant signs device JWTs with, on a stopped broker's data directory.
+    JwtKey {
+        #[command(subcommand)]
+        cmd: JwtKeyCmd,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
+    /// Client CAs a tenant trusts, and revoked device certificates, on a stopped broker's
+    /// data directory.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+        #[command(flatten)]
+        dir: DataDirArgs,
+    },
 }
 
 /// The data directory a command works on (the broker using it must be stopped).
@@ -103,13 +118,17 @@ enum StorageTask {
 }
 
 fn parse_listen(url: &str) -> anyhow::Result<(Transport, SocketAddr)> {
-    let Some(addr) = url.strip_prefix("tcp://") else {
-        bail!("unsupported listener {url:?}: only tcp://HOST:PORT is available in this version");
+    let (transport, addr) = if let Some(a) = url.strip_prefix("tcp://") {
+        (Transport::Tcp, a)
+    } else if let Some(a) = url.strip_prefix("tls://") {
+        (Transport::Tls, a)
+    } else {
+        bail!("unsupported listener {url:?}: use tcp://HOST:PORT or tls://HOST:PORT");
     };
     let addr: SocketAddr = addr
         .parse()
-        .with_context(|| format!("{url:?} is not tcp://IP:PORT (e.g. tcp://127.0.0.1:1883)"))?;
-    Ok((Transport::Tcp, addr))
+        .with_context(|| format!("{url:?} is not SCHEME://IP:PORT (e.g. tcp://127.0.0.1:1883)"))?;
+    Ok((transport, addr))
 }
 
 fn build_config(
@@ -136,9 +155,21 @@ fn build_config(
             } else {
                 (false, None)
             };
+            // A tls:// listener takes its certificate from the configuration's first TLS
+            // listener.
+            let tls = match transport {
+                Transport::Tcp => None,
+                Transport::Tls => Some(
+                    cfg.listeners
+                        .iter()
+                        .find_map(|l| l.tls.clone())
+                        .context("--listen tls://... needs --config with a TLS listener whose [listener.tls] names cert_file and key_file")?,
+                ),
+            };
             listeners.push(ListenerConfig {
                 bind,
                 transport,
+                tls,
                 allow_anonymous,
                 tenant,
                 ..ListenerConfig::default()
@@ -180,6 +211,28 @@ async fn shutdown_signal() {
     }
 }
 
+/// Re-reads TLS certificates on SIGHUP (live connections keep theirs).
+async fn reload_on_sighup(handle: messs_broker::BrokerHandle) {
+    #[cfg(unix)]
+    {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match handle.reload_tls() {
+                Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = handle;
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -201,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
             let broker = Broker::bind(cfg).await.with_context(|| {
                 format!("cannot start with data directory {dir} (another messs using it? a directory from a newer release?)")
             })?;
+            tokio::spawn(reload_on_sighup(broker.handle()));
             broker.run(shutdown_signal()).await?;
             tracing::info!("stopped");
         }
@@ -216,6 +270,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant { cmd, dir } => return registry(dir, RegistryCmd::Tenant(cmd)).await,
         Command::Device { cmd, dir } => return registry(dir, RegistryCmd::Device(cmd)).await,
         Command::Acl { cmd, dir } => return registry(dir, RegistryCmd::Acl(cmd)).await,
+        Command::JwtKey { cmd, dir } => return registry(dir, RegistryCmd::JwtKey(cmd)).await,
+        Command::Ca { cmd, dir } => return registry(dir, RegistryCmd::Ca(cmd)).await,
     }
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::io::Read;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use messs_broker::registry::{Registry, RuleSpec};
-use messs_broker::storage::registry::{AclAction, AclSubject};
+use messs_broker::registry::{hex, Registry, RuleSpec};
+use messs_broker::storage::registry::{AclAction, AclSubject, JwtKey};
 
 /// `messs tenant ...`
 #[derive(Subcommand)]
@@ -187,11 +187,81 @@ pub enum AclCmd {
     },
 }
 
+/// `messs jwt-key ...`
+#[derive(Subcommand)]
+pub enum JwtKeyCmd {
+    /// Adds (or replaces) a key a tenant signs device tokens with. Devices send the token
+    /// as their MQTT password; its header's kid picks the key.
+    Add {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The key id tokens name in their `kid` header.
+        #[arg(long)]
+        kid: String,
+        /// HS256, RS256, ES256 or EdDSA.
+        #[arg(long)]
+        alg: String,
+        /// The HMAC secret (HS256, the file's bytes) or the public key (PEM).
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+    },
+    /// Lists a tenant's keys (ids and algorithms, never the keys).
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Removes a key.
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The key id.
+        #[arg(long)]
+        kid: String,
+    },
+}
+
+/// `messs ca ...` and `messs cert ...`
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Trusts the CA certificate(s) of a PEM file for a tenant's device certificates: a
+    /// device whose certificate one of them issued logs in to this tenant on a TLS
+    /// listener, named by the certificate's CN (or a SAN, see the listener's
+    /// cert_identity).
+    Add {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// PEM file with the CA certificate(s).
+        #[arg(long)]
+        cert_file: std::path::PathBuf,
+    },
+    /// Lists a tenant's trusted CAs and revoked certificates (SHA-256 fingerprints).
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revokes the device certificate(s) of a PEM file: they can no longer log in.
+    Revoke {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// PEM file with the device certificate(s).
+        #[arg(long)]
+        cert_file: std::path::PathBuf,
+    },
+}
+
 /// The registry commands.
 pub enum RegistryCmd {
     Tenant(TenantCmd),
     Device(DeviceCmd),
     Acl(AclCmd),
+    JwtKey(JwtKeyCmd),
+    Ca(CaCmd),
 }
 
 /// Runs one registry command; blocking.
@@ -200,7 +270,70 @@ pub fn run(registry: &mut Registry<'_>, cmd: RegistryCmd) -> anyhow::Result<()> 
         RegistryCmd::Tenant(c) => tenant(registry, c),
         RegistryCmd::Device(c) => device(registry, c),
         RegistryCmd::Acl(c) => acl(registry, c),
+        RegistryCmd::JwtKey(c) => jwt_key(registry, c),
+        RegistryCmd::Ca(c) => ca(registry, c),
     }
+}
+
+fn jwt_key(r: &mut Registry<'_>, cmd: JwtKeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        JwtKeyCmd::Add {
+            tenant,
+            kid,
+            alg,
+            key_file,
+        } => {
+            let key = std::fs::read(&key_file)
+                .with_context(|| format!("reading {}", key_file.display()))?;
+            r.put_jwt_key(
+                &tenant,
+                JwtKey {
+                    kid: kid.clone(),
+                    alg,
+                    key,
+                },
+            )?;
+            println!("key {kid} added to tenant {tenant}");
+        }
+        JwtKeyCmd::List { tenant } => {
+            for k in r.jwt_keys(&tenant)? {
+                println!("{}\t{}", k.kid, k.alg);
+            }
+        }
+        JwtKeyCmd::Remove { tenant, kid } => {
+            if !r.remove_jwt_key(&tenant, &kid)? {
+                bail!("tenant {tenant} has no key {kid}");
+            }
+            println!("key {kid} removed");
+        }
+    }
+    Ok(())
+}
+
+fn ca(r: &mut Registry<'_>, cmd: CaCmd) -> anyhow::Result<()> {
+    match cmd {
+        CaCmd::Add { tenant, cert_file } => {
+            for der in messs_broker::read_pem_certs(&cert_file)? {
+                let fp = r.add_ca(&tenant, &der)?;
+                println!("CA {} trusted by tenant {tenant}", hex(&fp));
+            }
+        }
+        CaCmd::List { tenant } => {
+            for ca in r.cas(&tenant)? {
+                println!("trusted CA\t{}", hex(&ca.fingerprint));
+            }
+            for fp in r.revoked(&tenant)? {
+                println!("revoked\t{}", hex(&fp));
+            }
+        }
+        CaCmd::Revoke { tenant, cert_file } => {
+            for der in messs_broker::read_pem_certs(&cert_file)? {
+                let fp = r.revoke_cert(&tenant, &der)?;
+                println!("certificate {} revoked in tenant {tenant}", hex(&fp));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {

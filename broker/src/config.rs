@@ -47,8 +47,10 @@ impl Default for Config {
 pub struct ListenerConfig {
     /// Address and port, e.g. `127.0.0.1:1883`. Port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Transport: only `tcp` for now.
+    /// Transport: `tcp` or `tls`.
     pub transport: Transport,
+    /// Certificate, key and client-certificate settings of a `tls` listener.
+    pub tls: Option<TlsConfig>,
     /// Accept clients without credentials, into `tenant`. Off unless a listener says so:
     /// the default listener of `messs serve` without a config file turns it on for
     /// 127.0.0.1 only.
@@ -68,6 +70,7 @@ impl Default for ListenerConfig {
         ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             transport: Transport::Tcp,
+            tls: None,
             allow_anonymous: false,
             tenant: None,
             backlog: 4096,
@@ -81,6 +84,43 @@ impl Default for ListenerConfig {
 pub enum Transport {
     /// Plain TCP.
     Tcp,
+    /// MQTT over TLS 1.3 (rustls).
+    Tls,
+}
+
+/// Which part of a client certificate names the device.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CertIdentity {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS name in the subject alternative names.
+    SanDns,
+    /// The first e-mail address in the subject alternative names.
+    SanEmail,
+    /// The first URI in the subject alternative names.
+    SanUri,
+}
+
+/// A TLS listener's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM (re-read on SIGHUP).
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM (re-read on SIGHUP).
+    pub key_file: PathBuf,
+    /// Also accept TLS 1.2 (off: TLS 1.3 only).
+    #[serde(default)]
+    pub allow_tls12: bool,
+    /// Refuse clients without a certificate (off: a certificate is asked for, and a client
+    /// without one logs in with a password or token).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Which part of a client certificate is the device's username.
+    #[serde(default)]
+    pub cert_identity: CertIdentity,
 }
 
 /// Limits on what one client may make the broker hold or do.
@@ -499,6 +539,12 @@ impl Config {
             }
         }
         for l in &self.listeners {
+            if (l.transport == Transport::Tls) != l.tls.is_some() {
+                return bad(&format!(
+                    "listener {}: a tls listener needs a [listener.tls] table with cert_file and key_file (and only a tls listener has one)",
+                    l.bind
+                ));
+            }
             if l.allow_anonymous && l.tenant.is_none() {
                 return bad(&format!(
                     "listener {}: allow_anonymous needs a tenant for anonymous clients to join (tenant = \"...\")",

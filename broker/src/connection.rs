@@ -37,6 +37,11 @@ impl Transport for tokio::net::TcpStream {
     }
 }
 
+/// TLS: always "ready". rustls may hold decrypted bytes that the socket's readiness knows
+/// nothing about (a record larger than the last read), so waiting on the socket could
+/// stall; an idle TLS connection waits inside the read instead, with its small buffer.
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
 /// A framed MQTT connection over a byte stream.
 pub(crate) struct Connection<S> {
     stream: S,

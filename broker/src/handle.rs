@@ -94,6 +94,18 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// Re-reads the certificate and key of every TLS listener (SIGHUP); live connections
+    /// are not touched. Returns how many listeners were reloaded; on an error that
+    /// listener keeps its old certificate.
+    pub fn reload_tls(&self) -> Result<usize, crate::BrokerError> {
+        let n = self.state.reload_tls()?;
+        self.state.audit(
+            "tls.reload",
+            format!("{n} TLS listener certificates reloaded"),
+        );
+        Ok(n)
+    }
+
     /// Password verifications (argon2 runs) since start: a refused login that never got
     /// that far (locked out, queue full) does not count.
     pub fn password_verifications(&self) -> u64 {

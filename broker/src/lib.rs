@@ -30,11 +30,12 @@ mod session;
 mod state;
 mod stats;
 mod timers;
+mod tls;
 
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
-    AclConfig, AuthConfig, BackupConfig, Config, DurabilityLevel, LimitsConfig, ListenerConfig,
-    NoRules, SessionConfig, StorageConfig, TelemetryConfig, Transport,
+    AclConfig, AuthConfig, BackupConfig, CertIdentity, Config, DurabilityLevel, LimitsConfig,
+    ListenerConfig, NoRules, SessionConfig, StorageConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};
@@ -49,3 +50,4 @@ pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, Broker
 /// The storage crate, for registry and audit types the admin plane and CLI use.
 pub use messs_storage as storage;
 pub use stats::Stats;
+pub use tls::read_pem_certs;

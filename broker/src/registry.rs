@@ -9,7 +9,7 @@
 
 use messs_storage::audit::AuditEvent;
 use messs_storage::registry::{
-    cert_fingerprint, AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, TenantRecord,
+    cert_fingerprint, AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, TenantRecord, TrustedCa,
 };
 use messs_storage::Store;
 
@@ -295,9 +295,49 @@ impl<'a> Registry<'a> {
         Ok(())
     }
 
+    /// A tenant's JWT keys.
+    pub fn jwt_keys(&self, tenant: &str) -> Result<Vec<JwtKey>, BrokerError> {
+        Ok(self.store.jwt_keys(tenant)?)
+    }
+
+    /// Removes a JWT key; false if there was none.
+    pub fn remove_jwt_key(&mut self, tenant: &str, kid: &str) -> Result<bool, BrokerError> {
+        let removed = self.store.delete_jwt_key(tenant, kid)?;
+        if removed {
+            self.audit("jwt_key.remove", format!("tenant {tenant:?}: key {kid:?}"));
+            self.touched.push(Touched::Tenant(tenant.to_owned()));
+        }
+        Ok(removed)
+    }
+
+    /// A tenant's trusted CAs.
+    pub fn cas(&self, tenant: &str) -> Result<Vec<TrustedCa>, BrokerError> {
+        Ok(self.store.cas(tenant)?)
+    }
+
+    /// A tenant's revoked certificate fingerprints.
+    pub fn revoked(&self, tenant: &str) -> Result<Vec<[u8; 32]>, BrokerError> {
+        Ok(self.store.revoked_certs(tenant)?)
+    }
+
     /// Trusts a CA (DER) for a tenant's device certificates; returns its fingerprint.
     pub fn add_ca(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
         self.tenant_record(tenant)?;
+        let fp = cert_fingerprint(der);
+        for other in self.store.tenants()? {
+            if other.id != tenant
+                && self
+                    .store
+                    .cas(&other.id)?
+                    .iter()
+                    .any(|c| c.fingerprint == fp)
+            {
+                return Err(BrokerError::Registry(format!(
+                    "tenant {:?} already trusts this CA: a CA identifies one tenant's devices",
+                    other.id
+                )));
+            }
+        }
         let fp = self.store.add_ca(tenant, der)?;
         self.audit("ca.add", format!("tenant {tenant:?}: CA {}", hex(&fp)));
         self.touched.push(Touched::Tenant(tenant.to_owned()));

@@ -21,28 +21,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often expired retained messages are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A bound listening socket.
+struct Bound {
+    tcp: TcpListener,
+    config: Arc<ListenerConfig>,
+    /// A TLS listener's acceptor.
+    tls: Option<Arc<crate::tls::TlsListener>>,
+}
+
 /// A broker with its listeners bound, ready to run.
 pub struct Broker {
     state: Arc<BrokerState>,
-    listeners: Vec<(TcpListener, Arc<ListenerConfig>)>,
+    listeners: Vec<Bound>,
 }
 
 impl Broker {
     /// Validates the config and binds every listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, BrokerError> {
         config.validate()?;
-        let mut listeners = Vec::new();
+        let mut sockets = Vec::new();
         for l in &config.listeners {
-            match l.transport {
-                Transport::Tcp => {
-                    let socket =
-                        bind_tcp(l.bind, l.backlog).map_err(|source| BrokerError::Bind {
-                            addr: l.bind,
-                            source,
-                        })?;
-                    listeners.push((socket, Arc::new(l.clone())));
-                }
-            }
+            let socket = bind_tcp(l.bind, l.backlog).map_err(|source| BrokerError::Bind {
+                addr: l.bind,
+                source,
+            })?;
+            sockets.push((socket, Arc::new(l.clone())));
         }
         let storage = config.storage.clone();
         let persist = tokio::task::spawn_blocking(move || Persistence::open(&storage))
@@ -57,6 +60,21 @@ impl Broker {
         .await
         .map_err(|e| BrokerError::Config(format!("loading the registry: {e}")))??;
         tracing::info!(tenants, "registry loaded");
+        let mut listeners = Vec::new();
+        for (tcp, config) in sockets {
+            let tls = match (config.transport, &config.tls) {
+                (Transport::Tls, Some(t)) => {
+                    let l = Arc::new(crate::tls::TlsListener::new(
+                        t,
+                        state.auth.client_cas.clone(),
+                    )?);
+                    state.add_tls_listener(l.clone());
+                    Some(l)
+                }
+                _ => None,
+            };
+            listeners.push(Bound { tcp, config, tls });
+        }
         let restoring = state.clone();
         let report = tokio::task::spawn_blocking(move || restoring.restore())
             .await
@@ -90,7 +108,7 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|b| b.tcp.local_addr().ok())
             .collect()
     }
 
@@ -108,18 +126,18 @@ impl Broker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BrokerError> {
         let state = self.state;
         let permits = Arc::new(Semaphore::new(state.config.limits.max_connections));
-        for (listener, config) in self.listeners {
-            let addr = listener.local_addr()?;
-            if config.allow_anonymous {
-                tracing::warn!(%addr, "listener allows anonymous clients");
+        for bound in self.listeners {
+            let addr = bound.tcp.local_addr()?;
+            if bound.config.allow_anonymous {
+                tracing::warn!(
+                    %addr,
+                    tenant = bound.config.tenant.as_deref().unwrap_or(""),
+                    "listener allows anonymous clients"
+                );
             }
-            tracing::info!(%addr, "listening (mqtt over tcp)");
-            tokio::spawn(accept_loop(
-                state.clone(),
-                listener,
-                config,
-                permits.clone(),
-            ));
+            let transport = if bound.tls.is_some() { "tls" } else { "tcp" };
+            tracing::info!(%addr, "listening (mqtt over {transport})");
+            tokio::spawn(accept_loop(state.clone(), bound, permits.clone()));
         }
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         let retention = tokio::spawn(run_retention(state.clone()));
@@ -238,12 +256,12 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// Takes a connection permit before each accept, so at most `max_connections` sockets are
 /// served; the handshake runs in the connection's own task, never in this loop.
-async fn accept_loop(
-    state: Arc<BrokerState>,
-    listener: TcpListener,
-    config: Arc<ListenerConfig>,
-    permits: Arc<Semaphore>,
-) {
+async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semaphore>) {
+    let Bound {
+        tcp: listener,
+        config,
+        tls,
+    } = bound;
     loop {
         let permit = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -268,8 +286,18 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state2 = state.clone();
         let config = config.clone();
-        state
-            .tasks
-            .spawn(handshake::serve(state2, stream, peer, config, permit));
+        match &tls {
+            Some(tls) => state.tasks.spawn(handshake::serve_tls(
+                state2,
+                stream,
+                peer,
+                config,
+                tls.clone(),
+                permit,
+            )),
+            None => state
+                .tasks
+                .spawn(handshake::serve(state2, stream, peer, config, permit)),
+        };
     }
 }

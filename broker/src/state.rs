@@ -41,6 +41,8 @@ pub(crate) struct BrokerState {
     pub tasks: TaskTracker,
     /// Authentication, tenants and their ACL rules.
     pub auth: crate::auth::Auth,
+    /// TLS listeners, for certificate reloads.
+    tls_listeners: Mutex<Vec<Arc<crate::tls::TlsListener>>>,
     pub timers: Timers,
     /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
     /// run at once: each holds up to a page (~1 MiB) while it runs, so many clients cannot
@@ -113,6 +115,7 @@ impl BrokerState {
         ));
         Ok(BrokerState {
             auth: crate::auth::Auth::new(&config)?,
+            tls_listeners: Mutex::default(),
             router,
             timers: Timers::new(stats.clone()),
             storage_reads: Arc::new(tokio::sync::Semaphore::new(STORAGE_READS)),
@@ -145,6 +148,34 @@ impl BrokerState {
         match self.auth.tenants.get(name) {
             Some(t) => t.id.clone(),
             None => Arc::from(name),
+        }
+    }
+
+    pub(crate) fn add_tls_listener(&self, l: Arc<crate::tls::TlsListener>) {
+        self.tls_listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(l);
+    }
+
+    /// Re-reads every TLS listener's certificate and key (live connections keep theirs);
+    /// the first error, if any (that listener keeps its old certificate).
+    pub(crate) fn reload_tls(&self) -> Result<usize, crate::BrokerError> {
+        let listeners = self
+            .tls_listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut first_error = None;
+        for l in &listeners {
+            if let Err(e) = l.reload() {
+                tracing::error!(error = %e, "TLS certificate reload failed; the old one stays");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(listeners.len()),
         }
     }
 

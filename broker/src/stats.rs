@@ -61,6 +61,8 @@ pub struct Stats {
     pub queued_on_disk: AtomicU64,
     /// Telemetry messages stored.
     pub telemetry_stored: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// CONNECTs refused by authentication (bad credentials, anonymous refused, busy,
     /// locked out, client id not allowed).
     pub auth_failures: AtomicU64,

@@ -821,3 +821,405 @@ mod tokens {
         assert!(has(&audit, "auth.failure", "is not key \"rsa\"'s"));
     }
 }
+
+mod tls {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+
+    /// A CA that can issue certificates.
+    struct Ca {
+        cert: rcgen::Certificate,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = p.self_signed(&key).unwrap();
+            Ca {
+                cert,
+                issuer: Issuer::new(p, key),
+            }
+        }
+
+        /// A leaf: (certificate, key).
+        fn issue(
+            &self,
+            cn: &str,
+            sans: Vec<SanType>,
+            server: bool,
+        ) -> (rcgen::Certificate, KeyPair) {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.subject_alt_names = sans;
+            p.extended_key_usages = vec![if server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            (p.signed_by(&key, &self.issuer).unwrap(), key)
+        }
+    }
+
+    struct Pki {
+        server_ca: Ca,
+        acme: Ca,
+        globex: Ca,
+        dir: tempfile::TempDir,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let pki = Pki {
+                server_ca: Ca::new("messs test server CA"),
+                acme: Ca::new("acme devices"),
+                globex: Ca::new("globex devices"),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            pki.write_server_cert("localhost");
+            pki
+        }
+
+        /// (Re)writes the server's certificate for `name` and returns its DER.
+        fn write_server_cert(&self, name: &str) -> Vec<u8> {
+            let (cert, key) = self.server_ca.issue(
+                name,
+                vec![
+                    SanType::DnsName(name.try_into().unwrap()),
+                    SanType::IpAddress([127, 0, 0, 1].into()),
+                ],
+                true,
+            );
+            std::fs::write(self.dir.path().join("server.pem"), cert.pem()).unwrap();
+            std::fs::write(self.dir.path().join("server.key"), key.serialize_pem()).unwrap();
+            cert.der().to_vec()
+        }
+
+        fn tls_config(&self) -> messs_broker::TlsConfig {
+            messs_broker::TlsConfig {
+                cert_file: self.dir.path().join("server.pem"),
+                key_file: self.dir.path().join("server.key"),
+                allow_tls12: false,
+                require_client_cert: false,
+                cert_identity: messs_broker::CertIdentity::Cn,
+            }
+        }
+
+        fn client(
+            &self,
+            identity: Option<&(rcgen::Certificate, KeyPair)>,
+            tls12_only: bool,
+        ) -> tokio_rustls::TlsConnector {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.server_ca.cert.der().clone()).unwrap();
+            // A client that offers the hybrid post-quantum group first (as browsers do).
+            let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+            use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
+            provider.kx_groups = vec![X25519MLKEM768, X25519];
+            let provider = Arc::new(provider);
+            let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+                &[&rustls::version::TLS12]
+            } else {
+                &[&rustls::version::TLS13]
+            };
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
+            let config = match identity {
+                Some((cert, key)) => builder
+                    .with_client_auth_cert(
+                        vec![cert.der().clone()],
+                        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                    )
+                    .unwrap(),
+                None => builder.with_no_client_auth(),
+            };
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        }
+    }
+
+    type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+    async fn tls_open(
+        addr: std::net::SocketAddr,
+        c: &tokio_rustls::TlsConnector,
+    ) -> std::io::Result<Tls> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        c.connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// Whether a client gets as far as a CONNACK (false if the TLS handshake, the CONNECT
+    /// write or the read fails, or the connection closes first).
+    async fn gets_connack(addr: std::net::SocketAddr, c: &tokio_rustls::TlsConnector) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tls_open(addr, c).await else {
+            return false;
+        };
+        let mut out = bytes::BytesMut::new();
+        let connect = connect_packet(Protocol::V5, "probe", true);
+        messs_codec::encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut out).unwrap();
+        if s.write_all(&out).await.is_err() {
+            return false;
+        }
+        let mut buf = bytes::BytesMut::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let limits = messs_codec::Limits::default();
+                if let Ok(Some(p)) = messs_codec::decode(&mut buf, Protocol::V5, &limits) {
+                    return matches!(p, Packet::ConnAck(_));
+                }
+                match s.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        read.unwrap_or(false)
+    }
+
+    /// A TLS listener (tenant from the username or certificate), deny by default.
+    async fn start_tls(pki: &Pki, adjust: impl FnOnce(&mut Config)) -> TestBroker {
+        let tls = pki.tls_config();
+        let acme_ca = pki.acme.cert.der().to_vec();
+        let globex_ca = pki.globex.cert.der().to_vec();
+        let broker = start(
+            move |c| {
+                c.listeners[0].transport = messs_broker::Transport::Tls;
+                c.listeners[0].tls = Some(tls);
+                c.limits.connect_timeout_secs = 1;
+                adjust(c);
+            },
+            vec![rule(true, AclAction::Both, "devices/%u/#")],
+        )
+        .await;
+        broker
+            .broker
+            .registry("test", move |r| {
+                r.add_ca("acme", &acme_ca)?;
+                r.add_ca("globex", &globex_ca)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        broker
+    }
+
+    #[tokio::test]
+    async fn tls_13_with_post_quantum_key_exchange_and_password_login() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |_| {}).await;
+        let stream = tls_open(broker.addr, &pki.client(None, false))
+            .await
+            .unwrap();
+        let (_, conn) = stream.get_ref();
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            conn.negotiated_key_exchange_group().map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519MLKEM768),
+            "the hybrid post-quantum group is accepted"
+        );
+        let (mut c, ack) = Raw::over(Box::new(stream))
+            .connect(login(
+                Protocol::V5,
+                "pw",
+                Some("sensor1@acme"),
+                "acme-password-1",
+            ))
+            .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        c.subscribe("devices/sensor1/#", QoS::AtLeastOnce).await;
+        c.roundtrip("devices/sensor1/x").await;
+        // TLS 1.2 is refused unless the listener allows it.
+        assert!(tls_open(broker.addr, &pki.client(None, true))
+            .await
+            .is_err());
+        // A socket that never finishes the TLS handshake is closed at the connect timeout.
+        let mut idle = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::io::AsyncReadExt::read(&mut idle, &mut buf).await
+        })
+        .await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        broker.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_logs_in_to_the_tenant_of_its_ca() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |_| {}).await;
+        let acme_meter = pki.acme.issue("meter-7", vec![], false);
+        let globex_meter = pki.globex.issue("meter-7", vec![], false);
+        let revoked = pki.acme.issue("meter-8", vec![], false);
+        let stranger = Ca::new("not trusted").issue("meter-7", vec![], false);
+        let revoked_der = revoked.0.der().to_vec();
+        broker
+            .broker
+            .registry("test", move |r| {
+                r.revoke_cert("acme", &revoked_der).map(|_| ())
+            })
+            .await
+            .unwrap();
+
+        // Same name, two tenants: each lands in its CA's tenant. The username sent (if any)
+        // is ignored: the certificate is the credential.
+        let s = tls_open(broker.addr, &pki.client(Some(&acme_meter), false))
+            .await
+            .unwrap();
+        let mut c = connect_packet(Protocol::V5, "m7", true);
+        c.username = Some("someone@globex".into());
+        let (mut acme_c, ack) = Raw::over(Box::new(s)).connect(c).await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        acme_c
+            .subscribe("devices/meter-7/#", QoS::AtLeastOnce)
+            .await;
+        let s = tls_open(broker.addr, &pki.client(Some(&globex_meter), false))
+            .await
+            .unwrap();
+        let (mut globex_c, ack) = Raw::over(Box::new(s))
+            .connect(connect_packet(Protocol::V3_1_1, "m7", true))
+            .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        globex_c
+            .publish(publish(
+                "devices/meter-7/x",
+                b"globex",
+                QosPid::AtLeastOnce(pid(1)),
+                false,
+            ))
+            .await;
+        acme_c.expect_silence().await;
+        // The certificate's name is not a password device.
+        let s = tls_open(broker.addr, &pki.client(None, false))
+            .await
+            .unwrap();
+        let (_pw, ack) = Raw::over(Box::new(s))
+            .connect(login(Protocol::V5, "p", Some("meter-7@acme"), "x"))
+            .await;
+        assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+        // The certificate client works in acme (its ACL: devices/%u/#, %u = meter-7).
+        acme_c.roundtrip("devices/meter-7/y").await;
+
+        // Revoked: refused at CONNECT, both protocol levels.
+        for protocol in [Protocol::V5, Protocol::V3_1_1] {
+            let s = tls_open(broker.addr, &pki.client(Some(&revoked), false))
+                .await
+                .unwrap();
+            let (_c, ack) = Raw::over(Box::new(s))
+                .connect(connect_packet(protocol, "m8", true))
+                .await;
+            assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword, "{protocol:?}");
+        }
+        // A CA no tenant trusts: the TLS handshake itself fails (TLS 1.3 client auth: the
+        // client learns at its first read), and no CONNACK ever comes.
+        assert!(!gets_connack(broker.addr, &pki.client(Some(&stranger), false)).await);
+        // Disabling a device named by certificates refuses it too.
+        broker
+            .broker
+            .registry("test", |r| {
+                r.add_device("acme", "meter-7", None, None, &[])?;
+                r.set_device_enabled("acme", "meter-7", false)
+            })
+            .await
+            .unwrap();
+        acme_c
+            .expect_disconnect(ReasonCode::AdministrativeAction)
+            .await;
+        let s = tls_open(broker.addr, &pki.client(Some(&acme_meter), false))
+            .await
+            .unwrap();
+        let (_c, ack) = Raw::over(Box::new(s))
+            .connect(connect_packet(Protocol::V5, "m7", true))
+            .await;
+        assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+        let data = broker.data.clone();
+        broker.stop().await;
+        let audit = audit(&data);
+        assert!(has(&audit, "client.connect", "meter-7@acme client \"m7\""));
+        assert!(has(
+            &audit,
+            "client.connect",
+            "meter-7@globex client \"m7\""
+        ));
+        assert!(has(&audit, "auth.failure", "certificate revoked"));
+        assert!(has(&audit, "cert.revoke", "tenant \"acme\""));
+    }
+
+    #[tokio::test]
+    async fn a_reload_serves_the_new_certificate_and_keeps_live_connections() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |c| {
+            c.listeners[0].tls.as_mut().unwrap().require_client_cert = true
+        })
+        .await;
+        let meter = pki.acme.issue("meter-7", vec![], false);
+        let s = tls_open(broker.addr, &pki.client(Some(&meter), false))
+            .await
+            .unwrap();
+        let first = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        let (mut live, ack) = Raw::over(Box::new(s))
+            .connect(connect_packet(Protocol::V5, "m7", true))
+            .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        live.subscribe("devices/meter-7/#", QoS::AtLeastOnce).await;
+        // Without a certificate: refused in the handshake on this listener.
+        assert!(!gets_connack(broker.addr, &pki.client(None, false)).await);
+
+        let new_der = pki.write_server_cert("localhost");
+        assert_eq!(broker.broker.reload_tls().unwrap(), 1);
+        let s = tls_open(broker.addr, &pki.client(Some(&meter), false))
+            .await
+            .unwrap();
+        let second = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        assert_ne!(first, second);
+        assert_eq!(second, new_der);
+        live.roundtrip("devices/meter-7/still-here").await;
+        // A broken file keeps the old certificate.
+        std::fs::write(pki.dir.path().join("server.key"), "not a key").unwrap();
+        assert!(broker.broker.reload_tls().is_err());
+        let s = tls_open(broker.addr, &pki.client(Some(&meter), false))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_ref().1.peer_certificates().unwrap()[0].to_vec(),
+            new_der
+        );
+        broker.stop().await;
+    }
+
+    #[test]
+    fn a_ca_identifies_one_tenant_only() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let pki = Pki::new();
+            let broker = start_tls(&pki, |_| {}).await;
+            let acme_ca = pki.acme.cert.der().to_vec();
+            let err = broker
+                .broker
+                .registry("test", move |r| r.add_ca("globex", &acme_ca).map(|_| ()))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("already trusts"), "{err}");
+            broker.stop().await;
+        });
+    }
+}

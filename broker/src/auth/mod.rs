@@ -4,7 +4,8 @@
 //! Order of the checks (cheap first, and the address check before any crypto):
 //! 1. the client's address is not locked out;
 //! 2. the tenant: the listener's, or the `@TENANT` suffix of the username;
-//! 3. the credential: a device JWT signed by one of the tenant's keys (`jwt`); else a
+//! 3. the credential: a client certificate verified in the TLS handshake (its CA says the
+//!    tenant; a revoked or disabled device is refused); else a device JWT signed by one of the tenant's keys (`jwt`); else a
 //!    remembered password verification (microseconds), else the username's lockout, then
 //!    argon2 on the verification pool (busy: 0x89);
 //! 4. the device's client-id pattern.
@@ -42,6 +43,8 @@ pub(crate) enum Method {
     Password,
     /// A JWT signed by one of the tenant's keys.
     Jwt,
+    /// A TLS client certificate from one of the tenant's CAs.
+    Certificate,
 }
 
 impl Method {
@@ -50,6 +53,7 @@ impl Method {
             Method::Anonymous => "anonymous",
             Method::Password => "password",
             Method::Jwt => "jwt",
+            Method::Certificate => "certificate",
         }
     }
 }
@@ -177,6 +181,8 @@ struct Remembered {
 /// The authenticator: tenants, the verification pool and cache, and the lockout counters.
 pub(crate) struct Auth {
     pub tenants: Tenants,
+    /// Every tenant's trusted client CAs (shared with the TLS listeners).
+    pub client_cas: Arc<crate::tls::ClientCas>,
     pool: PasswordPool,
     remembered: Cache<[u8; 32], Remembered>,
     /// Key of the digest the cache is keyed by: random per process, so the cache's keys
@@ -192,6 +198,8 @@ pub(crate) struct Auth {
 pub(crate) struct Login<'a> {
     pub peer: IpAddr,
     pub listener: &'a ListenerConfig,
+    /// The client certificate the TLS handshake verified, if any.
+    pub certificate: Option<crate::tls::CertLogin>,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
 }
@@ -220,6 +228,7 @@ impl Auth {
         }
         Ok(Auth {
             tenants,
+            client_cas: Arc::default(),
             pool,
             remembered: Cache::builder()
                 .max_capacity(a.cache_capacity)
@@ -257,6 +266,9 @@ impl Auth {
         };
         let entry = self.tenants.get_or_insert(&Arc::from(id), true);
         entry.set_jwt_keys(store.jwt_keys(id)?);
+        entry.set_revoked(store.revoked_certs(id)?);
+        let cas: Vec<Vec<u8>> = store.cas(id)?.into_iter().map(|c| c.der).collect();
+        self.client_cas.set(&entry.id, &cas)?;
         entry.set_rules(store.acl_rules(id)?);
         entry.set_enabled(t.enabled);
         Ok(t.enabled)
@@ -307,6 +319,9 @@ impl Auth {
                 Denied::LockedOut,
                 format!("from {peer}: address locked out for {ms} ms more"),
             ));
+        }
+        if let Some(cert) = &login.certificate {
+            return self.certificate(cert, peer, store).await;
         }
         if login.username.is_none() && login.password.is_none() {
             return self.anonymous(&login);
@@ -437,6 +452,53 @@ impl Auth {
             groups: Arc::from(Vec::new()),
             method: Method::Anonymous,
             client_id_pattern: None,
+            scope: None,
+        })
+    }
+
+    /// Logs in with a client certificate the TLS handshake verified: the tenant is the one
+    /// whose CA issued it; the device's registry entry, if it has one, must be enabled and
+    /// gives its groups and client-id pattern.
+    async fn certificate(
+        &self,
+        cert: &crate::tls::CertLogin,
+        peer: IpAddr,
+        store: Option<&Store>,
+    ) -> Result<Identity, Refusal> {
+        let who = format!("{}@{} from {peer} (certificate)", cert.name, cert.tenant);
+        let refuse = |why: &str| Refusal {
+            denied: Denied::BadCredentials,
+            detail: format!("{who}: {why}"),
+            lockouts: Vec::new(),
+        };
+        let Some(tenant) = self.tenants.get(&cert.tenant).filter(|t| t.is_enabled()) else {
+            return Err(refuse("tenant disabled"));
+        };
+        if tenant.is_revoked(&cert.fingerprint) {
+            return Err(refuse("certificate revoked"));
+        }
+        let device = match store.cloned() {
+            Some(store) => {
+                let (t, n) = (cert.tenant.to_string(), cert.name.clone());
+                match tokio::task::spawn_blocking(move || store.device(&t, &n)).await {
+                    Ok(Ok(d)) => d,
+                    _ => return Err(refuse("registry unreadable")),
+                }
+            }
+            None => None,
+        };
+        if device.as_ref().is_some_and(|d| !d.enabled) {
+            return Err(refuse("device disabled"));
+        }
+        let (groups, client_id_pattern) = device
+            .map(|d| (d.groups, d.client_id_pattern.map(Arc::from)))
+            .unwrap_or_default();
+        Ok(Identity {
+            tenant,
+            username: Some(Arc::from(cert.name.as_str())),
+            groups: Arc::from(groups),
+            method: Method::Certificate,
+            client_id_pattern,
             scope: None,
         })
     }

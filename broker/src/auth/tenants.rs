@@ -26,6 +26,8 @@ pub(crate) struct TenantSecurity {
     rules: RwLock<Arc<Vec<AclRule>>>,
     epoch: AtomicU64,
     jwt_keys: RwLock<Arc<Vec<JwtKey>>>,
+    /// SHA-256 fingerprints of revoked device certificates.
+    revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl TenantSecurity {
@@ -37,6 +39,7 @@ impl TenantSecurity {
             rules: RwLock::default(),
             epoch: AtomicU64::new(1),
             jwt_keys: RwLock::default(),
+            revoked: RwLock::default(),
         }
     }
 
@@ -75,6 +78,18 @@ impl TenantSecurity {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    pub fn is_revoked(&self, fingerprint: &[u8; 32]) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(fingerprint)
+    }
+
+    pub fn set_revoked(&self, revoked: Vec<[u8; 32]>) {
+        *self.revoked.write().unwrap_or_else(PoisonError::into_inner) =
+            revoked.into_iter().collect();
     }
 
     pub fn set_jwt_keys(&self, keys: Vec<JwtKey>) {

@@ -30,6 +30,7 @@ pub(super) async fn accept<S>(
     peer: SocketAddr,
     listener: &ListenerConfig,
     deadline: tokio::time::Instant,
+    cert: super::PeerCert,
 ) -> Option<Client<S>>
 where
     S: Transport,
@@ -46,9 +47,21 @@ where
         reject(&mut conn, protocol, code, why, client_max_packet).await;
         return None;
     }
+    let (certificate, bad_cert) = match cert {
+        Some(Ok(c)) => (Some(c), None),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
+    if let Some(why) = bad_cert {
+        let d = crate::auth::Denied::BadCredentials;
+        state.audit("auth.failure", format!("certificate from {peer}: {why}"));
+        reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
+        return None;
+    }
     let login = Login {
         peer: peer.ip(),
         listener,
+        certificate,
         username: connect.username.as_deref(),
         password: connect.password.as_deref(),
     };

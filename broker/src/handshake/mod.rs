@@ -20,6 +20,9 @@ use crate::state::BrokerState;
 /// The tenant every client belongs to until the tenancy issue adds real ones.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// A client certificate from the TLS handshake: who it names, or why it names nobody.
+pub(crate) type PeerCert = Option<Result<crate::tls::CertLogin, String>>;
+
 /// Serves one accepted socket: the handshake runs in this task; a connected client then
 /// gets a task of its own, so an idle connection keeps only the client loop's small state,
 /// not the handshake's. `permit` (a connection slot) lives as long as the connection.
@@ -33,8 +36,68 @@ pub(crate) async fn serve<S, P>(
     S: Transport + 'static,
     P: Send + 'static,
 {
+    let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
+    serve_within(state, stream, peer, listener, deadline, None, permit).await;
+}
+
+/// Serves one accepted TCP socket of a TLS listener: the TLS handshake runs in this task
+/// and counts against the connect timeout, like the CONNECT that follows it.
+pub(crate) async fn serve_tls<P>(
+    state: Arc<BrokerState>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    tls: Arc<crate::tls::TlsListener>,
+    permit: P,
+) where
+    P: Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
+    let accepted = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        a = tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)) => a,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            state
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshake did not finish within the connect timeout");
+            return;
+        }
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| state.auth.client_cas.login(chain, tls.identity()));
+    serve_within(state, stream, peer, listener, deadline, cert, permit).await;
+}
+
+async fn serve_within<S, P>(
+    state: Arc<BrokerState>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    deadline: tokio::time::Instant,
+    cert: PeerCert,
+    permit: P,
+) where
+    S: Transport + 'static,
+    P: Send + 'static,
+{
     let tasks = state.tasks.clone();
-    if let Some(client) = handshake(state, stream, peer, listener).await {
+    if let Some(client) = handshake(state, stream, peer, listener, deadline, cert).await {
         let client = Box::new(client);
         tasks.spawn(async move {
             client.run().await;
@@ -50,12 +113,13 @@ async fn handshake<S>(
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
+    deadline: tokio::time::Instant,
+    cert: PeerCert,
 ) -> Option<Client<S>>
 where
     S: Transport,
 {
     let limits = &state.config.limits;
-    let deadline = tokio::time::Instant::now() + limits.connect_timeout();
     let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let mut conn = Connection::new(stream, limits.connect_codec_limits(), write_timeout);
     let first = tokio::select! {
@@ -105,7 +169,7 @@ where
     };
     let accepted = tokio::time::timeout_at(
         deadline,
-        accept::accept(&state, conn, *connect, peer, &listener, deadline),
+        accept::accept(&state, conn, *connect, peer, &listener, deadline, cert),
     )
     .await;
     match accepted {

@@ -118,9 +118,13 @@ pub fn publish(t: &str, payload: &'static [u8], qos_pid: QosPid, retain: bool) -
     }
 }
 
-/// A raw MQTT client over TCP using messs-codec.
+/// A byte stream a raw client runs over (TCP, or TLS over TCP).
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A raw MQTT client using messs-codec, over TCP or any other stream.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
     pub protocol: Protocol,
 }
@@ -128,6 +132,11 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
+        Self::over(Box::new(stream))
+    }
+
+    /// A client over an already open stream (e.g. TLS).
+    pub fn over(stream: Box<dyn Stream>) -> Self {
         Raw {
             stream,
             buf: BytesMut::new(),
@@ -137,11 +146,16 @@ impl Raw {
 
     /// Opens a socket, sends CONNECT and returns the CONNACK.
     pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (Self, ConnAck) {
-        let mut raw = Self::open(addr).await;
-        raw.protocol = connect.protocol;
-        raw.send(&Packet::Connect(Box::new(connect))).await;
-        match raw.recv().await {
-            Packet::ConnAck(ack) => (raw, *ack),
+        let raw = Self::open(addr).await;
+        raw.connect(connect).await
+    }
+
+    /// Sends CONNECT on this stream and returns the CONNACK.
+    pub async fn connect(mut self, connect: Connect) -> (Self, ConnAck) {
+        self.protocol = connect.protocol;
+        self.send(&Packet::Connect(Box::new(connect))).await;
+        match self.recv().await {
+            Packet::ConnAck(ack) => (self, *ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -162,9 +176,9 @@ impl Raw {
         raw
     }
 
-    /// The socket itself, for tests that read exact bytes.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// The stream itself, for tests that read exact bytes.
+    pub fn stream_mut(&mut self) -> &mut dyn Stream {
+        &mut *self.stream
     }
 
     pub async fn send(&mut self, packet: &Packet) {

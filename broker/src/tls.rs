@@ -1,0 +1,336 @@
+//! TLS for listeners (rustls, aws-lc-rs): TLS 1.3 only unless a listener allows 1.2, the
+//! hybrid post-quantum key exchange X25519MLKEM768 offered first, the server certificate
+//! re-read on reload (SIGHUP) without touching live connections, and client certificates
+//! checked against every tenant's trusted CAs.
+//!
+//! A client certificate is accepted during the handshake if it chains to a CA some tenant
+//! trusts; after the handshake [`ClientCas::login`] finds that tenant again (a CA is trusted
+//! by one tenant only: the registry refuses a second) and reads the device's name from the
+//! certificate's CN or a SAN, as the listener says.
+
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::config::{CertIdentity, TlsConfig};
+use crate::error::BrokerError;
+use crate::session::TenantId;
+
+/// The crypto provider of every TLS object in the broker: aws-lc-rs, with the hybrid
+/// post-quantum group first.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
+    let mut p = aws_lc_rs::default_provider();
+    p.kx_groups = vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1];
+    Arc::new(p)
+}
+
+fn tls_err(what: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Config(format!("tls: {what}"))
+}
+
+/// Reads a PEM certificate chain and private key into a signing key.
+fn load_key(cfg: &TlsConfig, provider: &CryptoProvider) -> Result<CertifiedKey, BrokerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| tls_err(format!("{}: {e}", cfg.cert_file.display())))?;
+    if certs.is_empty() {
+        return Err(tls_err(format!(
+            "{}: no certificate in it",
+            cfg.cert_file.display()
+        )));
+    }
+    // The key's content never reaches an error message.
+    let key = PrivateKeyDer::from_pem_file(&cfg.key_file)
+        .map_err(|_| tls_err(format!("{}: no usable private key", cfg.key_file.display())))?;
+    CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| tls_err(format!("certificate and key do not fit together: {e}")))
+}
+
+/// The server certificate, swapped on reload.
+#[derive(Debug)]
+struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// One TLS listener's acceptor and what reloading it needs.
+pub(crate) struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    cert: Arc<ServerCert>,
+    config: TlsConfig,
+    provider: Arc<CryptoProvider>,
+}
+
+impl TlsListener {
+    pub fn new(config: &TlsConfig, cas: Arc<ClientCas>) -> Result<Self, BrokerError> {
+        let provider = provider();
+        let cert = Arc::new(ServerCert {
+            current: RwLock::new(Arc::new(load_key(config, &provider)?)),
+        });
+        let versions: &[&rustls::SupportedProtocolVersion] = if config.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let verifier = Arc::new(AnyTenant {
+            cas,
+            mandatory: config.require_client_cert,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(cert.clone());
+        Ok(TlsListener {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            cert,
+            config: config.clone(),
+            provider,
+        })
+    }
+
+    /// Re-reads the certificate and key; on error the old ones stay in use.
+    pub fn reload(&self) -> Result<(), BrokerError> {
+        let key = load_key(&self.config, &self.provider)?;
+        *self
+            .cert
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+        Ok(())
+    }
+
+    /// Which part of a client certificate names the device.
+    pub fn identity(&self) -> CertIdentity {
+        self.config.cert_identity
+    }
+}
+
+/// One tenant's CAs, as a verifier.
+struct TenantCas {
+    tenant: TenantId,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Every tenant's trusted client CAs.
+#[derive(Default)]
+pub(crate) struct ClientCas {
+    tenants: RwLock<Arc<Vec<TenantCas>>>,
+}
+
+/// A device identified by its certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct CertLogin {
+    pub tenant: TenantId,
+    pub name: String,
+    /// SHA-256 of the end-entity certificate (checked against revocations).
+    pub fingerprint: [u8; 32],
+}
+
+impl ClientCas {
+    /// Replaces one tenant's CAs (DER); none: the tenant trusts no client certificate.
+    pub fn set(&self, tenant: &TenantId, cas: &[Vec<u8>]) -> Result<(), BrokerError> {
+        let verifier = if cas.is_empty() {
+            None
+        } else {
+            let mut roots = RootCertStore::empty();
+            for der in cas {
+                roots
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| tls_err(format!("tenant {tenant}: a trusted CA: {e}")))?;
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| tls_err(format!("tenant {tenant}: {e}")))?;
+            Some(v)
+        };
+        let mut guard = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<TenantCas> = guard
+            .iter()
+            .filter(|t| t.tenant != *tenant)
+            .map(|t| TenantCas {
+                tenant: t.tenant.clone(),
+                verifier: t.verifier.clone(),
+            })
+            .collect();
+        if let Some(verifier) = verifier {
+            next.push(TenantCas {
+                tenant: tenant.clone(),
+                verifier,
+            });
+        }
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Vec<TenantCas>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<TenantId> {
+        self.snapshot()
+            .iter()
+            .find(|t| {
+                t.verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .is_ok()
+            })
+            .map(|t| t.tenant.clone())
+    }
+
+    /// The tenant and device name of a verified peer chain; an error says why not.
+    pub fn login(
+        &self,
+        chain: &[CertificateDer<'_>],
+        identity: CertIdentity,
+    ) -> Result<CertLogin, String> {
+        let (end_entity, intermediates) = chain.split_first().ok_or("empty chain")?;
+        let tenant = self
+            .verify(end_entity, intermediates, UnixTime::now())
+            .ok_or("no tenant trusts the certificate")?;
+        let name = cert_name(end_entity, identity)?;
+        Ok(CertLogin {
+            tenant,
+            name,
+            fingerprint: messs_storage::registry::cert_fingerprint(end_entity),
+        })
+    }
+}
+
+/// The device name in a certificate.
+fn cert_name(der: &[u8], identity: CertIdentity) -> Result<String, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let name = match identity {
+        CertIdentity::Cn => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        other => {
+            let san = cert
+                .subject_alternative_name()
+                .map_err(|e| format!("subject alternative names: {e}"))?;
+            san.and_then(|ext| {
+                ext.value.general_names.iter().find_map(|n| {
+                    use x509_parser::extensions::GeneralName as G;
+                    match (other, n) {
+                        (CertIdentity::SanDns, G::DNSName(s))
+                        | (CertIdentity::SanEmail, G::RFC822Name(s))
+                        | (CertIdentity::SanUri, G::URI(s)) => Some((*s).to_owned()),
+                        _ => None,
+                    }
+                })
+            })
+        }
+    };
+    name.filter(|n| !n.is_empty() && !n.chars().any(char::is_control))
+        .ok_or_else(|| format!("the certificate has no usable {identity:?} name"))
+}
+
+/// The handshake's client-certificate check: accepted if any tenant's CAs verify it.
+struct AnyTenant {
+    cas: Arc<ClientCas>,
+    mandatory: bool,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl std::fmt::Debug for AnyTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyTenant")
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for AnyTenant {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: they would list every tenant's CAs to anyone who connects.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.cas.verify(end_entity, intermediates, now) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Reads the CA certificates (DER) of a PEM file, for `messs ca add`.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, BrokerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls_err(format!("{}: no certificate in it", path.display())));
+    }
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
