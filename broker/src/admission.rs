@@ -71,6 +71,12 @@ impl BrokerState {
             return Err(refused);
         }
         if let Some(access) = access {
+            access
+                .identity
+                .tenant
+                .counters
+                .received
+                .fetch_add(1, Ordering::Relaxed);
             access.refresh(&self.auth);
             let m = &message;
             if !access.acl().may_publish(m.topic.as_str(), m.qos, m.retain) {

@@ -26,6 +26,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Topic access control.
     pub acl: AclConfig,
+    /// `$SYS/` statistics.
+    pub sys: SysConfig,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }
@@ -444,6 +447,20 @@ impl Default for AuthConfig {
             lockout_capacity: 100_000,
             jwt_leeway_secs: 30,
         }
+    }
+}
+
+/// `$SYS/` statistics topics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between updates of each tenant's `$SYS/broker/...` topics (0: none).
+    pub interval_secs: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
     }
 }
 

@@ -158,6 +158,10 @@ impl BrokerHandle {
         match self.state.session(&key) {
             Some(session) if session.is_connected() => {
                 session.kick(ReasonCode::AdministrativeAction);
+                self.state.audit(
+                    "client.kick",
+                    format!("client {client_id:?} of tenant {tenant:?}"),
+                );
                 true
             }
             _ => false,

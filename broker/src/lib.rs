@@ -29,13 +29,15 @@ mod server;
 mod session;
 mod state;
 mod stats;
+mod sys;
 mod timers;
 mod tls;
 
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, CertIdentity, Config, DurabilityLevel, LimitsConfig,
-    ListenerConfig, NoRules, SessionConfig, StorageConfig, TelemetryConfig, TlsConfig, Transport,
+    ListenerConfig, NoRules, SessionConfig, StorageConfig, SysConfig, TelemetryConfig, TlsConfig,
+    Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

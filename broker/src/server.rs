@@ -39,6 +39,7 @@ impl Broker {
     /// Validates the config and binds every listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, BrokerError> {
         config.validate()?;
+        crate::tls::install_default_provider();
         let mut sockets = Vec::new();
         for l in &config.listeners {
             let socket = bind_tcp(l.bind, l.backlog).map_err(|source| BrokerError::Bind {
@@ -142,6 +143,13 @@ impl Broker {
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         let retention = tokio::spawn(run_retention(state.clone()));
         let backups = tokio::spawn(run_backups(state.clone()));
+        let sys_every = state.config.sys.interval_secs;
+        let sys = (sys_every > 0).then(|| {
+            tokio::spawn(crate::sys::run(
+                state.clone(),
+                Duration::from_secs(sys_every),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
@@ -156,6 +164,9 @@ impl Broker {
         timers.abort();
         retention.abort();
         backups.abort();
+        if let Some(sys) = sys {
+            sys.abort();
+        }
         if let Some(persist) = &state.persist {
             persist.audit("broker.stop", "graceful shutdown".into());
             let store = persist.store.clone();

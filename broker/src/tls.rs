@@ -33,6 +33,12 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// Makes [`provider`] the process default, for any library that asks for one (every TLS
+/// object of the broker names it explicitly anyway). A second call is a no-op.
+pub(crate) fn install_default_provider() {
+    let _ = Arc::unwrap_or_clone(provider()).install_default();
+}
+
 fn tls_err(what: impl std::fmt::Display) -> BrokerError {
     BrokerError::Config(format!("tls: {what}"))
 }

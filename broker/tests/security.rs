@@ -613,7 +613,25 @@ async fn rule_changes_reach_live_connections_queued_messages_and_wills() {
     )
     .await;
     assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    // An operator's kick.
+    assert!(h.kick("acme", "p"));
+    p.expect_disconnect(ReasonCode::AdministrativeAction).await;
+    drop(h); // the handle holds the store open
+    let data = broker.data.clone();
     broker.stop().await;
+    let audit = audit(&data);
+    assert!(has(
+        &audit,
+        "client.kick",
+        "client \"p\" of tenant \"acme\""
+    ));
+    assert!(has(
+        &audit,
+        "acl.add",
+        "deny Subscribe \"devices/+/secret\""
+    ));
+    assert!(has(&audit, "acl.remove", "rule"));
+    assert!(has(&audit, "client.disconnect", "kicked"));
 }
 
 mod tokens {
@@ -1222,4 +1240,67 @@ mod tls {
             broker.stop().await;
         });
     }
+}
+
+#[tokio::test]
+async fn each_tenant_sees_only_its_own_sys_statistics() {
+    let mut sys = rule(true, AclAction::Subscribe, "$SYS/#");
+    sys.subject = AclSubject::User("sensor1".into());
+    let broker = start(
+        |c| c.sys.interval_secs = 1,
+        vec![sys, rule(true, AclAction::Both, "#")],
+    )
+    .await;
+    let mut acme = connect_as(&broker, "watch", "sensor1@acme", "acme-password-1").await;
+    let ack = acme.subscribe("#", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::Success]);
+    let mut g1 = connect_as(&broker, "g1", "sensor1@globex", "globex-password-1").await;
+    let _g2 = connect_as(&broker, "g2", "sensor1@globex", "globex-password-1").await;
+    let ack = acme
+        .subscribe_opts(
+            2,
+            "$SYS/broker/clients/connected",
+            messs_codec::SubscriptionOptions::new(QoS::AtMostOnce),
+            None,
+        )
+        .await;
+    assert_eq!(ack.reasons, [ReasonCode::Success]);
+    // globex's `#` rule does not reach $SYS: it needs a rule of its own.
+    let ack = g1.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::NotAuthorized]);
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_rule("globex", rule(true, AclAction::Subscribe, "$SYS/#"), None)
+                .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let ack = g1
+        .subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce)
+        .await;
+    assert_eq!(ack.reasons, [ReasonCode::Success]);
+    // `#` never matches $SYS; the subscription to $SYS/... gets the tenant's own count.
+    let p = acme.recv_publish().await;
+    assert_eq!(p.topic.as_str(), "$SYS/broker/clients/connected");
+    assert_eq!(&p.payload[..], b"1", "acme has one client");
+    let p = g1.recv_publish().await;
+    assert_eq!(&p.payload[..], b"2", "globex has two");
+    // A device without the rule cannot subscribe to $SYS, nor anyone publish there.
+    let mut other = connect_as(&broker, "o", "pub@acme", "pub-password-1").await;
+    let ack = other.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::NotAuthorized]);
+    other
+        .send(&Packet::Publish(Box::new(publish(
+            "$SYS/broker/clients/connected",
+            b"999",
+            QosPid::AtLeastOnce(pid(1)),
+            true,
+        ))))
+        .await;
+    match other.recv().await {
+        Packet::PubAck(r) => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    broker.stop().await;
 }

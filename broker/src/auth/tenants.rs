@@ -26,6 +26,8 @@ pub(crate) struct TenantSecurity {
     rules: RwLock<Arc<Vec<AclRule>>>,
     epoch: AtomicU64,
     jwt_keys: RwLock<Arc<Vec<JwtKey>>>,
+    /// Traffic counters for `$SYS`.
+    pub counters: crate::sys::TenantCounters,
     /// SHA-256 fingerprints of revoked device certificates.
     revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
 }
@@ -40,6 +42,7 @@ impl TenantSecurity {
             epoch: AtomicU64::new(1),
             jwt_keys: RwLock::default(),
             revoked: RwLock::default(),
+            counters: crate::sys::TenantCounters::default(),
         }
     }
 

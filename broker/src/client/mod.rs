@@ -224,7 +224,15 @@ impl<S: Transport> Client<S> {
             routes,
             acks: None,
             input_held: false,
-            access: Box::new(access),
+            access: {
+                access
+                    .identity
+                    .tenant
+                    .counters
+                    .connected
+                    .fetch_add(1, Ordering::Relaxed);
+                Box::new(access)
+            },
         }
     }
 
@@ -482,5 +490,11 @@ impl<S: Transport> Client<S> {
         self.state
             .detach(&self.session, self.generation, departure, will);
         self.state.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.access
+            .identity
+            .tenant
+            .counters
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

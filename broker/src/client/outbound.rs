@@ -176,6 +176,12 @@ impl<S: Transport> Client<S> {
                 .stats
                 .messages_sent
                 .fetch_add(1, Ordering::Relaxed);
+            self.access
+                .identity
+                .tenant
+                .counters
+                .sent
+                .fetch_add(1, Ordering::Relaxed);
         } else {
             // Too large for the client: discard as if sent [MQTT-3.1.2-25].
             if let Some(pid) = qos_pid.packet_id() {

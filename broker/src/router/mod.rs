@@ -40,6 +40,13 @@ pub(crate) struct TenantRoutes {
     retained: RwLock<RetainedStore>,
 }
 
+impl TenantRoutes {
+    /// Retained messages held.
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+}
+
 /// What happened to a published message.
 pub(crate) struct PublishOutcome {
     /// Sessions it was queued for.

@@ -128,7 +128,6 @@ impl RetainedStore {
     }
 
     /// Number of retained messages.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }
