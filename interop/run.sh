@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Interop check: the real messs binary on an ephemeral loopback port, driven by
-# mosquitto_pub/mosquitto_sub and by paho-mqtt 2.x, at MQTT 3.1.1 and 5.0.
+# mosquitto_pub/mosquitto_sub and by paho-mqtt 2.x, at MQTT 3.1.1 and 5.0: first the
+# try-out setup (anonymous on loopback), then device logins over TLS (tls-login.sh).
 # Installs mosquitto-clients (Debian) and paho-mqtt (PyPI) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,4 +77,7 @@ trap 'rm -rf "$work"' EXIT
 grep -q "stopped" "$log" || fail "no clean stop in the log"
 wait "$last" 2>/dev/null || true
 echo "interop: graceful shutdown on SIGTERM: ok"
+
+# Real device logins over TLS: passwords and client certificates (interop/tls-login.sh).
+bash interop/tls-login.sh
 echo "interop: all checks passed"

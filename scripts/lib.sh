@@ -49,12 +49,13 @@ ensure_libclang() {
   apt_install libclang-dev
 }
 
-# broker_port LOG: waits (up to 10 s) for a messs started with port 0 to log its listening
-# address in LOG, and prints the port; prints nothing if it never does.
+# broker_port LOG [TRANSPORT]: waits (up to 10 s) for a messs started with port 0 to log
+# its listening address (of a tcp listener, or TRANSPORT's) in LOG, and prints the port;
+# prints nothing if it never does.
 broker_port() {
-  local port=""
+  local port="" transport="${2:-tcp}"
   for _ in $(seq 1 100); do
-    port=$(sed -n 's/.*listening (mqtt over tcp) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$1" | head -n1)
+    port=$(sed -n "s/.*listening (mqtt over $transport) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p" "$1" | head -n1)
     [ -n "$port" ] && break
     sleep 0.1
   done
