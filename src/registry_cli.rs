@@ -84,6 +84,19 @@ pub enum DeviceCmd {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
+    /// Adds many devices from a file of `username,password` lines; a password that is an
+    /// argon2id PHC string (`$argon2id$...`, e.g. from another system) is stored as the
+    /// hash. Blank lines and lines starting with # are skipped.
+    Import {
+        /// Their tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Prints the argon2id PHC hash of a password read from standard input (for `import`).
+    HashPassword,
     /// Lists a tenant's devices.
     List {
         /// The tenant.
@@ -378,6 +391,33 @@ fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
                 &groups,
             )?;
             println!("device {username} added to tenant {tenant}");
+        }
+        DeviceCmd::Import { tenant, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut added = 0;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((user, secret)) = line.split_once(',') else {
+                    bail!("{}:{}: expected username,password", file.display(), n + 1);
+                };
+                r.import_device(&tenant, user.trim(), secret.trim())
+                    .with_context(|| format!("{}:{}", file.display(), n + 1))?;
+                added += 1;
+            }
+            println!("{added} devices added to tenant {tenant}");
+        }
+        DeviceCmd::HashPassword => {
+            let pw = PasswordArg {
+                password: None,
+                password_stdin: true,
+            }
+            .read()?
+            .unwrap_or_default();
+            println!("{}", r.hash(&pw)?);
         }
         DeviceCmd::List { tenant } => {
             let mut after: Option<String> = None;

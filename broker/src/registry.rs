@@ -152,6 +152,42 @@ impl<'a> Registry<'a> {
         Ok(())
     }
 
+    /// Adds a device whose credential is either a password or an argon2id PHC hash made
+    /// elsewhere (a `$argon2id$...` string is taken as the hash; see `check_hash`).
+    pub fn import_device(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        password_or_hash: &str,
+    ) -> Result<(), BrokerError> {
+        let hash = if password_or_hash.starts_with("$argon2") {
+            crate::auth::password::check_hash(password_or_hash)?;
+            password_or_hash.to_owned()
+        } else {
+            check_password(password_or_hash)?;
+            hash_password(password_or_hash, self.params)?
+        };
+        self.store.put_device(
+            &DeviceRecord {
+                tenant: tenant.to_owned(),
+                username: username.to_owned(),
+                password_hash: Some(hash),
+                client_id_pattern: None,
+                groups: Vec::new(),
+                enabled: true,
+                version: 0,
+            },
+            true,
+        )?;
+        self.audit(
+            "device.add",
+            format!("device {username:?} in tenant {tenant:?} (imported)"),
+        );
+        self.touched
+            .push(Touched::Device(tenant.to_owned(), username.to_owned()));
+        Ok(())
+    }
+
     fn change_device(
         &mut self,
         tenant: &str,
@@ -202,6 +238,12 @@ impl<'a> Registry<'a> {
             d.enabled = enabled;
             Ok(())
         })
+    }
+
+    /// The argon2id hash of a password, with this registry's parameters.
+    pub fn hash(&self, password: &str) -> Result<String, BrokerError> {
+        check_password(password)?;
+        hash_password(password, self.params)
     }
 
     /// A page of a tenant's devices, after `after`.

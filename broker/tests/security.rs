@@ -216,6 +216,11 @@ async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
     )
     .await;
     let h = &broker.broker;
+    // A device that logged in before the attack: its credential is remembered.
+    connect_as(&broker, "known", "pub@acme", "pub-password-1")
+        .await
+        .disconnect()
+        .await;
     for _ in 0..3 {
         let (_r, ack) = Raw::connect_with(
             broker.addr,
@@ -272,6 +277,12 @@ async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
         runs,
         "a locked-out address costs no argon2"
     );
+    // The remembered device behind the same address still gets in, without hashing.
+    connect_as(&broker, "known", "pub@acme", "pub-password-1")
+        .await
+        .disconnect()
+        .await;
+    assert_eq!(h.password_verifications(), runs);
     let data = broker.data.clone();
     broker.stop().await;
     let audit = audit(&data);

@@ -34,6 +34,9 @@ pub enum Attack {
     Churn,
     /// Retained 1 KiB messages to ever new topics.
     RetainedFlood,
+    /// Logins with wrong passwords, over and over (usernames `intruder{i}`, in the pair's
+    /// tenant when its username names one as NAME@TENANT).
+    WrongPassword,
 }
 
 /// The attackers of one run.
@@ -181,6 +184,16 @@ async fn attacker(kind: Attack, i: u32, plan: &AttackPlan, stop: &AtomicBool, c:
             opts.clean = false;
             opts.session_expiry = Some(3600);
         }
+        if kind == Attack::WrongPassword {
+            let tenant = opts
+                .username
+                .as_deref()
+                .and_then(|u| u.rsplit_once('@'))
+                .map(|(_, t)| format!("@{t}"))
+                .unwrap_or_default();
+            opts.username = Some(format!("intruder{i}{tenant}"));
+            opts.password = Some(format!("wrong-password-{round}"));
+        }
         let result = one_round(kind, &opts, plan, stop, c).await;
         c.connections.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -226,7 +239,7 @@ async fn one_round(
             // Read a little (the SUBACK and some retained messages), then leave.
             let _ = tokio::time::timeout(Duration::from_millis(200), r.next()).await;
         }
-        Attack::Churn => {}
+        Attack::Churn | Attack::WrongPassword => {}
         Attack::RetainedFlood => {
             let payload = Bytes::from(vec![0u8; 1024]);
             let mut n = 0u64;

@@ -116,9 +116,15 @@ struct Common {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
-    /// Transport (tcp; tls, ws and quic once messs has those listeners).
+    /// Transport: tcp or tls (ws and quic once messs has those listeners).
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
+    /// For --transport tls: PEM file with the CA certificate(s) to trust.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// For --transport tls: the name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
     /// MQTT protocol level: 4 (3.1.1) or 5.
     #[arg(long, default_value_t = 5)]
     protocol: u8,
@@ -194,9 +200,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl Common {
     fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
-        if !matches!(self.transport, TransportArg::Tcp) {
-            bail!("only --transport tcp is available until messs has TLS, WebSocket and QUIC listeners");
-        }
+        let tls = match self.transport {
+            TransportArg::Tcp => None,
+            TransportArg::Tls => {
+                let ca = self
+                    .tls_ca
+                    .as_deref()
+                    .context("--transport tls needs --tls-ca FILE")?;
+                let name = rustls_pki_types::ServerName::try_from(self.tls_server_name.clone())
+                    .context("--tls-server-name")?;
+                Some((proto::tls_connector(ca)?, name))
+            }
+            _ => bail!("--transport ws and quic come with messs's WebSocket and QUIC listeners"),
+        };
         let protocol = match self.protocol {
             4 => Protocol::V3_1_1,
             5 => Protocol::V5,
@@ -216,6 +232,7 @@ impl Common {
             keep_alive: 300,
             clean: true,
             session_expiry: None,
+            tls,
         })
     }
 }

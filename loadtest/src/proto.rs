@@ -1,6 +1,6 @@
 //! A minimal MQTT client on messs-codec: just what load generation needs (CONNECT,
-//! SUBSCRIBE, PUBLISH with acks), over a TCP stream split into halves so one task can write
-//! while another reads.
+//! SUBSCRIBE, PUBLISH with acks), over a TCP or TLS stream split into halves so one task
+//! can write while another reads.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -12,12 +12,14 @@ use messs_codec::{
     decode, encode, Connect, ConnectProperties, Limits, Packet, Protocol, QoS, ReasonCode,
     Subscribe, Subscription, SubscriptionOptions, TopicFilter,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// How one client connects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     pub addr: SocketAddr,
     pub protocol: Protocol,
@@ -28,18 +30,48 @@ pub struct ConnectOptions {
     pub clean: bool,
     /// Session Expiry Interval to ask for (v5).
     pub session_expiry: Option<u32>,
+    /// TLS, with the name the server's certificate must have.
+    pub tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("addr", &self.addr)
+            .field("protocol", &self.protocol)
+            .field("client_id", &self.client_id)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS client configuration trusting the CA certificates of a PEM file (aws-lc-rs).
+pub fn tls_connector(ca_file: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("reading {}", ca_file.display()))?
+    {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca_file.display()))?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// The reading half with its buffer.
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     protocol: Protocol,
 }
 
 /// The writing half with its buffer.
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     pub buf: BytesMut,
     pub protocol: Protocol,
 }
@@ -92,14 +124,28 @@ impl Writer {
     }
 }
 
-/// Opens a TCP connection, sends CONNECT and waits for a successful CONNACK.
+/// Opens a TCP connection (and the TLS session on it), sends CONNECT and waits for a
+/// successful CONNACK.
 pub async fn connect(opts: &ConnectOptions, timeout: Duration) -> anyhow::Result<(Reader, Writer)> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(opts.addr))
         .await
         .context("TCP connect timed out")?
         .with_context(|| format!("TCP connect to {}", opts.addr))?;
     stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let (r, w): (ReadHalf, WriteHalf) = match &opts.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+                .await
+                .context("TLS handshake timed out")?
+                .context("TLS handshake")?;
+            let (r, w) = tokio::io::split(tls);
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut reader = Reader {
         half: r,
         buf: BytesMut::new(),

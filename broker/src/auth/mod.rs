@@ -1,13 +1,15 @@
 //! Who a client is: authentication inside the CONNECT handshake, ending in an [`Identity`]
 //! bound to one tenant, and the per-connection [`Access`] that the ACL questions go to.
 //!
-//! Order of the checks (cheap first, and the address check before any crypto):
-//! 1. the client's address is not locked out;
-//! 2. the tenant: the listener's, or the `@TENANT` suffix of the username;
+//! Order of the checks (cheap first, and the address check before any argon2 work):
+//! 1. the tenant: the listener's, or the `@TENANT` suffix of the username;
+//! 2. a password that matches a remembered verification gets in (an HMAC and a cache
+//!    lookup; no hashing), even from a locked-out address; otherwise the client's address
+//!    must not be locked out;
 //! 3. the credential: a client certificate verified in the TLS handshake (its CA says the
-//!    tenant; a revoked or disabled device is refused); else a device JWT signed by one of the tenant's keys (`jwt`); else a
-//!    remembered password verification (microseconds), else the username's lockout, then
-//!    argon2 on the verification pool (busy: 0x89);
+//!    tenant; a revoked or disabled device is refused); else a device JWT signed by one of
+//!    the tenant's keys (`jwt`); else the username's lockout, then argon2 on the
+//!    verification pool (busy: 0x89);
 //! 4. the device's client-id pattern.
 //!
 //! Every refusal looks the same to the client whatever its cause among unknown tenant,
@@ -314,16 +316,24 @@ impl Auth {
             lockouts: Vec::new(),
         };
         let peer = login.peer;
-        if let Some(ms) = self.lockout.ip_locked(peer, now_ms) {
-            return Err(refuse(
-                Denied::LockedOut,
-                format!("from {peer}: address locked out for {ms} ms more"),
-            ));
-        }
+        let ip_locked = |what: &str| {
+            self.lockout.ip_locked(peer, now_ms).map(|ms| {
+                refuse(
+                    Denied::LockedOut,
+                    format!("{what} from {peer}: address locked out for {ms} ms more"),
+                )
+            })
+        };
         if let Some(cert) = &login.certificate {
+            if let Some(r) = ip_locked("certificate") {
+                return Err(r);
+            }
             return self.certificate(cert, peer, store).await;
         }
         if login.username.is_none() && login.password.is_none() {
+            if let Some(r) = ip_locked("anonymous") {
+                return Err(r);
+            }
             return self.anonymous(&login);
         }
         // The tenant, and the name within it.
@@ -348,6 +358,9 @@ impl Auth {
                 .map(|t| (t.clone(), t.jwt_keys()))
                 .filter(|(_, k)| !k.is_empty());
             if let Some((t, keys)) = keys {
+                if let Some(r) = ip_locked(&who) {
+                    return Err(r);
+                }
                 return self.token(&login, t, &keys, name, &who, now_ms);
             }
         }
@@ -363,6 +376,12 @@ impl Auth {
                     scope: None,
                 });
             }
+        }
+        // A remembered credential was proven before and costs no hashing, so it gets in
+        // even from a locked-out address (a device behind the same NAT as an attacker);
+        // everything else meets the address lockout before any argon2 work.
+        if let Some(r) = ip_locked(&who) {
+            return Err(r);
         }
         if let Some(ms) = self.lockout.user_locked(tenant_id, name, now_ms) {
             return Err(refuse(

@@ -45,6 +45,22 @@ pub fn hash_password(password: &str, params: HashParams) -> Result<String, Broke
     Ok(hash.to_string())
 }
 
+/// Checks an argon2id PHC string brought from elsewhere (`messs device import`): it must
+/// parse, be argon2id, and cost at most 256 MiB, 10 iterations and 8 lanes per check, so an
+/// imported hash cannot make each login allocate gigabytes.
+pub fn check_hash(phc: &str) -> Result<(), BrokerError> {
+    let bad = |why: &str| BrokerError::Registry(format!("not a usable argon2id hash: {why}"));
+    let hash = argon2::PasswordHash::new(phc).map_err(|_| bad("it does not parse"))?;
+    if hash.algorithm != argon2::ARGON2ID_IDENT {
+        return Err(bad("only argon2id is accepted"));
+    }
+    let params = Params::try_from(&hash).map_err(|_| bad("bad parameters"))?;
+    if params.m_cost() > 256 * 1024 || params.t_cost() > 10 || params.p_cost() > 8 {
+        return Err(bad("costs more than m=262144, t=10, p=8"));
+    }
+    Ok(())
+}
+
 /// Whether `password` matches the PHC string `hash` (parameters are the hash's own).
 fn verify(password: &[u8], hash: &str) -> bool {
     Argon2::default().verify_password(password, hash).is_ok()
@@ -187,6 +203,16 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[test]
+    fn imported_hashes_must_be_argon2id_at_a_bounded_cost() {
+        check_hash(&hash_password("pw", CHEAP).unwrap()).unwrap();
+        let greedy = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        assert!(check_hash(greedy).unwrap_err().to_string().contains("costs more"));
+        let argon2i = "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        assert!(check_hash(argon2i).is_err());
+        assert!(check_hash("plaintext").is_err());
+    }
 
     #[test]
     fn hashes_are_argon2id_salted_and_verify() {
