@@ -33,7 +33,7 @@ pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" 2>/dev/null && return 0; sleep 0.05; done; echo "no broker on $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 200); do python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" 2>/dev/null && return 0; sleep 0.05; done; echo "no broker on $1; logs:" >&2; cat "$work"/*.log >&2; exit 1; }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; }
 record() { echo "{\"scenario\":\"$1\",\"broker\":\"$2\",\"result\":$3}" >>"$results"; }
 
@@ -105,6 +105,7 @@ done
 stop
 mport=$(free_port); mtls=$(free_port)
 cat >"$work/mosquitto.conf" <<CONF
+user root
 per_listener_settings false
 allow_anonymous true
 persistence false

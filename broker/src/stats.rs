@@ -63,9 +63,15 @@ pub struct Stats {
     pub telemetry_stored: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
-    /// CONNECTs refused by authentication (bad credentials, anonymous refused, busy,
-    /// locked out, client id not allowed).
+    /// CONNECTs refused by authentication (bad credentials, anonymous refused, client id
+    /// not allowed); each is an audit record.
     pub auth_failures: AtomicU64,
+    /// CONNECTs refused because their address or username was locked out (counted, not
+    /// audited one by one; the lockout itself is).
+    pub auth_locked_out: AtomicU64,
+    /// CONNECTs refused with "server busy" because the password verification queue was
+    /// full.
+    pub auth_busy: AtomicU64,
     /// PUBLISHes and wills the ACL refused.
     pub acl_publish_denied: AtomicU64,
     /// Subscriptions the ACL refused.

@@ -31,7 +31,10 @@ pub struct ConnectOptions {
     /// Session Expiry Interval to ask for (v5).
     pub session_expiry: Option<u32>,
     /// TLS, with the name the server's certificate must have.
-    pub tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -59,7 +62,9 @@ pub fn tls_connector(ca_file: &std::path::Path) -> anyhow::Result<tokio_rustls::
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// The reading half with its buffer.

@@ -124,7 +124,13 @@ impl PasswordPool {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("messs-auth-{i}"))
-                .spawn(move || loop {
+                .spawn(move || {
+                    // Below the connection threads: a login flood must not take CPU time
+                    // from connected clients (on Linux, nice applies to this thread).
+                    if let Err(e) = rustix::process::nice(10) {
+                        tracing::debug!(error = %e, "could not lower the verification threads' priority");
+                    }
+                    loop {
                     let job = match rx.lock() {
                         Ok(r) => r.recv(),
                         Err(_) => return,
@@ -132,6 +138,7 @@ impl PasswordPool {
                     match job {
                         Ok(job) => job(),
                         Err(_) => return,
+                    }
                     }
                 })
                 .map_err(BrokerError::Io)?;
@@ -208,7 +215,10 @@ mod tests {
     fn imported_hashes_must_be_argon2id_at_a_bounded_cost() {
         check_hash(&hash_password("pw", CHEAP).unwrap()).unwrap();
         let greedy = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-        assert!(check_hash(greedy).unwrap_err().to_string().contains("costs more"));
+        assert!(check_hash(greedy)
+            .unwrap_err()
+            .to_string()
+            .contains("costs more"));
         let argon2i = "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
         assert!(check_hash(argon2i).is_err());
         assert!(check_hash("plaintext").is_err());

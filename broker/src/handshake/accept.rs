@@ -73,12 +73,22 @@ where
     {
         Ok(identity) => identity,
         Err(refusal) => {
-            state
-                .stats
-                .auth_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
-            state.audit("auth.failure", refusal.detail);
+            use crate::auth::Denied;
+            let stats = &state.stats;
+            let counter = match refusal.denied {
+                Denied::LockedOut => &stats.auth_locked_out,
+                Denied::Busy => &stats.auth_busy,
+                _ => &stats.auth_failures,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if matches!(refusal.denied, Denied::LockedOut | Denied::Busy) {
+                // Counted, not audited one by one: the lockout that caused them is, and an
+                // attacker must not be able to grow the audit log as fast as it connects.
+                tracing::debug!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
+            } else {
+                tracing::info!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
+                state.audit("auth.failure", refusal.detail);
+            }
             for lock in refusal.lockouts {
                 tracing::warn!(%peer, lockout = %lock, "lockout");
                 state.audit("auth.lockout", lock);
