@@ -10,7 +10,7 @@
 # Every run is bounded by a count and a duration. Prints a Markdown table; raw JSON lines in
 # target/security-bench/.
 #
-#   loadtest/security-bench.sh           # ~6 minutes
+#   loadtest/security-bench.sh           # ~12 minutes (10,000 first logins at ~27/s)
 #   QUICK=1 loadtest/security-bench.sh   # smaller counts
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,8 +97,8 @@ config ""
 start_messs
 for pass in first reconnect; do
   echo "security-bench: $devices known devices, $pass" >&2
-  json=$($LOAD conn --port "$tcp" --connections "$devices" --concurrency 256 --hold 0s \
-    --username 'dev{i}@bench' --password device-password --duration 300s \
+  json=$($LOAD conn --port "$tcp" --connections "$devices" --concurrency 64 --hold 0s \
+    --username 'dev{i}@bench' --password device-password --duration 600s \
     --broker-pid "$pid" --json 2>"$work/load.err") || { cat "$work/load.err" >&2; exit 1; }
   record "known-devices-$pass" messs "$json"
 done

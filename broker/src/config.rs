@@ -405,8 +405,8 @@ pub struct AuthConfig {
     pub argon2_iterations: u32,
     /// argon2id lanes.
     pub argon2_parallelism: u32,
-    /// Threads verifying passwords (0: half the CPU cores, at least one). They run at a
-    /// lower priority (nice 10) than the threads serving connected clients.
+    /// Threads verifying passwords (0: one per CPU core but one, at least one). They run
+    /// at a lower priority (nice 10) than the threads serving connected clients.
     pub verify_threads: usize,
     /// Verifications that may wait for a thread; a CONNECT beyond that is refused at once
     /// with 0x89 Server busy (3.1.1: 0x03), so a login flood cannot stall other clients.

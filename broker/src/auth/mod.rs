@@ -215,9 +215,11 @@ impl Auth {
             parallelism: a.argon2_parallelism,
         };
         let threads = match a.verify_threads {
-            // Half the cores: argon2 is memory-bound, so two threads on SMT siblings verify
-            // hardly faster than one, and the other half stays with connected clients.
-            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            // All cores but one (at least one), at a lower priority: a login flood can
+            // never hold every core, and what connected clients leave is used.
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
             n => n,
         };
         let pool = PasswordPool::new(threads, a.verify_queue, hash_params);

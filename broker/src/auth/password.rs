@@ -168,6 +168,10 @@ impl PasswordPool {
         let dummy = started.dummy_hash.clone();
         let runs = self.runs.clone();
         let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                // The handshake gave up (connect timeout) while this waited: no work.
+                return;
+            }
             let found = match store.map(|s| s.device(&tenant, &username)) {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
