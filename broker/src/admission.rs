@@ -144,9 +144,10 @@ impl BrokerState {
             self.audit(
                 "acl.deny",
                 format!(
-                    "{} client {:?}: {what} {topic:?}",
+                    "{} client {:?}: {what} {:?}",
                     access.identity.describe(),
-                    access.client_id
+                    crate::auth::clip(&access.client_id),
+                    crate::auth::clip(topic)
                 ),
             );
         }

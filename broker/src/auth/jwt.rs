@@ -52,7 +52,7 @@ pub(crate) fn verify(
     let key = keys
         .iter()
         .find(|k| k.kid == kid)
-        .ok_or_else(|| format!("no key {kid:?}"))?;
+        .ok_or_else(|| format!("no key {:?}", super::clip(&kid)))?;
     let alg = Algorithm::from_str(&key.alg).map_err(|_| format!("key {kid:?}: bad algorithm"))?;
     if header.alg != alg {
         return Err(format!(

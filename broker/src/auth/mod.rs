@@ -79,7 +79,7 @@ impl Identity {
     pub fn describe(&self) -> String {
         format!(
             "{}@{}",
-            self.username.as_deref().unwrap_or("anonymous"),
+            clip(self.username.as_deref().unwrap_or("anonymous")),
             self.tenant.id
         )
     }
@@ -96,6 +96,22 @@ impl Identity {
         let pattern = pattern.replace("%u", self.username.as_deref().unwrap_or(""));
         glob(&pattern, client_id)
     }
+}
+
+/// A client-chosen name as it goes into logs and the audit log: at most 64 characters
+/// (a CONNECT may carry 64 KiB of username; the audit log must not grow by that much per
+/// failed login), control characters replaced, so it cannot forge a line.
+pub(crate) fn clip(name: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = name
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if name.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// `*` matches any run of characters; everything else itself. Iterative (no recursion a
@@ -350,7 +366,7 @@ impl Auth {
             },
         };
         let password = login.password.unwrap_or(b"");
-        let who = format!("{name}@{tenant_id} from {peer}");
+        let who = format!("{}@{} from {peer}", clip(name), clip(tenant_id));
         let tenant = self
             .tenants
             .get(tenant_id)
@@ -488,7 +504,11 @@ impl Auth {
         peer: IpAddr,
         store: Option<&Store>,
     ) -> Result<Identity, Refusal> {
-        let who = format!("{}@{} from {peer} (certificate)", cert.name, cert.tenant);
+        let who = format!(
+            "{}@{} from {peer} (certificate)",
+            clip(&cert.name),
+            cert.tenant
+        );
         let refuse = |why: &str| Refusal {
             denied: Denied::BadCredentials,
             detail: format!("{who}: {why}"),
@@ -641,6 +661,14 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_clipped_for_the_audit_log() {
+        assert_eq!(clip("sensor1"), "sensor1");
+        assert_eq!(clip("a\nb"), "a?b");
+        let long = "x".repeat(10_000);
+        assert_eq!(clip(&long).chars().count(), 65);
+    }
 
     #[test]
     fn client_id_patterns() {

@@ -475,7 +475,7 @@ impl<S: Transport> Client<S> {
             format!(
                 "{} client {:?}: {}{}",
                 a.identity.describe(),
-                a.client_id,
+                crate::auth::clip(&a.client_id),
                 end_name,
                 if a.denied > 0 {
                     format!(

@@ -124,8 +124,9 @@ where
         state.audit(
             "auth.failure",
             format!(
-                "{} client {client_id:?} from {peer}: {audit}",
-                access.identity.describe()
+                "{} client {:?} from {peer}: {audit}",
+                access.identity.describe(),
+                crate::auth::clip(&client_id)
             ),
         );
         reject(&mut conn, protocol, code, why, client_max_packet).await;
@@ -194,8 +195,9 @@ where
     state.audit(
         "client.connect",
         format!(
-            "{} client {client_id:?} from {peer} ({}, {protocol:?})",
+            "{} client {:?} from {peer} ({}, {protocol:?})",
             access.identity.describe(),
+            crate::auth::clip(&client_id),
             access.identity.method_name()
         ),
     );
