@@ -147,6 +147,7 @@ def get(s, b):
 def conn(s, b):
     r = get(s, b)
     o = r["outcome"]
+    o["rss_mib"] = ((r.get("broker_during") or {}).get("rss_bytes") or 0) / 2**20
     return o, r.get("broker_rss_bytes_per_connection"), r.get("broker_cpu_us_per_connection")
 print("| scenario | figure |")
 print("|---|---|")
@@ -154,13 +155,15 @@ for v in ("lockout", "botnet"):
     r = get(f"login-flood-{v}", "messs")["outcome"]
     q, a = r["baseline"]["latency_us"]["p99"], r["attacked"]["latency_us"]["p99"]
     att = r["attackers"]
+    peak = (r.get("broker_rss_peak") or 0) / 2**20
     print(f"| login flood ({v}) | pair p99 {q} us quiet, {a} us attacked ({a/q:.2f}x); "
           f"{att['connections']} attacker logins, {att['refused_or_closed']} refused; "
-          f"pair rate ratio {r['rate_ratio']:.2f} |")
+          f"pair rate ratio {r['rate_ratio']:.2f}; broker RSS peak {peak:.0f} MiB |")
 for p in ("first", "reconnect"):
     r, _, cpu = conn(f"known-devices-{p}", "messs")
     print(f"| known devices, {p} | {r['connected']}/{r['attempted']} at {r['connects_per_s']:.0f} connects/s, "
-          f"CONNACK p99 {r['connack_latency_us']['p99']} us, broker CPU {cpu or 0:.0f} us per connection |")
+          f"CONNACK p99 {r['connack_latency_us']['p99']} us, broker CPU {cpu or 0:.0f} us per connection, "
+          f"RSS {r['rss_mib']:.0f} MiB |")
 r, _, cpu = conn("anonymous-connects", "mosquitto")
 print(f"| Mosquitto anonymous | {r['connected']}/{r['attempted']} at {r['connects_per_s']:.0f} connects/s, "
       f"CONNACK p99 {r['connack_latency_us']['p99']} us, broker CPU {cpu or 0:.0f} us per connection |")
