@@ -79,7 +79,7 @@ impl BrokerState {
                 .fetch_add(1, Ordering::Relaxed);
             access.refresh(&self.auth);
             let m = &message;
-            if !access.acl().may_publish(m.topic.as_str(), m.qos, m.retain) {
+            if !access.may_publish(&m.topic, m.qos, m.retain) {
                 self.acl_denied(access, "publish", m.topic.as_str());
                 return Err(Refused::NotAuthorized);
             }

@@ -98,6 +98,17 @@ impl Identity {
     }
 }
 
+/// A group list, shared when empty (most devices have no groups; an empty `Arc<[String]>`
+/// still allocates, and this is in every connection).
+fn groups(list: Vec<String>) -> Arc<[String]> {
+    static NONE: std::sync::OnceLock<Arc<[String]>> = std::sync::OnceLock::new();
+    if list.is_empty() {
+        NONE.get_or_init(|| Arc::from(Vec::new())).clone()
+    } else {
+        Arc::from(list)
+    }
+}
+
 /// A client-chosen name as it goes into logs and the audit log: at most 64 characters
 /// (a CONNECT may carry 64 KiB of username; the audit log must not grow by that much per
 /// failed login), control characters replaced, so it cannot forge a line.
@@ -431,7 +442,7 @@ impl Auth {
                 let remembered = Remembered {
                     tenant: t.id.clone(),
                     username: Arc::from(device.username.as_str()),
-                    groups: Arc::from(device.groups),
+                    groups: groups(device.groups),
                     client_id_pattern: device.client_id_pattern.map(Arc::from),
                 };
                 self.remembered.insert(digest, remembered.clone());
@@ -488,7 +499,7 @@ impl Auth {
         Ok(Identity {
             tenant,
             username: None,
-            groups: Arc::from(Vec::new()),
+            groups: groups(Vec::new()),
             method: Method::Anonymous,
             client_id_pattern: None,
             scope: None,
@@ -533,13 +544,13 @@ impl Auth {
         if device.as_ref().is_some_and(|d| !d.enabled) {
             return Err(refuse("device disabled"));
         }
-        let (groups, client_id_pattern) = device
+        let (group_list, client_id_pattern) = device
             .map(|d| (d.groups, d.client_id_pattern.map(Arc::from)))
             .unwrap_or_default();
         Ok(Identity {
             tenant,
             username: Some(Arc::from(cert.name.as_str())),
-            groups: Arc::from(groups),
+            groups: groups(group_list),
             method: Method::Certificate,
             client_id_pattern,
             scope: None,
@@ -569,7 +580,7 @@ impl Auth {
             Ok(v) => Ok(Identity {
                 tenant,
                 username: Some(Arc::from(v.subject.as_str())),
-                groups: Arc::from(v.groups),
+                groups: groups(v.groups),
                 method: Method::Jwt,
                 client_id_pattern: None,
                 scope: v.scope.map(Arc::new),
@@ -622,6 +633,10 @@ pub(crate) struct Access {
     pub check_deliveries: bool,
     /// Messages refused so far (the first is audited, the rest counted at disconnect).
     pub denied: u64,
+    /// The last publish decision (topic, QoS, retain, verdict): a device publishes to the
+    /// same few topics over and over, so a repeat costs a string comparison instead of a
+    /// walk over the rules. Cleared when the rules change.
+    last_publish: Option<(messs_codec::TopicName, QoS, bool, bool)>,
 }
 
 impl Access {
@@ -634,6 +649,7 @@ impl Access {
             epoch,
             check_deliveries: false,
             denied: 0,
+            last_publish: None,
         }
     }
 
@@ -645,7 +661,23 @@ impl Access {
         let (acl, epoch) = auth.compile(&self.identity, &self.client_id);
         self.acl = acl;
         self.epoch = epoch;
+        self.last_publish = None;
         true
+    }
+
+    /// May the client publish this message? (Rules as last refreshed.)
+    pub fn may_publish(&mut self, topic: &messs_codec::TopicName, qos: QoS, retain: bool) -> bool {
+        if self.acl.is_allow_all() {
+            return true;
+        }
+        if let Some((t, q, r, verdict)) = &self.last_publish {
+            if *q == qos && *r == retain && t == topic {
+                return *verdict;
+            }
+        }
+        let verdict = self.acl.may_publish(topic.as_str(), qos, retain);
+        self.last_publish = Some((topic.clone(), qos, retain, verdict));
+        verdict
     }
 
     pub fn acl(&self) -> &ClientAcl {
