@@ -105,6 +105,11 @@ enum Command {
         /// How long a never-reading subscriber stays before it reconnects.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         reconnect: Duration,
+        /// Send the attackers to this port instead of the pair's (another broker on the
+        /// same machine): what is left of the pair's slowdown is the machine's, not the
+        /// broker's.
+        #[arg(long)]
+        attack_port: Option<u16>,
     },
 }
 
@@ -331,13 +336,18 @@ async fn main() -> anyhow::Result<()> {
             attacks,
             attackers,
             reconnect,
+            attack_port,
         } => {
             let pair = plan(&common, &flow, Topology::Pairs, 1, 1)?;
+            let mut connect = common.connect_options()?;
+            if let Some(port) = attack_port {
+                connect.addr.set_port(port);
+            }
             let attack = AttackPlan {
                 attacks,
                 clients: attackers,
                 reconnect,
-                connect: common.connect_options()?,
+                connect,
                 client_prefix: format!("{}-hostile", common.client_prefix),
             };
             report::hostile(pair, attack, common.broker_pid, common.json).await
