@@ -351,18 +351,18 @@ impl Auth {
             self.lockout.ip_locked(peer, now_ms).map(|ms| {
                 refuse(
                     Denied::LockedOut,
-                    format!("{what} from {peer}: address locked out for {ms} ms more"),
+                    format!("{what}: address locked out for {ms} ms more"),
                 )
             })
         };
         if let Some(cert) = &login.certificate {
-            if let Some(r) = ip_locked("certificate") {
+            if let Some(r) = ip_locked(&format!("certificate from {peer}")) {
                 return Err(r);
             }
             return self.certificate(cert, peer, store).await;
         }
         if login.username.is_none() && login.password.is_none() {
-            if let Some(r) = ip_locked("anonymous") {
+            if let Some(r) = ip_locked(&format!("anonymous from {peer}")) {
                 return Err(r);
             }
             return self.anonymous(&login);
