@@ -54,6 +54,10 @@ where
     };
     if let Some(why) = bad_cert {
         let d = crate::auth::Denied::BadCredentials;
+        state
+            .stats
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         state.audit("auth.failure", format!("certificate from {peer}: {why}"));
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
