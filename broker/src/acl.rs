@@ -188,9 +188,14 @@ pub(crate) struct ClientAcl {
     scope: Option<Box<Scope>>,
 }
 
+/// Longest `%c`/`%u` value substituted into a rule. A CONNECT may carry a 64 KiB client id,
+/// and every rule that names `%c` would hold a copy of it per connection; a longer value is
+/// treated like an unsafe one (allow rules skip it, deny rules deny everything).
+const MAX_SUBSTITUTION: usize = 256;
+
 /// A value safe to put into a filter level.
 fn safe(v: &str) -> bool {
-    !v.is_empty() && !v.contains(['+', '#', '/'])
+    !v.is_empty() && v.len() <= MAX_SUBSTITUTION && !v.contains(['+', '#', '/'])
 }
 
 impl ClientAcl {
@@ -397,6 +402,12 @@ mod tests {
             assert!(!acl.may_publish("public/x", QoS::AtMostOnce, false), "{id}");
             assert!(acl.may_subscribe("public/#", QoS::AtMostOnce), "{id}");
         }
+        // A client id longer than MAX_SUBSTITUTION is not copied into any rule.
+        let long = "c".repeat(MAX_SUBSTITUTION + 1);
+        let acl = ClientAcl::compile(&rules, &who(&long, None), None);
+        assert_eq!(acl.rules.len(), 2, "the unsafe deny and the plain allow");
+        assert!(!acl.may_subscribe(&format!("devices/{long}/#"), QoS::AtMostOnce));
+        assert!(!acl.may_publish("public/x", QoS::AtMostOnce, false));
         // %u of an anonymous client is unsafe (empty).
         let acl = ClientAcl::compile(
             &[rule(1, true, AclAction::Both, "users/%u/#")],

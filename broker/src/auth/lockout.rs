@@ -2,7 +2,9 @@
 //! exponentially growing lockout once a threshold is passed. The IP check runs before any
 //! password work, so a locked-out address costs a map lookup per attempt. Both maps are
 //! bounded caches (least recently used entries go first) whose entries are forgotten after
-//! a quiet period, so an attacker cycling addresses cannot grow them without bound.
+//! a quiet period, and a username is kept as a 32-byte digest, never as the (up to 64 KiB)
+//! name a client sent: an attacker cycling names or addresses fills at most
+//! `capacity` small entries.
 //!
 //! Time is an input (`now_ms`), so the schedule is testable.
 
@@ -61,7 +63,19 @@ pub(crate) struct Locked {
 pub(crate) struct Lockout {
     policy: LockoutPolicy,
     by_ip: Cache<IpAddr, Failures>,
-    by_user: Cache<(String, String), Failures>,
+    by_user: Cache<[u8; 32], Failures>,
+}
+
+/// The key of a username in `by_user`: SHA-256 of the length-prefixed tenant and name.
+fn user_key(tenant: &str, username: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [tenant, username] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
 }
 
 impl Lockout {
@@ -89,9 +103,7 @@ impl Lockout {
 
     /// Milliseconds a username stays locked out, if it is.
     pub fn user_locked(&self, tenant: &str, username: &str, now_ms: u64) -> Option<u64> {
-        let f = self
-            .by_user
-            .get(&(tenant.to_owned(), username.to_owned()))?;
+        let f = self.by_user.get(&user_key(tenant, username))?;
         (f.locked_until_ms > now_ms).then(|| f.locked_until_ms - now_ms)
     }
 
@@ -117,7 +129,7 @@ impl Lockout {
         if let Some((tenant, username)) = user {
             let mut user_lock = None;
             self.by_user
-                .entry((tenant.to_owned(), username.to_owned()))
+                .entry(user_key(tenant, username))
                 .and_upsert_with(|old| {
                     let (f, lock) = old.map(|e| e.into_value()).unwrap_or_default().bump(
                         p.user_threshold,
@@ -129,7 +141,7 @@ impl Lockout {
                 });
             if let Some(ms) = user_lock {
                 started.push(Locked {
-                    what: format!("user {username}@{tenant}"),
+                    what: format!("user {}@{}", super::clip(username), super::clip(tenant)),
                     ms,
                 });
             }
@@ -140,8 +152,7 @@ impl Lockout {
     /// A successful login clears the username's counter (not the address's: one valid
     /// credential must not reset an attacker's address).
     pub fn succeeded(&self, tenant: &str, username: &str) {
-        self.by_user
-            .invalidate(&(tenant.to_owned(), username.to_owned()));
+        self.by_user.invalidate(&user_key(tenant, username));
     }
 }
 

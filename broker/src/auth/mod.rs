@@ -307,6 +307,29 @@ impl Auth {
         Ok(t.enabled)
     }
 
+    /// A wrong credential: counted against the address and the username, with the lockouts
+    /// that starts.
+    fn bad_credentials(
+        &self,
+        peer: IpAddr,
+        tenant: &str,
+        name: &str,
+        detail: String,
+        now_ms: u64,
+    ) -> Refusal {
+        let lockouts = self
+            .lockout
+            .failed(peer, Some((tenant, name)), now_ms)
+            .into_iter()
+            .map(|l| format!("{} locked out for {} ms", l.what, l.ms))
+            .collect();
+        Refusal {
+            denied: Denied::BadCredentials,
+            detail,
+            lockouts,
+        }
+    }
+
     /// Argon2 computations run so far (tests count them).
     pub fn verifications(&self) -> u64 {
         self.pool.runs.load(std::sync::atomic::Ordering::Relaxed)
@@ -460,17 +483,7 @@ impl Auth {
                     Verdict::StoreError => "registry unreadable",
                     _ => "bad credentials",
                 };
-                let lockouts = self
-                    .lockout
-                    .failed(peer, Some((tenant_id, name)), now_ms)
-                    .into_iter()
-                    .map(|l| format!("{} locked out for {} ms", l.what, l.ms))
-                    .collect();
-                Err(Refusal {
-                    denied: Denied::BadCredentials,
-                    detail: format!("{who}: {why}"),
-                    lockouts,
-                })
+                Err(self.bad_credentials(peer, tenant_id, name, format!("{who}: {why}"), now_ms))
             }
         }
     }
@@ -585,19 +598,13 @@ impl Auth {
                 client_id_pattern: None,
                 scope: v.scope.map(Arc::new),
             }),
-            Err(why) => {
-                let lockouts = self
-                    .lockout
-                    .failed(login.peer, Some((&tenant.id, name)), now_ms)
-                    .into_iter()
-                    .map(|l| format!("{} locked out for {} ms", l.what, l.ms))
-                    .collect();
-                Err(Refusal {
-                    denied: Denied::BadCredentials,
-                    detail: format!("{who}: {why}"),
-                    lockouts,
-                })
-            }
+            Err(why) => Err(self.bad_credentials(
+                login.peer,
+                &tenant.id,
+                name,
+                format!("{who}: {why}"),
+                now_ms,
+            )),
         }
     }
 
