@@ -429,6 +429,11 @@ pub struct AuthConfig {
     pub lockout_capacity: u64,
     /// Seconds of clock difference tolerated in JWT `exp` and `nbf`.
     pub jwt_leeway_secs: u64,
+    /// Milliseconds a refused login waits for its CONNACK (wrong or unknown credential,
+    /// lockout, server busy; never past the connect timeout). A password guesser must read
+    /// the answer, so each of its connections tries at most one guess per delay, and a
+    /// flood of refusals costs the broker that many fewer handshakes (0: answer at once).
+    pub failure_delay_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -447,6 +452,7 @@ impl Default for AuthConfig {
             lockout_max_secs: 900,
             lockout_capacity: 100_000,
             jwt_leeway_secs: 30,
+            failure_delay_ms: 1000,
         }
     }
 }
@@ -584,6 +590,9 @@ impl Config {
         }
         if a.argon2_memory_kib < 8 * a.argon2_parallelism.max(1) || a.argon2_iterations == 0 {
             return bad("auth.argon2_memory_kib must be >= 8 x argon2_parallelism and argon2_iterations >= 1");
+        }
+        if a.failure_delay_ms >= l.connect_timeout_secs.saturating_mul(1000) {
+            return bad("auth.failure_delay_ms must be shorter than limits.connect_timeout_secs");
         }
         if st.backup.every_secs == 0 || st.backup.keep == 0 {
             return bad("storage.backup.every_secs and storage.backup.keep must be >= 1");

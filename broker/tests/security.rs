@@ -307,6 +307,51 @@ async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
 }
 
 #[tokio::test]
+async fn a_refused_login_waits_for_its_answer_and_bystanders_do_not() {
+    let broker = start(
+        |c| {
+            c.auth.failure_delay_ms = 2500;
+            c.auth.lockout_ip_threshold = 2;
+            c.auth.lockout_base_secs = 60;
+        },
+        vec![rule(true, AclAction::Both, "t/#")],
+    )
+    .await;
+    let mut bystander = connect_as(&broker, "bystander", "pub@acme", "pub-password-1").await;
+    bystander.subscribe("t/#", QoS::AtLeastOnce).await;
+    let addr = broker.addr;
+    let guess = |i: u32| async move {
+        let started = std::time::Instant::now();
+        let (_r, ack) = Raw::connect_with(
+            addr,
+            login(
+                Protocol::V5,
+                "g",
+                Some(&format!("guesser{i}@acme")),
+                "guess",
+            ),
+        )
+        .await;
+        (ack.code, started.elapsed())
+    };
+    // Two wrong passwords (verified), then a third from the now locked-out address: each
+    // answered only after the delay.
+    for i in 0..2 {
+        let (code, took) = guess(i).await;
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+        assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
+    }
+    let pending = tokio::spawn(guess(2));
+    // While that refusal is held, the connected client is served.
+    bystander.roundtrip("t/alive").await;
+    assert!(!pending.is_finished(), "the refusal is still held");
+    let (code, took) = pending.await.unwrap();
+    assert_eq!(code, ReasonCode::Banned);
+    assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_verification_queue_answers_server_busy_and_others_still_connect() {
     let broker = start(
         |c| {

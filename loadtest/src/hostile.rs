@@ -175,6 +175,11 @@ fn subscribe_packet(filters: &[String]) -> anyhow::Result<Packet> {
 /// One attacker, looping until `stop`. Errors (refusals, closed connections) are counted
 /// and the attacker carries on: being refused is the broker doing its job.
 async fn attacker(kind: Attack, i: u32, plan: &AttackPlan, stop: &AtomicBool, c: &Counters) {
+    // Start spread over the first second, as clients that keep coming do, instead of one
+    // synchronised burst per round (a burst of connections is an attack of its own).
+    let spread =
+        Duration::from_secs(1).as_micros() as u64 * u64::from(i) / u64::from(plan.clients.max(1));
+    tokio::time::sleep(Duration::from_micros(spread)).await;
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
         round += 1;

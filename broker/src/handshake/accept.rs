@@ -59,6 +59,7 @@ where
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         state.audit("auth.failure", format!("certificate from {peer}: {why}"));
+        hold_refusal(state, deadline).await;
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
     }
@@ -98,6 +99,7 @@ where
                 state.audit("auth.lockout", lock);
             }
             let d = refusal.denied;
+            hold_refusal(state, deadline).await;
             reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
             return None;
         }
@@ -214,6 +216,25 @@ where
         connect.will,
         access,
     ))
+}
+
+/// Holds a refused login for `auth.failure_delay_ms` before its CONNACK, ending early at
+/// shutdown and always a little before the connect deadline (which would drop the
+/// connection without an answer). A guesser waits for each answer, so this is what bounds
+/// both its guesses and the handshakes a flood of them costs.
+async fn hold_refusal(state: &BrokerState, deadline: tokio::time::Instant) {
+    let delay = std::time::Duration::from_millis(state.config.auth.failure_delay_ms);
+    if delay.is_zero() {
+        return;
+    }
+    let answer_by = deadline
+        .checked_sub(std::time::Duration::from_millis(100))
+        .unwrap_or(deadline);
+    let until = (tokio::time::Instant::now() + delay).min(answer_by);
+    tokio::select! {
+        _ = state.shutdown.cancelled() => {}
+        _ = tokio::time::sleep_until(until) => {}
+    }
 }
 
 /// What the broker's limits refuse outright (before any authentication work).

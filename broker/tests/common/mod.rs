@@ -50,6 +50,9 @@ impl TestBroker {
         let mut config = Config::try_out();
         config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
         config.storage.data_dir = data.path().to_path_buf();
+        // Refusals answer at once so the lockout tests do not wait a second per guess;
+        // the delay itself has a test of its own in security.rs.
+        config.auth.failure_delay_ms = 0;
         adjust(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
