@@ -211,8 +211,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// Re-reads TLS certificates on SIGHUP (live connections keep theirs).
-async fn reload_on_sighup(handle: messs_broker::BrokerHandle) {
+/// On SIGHUP: re-reads TLS certificates (live connections keep theirs) and, with a
+/// configuration file, its `[rate_limits]` (applied to live connections too). Other
+/// sections take a restart; a file that does not parse changes nothing.
+async fn reload_on_sighup(handle: messs_broker::BrokerHandle, config: Option<PathBuf>) {
     #[cfg(unix)]
     {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -227,10 +229,18 @@ async fn reload_on_sighup(handle: messs_broker::BrokerHandle) {
                 Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed"),
             }
+            let Some(path) = &config else { continue };
+            match Config::from_file(path)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| handle.set_rate_limits(&c.rate_limits).map_err(Into::into))
+            {
+                Ok(()) => tracing::info!("SIGHUP: rate limits reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = handle;
+    let _ = (handle, config);
 }
 
 #[tokio::main]
@@ -249,12 +259,12 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
         } => {
-            let cfg = build_config(config, listen, data_dir)?;
+            let cfg = build_config(config.clone(), listen, data_dir)?;
             let dir = cfg.storage.data_dir.display().to_string();
             let broker = Broker::bind(cfg).await.with_context(|| {
                 format!("cannot start with data directory {dir} (another messs using it? a directory from a newer release?)")
             })?;
-            tokio::spawn(reload_on_sighup(broker.handle()));
+            tokio::spawn(reload_on_sighup(broker.handle(), config));
             broker.run(shutdown_signal()).await?;
             tracing::info!("stopped");
         }

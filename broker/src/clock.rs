@@ -21,7 +21,13 @@ pub(crate) fn after_secs(now_ms: u64, secs: u32) -> u64 {
 /// Milliseconds on tokio's monotonic clock since the first call in this process: small
 /// enough to keep in an atomic, and frozen or advanced by paused-time tests.
 pub(crate) fn mono_ms() -> u64 {
+    mono_us() / 1000
+}
+
+/// Microseconds on the same clock as `mono_ms` (token buckets: a rate of thousands per
+/// second needs finer steps than milliseconds).
+pub(crate) fn mono_us() -> u64 {
     static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
     let base = *BASE.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
-    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

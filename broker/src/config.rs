@@ -28,6 +28,8 @@ pub struct Config {
     pub acl: AclConfig,
     /// `$SYS/` statistics.
     pub sys: SysConfig,
+    /// Rates: packets per connection, connections per address, handshakes at once.
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
             sys: SysConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -457,6 +460,77 @@ impl Default for AuthConfig {
     }
 }
 
+/// Rate limits in the connection layer (token buckets: a rate per second and a burst; a
+/// burst of 0 is one second's worth). A rate of 0 is no limit. They change on reload
+/// (SIGHUP), live connections included.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Packets a second one connection may send (PUBLISH, SUBSCRIBE, UNSUBSCRIBE and
+    /// PINGREQ each count one). Over it, the connection's socket is not read until it is
+    /// back within its rate (TCP holds the client back).
+    pub messages_per_sec: u32,
+    /// Packets a connection may send at once beyond its rate.
+    pub messages_burst: u32,
+    /// Bytes a second one connection may send in those packets.
+    pub bytes_per_sec: u64,
+    /// Bytes a connection may send at once beyond its rate.
+    pub bytes_burst: u64,
+    /// A connection kept back without a break for as long as this many bursts take at its
+    /// rate is closed (v5: DISCONNECT 0x96 Message rate too high). 0: throttle only.
+    pub disconnect_multiple: u32,
+    /// New connections a second from one address (IPv6: one /64), checked at accept before
+    /// any TLS or password work; a refused socket is closed at once.
+    pub connects_per_sec_per_ip: u32,
+    /// New connections one address may open at once beyond its rate.
+    pub connects_burst_per_ip: u32,
+    /// Connections open at once from one address (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// Addresses whose rate is remembered (those with open connections are always kept).
+    pub max_tracked_addresses: usize,
+    /// TLS and CONNECT handshakes in progress at once; further sockets wait in the accept
+    /// backlog until one finishes.
+    pub max_handshakes: usize,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            messages_per_sec: 0,
+            messages_burst: 0,
+            bytes_per_sec: 0,
+            bytes_burst: 0,
+            disconnect_multiple: 10,
+            connects_per_sec_per_ip: 0,
+            connects_burst_per_ip: 0,
+            max_connections_per_ip: 0,
+            max_tracked_addresses: 100_000,
+            max_handshakes: 1024,
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    pub(crate) fn throttle(&self) -> crate::limits::throttle::ThrottlePolicy {
+        crate::limits::throttle::ThrottlePolicy {
+            messages_per_sec: self.messages_per_sec,
+            messages_burst: self.messages_burst,
+            bytes_per_sec: self.bytes_per_sec,
+            bytes_burst: self.bytes_burst,
+            disconnect_multiple: self.disconnect_multiple,
+        }
+    }
+
+    pub(crate) fn addresses(&self) -> crate::limits::addresses::AddressPolicy {
+        crate::limits::addresses::AddressPolicy {
+            connects_per_sec: self.connects_per_sec_per_ip,
+            connects_burst: self.connects_burst_per_ip,
+            max_connections: self.max_connections_per_ip,
+            max_tracked: self.max_tracked_addresses,
+        }
+    }
+}
+
 /// `$SYS/` statistics topics.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -593,6 +667,9 @@ impl Config {
         }
         if a.failure_delay_ms >= l.connect_timeout_secs.saturating_mul(1000) {
             return bad("auth.failure_delay_ms must be shorter than limits.connect_timeout_secs");
+        }
+        if self.rate_limits.max_handshakes == 0 || self.rate_limits.max_tracked_addresses == 0 {
+            return bad("rate_limits.max_handshakes and max_tracked_addresses must be >= 1");
         }
         if st.backup.every_secs == 0 || st.backup.keep == 0 {
             return bad("storage.backup.every_secs and storage.backup.keep must be >= 1");

@@ -111,6 +111,11 @@ impl<S: Transport> Connection<S> {
         Ok(packet)
     }
 
+    /// Bytes read and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.read_buf.len()
+    }
+
     /// The type of the packet at the front of the read buffer, once its first byte is in.
     pub fn peek_type(&self) -> Option<u8> {
         self.read_buf.first().map(|b| b >> 4)

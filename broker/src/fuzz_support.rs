@@ -44,6 +44,7 @@ impl FuzzBroker {
             server,
             peer,
             self.listener.clone(),
+            crate::handshake::HandshakeSlot::new(None, self.state.stats.clone()),
             (),
         ));
         client

@@ -106,6 +106,28 @@ impl BrokerHandle {
         Ok(n)
     }
 
+    /// Applies new rate limits (a reloaded configuration): new connections and live ones
+    /// alike, at their next packet. Audited.
+    pub fn set_rate_limits(
+        &self,
+        limits: &crate::config::RateLimitsConfig,
+    ) -> Result<(), crate::BrokerError> {
+        if limits.max_handshakes == 0 || limits.max_tracked_addresses == 0 {
+            return Err(crate::BrokerError::Config(
+                "rate_limits.max_handshakes and max_tracked_addresses must be >= 1".into(),
+            ));
+        }
+        self.state.set_rate_limits(limits);
+        self.state
+            .audit("config.reload", format!("rate limits now {limits:?}"));
+        Ok(())
+    }
+
+    /// Client addresses the per-address admission tracks now.
+    pub fn tracked_addresses(&self) -> usize {
+        self.state.addresses.tracked()
+    }
+
     /// Password verifications (argon2 runs) since start: a refused login that never got
     /// that far (locked out, queue full) does not count.
     pub fn password_verifications(&self) -> u64 {

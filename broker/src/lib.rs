@@ -21,6 +21,7 @@ mod error;
 pub mod fuzz_support;
 mod handle;
 mod handshake;
+mod limits;
 mod message;
 mod persist;
 pub mod registry;
@@ -36,8 +37,8 @@ mod tls;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, CertIdentity, Config, DurabilityLevel, LimitsConfig,
-    ListenerConfig, NoRules, SessionConfig, StorageConfig, SysConfig, TelemetryConfig, TlsConfig,
-    Transport,
+    ListenerConfig, NoRules, RateLimitsConfig, SessionConfig, StorageConfig, SysConfig,
+    TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

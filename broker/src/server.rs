@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
+use crate::limits::addresses::AddressRefusal;
+
 use crate::config::{Config, ListenerConfig, Transport};
 use crate::error::BrokerError;
 use crate::handshake;
@@ -265,8 +267,11 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Takes a connection permit before each accept, so at most `max_connections` sockets are
-/// served; the handshake runs in the connection's own task, never in this loop.
+/// Takes a connection permit and a handshake slot before each accept, so at most
+/// `max_connections` sockets are served and `max_handshakes` are in their handshake; then
+/// the address's admission (rate, connections open), which closes a refused socket at once,
+/// before any TLS or password work. The handshake runs in the connection's own task, never
+/// in this loop.
 async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semaphore>) {
     let Bound {
         tcp: listener,
@@ -277,6 +282,13 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
         let permit = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let handshake = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            p = state.handshakes.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -294,9 +306,24 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
                 continue;
             }
         };
+        let address = match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let counter = match why {
+                    AddressRefusal::Rate => &state.stats.refused_address_rate,
+                    AddressRefusal::Quota => &state.stats.refused_address_quota,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::trace!(%peer, ?why, "connection refused at accept");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let state2 = state.clone();
         let config = config.clone();
+        let slot = handshake::HandshakeSlot::new(Some(handshake), state.stats.clone());
+        let held = (permit, address);
         match &tls {
             Some(tls) => state.tasks.spawn(handshake::serve_tls(
                 state2,
@@ -304,11 +331,12 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
                 peer,
                 config,
                 tls.clone(),
-                permit,
+                slot,
+                held,
             )),
             None => state
                 .tasks
-                .spawn(handshake::serve(state2, stream, peer, config, permit)),
+                .spawn(handshake::serve(state2, stream, peer, config, slot, held)),
         };
     }
 }

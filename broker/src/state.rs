@@ -63,6 +63,17 @@ pub(crate) struct BrokerState {
     /// of uptime).
     id_base: u64,
     next_id: AtomicU64,
+    /// Per-address admission at accept.
+    pub addresses: Arc<crate::limits::addresses::Addresses>,
+    /// Handshakes (TLS and CONNECT) that may be in progress at once.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// The packet limits every connection applies.
+    throttle: std::sync::RwLock<crate::limits::throttle::ThrottlePolicy>,
+    /// `max_handshakes` now (the semaphore's size).
+    max_handshakes: std::sync::atomic::AtomicUsize,
+    /// Their version: a connection compares it (one relaxed load) at each charged packet
+    /// and reads the policy only when it moved.
+    throttle_epoch: AtomicU64,
 }
 
 /// A connection's hold on a session.
@@ -129,8 +140,56 @@ impl BrokerState {
             attach_locks: Mutex::new(HashMap::new()),
             id_base: unix_ms().saturating_mul(1000),
             next_id: AtomicU64::new(1),
+            addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(
+                config.rate_limits.max_handshakes,
+            )),
+            throttle: std::sync::RwLock::new(config.rate_limits.throttle()),
+            throttle_epoch: AtomicU64::new(0),
+            max_handshakes: std::sync::atomic::AtomicUsize::new(config.rate_limits.max_handshakes),
             config,
         })
+    }
+
+    /// The version of the packet limits (see `throttle_epoch`).
+    pub fn throttle_epoch(&self) -> u64 {
+        self.throttle_epoch.load(Ordering::Acquire)
+    }
+
+    /// The packet limits now.
+    pub fn throttle_policy(&self) -> crate::limits::throttle::ThrottlePolicy {
+        *self.throttle.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies changed rate limits to new and live connections alike.
+    pub fn set_rate_limits(&self, limits: &crate::config::RateLimitsConfig) {
+        self.addresses.set_policy(limits.addresses());
+        let old = self
+            .max_handshakes
+            .swap(limits.max_handshakes, Ordering::AcqRel);
+        if limits.max_handshakes > old {
+            self.handshakes.add_permits(limits.max_handshakes - old);
+        } else {
+            // Free places go at once; places in use are not given back when they end.
+            let mut owed = old - limits.max_handshakes;
+            owed -= self.handshakes.forget_permits(owed);
+            if owed > 0 {
+                let handshakes = self.handshakes.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = handshakes.acquire_many_owned(owed as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        let mut t = self
+            .throttle
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *t != limits.throttle() {
+            *t = limits.throttle();
+            self.throttle_epoch.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Arc<Session>>> {

@@ -79,4 +79,15 @@ pub struct Stats {
     /// Deliveries (retained, queued or live) withheld because the ACL no longer allows
     /// them.
     pub acl_delivery_denied: AtomicU64,
+    /// Sockets closed at accept: their address opened connections faster than
+    /// `rate_limits.connects_per_sec_per_ip`.
+    pub refused_address_rate: AtomicU64,
+    /// Sockets closed at accept: their address had `max_connections_per_ip` open.
+    pub refused_address_quota: AtomicU64,
+    /// Times a connection was held back by its packet rate limit.
+    pub throttled: AtomicU64,
+    /// Connections closed for staying over their rate limit (v5: 0x96).
+    pub rate_limit_disconnects: AtomicU64,
+    /// Handshakes (TLS and CONNECT) in progress now.
+    pub handshakes: AtomicUsize,
 }

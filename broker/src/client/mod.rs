@@ -19,10 +19,11 @@ use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
 
 use crate::auth::Access;
-use crate::clock::{mono_ms, unix_ms};
+use crate::clock::{mono_ms, mono_us, unix_ms};
 use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
+use crate::limits::throttle::{Throttle, Verdict};
 use crate::message::Message;
 use crate::router::TenantRoutes;
 use crate::session::{Session, DRAINING_MS};
@@ -180,6 +181,10 @@ pub(crate) struct Client<S> {
     input_held: bool,
     /// Who the client is and what its ACL allows. Boxed: one pointer in every connection.
     access: Box<Access>,
+    /// The packet rate limiter, if the limits have one (boxed: most brokers have none).
+    throttle: Option<Box<Throttle>>,
+    /// The version of the rate limits `throttle` follows.
+    throttle_epoch: u64,
 }
 
 impl<S: Transport> Client<S> {
@@ -202,7 +207,11 @@ impl<S: Transport> Client<S> {
         let keep_alive_timer = neg
             .keep_alive
             .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
+        let throttle_epoch = state.throttle_epoch();
+        let throttle = Throttle::new(state.throttle_policy(), mono_us()).map(Box::new);
         Client {
+            throttle,
+            throttle_epoch,
             state,
             conn,
             session: attached.session,
@@ -341,7 +350,12 @@ impl<S: Transport> Client<S> {
                 _ = self.session.queued() => {}
                 _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
                     if Instant::now() >= self.deadline {
-                        return End::KeepAlive;
+                        match (self.pause.is_some(), self.neg.keep_alive) {
+                            // Not reading is the broker's doing (a rate limit can hold a
+                            // client back for longer than its keep-alive).
+                            (true, Some(k)) => self.deadline = Instant::now() + k,
+                            _ => return End::KeepAlive,
+                        }
                     }
                     if let Some(t) = self.keep_alive_timer.as_mut() {
                         t.as_mut().reset(self.deadline.into());
@@ -397,17 +411,74 @@ impl<S: Transport> Client<S> {
                 return None;
             }
             self.pass_work += 1;
+            let before = self.conn.buffered();
             match self.conn.next_packet() {
-                Ok(Some(packet)) => match self.handle(packet) {
-                    Ok(None) => {}
-                    Ok(Some(end)) => return Some(end),
-                    Err(e) => return Some(End::Failed(e)),
-                },
+                Ok(Some(packet)) => {
+                    let charged = matches!(
+                        packet,
+                        Packet::Publish(_)
+                            | Packet::Subscribe(_)
+                            | Packet::Unsubscribe(_)
+                            | Packet::PingReq
+                    );
+                    let size = before.saturating_sub(self.conn.buffered());
+                    match self.handle(packet) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => return Some(end),
+                        Err(e) => return Some(End::Failed(e)),
+                    }
+                    if charged {
+                        if let Some(end) = self.charge(size) {
+                            return Some(end);
+                        }
+                    }
+                }
                 Ok(None) => return None,
                 Err(e) => return Some(End::Failed(e.into())),
             }
         }
         None
+    }
+
+    /// Charges a packet of `size` bytes to the rate limiter: over the rate, reading pauses
+    /// until the connection is back within it; kept over it for too long, it is closed
+    /// (0x96). Picks up changed limits first.
+    fn charge(&mut self, size: usize) -> Option<End> {
+        let epoch = self.state.throttle_epoch();
+        if epoch != self.throttle_epoch {
+            self.throttle_epoch = epoch;
+            let policy = self.state.throttle_policy();
+            match self.throttle.as_mut() {
+                Some(_) if policy.is_off() => self.throttle = None,
+                Some(t) => t.set_policy(policy, mono_us()),
+                None => self.throttle = Throttle::new(policy, mono_us()).map(Box::new),
+            }
+        }
+        let throttle = self.throttle.as_mut()?;
+        match throttle.charge(size, mono_us()) {
+            Verdict::Go => None,
+            Verdict::Pause(wait) => {
+                self.state.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                if self.pause.is_none() {
+                    self.pause = Some(Box::pin(async move {
+                        tokio::time::sleep(wait).await;
+                        // Not a subscriber's backpressure: no run share to grant after it.
+                        0
+                    }));
+                }
+                None
+            }
+            Verdict::Disconnect => {
+                self.state
+                    .stats
+                    .rate_limit_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(End::Failed(BrokerError::protocol(
+                    ReasonCode::MessageRateTooHigh,
+                    "kept over the connection's rate limit",
+                )))
+            }
+        }
     }
 
     async fn finish(&mut self, end: End) {

@@ -23,21 +23,62 @@ pub const DEFAULT_TENANT: &str = "default";
 /// A client certificate from the TLS handshake: who it names, or why it names nobody.
 pub(crate) type PeerCert = Option<Result<crate::tls::CertLogin, String>>;
 
+/// A place among the handshakes allowed at once (`rate_limits.max_handshakes`), given back
+/// when the handshake ends, whatever its outcome.
+pub(crate) struct HandshakeSlot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    stats: Arc<crate::Stats>,
+}
+
+impl HandshakeSlot {
+    pub(crate) fn new(
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        stats: Arc<crate::Stats>,
+    ) -> Self {
+        stats
+            .handshakes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HandshakeSlot {
+            _permit: permit,
+            stats,
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.stats
+            .handshakes
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Serves one accepted socket: the handshake runs in this task; a connected client then
 /// gets a task of its own, so an idle connection keeps only the client loop's small state,
-/// not the handshake's. `permit` (a connection slot) lives as long as the connection.
+/// not the handshake's. `slot` is given back when the handshake ends; `permit` (a
+/// connection slot) lives as long as the connection.
 pub(crate) async fn serve<S, P>(
     state: Arc<BrokerState>,
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
+    slot: HandshakeSlot,
     permit: P,
 ) where
     S: Transport + 'static,
     P: Send + 'static,
 {
     let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
-    serve_within(state, stream, peer, listener, deadline, None, permit).await;
+    serve_within(
+        state,
+        stream,
+        peer,
+        listener,
+        deadline,
+        None,
+        (slot, permit),
+    )
+    .await;
 }
 
 /// Serves one accepted TCP socket of a TLS listener: the TLS handshake runs in this task
@@ -48,6 +89,7 @@ pub(crate) async fn serve_tls<P>(
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     tls: Arc<crate::tls::TlsListener>,
+    slot: HandshakeSlot,
     permit: P,
 ) where
     P: Send + 'static,
@@ -81,7 +123,16 @@ pub(crate) async fn serve_tls<P>(
         .1
         .peer_certificates()
         .map(|chain| state.auth.client_cas.login(chain, tls.identity()));
-    serve_within(state, stream, peer, listener, deadline, cert, permit).await;
+    serve_within(
+        state,
+        stream,
+        peer,
+        listener,
+        deadline,
+        cert,
+        (slot, permit),
+    )
+    .await;
 }
 
 async fn serve_within<S, P>(
@@ -91,13 +142,15 @@ async fn serve_within<S, P>(
     listener: Arc<ListenerConfig>,
     deadline: tokio::time::Instant,
     cert: PeerCert,
-    permit: P,
+    (slot, permit): (HandshakeSlot, P),
 ) where
     S: Transport + 'static,
     P: Send + 'static,
 {
     let tasks = state.tasks.clone();
-    if let Some(client) = handshake(state, stream, peer, listener, deadline, cert).await {
+    let client = handshake(state, stream, peer, listener, deadline, cert).await;
+    drop(slot);
+    if let Some(client) = client {
         let client = Box::new(client);
         tasks.spawn(async move {
             client.run().await;

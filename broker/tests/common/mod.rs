@@ -179,6 +179,55 @@ impl Raw {
         raw
     }
 
+    /// Opens a socket from the local address `from` (e.g. 127.0.0.2: another client
+    /// address on the same machine).
+    pub async fn open_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        let stream = socket.connect(addr).await?;
+        Ok(Self::over(Box::new(stream)))
+    }
+
+    /// Sends CONNECT and waits for the answer: the CONNACK, or `None` if the broker closed
+    /// the socket without one (e.g. refused at accept).
+    pub async fn try_connect(mut self, connect: Connect) -> Option<(Self, ConnAck)> {
+        self.protocol = connect.protocol;
+        let mut out = BytesMut::new();
+        encode(&Packet::Connect(Box::new(connect)), self.protocol, &mut out).unwrap();
+        // A refused socket may be closed before or while the CONNECT is written.
+        if self.stream.write_all(&out).await.is_err() {
+            return None;
+        }
+        match tokio::time::timeout(WAIT, self.read_packet_or_reset()).await {
+            Ok(Some(Packet::ConnAck(ack))) => Some((self, *ack)),
+            Ok(None) => None,
+            Ok(Some(other)) => panic!("expected CONNACK, got {other:?}"),
+            Err(_) => panic!("no CONNACK and no close within {WAIT:?}"),
+        }
+    }
+
+    /// Like `read_packet`, but a connection reset reads as a close.
+    async fn read_packet_or_reset(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, self.protocol, &Limits::default()).unwrap() {
+                return Some(p);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The stream, what was read and not decoded, and the protocol: for tests that read
+    /// and write from two tasks.
+    pub fn into_parts(self) -> (Box<dyn Stream>, BytesMut, Protocol) {
+        (self.stream, self.buf, self.protocol)
+    }
+
     /// The stream itself, for tests that read exact bytes.
     pub fn stream_mut(&mut self) -> &mut dyn Stream {
         &mut *self.stream

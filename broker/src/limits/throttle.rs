@@ -1,0 +1,221 @@
+//! One connection's packet limiter. Every PUBLISH, SUBSCRIBE, UNSUBSCRIBE and PINGREQ is
+//! charged one message and its size in bytes. A connection over its rate is **throttled**:
+//! its socket is not read until the debt is repaid, so TCP holds the sender back and the
+//! broker keeps nothing extra. A connection that stays throttled — in debt at every packet
+//! — for as long as `disconnect_multiple` bursts take at its rate is **disconnected** (v5:
+//! 0x96 Message rate too high): it is not catching up, it is pushing.
+//!
+//! Acknowledgements are not charged: they answer the broker's own deliveries, and slowing
+//! them would slow the client's subscriptions instead of its publishing.
+
+use std::time::Duration;
+
+use super::bucket::TokenBucket;
+
+/// A connection's limits; zero rates are no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ThrottlePolicy {
+    pub messages_per_sec: u32,
+    pub messages_burst: u32,
+    pub bytes_per_sec: u64,
+    pub bytes_burst: u64,
+    /// Bursts' worth of time throttled without a break before the connection is closed
+    /// (0: throttle only).
+    pub disconnect_multiple: u32,
+}
+
+impl ThrottlePolicy {
+    pub fn is_off(&self) -> bool {
+        self.messages_per_sec == 0 && self.bytes_per_sec == 0
+    }
+}
+
+/// What the connection does after a charged packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limits: read on.
+    Go,
+    /// Over: read nothing for this long.
+    Pause(Duration),
+    /// Throttled for too long: close (0x96).
+    Disconnect,
+}
+
+/// The buckets of one connection.
+#[derive(Debug)]
+pub struct Throttle {
+    policy: ThrottlePolicy,
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    /// Since when (µs) every packet found the connection in debt.
+    throttled_since: Option<u64>,
+}
+
+impl Throttle {
+    /// A limiter for `policy`, or `None` if it limits nothing.
+    pub fn new(policy: ThrottlePolicy, now_us: u64) -> Option<Self> {
+        if policy.is_off() {
+            return None;
+        }
+        let bucket =
+            |rate: u64, burst: u64| (rate > 0).then(|| TokenBucket::new(rate, burst, now_us));
+        Some(Throttle {
+            policy,
+            messages: bucket(
+                u64::from(policy.messages_per_sec),
+                u64::from(policy.messages_burst),
+            ),
+            bytes: bucket(policy.bytes_per_sec, policy.bytes_burst),
+            throttled_since: None,
+        })
+    }
+
+    /// Takes a changed policy (reload) at once, keeping what the connection owes.
+    pub fn set_policy(&mut self, policy: ThrottlePolicy, now_us: u64) {
+        fn update(slot: &mut Option<TokenBucket>, rate: u64, burst: u64, now_us: u64) {
+            match (slot.as_mut(), rate) {
+                (_, 0) => *slot = None,
+                (Some(b), _) => b.set_limit(rate, burst, now_us),
+                (None, _) => *slot = Some(TokenBucket::new(rate, burst, now_us)),
+            }
+        }
+        update(
+            &mut self.messages,
+            u64::from(policy.messages_per_sec),
+            u64::from(policy.messages_burst),
+            now_us,
+        );
+        update(
+            &mut self.bytes,
+            policy.bytes_per_sec,
+            policy.bytes_burst,
+            now_us,
+        );
+        self.policy = policy;
+    }
+
+    /// Charges one packet of `bytes` at `now_us`.
+    pub fn charge(&mut self, bytes: usize, now_us: u64) -> Verdict {
+        let wait_m = self
+            .messages
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.charge(1, now_us));
+        let wait_b = self
+            .bytes
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.charge(bytes as u64, now_us));
+        let wait = wait_m.max(wait_b);
+        if wait.is_zero() {
+            self.throttled_since = None;
+            return Verdict::Go;
+        }
+        let since = *self.throttled_since.get_or_insert(now_us);
+        if self.policy.disconnect_multiple > 0 {
+            let burst_time = [&self.messages, &self.bytes]
+                .into_iter()
+                .flatten()
+                .map(TokenBucket::burst_time)
+                .max()
+                .unwrap_or(Duration::ZERO);
+            let patience = burst_time.saturating_mul(self.policy.disconnect_multiple);
+            if Duration::from_micros(now_us.saturating_sub(since)) > patience {
+                return Verdict::Disconnect;
+            }
+        }
+        Verdict::Pause(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rate: u32, burst: u32, multiple: u32) -> ThrottlePolicy {
+        ThrottlePolicy {
+            messages_per_sec: rate,
+            messages_burst: burst,
+            disconnect_multiple: multiple,
+            ..Default::default()
+        }
+    }
+
+    /// Sends `offered` packets a second for `secs`, obeying every pause; returns packets
+    /// accepted and whether it was disconnected.
+    fn run(t: &mut Throttle, offered: u64, secs: u64) -> (u64, bool) {
+        let gap = 1_000_000 / offered;
+        let (mut now, mut next_send, mut sent) = (0u64, 0u64, 0u64);
+        while now < secs * 1_000_000 {
+            now = now.max(next_send);
+            match t.charge(100, now) {
+                Verdict::Go => {}
+                Verdict::Pause(d) => now += d.as_micros() as u64,
+                Verdict::Disconnect => return (sent, true),
+            }
+            sent += 1;
+            next_send += gap;
+        }
+        (sent, false)
+    }
+
+    #[test]
+    fn off_is_none() {
+        assert!(Throttle::new(ThrottlePolicy::default(), 0).is_none());
+    }
+
+    #[test]
+    fn under_the_rate_nothing_waits() {
+        let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
+        let (sent, cut) = run(&mut t, 90, 20);
+        assert!(!cut);
+        assert!((1800..=1802).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn over_the_rate_is_held_to_it_and_a_sustained_push_is_cut() {
+        // Twice the rate, no disconnect: held to 100/s (plus the first burst).
+        let mut t = Throttle::new(policy(100, 10, 0), 0).unwrap();
+        let (sent, cut) = run(&mut t, 200, 10);
+        assert!(!cut);
+        assert!((1000..=1011).contains(&sent), "{sent}");
+        // With a multiple of 5 (5 bursts of 10 at 100/s: half a second), the same sender
+        // is cut after about half a second of being held back.
+        let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
+        let (sent, cut) = run(&mut t, 200, 10);
+        assert!(cut);
+        assert!((55..=70).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn a_burst_then_quiet_is_throttled_but_never_cut() {
+        let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
+        // 40 at once: 30 owed, 0.3 s of pause, less than the 0.5 s of patience.
+        let mut now = 0;
+        for _ in 0..40 {
+            match t.charge(1, now) {
+                Verdict::Disconnect => panic!("cut"),
+                Verdict::Pause(d) => now += d.as_micros() as u64,
+                Verdict::Go => {}
+            }
+        }
+        // Quiet for a second, then one packet: back to normal.
+        assert_eq!(t.charge(1, now + 1_000_000), Verdict::Go);
+    }
+
+    #[test]
+    fn bytes_limit_on_its_own() {
+        let mut t = Throttle::new(
+            ThrottlePolicy {
+                bytes_per_sec: 1000,
+                bytes_burst: 1000,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(t.charge(1000, 0), Verdict::Go);
+        assert_eq!(t.charge(500, 0), Verdict::Pause(Duration::from_millis(500)));
+        // A reload that lifts the limit lifts the debt's future cost too.
+        t.set_policy(ThrottlePolicy::default(), 0);
+        assert_eq!(t.charge(10_000, 0), Verdict::Go);
+    }
+}

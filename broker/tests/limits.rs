@@ -1,0 +1,363 @@
+//! Connection-layer limits with real clients on loopback: a publisher over its packet rate
+//! is held to it (TCP backpressure) and, kept over it, disconnected with 0x96 while a calm
+//! client beside it keeps its pace; per-address admission refuses a flood of connections
+//! at accept (no password work for them) while another address connects; limits changed
+//! at runtime reach live connections.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use messs_broker::{Config, RateLimitsConfig};
+use messs_codec::{decode, encode, Limits, Packet, Protocol, QoS, QosPid, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A publisher writing QoS 0 PUBLISHes to `t` as fast as its socket takes them.
+struct Flood {
+    read: tokio::io::ReadHalf<Box<dyn Stream>>,
+    buf: BytesMut,
+    protocol: Protocol,
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Flood {
+    fn start(raw: Raw, t: &str) -> Self {
+        let (stream, buf, protocol) = raw.into_parts();
+        let (read, mut write) = tokio::io::split(stream);
+        let mut packet = BytesMut::new();
+        let p = publish(t, b"flood-payload", QosPid::AtMostOnce, false);
+        encode(&Packet::Publish(Box::new(p)), protocol, &mut packet).unwrap();
+        // Many packets per write, so the client is never the bottleneck.
+        let batch: Vec<u8> = packet
+            .iter()
+            .copied()
+            .cycle()
+            .take(packet.len() * 64)
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let writer = tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                if write.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Flood {
+            read,
+            buf,
+            protocol,
+            stop,
+            writer,
+        }
+    }
+
+    /// Reads until the broker closes the connection; the packets it sent on the way.
+    async fn until_closed(&mut self, within: Duration) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        let done = tokio::time::timeout(within, async {
+            loop {
+                while let Some(p) =
+                    decode(&mut self.buf, self.protocol, &Limits::default()).unwrap()
+                {
+                    seen.push(p);
+                }
+                match self.read.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "still open after {within:?}; saw {seen:?}");
+        seen
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.writer.abort();
+        let _ = self.writer.await;
+    }
+}
+
+fn limits(messages_per_sec: u32, burst: u32, multiple: u32) -> RateLimitsConfig {
+    RateLimitsConfig {
+        messages_per_sec,
+        messages_burst: burst,
+        disconnect_multiple: multiple,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_over_its_rate_is_held_to_it_and_a_calm_neighbour_keeps_its_pace() {
+    let broker = TestBroker::start_with(|c: &mut Config| c.rate_limits = limits(50, 10, 0)).await;
+    let mut sub = Raw::v5(broker.addr, "sub").await;
+    sub.subscribe("t/#", QoS::AtMostOnce).await;
+    let flood = Flood::start(Raw::v5(broker.addr, "flooder").await, "t/flood");
+    // The calm client publishes 10 a second (a fifth of the limit) on a topic of its own.
+    let calm = tokio::spawn({
+        let addr = broker.addr;
+        async move {
+            let mut calm = Raw::v5(addr, "calm").await;
+            for _ in 0..30 {
+                calm.publish(publish("t/calm", b"calm", QosPid::AtMostOnce, false))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            calm
+        }
+    });
+    // Let the first burst (10) and a little more pass (read and not counted), then
+    // measure two seconds.
+    let warm_up = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = warm_up.checked_duration_since(Instant::now()) {
+        sub.recv_within(left).await;
+    }
+    let mut flood_seen = 0;
+    let mut calm_seen = 0;
+    let end = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if let Some(Packet::Publish(p)) = sub.recv_within(left).await {
+            match p.topic.as_str() {
+                "t/flood" => flood_seen += 1,
+                "t/calm" => calm_seen += 1,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    // 50 a second for two seconds: 100, within 10%.
+    assert!(
+        (90..=110).contains(&flood_seen),
+        "flooder delivered {flood_seen} in 2 s at a limit of 50/s"
+    );
+    // The calm client was not held back: about 20 in those two seconds.
+    assert!((17..=22).contains(&calm_seen), "calm client {calm_seen}");
+    assert!(broker.stats.throttled.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        broker.stats.rate_limit_disconnects.load(Ordering::Relaxed),
+        0
+    );
+    // No disconnect multiple: the flooder is still connected, only slowed.
+    assert!(!flood.writer.is_finished());
+    calm.await.unwrap().disconnect().await;
+    flood.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_publisher_kept_over_its_rate_is_disconnected_with_0x96_at_both_levels() {
+    // 50/s with bursts of 10: a burst takes 0.2 s, so five of them are one second.
+    let broker = TestBroker::start_with(|c: &mut Config| c.rate_limits = limits(50, 10, 5)).await;
+    let mut bystander = Raw::v5(broker.addr, "bystander").await;
+    bystander.subscribe("b/#", QoS::AtLeastOnce).await;
+    for (protocol, id) in [(Protocol::V5, "flood5"), (Protocol::V3_1_1, "flood3")] {
+        let (raw, ack) = Raw::connect_with(broker.addr, connect_packet(protocol, id, true)).await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        let started = Instant::now();
+        let mut flood = Flood::start(raw, "t/flood");
+        let seen = flood.until_closed(Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        match (protocol, seen.last()) {
+            (Protocol::V5, Some(Packet::Disconnect(d))) => {
+                assert_eq!(d.reason, ReasonCode::MessageRateTooHigh)
+            }
+            (Protocol::V5, other) => panic!("expected DISCONNECT 0x96, got {other:?}"),
+            // 3.1.1 has no DISCONNECT from the server: the socket is closed.
+            (_, other) => assert!(other.is_none(), "{other:?}"),
+        }
+        assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+        flood.stop().await;
+        // The bystander of the same tenant is served all along.
+        bystander.roundtrip("b/alive").await;
+    }
+    assert_eq!(
+        broker.stats.rate_limit_disconnects.load(Ordering::Relaxed),
+        2
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_and_ping_floods_count_too() {
+    let broker = TestBroker::start_with(|c: &mut Config| c.rate_limits = limits(20, 5, 2)).await;
+    let (raw, _) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "pinger", true)).await;
+    let (stream, buf, protocol) = raw.into_parts();
+    let mut raw = Raw::over(stream);
+    raw.protocol = protocol;
+    assert!(buf.is_empty());
+    let mut sent = 0u32;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            raw.send_bytes(&[0xC0, 0x00]).await; // PINGREQ
+            sent += 1;
+            // Read what came back without waiting long; a DISCONNECT ends it.
+            while let Some(p) = raw.recv_within(Duration::from_millis(1)).await {
+                if let Packet::Disconnect(d) = p {
+                    return d.reason;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        closed.ok(),
+        Some(ReasonCode::MessageRateTooHigh),
+        "after {sent} PINGREQs"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_connections_from_one_address_is_refused_at_accept_without_hashing() {
+    let broker = TestBroker::start_with(|c: &mut Config| {
+        c.listeners[0].allow_anonymous = false;
+        c.listeners[0].tenant = None;
+        c.rate_limits.connects_per_sec_per_ip = 5;
+        c.rate_limits.connects_burst_per_ip = 5;
+        // Wrong passwords are the point here, not lockouts.
+        c.auth.lockout_ip_threshold = 100_000;
+        c.auth.lockout_user_threshold = 100_000;
+    })
+    .await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_tenant("acme", None)?;
+            r.add_device("acme", "sensor", Some("right-password-1"), None, &[])
+        })
+        .await
+        .unwrap();
+    let login = |password: &str| {
+        let mut c = connect_packet(Protocol::V5, "c", true);
+        c.username = Some("sensor@acme".into());
+        c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+        c
+    };
+    let started = Instant::now();
+    let mut answered = 0u64;
+    for _ in 0..2000 {
+        let Ok(raw) = Raw::open_from(ip("127.0.0.1"), broker.addr).await else {
+            continue;
+        };
+        if let Some((_raw, ack)) = raw.try_connect(login("wrong-password")).await {
+            assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+            answered += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // The burst and the rate over the run, no more, were let in; only those were hashed.
+    let allowed = 5 + (5.0 * secs).ceil() as u64;
+    assert!(answered <= allowed, "{answered} answered in {secs:.1} s");
+    assert_eq!(broker.broker.password_verifications(), answered);
+    let refused = broker.stats.refused_address_rate.load(Ordering::Relaxed);
+    assert_eq!(refused, 2000 - answered);
+    // Another address logs in at once, while 127.0.0.1 is still over its rate.
+    let raw = Raw::open_from(ip("127.0.0.2"), broker.addr).await.unwrap();
+    let (raw, ack) = raw.try_connect(login("right-password-1")).await.unwrap();
+    assert_eq!(ack.code, ReasonCode::Success);
+    raw.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_and_a_closed_one_frees_its_place() {
+    let broker =
+        TestBroker::start_with(|c: &mut Config| c.rate_limits.max_connections_per_ip = 3).await;
+    let from = ip("127.0.0.3");
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let raw = Raw::open_from(from, broker.addr).await.unwrap();
+        let (raw, ack) = raw
+            .try_connect(connect_packet(Protocol::V5, &format!("c{i}"), true))
+            .await
+            .unwrap();
+        assert_eq!(ack.code, ReasonCode::Success);
+        held.push(raw);
+    }
+    let fourth = Raw::open_from(from, broker.addr).await.unwrap();
+    assert!(fourth
+        .try_connect(connect_packet(Protocol::V5, "c3", true))
+        .await
+        .is_none());
+    assert_eq!(
+        broker.stats.refused_address_quota.load(Ordering::Relaxed),
+        1
+    );
+    // Other addresses are not counted against 127.0.0.3.
+    Raw::v5(broker.addr, "elsewhere").await.disconnect().await;
+    held.pop().unwrap().disconnect().await;
+    // The freed place is given back when the connection ends (shortly after the close).
+    let mut again = None;
+    for _ in 0..50 {
+        let raw = Raw::open_from(from, broker.addr).await.unwrap();
+        if let Some(ok) = raw
+            .try_connect(connect_packet(Protocol::V5, "c4", true))
+            .await
+        {
+            again = Some(ok);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again.expect("a place again").1.code, ReasonCode::Success);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn limits_changed_at_runtime_reach_live_connections() {
+    let broker = TestBroker::start().await;
+    let live = Raw::v5(broker.addr, "live").await;
+    let other = Raw::v5(broker.addr, "other").await;
+    // No limits yet; now 50/s, bursts of 10, cut after five bursts' time; and one
+    // connection per address.
+    let mut changed = limits(50, 10, 5);
+    changed.max_connections_per_ip = 1;
+    broker.broker.set_rate_limits(&changed).unwrap();
+    // The connection from before the change is held to the new limit, then cut.
+    let mut flood = Flood::start(live, "t/flood");
+    let seen = flood.until_closed(Duration::from_secs(10)).await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::MessageRateTooHigh),
+        "{seen:?}"
+    );
+    flood.stop().await;
+    // 127.0.0.1 still has `other` open: a new connection is refused at accept.
+    let raw = Raw::open(broker.addr).await;
+    assert!(raw
+        .try_connect(connect_packet(Protocol::V5, "new", true))
+        .await
+        .is_none());
+    // Lifting the limits lets it in, and `other` was never touched.
+    broker
+        .broker
+        .set_rate_limits(&RateLimitsConfig::default())
+        .unwrap();
+    Raw::v5(broker.addr, "new").await.disconnect().await;
+    other.disconnect().await;
+    let data = broker.data.clone();
+    broker.stop().await;
+    let store = messs_broker::open_store(&messs_broker::StorageConfig {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let audit = store.read_audit(1, 10_000).unwrap();
+    assert!(audit
+        .iter()
+        .any(|r| r.event.action == "config.reload"
+            && r.event.detail.contains("messages_per_sec: 50")));
+}
