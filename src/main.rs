@@ -296,6 +296,7 @@ async fn registry(dir: DataDirArgs, cmd: RegistryCmd) -> anyhow::Result<()> {
             memory_kib: cfg.auth.argon2_memory_kib,
             iterations: cfg.auth.argon2_iterations,
             parallelism: cfg.auth.argon2_parallelism,
+            scram_iterations: cfg.auth.scram_iterations,
         };
         let mut registry = messs_broker::registry::Registry::new(&store, "cli", params);
         registry_cli::run(&mut registry, cmd)

@@ -128,9 +128,10 @@ impl<'a> Registry<'a> {
         client_id_pattern: Option<&str>,
         groups: &[String],
     ) -> Result<(), BrokerError> {
-        let password_hash = password
-            .map(|p| check_password(p).and_then(|()| hash_password(p, self.params)))
-            .transpose()?;
+        let (password_hash, scram) = match password {
+            Some(p) => self.secrets(p).map(|(h, s)| (Some(h), Some(s)))?,
+            None => (None, None),
+        };
         self.store.put_device(
             &DeviceRecord {
                 tenant: tenant.to_owned(),
@@ -140,6 +141,7 @@ impl<'a> Registry<'a> {
                 groups: groups.to_vec(),
                 enabled: true,
                 version: 0,
+                scram,
             },
             true,
         )?;
@@ -160,12 +162,12 @@ impl<'a> Registry<'a> {
         username: &str,
         password_or_hash: &str,
     ) -> Result<(), BrokerError> {
-        let hash = if password_or_hash.starts_with("$argon2") {
+        // An imported hash gives no SCRAM verifier (that needs the password itself).
+        let (hash, scram) = if password_or_hash.starts_with("$argon2") {
             crate::auth::password::check_hash(password_or_hash)?;
-            password_or_hash.to_owned()
+            (password_or_hash.to_owned(), None)
         } else {
-            check_password(password_or_hash)?;
-            hash_password(password_or_hash, self.params)?
+            self.secrets(password_or_hash).map(|(h, s)| (h, Some(s)))?
         };
         self.store.put_device(
             &DeviceRecord {
@@ -176,6 +178,7 @@ impl<'a> Registry<'a> {
                 groups: Vec::new(),
                 enabled: true,
                 version: 0,
+                scram,
             },
             true,
         )?;
@@ -213,13 +216,28 @@ impl<'a> Registry<'a> {
         username: &str,
         password: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let hash = password
-            .map(|p| check_password(p).and_then(|()| hash_password(p, self.params)))
-            .transpose()?;
+        let (hash, scram) = match password {
+            Some(p) => self.secrets(p).map(|(h, s)| (Some(h), Some(s)))?,
+            None => (None, None),
+        };
         self.change_device(tenant, username, "device.set_password", |d| {
             d.password_hash = hash;
+            d.scram = scram;
             Ok(())
         })
+    }
+
+    /// What is stored for a password: its argon2id hash (password logins) and its
+    /// SCRAM-SHA-256 verifier (MQTT 5 enhanced authentication).
+    fn secrets(
+        &self,
+        password: &str,
+    ) -> Result<(String, messs_storage::registry::ScramCredential), BrokerError> {
+        check_password(password)?;
+        let hash = hash_password(password, self.params)?;
+        let scram = crate::auth::scram::credential(password, self.params.scram_iterations)
+            .map_err(|e| BrokerError::Registry(format!("SCRAM verifier: {e}")))?;
+        Ok((hash, scram))
     }
 
     /// Enables or disables a device (a disabled device is disconnected and cannot log in).

@@ -89,7 +89,7 @@ async fn unsupported_protocol_level_gets_return_code_1() {
 }
 
 #[tokio::test]
-async fn enhanced_auth_is_refused() {
+async fn an_enhanced_auth_method_not_offered_is_refused_with_0x8c() {
     let broker = TestBroker::start().await;
     let mut connect = connect_packet(Protocol::V5, "auth", true);
     connect.properties.authentication_method = Some("SCRAM-SHA-1".into());

@@ -21,6 +21,8 @@ use crate::writer::{Batch, Op, Ticket};
 use crate::{block_on, Cf, Store};
 
 const RECORD_V1: u8 = 1;
+/// Device records from schema 2 on: version 1 plus an optional SCRAM credential.
+const DEVICE_V2: u8 = 2;
 
 /// Kinds of record under a tenant's prefix in the tenants column family.
 mod kind {
@@ -70,6 +72,23 @@ pub struct DeviceRecord {
     pub enabled: bool,
     /// Bumped at every change, so cached verifications of an older version are stale.
     pub version: u64,
+    /// SCRAM-SHA-256 verifier for MQTT 5 enhanced authentication, derived from the same
+    /// password; `None` when no plaintext was ever given (an imported hash).
+    pub scram: Option<ScramCredential>,
+}
+
+/// What a server keeps to check a SCRAM-SHA-256 login (RFC 5802, 7677): never the
+/// password, nor anything a client could log in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// PBKDF2 salt.
+    pub salt: Vec<u8>,
+    /// H(ClientKey).
+    pub stored_key: [u8; 32],
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: [u8; 32],
 }
 
 /// What an ACL rule governs.
@@ -423,7 +442,7 @@ impl Store {
     }
 
     fn encode_device(&self, key: &[u8], d: &DeviceRecord) -> Result<Vec<u8>, StorageError> {
-        let mut e = Enc::new(RECORD_V1, 128);
+        let mut e = Enc::new(DEVICE_V2, 192);
         match &d.password_hash {
             Some(h) => {
                 let sealed = self.seal_secret(key, h.as_bytes())?;
@@ -436,6 +455,18 @@ impl Store {
         encode_opt_str(&mut e, d.client_id_pattern.as_deref())?;
         encode_strings(&mut e, &d.groups)?;
         e.u8(u8::from(d.enabled)).u64(d.version);
+        match &d.scram {
+            Some(c) => {
+                let mut keys = [0u8; 64];
+                keys[..32].copy_from_slice(&c.stored_key);
+                keys[32..].copy_from_slice(&c.server_key);
+                let sealed = self.seal_secret(key, &keys)?;
+                e.u8(1).u32(c.iterations).bytes(&c.salt)?.bytes(&sealed)?;
+            }
+            None => {
+                e.u8(0);
+            }
+        }
         Ok(e.finish())
     }
 
@@ -447,7 +478,7 @@ impl Store {
         value: &[u8],
     ) -> Result<DeviceRecord, StorageError> {
         let (mut d, version) = Dec::new("devices", value)?;
-        if version != RECORD_V1 {
+        if version != RECORD_V1 && version != DEVICE_V2 {
             return Err(d.error(format!("device record version {version}")));
         }
         let password_hash = match d.u8()? {
@@ -463,7 +494,31 @@ impl Store {
         let client_id_pattern = decode_opt_str(&mut d)?;
         let groups = decode_strings(&mut d)?;
         let enabled = d.u8()? != 0;
+        let record_version = version;
         let version = d.u64()?;
+        let scram = match record_version == DEVICE_V2 && d.u8()? != 0 {
+            false => None,
+            true => {
+                let iterations = d.u32()?;
+                let salt = d.bytes()?.to_vec();
+                let keys = self.open_secret(key, d.bytes()?)?;
+                if keys.len() != 64 {
+                    return Err(StorageError::corrupt(
+                        "devices",
+                        "SCRAM keys are not 64 bytes",
+                    ));
+                }
+                let (mut stored_key, mut server_key) = ([0u8; 32], [0u8; 32]);
+                stored_key.copy_from_slice(&keys[..32]);
+                server_key.copy_from_slice(&keys[32..]);
+                Some(ScramCredential {
+                    iterations,
+                    salt,
+                    stored_key,
+                    server_key,
+                })
+            }
+        };
         d.end()?;
         Ok(DeviceRecord {
             tenant: tenant.to_owned(),
@@ -473,6 +528,7 @@ impl Store {
             groups,
             enabled,
             version,
+            scram,
         })
     }
 
@@ -756,5 +812,51 @@ pub(crate) fn verify_value(
             _ => Err(StorageError::corrupt("tenants", "unknown record kind")),
         },
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+
+    /// Device records written before SCRAM verifiers existed (record version 1) still
+    /// read, as devices without one; rewriting them writes version 2.
+    #[test]
+    fn a_version_1_device_record_reads_without_a_scram_verifier() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(StoreOptions::new(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .add_tenant(&TenantRecord {
+                id: "acme".into(),
+                name: "Acme".into(),
+                enabled: true,
+                created_ms: 1,
+                limits: Vec::new(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = Store::device_key("acme", "old").unwrap_or_else(|e| panic!("{e}"));
+        let mut e = Enc::new(RECORD_V1, 64);
+        e.u8(0);
+        encode_opt_str(&mut e, Some("old-*")).unwrap_or_else(|e| panic!("{e}"));
+        encode_strings(&mut e, &["g".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
+        e.u8(1).u64(3);
+        let mut b = Batch::new();
+        b.push(Op::Put(Cf::Devices, key, e.finish()));
+        store.write_now(b).unwrap_or_else(|e| panic!("{e}"));
+        let d = store
+            .device("acme", "old")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no device"));
+        assert_eq!(d.scram, None);
+        assert_eq!(d.client_id_pattern.as_deref(), Some("old-*"));
+        assert_eq!((d.enabled, d.version), (true, 3));
+        assert_eq!(
+            store
+                .put_device(&d, false)
+                .unwrap_or_else(|e| panic!("{e}")),
+            4
+        );
+        assert!(store.verify().unwrap_or_else(|e| panic!("{e}")).is_ok());
     }
 }

@@ -596,7 +596,7 @@ fn below_the_free_space_watermark_new_data_is_refused_until_space_returns() {
 mod registry {
     use super::*;
     use messs_storage::registry::{
-        AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, TenantRecord,
+        AclAction, AclRule, AclSubject, DeviceRecord, JwtKey, ScramCredential, TenantRecord,
     };
 
     fn tenant(id: &str) -> TenantRecord {
@@ -618,6 +618,12 @@ mod registry {
             groups: vec!["sensors".into()],
             enabled: true,
             version: 0,
+            scram: Some(ScramCredential {
+                iterations: 4096,
+                salt: b"pinch of salt".to_vec(),
+                stored_key: *b"stored-key-in-the-clear-32-bytes",
+                server_key: [9; 32],
+            }),
         }
     }
 
@@ -667,6 +673,10 @@ mod registry {
             !contains(&raw, b"super-secret-hmac-key"),
             "jwt key in the clear"
         );
+        assert!(
+            !contains(&raw, b"stored-key-in-the-clear"),
+            "SCRAM keys in the clear"
+        );
 
         let mut opts = StoreOptions::new(dir.path());
         opts.keys = Some(KeyRing::parse(KEY).unwrap());
@@ -677,6 +687,7 @@ mod registry {
         assert_eq!(d1.version, 2);
         assert_eq!(d1.password_hash, device("acme", "d1").password_hash);
         assert_eq!(d1.groups, vec!["sensors".to_owned()]);
+        assert_eq!(d1.scram, device("acme", "d1").scram);
         let page = store.devices("acme", None, 1).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].username, "d1");

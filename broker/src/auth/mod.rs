@@ -18,6 +18,7 @@
 mod jwt;
 mod lockout;
 pub mod password;
+pub(crate) mod scram;
 mod tenants;
 
 use std::net::IpAddr;
@@ -47,6 +48,8 @@ pub(crate) enum Method {
     Jwt,
     /// A TLS client certificate from one of the tenant's CAs.
     Certificate,
+    /// MQTT 5 enhanced authentication with SCRAM-SHA-256.
+    Scram,
 }
 
 impl Method {
@@ -56,8 +59,31 @@ impl Method {
             Method::Password => "password",
             Method::Jwt => "jwt",
             Method::Certificate => "certificate",
+            Method::Scram => "scram-sha-256",
         }
     }
+}
+
+/// The name within its tenant, and the tenant: the listener's, or `NAME@TENANT` split at
+/// the last `@` on a shared listener (empty strings when there is no tenant to find).
+fn split_login<'a>(listener: &'a ListenerConfig, raw: &'a str) -> (&'a str, &'a str) {
+    match &listener.tenant {
+        Some(t) => (raw, t.as_str()),
+        None => match raw.rsplit_once('@') {
+            Some((n, t)) if !n.is_empty() && !t.is_empty() => (n, t),
+            _ => ("", ""),
+        },
+    }
+}
+
+/// A SCRAM login between the server's first message and the client's final one.
+pub(crate) struct ScramLogin {
+    tenant: Option<Arc<TenantSecurity>>,
+    tenant_id: String,
+    name: String,
+    who: String,
+    device: Option<messs_storage::registry::DeviceRecord>,
+    pub exchange: scram::Exchange,
 }
 
 /// An authenticated client, bound to its tenant.
@@ -240,6 +266,7 @@ impl Auth {
             memory_kib: a.argon2_memory_kib,
             iterations: a.argon2_iterations,
             parallelism: a.argon2_parallelism,
+            scram_iterations: a.scram_iterations,
         };
         let threads = match a.verify_threads {
             // All cores but one (at least one), at a lower priority: a login flood can
@@ -330,6 +357,123 @@ impl Auth {
         }
     }
 
+    /// Starts a SCRAM-SHA-256 login from the client's first message: the same tenant rules,
+    /// lockouts and answers as a password login, but no hashing here (the client does the
+    /// iterations). An unknown or disabled device, or one without a SCRAM verifier, gets a
+    /// decoy exchange that no proof completes.
+    pub async fn scram_begin(
+        &self,
+        listener: &ListenerConfig,
+        peer: IpAddr,
+        client_first: &[u8],
+        store: Option<&Store>,
+        now_ms: u64,
+    ) -> Result<ScramLogin, Refusal> {
+        let refuse = |denied, detail: String| Refusal {
+            denied,
+            detail,
+            lockouts: Vec::new(),
+        };
+        let first = scram::parse_client_first(client_first)
+            .map_err(|e| refuse(Denied::BadCredentials, format!("SCRAM from {peer}: {e}")))?;
+        let (name, tenant_id) = split_login(listener, &first.username);
+        let (name, tenant_id) = (name.to_owned(), tenant_id.to_owned());
+        let who = format!("{}@{} from {peer} (SCRAM)", clip(&name), clip(&tenant_id));
+        if let Some(ms) = self.lockout.ip_locked(peer, now_ms) {
+            let detail = format!("{who}: address locked out for {ms} ms more");
+            return Err(refuse(Denied::LockedOut, detail));
+        }
+        if let Some(ms) = self.lockout.user_locked(&tenant_id, &name, now_ms) {
+            let detail = format!("{who}: username locked out for {ms} ms more");
+            return Err(refuse(Denied::LockedOut, detail));
+        }
+        let tenant = self
+            .tenants
+            .get(&tenant_id)
+            .filter(|t| t.registered.load(std::sync::atomic::Ordering::Acquire) && t.is_enabled());
+        let device = match (&tenant, store.cloned()) {
+            (Some(_), Some(store)) => {
+                let (t, n) = (tenant_id.clone(), name.clone());
+                match tokio::task::spawn_blocking(move || store.device(&t, &n)).await {
+                    Ok(Ok(d)) => d,
+                    _ => {
+                        return Err(refuse(
+                            Denied::BadCredentials,
+                            format!("{who}: registry unreadable"),
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let credential = device
+            .as_ref()
+            .filter(|d| d.enabled)
+            .and_then(|d| d.scram.clone())
+            .unwrap_or_else(|| {
+                scram::decoy(
+                    &self.digest_key,
+                    &tenant_id,
+                    &name,
+                    self.hash_params.scram_iterations,
+                )
+            });
+        let exchange = scram::Exchange::start(first, credential)
+            .map_err(|e| refuse(Denied::BadCredentials, format!("{who}: {e}")))?;
+        Ok(ScramLogin {
+            tenant,
+            tenant_id,
+            name,
+            who,
+            device,
+            exchange,
+        })
+    }
+
+    /// Ends a SCRAM login with the client's final message: the identity and the server's
+    /// final message (for CONNACK), or a refusal counted like a wrong password.
+    pub fn scram_finish(
+        &self,
+        login: ScramLogin,
+        client_final: &[u8],
+        peer: IpAddr,
+        now_ms: u64,
+    ) -> Result<(Identity, String), Refusal> {
+        let ScramLogin {
+            tenant,
+            tenant_id,
+            name,
+            who,
+            device,
+            exchange,
+        } = login;
+        let outcome = exchange.finish(client_final);
+        match (outcome, tenant, device) {
+            (Ok(server_final), Some(tenant), Some(d)) if d.enabled && d.scram.is_some() => {
+                self.lockout.succeeded(&tenant_id, &name);
+                let identity = Identity {
+                    tenant,
+                    username: Some(Arc::from(d.username.as_str())),
+                    groups: groups(d.groups),
+                    method: Method::Scram,
+                    client_id_pattern: d.client_id_pattern.map(Arc::from),
+                    scope: None,
+                };
+                Ok((identity, server_final))
+            }
+            (Err(why), ..) => {
+                Err(self.bad_credentials(peer, &tenant_id, &name, format!("{who}: {why}"), now_ms))
+            }
+            _ => Err(self.bad_credentials(
+                peer,
+                &tenant_id,
+                &name,
+                format!("{who}: bad credentials"),
+                now_ms,
+            )),
+        }
+    }
+
     /// Argon2 computations run so far (tests count them).
     pub fn verifications(&self) -> u64 {
         self.pool.runs.load(std::sync::atomic::Ordering::Relaxed)
@@ -390,15 +534,7 @@ impl Auth {
             }
             return self.anonymous(&login);
         }
-        // The tenant, and the name within it.
-        let raw = login.username.unwrap_or("");
-        let (name, tenant_id) = match &login.listener.tenant {
-            Some(t) => (raw, t.as_str()),
-            None => match raw.rsplit_once('@') {
-                Some((n, t)) if !n.is_empty() && !t.is_empty() => (n, t),
-                _ => ("", ""),
-            },
-        };
+        let (name, tenant_id) = split_login(login.listener, login.username.unwrap_or(""));
         let password = login.password.unwrap_or(b"");
         let who = format!("{}@{} from {peer}", clip(name), clip(tenant_id));
         let tenant = self

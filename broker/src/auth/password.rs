@@ -26,6 +26,8 @@ pub struct HashParams {
     pub iterations: u32,
     /// Lanes.
     pub parallelism: u32,
+    /// PBKDF2 iterations of the SCRAM-SHA-256 verifier made from the same password.
+    pub scram_iterations: u32,
 }
 
 impl HashParams {
@@ -123,7 +125,7 @@ fn verify(password: &[u8], hash: &str) -> bool {
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// The password is right and the device is enabled.
-    Valid(DeviceRecord),
+    Valid(Box<DeviceRecord>),
     /// Unknown device, no password, disabled, or a wrong password: all look the same.
     Invalid,
     /// The store could not be read: deny (fail closed).
@@ -239,7 +241,9 @@ impl PasswordPool {
                 .and_then(|d| d.password_hash.clone().map(|h| (d, h)));
             runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let verdict = match usable {
-                Some((device, hash)) if verify(&password, &hash) => Verdict::Valid(device),
+                Some((device, hash)) if verify(&password, &hash) => {
+                    Verdict::Valid(Box::new(device))
+                }
                 Some(_) => Verdict::Invalid,
                 None => {
                     // Same cost as a real check; the result is ignored.
@@ -266,6 +270,7 @@ mod tests {
         memory_kib: 64,
         iterations: 1,
         parallelism: 1,
+        scram_iterations: 4096,
     };
 
     #[test]

@@ -52,6 +52,14 @@ impl<S: Transport> Client<S> {
                     "second CONNECT [MQTT-3.1.0-2]",
                 ))
             }
+            Packet::Auth(_) if self.access.identity.method == crate::auth::Method::Scram => {
+                // Re-authentication [MQTT-4.12.1] is not offered: the connection ends, and
+                // the device logs in again with a new CONNECT.
+                return Err(BrokerError::protocol(
+                    ReasonCode::ImplementationSpecificError,
+                    "re-authentication is not supported",
+                ));
+            }
             Packet::Auth(_) => {
                 return Err(BrokerError::protocol(
                     ReasonCode::ProtocolError,

@@ -63,20 +63,37 @@ where
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
     }
-    let login = Login {
-        peer: peer.ip(),
-        listener,
-        certificate,
-        username: connect.username.as_deref(),
-        password: connect.password.as_deref(),
+    let scram =
+        connect.properties.authentication_method.as_deref() == Some(crate::auth::scram::METHOD);
+    let authenticated = if scram {
+        match super::enhanced::scram(state, &mut conn, &connect, peer, listener).await {
+            Ok((identity, last)) => Ok((identity, Some(last))),
+            Err(super::enhanced::Failed::Refused(r)) => Err(r),
+            Err(super::enhanced::Failed::Protocol(why)) => {
+                tracing::info!(%peer, why, "enhanced authentication broken off");
+                let code = ReasonCode::ProtocolError;
+                reject(&mut conn, protocol, code, why, client_max_packet).await;
+                return None;
+            }
+            Err(super::enhanced::Failed::Gone) => return None,
+        }
+    } else {
+        let login = Login {
+            peer: peer.ip(),
+            listener,
+            certificate,
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+        };
+        let store = state.persist.as_ref().map(|p| &p.store);
+        state
+            .auth
+            .authenticate(login, store, crate::clock::unix_ms())
+            .await
+            .map(|identity| (identity, None))
     };
-    let store = state.persist.as_ref().map(|p| &p.store);
-    let identity = match state
-        .auth
-        .authenticate(login, store, crate::clock::unix_ms())
-        .await
-    {
-        Ok(identity) => identity,
+    let (identity, auth_data) = match authenticated {
+        Ok(done) => done,
         Err(refusal) => {
             use crate::auth::Denied;
             let stats = &state.stats;
@@ -181,6 +198,10 @@ where
             assigned_client_identifier: assigned,
             topic_alias_maximum: Some(limits.topic_alias_maximum),
             server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+            authentication_method: auth_data
+                .is_some()
+                .then(|| crate::auth::scram::METHOD.to_owned()),
+            authentication_data: auth_data.map(bytes::Bytes::from),
             ..ConnAckProperties::default()
         }
     } else {
@@ -239,12 +260,14 @@ async fn hold_refusal(state: &BrokerState, deadline: tokio::time::Instant) {
 
 /// What the broker's limits refuse outright (before any authentication work).
 fn check(connect: &Connect, limits: &LimitsConfig) -> Result<(), Refusal> {
-    if connect.properties.authentication_method.is_some() {
-        // Enhanced authentication is not offered [MQTT-4.12.0-1].
-        return Err((
-            ReasonCode::BadAuthenticationMethod,
-            "enhanced authentication is not offered",
-        ));
+    if let Some(method) = &connect.properties.authentication_method {
+        if method != crate::auth::scram::METHOD {
+            // [MQTT-4.12.0-1]: a method the server does not offer.
+            return Err((
+                ReasonCode::BadAuthenticationMethod,
+                "the only authentication method offered is SCRAM-SHA-256",
+            ));
+        }
     }
     if connect.client_id.is_empty()
         && (connect.protocol == Protocol::V3_1

@@ -4,6 +4,7 @@
 //! the client loop.
 
 mod accept;
+mod enhanced;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
