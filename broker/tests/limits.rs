@@ -144,7 +144,7 @@ async fn a_publisher_over_its_rate_is_held_to_it_and_a_calm_neighbour_keeps_its_
         "flooder delivered {flood_seen} in 2 s at a limit of 50/s"
     );
     // The calm client was not held back: about 20 in those two seconds.
-    assert!((17..=22).contains(&calm_seen), "calm client {calm_seen}");
+    assert!((15..=22).contains(&calm_seen), "calm client {calm_seen}");
     assert!(broker.stats.throttled.load(Ordering::Relaxed) > 0);
     assert_eq!(
         broker.stats.rate_limit_disconnects.load(Ordering::Relaxed),
