@@ -212,7 +212,8 @@ async fn shutdown_signal() {
 }
 
 /// On SIGHUP: re-reads TLS certificates (live connections keep theirs) and, with a
-/// configuration file, its `[rate_limits]` (applied to live connections too). Other
+/// configuration file, its `[rate_limits]`, `[bans]` and `[flapping]` (applied to live
+/// connections too). Other
 /// sections take a restart; a file that does not parse changes nothing.
 async fn reload_on_sighup(handle: messs_broker::BrokerHandle, config: Option<PathBuf>) {
     #[cfg(unix)]
@@ -232,9 +233,11 @@ async fn reload_on_sighup(handle: messs_broker::BrokerHandle, config: Option<Pat
             let Some(path) = &config else { continue };
             match Config::from_file(path)
                 .map_err(anyhow::Error::from)
-                .and_then(|c| handle.set_rate_limits(&c.rate_limits).map_err(Into::into))
+                .and_then(|c| handle.reload_limits(&c).map_err(Into::into))
             {
-                Ok(()) => tracing::info!("SIGHUP: rate limits reloaded"),
+                Ok(()) => {
+                    tracing::info!("SIGHUP: rate limits, bans and flapping settings reloaded")
+                }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
             }
         }

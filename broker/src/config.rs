@@ -30,6 +30,10 @@ pub struct Config {
     pub sys: SysConfig,
     /// Rates: packets per connection, connections per address, handshakes at once.
     pub rate_limits: RateLimitsConfig,
+    /// The operator's ban list.
+    pub bans: BansConfig,
+    /// Temporary bans of clients that reconnect too often.
+    pub flapping: FlappingConfig,
 }
 
 impl Default for Config {
@@ -43,6 +47,8 @@ impl Default for Config {
             acl: AclConfig::default(),
             sys: SysConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            bans: BansConfig::default(),
+            flapping: FlappingConfig::default(),
         }
     }
 }
@@ -536,6 +542,83 @@ impl RateLimitsConfig {
     }
 }
 
+/// The operator's ban list (reloaded on SIGHUP). A banned address is closed at accept; a
+/// banned client id or username gets CONNACK 0x8A Banned (3.1.1: 5) before any password
+/// work. Refusals are counted (`refused_banned`), not audited one by one.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BansConfig {
+    /// Addresses and networks: `192.0.2.7`, `10.0.0.0/8`, `2001:db8::/32`.
+    pub addresses: Vec<String>,
+    /// Client ids, in every tenant.
+    pub client_ids: Vec<String>,
+    /// `NAME@TENANT`.
+    pub usernames: Vec<String>,
+}
+
+impl BansConfig {
+    pub(crate) fn compile(&self) -> Result<crate::limits::bans::StaticBans, BrokerError> {
+        let networks = self
+            .addresses
+            .iter()
+            .map(|a| crate::limits::bans::Network::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BrokerError::Config(format!("bans.addresses: {e}")))?;
+        Ok(crate::limits::bans::StaticBans {
+            networks,
+            client_ids: self.client_ids.iter().cloned().collect(),
+            usernames: self.usernames.iter().cloned().collect(),
+        })
+    }
+}
+
+/// Flapping detection: more than `max_connects_per_*` successful connections within
+/// `window_secs` bans that client id, username or address for `ban_secs` (audited as
+/// `flapping.ban`). Counted per tenant for client ids and usernames. 0 switches a kind
+/// off.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlappingConfig {
+    /// Connections of one client id (in its tenant) per window before it is banned.
+    pub max_connects_per_client_id: u32,
+    /// Connections of one username (in its tenant) per window before it is banned.
+    pub max_connects_per_username: u32,
+    /// Connections from one address per window before it is banned (mind NAT gateways).
+    pub max_connects_per_ip: u32,
+    /// The window, in seconds.
+    pub window_secs: u64,
+    /// How long a ban lasts, in seconds.
+    pub ban_secs: u64,
+    /// Client ids, usernames and addresses tracked (each kind shares one bounded map).
+    pub max_tracked: u64,
+}
+
+impl Default for FlappingConfig {
+    fn default() -> Self {
+        FlappingConfig {
+            max_connects_per_client_id: 30,
+            max_connects_per_username: 0,
+            max_connects_per_ip: 0,
+            window_secs: 60,
+            ban_secs: 300,
+            max_tracked: 100_000,
+        }
+    }
+}
+
+impl FlappingConfig {
+    pub(crate) fn policy(&self) -> crate::limits::bans::FlappingPolicy {
+        crate::limits::bans::FlappingPolicy {
+            max_connects_per_client_id: self.max_connects_per_client_id,
+            max_connects_per_username: self.max_connects_per_username,
+            max_connects_per_ip: self.max_connects_per_ip,
+            window_secs: self.window_secs,
+            ban_secs: self.ban_secs,
+            max_tracked: self.max_tracked,
+        }
+    }
+}
+
 /// `$SYS/` statistics topics.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -675,6 +758,11 @@ impl Config {
         }
         if a.failure_delay_ms >= l.connect_timeout_secs.saturating_mul(1000) {
             return bad("auth.failure_delay_ms must be shorter than limits.connect_timeout_secs");
+        }
+        self.bans.compile()?;
+        let f = &self.flapping;
+        if f.window_secs == 0 || f.ban_secs == 0 || f.max_tracked == 0 {
+            return bad("flapping.window_secs, ban_secs and max_tracked must be >= 1");
         }
         if self.rate_limits.max_handshakes == 0 || self.rate_limits.max_tracked_addresses == 0 {
             return bad("rate_limits.max_handshakes and max_tracked_addresses must be >= 1");

@@ -106,20 +106,26 @@ impl BrokerHandle {
         Ok(n)
     }
 
-    /// Applies new rate limits (a reloaded configuration): new connections and live ones
-    /// alike, at their next packet. Audited.
-    pub fn set_rate_limits(
-        &self,
-        limits: &crate::config::RateLimitsConfig,
-    ) -> Result<(), crate::BrokerError> {
-        if limits.max_handshakes == 0 || limits.max_tracked_addresses == 0 {
-            return Err(crate::BrokerError::Config(
-                "rate_limits.max_handshakes and max_tracked_addresses must be >= 1".into(),
-            ));
-        }
-        self.state.set_rate_limits(limits);
+    /// Applies the reloadable parts of a configuration (SIGHUP): `[rate_limits]`, `[bans]`
+    /// and `[flapping]` thresholds, to new and live connections alike. Audited. Other
+    /// sections take a restart.
+    pub fn reload_limits(&self, config: &crate::Config) -> Result<(), crate::BrokerError> {
+        config.validate()?;
         self.state
-            .audit("config.reload", format!("rate limits now {limits:?}"));
+            .bans
+            .set(config.bans.compile()?, config.flapping.policy());
+        self.state.set_rate_limits(&config.rate_limits);
+        self.state.audit(
+            "config.reload",
+            format!(
+                "rate limits now {:?}; {} banned addresses, {} client ids, {} usernames; flapping {:?}",
+                config.rate_limits,
+                config.bans.addresses.len(),
+                config.bans.client_ids.len(),
+                config.bans.usernames.len(),
+                config.flapping
+            ),
+        );
         Ok(())
     }
 

@@ -36,9 +36,9 @@ mod tls;
 
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
-    AclConfig, AuthConfig, BackupConfig, CertIdentity, Config, DurabilityLevel, LimitsConfig,
-    ListenerConfig, NoRules, RateLimitsConfig, SessionConfig, StorageConfig, SysConfig,
-    TelemetryConfig, TlsConfig, Transport,
+    AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
+    FlappingConfig, LimitsConfig, ListenerConfig, NoRules, RateLimitsConfig, SessionConfig,
+    StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

@@ -269,7 +269,8 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// Takes a connection permit and a handshake slot before each accept, so at most
 /// `max_connections` sockets are served and `max_handshakes` are in their handshake; then
-/// the address's admission (rate, connections open), which closes a refused socket at once,
+/// the address's bans and admission (rate, connections open), which close a refused socket
+/// at once,
 /// before any TLS or password work. The handshake runs in the connection's own task, never
 /// in this loop.
 async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semaphore>) {
@@ -306,6 +307,19 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
                 continue;
             }
         };
+        if state
+            .bans
+            .address_banned(peer.ip(), crate::clock::unix_ms())
+            .is_some()
+        {
+            state
+                .stats
+                .refused_banned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::trace!(%peer, "connection refused at accept: banned address");
+            drop(stream);
+            continue;
+        }
         let address = match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
             Ok(slot) => slot,
             Err(why) => {

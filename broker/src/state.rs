@@ -63,6 +63,8 @@ pub(crate) struct BrokerState {
     /// of uptime).
     id_base: u64,
     next_id: AtomicU64,
+    /// The operator's bans and flapping detection.
+    pub bans: crate::limits::bans::Bans,
     /// Per-address admission at accept.
     pub addresses: Arc<crate::limits::addresses::Addresses>,
     /// Handshakes (TLS and CONNECT) that may be in progress at once.
@@ -141,6 +143,7 @@ impl BrokerState {
             id_base: unix_ms().saturating_mul(1000),
             next_id: AtomicU64::new(1),
             addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
+            bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping.policy()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(
                 config.rate_limits.max_handshakes,
             )),

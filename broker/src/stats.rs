@@ -88,6 +88,11 @@ pub struct Stats {
     pub throttled: AtomicU64,
     /// Connections closed for staying over their rate limit (v5: 0x96).
     pub rate_limit_disconnects: AtomicU64,
+    /// Connections refused by a ban (the operator's or flapping): closed at accept for an
+    /// address, CONNACK 0x8A for a client id or username.
+    pub refused_banned: AtomicU64,
+    /// Flapping bans started.
+    pub flapping_bans: AtomicU64,
     /// Handshakes (TLS and CONNECT) in progress now.
     pub handshakes: AtomicUsize,
 }

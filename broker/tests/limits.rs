@@ -324,9 +324,10 @@ async fn limits_changed_at_runtime_reach_live_connections() {
     let other = Raw::v5(broker.addr, "other").await;
     // No limits yet; now 50/s, bursts of 10, cut after five bursts' time; and one
     // connection per address.
-    let mut changed = limits(50, 10, 5);
-    changed.max_connections_per_ip = 1;
-    broker.broker.set_rate_limits(&changed).unwrap();
+    let mut changed = Config::try_out();
+    changed.rate_limits = limits(50, 10, 5);
+    changed.rate_limits.max_connections_per_ip = 1;
+    broker.broker.reload_limits(&changed).unwrap();
     // The connection from before the change is held to the new limit, then cut.
     let mut flood = Flood::start(live, "t/flood");
     let seen = flood.until_closed(Duration::from_secs(10)).await;
@@ -342,10 +343,7 @@ async fn limits_changed_at_runtime_reach_live_connections() {
         .await
         .is_none());
     // Lifting the limits lets it in, and `other` was never touched.
-    broker
-        .broker
-        .set_rate_limits(&RateLimitsConfig::default())
-        .unwrap();
+    broker.broker.reload_limits(&Config::try_out()).unwrap();
     Raw::v5(broker.addr, "new").await.disconnect().await;
     other.disconnect().await;
     let data = broker.data.clone();
@@ -360,4 +358,84 @@ async fn limits_changed_at_runtime_reach_live_connections() {
         .iter()
         .any(|r| r.event.action == "config.reload"
             && r.event.detail.contains("messages_per_sec: 50")));
+}
+
+#[tokio::test]
+async fn the_operators_bans_refuse_addresses_client_ids_and_usernames_until_reloaded() {
+    let bans = |c: &mut Config| {
+        c.bans.addresses = vec!["127.0.0.4/31".into()];
+        c.bans.client_ids = vec!["evil".into()];
+        c.bans.usernames = vec!["mallory@default".into()];
+    };
+    let broker = TestBroker::start_with(bans).await;
+    // 127.0.0.4 and .5 are closed at accept; .6 is not in the /31.
+    for from in ["127.0.0.4", "127.0.0.5"] {
+        let raw = Raw::open_from(ip(from), broker.addr).await.unwrap();
+        assert!(raw
+            .try_connect(connect_packet(Protocol::V5, "x", true))
+            .await
+            .is_none());
+    }
+    let raw = Raw::open_from(ip("127.0.0.6"), broker.addr).await.unwrap();
+    let (raw, ack) = raw
+        .try_connect(connect_packet(Protocol::V5, "x", true))
+        .await
+        .unwrap();
+    assert_eq!(ack.code, ReasonCode::Success);
+    raw.disconnect().await;
+    // A banned client id at both levels (3.1.1 says 5, "not authorized").
+    let (_r, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "evil", true)).await;
+    assert_eq!(ack.code, ReasonCode::Banned);
+    let (_r, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V3_1_1, "evil", true)).await;
+    assert_eq!(ack.code, ReasonCode::NotAuthorized);
+    // A banned username is refused before any password work.
+    let mut c = connect_packet(Protocol::V5, "m", true);
+    c.username = Some("mallory".into());
+    c.password = Some(Bytes::from_static(b"whatever"));
+    let (_r, ack) = Raw::connect_with(broker.addr, c).await;
+    assert_eq!(ack.code, ReasonCode::Banned);
+    assert_eq!(broker.broker.password_verifications(), 0);
+    assert_eq!(broker.stats.refused_banned.load(Ordering::Relaxed), 5);
+    // Lifted by a reload.
+    broker.broker.reload_limits(&Config::try_out()).unwrap();
+    Raw::v5(broker.addr, "evil").await.disconnect().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_id_that_keeps_reconnecting_is_banned_for_a_while_and_audited() {
+    let broker = TestBroker::start_with(|c: &mut Config| {
+        c.flapping.max_connects_per_client_id = 3;
+        c.flapping.window_secs = 60;
+        c.flapping.ban_secs = 2;
+    })
+    .await;
+    // Four connections in the window: the fourth goes over and starts the ban.
+    for _ in 0..4 {
+        Raw::v5(broker.addr, "flappy").await.disconnect().await;
+    }
+    let started = Instant::now();
+    let (_r, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "flappy", true)).await;
+    assert_eq!(ack.code, ReasonCode::Banned);
+    // Other client ids are not affected.
+    Raw::v5(broker.addr, "steady").await.disconnect().await;
+    assert_eq!(broker.stats.flapping_bans.load(Ordering::Relaxed), 1);
+    // After the ban it may connect again.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    Raw::v5(broker.addr, "flappy").await.disconnect().await;
+    let data = broker.data.clone();
+    broker.stop().await;
+    let store = messs_broker::open_store(&messs_broker::StorageConfig {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let audit = store.read_audit(1, 10_000).unwrap();
+    assert!(audit.iter().any(|r| r.event.action == "flapping.ban"
+        && r.event
+            .detail
+            .contains("client id \"flappy\" of tenant default banned for 2000 ms")));
 }

@@ -66,7 +66,7 @@ impl Method {
 
 /// The name within its tenant, and the tenant: the listener's, or `NAME@TENANT` split at
 /// the last `@` on a shared listener (empty strings when there is no tenant to find).
-fn split_login<'a>(listener: &'a ListenerConfig, raw: &'a str) -> (&'a str, &'a str) {
+pub(crate) fn split_login<'a>(listener: &'a ListenerConfig, raw: &'a str) -> (&'a str, &'a str) {
     match &listener.tenant {
         Some(t) => (raw, t.as_str()),
         None => match raw.rsplit_once('@') {

@@ -63,6 +63,17 @@ where
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
     }
+    // The operator's bans, before any password work.
+    let named = connect
+        .username
+        .as_deref()
+        .map(|u| crate::auth::split_login(listener, u))
+        .filter(|(name, _)| !name.is_empty());
+    if let Some(kind) = state.bans.listed(&connect.client_id, named) {
+        tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
+        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        return None;
+    }
     let scram =
         connect.properties.authentication_method.as_deref() == Some(crate::auth::scram::METHOD);
     let authenticated = if scram {
@@ -122,6 +133,17 @@ where
         }
     };
     let (client_id, assigned) = client_id(state, &connect);
+    let flapping = state.bans.flapping(
+        &identity.tenant.id,
+        &client_id,
+        identity.username.as_deref(),
+        crate::clock::unix_ms(),
+    );
+    if let Some((kind, until)) = flapping {
+        tracing::debug!(%peer, ?kind, until, "CONNECT refused: banned for reconnecting too often");
+        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        return None;
+    }
     let refused_id = !identity.allows_client_id(&client_id);
     let access = Access::new(&state.auth, identity, Arc::from(client_id.as_str()));
     let refusal = if refused_id {
@@ -219,6 +241,35 @@ where
         return None;
     }
     tracing::debug!(%peer, client_id = %client_id, ?protocol, "connected");
+    let flapping = state.bans.connected(
+        &access.identity.tenant.id,
+        &client_id,
+        access.identity.username.as_deref(),
+        peer.ip(),
+        crate::clock::unix_ms(),
+    );
+    for (kind, ms) in flapping {
+        let what = match kind {
+            crate::limits::bans::Kind::ClientId => {
+                format!(
+                    "client id {:?} of tenant {}",
+                    crate::auth::clip(&client_id),
+                    access.identity.tenant.id
+                )
+            }
+            crate::limits::bans::Kind::Username => access.identity.describe(),
+            crate::limits::bans::Kind::Address => format!("address {}", peer.ip()),
+        };
+        state
+            .stats
+            .flapping_bans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%peer, ban = %what, ms, "flapping: banned for reconnecting too often");
+        state.audit(
+            "flapping.ban",
+            format!("{what} banned for {ms} ms: too many connections"),
+        );
+    }
     state.audit(
         "client.connect",
         format!(
@@ -256,6 +307,24 @@ async fn hold_refusal(state: &BrokerState, deadline: tokio::time::Instant) {
         _ = state.shutdown.cancelled() => {}
         _ = tokio::time::sleep_until(until) => {}
     }
+}
+
+/// Refuses a banned client (the operator's ban or flapping) with 0x8A (3.1.1: 5) after the
+/// failure delay. Counted, not audited one by one: the ban itself is.
+async fn refuse_banned<S: Transport>(
+    state: &BrokerState,
+    conn: &mut Connection<S>,
+    protocol: Protocol,
+    deadline: tokio::time::Instant,
+    client_max_packet: usize,
+) {
+    state
+        .stats
+        .refused_banned
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    hold_refusal(state, deadline).await;
+    let why = "banned; retry later";
+    reject(conn, protocol, ReasonCode::Banned, why, client_max_packet).await;
 }
 
 /// What the broker's limits refuse outright (before any authentication work).

@@ -1,6 +1,8 @@
 //! Connection-layer limits: token buckets (`bucket`), per-address admission at accept
-//! (`addresses`) and the per-connection packet limiter (`throttle`).
+//! (`addresses`), bans and flapping detection (`bans`) and the per-connection packet
+//! limiter (`throttle`).
 
 pub mod addresses;
+pub mod bans;
 pub mod bucket;
 pub mod throttle;
