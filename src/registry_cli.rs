@@ -32,6 +32,20 @@ pub enum TenantCmd {
         /// The tenant.
         id: String,
     },
+    /// Overrides one of `[tenant_limits]` for this tenant (0: no limit), or with
+    /// --unset goes back to the configuration's value.
+    SetLimit {
+        /// The tenant.
+        id: String,
+        /// max_connections, max_sessions, max_subscriptions, messages_per_sec,
+        /// messages_burst, bytes_per_sec, bytes_burst, connects_per_sec or connects_burst.
+        name: String,
+        /// The value (omit with --unset).
+        value: Option<u64>,
+        /// Remove the override.
+        #[arg(long, conflicts_with = "value")]
+        unset: bool,
+    },
 }
 
 /// Where a device password comes from.
@@ -358,7 +372,26 @@ fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {
         TenantCmd::List => {
             for t in r.tenants()? {
                 let status = if t.enabled { "enabled" } else { "disabled" };
-                println!("{}\t{}\t{status}", t.id, t.name);
+                let limits: Vec<String> =
+                    t.limits.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                println!("{}\t{}\t{status}\t{}", t.id, t.name, limits.join(","));
+            }
+        }
+        TenantCmd::SetLimit {
+            id,
+            name,
+            value,
+            unset,
+        } => {
+            let value = match (value, unset) {
+                (Some(v), false) => Some(v),
+                (None, true) => None,
+                _ => anyhow::bail!("give a value, or --unset"),
+            };
+            r.set_tenant_limit(&id, &name, value)?;
+            match value {
+                Some(v) => println!("tenant {id}: {name} = {v}"),
+                None => println!("tenant {id}: {name} back to the configuration's"),
             }
         }
         TenantCmd::Disable { id } => {

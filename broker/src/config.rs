@@ -30,6 +30,8 @@ pub struct Config {
     pub sys: SysConfig,
     /// Rates: packets per connection, connections per address, handshakes at once.
     pub rate_limits: RateLimitsConfig,
+    /// Every tenant's quotas and shared rates, unless its registry record overrides them.
+    pub tenant_limits: crate::limits::tenant::TenantLimits,
     /// The operator's ban list.
     pub bans: BansConfig,
     /// Temporary bans of clients that reconnect too often.
@@ -47,6 +49,7 @@ impl Default for Config {
             acl: AclConfig::default(),
             sys: SysConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            tenant_limits: Default::default(),
             bans: BansConfig::default(),
             flapping: FlappingConfig::default(),
         }

@@ -106,8 +106,8 @@ impl BrokerHandle {
         Ok(n)
     }
 
-    /// Applies the reloadable parts of a configuration (SIGHUP): `[rate_limits]`, `[bans]`
-    /// and `[flapping]` thresholds, to new and live connections alike. Audited. Other
+    /// Applies the reloadable parts of a configuration (SIGHUP): `[rate_limits]`,
+    /// `[tenant_limits]`, `[bans]` and `[flapping]` thresholds, to new and live connections alike. Audited. Other
     /// sections take a restart.
     pub fn reload_limits(&self, config: &crate::Config) -> Result<(), crate::BrokerError> {
         config.validate()?;
@@ -115,11 +115,13 @@ impl BrokerHandle {
             .bans
             .set(config.bans.compile()?, config.flapping.policy());
         self.state.set_rate_limits(&config.rate_limits);
+        self.state.auth.tenants.set_defaults(config.tenant_limits);
         self.state.audit(
             "config.reload",
             format!(
-                "rate limits now {:?}; {} banned addresses, {} client ids, {} usernames; flapping {:?}",
+                "rate limits now {:?}; tenant limits {:?}; {} banned addresses, {} client ids, {} usernames; flapping {:?}",
                 config.rate_limits,
+                config.tenant_limits,
                 config.bans.addresses.len(),
                 config.bans.client_ids.len(),
                 config.bans.usernames.len(),

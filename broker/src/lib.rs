@@ -21,7 +21,7 @@ mod error;
 pub mod fuzz_support;
 mod handle;
 mod handshake;
-mod limits;
+pub(crate) mod limits;
 mod message;
 mod persist;
 pub mod registry;
@@ -43,6 +43,7 @@ pub use config::{
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
+pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
 pub use server::Broker;
 
 /// Opens the store a broker with `config` would use (operator tasks on a stopped broker's

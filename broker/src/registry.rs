@@ -114,6 +114,35 @@ impl<'a> Registry<'a> {
         Ok(())
     }
 
+    /// Overrides one of the configuration's tenant limits for `id` (`None`: back to the
+    /// configuration's). The name must be one of `TENANT_LIMIT_NAMES`.
+    pub fn set_tenant_limit(
+        &mut self,
+        id: &str,
+        name: &str,
+        value: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        if !crate::limits::tenant::NAMES.contains(&name) {
+            return Err(BrokerError::Registry(format!(
+                "unknown tenant limit {name:?} (known: {})",
+                crate::limits::tenant::NAMES.join(", ")
+            )));
+        }
+        let mut t = self.tenant_record(id)?;
+        t.limits.retain(|(n, _)| n != name);
+        if let Some(v) = value {
+            t.limits.push((name.to_owned(), v));
+        }
+        self.store.update_tenant(&t)?;
+        let detail = match value {
+            Some(v) => format!("tenant {id:?}: {name} = {v}"),
+            None => format!("tenant {id:?}: {name} unset"),
+        };
+        self.audit("tenant.limit", detail);
+        self.touched.push(Touched::Tenant(id.to_owned()));
+        Ok(())
+    }
+
     /// Every tenant.
     pub fn tenants(&self) -> Result<Vec<TenantRecord>, BrokerError> {
         Ok(self.store.tenants()?)

@@ -321,6 +321,11 @@ impl BrokerState {
         };
         let state = SessionState::new(session_limits, self.budget.clone(), cost);
         let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));
+        self.auth
+            .tenants
+            .get_or_insert(&key.tenant, false)
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
         self.sessions().insert(key, session.clone());
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         session
@@ -345,6 +350,16 @@ impl BrokerState {
         const EVICTIONS_PER_SESSION: usize = 8;
         let limits = &self.config.limits;
         let cost = SESSION_COST + key.client_id.len();
+        // The tenant's own quota: no eviction of other tenants' sessions makes room for it.
+        if let Some(t) = self.auth.tenants.get(&key.tenant) {
+            let held = t.sessions.load(Ordering::Relaxed);
+            if !crate::limits::tenant::below(t.limits().max_sessions, held) {
+                self.stats
+                    .tenant_quota_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(AttachRefused::Quota);
+            }
+        }
         let mut evictions = 0;
         loop {
             let below_max = self.stats.sessions.load(Ordering::Relaxed) < limits.max_sessions;
@@ -559,6 +574,9 @@ impl BrokerState {
             if map.get(&session.key).is_some_and(|s| s.id == session.id) {
                 map.remove(&session.key);
                 self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+                if let Some(t) = self.auth.tenants.get(&session.key.tenant) {
+                    t.sessions.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         let (subs, will) = {

@@ -93,6 +93,11 @@ pub struct Stats {
     pub refused_banned: AtomicU64,
     /// Flapping bans started.
     pub flapping_bans: AtomicU64,
+    /// Connections, sessions and subscriptions refused by a tenant's quota (0x97), and
+    /// connections by its connect rate (0x9F).
+    pub tenant_quota_refusals: AtomicU64,
+    /// Times a connection was held back by its tenant's shared packet rate.
+    pub tenant_throttled: AtomicU64,
     /// Handshakes (TLS and CONNECT) in progress now.
     pub handshakes: AtomicUsize,
 }

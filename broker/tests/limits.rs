@@ -439,3 +439,221 @@ async fn a_client_id_that_keeps_reconnecting_is_banned_for_a_while_and_audited()
             .detail
             .contains("client id \"flappy\" of tenant default banned for 2000 ms")));
 }
+
+/// PUBLISHes `sub` receives in two seconds, after half a second of warm-up (read, not
+/// counted: what queued up before the measurement must not count in it).
+async fn count_after_warm_up(sub: &mut Raw) -> u64 {
+    let warm = Instant::now() + Duration::from_millis(500);
+    while let Some(left) = warm.checked_duration_since(Instant::now()) {
+        sub.recv_within(left).await;
+    }
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut n = 0u64;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if let Some(Packet::Publish(_)) = sub.recv_within(left).await {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Tenants `acme` and `globex` on one shared listener, each with devices d0..d4 (password
+/// `secret-password`) allowed every topic; acme's registry record overrides `limits`.
+async fn two_tenants(acme_limits: &[(&str, u64)]) -> TestBroker {
+    let broker = TestBroker::start_with(|c: &mut Config| {
+        c.listeners[0].allow_anonymous = false;
+        c.listeners[0].tenant = None;
+    })
+    .await;
+    let acme_limits: Vec<(String, u64)> = acme_limits
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), *v))
+        .collect();
+    broker
+        .broker
+        .registry("test", move |r| {
+            for t in ["acme", "globex"] {
+                r.add_tenant(t, None)?;
+                for i in 0..5 {
+                    r.add_device(t, &format!("d{i}"), Some("secret-password"), None, &[])?;
+                }
+                r.add_rule(
+                    t,
+                    messs_broker::registry::RuleSpec {
+                        allow: true,
+                        action: messs_broker::storage::registry::AclAction::Both,
+                        filter: "#".into(),
+                        subject: messs_broker::storage::registry::AclSubject::All,
+                        qos_mask: 7,
+                        retain: None,
+                    },
+                    None,
+                )?;
+            }
+            for (name, value) in &acme_limits {
+                r.set_tenant_limit("acme", name, Some(*value))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    broker
+}
+
+fn device(client_id: &str, user: &str) -> messs_codec::Connect {
+    let mut c = connect_packet(Protocol::V5, client_id, true);
+    c.username = Some(user.into());
+    c.password = Some(Bytes::from_static(b"secret-password"));
+    c
+}
+
+async fn login(broker: &TestBroker, client_id: &str, user: &str) -> (Raw, ReasonCode) {
+    let (raw, ack) = Raw::connect_with(broker.addr, device(client_id, user)).await;
+    (raw, ack.code)
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_quotas_does_not_reduce_another_tenants() {
+    let broker = two_tenants(&[("max_connections", 2), ("max_subscriptions", 3)]).await;
+    let mut acme = Vec::new();
+    for i in 0..2 {
+        let (raw, code) = login(&broker, &format!("a{i}"), &format!("d{i}@acme")).await;
+        assert_eq!(code, ReasonCode::Success);
+        acme.push(raw);
+    }
+    let (_r, code) = login(&broker, "a2", "d2@acme").await;
+    assert_eq!(code, ReasonCode::QuotaExceeded, "acme's third connection");
+    let mut globex = Vec::new();
+    for i in 0..5 {
+        let (raw, code) = login(&broker, &format!("g{i}"), &format!("d{i}@globex")).await;
+        assert_eq!(code, ReasonCode::Success, "globex {i}");
+        globex.push(raw);
+    }
+    // Three subscriptions for all of acme; the fourth filter is refused, a repeat of one
+    // the session holds is not; globex subscribes freely.
+    let sub = |filters: &[&str]| {
+        Packet::Subscribe(Box::new(messs_codec::Subscribe {
+            packet_id: std::num::NonZeroU16::MIN,
+            properties: Default::default(),
+            subscriptions: filters
+                .iter()
+                .map(|f| messs_codec::Subscription {
+                    filter: messs_codec::TopicFilter::new(*f).unwrap(),
+                    options: messs_codec::SubscriptionOptions::new(QoS::AtMostOnce),
+                })
+                .collect(),
+        }))
+    };
+    acme[0].send(&sub(&["a/1", "a/2"])).await;
+    let Packet::SubAck(ack) = acme[0].recv().await else {
+        panic!("SUBACK")
+    };
+    assert_eq!(ack.reasons, vec![ReasonCode::Success; 2]);
+    acme[1].send(&sub(&["a/3", "a/4"])).await;
+    let Packet::SubAck(ack) = acme[1].recv().await else {
+        panic!("SUBACK")
+    };
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::Success, ReasonCode::QuotaExceeded]
+    );
+    acme[0].send(&sub(&["a/1"])).await;
+    let Packet::SubAck(ack) = acme[0].recv().await else {
+        panic!("SUBACK")
+    };
+    assert_eq!(
+        ack.reasons,
+        vec![ReasonCode::Success],
+        "a replacement is not a new one"
+    );
+    globex[0]
+        .send(&sub(&["g/1", "g/2", "g/3", "g/4", "g/5"]))
+        .await;
+    let Packet::SubAck(ack) = globex[0].recv().await else {
+        panic!("SUBACK")
+    };
+    assert_eq!(ack.reasons, vec![ReasonCode::Success; 5]);
+    // One acme connection ends: its place is free again.
+    acme.pop().unwrap().disconnect().await;
+    let mut again = None;
+    for _ in 0..50 {
+        let (raw, code) = login(&broker, "a3", "d3@acme").await;
+        if code == ReasonCode::Success {
+            again = Some(raw);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a freed connection place is given back");
+    assert!(broker.stats.tenant_quota_refusals.load(Ordering::Relaxed) >= 2);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenants_shared_rate_holds_its_fleet_and_not_another_tenant() {
+    let broker = two_tenants(&[("messages_per_sec", 50), ("messages_burst", 10)]).await;
+    let (mut acme_sub, _) = login(&broker, "as", "d0@acme").await;
+    acme_sub.subscribe("t/#", QoS::AtMostOnce).await;
+    let (mut globex_sub, _) = login(&broker, "gs", "d0@globex").await;
+    globex_sub.subscribe("t/#", QoS::AtMostOnce).await;
+    // Two acme publishers and one globex publisher flood.
+    let mut floods = Vec::new();
+    for (id, user, t) in [
+        ("a1", "d1@acme", "t/a1"),
+        ("a2", "d2@acme", "t/a2"),
+        ("g1", "d1@globex", "t/g1"),
+    ] {
+        let (raw, code) = login(&broker, id, user).await;
+        assert_eq!(code, ReasonCode::Success);
+        floods.push(Flood::start(raw, t));
+    }
+    // Count two seconds after half a second of warm-up (read, not counted).
+    let (acme_n, globex_n) = tokio::join!(
+        count_after_warm_up(&mut acme_sub),
+        count_after_warm_up(&mut globex_sub)
+    );
+    // Both acme publishers together: 50 a second, within 10%.
+    assert!(
+        (90..=110).contains(&acme_n),
+        "acme delivered {acme_n} in 2 s"
+    );
+    // globex has no such limit: far more.
+    assert!(globex_n > 1000, "globex delivered {globex_n} in 2 s");
+    assert!(broker.stats.tenant_throttled.load(Ordering::Relaxed) > 0);
+    for f in floods {
+        f.stop().await;
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenants_connect_rate_and_session_quota() {
+    let broker = two_tenants(&[
+        ("connects_per_sec", 1),
+        ("connects_burst", 3),
+        ("max_sessions", 2),
+    ])
+    .await;
+    // Two persistent sessions of acme stay after their connections end.
+    for i in 0..2 {
+        let mut c = device(&format!("p{i}"), &format!("d{i}@acme"));
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+        let (raw, ack) = Raw::connect_with(broker.addr, c).await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        raw.disconnect().await;
+    }
+    // A third session is over acme's quota (the third connect of its burst of three).
+    let (_r, code) = login(&broker, "p2", "d2@acme").await;
+    assert_eq!(code, ReasonCode::QuotaExceeded);
+    // The fourth connection within the second is over acme's connect rate.
+    let (_r, code) = login(&broker, "p0", "d0@acme").await;
+    assert_eq!(code, ReasonCode::ConnectionRateExceeded);
+    // globex is not affected by either.
+    for i in 0..5 {
+        let (raw, code) = login(&broker, &format!("g{i}"), &format!("d{i}@globex")).await;
+        assert_eq!(code, ReasonCode::Success);
+        raw.disconnect().await;
+    }
+    broker.stop().await;
+}

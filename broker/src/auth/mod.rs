@@ -281,6 +281,7 @@ impl Auth {
         aws_lc_rs::rand::fill(&mut key)
             .map_err(|_| BrokerError::Config("no system randomness".into()))?;
         let tenants = Tenants::default();
+        tenants.set_defaults(config.tenant_limits);
         for l in &config.listeners {
             if let Some(t) = &l.tenant {
                 tenants.get_or_insert(&Arc::from(t.as_str()), false);
@@ -330,6 +331,9 @@ impl Auth {
         let cas: Vec<Vec<u8>> = store.cas(id)?.into_iter().map(|c| c.der).collect();
         self.client_cas.set(&entry.id, &cas)?;
         entry.set_rules(store.acl_rules(id)?);
+        self.tenants
+            .set_overrides(&entry, t.limits.clone())
+            .map_err(|e| BrokerError::Registry(format!("tenant {id}: {e}")))?;
         entry.set_enabled(t.enabled);
         Ok(t.enabled)
     }

@@ -8,11 +8,12 @@
 //! enabled and has no rules until the registry says otherwise.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use messs_storage::registry::{AclRule, JwtKey};
 
+use crate::limits::tenant::{TenantLimits, TenantRates};
 use crate::session::TenantId;
 
 /// One tenant's security settings.
@@ -30,6 +31,12 @@ pub(crate) struct TenantSecurity {
     pub counters: crate::sys::TenantCounters,
     /// SHA-256 fingerprints of revoked device certificates.
     revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
+    /// Its quotas and shared rates (the configuration's, with the registry's overrides).
+    pub rates: TenantRates,
+    /// The registry's overrides of the configured limits.
+    overrides: RwLock<Vec<(String, u64)>>,
+    /// Sessions it holds, online or offline.
+    pub sessions: AtomicUsize,
 }
 
 impl TenantSecurity {
@@ -43,7 +50,15 @@ impl TenantSecurity {
             jwt_keys: RwLock::default(),
             revoked: RwLock::default(),
             counters: crate::sys::TenantCounters::default(),
+            rates: TenantRates::default(),
+            overrides: RwLock::default(),
+            sessions: AtomicUsize::new(0),
         }
+    }
+
+    /// Its limits now.
+    pub fn limits(&self) -> TenantLimits {
+        self.rates.limits()
     }
 
     /// Whether its devices may connect.
@@ -107,6 +122,8 @@ impl TenantSecurity {
 #[derive(Debug, Default)]
 pub(crate) struct Tenants {
     map: RwLock<HashMap<TenantId, Arc<TenantSecurity>>>,
+    /// `[tenant_limits]`: every tenant's limits before its overrides.
+    defaults: RwLock<TenantLimits>,
 }
 
 impl Tenants {
@@ -122,12 +139,60 @@ impl Tenants {
     /// The entry for `id`, created (unregistered, enabled, no rules) if missing.
     pub fn get_or_insert(&self, id: &TenantId, registered: bool) -> Arc<TenantSecurity> {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        let entry = map
-            .entry(id.clone())
-            .or_insert_with(|| Arc::new(TenantSecurity::new(id.clone(), registered)));
+        let defaults = *self.defaults.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(id.clone()).or_insert_with(|| {
+            let t = TenantSecurity::new(id.clone(), registered);
+            t.rates.set(defaults, crate::clock::mono_us());
+            Arc::new(t)
+        });
         if registered {
             entry.registered.store(true, Ordering::Release);
         }
         entry.clone()
+    }
+
+    /// New `[tenant_limits]` (start, reload): every tenant's limits are recomputed.
+    pub fn set_defaults(&self, defaults: TenantLimits) {
+        *self
+            .defaults
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = defaults;
+        let tenants: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for t in tenants {
+            self.apply(&t);
+        }
+    }
+
+    /// A tenant's registry overrides (checked by name first).
+    pub fn set_overrides(
+        &self,
+        tenant: &TenantSecurity,
+        overrides: Vec<(String, u64)>,
+    ) -> Result<(), String> {
+        TenantLimits::default().with(&overrides)?;
+        *tenant
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = overrides;
+        self.apply(tenant);
+        Ok(())
+    }
+
+    fn apply(&self, tenant: &TenantSecurity) {
+        let defaults = *self.defaults.read().unwrap_or_else(PoisonError::into_inner);
+        let overrides = tenant
+            .overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // Names were checked when the overrides were set.
+        let limits = defaults.with(&overrides).unwrap_or(defaults);
+        tenant.rates.set(limits, crate::clock::mono_us());
     }
 }

@@ -263,6 +263,20 @@ impl<S: Transport> Client<S> {
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
+            // The tenant's quota on subscriptions (replacing one of the session's own
+            // always works).
+            let tenant_max = self.access.identity.tenant.limits().max_subscriptions;
+            if tenant_max > 0
+                && !crate::limits::tenant::below(tenant_max, self.routes.subscription_count())
+                && !self.session.lock().has_subscription(sub.filter.as_str())
+            {
+                self.state
+                    .stats
+                    .tenant_quota_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             let stored = StoredSubscription {
                 filter: sub.filter,
                 options: sub.options,

@@ -440,9 +440,9 @@ impl<S: Transport> Client<S> {
         None
     }
 
-    /// Charges a packet of `size` bytes to the rate limiter: over the rate, reading pauses
-    /// until the connection is back within it; kept over it for too long, it is closed
-    /// (0x96). Picks up changed limits first.
+    /// Charges a packet of `size` bytes to the connection's rate limiter and its tenant's:
+    /// over either rate, reading pauses until it is back within both; kept over its own
+    /// for too long, it is closed (0x96). Picks up changed limits first.
     fn charge(&mut self, size: usize) -> Option<End> {
         let epoch = self.state.throttle_epoch();
         if epoch != self.throttle_epoch {
@@ -454,31 +454,50 @@ impl<S: Transport> Client<S> {
                 None => self.throttle = Throttle::new(policy, mono_us()).map(Box::new),
             }
         }
-        let throttle = self.throttle.as_mut()?;
-        match throttle.charge(size, mono_us()) {
-            Verdict::Go => None,
+        let now = mono_us();
+        let own = self
+            .throttle
+            .as_mut()
+            .map_or(Verdict::Go, |t| t.charge(size, now));
+        // The tenant's shared rate, after the connection's own.
+        let tenant = &self.access.identity.tenant.rates;
+        let shared = if tenant.limits_packets() {
+            tenant.charge(size, now)
+        } else {
+            Duration::ZERO
+        };
+        let own_wait = match own {
+            Verdict::Go => Duration::ZERO,
             Verdict::Pause(wait) => {
                 self.state.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                if self.pause.is_none() {
-                    self.pause = Some(Box::pin(async move {
-                        tokio::time::sleep(wait).await;
-                        // Not a subscriber's backpressure: no run share to grant after it.
-                        0
-                    }));
-                }
-                None
+                wait
             }
             Verdict::Disconnect => {
                 self.state
                     .stats
                     .rate_limit_disconnects
                     .fetch_add(1, Ordering::Relaxed);
-                Some(End::Failed(BrokerError::protocol(
+                return Some(End::Failed(BrokerError::protocol(
                     ReasonCode::MessageRateTooHigh,
                     "kept over the connection's rate limit",
-                )))
+                )));
             }
+        };
+        if !shared.is_zero() {
+            self.state
+                .stats
+                .tenant_throttled
+                .fetch_add(1, Ordering::Relaxed);
         }
+        let wait = own_wait.max(shared);
+        if !wait.is_zero() && self.pause.is_none() {
+            self.pause = Some(Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                // Not a subscriber's backpressure: no run share to grant after it.
+                0
+            }));
+        }
+        None
     }
 
     async fn finish(&mut self, end: End) {

@@ -144,6 +144,36 @@ where
         refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
         return None;
     }
+    // The tenant's connect rate and connection quota.
+    let tenant = &identity.tenant;
+    let over = if !tenant.rates.try_connect(crate::clock::mono_us()) {
+        Some((
+            ReasonCode::ConnectionRateExceeded,
+            "the tenant's connection rate is exceeded",
+        ))
+    } else if !crate::limits::tenant::below(
+        tenant.limits().max_connections,
+        tenant
+            .counters
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed),
+    ) {
+        Some((
+            ReasonCode::QuotaExceeded,
+            "the tenant has as many connections as it may",
+        ))
+    } else {
+        None
+    };
+    if let Some((code, why)) = over {
+        state
+            .stats
+            .tenant_quota_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%peer, tenant = %tenant.id, %code, "CONNECT refused by the tenant's limits");
+        reject(&mut conn, protocol, code, why, client_max_packet).await;
+        return None;
+    }
     let refused_id = !identity.allows_client_id(&client_id);
     let access = Access::new(&state.auth, identity, Arc::from(client_id.as_str()));
     let refusal = if refused_id {

@@ -45,6 +45,11 @@ impl TenantRoutes {
     pub fn retained_count(&self) -> usize {
         read(&self.retained).len()
     }
+
+    /// Subscriptions held by all of the tenant's sessions.
+    pub fn subscription_count(&self) -> usize {
+        read(&self.trie).len()
+    }
 }
 
 /// What happened to a published message.

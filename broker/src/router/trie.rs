@@ -164,7 +164,6 @@ impl<T: Copy, const N: usize> SmallStack<T, N> {
 
 impl SubscriptionTrie {
     /// Number of subscriptions held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }

@@ -587,6 +587,11 @@ impl SessionState {
         }
     }
 
+    /// Whether the session has a subscription with this filter.
+    pub fn has_subscription(&self, filter: &str) -> bool {
+        self.subscriptions.contains_key(filter)
+    }
+
     /// Removes a subscription; true if it existed.
     pub fn remove_subscription(&mut self, filter: &str, ticket: Option<&Ticket>) -> bool {
         match self.subscriptions.remove(filter) {

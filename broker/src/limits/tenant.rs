@@ -1,0 +1,226 @@
+//! Per-tenant quotas and shared rates, so one tenant at its limits cannot take another's
+//! capacity. Every tenant gets the configuration's `[tenant_limits]`; a tenant's registry
+//! record may override any of them by name (`messs tenant set-limit`). Zero is no limit.
+//!
+//! The rates are token buckets shared by all of the tenant's connections: a connection
+//! charges its own buckets and then its tenant's, and pauses for the longer debt, so a
+//! tenant's fleet together stays within the tenant's rate while other tenants run free.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::bucket::TokenBucket;
+
+/// One tenant's limits (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Connections open at once (more: CONNACK 0x97 Quota exceeded; 3.1.1: 3).
+    pub max_connections: u64,
+    /// Sessions held, online or offline (a CONNECT that needs one more: 0x97).
+    pub max_sessions: u64,
+    /// Subscriptions held by all of the tenant's sessions (more: SUBACK 0x97).
+    pub max_subscriptions: u64,
+    /// Packets a second from all of the tenant's connections together (PUBLISH,
+    /// SUBSCRIBE, UNSUBSCRIBE, PINGREQ); over it, connections pause reading.
+    pub messages_per_sec: u64,
+    /// Packets beyond the rate at once (0: one second's worth).
+    pub messages_burst: u64,
+    /// Bytes a second of those packets, all connections together.
+    pub bytes_per_sec: u64,
+    /// Bytes beyond the rate at once (0: one second's worth).
+    pub bytes_burst: u64,
+    /// New connections a second (more: CONNACK 0x9F Connection rate exceeded; 3.1.1: 3).
+    pub connects_per_sec: u64,
+    /// New connections beyond the rate at once (0: one second's worth).
+    pub connects_burst: u64,
+}
+
+/// The names a registry override may use, as in `[tenant_limits]`.
+pub const NAMES: &[&str] = &[
+    "max_connections",
+    "max_sessions",
+    "max_subscriptions",
+    "messages_per_sec",
+    "messages_burst",
+    "bytes_per_sec",
+    "bytes_burst",
+    "connects_per_sec",
+    "connects_burst",
+];
+
+impl TenantLimits {
+    fn slot(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
+            "max_connections" => &mut self.max_connections,
+            "max_sessions" => &mut self.max_sessions,
+            "max_subscriptions" => &mut self.max_subscriptions,
+            "messages_per_sec" => &mut self.messages_per_sec,
+            "messages_burst" => &mut self.messages_burst,
+            "bytes_per_sec" => &mut self.bytes_per_sec,
+            "bytes_burst" => &mut self.bytes_burst,
+            "connects_per_sec" => &mut self.connects_per_sec,
+            "connects_burst" => &mut self.connects_burst,
+            _ => return None,
+        })
+    }
+
+    /// These limits with a tenant's overrides applied; an unknown name is an error.
+    pub fn with(mut self, overrides: &[(String, u64)]) -> Result<Self, String> {
+        for (name, value) in overrides {
+            *self.slot(name).ok_or_else(|| {
+                format!(
+                    "unknown tenant limit {name:?} (known: {})",
+                    NAMES.join(", ")
+                )
+            })? = *value;
+        }
+        Ok(self)
+    }
+}
+
+/// Whether a limit allows one more when `now` are held.
+pub fn below(limit: u64, now: usize) -> bool {
+    limit == 0 || (now as u64) < limit
+}
+
+/// A tenant's shared buckets.
+#[derive(Debug, Default)]
+pub struct TenantRates {
+    buckets: Mutex<Buckets>,
+    /// Whether packets are rate limited: read on every packet, so a tenant without packet
+    /// rates costs its connections one relaxed load, not a lock.
+    packets_limited: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    limits: TenantLimits,
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    connects: Option<TokenBucket>,
+}
+
+fn refit(slot: &mut Option<TokenBucket>, rate: u64, burst: u64, now_us: u64) {
+    match (slot.as_mut(), rate) {
+        (_, 0) => *slot = None,
+        (Some(b), _) => b.set_limit(rate, burst, now_us),
+        (None, _) => *slot = Some(TokenBucket::new(rate, burst, now_us)),
+    }
+}
+
+impl TenantRates {
+    /// Takes new limits (their buckets keep what they hold).
+    pub fn set(&self, limits: TenantLimits, now_us: u64) {
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        refit(
+            &mut b.messages,
+            limits.messages_per_sec,
+            limits.messages_burst,
+            now_us,
+        );
+        refit(
+            &mut b.bytes,
+            limits.bytes_per_sec,
+            limits.bytes_burst,
+            now_us,
+        );
+        refit(
+            &mut b.connects,
+            limits.connects_per_sec,
+            limits.connects_burst,
+            now_us,
+        );
+        b.limits = limits;
+        self.packets_limited.store(
+            limits.messages_per_sec > 0 || limits.bytes_per_sec > 0,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn limits(&self) -> TenantLimits {
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limits
+    }
+
+    /// Charges one packet of `bytes` to the tenant's buckets; how long its connection must
+    /// pause (zero when the tenant is within its rates).
+    pub fn charge(&self, bytes: usize, now_us: u64) -> Duration {
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = b
+            .messages
+            .as_mut()
+            .map_or(Duration::ZERO, |k| k.charge(1, now_us));
+        let y = b
+            .bytes
+            .as_mut()
+            .map_or(Duration::ZERO, |k| k.charge(bytes as u64, now_us));
+        m.max(y)
+    }
+
+    /// Takes a connection attempt from the tenant's connect rate; false if over it.
+    pub fn try_connect(&self, now_us: u64) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        b.connects.as_mut().is_none_or(|k| k.try_take(1, now_us))
+    }
+
+    /// Whether packets are rate limited (connections of tenants without packet rates skip
+    /// the lock).
+    pub fn limits_packets(&self) -> bool {
+        self.packets_limited.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_by_name_and_unknown_names_refused() {
+        let base = TenantLimits {
+            max_connections: 100,
+            ..Default::default()
+        };
+        let t = base
+            .with(&[
+                ("max_connections".into(), 5),
+                ("messages_per_sec".into(), 50),
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.max_connections, t.messages_per_sec), (5, 50));
+        assert!(base.with(&[("max_conections".into(), 5)]).is_err());
+        assert!(below(0, 1_000_000));
+        assert!(below(5, 4) && !below(5, 5));
+    }
+
+    #[test]
+    fn shared_rates_pace_all_connections_together() {
+        let r = TenantRates::default();
+        r.set(
+            TenantLimits {
+                messages_per_sec: 100,
+                messages_burst: 10,
+                connects_per_sec: 1,
+                connects_burst: 2,
+                ..Default::default()
+            },
+            0,
+        );
+        assert!(r.limits_packets());
+        // Two connections drawing from one bucket: the 11th packet waits 10 ms.
+        for _ in 0..10 {
+            assert_eq!(r.charge(10, 0), Duration::ZERO);
+        }
+        assert_eq!(r.charge(10, 0), Duration::from_millis(10));
+        assert!(r.try_connect(0) && r.try_connect(0) && !r.try_connect(0));
+        assert!(r.try_connect(1_000_000));
+        r.set(TenantLimits::default(), 0);
+        assert!(!r.limits_packets());
+        assert_eq!(r.charge(10, 0), Duration::ZERO);
+    }
+}
