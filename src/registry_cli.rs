@@ -38,7 +38,8 @@ pub enum TenantCmd {
         /// The tenant.
         id: String,
         /// max_connections, max_sessions, max_subscriptions, messages_per_sec,
-        /// messages_burst, bytes_per_sec, bytes_burst, connects_per_sec or connects_burst.
+        /// messages_burst, bytes_per_sec, bytes_burst, connects_per_sec, connects_burst or
+        /// max_packet_size.
         name: String,
         /// The value (omit with --unset).
         value: Option<u64>,

@@ -78,6 +78,9 @@ pub struct ListenerConfig {
     /// `net.core.somaxconn`). A short queue turns a connect storm into SYN retransmits
     /// (a one-second stall for each client that overflows it).
     pub backlog: u32,
+    /// Largest packet this listener's clients may send after CONNECT, if smaller than
+    /// `limits.max_packet_size` (a tenant's `max_packet_size` may lower it further).
+    pub max_packet_size: Option<u32>,
 }
 
 impl Default for ListenerConfig {
@@ -89,6 +92,7 @@ impl Default for ListenerConfig {
             allow_anonymous: false,
             tenant: None,
             backlog: 4096,
+            max_packet_size: None,
         }
     }
 }
@@ -237,6 +241,19 @@ impl LimitsConfig {
     /// The connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// The largest packet a client may send: the smallest of these limits, the listener's
+    /// and the tenant's (0: none).
+    pub(crate) fn packet_size_for(&self, listener: &ListenerConfig, tenant_max: u64) -> u32 {
+        let mut max = self.max_packet_size;
+        if let Some(l) = listener.max_packet_size {
+            max = max.min(l);
+        }
+        if tenant_max > 0 {
+            max = max.min(u32::try_from(tenant_max).unwrap_or(u32::MAX));
+        }
+        max
     }
 
     /// What the decoder enforces after CONNECT.
@@ -688,6 +705,12 @@ impl Config {
         let bad = |what: &str| Err(BrokerError::Config(what.to_owned()));
         if self.listeners.is_empty() {
             return bad("at least one [[listener]] is needed");
+        }
+        if self.listeners.iter().any(|x| {
+            x.max_packet_size
+                .is_some_and(|m| m < 64 || m > l.max_packet_size)
+        }) {
+            return bad("a listener's max_packet_size must be 64..=limits.max_packet_size");
         }
         if l.max_packet_size < 64 || l.max_connect_packet_size < 64 {
             return bad("limits.max_packet_size and max_connect_packet_size must be >= 64");

@@ -657,3 +657,47 @@ async fn a_tenants_connect_rate_and_session_quota() {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn packet_size_limits_per_listener_and_per_tenant() {
+    let broker = two_tenants(&[("max_packet_size", 200)]).await;
+    let big = vec![b'x'; 500];
+    let big_publish = |t: &str| {
+        let mut p = publish(t, b"", QosPid::AtMostOnce, false);
+        p.payload = Bytes::from(big.clone());
+        Packet::Publish(Box::new(p))
+    };
+    // acme is told 200 bytes, and held to it.
+    let (mut acme, ack) = Raw::connect_with(broker.addr, device("a", "d0@acme")).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(200)
+    );
+    acme.send(&big_publish("t/big")).await;
+    acme.expect_disconnect(ReasonCode::PacketTooLarge).await;
+    // globex keeps the broker's limit.
+    let (mut globex, ack) = Raw::connect_with(broker.addr, device("g", "d0@globex")).await;
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(Config::default().limits.max_packet_size)
+    );
+    globex.subscribe("t/#", QoS::AtMostOnce).await;
+    globex.send(&big_publish("t/big")).await;
+    let p = globex.recv_publish().await;
+    assert_eq!(p.payload.len(), 500);
+    broker.stop().await;
+
+    // A listener's own limit.
+    let broker =
+        TestBroker::start_with(|c: &mut Config| c.listeners[0].max_packet_size = Some(300)).await;
+    let (mut c, ack) =
+        Raw::connect_with(broker.addr, connect_packet(Protocol::V5, "l", true)).await;
+    assert_eq!(
+        ack.properties.maximum_packet_size.map(|m| m.get()),
+        Some(300)
+    );
+    c.send(&big_publish("t/big")).await;
+    c.expect_disconnect(ReasonCode::PacketTooLarge).await;
+    broker.stop().await;
+}

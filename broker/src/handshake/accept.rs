@@ -174,6 +174,15 @@ where
         reject(&mut conn, protocol, code, why, client_max_packet).await;
         return None;
     }
+    // From here on, packets are held to the listener's and the tenant's size limits too.
+    let max_packet = limits.packet_size_for(listener, tenant.limits().max_packet_size);
+    conn.configure(
+        protocol,
+        messs_codec::Limits {
+            max_packet_size: max_packet as usize,
+            ..limits.codec_limits()
+        },
+    );
     let refused_id = !identity.allows_client_id(&client_id);
     let access = Access::new(&state.auth, identity, Arc::from(client_id.as_str()));
     let refusal = if refused_id {
@@ -246,7 +255,7 @@ where
         ConnAckProperties {
             session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
             receive_maximum: NonZeroU16::new(limits.receive_maximum),
-            maximum_packet_size: NonZeroU32::new(limits.max_packet_size),
+            maximum_packet_size: NonZeroU32::new(max_packet),
             assigned_client_identifier: assigned,
             topic_alias_maximum: Some(limits.topic_alias_maximum),
             server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),

@@ -37,6 +37,9 @@ pub struct TenantLimits {
     pub connects_per_sec: u64,
     /// New connections beyond the rate at once (0: one second's worth).
     pub connects_burst: u64,
+    /// Largest packet its clients may send (below `limits.max_packet_size`; told to v5
+    /// clients in CONNACK; larger: DISCONNECT 0x95 Packet too large).
+    pub max_packet_size: u64,
 }
 
 /// The names a registry override may use, as in `[tenant_limits]`.
@@ -50,6 +53,7 @@ pub const NAMES: &[&str] = &[
     "bytes_burst",
     "connects_per_sec",
     "connects_burst",
+    "max_packet_size",
 ];
 
 impl TenantLimits {
@@ -64,6 +68,7 @@ impl TenantLimits {
             "bytes_burst" => &mut self.bytes_burst,
             "connects_per_sec" => &mut self.connects_per_sec,
             "connects_burst" => &mut self.connects_burst,
+            "max_packet_size" => &mut self.max_packet_size,
             _ => return None,
         })
     }
