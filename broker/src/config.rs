@@ -170,6 +170,12 @@ pub struct LimitsConfig {
     /// Most bytes of messages queued in memory or in flight for one session; beyond it as
     /// above.
     pub max_queued_bytes: usize,
+    /// What happens when a session that is not persistent has its queue full (a slow
+    /// consumer): `drop_new` (the new message is dropped), `drop_oldest` (queued messages
+    /// not yet sent make room, oldest first) or `disconnect` (the client is closed with
+    /// 0x97 Quota exceeded; it can reconnect and catch up). Every drop is counted
+    /// (`dropped_queue_full`).
+    pub queue_full: QueueFullPolicy,
     /// Most bytes all sessions together may hold: queued and in-flight messages,
     /// subscriptions and the sessions themselves. Beyond it new deliveries are dropped,
     /// new subscriptions refused (0x97) and new sessions refused (0x97 / 3.1.1: 0x03).
@@ -221,6 +227,7 @@ impl Default for LimitsConfig {
             max_inflight: 1024,
             max_queued_messages: 10_000,
             max_queued_bytes: 16 * 1024 * 1024,
+            queue_full: QueueFullPolicy::DropNew,
             max_session_bytes_total: 192 * 1024 * 1024,
             max_sessions: 100_000,
             max_subscriptions_per_session: 1000,
@@ -489,6 +496,19 @@ impl Default for AuthConfig {
             failure_delay_ms: 1000,
         }
     }
+}
+
+/// What a full session queue does with the next delivery (see `limits.queue_full`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Drop the new delivery.
+    #[default]
+    DropNew,
+    /// Drop queued deliveries not yet sent, oldest first, to make room.
+    DropOldest,
+    /// Close the slow consumer's connection (0x97 Quota exceeded).
+    Disconnect,
 }
 
 /// Rate limits in the connection layer (token buckets: a rate per second and a burst; a

@@ -37,8 +37,8 @@ mod tls;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
-    FlappingConfig, LimitsConfig, ListenerConfig, NoRules, RateLimitsConfig, SessionConfig,
-    StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
+    FlappingConfig, LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, RateLimitsConfig,
+    SessionConfig, StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};

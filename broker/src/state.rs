@@ -318,6 +318,7 @@ impl BrokerState {
             max_queued: limits.max_queued_messages,
             max_queued_bytes: limits.max_queued_bytes,
             max_subscriptions: limits.max_subscriptions_per_session,
+            queue_full: limits.queue_full,
         };
         let state = SessionState::new(session_limits, self.budget.clone(), cost);
         let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));

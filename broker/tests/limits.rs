@@ -701,3 +701,78 @@ async fn packet_size_limits_per_listener_and_per_tenant() {
     c.expect_disconnect(ReasonCode::PacketTooLarge).await;
     broker.stop().await;
 }
+
+/// A subscriber that takes one QoS 1 message at a time (Receive Maximum 1) and does not
+/// read, a publisher sending `n` numbered QoS 1 messages past its queue of 10.
+async fn slow_consumer(broker: &TestBroker, n: u32) -> Raw {
+    let mut c = connect_packet(Protocol::V5, "slow", true);
+    c.properties.receive_maximum = std::num::NonZeroU16::new(1);
+    let (mut slow, ack) = Raw::connect_with(broker.addr, c).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    slow.subscribe("q", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..n {
+        let mut p = publish("q", b"", QosPid::AtLeastOnce(pid(1 + i as u16)), false);
+        p.payload = Bytes::from(format!("m{i}"));
+        publisher.publish(p).await;
+    }
+    publisher.disconnect().await;
+    slow
+}
+
+/// Reads and acknowledges what the slow consumer gets within a short while.
+async fn drain(slow: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(p) = slow.recv_within(Duration::from_millis(500)).await {
+        let Packet::Publish(p) = p else { continue };
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if let QosPid::AtLeastOnce(id) = p.qos_pid {
+            slow.send(&Packet::PubAck(messs_codec::PubResponse::success(id)))
+                .await;
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_new_or_the_oldest_as_configured() {
+    for (policy, expected) in [
+        (
+            messs_broker::QueueFullPolicy::DropNew,
+            (0..=10).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        ),
+        (
+            messs_broker::QueueFullPolicy::DropOldest,
+            std::iter::once("m0".to_owned())
+                .chain((20..30).map(|i| format!("m{i}")))
+                .collect(),
+        ),
+    ] {
+        let broker = TestBroker::start_with(|c: &mut Config| {
+            c.limits.max_queued_messages = 10;
+            c.limits.queue_full = policy;
+        })
+        .await;
+        let mut slow = slow_consumer(&broker, 30).await;
+        // One in flight (m0) and ten queued: the first ten after it, or the last ten.
+        assert_eq!(drain(&mut slow).await, expected, "{policy:?}");
+        assert_eq!(broker.stats.dropped_queue_full.load(Ordering::Relaxed), 19);
+        broker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_can_be_disconnected_instead() {
+    let broker = TestBroker::start_with(|c: &mut Config| {
+        c.limits.max_queued_messages = 10;
+        c.limits.queue_full = messs_broker::QueueFullPolicy::Disconnect;
+    })
+    .await;
+    let mut slow = slow_consumer(&broker, 30).await;
+    let seen = slow.expect_closed().await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::QuotaExceeded),
+        "{seen:?}"
+    );
+    broker.stop().await;
+}

@@ -131,7 +131,7 @@ impl<S: Transport> Client<S> {
                 // Replay fills only one batch ahead, so the queue is small: the tier of
                 // a client that reads.
                 match st.push(delivery, || true, None) {
-                    Ok(()) => true,
+                    Ok(_) => true,
                     Err(EnqueueError::Full) => false,
                     Err(EnqueueError::Storage) => {
                         stats.dropped_storage.fetch_add(1, Ordering::Relaxed);

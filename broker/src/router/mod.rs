@@ -268,8 +268,14 @@ impl Router {
                 .session
                 .enqueue(delivery, self.queue_qos0_offline, ticket)
             {
-                Ok(over) => {
+                Ok(queued) => {
                     matched += 1;
+                    if queued.dropped_oldest > 0 {
+                        self.stats
+                            .dropped_queue_full
+                            .fetch_add(u64::from(queued.dropped_oldest), Ordering::Relaxed);
+                    }
+                    let over = queued.pressure;
                     // Report one pressured subscriber, a draining one if there is any: a
                     // publisher may skip a pause for a subscriber that is not reading,
                     // never for one that is (see `Client::pause_for`).

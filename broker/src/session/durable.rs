@@ -230,6 +230,7 @@ mod tests {
             max_queued: 3,
             max_queued_bytes: usize::MAX,
             max_subscriptions: 10,
+            queue_full: Default::default(),
         };
         let mut st = SessionState::new(limits, budget, 0);
         let limits = DiskLimits {

@@ -23,6 +23,7 @@ use messs_codec::{QoS, ReasonCode};
 use tokio::sync::Notify;
 
 use crate::clock::unix_ms;
+use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
 
 pub(crate) use durable::{read_page, DiskLimits, SessionDisk};
@@ -32,6 +33,15 @@ pub(crate) use state::{
     AckMatch, EnqueueError, PendingWill, Resend, SessionLimits, SessionState, StoredSubscription,
     SESSION_COST,
 };
+
+/// A delivery queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Enqueued {
+    /// The publisher should pause for this subscriber.
+    pub pressure: bool,
+    /// Older deliveries dropped to make room (`queue_full = "drop_oldest"`).
+    pub dropped_oldest: u32,
+}
 
 /// How recent a subscriber's last take from its queue must be for it to count as draining
 /// when a publisher decides whether to pause for it.
@@ -202,8 +212,11 @@ impl Session {
     }
 
     /// Queues a delivery, subject to the session's limits, and wakes the connection.
-    /// `Ok(true)` means the queue is past its soft limit and the subscriber is not stalled:
-    /// the publisher should pause (see [`Session::wait_for_space`]).
+    /// `pressure` means the queue is past its soft limit and the subscriber is not stalled:
+    /// the publisher should pause (see [`Session::wait_for_space`]). A full queue follows
+    /// the session's `queue_full` policy: the new delivery is refused (`Full`), the oldest
+    /// queued ones make room (`dropped_oldest`), or the connection is closed (0x97) and the
+    /// delivery refused.
     /// A persistent session stores the delivery with `ticket` (the publisher's
     /// acknowledgement waits on it).
     pub(crate) fn enqueue(
@@ -211,16 +224,27 @@ impl Session {
         delivery: Delivery,
         queue_qos0_offline: bool,
         ticket: Option<&messs_storage::Ticket>,
-    ) -> Result<bool, EnqueueError> {
+    ) -> Result<Enqueued, EnqueueError> {
         let connected = self.is_connected();
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
             return Err(EnqueueError::Offline);
         }
-        let (pressure, was_empty) = {
+        let (pressure, was_empty, dropped_oldest) = {
             let mut st = self.lock();
             let was_empty = st.queued_len() == 0;
-            st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS), ticket)?;
-            (st.over_soft_limit(), was_empty)
+            let pushed = st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS), ticket);
+            let dropped = match pushed {
+                Ok(dropped) => dropped,
+                Err(EnqueueError::Full)
+                    if st.queue_full_policy() == QueueFullPolicy::Disconnect =>
+                {
+                    drop(st);
+                    self.kick(ReasonCode::QuotaExceeded);
+                    return Err(EnqueueError::Full);
+                }
+                Err(e) => return Err(e),
+            };
+            (st.over_soft_limit(), was_empty, dropped)
         };
         // The connection drains until the queue is empty or its window is full (and an ack
         // reopening the window makes it drain again), so only the first message after empty
@@ -232,7 +256,10 @@ impl Session {
         if pressure {
             self.pressured.store(true, Ordering::Release);
         }
-        Ok(pressure)
+        Ok(Enqueued {
+            pressure,
+            dropped_oldest,
+        })
     }
 
     /// Waits until the queue is below its soft limit, the session goes offline, `deadline`
@@ -322,6 +349,7 @@ pub(crate) fn unbounded_session(id: u64, max_queued: usize) -> Session {
         max_queued,
         max_queued_bytes: usize::MAX,
         max_subscriptions: usize::MAX,
+        queue_full: Default::default(),
     };
     let budget = Arc::new(ByteBudget::new(Default::default(), usize::MAX));
     Session::new(
@@ -373,6 +401,7 @@ mod tests {
             max_queued: max,
             max_queued_bytes: max_bytes,
             max_subscriptions: 2,
+            queue_full: Default::default(),
         };
         let s = Session::new(
             1,
@@ -392,14 +421,20 @@ mod tests {
     fn queue_is_bounded_and_reports_pressure_past_half() {
         let s = session(4);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                .map(|e| e.pressure),
             Ok(false)
         );
         for _ in 0..3 {
-            assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), false, None), Ok(true));
+            assert_eq!(
+                s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                    .map(|e| e.pressure),
+                Ok(true)
+            );
         }
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                .map(|e| e.pressure),
             Err(EnqueueError::Full)
         );
     }
@@ -410,14 +445,17 @@ mod tests {
         // Room for two by the session's byte limit; a broker budget for three.
         let (s, stats) = session_with(100, 2 * one + 10, 3 * one + 10);
         s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+            .map(|e| e.pressure)
             .unwrap();
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None),
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+                .map(|e| e.pressure),
             Ok(true),
             "past half of the byte limit: pressure"
         );
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None),
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+                .map(|e| e.pressure),
             Err(EnqueueError::Full)
         );
         assert_eq!(s.lock().held_bytes(), 2 * one);
@@ -439,6 +477,7 @@ mod tests {
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
         // Dropping the session gives back anything left.
         s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+            .map(|e| e.pressure)
             .unwrap();
         drop(s);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
@@ -449,7 +488,9 @@ mod tests {
         let (s, stats) = session_with(100_000, usize::MAX, usize::MAX);
         let one = delivery(QoS::AtMostOnce).cost();
         for _ in 0..1000 {
-            s.enqueue(delivery(QoS::AtMostOnce), false, None).unwrap();
+            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+                .map(|e| e.pressure)
+                .unwrap();
         }
         let held = s.lock().held_bytes();
         assert_eq!(held, 1000 * one);
@@ -470,9 +511,12 @@ mod tests {
     fn broker_budget_refuses_when_spent() {
         let one = delivery(QoS::AtMostOnce).cost();
         let (s, stats) = session_with(100, usize::MAX, one + one / 2);
-        s.enqueue(delivery(QoS::AtMostOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::AtMostOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false, None),
+            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+                .map(|e| e.pressure),
             Err(EnqueueError::Budget)
         );
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), one);
@@ -508,7 +552,9 @@ mod tests {
     async fn a_draining_subscriber_holds_the_publisher_a_silent_one_is_stalled() {
         let s = Arc::new(session(4));
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                .map(|e| e.pressure)
+                .unwrap();
         }
         let stall = Duration::from_millis(250);
         let long = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -536,8 +582,12 @@ mod tests {
         assert!(!s.is_stalled());
         // Nobody drains: the wait ends after the stall timeout and the session is stalled,
         // so it no longer reports pressure.
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
         let started = tokio::time::Instant::now();
         assert!(s.wait_for_space(long, stall).await);
         assert!(
@@ -546,7 +596,8 @@ mod tests {
         );
         assert!(s.is_stalled());
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None),
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                .map(|e| e.pressure),
             Ok(false)
         );
     }
@@ -556,17 +607,23 @@ mod tests {
         let s = session(10);
         s.set_disconnected(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false, None),
+            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+                .map(|e| e.pressure),
             Err(EnqueueError::Offline)
         );
-        assert!(s.enqueue(delivery(QoS::AtMostOnce), true, None).is_ok());
+        assert!(s
+            .enqueue(delivery(QoS::AtMostOnce), true, None)
+            .map(|e| e.pressure)
+            .is_ok());
     }
 
     #[test]
     fn window_limits_inflight_and_acks_free_it() {
         let s = session(10);
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                .map(|e| e.pressure)
+                .unwrap();
         }
         let mut st = s.lock();
         let mut out = Vec::new();
@@ -584,8 +641,12 @@ mod tests {
     #[test]
     fn wrong_acknowledgement_types_are_told_apart() {
         let s = session(10);
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
-        s.enqueue(delivery(QoS::ExactlyOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);
@@ -606,8 +667,12 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_order() {
         let s = session(10);
-        s.enqueue(delivery(QoS::ExactlyOnce), false, None).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None).unwrap();
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            .map(|e| e.pressure)
+            .unwrap();
         let mut st = s.lock();
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);

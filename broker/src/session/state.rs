@@ -14,6 +14,7 @@ use messs_storage::{Batch, Ticket};
 
 use super::durable::{PageIn, SessionDisk, PAGE};
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
+use crate::config::QueueFullPolicy;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
 use crate::timers::TimerKey;
@@ -120,6 +121,8 @@ pub(crate) struct SessionState {
     max_subscriptions: u32,
     queue: VecDeque<Delivery>,
     max_queued: u32,
+    /// What a full queue does (not persistent sessions).
+    queue_full: QueueFullPolicy,
     /// Bytes of deliveries queued or in flight, and the limit on them.
     held_bytes: usize,
     max_bytes: usize,
@@ -163,6 +166,7 @@ pub(crate) struct SessionLimits {
     pub max_queued: usize,
     pub max_queued_bytes: usize,
     pub max_subscriptions: usize,
+    pub queue_full: crate::config::QueueFullPolicy,
 }
 
 impl Drop for SessionState {
@@ -180,6 +184,7 @@ impl SessionState {
             max_subscriptions: u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX),
             queue: VecDeque::new(),
             max_queued: u32::try_from(limits.max_queued).unwrap_or(u32::MAX),
+            queue_full: limits.queue_full,
             held_bytes: 0,
             max_bytes: limits.max_queued_bytes,
             inflight: BTreeMap::new(),
@@ -691,22 +696,46 @@ impl SessionState {
         delivery: Delivery,
         draining: impl FnOnce() -> bool,
         ticket: Option<&Ticket>,
-    ) -> Result<(), EnqueueError> {
+    ) -> Result<u32, EnqueueError> {
         let cost = delivery.cost();
         if self.disk.is_some() {
-            return self.push_durable(delivery, cost, draining, ticket);
+            return self
+                .push_durable(delivery, cost, draining, ticket)
+                .map(|()| 0);
         }
-        if self.queue.len() >= self.max_queued as usize
-            || self.held_bytes.saturating_add(cost) > self.max_bytes
-        {
-            return Err(EnqueueError::Full);
+        let full = |st: &Self| {
+            st.queue.len() >= st.max_queued as usize
+                || st.held_bytes.saturating_add(cost) > st.max_bytes
+        };
+        let mut dropped = 0;
+        if full(self) {
+            if self.queue_full != QueueFullPolicy::DropOldest {
+                return Err(EnqueueError::Full);
+            }
+            // Oldest first, only what is queued (in-flight messages stay): if that is not
+            // enough room, the new one is dropped after all.
+            while full(self) {
+                let Some(old) = self.queue.pop_front() else {
+                    break;
+                };
+                self.release_held(old.cost());
+                dropped += 1;
+            }
+            if full(self) {
+                return Err(EnqueueError::Full);
+            }
         }
         if !self.charge_message(cost, draining) {
             return Err(EnqueueError::Budget);
         }
         self.held_bytes += cost;
         self.queue.push_back(delivery);
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// The policy for a full queue.
+    pub fn queue_full_policy(&self) -> QueueFullPolicy {
+        self.queue_full
     }
 
     /// Stores a delivery for a persistent session (with `ticket`, which the publisher's
