@@ -776,3 +776,45 @@ async fn a_slow_consumer_can_be_disconnected_instead() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_and_a_waiting_client_gets_in_when_one_ends() {
+    let broker = TestBroker::start_with(|c: &mut Config| {
+        c.rate_limits.max_handshakes = 2;
+        c.limits.connect_timeout_secs = 2;
+    })
+    .await;
+    // Two sockets that never send CONNECT hold both handshake places.
+    let silent1 = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let silent2 = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut held = false;
+    for _ in 0..100 {
+        if broker.stats.handshakes.load(Ordering::Relaxed) == 2 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "both places taken");
+    // A third client waits in the backlog: no CONNACK while the places are held...
+    let started = Instant::now();
+    let third = tokio::spawn({
+        let addr = broker.addr;
+        async move { Raw::v5(addr, "third").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "the third handshake waits for a place"
+    );
+    // ...and gets in once the silent ones time out (or one goes away).
+    drop(silent1);
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third client connects")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    third.disconnect().await;
+    drop(silent2);
+    broker.stop().await;
+}
