@@ -27,7 +27,12 @@ pub(crate) fn mono_ms() -> u64 {
 /// Microseconds on the same clock as `mono_ms` (token buckets: a rate of thousands per
 /// second needs finer steps than milliseconds).
 pub(crate) fn mono_us() -> u64 {
+    mono_ns() / 1000
+}
+
+/// Nanoseconds on the same clock (shared rates: a tenant's many connections).
+pub(crate) fn mono_ns() -> u64 {
     static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
     let base = *BASE.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
-    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -454,15 +454,14 @@ impl<S: Transport> Client<S> {
                 None => self.throttle = Throttle::new(policy, mono_us()).map(Box::new),
             }
         }
-        let now = mono_us();
-        let own = self
-            .throttle
-            .as_mut()
-            .map_or(Verdict::Go, |t| t.charge(size, now));
+        let own = match self.throttle.as_mut() {
+            Some(t) => t.charge(size, mono_us()),
+            None => Verdict::Go,
+        };
         // The tenant's shared rate, after the connection's own.
         let tenant = &self.access.identity.tenant.rates;
         let shared = if tenant.limits_packets() {
-            tenant.charge(size, now)
+            tenant.charge(size, crate::clock::mono_ns())
         } else {
             Duration::ZERO
         };

@@ -5,5 +5,6 @@
 pub mod addresses;
 pub mod bans;
 pub mod bucket;
+pub mod gcra;
 pub mod tenant;
 pub mod throttle;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::bucket::TokenBucket;
+use super::gcra::Gcra;
 
 /// One tenant's limits (0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -92,54 +93,34 @@ pub fn below(limit: u64, now: usize) -> bool {
     limit == 0 || (now as u64) < limit
 }
 
-/// A tenant's shared buckets.
+/// A tenant's shared buckets: packets and bytes lock-free (every packet of every one of
+/// its connections charges them, on any core), connections under a lock (one per login).
 #[derive(Debug, Default)]
 pub struct TenantRates {
-    buckets: Mutex<Buckets>,
+    limits: Mutex<TenantLimits>,
+    messages: Gcra,
+    bytes: Gcra,
+    connects: Mutex<Option<TokenBucket>>,
     /// Whether packets are rate limited: read on every packet, so a tenant without packet
-    /// rates costs its connections one relaxed load, not a lock.
+    /// rates costs its connections one relaxed load.
     packets_limited: AtomicBool,
 }
 
-#[derive(Debug, Default)]
-struct Buckets {
-    limits: TenantLimits,
-    messages: Option<TokenBucket>,
-    bytes: Option<TokenBucket>,
-    connects: Option<TokenBucket>,
-}
-
-fn refit(slot: &mut Option<TokenBucket>, rate: u64, burst: u64, now_us: u64) {
-    match (slot.as_mut(), rate) {
-        (_, 0) => *slot = None,
-        (Some(b), _) => b.set_limit(rate, burst, now_us),
-        (None, _) => *slot = Some(TokenBucket::new(rate, burst, now_us)),
-    }
-}
-
 impl TenantRates {
-    /// Takes new limits (their buckets keep what they hold).
+    /// Takes new limits (the connect bucket keeps what it holds).
     pub fn set(&self, limits: TenantLimits, now_us: u64) {
-        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        refit(
-            &mut b.messages,
-            limits.messages_per_sec,
-            limits.messages_burst,
-            now_us,
-        );
-        refit(
-            &mut b.bytes,
-            limits.bytes_per_sec,
-            limits.bytes_burst,
-            now_us,
-        );
-        refit(
-            &mut b.connects,
-            limits.connects_per_sec,
-            limits.connects_burst,
-            now_us,
-        );
-        b.limits = limits;
+        self.messages
+            .set(limits.messages_per_sec, limits.messages_burst);
+        self.bytes.set(limits.bytes_per_sec, limits.bytes_burst);
+        {
+            let mut c = self.connects.lock().unwrap_or_else(PoisonError::into_inner);
+            match (c.as_mut(), limits.connects_per_sec) {
+                (_, 0) => *c = None,
+                (Some(b), rate) => b.set_limit(rate, limits.connects_burst, now_us),
+                (None, rate) => *c = Some(TokenBucket::new(rate, limits.connects_burst, now_us)),
+            }
+        }
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits;
         self.packets_limited.store(
             limits.messages_per_sec > 0 || limits.bytes_per_sec > 0,
             Ordering::Relaxed,
@@ -147,35 +128,25 @@ impl TenantRates {
     }
 
     pub fn limits(&self) -> TenantLimits {
-        self.buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .limits
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Charges one packet of `bytes` to the tenant's buckets; how long its connection must
-    /// pause (zero when the tenant is within its rates).
-    pub fn charge(&self, bytes: usize, now_us: u64) -> Duration {
-        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let m = b
-            .messages
-            .as_mut()
-            .map_or(Duration::ZERO, |k| k.charge(1, now_us));
-        let y = b
-            .bytes
-            .as_mut()
-            .map_or(Duration::ZERO, |k| k.charge(bytes as u64, now_us));
-        m.max(y)
+    /// Charges one packet of `bytes` to the tenant's rates; how long its connection must
+    /// pause (zero when the tenant is within them).
+    pub fn charge(&self, bytes: usize, now_ns: u64) -> Duration {
+        let m = self.messages.charge(1, now_ns);
+        let b = self.bytes.charge(bytes as u64, now_ns);
+        m.max(b)
     }
 
     /// Takes a connection attempt from the tenant's connect rate; false if over it.
     pub fn try_connect(&self, now_us: u64) -> bool {
-        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        b.connects.as_mut().is_none_or(|k| k.try_take(1, now_us))
+        let mut c = self.connects.lock().unwrap_or_else(PoisonError::into_inner);
+        c.as_mut().is_none_or(|k| k.try_take(1, now_us))
     }
 
     /// Whether packets are rate limited (connections of tenants without packet rates skip
-    /// the lock).
+    /// the charge).
     pub fn limits_packets(&self) -> bool {
         self.packets_limited.load(Ordering::Relaxed)
     }
@@ -218,10 +189,11 @@ mod tests {
         );
         assert!(r.limits_packets());
         // Two connections drawing from one bucket: the 11th packet waits 10 ms.
+        let now_ns = 5_000_000_000;
         for _ in 0..10 {
-            assert_eq!(r.charge(10, 0), Duration::ZERO);
+            assert_eq!(r.charge(10, now_ns), Duration::ZERO);
         }
-        assert_eq!(r.charge(10, 0), Duration::from_millis(10));
+        assert_eq!(r.charge(10, now_ns), Duration::from_millis(10));
         assert!(r.try_connect(0) && r.try_connect(0) && !r.try_connect(0));
         assert!(r.try_connect(1_000_000));
         r.set(TenantLimits::default(), 0);
