@@ -6,7 +6,7 @@
 //! duplicated except redeliveries flagged DUP. At `none` the broker acknowledges before
 //! writing, so losses are allowed there (and reported), duplicates still are not. The
 //! operator commands (`messs storage verify|checkpoint|compact`) run on the killed broker's
-//! directory at the end.
+//! directory at the end. A SIGHUP reloads the limits and bans of the configuration file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -133,6 +133,22 @@ fn publish(topic: &str, payload: Vec<u8>, qos_pid: QosPid, retain: bool) -> Pack
 }
 
 impl Client {
+    /// Sends CONNECT and returns the CONNACK's reason code.
+    async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut c = Client {
+            stream,
+            buf: BytesMut::new(),
+            protocol: Protocol::V5,
+            stash: Default::default(),
+        };
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Packet::ConnAck(a) => a.code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
     /// Connects; returns the client and whether the session was present.
     async fn connect(addr: SocketAddr, connect: Connect) -> (Client, bool) {
         let stream = TcpStream::connect(addr).await.unwrap();
@@ -461,6 +477,49 @@ async fn sigkill_at_none_may_lose_but_never_duplicates() {
     eprintln!("durability none after SIGKILL: {o:?}");
     assert_eq!(o.unflagged_duplicates, 0, "{o:?}");
     assert!(o.received <= MESSAGES);
+}
+
+/// SIGHUP makes the broker read its configuration file's `[bans]` (and the other limits)
+/// again: a client id banned in the edited file is refused from then on; a file that does
+/// not parse changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_bans_and_limits_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "wal");
+    let config = dir.path().join("messs.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let hup = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+    let code = |id: &'static str| Client::connack_code(broker.addr, connect_packet(id, true, None));
+    assert_eq!(code("x").await, ReasonCode::Success);
+    // A broken file first: nothing changes.
+    std::fs::write(&config, format!("{original}\n[bans]\nclient_ids = 7\n")).unwrap();
+    hup(broker.child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(code("x").await, ReasonCode::Success);
+    std::fs::write(
+        &config,
+        format!("{original}\n[bans]\nclient_ids = [\"x\"]\n"),
+    )
+    .unwrap();
+    hup(broker.child.id());
+    let mut banned = false;
+    for _ in 0..50 {
+        if code("x").await == ReasonCode::Banned {
+            banned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(banned, "the ban in the reloaded file applies");
+    assert_eq!(code("y").await, ReasonCode::Success);
+    broker.kill();
 }
 
 /// `messs storage verify|checkpoint|compact` on a stopped broker's data directory.
