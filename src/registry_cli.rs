@@ -147,6 +147,24 @@ pub enum DeviceCmd {
         #[command(flatten)]
         password: PasswordArg,
     },
+    /// Overrides one of the per-connection rate limits ([rate_limits]) for a device, from
+    /// its next login; --unset goes back to the configuration's.
+    SetLimit {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+        /// messages_per_sec, messages_burst, bytes_per_sec, bytes_burst or
+        /// disconnect_multiple.
+        name: String,
+        /// The value (omit with --unset).
+        value: Option<u64>,
+        /// Remove the override.
+        #[arg(long, conflicts_with = "value")]
+        unset: bool,
+    },
 }
 
 /// What a rule governs, on the command line.
@@ -384,11 +402,7 @@ fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {
             value,
             unset,
         } => {
-            let value = match (value, unset) {
-                (Some(v), false) => Some(v),
-                (None, true) => None,
-                _ => anyhow::bail!("give a value, or --unset"),
-            };
+            let value = limit_value(value, unset)?;
             r.set_tenant_limit(&id, &name, value)?;
             match value {
                 Some(v) => println!("tenant {id}: {name} = {v}"),
@@ -407,8 +421,33 @@ fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `set-limit` value: a number, or `None` with `--unset`.
+fn limit_value(value: Option<u64>, unset: bool) -> anyhow::Result<Option<u64>> {
+    match (value, unset) {
+        (Some(v), false) => Ok(Some(v)),
+        (None, true) => Ok(None),
+        _ => anyhow::bail!("give a value, or --unset"),
+    }
+}
+
 fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
     match cmd {
+        DeviceCmd::SetLimit {
+            tenant,
+            username,
+            name,
+            value,
+            unset,
+        } => {
+            let value = limit_value(value, unset)?;
+            r.set_device_limit(&tenant, &username, &name, value)?;
+            match value {
+                Some(v) => println!("device {username} of {tenant}: {name} = {v}"),
+                None => {
+                    println!("device {username} of {tenant}: {name} back to the configuration's")
+                }
+            }
+        }
         DeviceCmd::Add {
             tenant,
             username,

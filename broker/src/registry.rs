@@ -171,6 +171,7 @@ impl<'a> Registry<'a> {
                 enabled: true,
                 version: 0,
                 scram,
+                limits: Vec::new(),
             },
             true,
         )?;
@@ -208,6 +209,7 @@ impl<'a> Registry<'a> {
                 enabled: true,
                 version: 0,
                 scram,
+                limits: Vec::new(),
             },
             true,
         )?;
@@ -224,7 +226,7 @@ impl<'a> Registry<'a> {
         &mut self,
         tenant: &str,
         username: &str,
-        action: &str,
+        (action, note): (&str, &str),
         change: impl FnOnce(&mut DeviceRecord) -> Result<(), BrokerError>,
     ) -> Result<(), BrokerError> {
         let mut d = self.store.device(tenant, username)?.ok_or_else(|| {
@@ -232,7 +234,10 @@ impl<'a> Registry<'a> {
         })?;
         change(&mut d)?;
         self.store.put_device(&d, false)?;
-        self.audit(action, format!("device {username:?} in tenant {tenant:?}"));
+        self.audit(
+            action,
+            format!("device {username:?} in tenant {tenant:?}{note}"),
+        );
         self.touched
             .push(Touched::Device(tenant.to_owned(), username.to_owned()));
         Ok(())
@@ -249,7 +254,7 @@ impl<'a> Registry<'a> {
             Some(p) => self.secrets(p).map(|(h, s)| (Some(h), Some(s)))?,
             None => (None, None),
         };
-        self.change_device(tenant, username, "device.set_password", |d| {
+        self.change_device(tenant, username, ("device.set_password", ""), |d| {
             d.password_hash = hash;
             d.scram = scram;
             Ok(())
@@ -269,6 +274,35 @@ impl<'a> Registry<'a> {
         Ok((hash, scram))
     }
 
+    /// Overrides one of the per-connection rate limits for a device (`None`: back to the
+    /// configuration's); it applies from the device's next login.
+    pub fn set_device_limit(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        name: &str,
+        value: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        let names = crate::limits::throttle::DEVICE_NAMES;
+        if !names.contains(&name) {
+            return Err(BrokerError::Registry(format!(
+                "unknown device limit {name:?} (known: {})",
+                names.join(", ")
+            )));
+        }
+        let note = match value {
+            Some(v) => format!(": {name} = {v}"),
+            None => format!(": {name} unset"),
+        };
+        self.change_device(tenant, username, ("device.limit", &note), |d| {
+            d.limits.retain(|(n, _)| n != name);
+            if let Some(v) = value {
+                d.limits.push((name.to_owned(), v));
+            }
+            Ok(())
+        })
+    }
+
     /// Enables or disables a device (a disabled device is disconnected and cannot log in).
     pub fn set_device_enabled(
         &mut self,
@@ -281,7 +315,7 @@ impl<'a> Registry<'a> {
         } else {
             "device.disable"
         };
-        self.change_device(tenant, username, action, |d| {
+        self.change_device(tenant, username, (action, ""), |d| {
             d.enabled = enabled;
             Ok(())
         })

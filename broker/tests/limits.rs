@@ -820,3 +820,56 @@ async fn handshakes_in_progress_are_capped_and_a_waiting_client_gets_in_when_one
     drop(silent2);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_devices_own_rate_limit_applies_from_its_next_login() {
+    let broker = two_tenants(&[]).await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.set_device_limit("acme", "d1", "messages_per_sec", Some(50))?;
+            r.set_device_limit("acme", "d1", "messages_burst", Some(10))?;
+            r.set_device_limit("acme", "d1", "disconnect_multiple", Some(0))
+        })
+        .await
+        .unwrap();
+    assert!(broker
+        .broker
+        .registry("test", |r| r.set_device_limit(
+            "acme",
+            "d1",
+            "max_sessions",
+            Some(1)
+        ))
+        .await
+        .is_err());
+    // A subscriber for each device's topic: one shared subscriber would drop the limited
+    // device's messages along with the free one's when its queue fills.
+    let (mut limited_sub, _) = login(&broker, "s1", "d0@acme").await;
+    limited_sub.subscribe("t/limited", QoS::AtMostOnce).await;
+    let (mut free_sub, _) = login(&broker, "s2", "d3@acme").await;
+    free_sub.subscribe("t/free", QoS::AtMostOnce).await;
+    let mut floods = Vec::new();
+    for (id, user, t) in [("c1", "d1@acme", "t/limited"), ("c2", "d2@acme", "t/free")] {
+        let (raw, code) = login(&broker, id, user).await;
+        assert_eq!(code, ReasonCode::Success);
+        floods.push(Flood::start(raw, t));
+    }
+    let (limited, free) = tokio::join!(
+        count_after_warm_up(&mut limited_sub),
+        count_after_warm_up(&mut free_sub)
+    );
+    assert!(
+        limited <= 110,
+        "the limited device delivered {limited} in 2 s"
+    );
+    assert!(limited >= 70, "and was not starved: {limited}");
+    assert!(
+        free > 1000,
+        "the other device of the tenant is not limited: {free}"
+    );
+    for f in floods {
+        f.stop().await;
+    }
+    broker.stop().await;
+}

@@ -21,7 +21,8 @@ use crate::writer::{Batch, Op, Ticket};
 use crate::{block_on, Cf, Store};
 
 const RECORD_V1: u8 = 1;
-/// Device records from schema 2 on: version 1 plus an optional SCRAM credential.
+/// Device records from schema 2 on: version 1 plus an optional SCRAM credential and the
+/// device's limit overrides.
 const DEVICE_V2: u8 = 2;
 
 /// Kinds of record under a tenant's prefix in the tenants column family.
@@ -75,6 +76,9 @@ pub struct DeviceRecord {
     /// SCRAM-SHA-256 verifier for MQTT 5 enhanced authentication, derived from the same
     /// password; `None` when no plaintext was ever given (an imported hash).
     pub scram: Option<ScramCredential>,
+    /// Per-device overrides of the per-connection limits, by name (interpreted by the
+    /// broker).
+    pub limits: Vec<(String, u64)>,
 }
 
 /// What a server keeps to check a SCRAM-SHA-256 login (RFC 5802, 7677): never the
@@ -187,16 +191,32 @@ fn validate_username(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Named limits (a tenant's or a device's overrides): a count, then name and value pairs.
+fn encode_limits(e: &mut Enc, limits: &[(String, u64)]) -> Result<(), StorageError> {
+    e.u32(limits.len() as u32);
+    for (name, value) in limits {
+        e.bytes(name.as_bytes())?.u64(*value);
+    }
+    Ok(())
+}
+
+fn decode_limits(d: &mut Dec<'_>) -> Result<Vec<(String, u64)>, StorageError> {
+    let n = d.u32()?;
+    let mut limits = Vec::new();
+    for _ in 0..n {
+        let k = d.str()?.to_owned();
+        limits.push((k, d.u64()?));
+    }
+    Ok(limits)
+}
+
 impl TenantRecord {
     fn encode(&self) -> Result<Vec<u8>, StorageError> {
         let mut e = Enc::new(RECORD_V1, 64);
         e.bytes(self.name.as_bytes())?
             .u8(u8::from(self.enabled))
-            .u64(self.created_ms)
-            .u32(self.limits.len() as u32);
-        for (name, value) in &self.limits {
-            e.bytes(name.as_bytes())?.u64(*value);
-        }
+            .u64(self.created_ms);
+        encode_limits(&mut e, &self.limits)?;
         Ok(e.finish())
     }
 
@@ -208,12 +228,7 @@ impl TenantRecord {
         let name = d.str()?.to_owned();
         let enabled = d.u8()? != 0;
         let created_ms = d.u64()?;
-        let n = d.u32()?;
-        let mut limits = Vec::new();
-        for _ in 0..n {
-            let k = d.str()?.to_owned();
-            limits.push((k, d.u64()?));
-        }
+        let limits = decode_limits(&mut d)?;
         d.end()?;
         Ok(TenantRecord {
             id: id.to_owned(),
@@ -467,6 +482,7 @@ impl Store {
                 e.u8(0);
             }
         }
+        encode_limits(&mut e, &d.limits)?;
         Ok(e.finish())
     }
 
@@ -519,6 +535,11 @@ impl Store {
                 })
             }
         };
+        let limits = if record_version == DEVICE_V2 {
+            decode_limits(&mut d)?
+        } else {
+            Vec::new()
+        };
         d.end()?;
         Ok(DeviceRecord {
             tenant: tenant.to_owned(),
@@ -529,6 +550,7 @@ impl Store {
             enabled,
             version,
             scram,
+            limits,
         })
     }
 

@@ -624,6 +624,7 @@ mod registry {
                 stored_key: *b"stored-key-in-the-clear-32-bytes",
                 server_key: [9; 32],
             }),
+            limits: vec![("messages_per_sec".into(), 10)],
         }
     }
 
@@ -688,6 +689,7 @@ mod registry {
         assert_eq!(d1.password_hash, device("acme", "d1").password_hash);
         assert_eq!(d1.groups, vec!["sensors".to_owned()]);
         assert_eq!(d1.scram, device("acme", "d1").scram);
+        assert_eq!(d1.limits, device("acme", "d1").limits);
         let page = store.devices("acme", None, 1).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].username, "d1");

@@ -98,6 +98,9 @@ pub(crate) struct Identity {
     client_id_pattern: Option<Arc<str>>,
     /// A token's narrowing of the ACL.
     scope: Option<Arc<TokenScope>>,
+    /// The device's overrides of the per-connection rate limits (from its registry
+    /// entry; shared and empty for most devices).
+    pub device_limits: Arc<[(String, u64)]>,
 }
 
 impl Identity {
@@ -121,6 +124,16 @@ impl Identity {
         };
         let pattern = pattern.replace("%u", self.username.as_deref().unwrap_or(""));
         glob(&pattern, client_id)
+    }
+}
+
+/// A device's limit overrides, shared when empty (as `groups`).
+fn device_limits(list: Vec<(String, u64)>) -> Arc<[(String, u64)]> {
+    static NONE: std::sync::OnceLock<Arc<[(String, u64)]>> = std::sync::OnceLock::new();
+    if list.is_empty() {
+        NONE.get_or_init(|| Arc::from(Vec::new())).clone()
+    } else {
+        Arc::from(list)
     }
 }
 
@@ -231,6 +244,7 @@ struct Remembered {
     username: Arc<str>,
     groups: Arc<[String]>,
     client_id_pattern: Option<Arc<str>>,
+    device_limits: Arc<[(String, u64)]>,
 }
 
 /// The authenticator: tenants, the verification pool and cache, and the lockout counters.
@@ -462,6 +476,7 @@ impl Auth {
                     method: Method::Scram,
                     client_id_pattern: d.client_id_pattern.map(Arc::from),
                     scope: None,
+                    device_limits: device_limits(d.limits),
                 };
                 Ok((identity, server_final))
             }
@@ -568,6 +583,7 @@ impl Auth {
                     method: Method::Password,
                     client_id_pattern: r.client_id_pattern,
                     scope: None,
+                    device_limits: r.device_limits,
                 });
             }
         }
@@ -607,6 +623,7 @@ impl Auth {
                     username: Arc::from(device.username.as_str()),
                     groups: groups(device.groups),
                     client_id_pattern: device.client_id_pattern.map(Arc::from),
+                    device_limits: device_limits(device.limits),
                 };
                 self.remembered.insert(digest, remembered.clone());
                 Ok(Identity {
@@ -616,6 +633,7 @@ impl Auth {
                     method: Method::Password,
                     client_id_pattern: remembered.client_id_pattern,
                     scope: None,
+                    device_limits: remembered.device_limits,
                 })
             }
             (Some(v), _) => {
@@ -656,6 +674,7 @@ impl Auth {
             method: Method::Anonymous,
             client_id_pattern: None,
             scope: None,
+            device_limits: device_limits(Vec::new()),
         })
     }
 
@@ -697,8 +716,8 @@ impl Auth {
         if device.as_ref().is_some_and(|d| !d.enabled) {
             return Err(refuse("device disabled"));
         }
-        let (group_list, client_id_pattern) = device
-            .map(|d| (d.groups, d.client_id_pattern.map(Arc::from)))
+        let (group_list, client_id_pattern, limits) = device
+            .map(|d| (d.groups, d.client_id_pattern.map(Arc::from), d.limits))
             .unwrap_or_default();
         Ok(Identity {
             tenant,
@@ -707,6 +726,7 @@ impl Auth {
             method: Method::Certificate,
             client_id_pattern,
             scope: None,
+            device_limits: device_limits(limits),
         })
     }
 
@@ -737,6 +757,7 @@ impl Auth {
                 method: Method::Jwt,
                 client_id_pattern: None,
                 scope: v.scope.map(Arc::new),
+                device_limits: device_limits(Vec::new()),
             }),
             Err(why) => Err(self.bad_credentials(
                 login.peer,

@@ -208,7 +208,8 @@ impl<S: Transport> Client<S> {
             .keep_alive
             .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
         let throttle_epoch = state.throttle_epoch();
-        let throttle = Throttle::new(state.throttle_policy(), mono_us()).map(Box::new);
+        let policy = state.throttle_policy().with(&access.identity.device_limits);
+        let throttle = Throttle::new(policy, mono_us()).map(Box::new);
         Client {
             throttle,
             throttle_epoch,
@@ -447,7 +448,10 @@ impl<S: Transport> Client<S> {
         let epoch = self.state.throttle_epoch();
         if epoch != self.throttle_epoch {
             self.throttle_epoch = epoch;
-            let policy = self.state.throttle_policy();
+            let policy = self
+                .state
+                .throttle_policy()
+                .with(&self.access.identity.device_limits);
             match self.throttle.as_mut() {
                 Some(_) if policy.is_off() => self.throttle = None,
                 Some(t) => t.set_policy(policy, mono_us()),

@@ -24,9 +24,37 @@ pub struct ThrottlePolicy {
     pub disconnect_multiple: u32,
 }
 
+/// The names a device's registry entry may override (`messs device set-limit`).
+pub const DEVICE_NAMES: &[&str] = &[
+    "messages_per_sec",
+    "messages_burst",
+    "bytes_per_sec",
+    "bytes_burst",
+    "disconnect_multiple",
+];
+
 impl ThrottlePolicy {
     pub fn is_off(&self) -> bool {
         self.messages_per_sec == 0 && self.bytes_per_sec == 0
+    }
+
+    /// This policy with a device's overrides; names not in `DEVICE_NAMES` are ignored
+    /// (the registry refuses them when they are set).
+    pub fn with(mut self, overrides: &[(String, u64)]) -> Self {
+        for (name, value) in overrides {
+            let v = *value;
+            match name.as_str() {
+                "messages_per_sec" => self.messages_per_sec = u32::try_from(v).unwrap_or(u32::MAX),
+                "messages_burst" => self.messages_burst = u32::try_from(v).unwrap_or(u32::MAX),
+                "bytes_per_sec" => self.bytes_per_sec = v,
+                "bytes_burst" => self.bytes_burst = v,
+                "disconnect_multiple" => {
+                    self.disconnect_multiple = u32::try_from(v).unwrap_or(u32::MAX)
+                }
+                _ => {}
+            }
+        }
+        self
     }
 }
 
