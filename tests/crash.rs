@@ -133,8 +133,8 @@ fn publish(topic: &str, payload: Vec<u8>, qos_pid: QosPid, retain: bool) -> Pack
 }
 
 impl Client {
-    /// Sends CONNECT and returns the CONNACK's reason code.
-    async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
+    /// Sends CONNECT on a new socket; the client and the CONNACK's code and session flag.
+    async fn try_connect(addr: SocketAddr, connect: Connect) -> (Client, ReasonCode, bool) {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut c = Client {
             stream,
@@ -144,28 +144,21 @@ impl Client {
         };
         c.send(&Packet::Connect(Box::new(connect))).await;
         match c.recv().await {
-            Packet::ConnAck(a) => a.code,
+            Packet::ConnAck(a) => (c, a.code, a.session_present),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
+    /// Sends CONNECT and returns the CONNACK's reason code.
+    async fn connack_code(addr: SocketAddr, connect: Connect) -> ReasonCode {
+        Self::try_connect(addr, connect).await.1
+    }
+
     /// Connects; returns the client and whether the session was present.
     async fn connect(addr: SocketAddr, connect: Connect) -> (Client, bool) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut c = Client {
-            stream,
-            buf: BytesMut::new(),
-            protocol: Protocol::V5,
-            stash: Default::default(),
-        };
-        c.send(&Packet::Connect(Box::new(connect))).await;
-        match c.recv().await {
-            Packet::ConnAck(a) => {
-                assert_eq!(a.code, ReasonCode::Success);
-                (c, a.session_present)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
+        let (c, code, present) = Self::try_connect(addr, connect).await;
+        assert_eq!(code, ReasonCode::Success);
+        (c, present)
     }
 
     async fn send(&mut self, p: &Packet) {

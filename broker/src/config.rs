@@ -35,7 +35,7 @@ pub struct Config {
     /// The operator's ban list.
     pub bans: BansConfig,
     /// Temporary bans of clients that reconnect too often.
-    pub flapping: FlappingConfig,
+    pub flapping: crate::limits::bans::FlappingPolicy,
 }
 
 impl Default for Config {
@@ -51,7 +51,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             tenant_limits: Default::default(),
             bans: BansConfig::default(),
-            flapping: FlappingConfig::default(),
+            flapping: Default::default(),
         }
     }
 }
@@ -609,53 +609,6 @@ impl BansConfig {
             client_ids: self.client_ids.iter().cloned().collect(),
             usernames: self.usernames.iter().cloned().collect(),
         })
-    }
-}
-
-/// Flapping detection: more than `max_connects_per_*` successful connections within
-/// `window_secs` bans that client id, username or address for `ban_secs` (audited as
-/// `flapping.ban`). Counted per tenant for client ids and usernames. 0 switches a kind
-/// off.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FlappingConfig {
-    /// Connections of one client id (in its tenant) per window before it is banned.
-    pub max_connects_per_client_id: u32,
-    /// Connections of one username (in its tenant) per window before it is banned.
-    pub max_connects_per_username: u32,
-    /// Connections from one address per window before it is banned (mind NAT gateways).
-    pub max_connects_per_ip: u32,
-    /// The window, in seconds.
-    pub window_secs: u64,
-    /// How long a ban lasts, in seconds.
-    pub ban_secs: u64,
-    /// Client ids, usernames and addresses tracked (each kind shares one bounded map).
-    pub max_tracked: u64,
-}
-
-impl Default for FlappingConfig {
-    fn default() -> Self {
-        FlappingConfig {
-            max_connects_per_client_id: 30,
-            max_connects_per_username: 0,
-            max_connects_per_ip: 0,
-            window_secs: 60,
-            ban_secs: 300,
-            max_tracked: 100_000,
-        }
-    }
-}
-
-impl FlappingConfig {
-    pub(crate) fn policy(&self) -> crate::limits::bans::FlappingPolicy {
-        crate::limits::bans::FlappingPolicy {
-            max_connects_per_client_id: self.max_connects_per_client_id,
-            max_connects_per_username: self.max_connects_per_username,
-            max_connects_per_ip: self.max_connects_per_ip,
-            window_secs: self.window_secs,
-            ban_secs: self.ban_secs,
-            max_tracked: self.max_tracked,
-        }
     }
 }
 

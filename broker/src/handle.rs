@@ -111,9 +111,7 @@ impl BrokerHandle {
     /// sections take a restart.
     pub fn reload_limits(&self, config: &crate::Config) -> Result<(), crate::BrokerError> {
         config.validate()?;
-        self.state
-            .bans
-            .set(config.bans.compile()?, config.flapping.policy());
+        self.state.bans.set(config.bans.compile()?, config.flapping);
         self.state.set_rate_limits(&config.rate_limits);
         self.state.auth.tenants.set_defaults(config.tenant_limits);
         self.state.audit(

@@ -37,12 +37,13 @@ mod tls;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
-    FlappingConfig, LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, RateLimitsConfig,
-    SessionConfig, StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
+    LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, RateLimitsConfig, SessionConfig,
+    StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
+pub use limits::bans::FlappingPolicy;
 pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
 pub use server::Broker;
 

@@ -143,7 +143,7 @@ impl BrokerState {
             id_base: unix_ms().saturating_mul(1000),
             next_id: AtomicU64::new(1),
             addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
-            bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping.policy()),
+            bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
             handshakes: Arc::new(tokio::sync::Semaphore::new(
                 config.rate_limits.max_handshakes,
             )),

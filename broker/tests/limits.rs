@@ -612,11 +612,12 @@ async fn a_tenants_shared_rate_holds_its_fleet_and_not_another_tenant() {
         count_after_warm_up(&mut acme_sub),
         count_after_warm_up(&mut globex_sub)
     );
-    // Both acme publishers together: at most 50 a second (+10%); the lower bound only
-    // says the fleet is not starved while globex floods the same broker (on a machine
-    // busy with other tests the flood takes most of the CPU).
+    // Both acme publishers together: 50 a second, 100 in the window. globex floods the
+    // same broker, so the subscribers' reading lags and the lag at each end of the window
+    // shifts some messages in or out; the bounds say "held near the tenant's rate, not
+    // starved, thousands below globex".
     assert!(
-        (70..=110).contains(&acme_n),
+        (60..=130).contains(&acme_n),
         "acme delivered {acme_n} in 2 s"
     );
     // globex has no such limit: far more.
@@ -859,11 +860,14 @@ async fn a_devices_own_rate_limit_applies_from_its_next_login() {
         count_after_warm_up(&mut limited_sub),
         count_after_warm_up(&mut free_sub)
     );
+    // 100 expected. With a second flood taking the CPU, the subscriber's reading lags, and
+    // the lag at each end of the window shifts some messages in or out: the bounds say
+    // "held near its own rate, thousands below the free device", the exact 10% is the
+    // per-connection test's (one flood).
     assert!(
-        limited <= 110,
+        (60..=130).contains(&limited),
         "the limited device delivered {limited} in 2 s"
     );
-    assert!(limited >= 70, "and was not starved: {limited}");
     assert!(
         free > 1000,
         "the other device of the tenant is not limited: {free}"

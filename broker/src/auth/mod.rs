@@ -237,6 +237,17 @@ pub(crate) struct Refusal {
     pub lockouts: Vec<String>,
 }
 
+impl Refusal {
+    /// A refusal that started no lockout.
+    fn new(denied: Denied, detail: String) -> Self {
+        Refusal {
+            denied,
+            detail,
+            lockouts: Vec::new(),
+        }
+    }
+}
+
 /// A verification remembered under a keyed digest of the credential.
 #[derive(Debug, Clone)]
 struct Remembered {
@@ -387,11 +398,7 @@ impl Auth {
         store: Option<&Store>,
         now_ms: u64,
     ) -> Result<ScramLogin, Refusal> {
-        let refuse = |denied, detail: String| Refusal {
-            denied,
-            detail,
-            lockouts: Vec::new(),
-        };
+        let refuse = Refusal::new;
         let first = scram::parse_client_first(client_first)
             .map_err(|e| refuse(Denied::BadCredentials, format!("SCRAM from {peer}: {e}")))?;
         let (name, tenant_id) = split_login(listener, &first.username);
@@ -527,11 +534,7 @@ impl Auth {
         store: Option<&Store>,
         now_ms: u64,
     ) -> Result<Identity, Refusal> {
-        let refuse = |denied, detail: String| Refusal {
-            denied,
-            detail,
-            lockouts: Vec::new(),
-        };
+        let refuse = Refusal::new;
         let peer = login.peer;
         let ip_locked = |what: &str| {
             self.lockout.ip_locked(peer, now_ms).map(|ms| {

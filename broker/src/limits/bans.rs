@@ -83,15 +83,38 @@ pub struct StaticBans {
     pub usernames: HashSet<String>,
 }
 
-/// Flapping detection settings; a zero threshold switches that kind off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Flapping detection (`[flapping]`): more than `max_connects_per_*` successful
+/// connections within `window_secs` bans that client id, username or address for
+/// `ban_secs` (audited as `flapping.ban`). Client ids and usernames count per tenant. 0
+/// switches a kind off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FlappingPolicy {
+    /// Connections of one client id (in its tenant) per window before it is banned.
     pub max_connects_per_client_id: u32,
+    /// Connections of one username (in its tenant) per window before it is banned.
     pub max_connects_per_username: u32,
+    /// Connections from one address per window before it is banned (mind NAT gateways).
     pub max_connects_per_ip: u32,
+    /// The window, in seconds.
     pub window_secs: u64,
+    /// How long a ban lasts, in seconds.
     pub ban_secs: u64,
+    /// Client ids, usernames and addresses tracked (a bounded map of 32-byte digests).
     pub max_tracked: u64,
+}
+
+impl Default for FlappingPolicy {
+    fn default() -> Self {
+        FlappingPolicy {
+            max_connects_per_client_id: 30,
+            max_connects_per_username: 0,
+            max_connects_per_ip: 0,
+            window_secs: 60,
+            ban_secs: 300,
+            max_tracked: 100_000,
+        }
+    }
 }
 
 /// What a flapping key is (for the audit record).
@@ -318,7 +341,7 @@ mod tests {
                 client_ids: ["evil".to_owned()].into(),
                 usernames: ["mallory@acme".to_owned()].into(),
             },
-            FlappingPolicy::default(),
+            policy(0, 0),
         );
         assert_eq!(bans.address_banned(ip("10.9.9.9"), 0), Some(u64::MAX));
         assert_eq!(bans.address_banned(ip("11.0.0.1"), 0), None);
@@ -328,7 +351,7 @@ mod tests {
             Some(Kind::Username)
         );
         assert_eq!(bans.listed("good", Some(("mallory", "globex"))), None);
-        bans.set(StaticBans::default(), FlappingPolicy::default());
+        bans.set(StaticBans::default(), policy(0, 0));
         assert_eq!(bans.address_banned(ip("10.9.9.9"), 0), None);
     }
 
