@@ -53,6 +53,9 @@ impl TestBroker {
         // Refusals answer at once so the lockout tests do not wait a second per guess;
         // the delay itself has a test of its own in security.rs.
         config.auth.failure_delay_ms = 0;
+        // Race and churn tests reconnect one client id dozens of times a second: flapping
+        // bans are off unless a test turns them on (limits.rs does).
+        config.flapping.max_connects_per_client_id = 0;
         adjust(&mut config);
         let broker = Broker::bind(config).await.expect("broker binds");
         let addr = broker.local_addrs()[0];
