@@ -23,7 +23,7 @@ use crate::clock::{mono_ms, mono_us, unix_ms};
 use crate::config::LimitsConfig;
 use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
-use crate::limits::throttle::{Throttle, Verdict};
+use crate::limits::throttle::{Limiter, Throttle, Verdict};
 use crate::message::Message;
 use crate::router::TenantRoutes;
 use crate::session::{Session, DRAINING_MS};
@@ -182,8 +182,8 @@ pub(crate) struct Client<S> {
     /// Who the client is and what its ACL allows. Boxed: one pointer in every connection.
     access: Box<Access>,
     /// The packet rate limiter, if the limits have one (boxed: most brokers have none).
-    throttle: Option<Box<Throttle>>,
-    /// The version of the rate limits `throttle` follows.
+    limiter: Option<Box<Limiter>>,
+    /// The version of the rate limits `limiter` follows.
     throttle_epoch: u64,
 }
 
@@ -209,9 +209,9 @@ impl<S: Transport> Client<S> {
             .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
         let throttle_epoch = state.throttle_epoch();
         let policy = state.throttle_policy().with(&access.identity.device_limits);
-        let throttle = Throttle::new(policy, mono_us()).map(Box::new);
+        let limiter = Throttle::new(policy, mono_us()).map(|own| Box::new(Limiter::with_own(own)));
         Client {
-            throttle,
+            limiter,
             throttle_epoch,
             state,
             conn,
@@ -400,6 +400,9 @@ impl<S: Transport> Client<S> {
         if let Some(k) = self.neg.keep_alive {
             self.deadline = Instant::now() + k;
         }
+        if let Some(limiter) = self.limiter.as_mut() {
+            limiter.set_now(crate::clock::mono_ns());
+        }
         self.input_more = false;
         self.input_held = false;
         while self.pause.is_none() {
@@ -452,23 +455,21 @@ impl<S: Transport> Client<S> {
                 .state
                 .throttle_policy()
                 .with(&self.access.identity.device_limits);
-            match self.throttle.as_mut() {
-                Some(_) if policy.is_off() => self.throttle = None,
+            let limiter = self.limiter.get_or_insert_with(Box::default);
+            match limiter.own.as_mut() {
+                Some(_) if policy.is_off() => limiter.own = None,
                 Some(t) => t.set_policy(policy, mono_us()),
-                None => self.throttle = Throttle::new(policy, mono_us()).map(Box::new),
+                None => limiter.own = Throttle::new(policy, mono_us()),
             }
         }
-        let own = match self.throttle.as_mut() {
-            Some(t) => t.charge(size, mono_us()),
-            None => Verdict::Go,
-        };
-        // The tenant's shared rate, after the connection's own.
+        // The tenant's shared rate counts too: a connection of a tenant that limits
+        // packets gets a limiter even without limits of its own.
         let tenant = &self.access.identity.tenant.rates;
-        let shared = if tenant.limits_packets() {
-            tenant.charge(size, crate::clock::mono_ns())
-        } else {
-            Duration::ZERO
-        };
+        if self.limiter.is_none() && !tenant.limits_packets() {
+            return None;
+        }
+        let limiter = self.limiter.get_or_insert_with(Box::default);
+        let (own, shared) = limiter.charge(size, tenant);
         let own_wait = match own {
             Verdict::Go => Duration::ZERO,
             Verdict::Pause(wait) => {

@@ -6,7 +6,7 @@
 //! charges its own buckets and then its tenant's, and pauses for the longer debt, so a
 //! tenant's fleet together stays within the tenant's rate while other tenants run free.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -104,6 +104,8 @@ pub struct TenantRates {
     /// Whether packets are rate limited: read on every packet, so a tenant without packet
     /// rates costs its connections one relaxed load.
     packets_limited: AtomicBool,
+    /// Packets a connection gathers before it charges them to the shared counters.
+    batch: AtomicU32,
 }
 
 impl TenantRates {
@@ -125,17 +127,30 @@ impl TenantRates {
             limits.messages_per_sec > 0 || limits.bytes_per_sec > 0,
             Ordering::Relaxed,
         );
+        // One charge per millisecond's worth of the tenant's rate, 1 to 32 packets: a
+        // slow tenant is charged packet by packet, a fast one without every packet of
+        // every connection contending for one counter.
+        let batch = match limits.messages_per_sec {
+            0 => 8,
+            rate => (rate / 1000).clamp(1, 32),
+        };
+        self.batch.store(batch as u32, Ordering::Relaxed);
+    }
+
+    /// Packets a connection gathers before charging them.
+    pub fn batch(&self) -> u32 {
+        self.batch.load(Ordering::Relaxed).max(1)
     }
 
     pub fn limits(&self) -> TenantLimits {
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Charges one packet of `bytes` to the tenant's rates; how long its connection must
-    /// pause (zero when the tenant is within them).
-    pub fn charge(&self, bytes: usize, now_ns: u64) -> Duration {
-        let m = self.messages.charge(1, now_ns);
-        let b = self.bytes.charge(bytes as u64, now_ns);
+    /// Charges `packets` packets of `bytes` bytes in all to the tenant's rates; how long
+    /// the connection must pause (zero when the tenant is within them).
+    pub fn charge(&self, packets: u32, bytes: u64, now_ns: u64) -> Duration {
+        let m = self.messages.charge(u64::from(packets), now_ns);
+        let b = self.bytes.charge(bytes, now_ns);
         m.max(b)
     }
 
@@ -191,13 +206,14 @@ mod tests {
         // Two connections drawing from one bucket: the 11th packet waits 10 ms.
         let now_ns = 5_000_000_000;
         for _ in 0..10 {
-            assert_eq!(r.charge(10, now_ns), Duration::ZERO);
+            assert_eq!(r.charge(1, 10, now_ns), Duration::ZERO);
         }
-        assert_eq!(r.charge(10, now_ns), Duration::from_millis(10));
+        assert_eq!(r.charge(1, 10, now_ns), Duration::from_millis(10));
+        assert_eq!(r.batch(), 1, "100/s is charged packet by packet");
         assert!(r.try_connect(0) && r.try_connect(0) && !r.try_connect(0));
         assert!(r.try_connect(1_000_000));
         r.set(TenantLimits::default(), 0);
         assert!(!r.limits_packets());
-        assert_eq!(r.charge(10, 0), Duration::ZERO);
+        assert_eq!(r.charge(1, 10, 0), Duration::ZERO);
     }
 }

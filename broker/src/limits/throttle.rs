@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::bucket::TokenBucket;
+use super::tenant::TenantRates;
 
 /// A connection's limits; zero rates are no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,6 +152,59 @@ impl Throttle {
             }
         }
         Verdict::Pause(wait)
+    }
+}
+
+/// What one connection applies per packet: its own buckets, and what it owes its
+/// tenant's shared ones. The shared counter is charged in small batches (see
+/// `TenantRates::batch`), so a tenant's connections on different cores rarely touch the
+/// same cache line; the clock is read once per read pass, not per packet.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    pub own: Option<Throttle>,
+    owed_messages: u32,
+    owed_bytes: u64,
+    now_ns: u64,
+}
+
+impl Limiter {
+    /// A limiter with the connection's own buckets.
+    pub fn with_own(own: Throttle) -> Self {
+        Limiter {
+            own: Some(own),
+            ..Limiter::default()
+        }
+    }
+
+    /// The time of this read pass (every packet of one pass is charged at it).
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    /// Charges a packet of `bytes` to the connection's buckets and, if the tenant limits
+    /// packets, to what it owes the tenant: the connection's verdict and the tenant's wait.
+    pub fn charge(&mut self, bytes: usize, tenant: &TenantRates) -> (Verdict, Duration) {
+        if self.now_ns == 0 {
+            self.now_ns = crate::clock::mono_ns();
+        }
+        let own = match self.own.as_mut() {
+            Some(t) => t.charge(bytes, self.now_ns / 1000),
+            None => Verdict::Go,
+        };
+        if !tenant.limits_packets() {
+            self.owed_messages = 0;
+            self.owed_bytes = 0;
+            return (own, Duration::ZERO);
+        }
+        self.owed_messages += 1;
+        self.owed_bytes += bytes as u64;
+        if self.owed_messages < tenant.batch() {
+            return (own, Duration::ZERO);
+        }
+        let wait = tenant.charge(self.owed_messages, self.owed_bytes, self.now_ns);
+        self.owed_messages = 0;
+        self.owed_bytes = 0;
+        (own, wait)
     }
 }
 
