@@ -538,7 +538,7 @@ async fn a_tenant_at_its_quotas_does_not_reduce_another_tenants() {
             subscriptions: filters
                 .iter()
                 .map(|f| messs_codec::Subscription {
-                    filter: messs_codec::TopicFilter::new(*f).unwrap(),
+                    filter: messs_codec::TopicFilter::new(f).unwrap(),
                     options: messs_codec::SubscriptionOptions::new(QoS::AtMostOnce),
                 })
                 .collect(),
