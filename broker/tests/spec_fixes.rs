@@ -238,3 +238,33 @@ async fn mqtt_3_1_connack_never_sets_session_present() {
         "the persistent session was resumed all the same"
     );
 }
+
+/// A client may send packets right behind its CONNECT without waiting for the CONNACK
+/// (MQTT 5 §3.1.4, 3.1.1 §3.1.4): a SUBSCRIBE in the same TCP segment as the CONNECT is
+/// answered at once, not when more bytes happen to arrive (paho-mqtt does this; the
+/// disk-full drill waited 5 s for a SUBACK that never came).
+#[tokio::test]
+async fn a_subscribe_sent_with_the_connect_is_answered() {
+    let broker = TestBroker::start().await;
+    for protocol in [Protocol::V5, Protocol::V3_1_1] {
+        let mut bytes = bytes::BytesMut::new();
+        let connect = connect_packet(protocol, "eager", true);
+        messs_codec::encode(&Packet::Connect(Box::new(connect)), protocol, &mut bytes).unwrap();
+        let sub = Packet::Subscribe(Box::new(messs_codec::Subscribe {
+            packet_id: pid(1),
+            properties: Default::default(),
+            subscriptions: vec![messs_codec::Subscription {
+                filter: messs_codec::TopicFilter::new("eager/t").unwrap(),
+                options: messs_codec::SubscriptionOptions::new(QoS::AtLeastOnce),
+            }],
+        }));
+        messs_codec::encode(&sub, protocol, &mut bytes).unwrap();
+        let mut c = Raw::open(broker.addr).await;
+        c.protocol = protocol;
+        c.send_bytes(&bytes).await;
+        assert!(matches!(c.recv().await, Packet::ConnAck(_)), "{protocol:?}");
+        assert!(matches!(c.recv().await, Packet::SubAck(_)), "{protocol:?}");
+        c.disconnect().await;
+    }
+    broker.stop().await;
+}

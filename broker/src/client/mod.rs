@@ -207,6 +207,7 @@ impl<S: Transport> Client<S> {
         let keep_alive_timer = neg
             .keep_alive
             .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
+        let pipelined = conn.buffered() > 0;
         let throttle_epoch = state.throttle_epoch();
         let policy = state.throttle_policy().with(&access.identity.device_limits);
         let limiter = Throttle::new(policy, mono_us()).map(|own| Box::new(Limiter::with_own(own)));
@@ -227,7 +228,10 @@ impl<S: Transport> Client<S> {
             pause_allowed_at: 0,
             replays: None,
             replay_more: false,
-            input_more: false,
+            // Packets the client sent right behind its CONNECT (it need not wait for the
+            // CONNACK) may already be buffered: they are handled at the first pass, not
+            // when more bytes happen to arrive.
+            input_more: pipelined,
             drain_more: false,
             pass_work: 0,
             keep_alive_timer,
