@@ -69,7 +69,14 @@ pub struct BenchRouter {
 impl BenchRouter {
     /// `subscribers` sessions, each subscribed to `filter` at QoS 0.
     pub fn new(subscribers: usize, filter: &str) -> Self {
-        let router = Router::new(1000, usize::MAX, false, Arc::new(Stats::default()), None);
+        let router = Router::new(
+            1000,
+            usize::MAX,
+            false,
+            Arc::new(Stats::default()),
+            None,
+            Box::new(|_| Arc::default()),
+        );
         let tenant: TenantId = Arc::from("bench");
         let mut sessions = Vec::with_capacity(subscribers);
         if let Ok(filter) = TopicFilter::new(filter) {

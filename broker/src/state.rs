@@ -113,6 +113,8 @@ impl BrokerState {
     pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
         let limits = &config.limits;
+        let auth = crate::auth::Auth::new(&config)?;
+        let tenants = auth.tenants.clone();
         let router = Router::new(
             limits.max_retained_messages,
             limits.max_retained_bytes,
@@ -121,13 +123,14 @@ impl BrokerState {
             persist
                 .as_ref()
                 .map(|p| (p.store.clone(), p.retained_inline_bytes)),
+            Box::new(move |tenant| tenants.get_or_insert(tenant, false).rates.holdings.clone()),
         );
         let budget = Arc::new(ByteBudget::new(
             stats.clone(),
             limits.max_session_bytes_total,
         ));
         Ok(BrokerState {
-            auth: crate::auth::Auth::new(&config)?,
+            auth,
             tls_listeners: Mutex::default(),
             router,
             timers: Timers::new(stats.clone()),
@@ -320,7 +323,13 @@ impl BrokerState {
             max_subscriptions: limits.max_subscriptions_per_session,
             queue_full: limits.queue_full,
         };
-        let state = SessionState::new(session_limits, self.budget.clone(), cost);
+        let tenant = self.auth.tenants.get_or_insert(&key.tenant, false);
+        let state = SessionState::new(
+            session_limits,
+            self.budget.clone(),
+            tenant.rates.holdings.clone(),
+            cost,
+        );
         let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));
         self.auth
             .tenants

@@ -37,6 +37,8 @@ pub struct Stats {
     pub retained_bytes: AtomicUsize,
     /// Deliveries dropped because `max_session_bytes_total` was reached.
     pub dropped_budget: AtomicU64,
+    /// Deliveries dropped because the tenant's sessions held its `max_queued_bytes`.
+    pub dropped_tenant_quota: AtomicU64,
     /// CONNECTs refused because `max_sessions` or the session byte budget was reached
     /// with no offline session left to evict.
     pub sessions_refused: AtomicU64,

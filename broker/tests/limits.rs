@@ -877,3 +877,107 @@ async fn a_devices_own_rate_limit_applies_from_its_next_login() {
     }
     broker.stop().await;
 }
+
+/// Publishes `payload` to `t` at QoS 1 (retained or not) and returns the PUBACK's reason.
+async fn publish_qos1(c: &mut Raw, t: &str, payload: Vec<u8>, retain: bool, id: u16) -> ReasonCode {
+    let mut p = publish(t, b"", QosPid::AtLeastOnce(pid(id)), retain);
+    p.payload = Bytes::from(payload);
+    c.send(&Packet::Publish(Box::new(p))).await;
+    match c.recv().await {
+        Packet::PubAck(a) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_retained_quota_is_its_own() {
+    let broker = two_tenants(&[("max_retained_messages", 2)]).await;
+    for (tenant, user, expected) in [
+        (
+            "acme",
+            "d0@acme",
+            [
+                ReasonCode::NoMatchingSubscribers,
+                ReasonCode::NoMatchingSubscribers,
+                ReasonCode::QuotaExceeded,
+            ],
+        ),
+        (
+            "globex",
+            "d0@globex",
+            [ReasonCode::NoMatchingSubscribers; 3],
+        ),
+    ] {
+        let (mut c, _) = login(&broker, &format!("{tenant}-pub"), user).await;
+        let mut codes = Vec::new();
+        for i in 0..3u16 {
+            codes
+                .push(publish_qos1(&mut c, &format!("r/{i}"), b"kept".to_vec(), true, i + 1).await);
+        }
+        assert_eq!(codes, expected, "{tenant}");
+        // Replacing a retained message is not a new one.
+        assert_eq!(
+            publish_qos1(&mut c, "r/0", b"again".to_vec(), true, 9).await,
+            ReasonCode::NoMatchingSubscribers
+        );
+        c.disconnect().await;
+    }
+    // A new subscriber of acme gets the two it kept.
+    let (mut sub, _) = login(&broker, "acme-sub", "d1@acme").await;
+    sub.subscribe("r/#", QoS::AtMostOnce).await;
+    let mut topics = Vec::new();
+    while let Some(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(300)).await {
+        topics.push(p.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["r/0", "r/1"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenants_queued_bytes_cap_drops_its_own_deliveries_only_and_frees_as_they_drain() {
+    const CAP: u64 = 20_000;
+    let broker = two_tenants(&[("max_queued_bytes", CAP)]).await;
+    // In each tenant, a subscriber that takes one QoS 1 message at a time and does not
+    // read, and a publisher sending 60 messages of 1,000 bytes: 60 KB for each subscriber.
+    let mut slow = Vec::new();
+    for (tenant, user) in [("acme", "d0@acme"), ("globex", "d0@globex")] {
+        let mut c = device(&format!("{tenant}-slow"), user);
+        c.properties.receive_maximum = std::num::NonZeroU16::new(1);
+        let (mut s, ack) = Raw::connect_with(broker.addr, c).await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        s.subscribe("q", QoS::AtLeastOnce).await;
+        slow.push(s);
+    }
+    for (tenant, user) in [("acme", "d1@acme"), ("globex", "d1@globex")] {
+        let (mut p, _) = login(&broker, &format!("{tenant}-pub"), user).await;
+        for i in 0..60u16 {
+            assert_eq!(
+                publish_qos1(&mut p, "q", vec![b'x'; 1000], false, i + 1).await,
+                ReasonCode::Success
+            );
+        }
+        p.disconnect().await;
+    }
+    let mut globex = slow.pop().unwrap();
+    let mut acme = slow.pop().unwrap();
+    assert_eq!(drain(&mut globex).await.len(), 60, "globex: every message");
+    let held = drain(&mut acme).await.len();
+    assert!(
+        (10..=20).contains(&held),
+        "acme: what fits in {CAP} bytes, got {held}"
+    );
+    let dropped = broker.stats.dropped_tenant_quota.load(Ordering::Relaxed);
+    assert_eq!(dropped, 60 - held as u64);
+    // Drained, acme's bytes are given back: a new burst is held again.
+    let (mut p, _) = login(&broker, "acme-pub", "d1@acme").await;
+    for i in 0..5u16 {
+        publish_qos1(&mut p, "q", vec![b'y'; 1000], false, i + 1).await;
+    }
+    assert_eq!(drain(&mut acme).await.len(), 5);
+    assert_eq!(
+        broker.stats.dropped_tenant_quota.load(Ordering::Relaxed),
+        dropped
+    );
+    broker.stop().await;
+}

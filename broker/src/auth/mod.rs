@@ -260,7 +260,7 @@ struct Remembered {
 
 /// The authenticator: tenants, the verification pool and cache, and the lockout counters.
 pub(crate) struct Auth {
-    pub tenants: Tenants,
+    pub tenants: Arc<Tenants>,
     /// Every tenant's trusted client CAs (shared with the TLS listeners).
     pub client_cas: Arc<crate::tls::ClientCas>,
     pool: PasswordPool,
@@ -305,7 +305,7 @@ impl Auth {
         let mut key = [0u8; 32];
         aws_lc_rs::rand::fill(&mut key)
             .map_err(|_| BrokerError::Config("no system randomness".into()))?;
-        let tenants = Tenants::default();
+        let tenants = Arc::new(Tenants::default());
         tenants.set_defaults(config.tenant_limits);
         for l in &config.listeners {
             if let Some(t) = &l.tenant {

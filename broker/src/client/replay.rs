@@ -137,6 +137,10 @@ impl<S: Transport> Client<S> {
                         stats.dropped_storage.fetch_add(1, Ordering::Relaxed);
                         true
                     }
+                    Err(EnqueueError::TenantQuota) => {
+                        stats.dropped_tenant_quota.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
                     Err(EnqueueError::Budget | EnqueueError::Offline) => {
                         stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
                         true

@@ -6,8 +6,8 @@
 //! charges its own buckets and then its tenant's, and pauses for the longer debt, so a
 //! tenant's fleet together stays within the tenant's rate while other tenants run free.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,6 +41,16 @@ pub struct TenantLimits {
     /// Largest packet its clients may send (below `limits.max_packet_size`; told to v5
     /// clients in CONNACK; larger: DISCONNECT 0x95 Packet too large).
     pub max_packet_size: u64,
+    /// Retained messages it keeps (below `limits.max_retained_messages`; a retained
+    /// PUBLISH to a new topic beyond it is delivered but not retained, v5: PUBACK 0x97).
+    pub max_retained_messages: u64,
+    /// Bytes of retained messages it keeps (below `limits.max_retained_bytes`; beyond it
+    /// as for `max_retained_messages`).
+    pub max_retained_bytes: u64,
+    /// Bytes all of its sessions hold in memory together, queued and in flight (within
+    /// `limits.max_session_bytes_total`): beyond it further deliveries to its sessions are
+    /// dropped and counted (a persistent session's wait on disk instead).
+    pub max_queued_bytes: u64,
 }
 
 /// The names a registry override may use, as in `[tenant_limits]`.
@@ -55,6 +65,9 @@ pub const NAMES: &[&str] = &[
     "connects_per_sec",
     "connects_burst",
     "max_packet_size",
+    "max_retained_messages",
+    "max_retained_bytes",
+    "max_queued_bytes",
 ];
 
 impl TenantLimits {
@@ -70,6 +83,9 @@ impl TenantLimits {
             "connects_per_sec" => &mut self.connects_per_sec,
             "connects_burst" => &mut self.connects_burst,
             "max_packet_size" => &mut self.max_packet_size,
+            "max_retained_messages" => &mut self.max_retained_messages,
+            "max_retained_bytes" => &mut self.max_retained_bytes,
+            "max_queued_bytes" => &mut self.max_queued_bytes,
             _ => return None,
         })
     }
@@ -93,6 +109,84 @@ pub fn below(limit: u64, now: usize) -> bool {
     limit == 0 || (now as u64) < limit
 }
 
+/// What a tenant's sessions and retained messages may hold and hold now: read where the
+/// router and the sessions charge them, so atomics (a delivery takes no lock for it). A
+/// cap of `usize::MAX` is none.
+#[derive(Debug)]
+pub struct TenantHoldings {
+    retained_messages: AtomicUsize,
+    retained_bytes: AtomicUsize,
+    max_queued_bytes: AtomicUsize,
+    queued_bytes: AtomicUsize,
+}
+
+impl Default for TenantHoldings {
+    fn default() -> Self {
+        TenantHoldings {
+            retained_messages: AtomicUsize::new(usize::MAX),
+            retained_bytes: AtomicUsize::new(usize::MAX),
+            max_queued_bytes: AtomicUsize::new(usize::MAX),
+            queued_bytes: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn cap(limit: u64) -> usize {
+    match limit {
+        0 => usize::MAX,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+impl TenantHoldings {
+    fn set(&self, limits: &TenantLimits) {
+        let caps = [
+            (&self.retained_messages, limits.max_retained_messages),
+            (&self.retained_bytes, limits.max_retained_bytes),
+            (&self.max_queued_bytes, limits.max_queued_bytes),
+        ];
+        for (slot, limit) in caps {
+            slot.store(cap(limit), Ordering::Relaxed);
+        }
+    }
+
+    /// The tenant's own caps on retained messages: (count, bytes).
+    pub fn retained_caps(&self) -> (usize, usize) {
+        (
+            self.retained_messages.load(Ordering::Relaxed),
+            self.retained_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Takes `bytes` of queued messages; false (nothing taken) past the tenant's cap.
+    pub fn try_queue(&self, bytes: usize) -> bool {
+        let max = self.max_queued_bytes.load(Ordering::Relaxed);
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > max {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Takes `bytes` whatever the cap (state restored from the store at start-up).
+    pub fn force_queue(&self, bytes: usize) {
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives `bytes` of queued messages back.
+    pub fn unqueue(&self, bytes: usize) {
+        if bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes its sessions hold in memory now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// A tenant's shared buckets: packets and bytes lock-free (every packet of every one of
 /// its connections charges them, on any core), connections under a lock (one per login).
 #[derive(Debug, Default)]
@@ -106,6 +200,8 @@ pub struct TenantRates {
     packets_limited: AtomicBool,
     /// Packets a connection gathers before it charges them to the shared counters.
     batch: AtomicU32,
+    /// Its caps on what it holds, shared with its routes and sessions.
+    pub holdings: Arc<TenantHoldings>,
 }
 
 impl TenantRates {
@@ -122,6 +218,7 @@ impl TenantRates {
                 (None, rate) => *c = Some(TokenBucket::new(rate, limits.connects_burst, now_us)),
             }
         }
+        self.holdings.set(&limits);
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits;
         self.packets_limited.store(
             limits.messages_per_sec > 0 || limits.bytes_per_sec > 0,

@@ -17,6 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use messs_codec::TopicFilter;
 
+use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::AckTicket;
 use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINING_MS};
@@ -73,7 +74,12 @@ pub(crate) struct Router {
     store: Option<messs_storage::Store>,
     /// Retained payloads larger than this stay in the store only (`usize::MAX` without one).
     retained_inline: usize,
+    /// Where a tenant's own caps are found when its routes are made.
+    holdings_of: HoldingsOf,
 }
+
+/// Finds a tenant's caps on what it holds (the tenant registry's, in a broker).
+pub(crate) type HoldingsOf = Box<dyn Fn(&TenantId) -> Arc<TenantHoldings> + Send + Sync>;
 
 thread_local! {
     /// Reused per thread so a publish does not allocate its list of matches.
@@ -95,6 +101,7 @@ impl Router {
         queue_qos0_offline: bool,
         stats: Arc<Stats>,
         store: Option<(messs_storage::Store, usize)>,
+        holdings_of: HoldingsOf,
     ) -> Self {
         let (store, retained_inline) = match store {
             Some((store, inline)) => (Some(store), inline),
@@ -108,6 +115,7 @@ impl Router {
             stats,
             store,
             retained_inline,
+            holdings_of,
         }
     }
 
@@ -116,6 +124,8 @@ impl Router {
         if let Some(t) = read(&self.tenants).get(tenant) {
             return t.clone();
         }
+        // Looked up before the lock: the lookup may take the tenant registry's.
+        let holdings = (self.holdings_of)(tenant);
         write(&self.tenants)
             .entry(tenant.clone())
             .or_insert_with(|| {
@@ -124,6 +134,7 @@ impl Router {
                     retained: RwLock::new(RetainedStore::new(
                         self.max_retained,
                         self.max_retained_bytes,
+                        holdings,
                         self.stats.clone(),
                     )),
                 })
@@ -301,6 +312,12 @@ impl Router {
                 Err(EnqueueError::Budget) => {
                     matched += 1;
                     self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(EnqueueError::TenantQuota) => {
+                    matched += 1;
+                    self.stats
+                        .dropped_tenant_quota
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(EnqueueError::Storage) => {
                     matched += 1;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use messs_codec::TopicName;
 
 use super::tree::{descend, descend_mut, drop_subtree, prune, LevelNode};
+use crate::limits::tenant::TenantHoldings;
 use crate::message::Message;
 use crate::stats::Stats;
 
@@ -74,8 +75,11 @@ pub(crate) struct RetainedStore {
     root: Node,
     count: usize,
     bytes: usize,
+    /// The broker's caps for every tenant (`limits.max_retained_*`).
     max: usize,
     max_bytes: usize,
+    /// The tenant's own caps (its `[tenant_limits]` and overrides), which may be lower.
+    tenant: Arc<TenantHoldings>,
     /// Messages with an expiry, by (expiry, topic), so purging does not walk the tree.
     expiring: BTreeSet<(u64, TopicName)>,
     stats: Arc<Stats>,
@@ -115,13 +119,19 @@ impl Drop for RetainedStore {
 }
 
 impl RetainedStore {
-    pub fn new(max: usize, max_bytes: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        max: usize,
+        max_bytes: usize,
+        tenant: Arc<TenantHoldings>,
+        stats: Arc<Stats>,
+    ) -> Self {
         RetainedStore {
             root: Node::default(),
             count: 0,
             bytes: 0,
             max,
             max_bytes,
+            tenant,
             expiring: BTreeSet::new(),
             stats,
         }
@@ -175,7 +185,16 @@ impl RetainedStore {
             .and_then(|n| n.message.as_ref().map(|m| m.cost() + n.disk_len));
         let after_count = self.count + usize::from(old_cost.is_none());
         let after_bytes = self.bytes - old_cost.unwrap_or(0) + message.cost() + disk_len;
-        if after_count > self.max || after_bytes > self.max_bytes {
+        // A store over a cap that was lowered keeps what it has; it only may not grow.
+        let (tenant_max, tenant_max_bytes) = self.tenant.retained_caps();
+        let grows_past = |after: usize, now: usize, max: usize| after > max && after > now;
+        if grows_past(after_count, self.count, self.max.min(tenant_max))
+            || grows_past(
+                after_bytes,
+                self.bytes,
+                self.max_bytes.min(tenant_max_bytes),
+            )
+        {
             return Err(RetainedFull);
         }
         let mut node = &mut self.root;
@@ -344,7 +363,7 @@ mod tests {
     }
 
     fn store() -> RetainedStore {
-        RetainedStore::new(1000, usize::MAX, Arc::new(Stats::default()))
+        RetainedStore::new(1000, usize::MAX, Arc::default(), Arc::new(Stats::default()))
     }
 
     fn all(s: &RetainedStore, filter: &str) -> Vec<String> {
@@ -443,7 +462,7 @@ mod tests {
     fn bounded_in_count_and_bytes_and_deletes_prune() {
         let stats = Arc::new(Stats::default());
         let one = msg("a", b"12345", None).cost();
-        let mut s = RetainedStore::new(2, 2 * one + 3, stats.clone());
+        let mut s = RetainedStore::new(2, 2 * one + 3, Arc::default(), stats.clone());
         s.set(msg("a", b"12345", None)).unwrap();
         s.set(msg("b/c", b"12345", None)).unwrap();
         assert_eq!(s.set(msg("d", b"12345", None)), Err(RetainedFull));
@@ -459,6 +478,34 @@ mod tests {
         assert_eq!(s.len(), 1);
         drop(s);
         assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_tenants_own_caps_apply_below_the_brokers_and_a_lowered_cap_stops_growth() {
+        use crate::limits::tenant::{TenantLimits, TenantRates};
+        let rates = TenantRates::default();
+        let mut s = RetainedStore::new(
+            100,
+            usize::MAX,
+            rates.holdings.clone(),
+            Arc::new(Stats::default()),
+        );
+        let limits = |n| TenantLimits {
+            max_retained_messages: n,
+            ..Default::default()
+        };
+        rates.set(limits(2), 0);
+        s.set(msg("a", b"1", None)).unwrap();
+        s.set(msg("b", b"1", None)).unwrap();
+        assert_eq!(s.set(msg("c", b"1", None)), Err(RetainedFull));
+        rates.set(limits(1), 0);
+        s.set(msg("a", b"2", None)).unwrap();
+        assert_eq!(s.len(), 2, "over a lowered cap: kept, replaced in place");
+        s.set(msg("a", b"", None)).unwrap();
+        assert_eq!(s.set(msg("c", b"1", None)), Err(RetainedFull));
+        rates.set(limits(0), 0);
+        s.set(msg("c", b"1", None)).unwrap();
+        assert_eq!(s.len(), 2, "0: the broker's cap only");
     }
 
     #[test]

@@ -232,7 +232,7 @@ mod tests {
             max_subscriptions: 10,
             queue_full: Default::default(),
         };
-        let mut st = SessionState::new(limits, budget, 0);
+        let mut st = SessionState::new(limits, budget, Arc::default(), 0);
         let limits = DiskLimits {
             max_messages: 100,
             max_bytes: usize::MAX,

@@ -355,7 +355,7 @@ pub(crate) fn unbounded_session(id: u64, max_queued: usize) -> Session {
     Session::new(
         id,
         key,
-        SessionState::new(limits, budget, 0),
+        SessionState::new(limits, budget, Arc::default(), 0),
         Default::default(),
     )
 }
@@ -391,6 +391,15 @@ mod tests {
     }
 
     fn session_with(max: usize, max_bytes: usize, budget: usize) -> (Session, Arc<Stats>) {
+        session_of_tenant(max, max_bytes, budget, Arc::default())
+    }
+
+    fn session_of_tenant(
+        max: usize,
+        max_bytes: usize,
+        budget: usize,
+        tenant: Arc<crate::limits::tenant::TenantHoldings>,
+    ) -> (Session, Arc<Stats>) {
         let key = SessionKey {
             tenant: Arc::from("t"),
             client_id: Arc::from("c"),
@@ -406,7 +415,7 @@ mod tests {
         let s = Session::new(
             1,
             key,
-            SessionState::new(limits, budget, 0),
+            SessionState::new(limits, budget, tenant, 0),
             Arc::new(Notify::new()),
         );
         s.attach(0);
@@ -520,6 +529,41 @@ mod tests {
             Err(EnqueueError::Budget)
         );
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), one);
+    }
+
+    #[test]
+    fn a_tenants_sessions_share_its_queued_bytes_cap_and_give_it_back() {
+        use crate::limits::tenant::{TenantLimits, TenantRates};
+        let one = delivery_of(QoS::AtLeastOnce, &[0; 1000]).cost();
+        let rates = TenantRates::default();
+        rates.set(
+            TenantLimits {
+                max_queued_bytes: (2 * one + 10) as u64,
+                ..Default::default()
+            },
+            0,
+        );
+        let tenant = rates.holdings.clone();
+        let (a, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
+        let (b, stats) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
+        let big = || delivery_of(QoS::AtLeastOnce, &[0; 1000]);
+        assert!(a.enqueue(big(), false, None).is_ok());
+        assert!(b.enqueue(big(), false, None).is_ok());
+        assert_eq!(
+            a.enqueue(big(), false, None).map(|e| e.pressure),
+            Err(EnqueueError::TenantQuota)
+        );
+        assert_eq!(tenant.queued_bytes(), 2 * one);
+        assert_eq!(
+            stats.session_bytes.load(Ordering::Relaxed),
+            one,
+            "a refused charge gives the broker budget back"
+        );
+        drop(a);
+        assert_eq!(tenant.queued_bytes(), one);
+        assert!(b.enqueue(big(), false, None).is_ok());
+        drop(b);
+        assert_eq!(tenant.queued_bytes(), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use messs_storage::{Batch, Ticket};
 use super::durable::{PageIn, SessionDisk, PAGE};
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
 use crate::config::QueueFullPolicy;
+use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
 use crate::timers::TimerKey;
@@ -100,6 +101,8 @@ pub(crate) enum EnqueueError {
     Full,
     /// The broker-wide session byte budget is spent.
     Budget,
+    /// The tenant's sessions hold its `max_queued_bytes` already.
+    TenantQuota,
     /// The session is persistent and the store refused the message (writer too far
     /// behind, or failing).
     Storage,
@@ -153,6 +156,10 @@ pub(crate) struct SessionState {
     /// whenever the session holds nothing.
     reserve: usize,
     budget: Arc<ByteBudget>,
+    /// The part of `charged` taken for messages (held and reserve), which the tenant's
+    /// queued bytes were charged for too.
+    message_charged: usize,
+    tenant: Arc<TenantHoldings>,
     /// The store mirror of a persistent session (boxed: most sessions have none).
     disk: Option<Box<SessionDisk>>,
     /// The username the attached (or last) connection logged in with, so disabling a
@@ -172,12 +179,19 @@ pub(crate) struct SessionLimits {
 impl Drop for SessionState {
     fn drop(&mut self) {
         self.budget.release(self.charged);
+        self.tenant.unqueue(self.message_charged);
     }
 }
 
 impl SessionState {
     /// An empty state; `charged` is what the caller already took from `budget` for it.
-    pub fn new(limits: SessionLimits, budget: Arc<ByteBudget>, charged: usize) -> Self {
+    /// Its messages are charged to `budget` and to its `tenant`'s queued bytes.
+    pub fn new(
+        limits: SessionLimits,
+        budget: Arc<ByteBudget>,
+        tenant: Arc<TenantHoldings>,
+        charged: usize,
+    ) -> Self {
         SessionState {
             owner: None,
             subscriptions: BTreeMap::new(),
@@ -200,6 +214,8 @@ impl SessionState {
             charged,
             reserve: 0,
             budget,
+            message_charged: 0,
+            tenant,
             disk: None,
         }
     }
@@ -213,8 +229,13 @@ impl SessionState {
     }
 
     /// Takes `bytes` for a message from the reserve, topping it up from the broker budget
-    /// (a chunk at a time, or just what is missing if a chunk does not fit).
-    fn charge_message(&mut self, bytes: usize, draining: impl FnOnce() -> bool) -> bool {
+    /// and the tenant's queued bytes (a chunk at a time, or just what is missing if a
+    /// chunk does not fit).
+    fn charge_message(
+        &mut self,
+        bytes: usize,
+        draining: impl FnOnce() -> bool,
+    ) -> Result<(), EnqueueError> {
         if self.reserve < bytes {
             let standing = Standing {
                 held: self.held_bytes,
@@ -222,24 +243,44 @@ impl SessionState {
             };
             let missing = bytes - self.reserve;
             let chunk = missing.max(MESSAGE_CHUNK);
-            let taken = if self.budget.try_charge_message(chunk, standing) {
-                chunk
-            } else if self.budget.try_charge_message(missing, standing) {
-                missing
-            } else {
-                return false;
+            let taken = match self.take_for_messages(chunk, standing) {
+                Ok(()) => chunk,
+                Err(_) => {
+                    self.take_for_messages(missing, standing)?;
+                    missing
+                }
             };
             self.charged += taken;
+            self.message_charged += taken;
             self.reserve += taken;
         }
         self.reserve -= bytes;
-        true
+        Ok(())
+    }
+
+    fn take_for_messages(&self, bytes: usize, standing: Standing) -> Result<(), EnqueueError> {
+        if !self.budget.try_charge_message(bytes, standing) {
+            return Err(EnqueueError::Budget);
+        }
+        if !self.tenant.try_queue(bytes) {
+            self.budget.release(bytes);
+            return Err(EnqueueError::TenantQuota);
+        }
+        Ok(())
     }
 
     fn release(&mut self, bytes: usize) {
         let bytes = bytes.min(self.charged);
         self.charged -= bytes;
         self.budget.release(bytes);
+    }
+
+    /// Gives back message bytes: to the broker budget and the tenant's queued bytes.
+    fn release_messages(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.message_charged);
+        self.message_charged -= bytes;
+        self.tenant.unqueue(bytes);
+        self.release(bytes);
     }
 
     /// A message no longer held: its bytes go to the reserve, which goes back to the broker
@@ -255,7 +296,7 @@ impl SessionState {
         if self.reserve > keep && (self.held_bytes == 0 || self.reserve > 2 * MESSAGE_CHUNK) {
             let back = self.reserve - keep;
             self.reserve = keep;
-            self.release(back);
+            self.release_messages(back);
         }
     }
 
@@ -443,7 +484,7 @@ impl SessionState {
                 expired += 1;
                 continue;
             }
-            if !self.charge_message(cost, || true) {
+            if self.charge_message(cost, || true).is_err() {
                 stopped = true;
                 break;
             }
@@ -725,9 +766,7 @@ impl SessionState {
                 return Err(EnqueueError::Full);
             }
         }
-        if !self.charge_message(cost, draining) {
-            return Err(EnqueueError::Budget);
-        }
+        self.charge_message(cost, draining)?;
         self.held_bytes += cost;
         self.queue.push_back(delivery);
         Ok(dropped)
@@ -777,7 +816,7 @@ impl SessionState {
             && nothing_on_disk
             && self.queue.len() < self.max_queued as usize
             && self.held_bytes.saturating_add(cost) <= self.max_bytes
-            && self.charge_message(cost, draining);
+            && self.charge_message(cost, draining).is_ok();
         if to_memory {
             self.held_bytes += cost;
             self.queue.push_back(delivery);
@@ -1053,7 +1092,9 @@ impl SessionState {
                 // Restored state is charged like any other; the budget is checked at start-up
                 // by the caller as a whole.
                 self.charged += cost;
+                self.message_charged += cost;
                 self.budget.force_charge(cost);
+                self.tenant.force_queue(cost);
                 self.held_bytes += cost;
                 Outgoing::Published(d, cost)
             }
