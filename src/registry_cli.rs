@@ -147,8 +147,8 @@ pub enum DeviceCmd {
         #[command(flatten)]
         password: PasswordArg,
     },
-    /// Overrides one of the per-connection rate limits ([rate_limits]) for a device, from
-    /// its next login; --unset goes back to the configuration's.
+    /// Overrides one of the per-connection rate limits ([rate_limits]) for a device (on
+    /// a stopped broker: from its next login); --unset goes back to the configuration's.
     SetLimit {
         /// Its tenant.
         #[arg(long)]

@@ -275,7 +275,8 @@ impl<'a> Registry<'a> {
     }
 
     /// Overrides one of the per-connection rate limits for a device (`None`: back to the
-    /// configuration's); it applies from the device's next login.
+    /// configuration's). On a running broker its live connections take it at their next
+    /// packet; a JWT login, which does not read the registry, only from a live change.
     pub fn set_device_limit(
         &mut self,
         tenant: &str,

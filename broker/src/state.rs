@@ -265,7 +265,13 @@ impl BrokerState {
                         false
                     }
                 },
-                Some(d) => !matches!(store.device(tenant, d), Ok(Some(dev)) if dev.enabled),
+                Some(d) => match store.device(tenant, d) {
+                    Ok(Some(dev)) if dev.enabled => {
+                        self.give_device_limits(tenant, d, dev.limits);
+                        false
+                    }
+                    _ => true,
+                },
             };
             if !kick {
                 continue;
@@ -276,6 +282,26 @@ impl BrokerState {
                     s.kick(ReasonCode::AdministrativeAction);
                 }
             }
+        }
+    }
+
+    /// Hands a device's (maybe changed) limit overrides to its live connections, which take
+    /// them at their next packet.
+    fn give_device_limits(&self, tenant: &str, device: &str, limits: Vec<(String, u64)>) {
+        let limits = crate::auth::device_limits(limits);
+        let mut given = false;
+        for s in self.all_sessions() {
+            if *s.key.tenant == *tenant && s.is_connected() {
+                let mut st = s.lock();
+                if st.owner() == Some(device) {
+                    st.set_device_limits(limits.clone());
+                    given = true;
+                }
+            }
+        }
+        if given {
+            // Every connection looks at its limits again; those with new ones take them.
+            self.throttle_epoch.fetch_add(1, Ordering::Release);
         }
     }
 

@@ -823,7 +823,7 @@ async fn handshakes_in_progress_are_capped_and_a_waiting_client_gets_in_when_one
 }
 
 #[tokio::test]
-async fn a_devices_own_rate_limit_applies_from_its_next_login() {
+async fn a_devices_own_rate_limit_applies_at_login_and_when_changed_while_connected() {
     let broker = two_tenants(&[]).await;
     broker
         .broker
@@ -871,6 +871,31 @@ async fn a_devices_own_rate_limit_applies_from_its_next_login() {
     assert!(
         free > 1000,
         "the other device of the tenant is not limited: {free}"
+    );
+    // While their floods go on, the limited device's limit is lifted and the free one
+    // gets one that disconnects it soon: both live connections take the change.
+    broker
+        .broker
+        .registry("test", |r| {
+            r.set_device_limit("acme", "d2", "messages_per_sec", Some(50))?;
+            r.set_device_limit("acme", "d2", "messages_burst", Some(10))?;
+            r.set_device_limit("acme", "d2", "disconnect_multiple", Some(2))?;
+            r.set_device_limit("acme", "d1", "messages_per_sec", None)?;
+            r.set_device_limit("acme", "d1", "messages_burst", None)
+        })
+        .await
+        .unwrap();
+    let mut free_flood = floods.pop().unwrap();
+    let seen = free_flood.until_closed(Duration::from_secs(10)).await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::MessageRateTooHigh),
+        "{seen:?}"
+    );
+    free_flood.stop().await;
+    let limited = count_after_warm_up(&mut limited_sub).await;
+    assert!(
+        limited > 1000,
+        "its limit lifted while connected: {limited}"
     );
     for f in floods {
         f.stop().await;

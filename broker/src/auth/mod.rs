@@ -128,7 +128,7 @@ impl Identity {
 }
 
 /// A device's limit overrides, shared when empty (as `groups`).
-fn device_limits(list: Vec<(String, u64)>) -> Arc<[(String, u64)]> {
+pub(crate) fn device_limits(list: Vec<(String, u64)>) -> Arc<[(String, u64)]> {
     static NONE: std::sync::OnceLock<Arc<[(String, u64)]>> = std::sync::OnceLock::new();
     if list.is_empty() {
         NONE.get_or_init(|| Arc::from(Vec::new())).clone()

@@ -455,6 +455,9 @@ impl<S: Transport> Client<S> {
         let epoch = self.state.throttle_epoch();
         if epoch != self.throttle_epoch {
             self.throttle_epoch = epoch;
+            if let Some(limits) = self.session.lock().take_device_limits() {
+                self.access.identity.device_limits = limits;
+            }
             let policy = self
                 .state
                 .throttle_policy()
@@ -473,7 +476,7 @@ impl<S: Transport> Client<S> {
             return None;
         }
         let limiter = self.limiter.get_or_insert_with(Box::default);
-        let (own, shared) = limiter.charge(size, tenant);
+        let (own, shared) = limiter.charge(size, self.conn.buffered() > 0, tenant);
         let own_wait = match own {
             Verdict::Go => Duration::ZERO,
             Verdict::Pause(wait) => {

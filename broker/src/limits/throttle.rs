@@ -76,7 +76,8 @@ pub struct Throttle {
     policy: ThrottlePolicy,
     messages: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
-    /// Since when (µs) every packet found the connection in debt.
+    /// Since when (µs) the connection has been pushing: every packet found it in debt or
+    /// came with more already waiting behind it.
     throttled_since: Option<u64>,
 }
 
@@ -123,8 +124,14 @@ impl Throttle {
         self.policy = policy;
     }
 
-    /// Charges one packet of `bytes` at `now_us`.
-    pub fn charge(&mut self, bytes: usize, now_us: u64) -> Verdict {
+    /// Charges one packet of `bytes` at `now_us`; `more_waiting`: the client has sent more
+    /// behind it already.
+    ///
+    /// A packet within the rate ends a push only if nothing waits behind it. A pause that
+    /// overshoots (a busy runtime wakes the connection late) lets a pushing client's next
+    /// packet or two through without debt, but its data is already waiting; a client at
+    /// its rate sends its next packet later.
+    pub fn charge(&mut self, bytes: usize, now_us: u64, more_waiting: bool) -> Verdict {
         let wait_m = self
             .messages
             .as_mut()
@@ -135,7 +142,9 @@ impl Throttle {
             .map_or(Duration::ZERO, |b| b.charge(bytes as u64, now_us));
         let wait = wait_m.max(wait_b);
         if wait.is_zero() {
-            self.throttled_since = None;
+            if !more_waiting {
+                self.throttled_since = None;
+            }
             return Verdict::Go;
         }
         let since = *self.throttled_since.get_or_insert(now_us);
@@ -181,14 +190,20 @@ impl Limiter {
         self.now_ns = now_ns;
     }
 
-    /// Charges a packet of `bytes` to the connection's buckets and, if the tenant limits
-    /// packets, to what it owes the tenant: the connection's verdict and the tenant's wait.
-    pub fn charge(&mut self, bytes: usize, tenant: &TenantRates) -> (Verdict, Duration) {
+    /// Charges a packet of `bytes` (`more_waiting` behind it: see [`Throttle::charge`]) to
+    /// the connection's buckets and, if the tenant limits packets, to what it owes the
+    /// tenant: the connection's verdict and the tenant's wait.
+    pub fn charge(
+        &mut self,
+        bytes: usize,
+        more_waiting: bool,
+        tenant: &TenantRates,
+    ) -> (Verdict, Duration) {
         if self.now_ns == 0 {
             self.now_ns = crate::clock::mono_ns();
         }
         let own = match self.own.as_mut() {
-            Some(t) => t.charge(bytes, self.now_ns / 1000),
+            Some(t) => t.charge(bytes, self.now_ns / 1000, more_waiting),
             None => Verdict::Go,
         };
         if !tenant.limits_packets() {
@@ -224,13 +239,19 @@ mod tests {
     /// Sends `offered` packets a second for `secs`, obeying every pause; returns packets
     /// accepted and whether it was disconnected.
     fn run(t: &mut Throttle, offered: u64, secs: u64) -> (u64, bool) {
+        run_late(t, offered, secs, 0)
+    }
+
+    /// As `run`, with every pause ending `late_us` after it should.
+    fn run_late(t: &mut Throttle, offered: u64, secs: u64, late_us: u64) -> (u64, bool) {
         let gap = 1_000_000 / offered;
         let (mut now, mut next_send, mut sent) = (0u64, 0u64, 0u64);
         while now < secs * 1_000_000 {
             now = now.max(next_send);
-            match t.charge(100, now) {
+            let more_waiting = next_send + gap <= now;
+            match t.charge(100, now, more_waiting) {
                 Verdict::Go => {}
-                Verdict::Pause(d) => now += d.as_micros() as u64,
+                Verdict::Pause(d) => now += d.as_micros() as u64 + late_us,
                 Verdict::Disconnect => return (sent, true),
             }
             sent += 1;
@@ -265,6 +286,16 @@ mod tests {
         let (sent, cut) = run(&mut t, 200, 10);
         assert!(cut);
         assert!((55..=70).contains(&sent), "{sent}");
+        // Pauses that end late (a busy broker) let some packets through without debt: the
+        // push is cut all the same, as what the client sent waits behind them.
+        let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
+        let (sent, cut) = run_late(&mut t, 200, 10, 25_000);
+        assert!(cut, "a push through late pauses");
+        assert!(sent < 100, "{sent}");
+        // A client at just under its rate, with pauses as late, is never cut.
+        let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
+        let (_, cut) = run_late(&mut t, 99, 10, 25_000);
+        assert!(!cut);
     }
 
     #[test]
@@ -273,14 +304,14 @@ mod tests {
         // 40 at once: 30 owed, 0.3 s of pause, less than the 0.5 s of patience.
         let mut now = 0;
         for _ in 0..40 {
-            match t.charge(1, now) {
+            match t.charge(1, now, false) {
                 Verdict::Disconnect => panic!("cut"),
                 Verdict::Pause(d) => now += d.as_micros() as u64,
                 Verdict::Go => {}
             }
         }
         // Quiet for a second, then one packet: back to normal.
-        assert_eq!(t.charge(1, now + 1_000_000), Verdict::Go);
+        assert_eq!(t.charge(1, now + 1_000_000, false), Verdict::Go);
     }
 
     #[test]
@@ -294,10 +325,13 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(t.charge(1000, 0), Verdict::Go);
-        assert_eq!(t.charge(500, 0), Verdict::Pause(Duration::from_millis(500)));
+        assert_eq!(t.charge(1000, 0, false), Verdict::Go);
+        assert_eq!(
+            t.charge(500, 0, false),
+            Verdict::Pause(Duration::from_millis(500))
+        );
         // A reload that lifts the limit lifts the debt's future cost too.
         t.set_policy(ThrottlePolicy::default(), 0);
-        assert_eq!(t.charge(10_000, 0), Verdict::Go);
+        assert_eq!(t.charge(10_000, 0, false), Verdict::Go);
     }
 }

@@ -165,6 +165,9 @@ pub(crate) struct SessionState {
     /// The username the attached (or last) connection logged in with, so disabling a
     /// device can disconnect it.
     owner: Option<Arc<str>>,
+    /// The owner's rate limit overrides as changed in the registry while it is connected,
+    /// for the connection to take (see `BrokerState::apply_registry`).
+    new_device_limits: Option<Arc<[(String, u64)]>>,
 }
 
 /// Per-session limits from the configuration.
@@ -194,6 +197,7 @@ impl SessionState {
     ) -> Self {
         SessionState {
             owner: None,
+            new_device_limits: None,
             subscriptions: BTreeMap::new(),
             max_subscriptions: u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX),
             queue: VecDeque::new(),
@@ -679,6 +683,16 @@ impl SessionState {
     /// The username of the attached (or last) connection.
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
+    }
+
+    /// Hands the attached connection its device's changed limit overrides.
+    pub fn set_device_limits(&mut self, limits: Arc<[(String, u64)]>) {
+        self.new_device_limits = Some(limits);
+    }
+
+    /// The device's changed limit overrides, if any came since the last call.
+    pub fn take_device_limits(&mut self) -> Option<Arc<[(String, u64)]>> {
+        self.new_device_limits.take()
     }
 
     /// Number of subscriptions.
