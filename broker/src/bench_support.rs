@@ -131,3 +131,54 @@ impl BenchRouter {
         }
     }
 }
+
+/// One connection's limiter and its tenant's shared rates, as a client loop uses them,
+/// with rates far above what a bench reaches: every packet is charged, none held back
+/// (the cost the limits add to a fast path they never slow down).
+pub struct BenchLimiter {
+    limiter: crate::limits::throttle::Limiter,
+    tenant: crate::limits::tenant::TenantRates,
+}
+
+impl Default for BenchLimiter {
+    fn default() -> Self {
+        use crate::limits::tenant::{TenantLimits, TenantRates};
+        use crate::limits::throttle::{Limiter, Throttle, ThrottlePolicy};
+        let now_us = crate::clock::mono_us();
+        let policy = ThrottlePolicy {
+            messages_per_sec: 100_000_000,
+            bytes_per_sec: 100_000_000_000,
+            ..Default::default()
+        };
+        let tenant = TenantRates::default();
+        tenant.set(
+            TenantLimits {
+                messages_per_sec: 100_000_000,
+                bytes_per_sec: 100_000_000_000,
+                ..Default::default()
+            },
+            now_us,
+        );
+        BenchLimiter {
+            limiter: Throttle::new(policy, now_us).map_or_else(Limiter::default, Limiter::with_own),
+            tenant,
+        }
+    }
+}
+
+impl BenchLimiter {
+    /// One read pass of `packets` packets of `size` bytes (the clock read once, as the
+    /// client loop does); how many went through without a wait.
+    pub fn pass(&mut self, packets: u32, size: usize) -> u32 {
+        use crate::limits::throttle::Verdict;
+        self.limiter.set_now(crate::clock::mono_ns());
+        let mut go = 0;
+        for left in (0..packets).rev() {
+            let (own, shared) = self.limiter.charge(size, left > 0, &self.tenant);
+            if own == Verdict::Go && shared.is_zero() {
+                go += 1;
+            }
+        }
+        go
+    }
+}

@@ -34,6 +34,9 @@ pub enum Attack {
     Churn,
     /// Retained 1 KiB messages to ever new topics.
     RetainedFlood,
+    /// Connect and drop with the same client id, over and over (a flapping device; a
+    /// broker that detects flapping bans the id for a while).
+    Flapping,
     /// Logins with wrong passwords, over and over (usernames `intruder{i}`, in the pair's
     /// tenant when its username names one as NAME@TENANT).
     WrongPassword,
@@ -184,7 +187,11 @@ async fn attacker(kind: Attack, i: u32, plan: &AttackPlan, stop: &AtomicBool, c:
     while !stop.load(Ordering::Relaxed) {
         round += 1;
         let mut opts = plan.connect.clone();
-        opts.client_id = format!("{}-{kind:?}-{i}-{round}", plan.client_prefix);
+        opts.client_id = if kind == Attack::Flapping {
+            format!("{}-{kind:?}-{i}", plan.client_prefix)
+        } else {
+            format!("{}-{kind:?}-{i}-{round}", plan.client_prefix)
+        };
         if kind == Attack::Churn {
             opts.clean = false;
             opts.session_expiry = Some(3600);
@@ -244,7 +251,7 @@ async fn one_round(
             // Read a little (the SUBACK and some retained messages), then leave.
             let _ = tokio::time::timeout(Duration::from_millis(200), r.next()).await;
         }
-        Attack::Churn | Attack::WrongPassword => {}
+        Attack::Churn | Attack::Flapping | Attack::WrongPassword => {}
         Attack::RetainedFlood => {
             let payload = Bytes::from(vec![0u8; 1024]);
             let mut n = 0u64;
