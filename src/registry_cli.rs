@@ -38,8 +38,8 @@ pub enum TenantCmd {
         /// The tenant.
         id: String,
         /// max_connections, max_sessions, max_subscriptions, messages_per_sec,
-        /// messages_burst, bytes_per_sec, bytes_burst, connects_per_sec, connects_burst or
-        /// max_packet_size.
+        /// messages_burst, bytes_per_sec, bytes_burst, connects_per_sec, connects_burst,
+        /// max_packet_size, max_retained_messages, max_retained_bytes or max_queued_bytes.
         name: String,
         /// The value (omit with --unset).
         value: Option<u64>,
