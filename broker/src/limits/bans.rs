@@ -7,16 +7,14 @@
 //! the CONNECT is read, before authentication. Flapping is counted on successful
 //! connections (a crash-looping device, a misconfigured fleet), keyed by tenant, and
 //! checked after authentication so one tenant's client id cannot get another tenant's
-//! banned. Both flapping maps are bounded caches of 32-byte digests (never the client's
-//! up-to-64-KiB strings). Time is an input.
+//! banned. The counts and bans are in one bounded map of keyed 64-bit hashes (`recent`),
+//! never the client's up-to-64-KiB strings. Time is an input.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
 
-use aws_lc_rs::digest;
-use moka::sync::Cache;
+use super::recent::{Recent, Thresholds};
 
 /// An IPv4 or IPv6 network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +98,7 @@ pub struct FlappingPolicy {
     pub window_secs: u64,
     /// How long a ban lasts, in seconds.
     pub ban_secs: u64,
-    /// Client ids, usernames and addresses tracked (a bounded map of 32-byte digests).
+    /// Client ids, usernames and addresses tracked (32 bytes each; read at start-up).
     pub max_tracked: u64,
 }
 
@@ -118,60 +116,36 @@ impl Default for FlappingPolicy {
 }
 
 /// What a flapping key is (for the audit record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     ClientId,
     Username,
     Address,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started_ms: u64,
-    count: u32,
-}
-
 /// Static bans and flapping state.
 pub struct Bans {
     static_bans: RwLock<StaticBans>,
     policy: RwLock<FlappingPolicy>,
-    /// Connections per key in the current window.
-    windows: Cache<[u8; 32], Window>,
-    /// Banned keys and until when (ms).
-    banned: Cache<[u8; 32], u64>,
-}
-
-fn key(kind: Kind, tenant: &str, name: &str) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(&[kind as u8]);
-    for part in [tenant.as_bytes(), name.as_bytes()] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    /// Connections per key in the current window, and flapping bans.
+    recent: Recent,
 }
 
 impl Bans {
     pub fn new(static_bans: StaticBans, policy: FlappingPolicy) -> Self {
-        let ttl = Duration::from_secs(policy.window_secs.max(policy.ban_secs).max(1));
         Bans {
             static_bans: RwLock::new(static_bans),
             policy: RwLock::new(policy),
-            windows: Cache::builder()
-                .max_capacity(policy.max_tracked)
-                .time_to_idle(ttl)
-                .build(),
-            banned: Cache::builder()
-                .max_capacity(policy.max_tracked)
-                .time_to_idle(ttl)
-                .build(),
+            recent: Recent::new(policy.max_tracked),
         }
     }
 
-    /// Replaces the operator's bans and the flapping thresholds (reload). The caches keep
-    /// their capacity and idle time until a restart.
+    fn policy(&self) -> FlappingPolicy {
+        *self.policy.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the operator's bans and the flapping thresholds (reload). The map of
+    /// recent connections keeps its size until a restart.
     pub fn set(&self, static_bans: StaticBans, policy: FlappingPolicy) {
         *self
             .static_bans
@@ -193,7 +167,11 @@ impl Bans {
         if listed {
             return Some(u64::MAX);
         }
-        self.flapping_ban(&key(Kind::Address, "", &ip.to_string()), now_ms)
+        if self.policy().max_connects_per_ip == 0 {
+            return None;
+        }
+        self.recent
+            .banned_until(self.recent.key((Kind::Address, ip)), now_ms)
     }
 
     /// The operator's ban of a client id (any tenant) or of `NAME@TENANT`.
@@ -221,16 +199,18 @@ impl Bans {
         username: Option<&str>,
         now_ms: u64,
     ) -> Option<(Kind, u64)> {
-        if let Some(until) = self.flapping_ban(&key(Kind::ClientId, tenant, client_id), now_ms) {
-            return Some((Kind::ClientId, until));
+        let p = self.policy();
+        if p.max_connects_per_client_id > 0 {
+            let k = self.recent.key((Kind::ClientId, tenant, client_id));
+            if let Some(until) = self.recent.banned_until(k, now_ms) {
+                return Some((Kind::ClientId, until));
+            }
         }
-        let name = username?;
-        self.flapping_ban(&key(Kind::Username, tenant, name), now_ms)
+        let name = username.filter(|_| p.max_connects_per_username > 0)?;
+        let k = self.recent.key((Kind::Username, tenant, name));
+        self.recent
+            .banned_until(k, now_ms)
             .map(|until| (Kind::Username, until))
-    }
-
-    fn flapping_ban(&self, k: &[u8; 32], now_ms: u64) -> Option<u64> {
-        self.banned.get(k).filter(|until| *until > now_ms)
     }
 
     /// Counts a successful connection; returns the bans it started (for the audit log).
@@ -242,55 +222,32 @@ impl Bans {
         ip: IpAddr,
         now_ms: u64,
     ) -> Vec<(Kind, u64)> {
-        let p = *self.policy.read().unwrap_or_else(PoisonError::into_inner);
-        let window_ms = p.window_secs.saturating_mul(1000);
+        let p = self.policy();
+        let t = |max| Thresholds {
+            max,
+            window_ms: p.window_secs.saturating_mul(1000),
+            ban_ms: p.ban_secs.saturating_mul(1000),
+        };
         let mut started = Vec::new();
-        let ip_text = ip.to_string();
-        let keys = [
-            (
-                Kind::ClientId,
-                p.max_connects_per_client_id,
-                Some((tenant, client_id)),
-            ),
-            (
-                Kind::Username,
-                p.max_connects_per_username,
-                username.map(|u| (tenant, u)),
-            ),
-            (
-                Kind::Address,
-                p.max_connects_per_ip,
-                Some(("", ip_text.as_str())),
-            ),
-        ];
-        for (kind, max, what) in keys {
-            let (Some((t, name)), true) = (what, max > 0) else {
-                continue;
-            };
-            let k = key(kind, t, name);
-            let mut over = false;
-            self.windows.entry(k).and_upsert_with(|old| {
-                let w = old
-                    .map(|e| e.into_value())
-                    .filter(|w| now_ms.saturating_sub(w.started_ms) < window_ms)
-                    .map_or(
-                        Window {
-                            started_ms: now_ms,
-                            count: 1,
-                        },
-                        |w| Window {
-                            count: w.count.saturating_add(1),
-                            ..w
-                        },
-                    );
-                over = w.count > max;
-                w
-            });
-            if over && self.flapping_ban(&k, now_ms).is_none() {
-                let ms = p.ban_secs.saturating_mul(1000);
-                self.banned.insert(k, now_ms.saturating_add(ms));
-                self.windows.invalidate(&k);
-                started.push((kind, ms));
+        if p.max_connects_per_client_id > 0 {
+            let k = self.recent.key((Kind::ClientId, tenant, client_id));
+            if self
+                .recent
+                .count(k, t(p.max_connects_per_client_id), now_ms)
+            {
+                started.push((Kind::ClientId, t(0).ban_ms));
+            }
+        }
+        if let Some(name) = username.filter(|_| p.max_connects_per_username > 0) {
+            let k = self.recent.key((Kind::Username, tenant, name));
+            if self.recent.count(k, t(p.max_connects_per_username), now_ms) {
+                started.push((Kind::Username, t(0).ban_ms));
+            }
+        }
+        if p.max_connects_per_ip > 0 {
+            let k = self.recent.key((Kind::Address, ip));
+            if self.recent.count(k, t(p.max_connects_per_ip), now_ms) {
+                started.push((Kind::Address, t(0).ban_ms));
             }
         }
         started

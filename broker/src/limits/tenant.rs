@@ -158,20 +158,30 @@ impl TenantHoldings {
         )
     }
 
-    /// Takes `bytes` of queued messages; false (nothing taken) past the tenant's cap.
-    pub fn try_queue(&self, bytes: usize) -> bool {
+    /// Takes `bytes` of queued messages: how many were counted (0 for a tenant without
+    /// a cap, whose sessions then touch no shared counter), or `None` (nothing taken) past
+    /// the tenant's cap.
+    pub fn try_queue(&self, bytes: usize) -> Option<usize> {
         let max = self.max_queued_bytes.load(Ordering::Relaxed);
+        if max == usize::MAX {
+            return Some(0);
+        }
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > max {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
+            return None;
         }
-        true
+        Some(bytes)
     }
 
-    /// Takes `bytes` whatever the cap (state restored from the store at start-up).
-    pub fn force_queue(&self, bytes: usize) {
+    /// Takes `bytes` whatever the cap (state restored from the store at start-up); how
+    /// many were counted (0 without a cap).
+    pub fn force_queue(&self, bytes: usize) -> usize {
+        if self.max_queued_bytes.load(Ordering::Relaxed) == usize::MAX {
+            return 0;
+        }
         self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        bytes
     }
 
     /// Gives `bytes` of queued messages back.
@@ -181,7 +191,8 @@ impl TenantHoldings {
         }
     }
 
-    /// Bytes its sessions hold in memory now (the admin plane's metrics will read it).
+    /// Bytes its sessions hold in memory now, counted while it has a cap (a cap set at
+    /// runtime counts what is charged from then on).
     #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)

@@ -564,6 +564,29 @@ mod tests {
         assert!(b.enqueue(big(), false, None).is_ok());
         drop(b);
         assert_eq!(tenant.queued_bytes(), 0);
+        // Without a cap nothing is counted; a cap set later counts from then on.
+        rates.set(TenantLimits::default(), 0);
+        let (c, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
+        assert!(c.enqueue(big(), false, None).is_ok());
+        assert_eq!(tenant.queued_bytes(), 0);
+        rates.set(
+            TenantLimits {
+                max_queued_bytes: (2 * one + 10) as u64,
+                ..Default::default()
+            },
+            0,
+        );
+        let (d, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
+        assert!(d.enqueue(big(), false, None).is_ok());
+        assert!(c.enqueue(big(), false, None).is_ok(), "from its reserve");
+        assert_eq!(tenant.queued_bytes(), one);
+        drop(c);
+        drop(d);
+        assert_eq!(
+            tenant.queued_bytes(),
+            0,
+            "no more given back than was counted"
+        );
     }
 
     #[test]

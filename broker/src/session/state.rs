@@ -156,9 +156,9 @@ pub(crate) struct SessionState {
     /// whenever the session holds nothing.
     reserve: usize,
     budget: Arc<ByteBudget>,
-    /// The part of `charged` taken for messages (held and reserve), which the tenant's
-    /// queued bytes were charged for too.
-    message_charged: usize,
+    /// The part of `charged` taken for messages that the tenant's queued bytes were
+    /// charged for too (nothing while the tenant has no cap on them).
+    tenant_charged: usize,
     tenant: Arc<TenantHoldings>,
     /// The store mirror of a persistent session (boxed: most sessions have none).
     disk: Option<Box<SessionDisk>>,
@@ -182,7 +182,7 @@ pub(crate) struct SessionLimits {
 impl Drop for SessionState {
     fn drop(&mut self) {
         self.budget.release(self.charged);
-        self.tenant.unqueue(self.message_charged);
+        self.tenant.unqueue(self.tenant_charged);
     }
 }
 
@@ -218,7 +218,7 @@ impl SessionState {
             charged,
             reserve: 0,
             budget,
-            message_charged: 0,
+            tenant_charged: 0,
             tenant,
             disk: None,
         }
@@ -247,30 +247,28 @@ impl SessionState {
             };
             let missing = bytes - self.reserve;
             let chunk = missing.max(MESSAGE_CHUNK);
-            let taken = match self.take_for_messages(chunk, standing) {
-                Ok(()) => chunk,
-                Err(_) => {
-                    self.take_for_messages(missing, standing)?;
-                    missing
-                }
+            let (taken, tenant_taken) = match self.take_for_messages(chunk, standing) {
+                Ok(t) => (chunk, t),
+                Err(_) => (missing, self.take_for_messages(missing, standing)?),
             };
             self.charged += taken;
-            self.message_charged += taken;
+            self.tenant_charged += tenant_taken;
             self.reserve += taken;
         }
         self.reserve -= bytes;
         Ok(())
     }
 
-    fn take_for_messages(&self, bytes: usize, standing: Standing) -> Result<(), EnqueueError> {
+    /// Takes `bytes` from the broker budget and the tenant's queued bytes; what the
+    /// tenant counted.
+    fn take_for_messages(&self, bytes: usize, standing: Standing) -> Result<usize, EnqueueError> {
         if !self.budget.try_charge_message(bytes, standing) {
             return Err(EnqueueError::Budget);
         }
-        if !self.tenant.try_queue(bytes) {
+        self.tenant.try_queue(bytes).ok_or_else(|| {
             self.budget.release(bytes);
-            return Err(EnqueueError::TenantQuota);
-        }
-        Ok(())
+            EnqueueError::TenantQuota
+        })
     }
 
     fn release(&mut self, bytes: usize) {
@@ -279,11 +277,12 @@ impl SessionState {
         self.budget.release(bytes);
     }
 
-    /// Gives back message bytes: to the broker budget and the tenant's queued bytes.
+    /// Gives back message bytes: to the broker budget and (what it counted) the
+    /// tenant's queued bytes.
     fn release_messages(&mut self, bytes: usize) {
-        let bytes = bytes.min(self.message_charged);
-        self.message_charged -= bytes;
-        self.tenant.unqueue(bytes);
+        let counted = bytes.min(self.tenant_charged);
+        self.tenant_charged -= counted;
+        self.tenant.unqueue(counted);
         self.release(bytes);
     }
 
@@ -1106,9 +1105,8 @@ impl SessionState {
                 // Restored state is charged like any other; the budget is checked at start-up
                 // by the caller as a whole.
                 self.charged += cost;
-                self.message_charged += cost;
                 self.budget.force_charge(cost);
-                self.tenant.force_queue(cost);
+                self.tenant_charged += self.tenant.force_queue(cost);
                 self.held_bytes += cost;
                 Outgoing::Published(d, cost)
             }
