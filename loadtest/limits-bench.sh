@@ -4,7 +4,9 @@
 #     with no limits, then with per-connection and per-tenant packet and byte rates set far
 #     above what the run reaches (every packet charged, none held back); interleaved rounds;
 #  2. a throttled publisher: one publisher sending as fast as it can against
-#     messages_per_sec = 2000 (burst 200): the rate its subscriber sees;
+#     messages_per_sec = 2000 (burst 200): the rate its subscriber sees; then a QoS 1
+#     publisher/subscriber pair (2,000 msg/s) alone and beside 4 flooders of the same
+#     tenant, without limits and with messages_per_sec = 5000: the pair's rate and p99;
 #  3. a connection flood from one address against connects_per_sec_per_ip = 100: attempts
 #     per second, how many were let in, and the broker's CPU per attempt;
 #  4. a tenant's shared rate: tenant `capped` (messages_per_sec = 5000 for all its
@@ -70,6 +72,15 @@ stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid="
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 json_field() { python3 -c "import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 
+# The pair beside hostile clients (2, 5, 7): QoS 1 at 2,000 msg/s, 10,000 messages a phase.
+hostile() { # hostile NAME ATTACK [ATTACKERS]
+  start "$1"
+  $LOAD hostile --port "$port" --attacks "$2" --attackers "${3:-30}" --qos 1 --rate 2000 \
+    --count 10000 --duration 30s --broker-pid "$pid" --json 2>/dev/null >"$work/hostile-$1.json"
+  echo "hostile-$1 $work/hostile-$1.json" >>"$rows"
+  stop
+}
+
 # 1. The limiter's cost when nothing is held back.
 if want 1; then
 config off ""
@@ -107,6 +118,14 @@ rate=$($LOAD bench --port "$port" --topology fan-in --publishers 1 --qos 0 --pay
   --count 30000 --duration 10s --json 2>/dev/null | json_field "r['outcome']['delivered_per_s']")
 echo "throttled $rate" >>"$rows"
 stop
+# The pair beside 4 flooders of the same tenant, without limits and held at 5,000/s each.
+config flood-free ""
+hostile flood-free flood 4
+config flood-held "[rate_limits]
+messages_per_sec = 5000
+messages_burst = 500
+disconnect_multiple = 0"
+hostile flood-held flood 4
 fi
 
 # 3. A connection flood from one address.
@@ -153,14 +172,6 @@ done
 stop
 fi
 
-# The pair beside hostile clients (5, 7): QoS 1 at 2,000 msg/s, 10,000 messages a phase.
-hostile() { # hostile NAME ATTACK
-  start "$1"
-  $LOAD hostile --port "$port" --attacks "$2" --attackers 30 --qos 1 --rate 2000 \
-    --count 10000 --duration 30s --broker-pid "$pid" --json 2>/dev/null >"$work/hostile-$1.json"
-  echo "hostile-$1 $work/hostile-$1.json" >>"$rows"
-  stop
-}
 
 # 5. Flapping client ids (the default [flapping] section).
 if want 5; then
@@ -222,6 +233,10 @@ def hostile(name):
             f"({h['rate_ratio']:.2f}x), p99 {b['latency_us']['p99']/1000:.1f} -> "
             f"{a['latency_us']['p99']/1000:.1f} ms, lost {a['lost']}")
     return pair, k, f"RSS {mib(h['broker_rss_before'])} before, peak {mib(h['broker_rss_peak'])}"
+for name, what in (("flood-free", "no limits"), ("flood-held", "flooders held at 5,000/s each")):
+  if f"hostile-{name}" in keys:
+    pair, k, rss = hostile(name)
+    print(f"| QoS 1 pair at 2,000 msg/s beside 4 flooders of its tenant, {what} | {pair}; flooders sent {k['packets']:,} messages |")
 if "hostile-flapping" in keys:
   pair, k, rss = hostile("flapping")
   print(f"| 30 clients reconnecting one id each, default [flapping] | {pair}; flappers: {k['connections'] - k['refused_or_closed']:,} connections let in, {k['refused_or_closed']:,} refused |")

@@ -34,6 +34,9 @@ pub enum Attack {
     Churn,
     /// Retained 1 KiB messages to ever new topics.
     RetainedFlood,
+    /// QoS 0 messages of 64 bytes to a topic of its own, as fast as the broker reads them
+    /// (a device gone haywire; nobody subscribes to them).
+    Flood,
     /// Connect and drop with the same client id, over and over (a flapping device; a
     /// broker that detects flapping bans the id for a while).
     Flapping,
@@ -252,16 +255,22 @@ async fn one_round(
             let _ = tokio::time::timeout(Duration::from_millis(200), r.next()).await;
         }
         Attack::Churn | Attack::Flapping | Attack::WrongPassword => {}
-        Attack::RetainedFlood => {
-            let payload = Bytes::from(vec![0u8; 1024]);
+        Attack::RetainedFlood | Attack::Flood => {
+            let retain = kind == Attack::RetainedFlood;
+            let payload = Bytes::from(vec![0u8; if retain { 1024 } else { 64 }]);
+            let own_topic = TopicName::new(&format!("{}/flood", opts.client_id))?;
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+            while !stop.load(Ordering::Relaxed) && (!retain || n < 100_000) {
                 n += 1;
-                let topic = TopicName::new(&format!("{}/retained/{n}", opts.client_id))?;
+                let topic = if retain {
+                    TopicName::new(&format!("{}/retained/{n}", opts.client_id))?
+                } else {
+                    own_topic.clone()
+                };
                 w.queue(&Packet::Publish(Box::new(Publish {
                     dup: false,
                     qos_pid: QosPid::AtMostOnce,
-                    retain: true,
+                    retain,
                     topic,
                     properties: PublishProperties::default(),
                     payload: payload.clone(),
