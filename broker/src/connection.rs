@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use messs_codec::{decode, encode, encode_publish, DecodeError, Limits, Packet, Protocol, Publish};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -186,13 +186,12 @@ impl<S: Transport> Connection<S> {
     /// The common case — the socket takes it all at once — needs no timer; only a write that
     /// would block gets a (boxed) timeout, which keeps every connection's future small.
     pub async fn flush(&mut self) -> Result<(), BrokerError> {
-        if self.write_buf.is_empty() {
-            return Ok(());
-        }
-        let mut written = 0;
-        while written < self.write_buf.len() {
+        // What is written leaves the buffer at once, so a flush that fails or times out
+        // (or is cancelled) leaves exactly the unwritten rest: the DISCONNECT that closing
+        // queues behind it continues a valid stream instead of repeating bytes.
+        while !self.write_buf.is_empty() {
             let attempt = std::future::poll_fn(|cx| {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.write_buf[written..]) {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.write_buf) {
                     Poll::Pending => Poll::Ready(None),
                     Poll::Ready(r) => Poll::Ready(Some(r)),
                 }
@@ -202,17 +201,23 @@ impl<S: Transport> Connection<S> {
                 Some(Ok(0)) => {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
                 }
-                Some(Ok(n)) => written += n,
+                Some(Ok(n)) => self.write_buf.advance(n),
                 Some(Err(e)) => return Err(e.into()),
                 None => break,
             }
         }
-        if written < self.write_buf.len() {
-            let rest = &self.write_buf[written..];
-            let slow = Box::pin(tokio::time::timeout(
-                self.write_timeout(),
-                self.stream.write_all(rest),
-            ));
+        if !self.write_buf.is_empty() {
+            let timeout = self.write_timeout();
+            let (stream, buf) = (&mut self.stream, &mut self.write_buf);
+            let slow = Box::pin(tokio::time::timeout(timeout, async move {
+                while !buf.is_empty() {
+                    match stream.write(buf).await? {
+                        0 => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                        n => buf.advance(n),
+                    }
+                }
+                Ok(())
+            }));
             match slow.await {
                 Ok(result) => result?,
                 Err(_) => return Err(BrokerError::WriteTimeout),

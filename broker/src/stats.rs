@@ -90,6 +90,9 @@ pub struct Stats {
     pub throttled: AtomicU64,
     /// Connections closed for staying over their rate limit (v5: 0x96).
     pub rate_limit_disconnects: AtomicU64,
+    /// Connections closed because a write to them stayed blocked for
+    /// `limits.write_timeout_secs` (a client that reads nothing).
+    pub write_timeouts: AtomicU64,
     /// Connections refused by a ban (the operator's or flapping): closed at accept for an
     /// address, CONNACK 0x8A for a client id or username.
     pub refused_banned: AtomicU64,

@@ -1006,3 +1006,33 @@ async fn a_tenants_queued_bytes_cap_drops_its_own_deliveries_only_and_frees_as_t
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_disconnected_after_the_write_timeout() {
+    let broker = TestBroker::start_with(|c: &mut Config| c.limits.write_timeout_secs = 1).await;
+    let mut stuck = Raw::v5(broker.addr, "stuck").await;
+    stuck.subscribe("flood", QoS::AtMostOnce).await;
+    let mut bystander = Raw::v5(broker.addr, "bystander").await;
+    bystander.subscribe("b/#", QoS::AtLeastOnce).await;
+    // Enough to fill both sockets' buffers: the broker's write to `stuck` blocks.
+    let mut p = Raw::v5(broker.addr, "flooder").await;
+    static BIG: [u8; 60_000] = [7; 60_000];
+    for _ in 0..400 {
+        p.send(&Packet::Publish(Box::new(publish(
+            "flood",
+            &BIG,
+            QosPid::AtMostOnce,
+            false,
+        ))))
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.stats.write_timeouts.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no write timeout within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What the broker had written is still there to read; then the connection is closed.
+    stuck.expect_closed().await;
+    bystander.roundtrip("b/alive").await;
+    broker.stop().await;
+}

@@ -522,6 +522,12 @@ impl<S: Transport> Client<S> {
         };
         match &end {
             End::Failed(e) => {
+                if matches!(e, BrokerError::WriteTimeout) {
+                    self.state
+                        .stats
+                        .write_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(client_id = %self.session.key.client_id, error = %e, "closing connection")
             }
             End::KeepAlive => {
