@@ -357,11 +357,7 @@ impl BrokerState {
             cost,
         );
         let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));
-        self.auth
-            .tenants
-            .get_or_insert(&key.tenant, false)
-            .sessions
-            .fetch_add(1, Ordering::Relaxed);
+        tenant.sessions.fetch_add(1, Ordering::Relaxed);
         self.sessions().insert(key, session.clone());
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         session
