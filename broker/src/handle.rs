@@ -2,6 +2,7 @@
 //! a snapshot of its sessions, and the power to disconnect a client. It holds the shared
 //! state, not the listeners, so it stays valid while `Broker::run` owns the broker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use messs_codec::ReasonCode;
@@ -14,6 +15,24 @@ use crate::stats::Stats;
 #[derive(Clone)]
 pub struct BrokerHandle {
     state: Arc<BrokerState>,
+}
+
+/// What readiness depends on (`/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    /// Accept loops running.
+    pub listeners_up: usize,
+    /// Listeners configured.
+    pub listeners_configured: usize,
+    /// Whether the store's last write failed (`None`: no store).
+    pub storage_failing: Option<bool>,
+}
+
+impl Readiness {
+    /// Every listener up and the store (if any) writing.
+    pub fn is_ready(&self) -> bool {
+        self.listeners_up >= self.listeners_configured && self.storage_failing != Some(true)
+    }
 }
 
 /// What the admin plane may see of one session.
@@ -127,6 +146,20 @@ impl BrokerHandle {
             ),
         );
         Ok(())
+    }
+
+    /// Every metric sample now (see [`crate::metrics`]).
+    pub fn metrics(&self) -> Vec<crate::metrics::Sample> {
+        crate::metrics::collect(&self.state)
+    }
+
+    /// Whether the broker can serve: its listeners accepting, its store writing.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            listeners_up: self.state.listeners_up.load(Ordering::Relaxed),
+            listeners_configured: self.state.config.listeners.len(),
+            storage_failing: self.state.persist.as_ref().map(|p| p.store.is_failing()),
+        }
     }
 
     /// Client addresses the per-address admission tracks now.

@@ -23,6 +23,7 @@ mod handle;
 mod handshake;
 pub(crate) mod limits;
 mod message;
+pub mod metrics;
 mod persist;
 pub mod registry;
 mod router;
@@ -41,7 +42,7 @@ pub use config::{
     StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
-pub use handle::{BrokerHandle, SessionInfo};
+pub use handle::{BrokerHandle, Readiness, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use limits::bans::FlappingPolicy;
 pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};

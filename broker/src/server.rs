@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,6 +275,15 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// before any TLS or password work. The handshake runs in the connection's own task, never
 /// in this loop.
 async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semaphore>) {
+    /// Counts the loop as up for readiness until it returns.
+    struct Up(Arc<BrokerState>);
+    impl Drop for Up {
+        fn drop(&mut self) {
+            self.0.listeners_up.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    state.listeners_up.fetch_add(1, Ordering::Relaxed);
+    let _up = Up(state.clone());
     let Bound {
         tcp: listener,
         config,
@@ -312,10 +322,7 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
             .address_banned(peer.ip(), crate::clock::unix_ms())
             .is_some()
         {
-            state
-                .stats
-                .refused_banned
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%peer, "connection refused at accept: banned address");
             drop(stream);
             continue;
@@ -327,7 +334,7 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
                     AddressRefusal::Rate => &state.stats.refused_address_rate,
                     AddressRefusal::Quota => &state.stats.refused_address_quota,
                 };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(%peer, ?why, "connection refused at accept");
                 drop(stream);
                 continue;

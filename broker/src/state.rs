@@ -73,6 +73,8 @@ pub(crate) struct BrokerState {
     throttle: std::sync::RwLock<crate::limits::throttle::ThrottlePolicy>,
     /// `max_handshakes` now (the semaphore's size).
     max_handshakes: std::sync::atomic::AtomicUsize,
+    /// Accept loops running (readiness: every configured listener up).
+    pub listeners_up: std::sync::atomic::AtomicUsize,
     /// Their version: a connection compares it (one relaxed load) at each charged packet
     /// and reads the policy only when it moved.
     throttle_epoch: AtomicU64,
@@ -153,6 +155,7 @@ impl BrokerState {
             throttle: std::sync::RwLock::new(config.rate_limits.throttle()),
             throttle_epoch: AtomicU64::new(0),
             max_handshakes: std::sync::atomic::AtomicUsize::new(config.rate_limits.max_handshakes),
+            listeners_up: std::sync::atomic::AtomicUsize::new(0),
             config,
         })
     }

@@ -151,20 +151,23 @@ impl Tenants {
         entry.clone()
     }
 
+    /// Every tenant known now.
+    pub fn all(&self) -> Vec<Arc<TenantSecurity>> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// New `[tenant_limits]` (start, reload): every tenant's limits are recomputed.
     pub fn set_defaults(&self, defaults: TenantLimits) {
         *self
             .defaults
             .write()
             .unwrap_or_else(PoisonError::into_inner) = defaults;
-        let tenants: Vec<_> = self
-            .map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for t in tenants {
+        for t in self.all() {
             self.apply(&t);
         }
     }

@@ -1,0 +1,321 @@
+//! The broker's figures as metric samples, for the admin plane to export (Prometheus text).
+//! Collected when asked, from the counters the hot path keeps anyway (`Stats`, the
+//! tenants' traffic counters, the store writer's), so exporting costs nothing between
+//! scrapes. Every counter of `Stats` is listed here; drops, refusals and limit hits are one
+//! family each with a `reason` label.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::state::BrokerState;
+use crate::stats::Stats;
+
+/// Whether a value only grows (since start) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only grows, from 0 at start.
+    Counter,
+    /// A level now.
+    Gauge,
+}
+
+/// One sample: a family name, its help and kind, labels and the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The family (`messs_...`; counters end in `_total`).
+    pub name: &'static str,
+    /// One line for people.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// Label names and values (the same names for every sample of a family).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value now.
+    pub value: u64,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn load_usize(a: &AtomicUsize) -> u64 {
+    a.load(Ordering::Relaxed) as u64
+}
+
+/// Families of `Stats` with no label: (name, help, kind, value).
+fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
+    use MetricKind::{Counter, Gauge};
+    vec![
+        (
+            "messs_connections",
+            "Client connections open.",
+            Gauge,
+            load_usize(&s.connections),
+        ),
+        (
+            "messs_connections_total",
+            "Client connections accepted since start.",
+            Counter,
+            load(&s.connections_total),
+        ),
+        (
+            "messs_handshakes",
+            "TLS and CONNECT handshakes in progress.",
+            Gauge,
+            load_usize(&s.handshakes),
+        ),
+        (
+            "messs_messages_received_total",
+            "PUBLISH packets received from clients.",
+            Counter,
+            load(&s.messages_received),
+        ),
+        (
+            "messs_messages_routed_total",
+            "Deliveries queued for sessions.",
+            Counter,
+            load(&s.messages_routed),
+        ),
+        (
+            "messs_messages_sent_total",
+            "PUBLISH packets sent to clients.",
+            Counter,
+            load(&s.messages_sent),
+        ),
+        (
+            "messs_sessions",
+            "Sessions held, online or offline.",
+            Gauge,
+            load_usize(&s.sessions),
+        ),
+        (
+            "messs_sessions_evicted_total",
+            "Offline sessions ended early to make room.",
+            Counter,
+            load(&s.sessions_evicted),
+        ),
+        (
+            "messs_subscriptions",
+            "Subscriptions held.",
+            Gauge,
+            load_usize(&s.subscriptions),
+        ),
+        (
+            "messs_session_bytes",
+            "Bytes sessions hold (queues, in flight, subscriptions, records).",
+            Gauge,
+            load_usize(&s.session_bytes),
+        ),
+        (
+            "messs_retained_bytes",
+            "Bytes of retained messages held.",
+            Gauge,
+            load_usize(&s.retained_bytes),
+        ),
+        (
+            "messs_queued_on_disk",
+            "Messages of persistent sessions kept on disk only.",
+            Gauge,
+            load(&s.queued_on_disk),
+        ),
+        (
+            "messs_timers",
+            "Session-expiry and will-delay timers pending.",
+            Gauge,
+            load_usize(&s.timers),
+        ),
+        (
+            "messs_subscribers_stalled_total",
+            "Times a subscriber was found stalled while a publisher waited.",
+            Counter,
+            load(&s.subscribers_stalled),
+        ),
+        (
+            "messs_telemetry_stored_total",
+            "Telemetry messages stored.",
+            Counter,
+            load(&s.telemetry_stored),
+        ),
+        (
+            "messs_throttled_total",
+            "Times a connection was held back by its packet rate.",
+            Counter,
+            load(&s.throttled),
+        ),
+        (
+            "messs_tenant_throttled_total",
+            "Times a connection was held back by its tenant's shared packet rate.",
+            Counter,
+            load(&s.tenant_throttled),
+        ),
+        (
+            "messs_flapping_bans_total",
+            "Flapping bans started.",
+            Counter,
+            load(&s.flapping_bans),
+        ),
+    ]
+}
+
+/// Labelled families of `Stats`: (name, help, [(reason, value)]).
+type Family = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+fn by_reason(s: &Stats) -> Vec<Family> {
+    vec![
+        (
+            "messs_deliveries_dropped_total",
+            "Deliveries dropped, by reason.",
+            vec![
+                ("queue_full", load(&s.dropped_queue_full)),
+                ("offline", load(&s.dropped_offline)),
+                ("expired", load(&s.dropped_expired)),
+                ("too_large", load(&s.dropped_too_large)),
+                ("broker_budget", load(&s.dropped_budget)),
+                ("tenant_quota", load(&s.dropped_tenant_quota)),
+                ("storage", load(&s.dropped_storage)),
+                ("acl", load(&s.acl_delivery_denied)),
+            ],
+        ),
+        (
+            "messs_refused_total",
+            "Requests refused, by reason.",
+            vec![
+                ("retained_full", load(&s.retained_rejected)),
+                ("sessions_full", load(&s.sessions_refused)),
+                ("subscriptions_full", load(&s.subscriptions_refused)),
+                ("message_admission", load(&s.messages_refused)),
+                ("publish_storage", load(&s.publishes_refused_storage)),
+                ("tenant_quota", load(&s.tenant_quota_refusals)),
+                ("acl_publish", load(&s.acl_publish_denied)),
+                ("acl_subscribe", load(&s.acl_subscribe_denied)),
+            ],
+        ),
+        (
+            "messs_auth_refused_total",
+            "CONNECTs and handshakes refused before a session, by reason.",
+            vec![
+                ("credentials", load(&s.auth_failures)),
+                ("locked_out", load(&s.auth_locked_out)),
+                ("busy", load(&s.auth_busy)),
+                ("tls_handshake", load(&s.tls_handshake_failures)),
+                ("banned", load(&s.refused_banned)),
+                ("address_rate", load(&s.refused_address_rate)),
+                ("address_quota", load(&s.refused_address_quota)),
+            ],
+        ),
+        (
+            "messs_disconnects_total",
+            "Connections the broker closed for a limit, by reason.",
+            vec![
+                ("rate_limit", load(&s.rate_limit_disconnects)),
+                ("write_timeout", load(&s.write_timeouts)),
+            ],
+        ),
+    ]
+}
+
+/// Every sample now.
+pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
+    let s = &state.stats;
+    let mut out = Vec::new();
+    for (name, help, kind, value) in plain(s) {
+        out.push(Sample {
+            name,
+            help,
+            kind,
+            labels: Vec::new(),
+            value,
+        });
+    }
+    for (name, help, values) in by_reason(s) {
+        for (reason, value) in values {
+            out.push(Sample {
+                name,
+                help,
+                kind: MetricKind::Counter,
+                labels: vec![("reason", reason.to_owned())],
+                value,
+            });
+        }
+    }
+    let tenant = |name, help, kind, id: &str, value| Sample {
+        name,
+        help,
+        kind,
+        labels: vec![("tenant", id.to_owned())],
+        value,
+    };
+    let mut tenants = state.auth.tenants.all();
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    for (name, help, kind) in [
+        (
+            "messs_tenant_connections",
+            "Client connections open, by tenant.",
+            MetricKind::Gauge,
+        ),
+        (
+            "messs_tenant_messages_received_total",
+            "PUBLISH packets received, by tenant.",
+            MetricKind::Counter,
+        ),
+        (
+            "messs_tenant_messages_sent_total",
+            "PUBLISH packets sent, by tenant.",
+            MetricKind::Counter,
+        ),
+    ] {
+        for t in &tenants {
+            let c = &t.counters;
+            let value = match name {
+                "messs_tenant_connections" => load_usize(&c.connected),
+                "messs_tenant_messages_received_total" => load(&c.received),
+                _ => load(&c.sent),
+            };
+            out.push(tenant(name, help, kind, &t.id, value));
+        }
+    }
+    if let Some(p) = &state.persist {
+        let w = p.store.writer_stats();
+        let storage: [(&'static str, &'static str, MetricKind, u64); 5] = [
+            (
+                "messs_storage_writes_total",
+                "Group-committed RocksDB writes.",
+                MetricKind::Counter,
+                load(&w.writes),
+            ),
+            (
+                "messs_storage_bytes_written_total",
+                "Bytes of keys and values written.",
+                MetricKind::Counter,
+                load(&w.bytes),
+            ),
+            (
+                "messs_storage_write_failures_total",
+                "RocksDB writes that failed.",
+                MetricKind::Counter,
+                load(&w.failures),
+            ),
+            (
+                "messs_storage_pending_bytes",
+                "Bytes submitted to the writer and not yet written.",
+                MetricKind::Gauge,
+                load_usize(&w.pending_bytes),
+            ),
+            (
+                "messs_storage_failing",
+                "1 while the last write failed.",
+                MetricKind::Gauge,
+                u64::from(p.store.is_failing()),
+            ),
+        ];
+        for (name, help, kind, value) in storage {
+            out.push(Sample {
+                name,
+                help,
+                kind,
+                labels: Vec::new(),
+                value,
+            });
+        }
+    }
+    out
+}
