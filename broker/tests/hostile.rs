@@ -311,17 +311,7 @@ async fn a_stalled_takeover_delays_nobody_else() {
     let mut stuck = Raw::v5(broker.addr, "stuck").await;
     stuck.subscribe("flood", QoS::AtMostOnce).await;
     let mut p = Raw::v5(broker.addr, "flooder").await;
-    static BIG: [u8; 60_000] = [7; 60_000];
-    // Enough to fill both sockets' buffers: the broker's flush to `stuck` blocks.
-    for _ in 0..400 {
-        p.send(&Packet::Publish(Box::new(publish(
-            "flood",
-            &BIG,
-            QosPid::AtMostOnce,
-            false,
-        ))))
-        .await;
-    }
+    p.fill_sockets("flood").await;
     p.publish(publish(
         "flood-sync",
         b"s",

@@ -1014,18 +1014,10 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_write_timeout() {
     stuck.subscribe("flood", QoS::AtMostOnce).await;
     let mut bystander = Raw::v5(broker.addr, "bystander").await;
     bystander.subscribe("b/#", QoS::AtLeastOnce).await;
-    // Enough to fill both sockets' buffers: the broker's write to `stuck` blocks.
-    let mut p = Raw::v5(broker.addr, "flooder").await;
-    static BIG: [u8; 60_000] = [7; 60_000];
-    for _ in 0..400 {
-        p.send(&Packet::Publish(Box::new(publish(
-            "flood",
-            &BIG,
-            QosPid::AtMostOnce,
-            false,
-        ))))
+    Raw::v5(broker.addr, "flooder")
+        .await
+        .fill_sockets("flood")
         .await;
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while broker.stats.write_timeouts.load(Ordering::Relaxed) == 0 {
         assert!(Instant::now() < deadline, "no write timeout within 10 s");

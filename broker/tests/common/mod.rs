@@ -330,6 +330,22 @@ impl Raw {
             .await
     }
 
+    /// Sends 24 MB of QoS 0 PUBLISHes to `t` (400 of 60,000 bytes): enough to fill the
+    /// broker's socket to a subscriber of `t` that does not read, and that subscriber's,
+    /// so the broker's write to it blocks.
+    pub async fn fill_sockets(&mut self, t: &str) {
+        static BIG: [u8; 60_000] = [7; 60_000];
+        for _ in 0..400 {
+            self.send(&Packet::Publish(Box::new(publish(
+                t,
+                &BIG,
+                QosPid::AtMostOnce,
+                false,
+            ))))
+            .await;
+        }
+    }
+
     /// Publishes and completes the QoS flow as a well-behaved client.
     pub async fn publish(&mut self, p: Publish) {
         let qos_pid = p.qos_pid;
