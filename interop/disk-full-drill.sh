@@ -35,7 +35,7 @@ min_free_disk_bytes = 8388608
 CONF
 use_prebuilt_rocksdb
 cargo build -q --bin messs
-RUST_LOG=info ./target/debug/messs serve --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
+RUST_LOG=info ./target/debug/messs serve --admin-listen off --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
 broker=$!
 port=$(broker_port "$work/messs.log")
 [ -n "$port" ] || { echo "disk-full drill: broker did not start"; cat "$work/messs.log"; exit 1; }

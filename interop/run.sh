@@ -18,7 +18,7 @@ fi
 cargo build -q --bin messs
 work=$(mktemp -d)
 log="$work/messs.log"
-RUST_LOG=info ./target/debug/messs serve --listen tcp://127.0.0.1:0 --data-dir "$work/data" >"$log" 2>&1 &
+RUST_LOG=info ./target/debug/messs serve --admin-listen off --listen tcp://127.0.0.1:0 --data-dir "$work/data" >"$log" 2>&1 &
 broker=$!
 cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

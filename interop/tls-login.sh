@@ -64,7 +64,7 @@ $messs tenant set-limit acme max_connections 50 "${cfg[@]}" >/dev/null
 $messs tenant list "${cfg[@]}" | grep -q 'max_connections=50' || fail "tenant limit not listed"
 $messs tenant set-limit acme max_conections 5 "${cfg[@]}" >/dev/null 2>&1 && fail "a misspelt limit was taken"
 
-RUST_LOG=info $messs serve "${cfg[@]}" >"$log" 2>&1 &
+RUST_LOG=info $messs serve --admin-listen off "${cfg[@]}" >"$log" 2>&1 &
 broker=$!
 port=$(broker_port "$log" tls)
 [ -n "$port" ] || fail "broker did not start"

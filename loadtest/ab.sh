@@ -17,7 +17,9 @@ trap 'rm -rf "$data"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 run() { # label binary messs-load-args...
   local label=$1 bin=$2; shift 2
-  "$bin" serve --listen "tcp://127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
+  local admin=()  # builds from before the admin plane do not know the flag
+  "$bin" serve --help | grep -q admin-listen && admin=(--admin-listen off)
+  "$bin" serve "${admin[@]}" --listen "tcp://127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
   local pid=$!
   sleep 0.5
   local out

@@ -37,7 +37,7 @@ $MESSS acl add --tenant bench --allow --topic 'messs-load/#' "${cfg[@]}" >/dev/n
 
 run() { # run NAME -- broker args... ; then load args
   local name=$1; shift
-  RUST_LOG=warn $MESSS serve "$@" >"$work/messs.log" 2>&1 & pid=$!
+  RUST_LOG=warn $MESSS serve --admin-listen off "$@" >"$work/messs.log" 2>&1 & pid=$!
   for _ in $(seq 1 100); do
     python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null && break
     sleep 0.05

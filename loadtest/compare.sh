@@ -43,7 +43,7 @@ start_broker() { # name port
   local name=$1 port=$2
   case "$name" in
     messs)
-      ./target/release/messs serve --listen "tcp://127.0.0.1:$port" --data-dir "$work/messs-data" >"$work/messs.log" 2>&1 &
+      ./target/release/messs serve --admin-listen off --listen "tcp://127.0.0.1:$port" --data-dir "$work/messs-data" >"$work/messs.log" 2>&1 &
       ;;
     mosquitto)
       # Limits equivalent to messs's defaults: 10,000 queued and 1,024 inflight per client.

@@ -61,7 +61,7 @@ $2
 CONF
 }
 start() { # start NAME
-  RUST_LOG=warn $MESSS serve --config "$work/$1.toml" >"$work/messs.log" 2>&1 & pid=$!
+  RUST_LOG=warn $MESSS serve --admin-listen off --config "$work/$1.toml" >"$work/messs.log" 2>&1 & pid=$!
   for _ in $(seq 1 100); do
     python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null && return 0
     sleep 0.05
@@ -156,7 +156,7 @@ for t in capped free; do
   $MESSS acl add --tenant "$t" --allow --topic '#' "${tcfg[@]}" >/dev/null
 done
 $MESSS tenant set-limit capped messages_per_sec 5000 "${tcfg[@]}" >/dev/null
-RUST_LOG=warn $MESSS serve "${tcfg[@]}" >"$work/messs.log" 2>&1 & pid=$!
+RUST_LOG=warn $MESSS serve --admin-listen off "${tcfg[@]}" >"$work/messs.log" 2>&1 & pid=$!
 sleep 0.5
 loads=()
 for t in capped free; do

@@ -32,7 +32,7 @@ data_dir = "$work/data"
 durability = "${DURABILITY:-wal}"
 max_stored_messages_per_session = $PER_SESSION
 CONF
-./target/release/messs serve --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
+./target/release/messs serve --admin-listen off --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
   python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null && break

@@ -80,7 +80,7 @@ hash=$(echo 'device-password' | $MESSS device hash-password "${cfg[@]}")
 python3 -c "import sys; [print(f'dev{i},{sys.argv[1]}') for i in range(int(sys.argv[2]))]" "$hash" "$devices" >"$work/devices.csv"
 $MESSS device import --tenant bench --file "$work/devices.csv" "${cfg[@]}"
 
-start_messs() { RUST_LOG=warn $MESSS serve "${cfg[@]}" >"$work/messs.log" 2>&1 & pid=$!; wait_port "$tcp"; wait_port "$tls"; }
+start_messs() { RUST_LOG=warn $MESSS serve --admin-listen off "${cfg[@]}" >"$work/messs.log" 2>&1 & pid=$!; wait_port "$tcp"; wait_port "$tls"; }
 
 # 1. Login flood. "elsewhere" sends the same attackers to a second broker on the same
 # machine: what is left of the slowdown there is the machine's (two cores shared by the
@@ -99,7 +99,7 @@ for variant in lockout no-delay botnet elsewhere; do
     printf '[[listener]]\nbind = "127.0.0.1:%s"\n[limits]\nmax_connections = 20000\n[storage]\ndata_dir = "%s"\n' \
       "$tcp2" "$work/data2" >"$work/messs2.toml"
     $MESSS tenant add bench --config "$work/messs2.toml" >/dev/null
-    RUST_LOG=warn $MESSS serve --config "$work/messs2.toml" >"$work/messs2.log" 2>&1 & pid2=$!
+    RUST_LOG=warn $MESSS serve --admin-listen off --config "$work/messs2.toml" >"$work/messs2.log" 2>&1 & pid2=$!
     wait_port "$tcp2"
     attack=(--attack-port "$tcp2")
   fi

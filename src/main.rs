@@ -38,6 +38,10 @@ enum Command {
         /// Directory for durable state (overrides storage.data_dir).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Serve the HTTP admin plane here instead of [admin] bind (default
+        /// 127.0.0.1:8080); `off` serves none.
+        #[arg(long, value_name = "HOST:PORT|off")]
+        admin_listen: Option<String>,
     },
     /// Operator tasks on a data directory (the broker using it must be stopped; a running
     /// broker takes online checkpoints through its admin plane).
@@ -135,6 +139,7 @@ fn build_config(
     config: Option<PathBuf>,
     listen: Vec<String>,
     data_dir: Option<PathBuf>,
+    admin_listen: Option<String>,
 ) -> anyhow::Result<Config> {
     let from_file = config.is_some();
     let mut cfg = match &config {
@@ -179,6 +184,16 @@ fn build_config(
     }
     if let Some(dir) = data_dir {
         cfg.storage.data_dir = dir;
+    }
+    match admin_listen.as_deref() {
+        None => {}
+        Some("off") => cfg.admin.enabled = false,
+        Some(addr) => {
+            cfg.admin.enabled = true;
+            cfg.admin.bind = addr.parse().with_context(|| {
+                format!("--admin-listen {addr:?} is not HOST:PORT (e.g. 127.0.0.1:8080) or off")
+            })?;
+        }
     }
     cfg.validate()?;
     Ok(cfg)
@@ -261,14 +276,25 @@ async fn main() -> anyhow::Result<()> {
             config,
             listen,
             data_dir,
+            admin_listen,
         } => {
-            let cfg = build_config(config.clone(), listen, data_dir)?;
+            let cfg = build_config(config.clone(), listen, data_dir, admin_listen)?;
             let dir = cfg.storage.data_dir.display().to_string();
+            let admin = cfg.admin.clone();
             let broker = Broker::bind(cfg).await.with_context(|| {
                 format!("cannot start with data directory {dir} (another messs using it? a directory from a newer release?)")
             })?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            if admin.enabled {
+                start_admin(&broker, &admin, stopped).await?;
+            }
             tokio::spawn(reload_on_sighup(broker.handle(), config));
-            broker.run(shutdown_signal()).await?;
+            broker
+                .run(async move {
+                    shutdown_signal().await;
+                    let _ = stop.send(true);
+                })
+                .await?;
             tracing::info!("stopped");
         }
         Command::Storage {
@@ -276,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
             config,
             data_dir,
         } => {
-            let cfg = build_config(config, Vec::new(), data_dir)?;
+            let cfg = build_config(config, Vec::new(), data_dir, None)?;
             let outcome = tokio::task::spawn_blocking(move || storage_task(&cfg, task)).await?;
             return outcome;
         }
@@ -289,10 +315,43 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the first admin account if there is none, binds the admin listener and serves
+/// the admin plane until `stopped` turns true.
+async fn start_admin(
+    broker: &Broker,
+    admin: &messs_broker::AdminConfig,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let handle = broker.handle();
+    let password = std::env::var("MESSS_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(generated) = messs_admin::bootstrap(&handle, password).await? {
+        tracing::warn!(
+            "created admin account \"admin\" with the one-time password {generated} \
+             (shown only now; it must be changed at the first login: see docs/ADMIN.md)"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(admin.bind)
+        .await
+        .with_context(|| format!("cannot listen for the admin plane on {} (taken? use --admin-listen HOST:PORT or --admin-listen off)", admin.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "admin plane on http://{addr} (API at /api/v1, metrics at /metrics)");
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = messs_admin::serve(listener, handle, shutdown).await {
+            tracing::error!(error = %e, "admin plane stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Runs one registry command on the configured data directory (created if missing, so the
 /// first tenant can be added before the broker ever ran).
 async fn registry(dir: DataDirArgs, cmd: RegistryCmd) -> anyhow::Result<()> {
-    let cfg = build_config(dir.config, Vec::new(), dir.data_dir)?;
+    let cfg = build_config(dir.config, Vec::new(), dir.data_dir, None)?;
     tokio::task::spawn_blocking(move || {
         let store = open_store(&cfg)?;
         let params = messs_broker::HashParams {

@@ -49,7 +49,7 @@ impl Broker {
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_messs"))
-            .args(["serve", "--config"])
+            .args(["serve", "--admin-listen", "off", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -1,35 +1,117 @@
 //! messs-admin: the HTTP admin plane over a [`BrokerHandle`].
 //!
-//! Built so far: `/healthz` (the process answers), `/readyz` (every listener accepting and
-//! the store writing; 503 with the reasons otherwise) and `/metrics` (the broker's figures
-//! in the Prometheus text format, collected when scraped). The versioned API, admin
-//! accounts, MFA and RBAC come with the rest of the admin-plane issue; `messs serve` starts
-//! no admin listener until then.
+//! - `/healthz`, `/readyz`, `/metrics`: liveness, readiness, Prometheus (no login: keep the
+//!   listener on a trusted network, which is why it binds to loopback by default);
+//! - `/api/v1/...`: the versioned JSON API, described by `/api/v1/openapi.json`. Callers log
+//!   in (`auth`), then every handler names what it touches and asks [`rbac`] first.
+//!
+//! The request path: [`headers`] (security headers, body limit, CORS) → [`principal`]
+//! (bearer token → who; audit of every change) → a handler in [`routes`] → the broker
+//! handle or the store (blocking calls on the blocking pool).
 
+mod accounts;
+mod clock;
+mod error;
+mod headers;
+mod limiter;
+mod mfa;
+mod openapi;
+mod page;
+mod password;
+mod principal;
 mod prometheus;
+pub mod rbac;
+mod routes;
+mod secret;
+mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use messs_broker::BrokerHandle;
+use axum::Router;
+use messs_broker::{AdminConfig, BrokerHandle};
+use messs_storage::Store;
+
+pub use accounts::bootstrap;
+pub use error::AdminError;
+pub use mfa::code_at as totp_code_at;
+pub use routes::route_table;
 
 /// What every handler reads.
-struct AdminState {
-    broker: BrokerHandle,
+pub(crate) struct AppState {
+    pub broker: BrokerHandle,
+    pub store: Option<Store>,
+    pub config: AdminConfig,
+    pub keys: tokens::AccessKeys,
+    pub logins: limiter::LoginLimiter,
+    /// Password hashing and checking at once (argon2 holds ~19 MiB and a core for ~20 ms):
+    /// a burst of logins waits here instead of taking every blocking thread.
+    pub hashing: tokio::sync::Semaphore,
 }
 
-/// The admin plane's routes over `broker`.
-pub fn app(broker: BrokerHandle) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(AdminState { broker }))
+pub(crate) type Shared = Arc<AppState>;
+
+impl AppState {
+    /// The store, or 503 for a broker without one.
+    pub fn store(&self) -> Result<Store, AdminError> {
+        self.store
+            .clone()
+            .ok_or(AdminError::Unavailable("this broker runs without a store"))
+    }
+
+    /// Runs `f` with the store on the blocking pool.
+    pub async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, AdminError> + Send + 'static,
+    ) -> Result<R, AdminError> {
+        let store = self.store()?;
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+
+    /// Runs password work (argon2) on the blocking pool, two at a time.
+    pub async fn hashing<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, AdminError> + Send + 'static,
+    ) -> Result<R, AdminError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| AdminError::Unavailable("shutting down"))?;
+        self.blocking(f).await
+    }
+
+    /// Appends an audit record as `actor` (not awaited: the writer makes it durable with
+    /// the next batch).
+    pub fn audit(&self, actor: &str, action: &str, detail: String) {
+        let Some(store) = &self.store else { return };
+        let event = messs_storage::audit::AuditEvent {
+            time_ms: clock::unix_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            detail,
+        };
+        if let Err(e) = store.append_audit(&event) {
+            tracing::warn!(error = %e, action, "audit record not written");
+        }
+    }
+}
+
+/// The admin plane's routes over `broker`, configured by its `[admin]` section.
+pub fn app(broker: BrokerHandle) -> Result<Router, AdminError> {
+    let config = broker.config().admin.clone();
+    let state = Arc::new(AppState {
+        store: broker.store(),
+        keys: tokens::AccessKeys::generate()?,
+        logins: limiter::LoginLimiter::new(
+            config.login_attempts_per_minute,
+            config.max_tracked_addresses,
+        ),
+        hashing: tokio::sync::Semaphore::new(2),
+        broker,
+        config,
+    });
+    Ok(headers::wrap(routes::router(state.clone()), &state.config))
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes.
@@ -37,33 +119,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: BrokerHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app(broker))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Liveness: the process answers (nothing is checked, so a busy store never fails it).
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// Readiness: 200 when every listener accepts and the store writes, else 503; the body
-/// says which.
-async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    let r = s.broker.readiness();
-    let code = if r.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(r))
-}
-
-/// Every metric, in the Prometheus text exposition format 0.0.4.
-async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::render(&s.broker.metrics()),
+) -> Result<(), AdminError> {
+    let app = app(broker)?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(AdminError::internal)
 }

@@ -73,6 +73,7 @@ impl Running {
 
 async fn get(handle: &BrokerHandle, path: &str) -> (StatusCode, String, Option<String>) {
     let response = messs_admin::app(handle.clone())
+        .unwrap()
         .oneshot(Request::get(path).body(Body::empty()).unwrap())
         .await
         .unwrap();

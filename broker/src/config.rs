@@ -36,6 +36,8 @@ pub struct Config {
     pub bans: BansConfig,
     /// Temporary bans of clients that reconnect too often.
     pub flapping: crate::limits::bans::FlappingPolicy,
+    /// The HTTP admin plane.
+    pub admin: crate::admin_config::AdminConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             tenant_limits: Default::default(),
             bans: BansConfig::default(),
             flapping: Default::default(),
+            admin: Default::default(),
         }
     }
 }
@@ -105,6 +108,16 @@ pub enum Transport {
     Tcp,
     /// MQTT over TLS 1.3 (rustls).
     Tls,
+}
+
+impl Transport {
+    /// Its name in URLs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// Which part of a client certificate names the device.
@@ -674,6 +687,7 @@ impl Config {
 
     /// Rejects values the broker cannot run with.
     pub fn validate(&self) -> Result<(), BrokerError> {
+        self.admin.validate()?;
         let l = &self.limits;
         let bad = |what: &str| Err(BrokerError::Config(what.to_owned()));
         if self.listeners.is_empty() {

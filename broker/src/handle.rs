@@ -59,6 +59,29 @@ pub struct SessionInfo {
     pub stored_bytes: usize,
 }
 
+/// A connected client, for the admin plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Tenant.
+    pub tenant: String,
+    /// Client id.
+    pub client_id: String,
+    /// The device it logged in as (`None`: anonymous).
+    pub username: Option<String>,
+    /// Its address.
+    pub peer: std::net::SocketAddr,
+    /// MQTT protocol level: 3, 4 (3.1.1) or 5.
+    pub protocol_level: u8,
+    /// Listener transport.
+    pub transport: &'static str,
+    /// Connected since (Unix ms).
+    pub connected_ms: u64,
+    /// Subscriptions held.
+    pub subscriptions: usize,
+    /// Messages queued for it.
+    pub queued_messages: usize,
+}
+
 impl BrokerHandle {
     pub(crate) fn new(state: Arc<BrokerState>) -> Self {
         BrokerHandle { state }
@@ -93,6 +116,34 @@ impl BrokerHandle {
             .collect();
         infos.sort_by(|a, b| (&a.tenant, &a.client_id).cmp(&(&b.tenant, &b.client_id)));
         infos
+    }
+
+    /// Every connected client of `tenant` (`None`: of every tenant), ordered by tenant and
+    /// client id.
+    pub fn clients(&self, tenant: Option<&str>) -> Vec<ClientInfo> {
+        let mut out: Vec<ClientInfo> = self
+            .state
+            .all_sessions()
+            .into_iter()
+            .filter(|s| s.is_connected() && tenant.is_none_or(|t| *s.key.tenant == *t))
+            .filter_map(|s| {
+                let st = s.lock();
+                let link = st.link()?;
+                Some(ClientInfo {
+                    tenant: s.key.tenant.to_string(),
+                    client_id: s.key.client_id.to_string(),
+                    username: st.owner().map(str::to_owned),
+                    peer: link.peer,
+                    protocol_level: link.protocol_level,
+                    transport: link.transport,
+                    connected_ms: link.since_ms,
+                    subscriptions: st.subscription_count(),
+                    queued_messages: st.queued_len(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.tenant, &a.client_id).cmp(&(&b.tenant, &b.client_id)));
+        out
     }
 
     /// Writes an online backup of the store to `dir` (which must not exist): a consistent
@@ -151,6 +202,17 @@ impl BrokerHandle {
     /// Every metric sample now (see [`crate::metrics`]).
     pub fn metrics(&self) -> Vec<crate::metrics::Sample> {
         crate::metrics::collect(&self.state)
+    }
+
+    /// The configuration the broker started with (the reloadable sections as they were
+    /// at start).
+    pub fn config(&self) -> &crate::Config {
+        &self.state.config
+    }
+
+    /// The argon2id parameters passwords are hashed with.
+    pub fn hash_params(&self) -> crate::HashParams {
+        self.state.auth.hash_params
     }
 
     /// Whether the broker can serve: its listeners accepting, its store writing.

@@ -7,6 +7,7 @@
 //! own client task drains its queue back to its socket. Storage will hang off this path.
 
 mod acl;
+mod admin_config;
 mod admission;
 mod auth;
 #[doc(hidden)]
@@ -35,6 +36,7 @@ mod sys;
 mod timers;
 mod tls;
 
+pub use admin_config::AdminConfig;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
@@ -42,7 +44,7 @@ pub use config::{
     StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
 };
 pub use error::BrokerError;
-pub use handle::{BrokerHandle, Readiness, SessionInfo};
+pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use limits::bans::FlappingPolicy;
 pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};

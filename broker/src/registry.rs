@@ -322,6 +322,35 @@ impl<'a> Registry<'a> {
         })
     }
 
+    /// Deletes a device; false if there was none. Its connected clients are disconnected
+    /// (v5: 0x98) and cannot log in again.
+    pub fn remove_device(&mut self, tenant: &str, username: &str) -> Result<bool, BrokerError> {
+        let removed = self.store.delete_device(tenant, username)?;
+        if removed {
+            self.audit(
+                "device.remove",
+                format!("device {username:?} of tenant {tenant:?}"),
+            );
+            self.touched
+                .push(Touched::Device(tenant.to_owned(), username.to_owned()));
+        }
+        Ok(removed)
+    }
+
+    /// One device.
+    pub fn device(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<Option<DeviceRecord>, BrokerError> {
+        Ok(self.store.device(tenant, username)?)
+    }
+
+    /// One tenant.
+    pub fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, BrokerError> {
+        Ok(self.store.tenant(id)?)
+    }
+
     /// The argon2id hash of a password, with this registry's parameters.
     pub fn hash(&self, password: &str) -> Result<String, BrokerError> {
         check_password(password)?;

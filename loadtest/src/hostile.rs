@@ -275,7 +275,7 @@ async fn one_round(
                     properties: PublishProperties::default(),
                     payload: payload.clone(),
                 })))?;
-                if n % 64 == 0 {
+                if n.is_multiple_of(64) {
                     w.flush().await?;
                     c.packets.fetch_add(64, Ordering::Relaxed);
                     tokio::task::yield_now().await;

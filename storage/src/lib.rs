@@ -13,6 +13,7 @@
 //! The crate knows nothing of sockets or MQTT sessions; the broker decides what to store
 //! and when, and reads happen on its blocking pool, never on the async reactor.
 
+pub mod admins;
 pub mod audit;
 pub mod crypto;
 mod error;

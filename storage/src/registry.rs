@@ -337,7 +337,7 @@ impl AclRule {
 }
 
 /// A key and its value, as read.
-type KeyValue = (Box<[u8]>, Box<[u8]>);
+pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -348,7 +348,7 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 impl Store {
     /// Submits `batch` and waits until it is durable. Blocking.
-    fn write_now(&self, mut batch: Batch) -> Result<(), StorageError> {
+    pub(crate) fn write_now(&self, mut batch: Batch) -> Result<(), StorageError> {
         batch.mark_new_data();
         let (ticket, durable) = Ticket::new();
         self.submit(batch, Some(&ticket))?;
@@ -356,20 +356,20 @@ impl Store {
         block_on(durable)
     }
 
-    fn registry_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn registry_guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.inner
             .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.inner.db.get_cf(self.cf(cf)?, key)?)
     }
 
     /// Every key and value in `cf` starting with `prefix`, from `from` (inclusive) on, at
     /// most `limit`.
-    fn scan(
+    pub(crate) fn scan(
         &self,
         cf: Cf,
         prefix: &[u8],

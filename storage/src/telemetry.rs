@@ -84,7 +84,7 @@ impl std::str::FromStr for Cursor {
     type Err = StorageError;
 
     fn from_str(s: &str) -> Result<Self, StorageError> {
-        if s.len() % 2 != 0 || s.len() > 2048 {
+        if !s.len().is_multiple_of(2) || s.len() > 2048 {
             return Err(StorageError::corrupt("telemetry", "invalid cursor"));
         }
         (0..s.len())

@@ -246,10 +246,19 @@ where
         }
         Err(AttachRefused::Timeout) => return None,
     };
-    attached
-        .session
-        .lock()
-        .set_owner(access.identity.username.clone());
+    attached.session.lock().set_owner(
+        access.identity.username.clone(),
+        crate::session::Link {
+            peer,
+            protocol_level: match protocol {
+                messs_codec::Protocol::V3_1 => 3,
+                messs_codec::Protocol::V3_1_1 => 4,
+                messs_codec::Protocol::V5 => 5,
+            },
+            transport: listener.transport.name(),
+            since_ms: crate::clock::unix_ms(),
+        },
+    );
 
     let properties = if protocol.is_v5() {
         ConnAckProperties {

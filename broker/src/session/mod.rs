@@ -30,8 +30,8 @@ pub(crate) use durable::{read_page, DiskLimits, SessionDisk};
 #[cfg(test)]
 pub(crate) use state::SubscribeRefused;
 pub(crate) use state::{
-    AckMatch, EnqueueError, PendingWill, Resend, SessionLimits, SessionState, StoredSubscription,
-    SESSION_COST,
+    AckMatch, EnqueueError, Link, PendingWill, Resend, SessionLimits, SessionState,
+    StoredSubscription, SESSION_COST,
 };
 
 /// A delivery queued.

@@ -117,6 +117,19 @@ pub(crate) enum SubscribeRefused {
     Budget,
 }
 
+/// Where a connection came from, for the admin plane's client list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5.
+    pub protocol_level: u8,
+    /// The listener's transport (`tcp`, `tls`, ...).
+    pub transport: &'static str,
+    /// When CONNECT was accepted (Unix ms).
+    pub since_ms: u64,
+}
+
 /// The mutable part of a session. Ordered maps rather than hash maps: they are small, need no
 /// per-map hasher state, and an empty one is half the size.
 pub(crate) struct SessionState {
@@ -165,6 +178,8 @@ pub(crate) struct SessionState {
     /// The username the attached (or last) connection logged in with, so disabling a
     /// device can disconnect it.
     owner: Option<Arc<str>>,
+    /// The attached (or last) connection's address, protocol and start.
+    link: Option<Link>,
     /// The owner's rate limit overrides as changed in the registry while it is connected,
     /// for the connection to take (see `BrokerState::apply_registry`).
     new_device_limits: Option<Arc<[(String, u64)]>>,
@@ -197,6 +212,7 @@ impl SessionState {
     ) -> Self {
         SessionState {
             owner: None,
+            link: None,
             new_device_limits: None,
             subscriptions: BTreeMap::new(),
             max_subscriptions: u32::try_from(limits.max_subscriptions).unwrap_or(u32::MAX),
@@ -674,9 +690,15 @@ impl SessionState {
             .all(|s| allowed(s.filter.filter(), s.options.qos))
     }
 
-    /// Records who the attached connection logged in as.
-    pub fn set_owner(&mut self, username: Option<Arc<str>>) {
+    /// Records who the attached connection logged in as, and from where.
+    pub fn set_owner(&mut self, username: Option<Arc<str>>, link: Link) {
         self.owner = username;
+        self.link = Some(link);
+    }
+
+    /// Where the attached (or last) connection came from.
+    pub fn link(&self) -> Option<Link> {
+        self.link
     }
 
     /// The username of the attached (or last) connection.

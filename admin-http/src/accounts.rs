@@ -1,0 +1,204 @@
+//! Admin accounts: the first one, and the login check (password, lockout, TOTP or a
+//! recovery code). Blocking functions; handlers run them on the blocking pool.
+
+use messs_broker::{AdminConfig, BrokerHandle, HashParams};
+use messs_storage::admins::AdminRecord;
+use messs_storage::Store;
+
+use crate::error::AdminError;
+use crate::rbac::Role;
+use crate::{clock, mfa, password, secret};
+
+/// The first account's name.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// Creates the superadmin `admin` if the store has no admin account: with `password`
+/// (`MESSS_ADMIN_PASSWORD`), which must meet the policy, or else with a generated one
+/// that must be changed at the first login. Returns the generated password, for the
+/// caller to print once; `None` if an account existed or `password` was given.
+pub async fn bootstrap(
+    broker: &BrokerHandle,
+    password: Option<String>,
+) -> Result<Option<String>, AdminError> {
+    let Some(store) = broker.store() else {
+        return Ok(None);
+    };
+    let params = broker.hash_params();
+    tokio::task::spawn_blocking(move || bootstrap_blocking(&store, params, password)).await?
+}
+
+fn bootstrap_blocking(
+    store: &Store,
+    params: HashParams,
+    password: Option<String>,
+) -> Result<Option<String>, AdminError> {
+    if !store.admins()?.is_empty() {
+        return Ok(None);
+    }
+    let (pw, generated) = match password {
+        Some(p) => {
+            password::check_policy(FIRST_ADMIN, &p).map_err(|e| {
+                AdminError::BadRequest(format!(
+                    "MESSS_ADMIN_PASSWORD does not meet the password policy: {e}"
+                ))
+            })?;
+            (p, false)
+        }
+        None => (secret::token_hex(12), true),
+    };
+    let record = AdminRecord {
+        username: FIRST_ADMIN.into(),
+        role: Role::Superadmin.as_str().into(),
+        password_hash: password::hash(&pw, params)?,
+        must_change_password: generated,
+        enabled: true,
+        created_ms: clock::unix_ms(),
+        ..AdminRecord::default()
+    };
+    store.create_admin(&record)?;
+    Ok(generated.then_some(pw))
+}
+
+/// What a login presents.
+pub struct Credentials {
+    /// Account.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// TOTP code, once enrolled.
+    pub totp: Option<String>,
+    /// A recovery code instead of the TOTP code.
+    pub recovery_code: Option<String>,
+}
+
+/// How a login ended, for the audit record.
+pub enum LoginResult {
+    /// Logged in; `used_recovery` if a recovery code stood in for TOTP.
+    Ok {
+        /// A recovery code was used.
+        used_recovery: bool,
+    },
+    /// Refused, and why (for the audit log only; the caller sees one message).
+    Refused(&'static str, AdminError),
+}
+
+const INVALID: AdminError = AdminError::Unauthenticated("invalid username, password or code");
+
+/// Checks a login. Blocking (argon2).
+pub fn check_login(
+    store: &Store,
+    params: HashParams,
+    config: &AdminConfig,
+    c: &Credentials,
+) -> Result<LoginResult, AdminError> {
+    let now = clock::unix_ms();
+    let Some(account) = store.admin(&c.username).ok().flatten() else {
+        // The same argon2 work as for a real account, so timing tells nothing.
+        let _ = password::verify(&c.password, &password::decoy(params));
+        return Ok(LoginResult::Refused("unknown account", INVALID));
+    };
+    if account.locked_until_ms > now {
+        let secs = (account.locked_until_ms - now).div_ceil(1000);
+        return Ok(LoginResult::Refused(
+            "account locked",
+            AdminError::TooManyRequests(secs),
+        ));
+    }
+    if account.totp_secret.is_some() && c.totp.is_none() && c.recovery_code.is_none() {
+        // Asked before the password is checked, so this answer says nothing about it.
+        return Ok(LoginResult::Refused(
+            "TOTP code missing",
+            AdminError::Unauthenticated(
+                "this account needs a TOTP code (totp) or a recovery code (recovery_code)",
+            ),
+        ));
+    }
+    let password_ok = password::verify(&c.password, &account.password_hash);
+    let mut used_recovery = false;
+    let mut step = None;
+    let second_factor_ok = match (&account.totp_secret, password_ok) {
+        (_, false) => false,
+        (None, true) => true,
+        (Some(secret), true) => {
+            if let Some(code) = &c.totp {
+                step = mfa::check(secret, code, now / 1000, account.totp_last_step);
+                step.is_some()
+            } else {
+                let code = c.recovery_code.as_deref().unwrap_or("");
+                let mut codes = account.recovery_codes.clone();
+                used_recovery = mfa::use_recovery_code(&mut codes, code);
+                used_recovery
+            }
+        }
+    };
+    let ok = password_ok && second_factor_ok && account.enabled;
+    let (failures, lockout) = (config.lockout_failures, config.lockout_secs);
+    let code = c.recovery_code.clone();
+    // The account is read again under the registry lock: a code accepted by a concurrent
+    // login (the same TOTP step, the same recovery code) is refused here.
+    let (ok, locked) = store.update_admin(&c.username, |a| {
+        if ok {
+            let fresh = match step {
+                Some(s) => s > a.totp_last_step,
+                None if used_recovery => code
+                    .as_deref()
+                    .is_some_and(|code| mfa::use_recovery_code(&mut a.recovery_codes, code)),
+                None => true,
+            };
+            if fresh {
+                let changed = a.failed_logins != 0 || step.is_some() || used_recovery;
+                a.failed_logins = 0;
+                if let Some(s) = step {
+                    a.totp_last_step = s;
+                }
+                return Ok(((true, false), changed));
+            }
+        }
+        a.failed_logins += 1;
+        if a.failed_logins >= failures {
+            a.failed_logins = 0;
+            a.locked_until_ms = now + lockout * 1000;
+            return Ok(((false, true), true));
+        }
+        Ok(((false, false), true))
+    })?;
+    if ok {
+        return Ok(LoginResult::Ok { used_recovery });
+    }
+    let why = match (locked, password_ok, account.enabled) {
+        (true, _, _) => "locked after repeated failures",
+        (_, false, _) => "wrong password",
+        (_, true, false) => "account disabled",
+        _ => "wrong TOTP or recovery code",
+    };
+    Ok(LoginResult::Refused(why, INVALID))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_admin_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(messs_storage::StoreOptions::new(dir.path())).unwrap();
+        let p = HashParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+            scram_iterations: 1,
+        };
+        assert!(
+            bootstrap_blocking(&store, p, Some("password".into())).is_err(),
+            "policy"
+        );
+        let generated = bootstrap_blocking(&store, p, None).unwrap().unwrap();
+        let a = store.admin(FIRST_ADMIN).unwrap().unwrap();
+        assert!(a.must_change_password && password::verify(&generated, &a.password_hash));
+        assert_eq!(
+            bootstrap_blocking(&store, p, None).unwrap(),
+            None,
+            "only once"
+        );
+    }
+}

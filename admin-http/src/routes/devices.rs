@@ -1,0 +1,251 @@
+//! `/api/v1/tenants/{tenant}/devices`: a tenant's devices and their credentials. Passwords
+//! go in, never out: a device's view says only whether it has one.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use messs_storage::registry::DeviceRecord;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::tenants::{existing_tenant, tenant_access};
+use crate::error::{AdminError, ApiResult, ErrorBody};
+use crate::page::{Page, PageQuery};
+use crate::rbac::{Access, Area, Principal};
+use crate::Shared;
+
+/// A device (no secrets).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    /// Tenant.
+    pub tenant: String,
+    /// Username.
+    pub username: String,
+    /// It has a password (else it logs in with a token or a certificate).
+    pub has_password: bool,
+    /// Client ids it may use (`*` wildcard, `%u` = username); null: any.
+    pub client_id_pattern: Option<String>,
+    /// Groups, for ACL rules.
+    pub groups: Vec<String>,
+    /// Whether it may connect.
+    pub enabled: bool,
+    /// Connected clients of this device now.
+    pub connected_clients: usize,
+}
+
+fn view(state: &Shared, d: DeviceRecord) -> DeviceView {
+    let connected = state
+        .broker
+        .clients(Some(&d.tenant))
+        .iter()
+        .filter(|c| c.username.as_deref() == Some(d.username.as_str()))
+        .count();
+    DeviceView {
+        tenant: d.tenant,
+        username: d.username,
+        has_password: d.password_hash.is_some(),
+        client_id_pattern: d.client_id_pattern,
+        groups: d.groups,
+        enabled: d.enabled,
+        connected_clients: connected,
+    }
+}
+
+/// A new device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// Username, unique in the tenant (devices log in as `username@tenant`).
+    pub username: String,
+    /// Password (argon2id-hashed before it is stored); absent: token or certificate only.
+    pub password: Option<String>,
+    /// Client ids it may use.
+    pub client_id_pattern: Option<String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Changes to a device; absent fields stay.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceChange {
+    /// Enable or disable (disabling disconnects it).
+    pub enabled: Option<bool>,
+    /// Set or rotate its password (its remembered logins are forgotten).
+    pub password: Option<String>,
+    /// Remove its password.
+    pub remove_password: Option<bool>,
+}
+
+/// A tenant's devices.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/devices", tag = "devices",
+    params(("tenant" = String, Path, description = "tenant id"), PageQuery),
+    responses((status = 200, body = Page<DeviceView>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_devices(
+    State(state): State<Shared>,
+    p: Principal,
+    Path(tenant): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<DeviceView>>> {
+    tenant_access(&p, Area::Devices, Access::Read, &tenant)?;
+    existing_tenant(&state, &tenant).await?;
+    let limit = q.limit();
+    let after = q.after.clone();
+    let t = tenant.clone();
+    let mut devices = state
+        .blocking(move |s| Ok(s.devices(&t, after.as_deref(), limit + 1)?))
+        .await?;
+    let more = devices.len() > limit;
+    devices.truncate(limit);
+    let next = more
+        .then(|| devices.last().map(|d| d.username.clone()))
+        .flatten();
+    let items = devices.into_iter().map(|d| view(&state, d)).collect();
+    Ok(Json(Page { items, next }))
+}
+
+/// Add a device.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/devices", tag = "devices",
+    request_body = NewDevice,
+    params(("tenant" = String, Path, description = "tenant id")),
+    responses((status = 201, body = DeviceView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_device(
+    State(state): State<Shared>,
+    p: Principal,
+    Path(tenant): Path<String>,
+    Json(req): Json<NewDevice>,
+) -> ApiResult<(StatusCode, Json<DeviceView>)> {
+    tenant_access(&p, Area::Devices, Access::Write, &tenant)?;
+    existing_tenant(&state, &tenant).await?;
+    if req.groups.len() > 64 || req.groups.iter().any(|g| g.is_empty() || g.len() > 128) {
+        return Err(AdminError::BadRequest(
+            "groups: at most 64, each 1 to 128 bytes".into(),
+        ));
+    }
+    let (t, u) = (tenant.clone(), req.username.clone());
+    let _permit = state
+        .hashing
+        .acquire()
+        .await
+        .map_err(|_| AdminError::Unavailable("shutting down"))?;
+    state
+        .broker
+        .registry(&p.name, move |r| {
+            r.add_device(
+                &t,
+                &u,
+                req.password.as_deref(),
+                req.client_id_pattern.as_deref(),
+                &req.groups,
+            )
+        })
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::BadRequest(m) if m.contains("already exists") => AdminError::Conflict(m),
+            e => e,
+        })?;
+    let d = device(&state, &tenant, &req.username).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, d))))
+}
+
+async fn device(state: &Shared, tenant: &str, username: &str) -> ApiResult<DeviceRecord> {
+    let (t, u) = (tenant.to_owned(), username.to_owned());
+    state
+        .blocking(move |s| {
+            s.device(&t, &u)
+                .ok()
+                .flatten()
+                .ok_or_else(|| AdminError::NotFound(format!("device {u:?}")))
+        })
+        .await
+}
+
+/// One device.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/devices/{username}", tag = "devices",
+    params(("tenant" = String, Path, description = "tenant id"),
+        ("username" = String, Path, description = "device username")),
+    responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_device(
+    State(state): State<Shared>,
+    p: Principal,
+    Path((tenant, username)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceView>> {
+    tenant_access(&p, Area::Devices, Access::Read, &tenant)?;
+    let d = device(&state, &tenant, &username).await?;
+    Ok(Json(view(&state, d)))
+}
+
+/// Change a device: enable or disable it, set, rotate or remove its password.
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/devices/{username}", tag = "devices",
+    request_body = DeviceChange,
+    params(("tenant" = String, Path, description = "tenant id"),
+        ("username" = String, Path, description = "device username")),
+    responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_device(
+    State(state): State<Shared>,
+    p: Principal,
+    Path((tenant, username)): Path<(String, String)>,
+    Json(req): Json<DeviceChange>,
+) -> ApiResult<Json<DeviceView>> {
+    tenant_access(&p, Area::Devices, Access::Write, &tenant)?;
+    device(&state, &tenant, &username).await?;
+    if req.password.is_some() && req.remove_password == Some(true) {
+        return Err(AdminError::BadRequest(
+            "password and remove_password contradict each other".into(),
+        ));
+    }
+    let (t, u) = (tenant.clone(), username.clone());
+    let _permit = state
+        .hashing
+        .acquire()
+        .await
+        .map_err(|_| AdminError::Unavailable("shutting down"))?;
+    state
+        .broker
+        .registry(&p.name, move |r| {
+            if let Some(pw) = &req.password {
+                r.set_device_password(&t, &u, Some(pw))?;
+            }
+            if req.remove_password == Some(true) {
+                r.set_device_password(&t, &u, None)?;
+            }
+            if let Some(e) = req.enabled {
+                r.set_device_enabled(&t, &u, e)?;
+            }
+            Ok(())
+        })
+        .await?;
+    let d = device(&state, &tenant, &username).await?;
+    Ok(Json(view(&state, d)))
+}
+
+/// Remove a device (its clients are disconnected).
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/devices/{username}", tag = "devices",
+    params(("tenant" = String, Path, description = "tenant id"),
+        ("username" = String, Path, description = "device username")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_device(
+    State(state): State<Shared>,
+    p: Principal,
+    Path((tenant, username)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    tenant_access(&p, Area::Devices, Access::Write, &tenant)?;
+    let (t, u) = (tenant.clone(), username.clone());
+    let gone = state
+        .broker
+        .registry(&p.name, move |r| r.remove_device(&t, &u))
+        .await?;
+    if gone {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AdminError::NotFound(format!("device {username:?}")))
+    }
+}

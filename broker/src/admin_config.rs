@@ -1,0 +1,94 @@
+//! The `[admin]` section: where the HTTP admin plane listens and how it treats logins. The
+//! broker only carries it (one file, one validation); `messs-admin` acts on it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// The admin plane's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin plane at all.
+    pub enabled: bool,
+    /// Address and port (`--admin-listen` overrides it). Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Serve HTTPS (TLS 1.3 only) with this certificate chain (PEM); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Origins allowed to call the API from a browser (CORS); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// Lifetime of an access token, seconds.
+    pub access_token_secs: u64,
+    /// Lifetime of a login's refresh-token family, seconds, however often it is rotated.
+    pub refresh_token_secs: u64,
+    /// Logins (refresh-token families) one account keeps; a new one ends the oldest.
+    pub max_logins_per_admin: usize,
+    /// Accounts without TOTP may only enrol (and change their password) until they have it.
+    pub require_mfa: bool,
+    /// Failed logins in a row that lock an account.
+    pub lockout_failures: u32,
+    /// How long a locked account stays locked, seconds.
+    pub lockout_secs: u64,
+    /// Login attempts a minute from one address (and a burst of as many).
+    pub login_attempts_per_minute: u32,
+    /// Addresses the login rate limit tracks (oldest forgotten first).
+    pub max_tracked_addresses: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cert_file: None,
+            key_file: None,
+            cors_origins: Vec::new(),
+            access_token_secs: 900,
+            refresh_token_secs: 7 * 24 * 3600,
+            max_logins_per_admin: 10,
+            require_mfa: true,
+            lockout_failures: 5,
+            lockout_secs: 900,
+            login_attempts_per_minute: 10,
+            max_tracked_addresses: 10_000,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Checks values that would make the admin plane unusable or unsafe.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |what: &str| Err(BrokerError::Config(format!("[admin] {what}")));
+        if self.cert_file.is_some() || self.key_file.is_some() {
+            return bad("cert_file/key_file: HTTPS on the admin listener is not in this build yet; keep it on loopback or put a TLS proxy in front");
+        }
+        if self.access_token_secs == 0 || self.access_token_secs > 24 * 3600 {
+            return bad("access_token_secs must be 1..=86400");
+        }
+        if self.refresh_token_secs < self.access_token_secs {
+            return bad("refresh_token_secs must be at least access_token_secs");
+        }
+        if self.max_logins_per_admin == 0
+            || self.lockout_failures == 0
+            || self.login_attempts_per_minute == 0
+            || self.max_tracked_addresses == 0
+        {
+            return bad("max_logins_per_admin, lockout_failures, login_attempts_per_minute and max_tracked_addresses must be >= 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be >= 1024");
+        }
+        if self.cors_origins.iter().any(|o| o == "*") {
+            return bad("cors_origins lists origins; \"*\" would let any web page call the API");
+        }
+        Ok(())
+    }
+}
