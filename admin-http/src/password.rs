@@ -81,7 +81,8 @@ pub fn check_policy(username: &str, password: &str) -> Result<(), AdminError> {
             "that password is on the list of common and breached passwords".into(),
         ));
     }
-    if lower.contains(&username.to_lowercase()) {
+    // (Only names of 3 or more characters: any password contains some one-letter name.)
+    if username.len() >= 3 && lower.contains(&username.to_lowercase()) {
         return Err(AdminError::BadRequest(
             "a password may not contain the username".into(),
         ));

@@ -162,6 +162,8 @@ pub async fn delete_api_key(
     p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    // May the caller revoke keys at all (within its own tenant, if it has one)?
+    p.allow(Area::ApiKeys, Access::Write, p.tenant.as_deref())?;
     let id = unhex::<16>(&id).ok_or_else(|| AdminError::NotFound("API key".into()))?;
     let record = state
         .blocking(move |s| Ok(s.api_key(&id)?))
