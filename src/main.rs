@@ -286,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             if admin.enabled {
-                start_admin(&broker, &admin, stopped).await?;
+                start_admin(&broker, &admin, config.clone(), stopped).await?;
             }
             tokio::spawn(reload_on_sighup(broker.handle(), config));
             broker
@@ -320,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
 async fn start_admin(
     broker: &Broker,
     admin: &messs_broker::AdminConfig,
+    config: Option<PathBuf>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let handle = broker.handle();
@@ -336,12 +337,26 @@ async fn start_admin(
         .await
         .with_context(|| format!("cannot listen for the admin plane on {} (taken? use --admin-listen HOST:PORT or --admin-listen off)", admin.bind))?;
     let addr = listener.local_addr()?;
+    let options = messs_admin::AdminOptions {
+        reload: config.map(|path| {
+            let handle = handle.clone();
+            let reload: messs_admin::Reloader = std::sync::Arc::new(move || {
+                let cfg = Config::from_file(&path).map_err(|e| e.to_string())?;
+                let tls = handle.reload_tls().map_err(|e| e.to_string())?;
+                handle.reload_limits(&cfg).map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{tls} TLS listener certificates, [rate_limits], [tenant_limits], [bans] and [flapping] reloaded"
+                ))
+            });
+            reload
+        }),
+    };
     tracing::info!(%addr, "admin plane on http://{addr} (API at /api/v1, metrics at /metrics)");
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(e) = messs_admin::serve(listener, handle, shutdown).await {
+        if let Err(e) = messs_admin::serve(listener, handle, options, shutdown).await {
             tracing::error!(error = %e, "admin plane stopped");
         }
     });

@@ -37,6 +37,18 @@ pub use error::AdminError;
 pub use mfa::code_at as totp_code_at;
 pub use routes::route_table;
 
+/// Re-reads the configuration file and applies what can change at runtime (what SIGHUP
+/// does); says what it did, or why it could not. The binary provides it: only it knows the
+/// file.
+pub type Reloader = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the embedding binary gives the admin plane beyond the broker handle.
+#[derive(Clone, Default)]
+pub struct AdminOptions {
+    /// `POST /api/v1/operations/reload`; `None`: no configuration file to reload.
+    pub reload: Option<Reloader>,
+}
+
 /// What every handler reads.
 pub(crate) struct AppState {
     pub broker: BrokerHandle,
@@ -47,6 +59,7 @@ pub(crate) struct AppState {
     /// Password hashing and checking at once (argon2 holds ~19 MiB and a core for ~20 ms):
     /// a burst of logins waits here instead of taking every blocking thread.
     pub hashing: tokio::sync::Semaphore,
+    pub reload: Option<Reloader>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -99,6 +112,11 @@ impl AppState {
 
 /// The admin plane's routes over `broker`, configured by its `[admin]` section.
 pub fn app(broker: BrokerHandle) -> Result<Router, AdminError> {
+    app_with(broker, AdminOptions::default())
+}
+
+/// [`app`] with the binary's extras.
+pub fn app_with(broker: BrokerHandle, options: AdminOptions) -> Result<Router, AdminError> {
     let config = broker.config().admin.clone();
     let state = Arc::new(AppState {
         store: broker.store(),
@@ -108,6 +126,7 @@ pub fn app(broker: BrokerHandle) -> Result<Router, AdminError> {
             config.max_tracked_addresses,
         ),
         hashing: tokio::sync::Semaphore::new(2),
+        reload: options.reload,
         broker,
         config,
     });
@@ -118,9 +137,10 @@ pub fn app(broker: BrokerHandle) -> Result<Router, AdminError> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: BrokerHandle,
+    options: AdminOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
-    let app = app(broker)?;
+    let app = app_with(broker, options)?;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -104,7 +104,8 @@ impl Env {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        self.call_from([127, 0, 0, 1], method, path, token, body).await
+        self.call_from([127, 0, 0, 1], method, path, token, body)
+            .await
     }
 
     async fn login(&self, user: &str, password: &str, totp: Option<String>) -> (StatusCode, Value) {
@@ -163,7 +164,11 @@ impl Env {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["required_action"], Value::Null);
-        (body["access_token"].as_str().unwrap().to_owned(), secret, codes)
+        (
+            body["access_token"].as_str().unwrap().to_owned(),
+            secret,
+            codes,
+        )
     }
 }
 
@@ -198,7 +203,12 @@ fn totp(secret: &[u8], unix: u64) -> String {
     let tag = hmac::sign(&key, &(unix / 30).to_be_bytes());
     let h = tag.as_ref();
     let offset = usize::from(h[19] & 0x0f);
-    let bin = u32::from_be_bytes([h[offset] & 0x7f, h[offset + 1], h[offset + 2], h[offset + 3]]);
+    let bin = u32::from_be_bytes([
+        h[offset] & 0x7f,
+        h[offset + 1],
+        h[offset + 2],
+        h[offset + 3],
+    ]);
     format!("{:06}", bin % 1_000_000)
 }
 
@@ -242,13 +252,21 @@ async fn mfa_login_refresh_rotation_reuse_and_logout() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     let (access, secret, codes) = e.ready("admin", ADMIN_PASSWORD).await;
-    let (status, me) = e.call(Method::GET, "/api/v1/auth/me", Some(&access), None).await;
-    assert_eq!((status, me["role"].as_str()), (StatusCode::OK, Some("superadmin")));
+    let (status, me) = e
+        .call(Method::GET, "/api/v1/auth/me", Some(&access), None)
+        .await;
+    assert_eq!(
+        (status, me["role"].as_str()),
+        (StatusCode::OK, Some("superadmin"))
+    );
 
     // Now a password alone is not enough, and a wrong or replayed code fails.
     let (status, body) = e.login("admin", ADMIN_PASSWORD, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let wrong = format!("{:06}", (totp(&secret, now()).parse::<u32>().unwrap() + 1) % 1_000_000);
+    let wrong = format!(
+        "{:06}",
+        (totp(&secret, now()).parse::<u32>().unwrap() + 1) % 1_000_000
+    );
     assert_eq!(
         e.login("admin", ADMIN_PASSWORD, Some(wrong)).await.0,
         StatusCode::UNAUTHORIZED
@@ -266,32 +284,57 @@ async fn mfa_login_refresh_rotation_reuse_and_logout() {
         .call(Method::POST, "/api/v1/auth/login", None, Some(body.clone()))
         .await;
     assert_eq!(status, StatusCode::OK, "{login}");
-    let (status, _) = e.call(Method::POST, "/api/v1/auth/login", None, Some(body)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a recovery code is single-use");
+    let (status, _) = e
+        .call(Method::POST, "/api/v1/auth/login", None, Some(body))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a recovery code is single-use"
+    );
 
     // Refresh rotates; presenting the retired token revokes the whole login.
     let r1 = login["refresh_token"].as_str().unwrap().to_owned();
     let (status, pair2) = e
-        .call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": r1})))
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{pair2}");
     let a2 = pair2["access_token"].as_str().unwrap().to_owned();
     let r2 = pair2["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(r1, r2);
     assert_eq!(
-        e.call(Method::GET, "/api/v1/auth/me", Some(&a2), None).await.0,
+        e.call(Method::GET, "/api/v1/auth/me", Some(&a2), None)
+            .await
+            .0,
         StatusCode::OK
     );
     let (status, _) = e
-        .call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": r1})))
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "reuse");
     let (status, _) = e
-        .call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": r2})))
+        .call(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r2})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the family is revoked");
     assert_eq!(
-        e.call(Method::GET, "/api/v1/auth/me", Some(&a2), None).await.0,
+        e.call(Method::GET, "/api/v1/auth/me", Some(&a2), None)
+            .await
+            .0,
         StatusCode::UNAUTHORIZED,
         "and its access tokens with it"
     );
@@ -312,11 +355,18 @@ async fn mfa_login_refresh_rotation_reuse_and_logout() {
 
     // The audit log has the logins, the reuse and the failures, and its chain holds.
     let again = json!({"username": "admin", "password": ADMIN_PASSWORD, "recovery_code": codes[1]});
-    let (status, b) = e.call(Method::POST, "/api/v1/auth/login", None, Some(again)).await;
+    let (status, b) = e
+        .call(Method::POST, "/api/v1/auth/login", None, Some(again))
+        .await;
     assert_eq!(status, StatusCode::OK, "{b}");
     let access = b["access_token"].as_str().unwrap().to_owned();
     let (status, log) = e
-        .call(Method::GET, "/api/v1/audit?action=admin.&limit=1000", Some(&access), None)
+        .call(
+            Method::GET,
+            "/api/v1/audit?action=admin.&limit=1000",
+            Some(&access),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let actions: Vec<&str> = log["items"]
@@ -325,13 +375,21 @@ async fn mfa_login_refresh_rotation_reuse_and_logout() {
         .iter()
         .map(|i| i["action"].as_str().unwrap())
         .collect();
-    for want in ["admin.login", "admin.login.failed", "admin.refresh.reuse", "admin.totp.enrolled"] {
+    for want in [
+        "admin.login",
+        "admin.login.failed",
+        "admin.refresh.reuse",
+        "admin.totp.enrolled",
+    ] {
         assert!(actions.contains(&want), "{want} missing from {actions:?}");
     }
     let (status, v) = e
         .call(Method::GET, "/api/v1/audit/verify", Some(&access), None)
         .await;
-    assert_eq!((status, v["intact"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(
+        (status, v["intact"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
 }
 
 #[tokio::test]
@@ -345,31 +403,65 @@ async fn lockout_after_repeated_failures_and_rate_limit_per_address() {
     for i in 0..3u8 {
         let body = json!({"username": "admin", "password": "wrong password!!"});
         let (status, _) = e
-            .call_from([10, 0, 0, i], Method::POST, "/api/v1/auth/login", None, Some(body))
+            .call_from(
+                [10, 0, 0, i],
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let body = json!({"username": "admin", "password": ADMIN_PASSWORD});
     let (status, b) = e
-        .call_from([10, 0, 1, 1], Method::POST, "/api/v1/auth/login", None, Some(body))
+        .call_from(
+            [10, 0, 1, 1],
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(body),
+        )
         .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "locked even with the right password: {b}");
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked even with the right password: {b}"
+    );
 
     // One address gets 5 attempts a minute, whatever the account; another is unaffected.
     for _ in 0..5 {
         let body = json!({"username": "nobody", "password": "x"});
         let (status, _) = e
-            .call_from([10, 0, 2, 1], Method::POST, "/api/v1/auth/login", None, Some(body))
+            .call_from(
+                [10, 0, 2, 1],
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let body = json!({"username": "nobody", "password": "x"});
     let (status, _) = e
-        .call_from([10, 0, 2, 1], Method::POST, "/api/v1/auth/login", None, Some(body.clone()))
+        .call_from(
+            [10, 0, 2, 1],
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, _) = e
-        .call_from([10, 0, 2, 2], Method::POST, "/api/v1/auth/login", None, Some(body))
+        .call_from(
+            [10, 0, 2, 2],
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(body),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -398,23 +490,55 @@ fn body_for(method: &Method, path: &str, t: &str) -> Option<Value> {
             json!({"current_password": "wrong", "new_password": "another-Long-pass-9"})
         }
         ("POST", "/api/v1/auth/totp/confirm") => json!({"code": "000000"}),
-        ("POST", "/api/v1/admins") => json!({"username": format!("new-{t}"), "password": "Some-long-pass-31", "role": "viewer", "tenant": t}),
+        ("POST", "/api/v1/admins") => {
+            json!({"username": format!("new-{t}"), "password": "Some-long-pass-31", "role": "viewer", "tenant": t})
+        }
         ("PATCH", "/api/v1/admins/{username}") => json!({"unlock": true}),
-        ("POST", "/api/v1/api-keys") => json!({"name": "k", "role": "viewer", "tenant": t, "scopes": ["read"], "expires_in_secs": 60}),
+        ("POST", "/api/v1/api-keys") => {
+            json!({"name": "k", "role": "viewer", "tenant": t, "scopes": ["read"], "expires_in_secs": 60})
+        }
         ("POST", "/api/v1/tenants") => json!({"id": format!("{t}-new")}),
         ("PATCH", "/api/v1/tenants/{tenant}") => json!({"limits": {"max_connections": 100}}),
-        ("POST", "/api/v1/tenants/{tenant}/devices") => json!({"username": "matrix-dev", "password": "device-Pass-123"}),
+        ("POST", "/api/v1/tenants/{tenant}/devices") => {
+            json!({"username": "matrix-dev", "password": "device-Pass-123"})
+        }
         ("PATCH", "/api/v1/tenants/{tenant}/devices/{username}") => json!({"enabled": true}),
+        ("POST", "/api/v1/tenants/{tenant}/acl") => {
+            json!({"allow": true, "action": "both", "filter": "x/#"})
+        }
+        ("POST", "/api/v1/tenants/{tenant}/jwt-keys") => {
+            json!({"kid": "k1", "alg": "HS256", "secret_base64": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="})
+        }
+        ("POST", "/api/v1/tenants/{tenant}/cas" | "/api/v1/tenants/{tenant}/revoked-certs") => {
+            json!({"pem": cert_pem()})
+        }
+        ("POST", "/api/v1/tenants/{tenant}/publish") => json!({"topic": "x/1", "payload": "hi"}),
+        ("PUT", "/api/v1/bans") => json!({"addresses": []}),
         _ => return None,
     };
     Some(v)
 }
 
 fn concrete(path: &str, t: &str) -> String {
-    path.replace("{tenant}", t)
+    let p = path
+        .replace("{tenant}", t)
         .replace("{username}", "dev1")
         .replace("{client_id}", "c1")
-        .replace("{id}", "00000000000000000000000000000000")
+        .replace("{kid}", "k1")
+        .replace("{id}", "00000000000000000000000000000000");
+    if path == "/api/v1/tenants/{tenant}/retained" {
+        format!("{p}?topic=x/1")
+    } else {
+        p
+    }
+}
+
+/// A self-signed CA certificate in PEM.
+fn cert_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
 }
 
 #[tokio::test]
@@ -423,7 +547,12 @@ async fn rbac_matrix_over_every_route() {
     let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
     for t in ["a", "b"] {
         let (s, b) = e
-            .call(Method::POST, "/api/v1/tenants", Some(&root), Some(json!({"id": t})))
+            .call(
+                Method::POST,
+                "/api/v1/tenants",
+                Some(&root),
+                Some(json!({"id": t})),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         let (s, b) = e
@@ -459,7 +588,12 @@ async fn rbac_matrix_over_every_route() {
             if tenant_route && tenant.is_some() {
                 let p = concrete(&path, "b");
                 let (s, body) = e
-                    .call(method.clone(), &p, Some(token), body_for(&method, &path, "b"))
+                    .call(
+                        method.clone(),
+                        &p,
+                        Some(token),
+                        body_for(&method, &path, "b"),
+                    )
                     .await;
                 assert!(
                     s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN,
@@ -472,12 +606,12 @@ async fn rbac_matrix_over_every_route() {
             let (s, body) = e
                 .call(method.clone(), &p, Some(token), body_for(&method, &path, t))
                 .await;
-            let broker_wide_write = !tenant_route
-                && write
-                && !path.starts_with("/api/v1/api-keys");
+            let broker_wide_write = !tenant_route && write && !path.starts_with("/api/v1/api-keys");
             let tenant_limits = path == "/api/v1/tenants/{tenant}" && write;
             let denied = (write && !may_write)
-                || (!global && !tenant_route && !path.starts_with("/api/v1/api-keys")
+                || (!global
+                    && !tenant_route
+                    && !path.starts_with("/api/v1/api-keys")
                     && path != "/api/v1/tenants")
                 || broker_wide_write
                 || tenant_limits;
@@ -492,16 +626,20 @@ async fn rbac_matrix_over_every_route() {
             checked += 1;
         }
     }
-    assert!(checked > 60, "{checked} checks");
+    assert!(checked > 120, "{checked} checks");
     // Tenant b is as it was: one device, no new admin, no limits.
     let (_, devices) = e
         .call(Method::GET, "/api/v1/tenants/b/devices", Some(&root), None)
         .await;
     assert_eq!(devices["items"].as_array().unwrap().len(), 1, "{devices}");
-    let (_, tb) = e.call(Method::GET, "/api/v1/tenants/b", Some(&root), None).await;
+    let (_, tb) = e
+        .call(Method::GET, "/api/v1/tenants/b", Some(&root), None)
+        .await;
     assert_eq!(tb["limits"], json!({}));
     // A tenant-admin lists only its own tenant.
-    let (_, list) = e.call(Method::GET, "/api/v1/tenants", Some(&ta), None).await;
+    let (_, list) = e
+        .call(Method::GET, "/api/v1/tenants", Some(&ta), None)
+        .await;
     let ids: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -516,46 +654,70 @@ async fn api_keys_are_bound_by_scope_tenant_and_expiry() {
     let e = env(|_| {}).await;
     let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
     for t in ["a", "b"] {
-        e.call(Method::POST, "/api/v1/tenants", Some(&root), Some(json!({"id": t})))
-            .await;
+        e.call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&root),
+            Some(json!({"id": t})),
+        )
+        .await;
     }
-    let make = |scopes: Value, secs: u64, role: &str, tenant: Option<&str>| {
-        json!({"name": "ci", "role": role, "tenant": tenant, "scopes": scopes, "expires_in_secs": secs})
-    };
+    let make = |scopes: Value, secs: u64, role: &str, tenant: Option<&str>| json!({"name": "ci", "role": role, "tenant": tenant, "scopes": scopes, "expires_in_secs": secs});
     let (s, k) = e
         .call(
             Method::POST,
             "/api/v1/api-keys",
             Some(&root),
-            Some(make(json!(["devices:write"]), 3600, "tenant-admin", Some("a"))),
+            Some(make(
+                json!(["devices:write"]),
+                3600,
+                "tenant-admin",
+                Some("a"),
+            )),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{k}");
     let key = k["key"].as_str().unwrap().to_owned();
     let dev = json!({"username": "d", "password": "device-Pass-123"});
     let (s, b) = e
-        .call(Method::POST, "/api/v1/tenants/a/devices", Some(&key), Some(dev.clone()))
+        .call(
+            Method::POST,
+            "/api/v1/tenants/a/devices",
+            Some(&key),
+            Some(dev.clone()),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(
-        e.call(Method::GET, "/api/v1/tenants/a/devices", Some(&key), None).await.0,
+        e.call(Method::GET, "/api/v1/tenants/a/devices", Some(&key), None)
+            .await
+            .0,
         StatusCode::OK,
         "write implies read"
     );
     assert_eq!(
-        e.call(Method::POST, "/api/v1/tenants/b/devices", Some(&key), Some(dev))
-            .await
-            .0,
+        e.call(
+            Method::POST,
+            "/api/v1/tenants/b/devices",
+            Some(&key),
+            Some(dev)
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND,
         "another tenant"
     );
     assert_eq!(
-        e.call(Method::GET, "/api/v1/tenants/a/clients", Some(&key), None).await.0,
+        e.call(Method::GET, "/api/v1/tenants/a/clients", Some(&key), None)
+            .await
+            .0,
         StatusCode::FORBIDDEN,
         "outside its scopes"
     );
     // Listed without its secret; a key cannot make a bigger key.
-    let (_, list) = e.call(Method::GET, "/api/v1/api-keys", Some(&root), None).await;
+    let (_, list) = e
+        .call(Method::GET, "/api/v1/api-keys", Some(&root), None)
+        .await;
     assert!(!list.to_string().contains(key.rsplit('.').next().unwrap()));
     let (s, _) = e
         .call(
@@ -578,24 +740,35 @@ async fn api_keys_are_bound_by_scope_tenant_and_expiry() {
         .await;
     let short = short["key"].as_str().unwrap().to_owned();
     assert_eq!(
-        e.call(Method::GET, "/api/v1/tenants", Some(&short), None).await.0,
+        e.call(Method::GET, "/api/v1/tenants", Some(&short), None)
+            .await
+            .0,
         StatusCode::OK
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        e.call(Method::GET, "/api/v1/tenants", Some(&short), None).await.0,
+        e.call(Method::GET, "/api/v1/tenants", Some(&short), None)
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
     // Revocation.
     let id = k["info"]["id"].as_str().unwrap();
     assert_eq!(
-        e.call(Method::DELETE, &format!("/api/v1/api-keys/{id}"), Some(&root), None)
-            .await
-            .0,
+        e.call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&root),
+            None
+        )
+        .await
+        .0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        e.call(Method::GET, "/api/v1/tenants/a/devices", Some(&key), None).await.0,
+        e.call(Method::GET, "/api/v1/tenants/a/devices", Some(&key), None)
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -606,16 +779,29 @@ async fn clients_are_listed_and_kicked() {
     let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
     let mut client = mqtt_client(e.mqtt, "sensor-1").await;
     let (s, list) = e
-        .call(Method::GET, "/api/v1/tenants/default/clients?client_id=sensor", Some(&root), None)
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/clients?client_id=sensor",
+            Some(&root),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let c = &list["items"][0];
     assert_eq!(c["client_id"], "sensor-1");
     assert_eq!(c["protocol"], "5");
     assert_eq!(c["transport"], "tcp");
-    assert!(c["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{c}");
+    assert!(
+        c["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{c}"
+    );
     let (s, _) = e
-        .call(Method::DELETE, "/api/v1/tenants/default/clients/sensor-1", Some(&root), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/tenants/default/clients/sensor-1",
+            Some(&root),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     // The client gets DISCONNECT 0x98 and the socket closes.
@@ -633,18 +819,28 @@ async fn clients_are_listed_and_kicked() {
     .await
     .unwrap();
     match got {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, messs_codec::ReasonCode::AdministrativeAction),
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, messs_codec::ReasonCode::AdministrativeAction)
+        }
         other => panic!("expected DISCONNECT 0x98, got {other:?}"),
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !e.handle.clients(Some("default")).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "still listed after the kick");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed after the kick"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        e.call(Method::DELETE, "/api/v1/tenants/default/clients/sensor-1", Some(&root), None)
-            .await
-            .0,
+        e.call(
+            Method::DELETE,
+            "/api/v1/tenants/default/clients/sensor-1",
+            Some(&root),
+            None
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
 }
@@ -652,7 +848,9 @@ async fn clients_are_listed_and_kicked() {
 #[tokio::test]
 async fn openapi_lists_every_route() {
     let e = env(|_| {}).await;
-    let (s, doc) = e.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let (s, doc) = e
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let mut documented: Vec<(String, String)> = Vec::new();
@@ -671,7 +869,12 @@ async fn openapi_lists_every_route() {
     for (method, path) in routes {
         let p = concrete(&path, "a");
         let (s, _) = e
-            .call(Method::from_bytes(method.as_bytes()).unwrap(), &p, None, None)
+            .call(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                &p,
+                None,
+                None,
+            )
             .await;
         assert!(
             s != StatusCode::NOT_FOUND && s != StatusCode::METHOD_NOT_ALLOWED,
@@ -689,12 +892,254 @@ async fn errors_hide_internals_and_responses_carry_security_headers() {
         .unwrap();
     let res = e.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    for h in ["x-content-type-options", "x-frame-options", "content-security-policy", "cache-control"] {
+    for h in [
+        "x-content-type-options",
+        "x-frame-options",
+        "content-security-policy",
+        "cache-control",
+    ] {
         assert!(res.headers().contains_key(h), "{h}");
     }
-    assert!(!res.headers().contains_key("access-control-allow-origin"), "CORS off");
+    assert!(
+        !res.headers().contains_key("access-control-allow-origin"),
+        "CORS off"
+    );
     // Oversized bodies are refused before they are read whole.
     let big = json!({"username": "x".repeat(300 * 1024), "password": "y"});
-    let (s, _) = e.call(Method::POST, "/api/v1/auth/login", None, Some(big)).await;
+    let (s, _) = e
+        .call(Method::POST, "/api/v1/auth/login", None, Some(big))
+        .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn publish_retained_telemetry_acl_bans_and_operations() {
+    let backups = tempfile::tempdir().unwrap();
+    let backup_dir = backups.path().join("b");
+    let bd = backup_dir.clone();
+    let e = env(move |c| {
+        c.storage.telemetry.filters = vec!["data/#".into()];
+        c.storage.backup.dir = Some(bd);
+    })
+    .await;
+    let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
+    let (s, b) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(&root),
+            Some(json!({"id": "default"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+
+    // A real subscriber (rumqttc) gets what the API publishes.
+    let mut opts = rumqttc::MqttOptions::new("watcher", "127.0.0.1", e.mqtt.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
+    client
+        .subscribe("data/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            match ev {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    let _ = tx.send(None);
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                    let _ = tx.send(Some(p));
+                }
+                _ => {}
+            }
+        }
+    });
+    assert!(rx.recv().await.unwrap().is_none(), "SUBACK first");
+    let publish = json!({"topic": "data/1", "payload": "hello", "qos": 1, "retain": true});
+    let (s, b) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/publish",
+            Some(&root),
+            Some(publish),
+        )
+        .await;
+    assert_eq!((s, b["matched"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("data/1", &b"hello"[..])
+    );
+
+    // Its subscription, the retained message, the telemetry record.
+    let (_, subs) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/sessions/watcher/subscriptions",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(subs[0]["filter"], "data/#", "{subs}");
+    let (_, ret) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/retained?filter=data/%23",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(ret["items"][0]["payload_text"], "hello", "{ret}");
+    let (_, tel) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/telemetry?filter=data/%2B",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(tel["items"].as_array().unwrap().len(), 1, "{tel}");
+    assert_eq!(tel["items"][0]["topic"], "data/1");
+    let (s, _) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/telemetry?after=zz",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "a bad cursor is the caller's error"
+    );
+
+    // Deleting the retained message delivers nothing.
+    let (s, _) = e
+        .call(
+            Method::DELETE,
+            "/api/v1/tenants/default/retained?topic=data/1",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, ret) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/retained",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(ret["items"], json!([]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "a retained delete is not a publish"
+    );
+
+    // The tenant's ACL binds the API's publish; $SYS stays the broker's.
+    let rule = json!({"allow": true, "action": "both", "filter": "data/#"});
+    let (s, b) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/acl",
+            Some(&root),
+            Some(rule),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/publish",
+            Some(&root),
+            Some(json!({"topic": "secret/x", "payload": "no"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/publish",
+            Some(&root),
+            Some(json!({"topic": "$SYS/x", "payload": "no"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // A ban set at runtime refuses the client id at its next CONNECT.
+    let (s, b) = e
+        .call(
+            Method::PUT,
+            "/api/v1/bans",
+            Some(&root),
+            Some(json!({"client_ids": ["evil"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, bans) = e.call(Method::GET, "/api/v1/bans", Some(&root), None).await;
+    assert_eq!(bans["client_ids"], json!(["evil"]));
+    let mut stream = TcpStream::connect(e.mqtt).await.unwrap();
+    let connect = Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 60,
+        properties: Default::default(),
+        client_id: "evil".into(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let mut buf = BytesMut::new();
+    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut buf).unwrap();
+    stream.write_all(&buf).await.unwrap();
+    let mut input = BytesMut::new();
+    let ack = loop {
+        if let Some(p) = decode(&mut input, Protocol::V5, &Limits::default()).unwrap() {
+            break p;
+        }
+        assert!(stream.read_buf(&mut input).await.unwrap() > 0, "closed");
+    };
+    match ack {
+        Packet::ConnAck(a) => assert_eq!(a.code, messs_codec::ReasonCode::Banned),
+        other => panic!("{other:?}"),
+    }
+    let (s, b) = e
+        .call(
+            Method::PUT,
+            "/api/v1/bans",
+            Some(&root),
+            Some(json!({"addresses": ["not-an-ip"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+
+    // Limits, reload, checkpoint.
+    let (s, l) = e
+        .call(Method::GET, "/api/v1/limits", Some(&root), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(l["rate_limits"]["messages_per_sec"].is_u64(), "{l}");
+    let (s, _) = e
+        .call(Method::POST, "/api/v1/operations/reload", Some(&root), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "started without a file");
+    let (s, b) = e
+        .call(
+            Method::POST,
+            "/api/v1/operations/checkpoint",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(std::fs::read_dir(&backup_dir).unwrap().count(), 1);
 }

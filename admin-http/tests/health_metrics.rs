@@ -222,6 +222,7 @@ async fn served_over_a_real_socket() {
     let server = tokio::spawn(messs_admin::serve(
         listener,
         running.handle.clone(),
+        Default::default(),
         async {
             let _ = rx.await;
         },

@@ -29,6 +29,8 @@ pub(crate) enum Source {
     Client,
     /// A client's will message.
     Will,
+    /// An operator's publish through the admin plane.
+    Admin,
 }
 
 /// Why a message was refused at the choke point.

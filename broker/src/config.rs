@@ -527,7 +527,7 @@ pub enum QueueFullPolicy {
 /// Rate limits in the connection layer (token buckets: a rate per second and a burst; a
 /// burst of 0 is one second's worth). A rate of 0 is no limit. They change on reload
 /// (SIGHUP), live connections included.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     /// Packets a second one connection may send (PUBLISH, SUBSCRIBE, UNSUBSCRIBE and
@@ -598,7 +598,7 @@ impl RateLimitsConfig {
 /// The operator's ban list (reloaded on SIGHUP). A banned address is closed at accept; a
 /// banned client id or username gets CONNACK 0x8A Banned (3.1.1: 5) before any password
 /// work. Refusals are counted (`refused_banned`), not audited one by one.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BansConfig {
     /// Addresses and networks: `192.0.2.7`, `10.0.0.0/8`, `2001:db8::/32`.

@@ -87,6 +87,10 @@ impl BrokerHandle {
         BrokerHandle { state }
     }
 
+    pub(crate) fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
     /// The broker's counters and gauges.
     pub fn stats(&self) -> Arc<Stats> {
         self.state.stats.clone()
@@ -182,6 +186,11 @@ impl BrokerHandle {
     pub fn reload_limits(&self, config: &crate::Config) -> Result<(), crate::BrokerError> {
         config.validate()?;
         self.state.bans.set(config.bans.compile()?, config.flapping);
+        *self
+            .state
+            .bans_listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config.bans.clone();
         self.state.set_rate_limits(&config.rate_limits);
         self.state.auth.tenants.set_defaults(config.tenant_limits);
         self.state.audit(

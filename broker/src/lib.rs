@@ -21,6 +21,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod handle;
+mod handle_ops;
 mod handshake;
 pub(crate) mod limits;
 mod message;
@@ -45,6 +46,7 @@ pub use config::{
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};
+pub use handle_ops::{AdminPublish, RetainedInfo, SubscriptionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use limits::bans::FlappingPolicy;
 pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
@@ -58,4 +60,4 @@ pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, Broker
 /// The storage crate, for registry and audit types the admin plane and CLI use.
 pub use messs_storage as storage;
 pub use stats::Stats;
-pub use tls::read_pem_certs;
+pub use tls::{parse_pem_certs, read_pem_certs};

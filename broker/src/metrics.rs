@@ -70,6 +70,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load(&s.messages_received),
         ),
         (
+            "messs_admin_publishes_total",
+            "Messages operators published through the admin plane.",
+            Counter,
+            load(&s.admin_publishes),
+        ),
+        (
             "messs_messages_routed_total",
             "Deliveries queued for sessions.",
             Counter,

@@ -65,6 +65,10 @@ pub(crate) struct BrokerState {
     next_id: AtomicU64,
     /// The operator's bans and flapping detection.
     pub bans: crate::limits::bans::Bans,
+    /// `[rate_limits]` as last set (start or reload), for showing them.
+    pub rate_limits_listed: Mutex<crate::config::RateLimitsConfig>,
+    /// The operator's ban list as given (config, reload or admin plane), for showing it.
+    pub bans_listed: Mutex<crate::config::BansConfig>,
     /// Per-address admission at accept.
     pub addresses: Arc<crate::limits::addresses::Addresses>,
     /// Handshakes (TLS and CONNECT) that may be in progress at once.
@@ -149,6 +153,8 @@ impl BrokerState {
             next_id: AtomicU64::new(1),
             addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
             bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
+            bans_listed: Mutex::new(config.bans.clone()),
+            rate_limits_listed: Mutex::new(config.rate_limits.clone()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(
                 config.rate_limits.max_handshakes,
             )),
@@ -171,7 +177,19 @@ impl BrokerState {
     }
 
     /// Applies changed rate limits to new and live connections alike.
+    /// `[rate_limits]` in force.
+    pub fn rate_limits_now(&self) -> crate::config::RateLimitsConfig {
+        self.rate_limits_listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn set_rate_limits(&self, limits: &crate::config::RateLimitsConfig) {
+        *self
+            .rate_limits_listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limits.clone();
         self.addresses.set_policy(limits.addresses());
         let old = self
             .max_handshakes

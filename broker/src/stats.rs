@@ -48,6 +48,8 @@ pub struct Stats {
     pub subscriptions_refused: AtomicU64,
     /// Messages refused at admission (e.g. a will to a `$SYS/` topic).
     pub messages_refused: AtomicU64,
+    /// Messages operators published through the admin plane.
+    pub admin_publishes: AtomicU64,
     /// Session-expiry and will-delay timers pending.
     pub timers: AtomicUsize,
     /// Times a subscriber was found stalled (no progress for `stall_timeout_ms`) while a

@@ -340,3 +340,14 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, BrokerError> {
     }
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
+
+/// The certificates (DER) of PEM text, for the admin plane's uploads.
+pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, BrokerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err(format!("PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_err("no certificate in the PEM text"));
+    }
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}

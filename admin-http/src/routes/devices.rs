@@ -31,6 +31,8 @@ pub struct DeviceView {
     pub enabled: bool,
     /// Connected clients of this device now.
     pub connected_clients: usize,
+    /// Its per-connection limit overrides.
+    pub limits: std::collections::BTreeMap<String, u64>,
 }
 
 fn view(state: &Shared, d: DeviceRecord) -> DeviceView {
@@ -48,6 +50,7 @@ fn view(state: &Shared, d: DeviceRecord) -> DeviceView {
         groups: d.groups,
         enabled: d.enabled,
         connected_clients: connected,
+        limits: d.limits.into_iter().collect(),
     }
 }
 
@@ -76,6 +79,11 @@ pub struct DeviceChange {
     pub password: Option<String>,
     /// Remove its password.
     pub remove_password: Option<bool>,
+    /// Per-connection limit overrides to set (`messages_per_sec`, `bytes_per_sec`, ...;
+    /// see `[rate_limits]`); live connections take them at their next packet.
+    pub limits: Option<std::collections::BTreeMap<String, u64>>,
+    /// Limit overrides to remove.
+    pub unset_limits: Option<Vec<String>>,
 }
 
 /// A tenant's devices.
@@ -218,6 +226,12 @@ pub async fn update_device(
             }
             if let Some(e) = req.enabled {
                 r.set_device_enabled(&t, &u, e)?;
+            }
+            for (name, value) in req.limits.unwrap_or_default() {
+                r.set_device_limit(&t, &u, &name, Some(value))?;
+            }
+            for name in req.unset_limits.unwrap_or_default() {
+                r.set_device_limit(&t, &u, &name, None)?;
             }
             Ok(())
         })

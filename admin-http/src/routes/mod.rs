@@ -7,6 +7,9 @@ mod audit;
 mod auth;
 mod clients;
 mod devices;
+mod messages;
+mod operations;
+mod security;
 mod system;
 mod tenants;
 
@@ -22,6 +25,9 @@ pub(crate) use audit::*;
 pub(crate) use auth::*;
 pub(crate) use clients::*;
 pub(crate) use devices::*;
+pub(crate) use messages::*;
+pub(crate) use operations::*;
+pub(crate) use security::*;
 pub(crate) use system::*;
 pub(crate) use tenants::*;
 
@@ -90,8 +96,27 @@ api! {
     GET "/api/v1/tenants/{tenant}/clients" => list_clients,
     DELETE "/api/v1/tenants/{tenant}/clients/{client_id}" => kick_client,
     GET "/api/v1/tenants/{tenant}/sessions" => list_sessions,
+    GET "/api/v1/tenants/{tenant}/sessions/{client_id}/subscriptions" => list_subscriptions,
+    GET "/api/v1/tenants/{tenant}/acl" => list_rules,
+    POST "/api/v1/tenants/{tenant}/acl" => add_rule,
+    DELETE "/api/v1/tenants/{tenant}/acl/{id}" => remove_rule,
+    GET "/api/v1/tenants/{tenant}/jwt-keys" => list_jwt_keys,
+    POST "/api/v1/tenants/{tenant}/jwt-keys" => put_jwt_key,
+    DELETE "/api/v1/tenants/{tenant}/jwt-keys/{kid}" => remove_jwt_key,
+    GET "/api/v1/tenants/{tenant}/cas" => list_cas,
+    POST "/api/v1/tenants/{tenant}/cas" => add_ca,
+    POST "/api/v1/tenants/{tenant}/revoked-certs" => revoke_cert,
+    GET "/api/v1/tenants/{tenant}/retained" => list_retained,
+    DELETE "/api/v1/tenants/{tenant}/retained" => delete_retained,
+    POST "/api/v1/tenants/{tenant}/publish" => publish,
+    GET "/api/v1/tenants/{tenant}/telemetry" => query_telemetry,
     GET "/api/v1/audit" => read_audit,
     GET "/api/v1/audit/verify" => verify_audit,
+    GET "/api/v1/limits" => get_limits,
+    GET "/api/v1/bans" => get_bans,
+    PUT "/api/v1/bans" => put_bans,
+    POST "/api/v1/operations/reload" => reload,
+    POST "/api/v1/operations/checkpoint" => checkpoint,
 }
 
 /// Every route: (method, path), paths in OpenAPI/axum template syntax.

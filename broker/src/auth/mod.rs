@@ -50,6 +50,9 @@ pub(crate) enum Method {
     Certificate,
     /// MQTT 5 enhanced authentication with SCRAM-SHA-256.
     Scram,
+    /// Not a client: an operator publishing through the admin plane, checked against the
+    /// ACL of the device it names (or of an anonymous client of the tenant).
+    Admin,
 }
 
 impl Method {
@@ -60,6 +63,7 @@ impl Method {
             Method::Jwt => "jwt",
             Method::Certificate => "certificate",
             Method::Scram => "scram-sha-256",
+            Method::Admin => "admin",
         }
     }
 }
@@ -124,6 +128,29 @@ impl Identity {
         };
         let pattern = pattern.replace("%u", self.username.as_deref().unwrap_or(""));
         glob(&pattern, client_id)
+    }
+}
+
+impl Identity {
+    /// The identity an operator's publish is checked as: the named device of an enabled
+    /// tenant (its username and groups), or an anonymous client of it.
+    pub fn for_admin(
+        tenant: Arc<TenantSecurity>,
+        device: Option<messs_storage::registry::DeviceRecord>,
+    ) -> Identity {
+        let (username, group_list) = match device {
+            Some(d) => (Some(Arc::from(d.username.as_str())), d.groups),
+            None => (None, Vec::new()),
+        };
+        Identity {
+            tenant,
+            username,
+            groups: groups(group_list),
+            method: Method::Admin,
+            client_id_pattern: None,
+            scope: None,
+            device_limits: device_limits(Vec::new()),
+        }
     }
 }
 

@@ -162,6 +162,11 @@ impl Tenants {
     }
 
     /// New `[tenant_limits]` (start, reload): every tenant's limits are recomputed.
+    /// Every tenant's limits unless its record overrides them.
+    pub fn defaults(&self) -> TenantLimits {
+        *self.defaults.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn set_defaults(&self, defaults: TenantLimits) {
         *self
             .defaults

@@ -85,7 +85,7 @@ pub struct StaticBans {
 /// connections within `window_secs` bans that client id, username or address for
 /// `ban_secs` (audited as `flapping.ban`). Client ids and usernames count per tenant. 0
 /// switches a kind off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlappingPolicy {
     /// Connections of one client id (in its tenant) per window before it is banned.
@@ -140,7 +140,7 @@ impl Bans {
         }
     }
 
-    fn policy(&self) -> FlappingPolicy {
+    pub fn policy(&self) -> FlappingPolicy {
         *self.policy.read().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -16,7 +16,7 @@ use super::bucket::TokenBucket;
 use super::gcra::Gcra;
 
 /// One tenant's limits (0: none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantLimits {
     /// Connections open at once (more: CONNACK 0x97 Quota exceeded; 3.1.1: 3).

@@ -391,6 +391,57 @@ impl Router {
         }
     }
 
+    /// Deletes a topic's retained message (an operator's delete: nothing is delivered);
+    /// false if it had none.
+    pub fn clear_retained(&self, tenant: &TenantId, topic: &messs_codec::TopicName) -> bool {
+        let routes = self.tenant(tenant);
+        let mut retained = write(&routes.retained);
+        if !retained.has(topic.as_str()) {
+            return false;
+        }
+        let empty = Message {
+            topic: topic.clone(),
+            payload: bytes::Bytes::new(),
+            qos: messs_codec::QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            expires_at: None,
+            origin: 0,
+        };
+        let _ = retained.set(Arc::new(empty.clone()));
+        self.store_retained(tenant, &empty, &mut AckTicket::new(false));
+        true
+    }
+
+    /// Up to `limit` unexpired retained messages of a tenant matching `filter`, in topic
+    /// order after `resume`, visiting at most `budget` nodes; and where to resume.
+    pub fn retained_page(
+        &self,
+        tenant: &TenantId,
+        filter: &str,
+        resume: Option<&[Box<str>]>,
+        limit: usize,
+        budget: usize,
+    ) -> (Vec<(Arc<Message>, usize)>, ScanEnd) {
+        let routes = self.tenant(tenant);
+        let retained = read(&routes.retained);
+        let mut out = Vec::new();
+        let end = retained.scan(
+            filter,
+            resume,
+            crate::clock::unix_ms(),
+            budget,
+            &mut |m, disk_len| {
+                if out.len() >= limit {
+                    return false;
+                }
+                out.push((m.clone(), disk_len));
+                true
+            },
+        );
+        (out, end)
+    }
+
     /// Puts a retained message read from the store at start-up into its tenant's tree
     /// (nothing is written; `disk_len > 0`: its payload stayed on disk); false if the
     /// tenant's retained limits are reached.

@@ -210,6 +210,11 @@ impl RetainedStore {
         Ok(())
     }
 
+    /// Whether a topic has a retained message.
+    pub fn has(&self, topic: &str) -> bool {
+        descend(&self.root, topic).is_some_and(|n| n.message.is_some())
+    }
+
     /// Deletes the retained message of a topic and prunes the branch it leaves empty.
     fn remove(&mut self, topic: &str) {
         let Some(node) = descend_mut(&mut self.root, topic) else {

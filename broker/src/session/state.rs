@@ -716,6 +716,12 @@ impl SessionState {
         self.new_device_limits.take()
     }
 
+    /// Each subscription: its filter as subscribed (with any `$share/` prefix), its
+    /// options and its subscription id.
+    pub fn each_subscription(&self, mut f: impl FnMut(&StoredSubscription)) {
+        self.subscriptions.values().for_each(&mut f);
+    }
+
     /// Number of subscriptions.
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
