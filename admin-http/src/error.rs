@@ -28,6 +28,12 @@ pub enum AdminError {
     /// It exists already, or conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The request body is larger than `[admin] max_body_bytes` (413).
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json` (415).
+    #[error("send the body as application/json")]
+    UnsupportedMediaType,
     /// Too many attempts; retry after that many seconds (429).
     #[error("too many requests")]
     TooManyRequests(u64),
@@ -43,7 +49,8 @@ pub enum AdminError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthenticated`, `forbidden`, `not_found`,
-    /// `conflict`, `too_many_requests`, `unavailable`, `internal`.
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `too_many_requests`,
+    /// `unavailable`, `internal`.
     pub error: &'static str,
     /// What went wrong, for a person.
     pub message: String,
@@ -57,6 +64,10 @@ impl AdminError {
             AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            AdminError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             AdminError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -12,6 +12,7 @@
 mod accounts;
 mod clock;
 mod error;
+mod extract;
 mod headers;
 mod limiter;
 mod mfa;

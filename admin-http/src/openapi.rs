@@ -2,10 +2,77 @@
 //! the request and response types. A test checks it against [`crate::route_table`], so
 //! every route is documented and every documented route exists.
 
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::ErrorBody;
 use crate::routes::*;
+
+/// The error answers every operation can give, added to each so the document is complete
+/// without repeating them on every handler: 400 (a malformed query, path or body), 401/403
+/// (secured operations), 404, 409, 413/415 (with a body), 429 and 503.
+struct StandardErrors;
+
+impl StandardErrors {
+    fn add(op: &mut Operation, secured: bool) {
+        let mut codes = vec![
+            ("400", "malformed request"),
+            ("404", "not found (or not yours to see)"),
+            ("503", "the store cannot serve now"),
+        ];
+        if secured {
+            codes.push(("401", "not logged in, or the token is invalid or expired"));
+            codes.push(("403", "logged in, but not allowed"));
+        }
+        if op.request_body.is_some() {
+            codes.push(("409", "conflicts with what exists"));
+            codes.push(("413", "body larger than [admin] max_body_bytes"));
+            codes.push(("415", "body is not application/json"));
+            codes.push(("429", "too many attempts"));
+        }
+        for (code, what) in codes {
+            op.responses
+                .responses
+                .entry(code.into())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(what)
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+        }
+    }
+}
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/v1/") || path == "/api/v1/openapi.json" {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                Self::add(op, secured);
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -43,7 +110,8 @@ impl Modify for BearerAuth {
         read_audit, verify_audit,
         get_limits, get_bans, put_bans, reload, checkpoint,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth, &StandardErrors),
 )]
 struct ApiDoc;
 

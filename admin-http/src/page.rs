@@ -13,15 +13,27 @@ pub const MAX_LIMIT: usize = 1000;
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page (1..=1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Start after this cursor (the `next` of the previous page).
     pub after: Option<String>,
 }
 
+/// A page size as asked for (default [`DEFAULT_LIMIT`]); outside 1..=1000 is the caller's
+/// error, as the OpenAPI document says.
+pub fn limit(asked: Option<usize>) -> Result<usize, crate::error::AdminError> {
+    match asked.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n),
+        _ => Err(crate::error::AdminError::BadRequest(format!(
+            "limit: 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
 impl PageQuery {
-    /// The page size asked for, clamped.
-    pub fn limit(&self) -> usize {
-        self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+    /// The page size asked for.
+    pub fn limit(&self) -> Result<usize, crate::error::AdminError> {
+        limit(self.limit)
     }
 }
 
@@ -36,8 +48,12 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// A page of `items` sorted by `key`, after `after`, of at most `limit`.
-    pub fn of(mut items: Vec<T>, query: &PageQuery, key: impl Fn(&T) -> String) -> Page<T> {
-        let limit = query.limit();
+    pub fn of(
+        mut items: Vec<T>,
+        query: &PageQuery,
+        key: impl Fn(&T) -> String,
+    ) -> Result<Page<T>, crate::error::AdminError> {
+        let limit = query.limit()?;
         if let Some(after) = &query.after {
             items.retain(|i| key(i).as_str() > after.as_str());
         }
@@ -45,7 +61,7 @@ impl<T> Page<T> {
         let more = items.len() > limit;
         items.truncate(limit);
         let next = if more { items.last().map(&key) } else { None };
-        Page { items, next }
+        Ok(Page { items, next })
     }
 }
 
@@ -63,7 +79,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         loop {
-            let p = Page::of(all.clone(), &q, key);
+            let p = Page::of(all.clone(), &q, key).unwrap();
             seen.extend(p.items);
             match p.next {
                 Some(n) => q.after = Some(n),

@@ -1,6 +1,7 @@
 //! `/api/v1/admins`: operator accounts (superadmins only; a global viewer may list them).
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use messs_storage::admins::AdminRecord;
@@ -97,7 +98,7 @@ pub async fn list_admins(
     let views = all.iter().map(AdminView::from).collect();
     Ok(Json(Page::of(views, &q, |a: &AdminView| {
         a.username.clone()
-    })))
+    })?))
 }
 
 /// Create an account.
@@ -108,7 +109,7 @@ pub async fn list_admins(
 pub async fn create_admin(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<NewAdmin>,
+    crate::extract::Json(req): crate::extract::Json<NewAdmin>,
 ) -> ApiResult<(StatusCode, Json<AdminView>)> {
     p.allow(Area::Admins, Access::Write, None)?;
     req.role.check_tenant(req.tenant.as_deref())?;
@@ -175,7 +176,7 @@ pub async fn update_admin(
     State(state): State<Shared>,
     p: Principal,
     Path(username): Path<String>,
-    Json(req): Json<AdminChange>,
+    crate::extract::Json(req): crate::extract::Json<AdminChange>,
 ) -> ApiResult<Json<AdminView>> {
     p.allow(Area::Admins, Access::Write, None)?;
     if req.tenant.is_some() && req.role.is_none() {

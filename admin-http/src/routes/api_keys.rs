@@ -2,7 +2,8 @@
 //! expiry; it is shown once when made and stored only as a digest. Nobody makes a key
 //! with more than they have: a tenant-admin makes keys of its tenant only.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use messs_storage::admins::ApiKeyRecord;
@@ -68,6 +69,7 @@ pub struct NewApiKey {
     /// Scopes: `read`, `write`, `AREA:read`, `AREA:write`.
     pub scopes: Vec<String>,
     /// Lifetime in seconds (1 to one year).
+    #[schema(minimum = 1, maximum = 31_622_400)]
     pub expires_in_secs: u64,
 }
 
@@ -96,7 +98,7 @@ pub async fn list_api_keys(
         .filter(|k| p.tenant.is_none() || k.tenant == p.tenant)
         .map(ApiKeyView::from)
         .collect();
-    Ok(Json(Page::of(views, &q, |k: &ApiKeyView| k.id.clone())))
+    Ok(Json(Page::of(views, &q, |k: &ApiKeyView| k.id.clone())?))
 }
 
 /// Make a key.
@@ -107,7 +109,7 @@ pub async fn list_api_keys(
 pub async fn create_api_key(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<NewApiKey>,
+    crate::extract::Json(req): crate::extract::Json<NewApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     p.allow(Area::ApiKeys, Access::Write, req.tenant.as_deref())?;
     p.may_grant(req.role, req.tenant.as_deref())?;

@@ -1,13 +1,13 @@
 //! `/api/v1/audit`: the hash-chained audit log, read in order and verified end to end.
 //! Broker-wide: superadmins and global viewers.
 
-use axum::extract::{Query, State};
+use crate::extract::Query;
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiResult, ErrorBody};
-use crate::page::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::rbac::{Access, Area, Principal};
 use crate::Shared;
 
@@ -40,8 +40,10 @@ pub struct AuditPage {
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// First sequence number (default 1).
-    pub from: Option<u64>,
+    #[param(minimum = 1)]
+    pub from: Option<i64>,
     /// Records per page (1..=1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Only records whose action starts with this.
     pub action: Option<String>,
@@ -72,8 +74,16 @@ pub async fn read_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     p.allow(Area::Audit, Access::Read, None)?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let from = q.from.unwrap_or(1).max(1);
+    let limit = crate::page::limit(q.limit)?;
+    let from = match q.from {
+        None => 1,
+        Some(n) if n >= 1 => n as u64,
+        Some(_) => {
+            return Err(crate::error::AdminError::BadRequest(
+                "from: at least 1".into(),
+            ))
+        }
+    };
     // Filters skip records; the scan is bounded so a filter that matches nothing does not
     // walk the whole log in one request.
     let scan = (limit * 10).min(10_000);

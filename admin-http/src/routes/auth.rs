@@ -168,7 +168,7 @@ fn start_login(
 pub async fn login(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
-    Json(req): Json<LoginRequest>,
+    crate::extract::Json(req): crate::extract::Json<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     let ip = ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     if let Err(secs) = state.logins.attempt(ip, Instant::now()) {
@@ -231,7 +231,7 @@ pub async fn login(
     responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<Shared>,
-    Json(req): Json<RefreshRequest>,
+    crate::extract::Json(req): crate::extract::Json<RefreshRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     const BAD: AdminError = AdminError::Unauthenticated("invalid or expired refresh token");
     let token = RefreshToken::parse(&req.refresh_token).ok_or(BAD)?;
@@ -309,7 +309,7 @@ fn account_of(p: &Principal) -> ApiResult<String> {
 pub async fn change_password(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<PasswordChange>,
+    crate::extract::Json(req): crate::extract::Json<PasswordChange>,
 ) -> ApiResult<Json<TokenPair>> {
     let name = account_of(&p)?;
     password::check_policy(&name, &req.new_password)?;
@@ -392,7 +392,7 @@ pub async fn totp_enrol(
 pub async fn totp_confirm(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<TotpConfirm>,
+    crate::extract::Json(req): crate::extract::Json<TotpConfirm>,
 ) -> ApiResult<Json<RecoveryCodes>> {
     let name = account_of(&p)?;
     let (codes, digests) = mfa::recovery_codes()?;

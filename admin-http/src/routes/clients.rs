@@ -1,7 +1,8 @@
 //! `/api/v1/tenants/{tenant}/clients` and `/sessions`: who is connected (filter, kick), and
 //! every session the broker holds for the tenant.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,7 @@ pub struct ClientFilter {
     /// Only clients from this IP address.
     pub address: Option<String>,
     /// Items per page (1..=1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Start after this client id.
     pub after: Option<String>,
@@ -121,7 +123,7 @@ pub async fn list_clients(
     };
     Ok(Json(Page::of(views, &q, |c: &ClientView| {
         c.client_id.clone()
-    })))
+    })?))
 }
 
 /// Disconnect a client (MQTT 5: DISCONNECT 0x98 Administrative action). Its session stays.
@@ -174,5 +176,5 @@ pub async fn list_sessions(
         .collect();
     Ok(Json(Page::of(views, &q, |s: &SessionView| {
         s.client_id.clone()
-    })))
+    })?))
 }

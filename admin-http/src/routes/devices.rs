@@ -1,7 +1,8 @@
 //! `/api/v1/tenants/{tenant}/devices`: a tenant's devices and their credentials. Passwords
 //! go in, never out: a device's view says only whether it has one.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use messs_storage::registry::DeviceRecord;
@@ -99,7 +100,7 @@ pub async fn list_devices(
 ) -> ApiResult<Json<Page<DeviceView>>> {
     tenant_access(&p, Area::Devices, Access::Read, &tenant)?;
     existing_tenant(&state, &tenant).await?;
-    let limit = q.limit();
+    let limit = q.limit()?;
     let after = q.after.clone();
     let t = tenant.clone();
     let mut devices = state
@@ -125,7 +126,7 @@ pub async fn create_device(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<NewDevice>,
+    crate::extract::Json(req): crate::extract::Json<NewDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceView>)> {
     tenant_access(&p, Area::Devices, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;
@@ -200,7 +201,7 @@ pub async fn update_device(
     State(state): State<Shared>,
     p: Principal,
     Path((tenant, username)): Path<(String, String)>,
-    Json(req): Json<DeviceChange>,
+    crate::extract::Json(req): crate::extract::Json<DeviceChange>,
 ) -> ApiResult<Json<DeviceView>> {
     tenant_access(&p, Area::Devices, Access::Write, &tenant)?;
     device(&state, &tenant, &username).await?;

@@ -2,7 +2,8 @@
 //! choke point, stored telemetry, and a session's subscriptions. Payloads travel as
 //! base64 (they are bytes), with the UTF-8 text beside it when they are text.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -13,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::tenants::{existing_tenant, tenant_access};
 use crate::error::{AdminError, ApiResult, ErrorBody};
-use crate::page::{Page, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::page::Page;
 use crate::rbac::{Access, Area, Principal};
 use crate::Shared;
 
@@ -68,6 +69,7 @@ pub struct RetainedQuery {
     /// Topic filter (default `#`).
     pub filter: Option<String>,
     /// Items per page (1..=1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this topic (the `next` of the previous page).
     pub after: Option<String>,
@@ -87,7 +89,7 @@ pub async fn list_retained(
 ) -> ApiResult<Json<Page<MessageView>>> {
     tenant_access(&p, Area::Retained, Access::Read, &tenant)?;
     existing_tenant(&state, &tenant).await?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = crate::page::limit(q.limit)?;
     let filter = q.filter.unwrap_or_else(|| "#".into());
     let (items, next) = state
         .broker
@@ -147,6 +149,7 @@ pub struct PublishRequest {
     pub payload_base64: Option<String>,
     /// 0, 1 or 2 (default 0).
     #[serde(default)]
+    #[schema(maximum = 2)]
     pub qos: u8,
     /// Retain it.
     #[serde(default)]
@@ -173,7 +176,7 @@ pub async fn publish(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<PublishRequest>,
+    crate::extract::Json(req): crate::extract::Json<PublishRequest>,
 ) -> ApiResult<Json<Published>> {
     tenant_access(&p, Area::Publish, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;
@@ -221,10 +224,13 @@ pub struct TelemetryParams {
     /// Topic filter (default `#`).
     pub filter: Option<String>,
     /// From (Unix ms, inclusive; default 0).
-    pub from_ms: Option<u64>,
+    #[param(minimum = 0)]
+    pub from_ms: Option<i64>,
     /// To (Unix ms, exclusive; default now + 1 s).
-    pub to_ms: Option<u64>,
+    #[param(minimum = 0)]
+    pub to_ms: Option<i64>,
     /// Records per page (1..=1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this cursor (the `next` of the previous page).
     pub after: Option<String>,
@@ -254,14 +260,17 @@ pub async fn query_telemetry(
         ),
         None => None,
     };
+    let time = |v: Option<i64>, name: &str| match v {
+        Some(n) if n < 0 => Err(AdminError::BadRequest(format!("{name}: at least 0"))),
+        v => Ok(v.map(|n| n as u64)),
+    };
+    let (from_ms, to_ms) = (time(q.from_ms, "from_ms")?, time(q.to_ms, "to_ms")?);
     let query = TelemetryQuery {
         tenant,
         filter,
-        from_ms: q.from_ms.unwrap_or(0),
-        to_ms: q
-            .to_ms
-            .unwrap_or_else(|| crate::clock::unix_ms().saturating_add(1000)),
-        limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+        from_ms: from_ms.unwrap_or(0),
+        to_ms: to_ms.unwrap_or_else(|| crate::clock::unix_ms().saturating_add(1000)),
+        limit: crate::page::limit(q.limit)?,
         cursor,
     };
     let page = state

@@ -89,7 +89,7 @@ pub async fn get_bans(State(state): State<Shared>, p: Principal) -> ApiResult<Js
 pub async fn put_bans(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<BanList>,
+    crate::extract::Json(req): crate::extract::Json<BanList>,
 ) -> ApiResult<Json<BanList>> {
     p.allow(Area::Bans, Access::Write, None)?;
     let total = req.addresses.len() + req.client_ids.len() + req.usernames.len();

@@ -3,7 +3,8 @@
 //! Secret key material goes in and never comes out (an HS256 secret is shown as its
 //! length).
 
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -143,7 +144,7 @@ pub async fn add_rule(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<NewRule>,
+    crate::extract::Json(req): crate::extract::Json<NewRule>,
 ) -> ApiResult<(StatusCode, Json<Rule>)> {
     tenant_access(&p, Area::Acl, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;
@@ -248,7 +249,7 @@ pub async fn put_jwt_key(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<NewJwtKey>,
+    crate::extract::Json(req): crate::extract::Json<NewJwtKey>,
 ) -> ApiResult<StatusCode> {
     tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;
@@ -380,7 +381,7 @@ pub async fn add_ca(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<CertUpload>,
+    crate::extract::Json(req): crate::extract::Json<CertUpload>,
 ) -> ApiResult<(StatusCode, Json<CertView>)> {
     tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;
@@ -408,7 +409,7 @@ pub async fn revoke_cert(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<CertUpload>,
+    crate::extract::Json(req): crate::extract::Json<CertUpload>,
 ) -> ApiResult<(StatusCode, Json<CertView>)> {
     tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
     existing_tenant(&state, &tenant).await?;

@@ -1,7 +1,8 @@
 //! `/api/v1/tenants`: tenants, their status and limits. Creating one is a superadmin's
 //! job; a tenant-scoped caller sees only its own.
 
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use messs_storage::registry::TenantRecord;
@@ -110,7 +111,7 @@ pub async fn list_tenants(
             view(t, n)
         })
         .collect();
-    Ok(Json(Page::of(views, &q, |t: &TenantView| t.id.clone())))
+    Ok(Json(Page::of(views, &q, |t: &TenantView| t.id.clone())?))
 }
 
 /// Create a tenant.
@@ -121,7 +122,7 @@ pub async fn list_tenants(
 pub async fn create_tenant(
     State(state): State<Shared>,
     p: Principal,
-    Json(req): Json<NewTenant>,
+    crate::extract::Json(req): crate::extract::Json<NewTenant>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     p.allow(Area::Tenants, Access::Write, None)?;
     if req.name.as_ref().is_some_and(|n| n.chars().count() > 256) {
@@ -168,7 +169,7 @@ pub async fn update_tenant(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-    Json(req): Json<TenantChange>,
+    crate::extract::Json(req): crate::extract::Json<TenantChange>,
 ) -> ApiResult<Json<TenantView>> {
     tenant_access(&p, Area::Tenants, Access::Read, &tenant)?;
     // Status and quotas bound what the tenant may use: the operator's call, not the
