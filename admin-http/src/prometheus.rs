@@ -19,11 +19,13 @@ pub fn render(samples: &[Sample]) -> String {
             let kind = match s.kind {
                 MetricKind::Counter => "counter",
                 MetricKind::Gauge => "gauge",
+                MetricKind::Histogram => "histogram",
             };
             let _ = writeln!(out, "# HELP {} {}", s.name, escape(s.help, false));
             let _ = writeln!(out, "# TYPE {} {kind}", s.name);
         }
         out.push_str(s.name);
+        out.push_str(s.suffix);
         if !s.labels.is_empty() {
             out.push('{');
             for (i, (name, value)) in s.labels.iter().enumerate() {
@@ -59,13 +61,16 @@ mod tests {
     use super::*;
 
     fn sample(name: &'static str, labels: &[(&'static str, &str)], value: u64) -> Sample {
-        Sample {
+        let mut s = Sample::new(
             name,
-            help: "Help with a \\ and\na newline.",
-            kind: MetricKind::Counter,
-            labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            "Help with a \\ and\na newline.",
+            MetricKind::Counter,
             value,
+        );
+        for (k, v) in labels {
+            s = s.label(k, *v);
         }
+        s
     }
 
     #[test]
@@ -84,6 +89,34 @@ mod tests {
              # HELP b_total Help with a \\\\ and\\na newline.\n\
              # TYPE b_total counter\n\
              b_total 3\n"
+        );
+    }
+
+    #[test]
+    fn a_histogram_has_one_header_and_suffixed_lines() {
+        let h = |suffix, le: Option<&str>, value: f64| {
+            let mut s = Sample::new("w_seconds", "Write time.", MetricKind::Histogram, 0);
+            s.suffix = suffix;
+            s.value = value;
+            match le {
+                Some(le) => s.label("le", le),
+                None => s,
+            }
+        };
+        let text = render(&[
+            h("_bucket", Some("0.001"), 2.0),
+            h("_bucket", Some("+Inf"), 3.0),
+            h("_sum", None, 0.0125),
+            h("_count", None, 3.0),
+        ]);
+        assert_eq!(
+            text,
+            "# HELP w_seconds Write time.\n\
+             # TYPE w_seconds histogram\n\
+             w_seconds_bucket{le=\"0.001\"} 2\n\
+             w_seconds_bucket{le=\"+Inf\"} 3\n\
+             w_seconds_sum 0.0125\n\
+             w_seconds_count 3\n"
         );
     }
 }

@@ -120,7 +120,7 @@ async fn mqtt_client(addr: SocketAddr, client_id: &str) -> TcpStream {
 fn value(text: &str, line_start: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
+        .map(|v| v.parse::<f64>().unwrap() as u64)
 }
 
 async fn until_status(handle: &BrokerHandle, path: &str, want: StatusCode) -> String {
@@ -190,19 +190,55 @@ async fn metrics_are_prometheus_text_and_move_with_the_broker() {
         Some(0)
     );
     assert!(value(&after, "messs_storage_writes_total").is_some());
+    assert_eq!(
+        value(&after, "messs_transport_connections{transport=\"tcp\"}"),
+        Some(2)
+    );
+    assert_eq!(
+        value(&after, "messs_transport_connections{transport=\"tls\"}"),
+        Some(0)
+    );
+    // Bytes: a PINGREQ in, a PINGRESP out (2 bytes each), on top of what was counted.
+    let (rx0, tx0) = (
+        value(&after, "messs_bytes_received_total").unwrap(),
+        value(&after, "messs_bytes_sent_total").unwrap(),
+    );
+    let mut a = _a;
+    a.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    a.read_exact(&mut pong).await.unwrap();
+    assert_eq!(pong, [0xD0, 0]);
+    let (_, later, _) = get(&running.handle, "/metrics").await;
+    assert_eq!(value(&later, "messs_bytes_received_total"), Some(rx0 + 2));
+    assert_eq!(value(&later, "messs_bytes_sent_total"), Some(tx0 + 2));
+    // The store's writes are timed: the histogram counts each one.
+    let writes = value(&later, "messs_storage_writes_total").unwrap();
+    let timed = value(&later, "messs_storage_write_seconds_count").unwrap();
+    assert!(
+        timed >= writes && writes > 0,
+        "{timed} timed, {writes} writes"
+    );
+    assert_eq!(
+        value(&later, "messs_storage_write_seconds_bucket{le=\"+Inf\"}"),
+        Some(timed)
+    );
     // Every family has one HELP and one TYPE line, before its samples; every sample line
     // is `name[{labels}] value`.
     let mut declared = std::collections::HashSet::new();
     for line in after.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert!(matches!(kind, "counter" | "gauge" | "histogram"), "{line}");
             assert!(declared.insert(name.to_owned()), "TYPE twice: {line}");
         } else if !line.starts_with("# HELP ") {
             let (series, v) = line.rsplit_once(' ').unwrap();
-            v.parse::<u64>().unwrap();
+            v.parse::<f64>().unwrap();
             let name = series.split('{').next().unwrap();
-            assert!(declared.contains(name), "sample before its TYPE: {line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                .unwrap_or(name);
+            assert!(declared.contains(family), "sample before its TYPE: {line}");
             assert!(
                 name.starts_with("messs_")
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),

@@ -111,6 +111,19 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// How many there are (arrays indexed by [`Transport::index`]).
+    pub const COUNT: usize = 2;
+    /// Every transport, in index order.
+    pub const ALL: [Transport; Transport::COUNT] = [Transport::Tcp, Transport::Tls];
+
+    /// Its place in per-transport arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Transport::Tcp => 0,
+            Transport::Tls => 1,
+        }
+    }
+
     /// Its name in URLs and metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -181,6 +181,11 @@ impl<S: Transport> Connection<S> {
         Ok(true)
     }
 
+    /// Bytes queued and not yet written.
+    pub fn pending_out(&self) -> usize {
+        self.write_buf.len()
+    }
+
     /// Writes everything queued, within the write timeout.
     ///
     /// The common case — the socket takes it all at once — needs no timer; only a write that

@@ -16,6 +16,9 @@ pub enum MetricKind {
     Counter,
     /// A level now.
     Gauge,
+    /// Bucketed observations: samples with the suffixes `_bucket` (label `le`), `_sum` and
+    /// `_count`.
+    Histogram,
 }
 
 /// One sample: a family name, its help and kind, labels and the value.
@@ -30,7 +33,30 @@ pub struct Sample {
     /// Label names and values (the same names for every sample of a family).
     pub labels: Vec<(&'static str, String)>,
     /// The value now.
-    pub value: u64,
+    pub value: f64,
+    /// Appended to the family name on the sample's line (a histogram's `_bucket`, `_sum`,
+    /// `_count`); empty otherwise.
+    pub suffix: &'static str,
+}
+
+impl Sample {
+    /// A sample without labels.
+    pub fn new(name: &'static str, help: &'static str, kind: MetricKind, value: u64) -> Self {
+        Sample {
+            name,
+            help,
+            kind,
+            labels: Vec::new(),
+            value: value as f64,
+            suffix: "",
+        }
+    }
+
+    /// With one more label.
+    pub fn label(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((name, value.into()));
+        self
+    }
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -56,6 +82,18 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             "Client connections accepted since start.",
             Counter,
             load(&s.connections_total),
+        ),
+        (
+            "messs_bytes_received_total",
+            "Bytes read from clients' connections after their CONNECT.",
+            Counter,
+            load(&s.bytes_received),
+        ),
+        (
+            "messs_bytes_sent_total",
+            "Bytes written to clients' connections after their CONNACK.",
+            Counter,
+            load(&s.bytes_sent),
         ),
         (
             "messs_handshakes",
@@ -224,31 +262,26 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
     let s = &state.stats;
     let mut out = Vec::new();
     for (name, help, kind, value) in plain(s) {
-        out.push(Sample {
-            name,
-            help,
-            kind,
-            labels: Vec::new(),
-            value,
-        });
+        out.push(Sample::new(name, help, kind, value));
+    }
+    for t in crate::config::Transport::ALL {
+        out.push(
+            Sample::new(
+                "messs_transport_connections",
+                "Client connections open, by listener transport.",
+                MetricKind::Gauge,
+                load_usize(&s.connections_by_transport[t.index()]),
+            )
+            .label("transport", t.name()),
+        );
     }
     for (name, help, values) in by_reason(s) {
         for (reason, value) in values {
-            out.push(Sample {
-                name,
-                help,
-                kind: MetricKind::Counter,
-                labels: vec![("reason", reason.to_owned())],
-                value,
-            });
+            out.push(Sample::new(name, help, MetricKind::Counter, value).label("reason", reason));
         }
     }
-    let tenant = |name, help, kind, id: &str, value| Sample {
-        name,
-        help,
-        kind,
-        labels: vec![("tenant", id.to_owned())],
-        value,
+    let tenant = |name, help, kind, id: &str, value| {
+        Sample::new(name, help, kind, value).label("tenant", id)
     };
     let mut tenants = state.auth.tenants.all();
     tenants.sort_by(|a, b| a.id.cmp(&b.id));
@@ -281,7 +314,7 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
     }
     if let Some(p) = &state.persist {
         let w = p.store.writer_stats();
-        let storage: [(&'static str, &'static str, MetricKind, u64); 5] = [
+        let storage: [(&'static str, &'static str, MetricKind, u64); 6] = [
             (
                 "messs_storage_writes_total",
                 "Group-committed RocksDB writes.",
@@ -312,16 +345,53 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
                 MetricKind::Gauge,
                 u64::from(p.store.is_failing()),
             ),
+            (
+                "messs_storage_queue_requests",
+                "Requests submitted to the writer and not yet written (its queue depth).",
+                MetricKind::Gauge,
+                load_usize(&w.pending_requests),
+            ),
         ];
         for (name, help, kind, value) in storage {
-            out.push(Sample {
-                name,
-                help,
-                kind,
-                labels: Vec::new(),
-                value,
-            });
+            out.push(Sample::new(name, help, kind, value));
         }
+        histogram(
+            &mut out,
+            "messs_storage_write_seconds",
+            "Time of each RocksDB write (one group commit).",
+            &w.write_latency,
+        );
     }
     out
+}
+
+/// A latency histogram as `_bucket` (cumulative, `le` in seconds), `_sum` and `_count`.
+fn histogram(
+    out: &mut Vec<Sample>,
+    name: &'static str,
+    help: &'static str,
+    h: &messs_storage::writer::LatencyHistogram,
+) {
+    let sample = |suffix, value: f64| Sample {
+        name,
+        help,
+        kind: MetricKind::Histogram,
+        labels: Vec::new(),
+        value,
+        suffix,
+    };
+    let count = load(&h.count);
+    let mut cumulative = 0;
+    for (bound, bucket) in messs_storage::writer::LATENCY_BOUNDS_MICROS
+        .iter()
+        .zip(&h.buckets)
+    {
+        cumulative += load(bucket);
+        out.push(
+            sample("_bucket", cumulative as f64).label("le", (*bound as f64 / 1e6).to_string()),
+        );
+    }
+    out.push(sample("_bucket", count as f64).label("le", "+Inf"));
+    out.push(sample("_sum", load(&h.sum_micros) as f64 / 1e6));
+    out.push(sample("_count", count as f64));
 }

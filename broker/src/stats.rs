@@ -10,6 +10,13 @@ pub struct Stats {
     pub connections: AtomicUsize,
     /// Client connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Client connections open now, by listener transport (indexed by
+    /// `Transport::index`).
+    pub connections_by_transport: [AtomicUsize; crate::config::Transport::COUNT],
+    /// Bytes read from clients' connections after their CONNECT.
+    pub bytes_received: AtomicU64,
+    /// Bytes written to clients' connections after their CONNACK.
+    pub bytes_sent: AtomicU64,
     /// PUBLISH packets received from clients.
     pub messages_received: AtomicU64,
     /// Deliveries queued for sessions.

@@ -275,6 +275,38 @@ pub struct WriterStats {
     pub failing: AtomicBool,
     /// Batches with new data refused because free disk space was below the watermark.
     pub refused_disk_low: AtomicU64,
+    /// Requests submitted and not yet written (a gauge: the writer's queue depth).
+    pub pending_requests: AtomicUsize,
+    /// How long each RocksDB write (one group commit) took.
+    pub write_latency: LatencyHistogram,
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+pub const LATENCY_BOUNDS_MICROS: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// A latency histogram of plain counters (Prometheus buckets: each counts the
+/// observations at or below its bound; the rest are only in `count`).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket of [`LATENCY_BOUNDS_MICROS`], not cumulative.
+    pub buckets: [AtomicU64; LATENCY_BOUNDS_MICROS.len()],
+    /// Observations.
+    pub count: AtomicU64,
+    /// Sum of the observations, microseconds.
+    pub sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&self, micros: u64) {
+        if let Some(i) = LATENCY_BOUNDS_MICROS.iter().position(|&b| micros <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// Most requests merged into one RocksDB write.
@@ -358,6 +390,7 @@ impl Writer {
         self.stats
             .pending_bytes
             .fetch_add(batch.bytes, Ordering::Relaxed);
+        self.stats.pending_requests.fetch_add(1, Ordering::Relaxed);
         let bytes = batch.bytes;
         if let Some(t) = ticket {
             t.0.used.store(true, Ordering::Release);
@@ -376,6 +409,7 @@ impl Writer {
         drop(guard);
         if !sent {
             self.stats.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.stats.pending_requests.fetch_sub(1, Ordering::Relaxed);
             if let Some(t) = ticket {
                 t.fail();
             }
@@ -489,11 +523,15 @@ fn run(
         }
         let injected = inject.load(Ordering::Acquire);
         let ops = wb.len();
+        let started = std::time::Instant::now();
         let result = if injected {
             Err("injected fault: no space left on device".to_string())
         } else {
             db.write_opt(wb, &opts).map_err(|e| e.to_string())
         };
+        stats
+            .write_latency
+            .record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         match result {
             Ok(()) => {
                 // Still refusing for lack of disk: failing until a write goes through whole.
@@ -517,6 +555,7 @@ fn run(
             }
         }
         stats.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        stats.pending_requests.fetch_sub(group, Ordering::Relaxed);
         progress.set(last_n);
         // Dropping the writer's clones resolves tickets whose submitter is done.
         tickets.clear();

@@ -55,13 +55,12 @@ pub async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
         content_type = "text/plain")))]
 pub async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let mut samples = s.broker.metrics();
-    samples.push(Sample {
-        name: "messs_admin_login_addresses_tracked",
-        help: "Client addresses the admin login rate limit tracks ([admin] max_tracked_addresses bounds it)",
-        kind: MetricKind::Gauge,
-        labels: Vec::new(),
-        value: s.logins.tracked() as u64,
-    });
+    samples.push(Sample::new(
+        "messs_admin_login_addresses_tracked",
+        "Client addresses the admin login rate limit tracks ([admin] max_tracked_addresses bounds it).",
+        MetricKind::Gauge,
+        s.logins.tracked() as u64,
+    ));
     (
         [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
         prometheus::render(&samples),

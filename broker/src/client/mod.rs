@@ -133,6 +133,8 @@ pub(crate) enum End {
 pub(crate) struct Client<S> {
     state: Arc<BrokerState>,
     conn: Connection<S>,
+    /// The listener's transport (per-transport connection gauge).
+    transport: crate::config::Transport,
     session: Arc<Session>,
     generation: u64,
     session_present: bool,
@@ -195,10 +197,12 @@ impl<S: Transport> Client<S> {
         neg: Negotiated,
         will: Option<Will>,
         access: Access,
+        transport: crate::config::Transport,
     ) -> Self {
         let will = will.map(Box::new);
         let routes = state.router.tenant(&attached.session.key.tenant);
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
+        state.stats.connections_by_transport[transport.index()].fetch_add(1, Ordering::Relaxed);
         state
             .stats
             .connections_total
@@ -216,6 +220,7 @@ impl<S: Transport> Client<S> {
             throttle_epoch,
             state,
             conn,
+            transport,
             session: attached.session,
             generation: attached.generation,
             session_present: attached.session_present,
@@ -303,7 +308,16 @@ impl<S: Transport> Client<S> {
                 // This pass's acknowledgement deletes and in-flight ids, as one request.
                 self.session.lock().flush_deferred();
             }
-            if let Err(e) = self.conn.flush().await {
+            let queued = self.conn.pending_out();
+            let flushed = self.conn.flush().await;
+            if queued > 0 {
+                let written = queued - self.conn.pending_out();
+                self.state
+                    .stats
+                    .bytes_sent
+                    .fetch_add(written as u64, Ordering::Relaxed);
+            }
+            if let Err(e) = flushed {
                 return End::Failed(e);
             }
             let paused = self.pause.is_some();
@@ -343,7 +357,8 @@ impl<S: Transport> Client<S> {
                 }
                 read = self.conn.fill(), if !paused && !input_more && !input_held => match read {
                     Ok(0) => return End::Closed,
-                    Ok(_) => {
+                    Ok(n) => {
+                        self.state.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                         if let Some(end) = self.process_input() {
                             return end;
                         }
@@ -597,6 +612,8 @@ impl<S: Transport> Client<S> {
         self.state
             .detach(&self.session, self.generation, departure, will);
         self.state.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.state.stats.connections_by_transport[self.transport.index()]
+            .fetch_sub(1, Ordering::Relaxed);
         self.access
             .identity
             .tenant

@@ -335,6 +335,7 @@ where
         negotiated,
         connect.will,
         access,
+        listener.transport,
     ))
 }
 
