@@ -351,12 +351,14 @@ async fn start_admin(
             reload
         }),
     };
-    tracing::info!(%addr, "admin plane on http://{addr} (API at /api/v1, metrics at /metrics)");
+    let prepared = messs_admin::prepare(listener, handle, options)?;
+    let scheme = if prepared.is_https() { "https" } else { "http" };
+    tracing::info!(%addr, "admin plane on {scheme}://{addr} (API at /api/v1, metrics at /metrics)");
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(e) = messs_admin::serve(listener, handle, options, shutdown).await {
+        if let Err(e) = prepared.run(shutdown).await {
             tracing::error!(error = %e, "admin plane stopped");
         }
     });

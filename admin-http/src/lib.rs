@@ -14,6 +14,7 @@ mod clock;
 mod error;
 mod extract;
 mod headers;
+mod https;
 mod limiter;
 mod mfa;
 mod openapi;
@@ -134,19 +135,79 @@ pub fn app_with(broker: BrokerHandle, options: AdminOptions) -> Result<Router, A
     Ok(headers::wrap(routes::router(state.clone()), &state.config))
 }
 
-/// Serves [`app`] on `listener` until `shutdown` completes.
+/// The admin plane ready to serve: its routes built and, for HTTPS, its certificate read,
+/// so a bad `[admin]` setting fails at start rather than in a background task.
+pub struct Prepared {
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Prepares [`app_with`] on `listener`: HTTPS (TLS 1.3) when `[admin]` names a certificate
+/// and key, plain HTTP otherwise.
+pub fn prepare(
+    listener: tokio::net::TcpListener,
+    broker: BrokerHandle,
+    options: AdminOptions,
+) -> Result<Prepared, AdminError> {
+    let admin = &broker.config().admin;
+    let tls = match (&admin.cert_file, &admin.key_file) {
+        (Some(cert), Some(key)) => Some(
+            messs_broker::https_acceptor(cert, key)
+                .map_err(|e| AdminError::BadRequest(format!("[admin] {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(Prepared {
+        listener,
+        app: app_with(broker, options)?,
+        tls,
+    })
+}
+
+impl Prepared {
+    /// Whether it serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AdminError> {
+        match self.tls {
+            None => axum::serve(
+                self.listener,
+                self.app
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(AdminError::internal),
+            Some(acceptor) => {
+                let listener = https::HttpsListener::new(self.listener, acceptor)
+                    .map_err(AdminError::internal)?;
+                axum::serve(
+                    listener,
+                    self.app
+                        .into_make_service_with_connect_info::<https::PeerAddr>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(AdminError::internal)
+            }
+        }
+    }
+}
+
+/// Serves the admin plane on `listener` until `shutdown` completes ([`prepare`], then
+/// [`Prepared::run`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: BrokerHandle,
     options: AdminOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AdminError> {
-    let app = app_with(broker, options)?;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(AdminError::internal)
+    prepare(listener, broker, options)?.run(shutdown).await
 }

@@ -125,11 +125,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
+        let plain = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let tls = || {
             parts
                 .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+                .get::<axum::extract::ConnectInfo<crate::https::PeerAddr>>()
+                .map(|c| c.0 .0.ip())
+        };
+        Ok(ClientIp(plain.or_else(tls)))
     }
 }

@@ -1143,3 +1143,72 @@ async fn publish_retained_telemetry_acl_bans_and_operations() {
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(std::fs::read_dir(&backup_dir).unwrap().count(), 1);
 }
+
+#[tokio::test]
+async fn https_serves_tls13_only() {
+    use tokio_rustls::rustls;
+    static V13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    static V12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cf, kf) = (cert_file.clone(), key_file.clone());
+    let e = env(move |c| {
+        c.admin.cert_file = Some(cf);
+        c.admin.key_file = Some(kf);
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let prepared = messs_admin::prepare(listener, e.handle.clone(), Default::default()).unwrap();
+    assert!(prepared.is_https());
+    let server = tokio::spawn(prepared.run(async {
+        let _ = stopped.await;
+    }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let connect = |versions: &'static [&'static rustls::SupportedProtocolVersion]| {
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // A TLS 1.3 client gets an answer, with the security headers.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = connect(V13).connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("strict-transport-security"), "{response}");
+    assert!(response.ends_with("ok\n"), "{response}");
+    // A TLS 1.2 client is refused in the handshake.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(connect(V12).connect(name, tcp).await.is_err());
+    // A plain HTTP request gets no answer.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200"),
+        "{got:?}: {buf:?}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

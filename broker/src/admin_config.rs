@@ -16,7 +16,8 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Address and port (`--admin-listen` overrides it). Port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Serve HTTPS (TLS 1.3 only) with this certificate chain (PEM); with `key_file`.
+    /// Serve HTTPS (TLS 1.3 only) with this certificate chain (PEM); with `key_file`. Read at
+    /// start: a new certificate takes a restart.
     pub cert_file: Option<PathBuf>,
     /// The private key of `cert_file` (PEM).
     pub key_file: Option<PathBuf>,
@@ -67,8 +68,8 @@ impl AdminConfig {
     /// Checks values that would make the admin plane unusable or unsafe.
     pub fn validate(&self) -> Result<(), BrokerError> {
         let bad = |what: &str| Err(BrokerError::Config(format!("[admin] {what}")));
-        if self.cert_file.is_some() || self.key_file.is_some() {
-            return bad("cert_file/key_file: HTTPS on the admin listener is not in this build yet; keep it on loopback or put a TLS proxy in front");
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad("cert_file and key_file go together");
         }
         if self.access_token_secs == 0 || self.access_token_secs > 24 * 3600 {
             return bad("access_token_secs must be 1..=86400");

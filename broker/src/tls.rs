@@ -351,3 +351,33 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, BrokerError> {
     }
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
+
+/// A TLS 1.3-only acceptor (no client certificates) for the admin plane's HTTPS, from a
+/// PEM certificate chain and key. The certificate is read once: changing it takes a
+/// restart of the admin plane.
+pub fn https_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
+    let provider = provider();
+    let key = load_key(
+        &TlsConfig {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            allow_tls12: false,
+            require_client_cert: false,
+            cert_identity: CertIdentity::default(),
+        },
+        &provider,
+    )?;
+    let cert = Arc::new(ServerCert {
+        current: RwLock::new(Arc::new(key)),
+    });
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
