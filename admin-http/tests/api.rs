@@ -985,7 +985,7 @@ async fn publish_retained_telemetry_acl_bans_and_operations() {
             None,
         )
         .await;
-    assert_eq!(subs[0]["filter"], "data/#", "{subs}");
+    assert_eq!(subs["items"][0]["filter"], "data/#", "{subs}");
     let (_, ret) = e
         .call(
             Method::GET,
@@ -1074,6 +1074,48 @@ async fn publish_retained_telemetry_acl_bans_and_operations() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Rules page in evaluation order; one added at position 0 comes first.
+    let first =
+        json!({"allow": false, "action": "publish", "filter": "data/private/#", "position": 0});
+    let (s, _) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/acl",
+            Some(&root),
+            Some(first),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, p1) = e
+        .call(
+            Method::GET,
+            "/api/v1/tenants/default/acl?limit=1",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(p1["items"][0]["filter"], "data/private/#", "{p1}");
+    let next = p1["next"].as_str().unwrap();
+    let (_, p2) = e
+        .call(
+            Method::GET,
+            &format!("/api/v1/tenants/default/acl?limit=1&after={next}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(p2["items"][0]["filter"], "data/#", "{p2}");
+    assert_eq!(p2["next"], Value::Null);
+    let (s, _) = e
+        .call(
+            Method::POST,
+            "/api/v1/tenants/default/publish",
+            Some(&root),
+            Some(json!({"topic": "data/private/x", "payload": "no"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the deny rule comes first");
 
     // A ban set at runtime refuses the client id at its next CONNECT.
     let (s, b) = e

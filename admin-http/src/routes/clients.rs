@@ -17,6 +17,8 @@ use crate::Shared;
 /// A connected client.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientView {
+    /// Tenant.
+    pub tenant: String,
     /// Client id.
     pub client_id: String,
     /// Device username (null: anonymous).
@@ -107,6 +109,7 @@ pub async fn list_clients(
                 .is_none_or(|a| c.peer.ip().to_string() == *a)
         })
         .map(|c| ClientView {
+            tenant: c.tenant,
             address: c.peer.to_string(),
             protocol: protocol_name(c.protocol_level),
             transport: c.transport,

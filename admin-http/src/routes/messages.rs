@@ -317,28 +317,31 @@ pub struct SubscriptionView {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/sessions/{client_id}/subscriptions",
     tag = "sessions",
     params(("tenant" = String, Path, description = "tenant id"),
-        ("client_id" = String, Path, description = "client id")),
-    responses((status = 200, body = Vec<SubscriptionView>), (status = 404, body = ErrorBody)),
+        ("client_id" = String, Path, description = "client id"), crate::page::PageQuery),
+    responses((status = 200, body = Page<SubscriptionView>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_subscriptions(
     State(state): State<Shared>,
     p: Principal,
     Path((tenant, client_id)): Path<(String, String)>,
-) -> ApiResult<Json<Vec<SubscriptionView>>> {
+    Query(q): Query<crate::page::PageQuery>,
+) -> ApiResult<Json<Page<SubscriptionView>>> {
     tenant_access(&p, Area::Sessions, Access::Read, &tenant)?;
     let subs = state
         .broker
         .subscriptions(&tenant, &client_id)
         .ok_or_else(|| AdminError::NotFound(format!("session {client_id:?}")))?;
-    Ok(Json(
-        subs.into_iter()
-            .map(|s| SubscriptionView {
-                filter: s.filter,
-                qos: s.qos,
-                no_local: s.no_local,
-                retain_as_published: s.retain_as_published,
-                subscription_id: s.id,
-            })
-            .collect(),
-    ))
+    let views = subs
+        .into_iter()
+        .map(|s| SubscriptionView {
+            filter: s.filter,
+            qos: s.qos,
+            no_local: s.no_local,
+            retain_as_published: s.retain_as_published,
+            subscription_id: s.id,
+        })
+        .collect();
+    Ok(Json(Page::of(views, &q, |s: &SubscriptionView| {
+        s.filter.clone()
+    })?))
 }

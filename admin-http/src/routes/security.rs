@@ -3,7 +3,8 @@
 //! Secret key material goes in and never comes out (an HS256 secret is shown as its
 //! length).
 
-use crate::extract::Path;
+use crate::extract::{Path, Query};
+use crate::page::{Page, PageQuery};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -120,18 +121,25 @@ fn spec(r: Rule) -> ApiResult<RuleSpec> {
 
 /// A tenant's ACL rules, in order (the first that matches decides; none: deny).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/acl", tag = "acl",
-    params(("tenant" = String, Path, description = "tenant id")),
-    responses((status = 200, body = Vec<Rule>), (status = 404, body = ErrorBody)),
+    params(("tenant" = String, Path, description = "tenant id"), PageQuery),
+    responses((status = 200, body = Page<Rule>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_rules(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-) -> ApiResult<Json<Vec<Rule>>> {
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<Rule>>> {
     tenant_access(&p, Area::Acl, Access::Read, &tenant)?;
     existing_tenant(&state, &tenant).await?;
     let rules = state.blocking(move |s| Ok(s.acl_rules(&tenant)?)).await?;
-    Ok(Json(rules.into_iter().map(view_rule).collect()))
+    // In evaluation order: the cursor is the position, not the id.
+    let views: Vec<(usize, Rule)> = rules.into_iter().map(view_rule).enumerate().collect();
+    let page = Page::of(views, &q, |(i, _)| format!("{i:05}"))?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(|(_, r)| r).collect(),
+        next: page.next,
+    }))
 }
 
 /// Add a rule (live connections of the tenant apply it at their next packet).
@@ -215,28 +223,29 @@ pub struct NewJwtKey {
 
 /// A tenant's JWT keys.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jwt-keys", tag = "keys",
-    params(("tenant" = String, Path, description = "tenant id")),
-    responses((status = 200, body = Vec<JwtKeyView>), (status = 404, body = ErrorBody)),
+    params(("tenant" = String, Path, description = "tenant id"), PageQuery),
+    responses((status = 200, body = Page<JwtKeyView>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_jwt_keys(
     State(state): State<Shared>,
     p: Principal,
     Path(tenant): Path<String>,
-) -> ApiResult<Json<Vec<JwtKeyView>>> {
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<JwtKeyView>>> {
     tenant_access(&p, Area::Keys, Access::Read, &tenant)?;
     existing_tenant(&state, &tenant).await?;
     let keys = state.blocking(move |s| Ok(s.jwt_keys(&tenant)?)).await?;
-    Ok(Json(
-        keys.into_iter()
-            .map(|k| JwtKeyView {
-                public_key_pem: (k.alg != "HS256")
-                    .then(|| String::from_utf8_lossy(&k.key).into_owned()),
-                key_len: k.key.len(),
-                kid: k.kid,
-                alg: k.alg,
-            })
-            .collect(),
-    ))
+    let views = keys
+        .into_iter()
+        .map(|k| JwtKeyView {
+            public_key_pem: (k.alg != "HS256")
+                .then(|| String::from_utf8_lossy(&k.key).into_owned()),
+            key_len: k.key.len(),
+            kid: k.kid,
+            alg: k.alg,
+        })
+        .collect();
+    Ok(Json(Page::of(views, &q, |k: &JwtKeyView| k.kid.clone())?))
 }
 
 /// Add or replace a JWT key by `kid`.
