@@ -83,16 +83,20 @@ impl AppState {
         tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
+    /// A place among the two password operations (argon2) that may run at once.
+    pub async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AdminError> {
+        self.hashing
+            .acquire()
+            .await
+            .map_err(|_| AdminError::Unavailable("shutting down"))
+    }
+
     /// Runs password work (argon2) on the blocking pool, two at a time.
     pub async fn hashing<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, AdminError> + Send + 'static,
     ) -> Result<R, AdminError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| AdminError::Unavailable("shutting down"))?;
+        let _permit = self.hashing_permit().await?;
         self.blocking(f).await
     }
 

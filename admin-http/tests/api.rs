@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
+mod common;
+use common::mqtt_client;
+
 const ADMIN_PASSWORD: &str = "first-Operator-pass-42";
 
 struct Env {
@@ -210,32 +213,6 @@ fn totp(secret: &[u8], unix: u64) -> String {
         h[offset + 3],
     ]);
     format!("{:06}", bin % 1_000_000)
-}
-
-/// A raw MQTT 5 client with its CONNACK.
-async fn mqtt_client(addr: SocketAddr, client_id: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let connect = Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 60,
-        properties: Default::default(),
-        client_id: client_id.to_owned(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let mut buf = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    let mut input = BytesMut::new();
-    loop {
-        if let Some(p) = decode(&mut input, Protocol::V5, &Limits::default()).unwrap() {
-            assert!(matches!(p, Packet::ConnAck(_)), "{p:?}");
-            return stream;
-        }
-        assert!(stream.read_buf(&mut input).await.unwrap() > 0, "closed");
-    }
 }
 
 #[tokio::test]

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 use messs_broker::{Broker, BrokerHandle, Config};
-use messs_codec::{decode, encode, Connect, Limits, Packet, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
+
+mod common;
+use common::mqtt_client;
 
 struct Running {
     mqtt: SocketAddr,
@@ -88,32 +89,6 @@ async fn get(handle: &BrokerHandle, path: &str) -> (StatusCode, String, Option<S
         String::from_utf8(body.to_vec()).unwrap(),
         content_type,
     )
-}
-
-/// An MQTT 5 client that has its CONNACK.
-async fn mqtt_client(addr: SocketAddr, client_id: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let connect = Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 60,
-        properties: Default::default(),
-        client_id: client_id.to_owned(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let mut buf = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    let mut input = BytesMut::new();
-    loop {
-        if let Some(p) = decode(&mut input, Protocol::V5, &Limits::default()).unwrap() {
-            assert!(matches!(p, Packet::ConnAck(_)), "{p:?}");
-            return stream;
-        }
-        assert!(stream.read_buf(&mut input).await.unwrap() > 0, "closed");
-    }
 }
 
 /// The value of the sample `line_start` (a name with its labels) in exposition `text`.

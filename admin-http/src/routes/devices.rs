@@ -136,11 +136,7 @@ pub async fn create_device(
         ));
     }
     let (t, u) = (tenant.clone(), req.username.clone());
-    let _permit = state
-        .hashing
-        .acquire()
-        .await
-        .map_err(|_| AdminError::Unavailable("shutting down"))?;
+    let _permit = state.hashing_permit().await?;
     state
         .broker
         .registry(&p.name, move |r| {
@@ -211,11 +207,7 @@ pub async fn update_device(
         ));
     }
     let (t, u) = (tenant.clone(), username.clone());
-    let _permit = state
-        .hashing
-        .acquire()
-        .await
-        .map_err(|_| AdminError::Unavailable("shutting down"))?;
+    let _permit = state.hashing_permit().await?;
     state
         .broker
         .registry(&p.name, move |r| {

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
-use messs_broker::registry::RuleSpec;
+use messs_broker::registry::{Registry, RuleSpec};
 use messs_storage::registry::{AclAction, AclRule, AclSubject, JwtKey};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -392,12 +392,26 @@ pub async fn add_ca(
     Path(tenant): Path<String>,
     crate::extract::Json(req): crate::extract::Json<CertUpload>,
 ) -> ApiResult<(StatusCode, Json<CertView>)> {
-    tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
-    existing_tenant(&state, &tenant).await?;
-    let der = der_of(&req.pem)?;
+    cert_change(&state, &p, tenant, &req.pem, |r, t, d| r.add_ca(t, d)).await
+}
+
+/// A registry change that takes a certificate (DER) and returns its fingerprint.
+type CertChange = fn(&mut Registry<'_>, &str, &[u8]) -> Result<[u8; 32], messs_broker::BrokerError>;
+
+/// What both certificate uploads do: check access, read the PEM, change the registry.
+async fn cert_change(
+    state: &Shared,
+    p: &Principal,
+    tenant: String,
+    pem: &str,
+    change: CertChange,
+) -> ApiResult<(StatusCode, Json<CertView>)> {
+    tenant_access(p, Area::Keys, Access::Write, &tenant)?;
+    existing_tenant(state, &tenant).await?;
+    let der = der_of(pem)?;
     let fp = state
         .broker
-        .registry(&p.name, move |r| r.add_ca(&tenant, &der))
+        .registry(&p.name, move |r| change(r, &tenant, &der))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -420,17 +434,5 @@ pub async fn revoke_cert(
     Path(tenant): Path<String>,
     crate::extract::Json(req): crate::extract::Json<CertUpload>,
 ) -> ApiResult<(StatusCode, Json<CertView>)> {
-    tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
-    existing_tenant(&state, &tenant).await?;
-    let der = der_of(&req.pem)?;
-    let fp = state
-        .broker
-        .registry(&p.name, move |r| r.revoke_cert(&tenant, &der))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CertView {
-            fingerprint: hex(&fp),
-        }),
-    ))
+    cert_change(&state, &p, tenant, &req.pem, |r, t, d| r.revoke_cert(t, d)).await
 }
