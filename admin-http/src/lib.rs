@@ -14,8 +14,8 @@ mod clock;
 mod error;
 mod extract;
 mod headers;
-mod https;
 mod limiter;
+mod listen;
 mod mfa;
 mod openapi;
 mod page;
@@ -145,6 +145,8 @@ pub struct Prepared {
     listener: tokio::net::TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
+    idle: std::time::Duration,
 }
 
 /// Prepares [`app_with`] on `listener`: HTTPS (TLS 1.3) when `[admin]` names a certificate
@@ -164,7 +166,9 @@ pub fn prepare(
     };
     Ok(Prepared {
         listener,
-        app: app_with(broker, options)?,
+        max_connections: admin.max_connections,
+        idle: std::time::Duration::from_secs(admin.idle_timeout_secs),
+        app: app_with(broker.clone(), options)?,
         tls,
     })
 }
@@ -180,26 +184,29 @@ impl Prepared {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AdminError> {
+        let service = self
+            .app
+            .into_make_service_with_connect_info::<listen::PeerAddr>();
         match self.tls {
             None => axum::serve(
-                self.listener,
-                self.app
-                    .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                listen::PlainListener::new(self.listener, self.max_connections, self.idle),
+                service,
             )
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(AdminError::internal),
             Some(acceptor) => {
-                let listener = https::HttpsListener::new(self.listener, acceptor)
-                    .map_err(AdminError::internal)?;
-                axum::serve(
-                    listener,
-                    self.app
-                        .into_make_service_with_connect_info::<https::PeerAddr>(),
+                let listener = listen::HttpsListener::new(
+                    self.listener,
+                    acceptor,
+                    self.max_connections,
+                    self.idle,
                 )
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(AdminError::internal)
+                .map_err(AdminError::internal)?;
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(AdminError::internal)
             }
         }
     }

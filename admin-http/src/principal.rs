@@ -1,5 +1,6 @@
 //! Who is calling: the bearer token of a request becomes a [`Principal`] (or a 401), and
-//! every request that changes something is written to the audit log with its outcome.
+//! every request of a logged-in caller that changes something is written to the audit log
+//! with its outcome.
 //!
 //! An access token is checked against the account on each request (enabled, its login
 //! still open), so revoking takes effect at once rather than when the token expires.
@@ -87,19 +88,22 @@ pub async fn authenticate(State(state): State<Shared>, mut req: Request, next: N
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let actor = principal
-        .as_ref()
-        .map_or_else(|| "anonymous".to_owned(), |p| p.name.clone());
+    // Only callers with valid credentials are audited here: an anonymous request changes
+    // nothing, and auditing it would let anyone who reaches the port grow the log.
+    let actor = principal.as_ref().map(|p| p.name.clone());
     if let Some(p) = principal {
         req.extensions_mut().insert(p);
     }
     let response = next.run(req).await;
-    if method != Method::GET && method != Method::HEAD && !SELF_AUDITED.contains(&path.as_str()) {
-        state.audit(
-            &actor,
-            "admin.request",
-            format!("{method} {path} -> {}", response.status().as_u16()),
-        );
+    let changes = method != Method::GET && method != Method::HEAD;
+    if let (true, Some(actor)) = (changes, actor) {
+        if !SELF_AUDITED.contains(&path.as_str()) {
+            state.audit(
+                &actor,
+                "admin.request",
+                format!("{method} {path} -> {}", response.status().as_u16()),
+            );
+        }
     }
     response
 }
@@ -132,7 +136,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
         let tls = || {
             parts
                 .extensions
-                .get::<axum::extract::ConnectInfo<crate::https::PeerAddr>>()
+                .get::<axum::extract::ConnectInfo<crate::listen::PeerAddr>>()
                 .map(|c| c.0 .0.ip())
         };
         Ok(ClientIp(plain.or_else(tls)))

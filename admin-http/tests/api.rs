@@ -1231,3 +1231,66 @@ async fn https_serves_tls13_only() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_and_anonymous_requests_leave_no_audit_trail() {
+    let e = env(|c| {
+        c.admin.max_connections = 2;
+        c.admin.idle_timeout_secs = 2;
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let prepared = messs_admin::prepare(listener, e.handle.clone(), Default::default()).unwrap();
+    tokio::spawn(prepared.run(std::future::pending()));
+    let get = |mut s: TcpStream| async move {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    // Two idle connections take both places; a third is not served until one closes.
+    let idle1 = TcpStream::connect(addr).await.unwrap();
+    let idle2 = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = tokio::spawn(get(TcpStream::connect(addr).await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "served beyond max_connections");
+    drop(idle1);
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A connection that says nothing is closed after the idle timeout, giving its place back.
+    let mut idle2 = idle2;
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle2.read(&mut buf))
+        .await
+        .expect("an idle connection stays open past idle_timeout_secs");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // Anonymous requests that would change something get 401 and no audit record.
+    let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    let (_, before) = e
+        .call(Method::GET, "/api/v1/audit?limit=1000", Some(&root), None)
+        .await;
+    for _ in 0..20 {
+        let (s, _) = e
+            .call(
+                Method::POST,
+                "/api/v1/tenants",
+                None,
+                Some(json!({"id": "x"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (_, after) = e
+        .call(Method::GET, "/api/v1/audit?limit=1000", Some(&root), None)
+        .await;
+    assert_eq!(count(&after), count(&before));
+}

@@ -41,6 +41,11 @@ pub struct AdminConfig {
     pub max_tracked_addresses: usize,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// Connections to the admin plane open at once (TLS handshakes included); more wait
+    /// in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that moves no byte either way for this long is closed, seconds.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -60,6 +65,8 @@ impl Default for AdminConfig {
             login_attempts_per_minute: 10,
             max_tracked_addresses: 10_000,
             max_body_bytes: 256 * 1024,
+            max_connections: 256,
+            idle_timeout_secs: 30,
         }
     }
 }
@@ -81,8 +88,10 @@ impl AdminConfig {
             || self.lockout_failures == 0
             || self.login_attempts_per_minute == 0
             || self.max_tracked_addresses == 0
+            || self.max_connections == 0
+            || self.idle_timeout_secs == 0
         {
-            return bad("max_logins_per_admin, lockout_failures, login_attempts_per_minute and max_tracked_addresses must be >= 1");
+            return bad("max_logins_per_admin, lockout_failures, login_attempts_per_minute, max_tracked_addresses, max_connections and idle_timeout_secs must be >= 1");
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be >= 1024");
