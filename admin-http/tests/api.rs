@@ -1294,3 +1294,40 @@ async fn connections_beyond_the_limit_wait_and_anonymous_requests_leave_no_audit
         .await;
     assert_eq!(count(&after), count(&before));
 }
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let e = env(|c| c.admin.cors_origins = vec!["https://ops.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api/v1/tenants")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let res = e
+        .app
+        .clone()
+        .oneshot(preflight("https://ops.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://ops.example")
+    );
+    let res = e
+        .app
+        .clone()
+        .oneshot(preflight("https://evil.example"))
+        .await
+        .unwrap();
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+}
