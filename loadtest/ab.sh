@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B: two messs builds on the same machine and moment, interleaved, on the saturating
-# scenarios (QoS 0 fan-in, fan-out 1 -> 100, QoS 1 fan-in). For a change whose cost is
+# scenarios (QoS 0 fan-in, fan-out 1 -> 100, QoS 1 fan-in) and 10,000 idle connections. For a change whose cost is
 # smaller than the run-to-run noise of a full compare run.
 #   OLD=/path/to/old/messs [NEW=./target/release/messs] [ROUNDS=2] bash loadtest/ab.sh
 # Build the old one from a worktree, e.g.:
@@ -33,5 +33,6 @@ for _ in $(seq "$ROUNDS"); do
     run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 0 --payload 64 --count 2000000 --duration 15s
     run "$side" "$bin" bench --topology fan-out --subscribers 100 --qos 0 --payload 64 --count 20000 --duration 15s
     run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --count 1000000 --duration 15s
+    run "$side" "$bin" conn --connections 10000 --concurrency 256 --hold 1s --duration 60s
   done
 done
