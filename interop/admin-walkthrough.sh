@@ -22,12 +22,7 @@ printf '[[listener]]\nbind = "127.0.0.1:0"\n[admin]\nbind = "127.0.0.1:0"\n[stor
 MESSS_ADMIN_PASSWORD='choose-a-long-one-42' ./target/debug/messs serve --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
 pids+=($!)
 port=$(broker_port "$work/messs.log")
-admin=""
-for _ in $(seq 1 100); do
-  admin=$(sed -n 's/.*admin plane on http:\/\/\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/messs.log" | head -n1)
-  [ -n "$admin" ] && break
-  sleep 0.1
-done
+admin=$(admin_addr "$work/messs.log")
 [ -n "$port" ] && [ -n "$admin" ] || fail "broker did not start"
 
 # --- as in the README ---

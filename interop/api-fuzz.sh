@@ -27,12 +27,7 @@ MESSS_ADMIN_PASSWORD='api-fuzz-Operator-9' RUST_LOG=info ./target/debug/messs se
 broker=$!
 cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-admin=""
-for _ in $(seq 1 100); do
-  admin=$(sed -n 's/.*admin plane on http:\/\/\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | head -n1)
-  [ -n "$admin" ] && break
-  sleep 0.1
-done
+admin=$(admin_addr "$log")
 [ -n "$admin" ] || { echo "api-fuzz: the admin plane did not start:"; cat "$log"; exit 1; }
 base="http://$admin"
 key=$(python3 interop/admin_session.py "$base" admin 'api-fuzz-Operator-9')

@@ -67,6 +67,18 @@ broker_port() {
 # (ROCKSDB_LIB_DIR, static), so the test, release, bench, clippy and fuzz builds link that
 # one copy instead of each compiling RocksDB again. Rebuilt only when Cargo.lock moves to
 # another librocksdb-sys.
+# Address (HOST:PORT) of the admin plane a broker logged to $1 ("admin plane on http://..."),
+# waiting up to 10 s; empty if it never did.
+admin_addr() {
+  local addr=""
+  for _ in $(seq 1 100); do
+    addr=$(sed -n 's/.*admin plane on https\{0,1\}:\/\/\([0-9.]*:[0-9]*\).*/\1/p' "$1" | head -n1)
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  echo "$addr"
+}
+
 use_prebuilt_rocksdb() {
   ensure_cmd c++ g++
   ensure_libclang

@@ -16,7 +16,7 @@ use axum::Router;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use messs_broker::{Broker, BrokerHandle, Config};
-use messs_codec::{decode, encode, Connect, Limits, Packet, Protocol};
+use messs_codec::{decode, Limits, Packet, Protocol};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1106,27 +1106,7 @@ async fn publish_retained_telemetry_acl_bans_and_operations() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let (_, bans) = e.call(Method::GET, "/api/v1/bans", Some(&root), None).await;
     assert_eq!(bans["client_ids"], json!(["evil"]));
-    let mut stream = TcpStream::connect(e.mqtt).await.unwrap();
-    let connect = Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
-        keep_alive: 60,
-        properties: Default::default(),
-        client_id: "evil".into(),
-        will: None,
-        username: None,
-        password: None,
-    };
-    let mut buf = BytesMut::new();
-    encode(&Packet::Connect(Box::new(connect)), Protocol::V5, &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    let mut input = BytesMut::new();
-    let ack = loop {
-        if let Some(p) = decode(&mut input, Protocol::V5, &Limits::default()).unwrap() {
-            break p;
-        }
-        assert!(stream.read_buf(&mut input).await.unwrap() > 0, "closed");
-    };
+    let (_stream, ack) = common::connect_raw(e.mqtt, "evil").await;
     match ack {
         Packet::ConnAck(a) => assert_eq!(a.code, messs_codec::ReasonCode::Banned),
         other => panic!("{other:?}"),

@@ -11,6 +11,16 @@ use tokio::net::TcpStream;
 
 /// An MQTT 5 client that has its CONNACK.
 pub async fn mqtt_client(addr: SocketAddr, client_id: &str) -> TcpStream {
+    let (stream, first) = connect_raw(addr, client_id).await;
+    assert!(
+        matches!(&first, Packet::ConnAck(a) if a.code == messs_codec::ReasonCode::Success),
+        "{first:?}"
+    );
+    stream
+}
+
+/// Sends an MQTT 5 CONNECT with `client_id`; the socket and the broker's first packet.
+pub async fn connect_raw(addr: SocketAddr, client_id: &str) -> (TcpStream, Packet) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let connect = Connect {
         protocol: Protocol::V5,
@@ -28,8 +38,7 @@ pub async fn mqtt_client(addr: SocketAddr, client_id: &str) -> TcpStream {
     let mut input = BytesMut::new();
     loop {
         if let Some(p) = decode(&mut input, Protocol::V5, &Limits::default()).unwrap() {
-            assert!(matches!(p, Packet::ConnAck(_)), "{p:?}");
-            return stream;
+            return (stream, p);
         }
         assert!(stream.read_buf(&mut input).await.unwrap() > 0, "closed");
     }
