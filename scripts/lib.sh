@@ -49,17 +49,27 @@ ensure_libclang() {
   apt_install libclang-dev
 }
 
-# broker_port LOG [TRANSPORT]: waits (up to 10 s) for a messs started with port 0 to log
-# its listening address (of a tcp listener, or TRANSPORT's) in LOG, and prints the port;
-# prints nothing if it never does.
-broker_port() {
-  local port="" transport="${2:-tcp}"
+# log_wait LOG SED_EXPR: waits (up to 10 s) until `sed -n SED_EXPR` finds something in LOG
+# and prints its first line; prints nothing if it never does.
+log_wait() {
+  local found=""
   for _ in $(seq 1 100); do
-    port=$(sed -n "s/.*listening (mqtt over $transport) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p" "$1" | head -n1)
-    [ -n "$port" ] && break
+    found=$(sed -n "$2" "$1" | head -n1)
+    [ -n "$found" ] && break
     sleep 0.1
   done
-  echo "$port"
+  echo "$found"
+}
+
+# broker_port LOG [TRANSPORT]: the port a messs started with port 0 logged for its tcp (or
+# TRANSPORT) listener in LOG.
+broker_port() {
+  log_wait "$1" "s/.*listening (mqtt over ${2:-tcp}) addr=127\.0\.0\.1:\([0-9]*\).*/\1/p"
+}
+
+# admin_addr LOG: the HOST:PORT of the admin plane ("admin plane on http(s)://...") in LOG.
+admin_addr() {
+  log_wait "$1" 's/.*admin plane on https\{0,1\}:\/\/\([0-9.]*:[0-9]*\).*/\1/p'
 }
 
 # use_prebuilt_rocksdb: compiles RocksDB's C++ library once per checkout into
@@ -67,18 +77,6 @@ broker_port() {
 # (ROCKSDB_LIB_DIR, static), so the test, release, bench, clippy and fuzz builds link that
 # one copy instead of each compiling RocksDB again. Rebuilt only when Cargo.lock moves to
 # another librocksdb-sys.
-# Address (HOST:PORT) of the admin plane a broker logged to $1 ("admin plane on http://..."),
-# waiting up to 10 s; empty if it never did.
-admin_addr() {
-  local addr=""
-  for _ in $(seq 1 100); do
-    addr=$(sed -n 's/.*admin plane on https\{0,1\}:\/\/\([0-9.]*:[0-9]*\).*/\1/p' "$1" | head -n1)
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  echo "$addr"
-}
-
 use_prebuilt_rocksdb() {
   ensure_cmd c++ g++
   ensure_libclang

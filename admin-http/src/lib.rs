@@ -58,7 +58,7 @@ pub(crate) struct AppState {
     pub config: AdminConfig,
     pub keys: tokens::AccessKeys,
     pub logins: limiter::LoginLimiter,
-    /// Password hashing and checking at once (argon2 holds ~19 MiB and a core for ~20 ms):
+    /// One password hash or check at a time (argon2 holds ~19 MiB and a core for ~20 ms):
     /// a burst of logins waits here instead of taking every blocking thread.
     pub hashing: tokio::sync::Semaphore,
     pub reload: Option<Reloader>,
@@ -83,7 +83,8 @@ impl AppState {
         tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
-    /// A place among the two password operations (argon2) that may run at once.
+    /// The one place for password work (argon2): a login flood from many addresses takes at
+    /// most one core from the broker, never both.
     pub async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AdminError> {
         self.hashing
             .acquire()
@@ -91,7 +92,7 @@ impl AppState {
             .map_err(|_| AdminError::Unavailable("shutting down"))
     }
 
-    /// Runs password work (argon2) on the blocking pool, two at a time.
+    /// Runs password work (argon2) on the blocking pool, one at a time.
     pub async fn hashing<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, AdminError> + Send + 'static,
@@ -131,7 +132,7 @@ pub fn app_with(broker: BrokerHandle, options: AdminOptions) -> Result<Router, A
             config.login_attempts_per_minute,
             config.max_tracked_addresses,
         ),
-        hashing: tokio::sync::Semaphore::new(2),
+        hashing: tokio::sync::Semaphore::new(1),
         reload: options.reload,
         broker,
         config,
