@@ -30,10 +30,12 @@ enum Command {
         /// tcp://127.0.0.1:1883 and allows anonymous clients there (loopback only).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Listen on this address instead of the configured listeners, e.g.
-        /// tcp://127.0.0.1:1883 (repeatable). Without --config, anonymous clients are
-        /// allowed on loopback addresses only.
-        #[arg(long = "listen", value_name = "tcp://HOST:PORT")]
+        /// Listen on this address instead of the configured listeners (repeatable):
+        /// tcp://, tls://, ws://, wss:// or quic://IP[:PORT], e.g. quic://127.0.0.1:14567
+        /// or ws://127.0.0.1:8083/mqtt. Without --config, anonymous clients are allowed on
+        /// loopback addresses only, and TLS, WSS and QUIC use a self-signed certificate
+        /// kept in the data directory (its fingerprint is logged).
+        #[arg(long = "listen", value_name = "SCHEME://IP:PORT")]
         listen: Vec<String>,
         /// Directory for durable state (overrides storage.data_dir).
         #[arg(long, value_name = "DIR")]
@@ -121,18 +123,41 @@ enum StorageTask {
     Compact,
 }
 
-fn parse_listen(url: &str) -> anyhow::Result<(Transport, SocketAddr)> {
-    let (transport, addr) = if let Some(a) = url.strip_prefix("tcp://") {
-        (Transport::Tcp, a)
-    } else if let Some(a) = url.strip_prefix("tls://") {
-        (Transport::Tls, a)
-    } else {
-        bail!("unsupported listener {url:?}: use tcp://HOST:PORT or tls://HOST:PORT");
+/// A `--listen` URL: `SCHEME://HOST:PORT`, the port optional (each transport's usual one),
+/// and for `ws`/`wss` an optional path (default `/mqtt`).
+struct ListenUrl {
+    transport: Transport,
+    bind: SocketAddr,
+    path: Option<String>,
+}
+
+fn parse_listen(url: &str) -> anyhow::Result<ListenUrl> {
+    const USAGE: &str = "use tcp://, tls://, ws://, wss:// or quic:// followed by IP:PORT, e.g. quic://127.0.0.1:14567 or ws://127.0.0.1:8083/mqtt";
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("unsupported listener {url:?}: {USAGE}"))?;
+    let transport = Transport::from_scheme(&scheme.to_ascii_lowercase())
+        .with_context(|| format!("unsupported listener {url:?}: {USAGE}"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
+        None => (rest, None),
     };
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("{url:?} is not SCHEME://IP:PORT (e.g. tcp://127.0.0.1:1883)"))?;
-    Ok((transport, addr))
+    if path.is_some() && !transport.is_websocket() {
+        bail!("{url:?}: only ws:// and wss:// listeners have a path");
+    }
+    let bind = host
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, transport.default_port()))
+        })
+        .with_context(|| format!("{url:?} is not SCHEME://IP:PORT: {USAGE}"))?;
+    Ok(ListenUrl {
+        transport,
+        bind,
+        path,
+    })
 }
 
 fn build_config(
@@ -152,7 +177,11 @@ fn build_config(
         let first = cfg.listeners.first().cloned().unwrap_or_default();
         let mut listeners = Vec::new();
         for url in &listen {
-            let (transport, bind) = parse_listen(url)?;
+            let ListenUrl {
+                transport,
+                bind,
+                path,
+            } = parse_listen(url)?;
             let (allow_anonymous, tenant) = if from_file {
                 (first.allow_anonymous, first.tenant.clone())
             } else if bind.ip().is_loopback() {
@@ -160,21 +189,27 @@ fn build_config(
             } else {
                 (false, None)
             };
-            // A tls:// listener takes its certificate from the configuration's first TLS
-            // listener.
-            let tls = match transport {
-                Transport::Tcp => None,
-                Transport::Tls => Some(
+            // A TLS-based listener takes its certificate from the configuration's first TLS
+            // listener; without a configuration, from the self-signed one (below).
+            let tls = match (transport.uses_tls(), from_file) {
+                (false, _) | (true, false) => None,
+                (true, true) => Some(
                     cfg.listeners
                         .iter()
                         .find_map(|l| l.tls.clone())
-                        .context("--listen tls://... needs --config with a TLS listener whose [listener.tls] names cert_file and key_file")?,
+                        .with_context(|| format!("--listen {url} needs a certificate: give --config a listener whose [listener.tls] names cert_file and key_file (without --config, messs makes a self-signed one)"))?,
                 ),
             };
+            let mut websocket = first.websocket.clone();
+            if let Some(path) = path {
+                websocket.path = path;
+            }
             listeners.push(ListenerConfig {
                 bind,
                 transport,
                 tls,
+                websocket,
+                quic: first.quic.clone(),
                 allow_anonymous,
                 tenant,
                 ..ListenerConfig::default()
@@ -184,6 +219,9 @@ fn build_config(
     }
     if let Some(dir) = data_dir {
         cfg.storage.data_dir = dir;
+    }
+    if !from_file {
+        self_signed_where_needed(&mut cfg)?;
     }
     match admin_listen.as_deref() {
         None => {}
@@ -197,6 +235,33 @@ fn build_config(
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Without a configuration file, a TLS, WSS or QUIC listener gets the data directory's
+/// self-signed certificate (made on first use), so every transport can be tried with one
+/// command. Its fingerprint is logged for clients to pin.
+fn self_signed_where_needed(cfg: &mut Config) -> anyhow::Result<()> {
+    if !cfg
+        .listeners
+        .iter()
+        .any(|l| l.transport.uses_tls() && l.tls.is_none())
+    {
+        return Ok(());
+    }
+    let cert = messs_broker::self_signed::ensure(&cfg.storage.data_dir)
+        .context("cannot make a self-signed certificate in the data directory (use --data-dir, or --config with [listener.tls])")?;
+    tracing::warn!(
+        cert = %cert.tls.cert_file.display(),
+        sha256 = %cert.fingerprint,
+        created = cert.created,
+        "TLS, WSS and QUIC listeners use a self-signed certificate (for trying messs out; configure [listener.tls] for production)"
+    );
+    for l in &mut cfg.listeners {
+        if l.transport.uses_tls() && l.tls.is_none() {
+            l.tls = Some(cert.tls.clone());
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::BrokerError;
+pub use crate::transport_config::{QuicConfig, Transport, WebSocketConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -65,10 +66,15 @@ impl Default for Config {
 pub struct ListenerConfig {
     /// Address and port, e.g. `127.0.0.1:1883`. Port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Transport: `tcp` or `tls`.
+    /// Transport: `tcp`, `tls`, `ws`, `wss` or `quic`.
     pub transport: Transport,
-    /// Certificate, key and client-certificate settings of a `tls` listener.
+    /// Certificate, key and client-certificate settings of a `tls`, `wss` or `quic`
+    /// listener.
     pub tls: Option<TlsConfig>,
+    /// Path, frame limits and allowed origins of a `ws` or `wss` listener.
+    pub websocket: WebSocketConfig,
+    /// Streams, address validation and 0-RTT of a `quic` listener.
+    pub quic: QuicConfig,
     /// Accept clients without credentials, into `tenant`. Off unless a listener says so:
     /// the default listener of `messs serve` without a config file turns it on for
     /// 127.0.0.1 only.
@@ -92,43 +98,12 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             transport: Transport::Tcp,
             tls: None,
+            websocket: WebSocketConfig::default(),
+            quic: QuicConfig::default(),
             allow_anonymous: false,
             tenant: None,
             backlog: 4096,
             max_packet_size: None,
-        }
-    }
-}
-
-/// Transports a listener can speak.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// Plain TCP.
-    Tcp,
-    /// MQTT over TLS 1.3 (rustls).
-    Tls,
-}
-
-impl Transport {
-    /// How many there are (arrays indexed by [`Transport::index`]).
-    pub const COUNT: usize = 2;
-    /// Every transport, in index order.
-    pub const ALL: [Transport; Transport::COUNT] = [Transport::Tcp, Transport::Tls];
-
-    /// Its place in per-transport arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Transport::Tcp => 0,
-            Transport::Tls => 1,
-        }
-    }
-
-    /// Its name in URLs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
         }
     }
 }
@@ -751,9 +726,31 @@ impl Config {
             }
         }
         for l in &self.listeners {
-            if (l.transport == Transport::Tls) != l.tls.is_some() {
+            if l.transport.uses_tls() != l.tls.is_some() {
                 return bad(&format!(
-                    "listener {}: a tls listener needs a [listener.tls] table with cert_file and key_file (and only a tls listener has one)",
+                    "listener {}: a tls, wss or quic listener needs a [listener.tls] table with cert_file and key_file (and only those have one)",
+                    l.bind
+                ));
+            }
+            let ws = &l.websocket;
+            if !ws.path.starts_with('/')
+                || ws.max_frame_size == 0
+                || ws.max_message_size < ws.max_frame_size
+            {
+                return bad(&format!(
+                    "listener {}: websocket.path must start with '/', max_frame_size be >= 1 and max_message_size >= max_frame_size",
+                    l.bind
+                ));
+            }
+            if ws.allowed_origins.iter().any(|o| o == "*" || o.is_empty()) {
+                return bad(&format!(
+                    "listener {}: websocket.allowed_origins lists origins (\"https://app.example.com\"); leave it empty to allow any",
+                    l.bind
+                ));
+            }
+            if l.quic.max_streams == 0 || l.quic.max_streams > 1024 {
+                return bad(&format!(
+                    "listener {}: quic.max_streams must be between 1 and 1024",
                     l.bind
                 ));
             }

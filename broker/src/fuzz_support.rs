@@ -39,13 +39,19 @@ impl FuzzBroker {
     pub fn connect(&self) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        self.state.tasks.spawn(crate::handshake::serve(
+        let deadline = tokio::time::Instant::now() + self.state.config.limits.connect_timeout();
+        self.state.tasks.spawn(crate::handshake::serve_within(
             self.state.clone(),
             server,
             peer,
             self.listener.clone(),
-            crate::handshake::HandshakeSlot::new(None, self.state.stats.clone()),
-            (),
+            deadline,
+            None,
+            std::future::ready(()),
+            (
+                crate::handshake::HandshakeSlot::new(None, self.state.stats.clone()),
+                (),
+            ),
         ));
         client
     }

@@ -27,8 +27,10 @@ pub(crate) mod limits;
 mod message;
 pub mod metrics;
 mod persist;
+mod quic;
 pub mod registry;
 mod router;
+pub mod self_signed;
 mod server;
 mod session;
 mod state;
@@ -36,13 +38,16 @@ mod stats;
 mod sys;
 mod timers;
 mod tls;
+mod transport_config;
+mod ws;
 
 pub use admin_config::AdminConfig;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
-    LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, RateLimitsConfig, SessionConfig,
-    StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
+    LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, QuicConfig, RateLimitsConfig,
+    SessionConfig, StorageConfig, SysConfig, TelemetryConfig, TlsConfig, Transport,
+    WebSocketConfig,
 };
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};

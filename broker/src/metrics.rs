@@ -241,6 +241,8 @@ fn by_reason(s: &Stats) -> Vec<Family> {
                 ("locked_out", load(&s.auth_locked_out)),
                 ("busy", load(&s.auth_busy)),
                 ("tls_handshake", load(&s.tls_handshake_failures)),
+                ("websocket_upgrade", load(&s.websocket_upgrade_failures)),
+                ("quic_retry", load(&s.quic_retries)),
                 ("banned", load(&s.refused_banned)),
                 ("address_rate", load(&s.refused_address_rate)),
                 ("address_quota", load(&s.refused_address_quota)),

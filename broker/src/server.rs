@@ -26,10 +26,33 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A bound listening socket.
 struct Bound {
-    tcp: TcpListener,
+    socket: Listening,
     config: Arc<ListenerConfig>,
-    /// A TLS listener's acceptor.
+    /// The TLS acceptor of a `tls`, `wss` or `quic` listener.
     tls: Option<Arc<crate::tls::TlsListener>>,
+}
+
+/// What a listener accepts on.
+enum Listening {
+    /// `tcp`, `tls`, `ws` and `wss`.
+    Tcp(TcpListener),
+    /// `quic`.
+    Quic(quinn::Endpoint),
+}
+
+/// A socket bound before the store opens (so a taken port fails fast).
+enum Socket {
+    Tcp(TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl Listening {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listening::Tcp(t) => t.local_addr(),
+            Listening::Quic(q) => q.local_addr(),
+        }
+    }
 }
 
 /// A broker with its listeners bound, ready to run.
@@ -45,7 +68,11 @@ impl Broker {
         crate::tls::install_default_provider();
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let socket = bind_tcp(l.bind, l.backlog).map_err(|source| BrokerError::Bind {
+            let socket = match l.transport {
+                Transport::Quic => crate::quic::bind_udp(l.bind).map(Socket::Udp),
+                _ => bind_tcp(l.bind, l.backlog).map(Socket::Tcp),
+            }
+            .map_err(|source| BrokerError::Bind {
                 addr: l.bind,
                 source,
             })?;
@@ -65,9 +92,9 @@ impl Broker {
         .map_err(|e| BrokerError::Config(format!("loading the registry: {e}")))??;
         tracing::info!(tenants, "registry loaded");
         let mut listeners = Vec::new();
-        for (tcp, config) in sockets {
-            let tls = match (config.transport, &config.tls) {
-                (Transport::Tls, Some(t)) => {
+        for (socket, config) in sockets {
+            let tls = match &config.tls {
+                Some(t) => {
                     let l = Arc::new(crate::tls::TlsListener::new(
                         t,
                         state.auth.client_cas.clone(),
@@ -75,9 +102,28 @@ impl Broker {
                     state.add_tls_listener(l.clone());
                     Some(l)
                 }
-                _ => None,
+                None => None,
             };
-            listeners.push(Bound { tcp, config, tls });
+            let socket = match (socket, &tls) {
+                (Socket::Tcp(tcp), _) => Listening::Tcp(tcp),
+                (Socket::Udp(udp), Some(tls)) => Listening::Quic(crate::quic::endpoint(
+                    udp,
+                    &config,
+                    tls,
+                    &state.config.limits,
+                )?),
+                (Socket::Udp(_), None) => {
+                    return Err(BrokerError::Config(format!(
+                        "listener {}: a quic listener needs [listener.tls]",
+                        config.bind
+                    )))
+                }
+            };
+            listeners.push(Bound {
+                socket,
+                config,
+                tls,
+            });
         }
         let restoring = state.clone();
         let report = tokio::task::spawn_blocking(move || restoring.restore())
@@ -112,7 +158,7 @@ impl Broker {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|b| b.tcp.local_addr().ok())
+            .filter_map(|b| b.socket.local_addr().ok())
             .collect()
     }
 
@@ -131,7 +177,7 @@ impl Broker {
         let state = self.state;
         let permits = Arc::new(Semaphore::new(state.config.limits.max_connections));
         for bound in self.listeners {
-            let addr = bound.tcp.local_addr()?;
+            let addr = bound.socket.local_addr()?;
             if bound.config.allow_anonymous {
                 tracing::warn!(
                     %addr,
@@ -139,9 +185,32 @@ impl Broker {
                     "listener allows anonymous clients"
                 );
             }
-            let transport = if bound.tls.is_some() { "tls" } else { "tcp" };
+            let transport = bound.config.transport.name();
             tracing::info!(%addr, "listening (mqtt over {transport})");
-            tokio::spawn(accept_loop(state.clone(), bound, permits.clone()));
+            match bound.socket {
+                Listening::Tcp(tcp) => {
+                    let (config, tls) = (bound.config, bound.tls);
+                    tokio::spawn(accept_loop(
+                        state.clone(),
+                        tcp,
+                        config,
+                        tls,
+                        permits.clone(),
+                    ));
+                }
+                Listening::Quic(endpoint) => {
+                    let Some(tls) = bound.tls else {
+                        continue;
+                    };
+                    tokio::spawn(crate::quic::accept_loop(
+                        state.clone(),
+                        endpoint,
+                        bound.config,
+                        tls,
+                        permits.clone(),
+                    ));
+                }
+            }
         }
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         let retention = tokio::spawn(run_retention(state.clone()));
@@ -268,27 +337,35 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Counts an accept loop as up, for readiness, until it returns.
+pub(crate) struct ListenerUp(Arc<BrokerState>);
+
+impl ListenerUp {
+    pub(crate) fn new(state: &Arc<BrokerState>) -> Self {
+        state.listeners_up.fetch_add(1, Ordering::Relaxed);
+        ListenerUp(state.clone())
+    }
+}
+
+impl Drop for ListenerUp {
+    fn drop(&mut self) {
+        self.0.listeners_up.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Takes a connection permit and a handshake slot before each accept, so at most
 /// `max_connections` sockets are served and `max_handshakes` are in their handshake; then
 /// the address's bans and admission (rate, connections open), which close a refused socket
-/// at once,
-/// before any TLS or password work. The handshake runs in the connection's own task, never
+/// at once, before any TLS or password work. The handshake runs in the connection's own task, never
 /// in this loop.
-async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semaphore>) {
-    /// Counts the loop as up for readiness until it returns.
-    struct Up(Arc<BrokerState>);
-    impl Drop for Up {
-        fn drop(&mut self) {
-            self.0.listeners_up.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    state.listeners_up.fetch_add(1, Ordering::Relaxed);
-    let _up = Up(state.clone());
-    let Bound {
-        tcp: listener,
-        config,
-        tls,
-    } = bound;
+async fn accept_loop(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    tls: Option<Arc<crate::tls::TlsListener>>,
+    permits: Arc<Semaphore>,
+) {
+    let _up = ListenerUp::new(&state);
     loop {
         let permit = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -345,19 +422,14 @@ async fn accept_loop(state: Arc<BrokerState>, bound: Bound, permits: Arc<Semapho
         let config = config.clone();
         let slot = handshake::HandshakeSlot::new(Some(handshake), state.stats.clone());
         let held = (permit, address);
-        match &tls {
-            Some(tls) => state.tasks.spawn(handshake::serve_tls(
-                state2,
-                stream,
-                peer,
-                config,
-                tls.clone(),
-                slot,
-                held,
-            )),
-            None => state
-                .tasks
-                .spawn(handshake::serve(state2, stream, peer, config, slot, held)),
-        };
+        state.tasks.spawn(handshake::serve(
+            state2,
+            stream,
+            peer,
+            config,
+            tls.clone(),
+            slot,
+            held,
+        ));
     }
 }

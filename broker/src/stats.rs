@@ -74,6 +74,10 @@ pub struct Stats {
     pub telemetry_stored: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// WebSocket upgrades refused (path, subprotocol, origin) or failed.
+    pub websocket_upgrade_failures: AtomicU64,
+    /// QUIC connection attempts answered with a Retry to prove their address.
+    pub quic_retries: AtomicU64,
     /// CONNECTs refused by authentication (bad credentials, anonymous refused, client id
     /// not allowed); each is an audit record.
     pub auth_failures: AtomicU64,

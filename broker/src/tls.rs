@@ -78,10 +78,12 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
-/// One TLS listener's acceptor and what reloading it needs.
+/// One TLS listener's acceptor and what reloading it needs. A QUIC listener uses the same
+/// certificate and client-certificate check, through [`TlsListener::quic_crypto`].
 pub(crate) struct TlsListener {
     pub acceptor: tokio_rustls::TlsAcceptor,
     cert: Arc<ServerCert>,
+    verifier: Arc<AnyTenant>,
     config: TlsConfig,
     provider: Arc<CryptoProvider>,
 }
@@ -105,14 +107,29 @@ impl TlsListener {
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(tls_err)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(cert.clone());
         Ok(TlsListener {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             cert,
+            verifier,
             config: config.clone(),
             provider,
         })
+    }
+
+    /// The TLS side of a QUIC listener: TLS 1.3 (QUIC has no other), ALPN `mqtt`, the same
+    /// certificate (reloads included) and client-certificate check. Early data is accepted
+    /// only when `early_data` is set; QUIC allows no size but "any" then.
+    pub fn quic_crypto(&self, early_data: bool) -> Result<rustls::ServerConfig, BrokerError> {
+        let mut server = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(self.verifier.clone())
+            .with_cert_resolver(self.cert.clone());
+        server.alpn_protocols = vec![b"mqtt".to_vec()];
+        server.max_early_data_size = if early_data { u32::MAX } else { 0 };
+        Ok(server)
     }
 
     /// Re-reads the certificate and key; on error the old ones stay in use.

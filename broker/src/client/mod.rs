@@ -283,6 +283,13 @@ impl<S: Transport> Client<S> {
         Box::pin(self.finish(end)).await;
     }
 
+    /// Ends a client whose connection was never confirmed (a 0-RTT QUIC handshake that did
+    /// not complete): nothing after its CONNECT was read, and it leaves as if the peer had
+    /// closed the socket.
+    pub(crate) async fn end_unconfirmed(mut self: Box<Self>) {
+        Box::pin(self.finish(End::Closed)).await;
+    }
+
     async fn event_loop(&mut self) -> End {
         if self.session_present {
             // Subscriptions from before this connection (maybe from before a rule change).

@@ -54,48 +54,39 @@ impl Drop for HandshakeSlot {
     }
 }
 
-/// Serves one accepted socket: the handshake runs in this task; a connected client then
-/// gets a task of its own, so an idle connection keeps only the client loop's small state,
-/// not the handshake's. `slot` is given back when the handshake ends; `permit` (a
-/// connection slot) lives as long as the connection.
-pub(crate) async fn serve<S, P>(
-    state: Arc<BrokerState>,
-    stream: S,
-    peer: SocketAddr,
-    listener: Arc<ListenerConfig>,
-    slot: HandshakeSlot,
-    permit: P,
-) where
-    S: Transport + 'static,
-    P: Send + 'static,
-{
-    let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
-    serve_within(
-        state,
-        stream,
-        peer,
-        listener,
-        deadline,
-        None,
-        (slot, permit),
-    )
-    .await;
-}
+/// Held back between the CONNACK and the client loop: a 0-RTT QUIC connection's handshake,
+/// so nothing after CONNECT is read from early data (docs/TRANSPORTS.md). Every other
+/// transport passes a ready future.
+pub(crate) type Gate = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Serves one accepted TCP socket of a TLS listener: the TLS handshake runs in this task
-/// and counts against the connect timeout, like the CONNECT that follows it.
-pub(crate) async fn serve_tls<P>(
+/// Serves one accepted TCP socket: the TLS handshake (a `tls` or `wss` listener) and the
+/// WebSocket upgrade (`ws`, `wss`) run in this task and count against the connect timeout,
+/// like the CONNECT that follows. A connected client then gets a task of its own, so an
+/// idle connection keeps only the client loop's small state, not the handshake's. `slot`
+/// is given back when the handshake ends; `permit` (a connection slot) lives as long as the
+/// connection.
+pub(crate) async fn serve<P>(
     state: Arc<BrokerState>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
-    tls: Arc<crate::tls::TlsListener>,
+    tls: Option<Arc<crate::tls::TlsListener>>,
     slot: HandshakeSlot,
     permit: P,
 ) where
     P: Send + 'static,
 {
     let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
+    let held = (slot, permit);
+    let Some(tls) = tls else {
+        if listener.transport.is_websocket() {
+            over_websocket(state, tcp, peer, listener, deadline, None, held).await;
+        } else {
+            let ready = std::future::ready(());
+            serve_within(state, tcp, peer, listener, deadline, None, ready, held).await;
+        }
+        return;
+    };
     let accepted = tokio::select! {
         _ = state.shutdown.cancelled() => return,
         a = tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)) => a,
@@ -124,40 +115,93 @@ pub(crate) async fn serve_tls<P>(
         .1
         .peer_certificates()
         .map(|chain| state.auth.client_cas.login(chain, tls.identity()));
-    serve_within(
-        state,
-        stream,
-        peer,
-        listener,
-        deadline,
-        cert,
-        (slot, permit),
-    )
-    .await;
+    if listener.transport.is_websocket() {
+        over_websocket(state, stream, peer, listener, deadline, cert, held).await;
+    } else {
+        let ready = std::future::ready(());
+        serve_within(state, stream, peer, listener, deadline, cert, ready, held).await;
+    }
 }
 
-async fn serve_within<S, P>(
+/// The WebSocket upgrade of a `ws` or `wss` connection, within the deadline, then MQTT.
+async fn over_websocket<S, P>(
     state: Arc<BrokerState>,
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     deadline: tokio::time::Instant,
     cert: PeerCert,
+    held: (HandshakeSlot, P),
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    P: Send + 'static,
+{
+    let upgraded = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        u = tokio::time::timeout_at(deadline, crate::ws::upgrade(stream, &listener.websocket)) => u,
+    };
+    let ws = match upgraded {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            state
+                .stats
+                .websocket_upgrade_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
+            return;
+        }
+        Err(_) => {
+            state
+                .stats
+                .websocket_upgrade_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, "WebSocket upgrade did not finish within the connect timeout");
+            return;
+        }
+    };
+    let ready = std::future::ready(());
+    serve_within(state, ws, peer, listener, deadline, cert, ready, held).await;
+}
+
+/// Runs the MQTT handshake over a ready byte stream, then (once `gate` opens) the client
+/// loop in a task of its own.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_within<S, G, P>(
+    state: Arc<BrokerState>,
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    deadline: tokio::time::Instant,
+    cert: PeerCert,
+    gate: G,
     (slot, permit): (HandshakeSlot, P),
 ) where
     S: Transport + 'static,
+    G: std::future::Future<Output = ()> + Send,
     P: Send + 'static,
 {
     let tasks = state.tasks.clone();
+    let shutdown = state.shutdown.clone();
     let client = handshake(state, stream, peer, listener, deadline, cert).await;
+    let Some(client) = client else {
+        return;
+    };
+    // Shutdown opens the gate: the client loop then sees its kick and says goodbye.
+    let opened = tokio::select! {
+        _ = shutdown.cancelled() => true,
+        g = tokio::time::timeout_at(deadline, gate) => g.is_ok(),
+    };
     drop(slot);
-    if let Some(client) = client {
-        let client = Box::new(client);
-        tasks.spawn(async move {
+    let client = Box::new(client);
+    tasks.spawn(async move {
+        if opened {
             client.run().await;
-            drop(permit);
-        });
-    }
+        } else {
+            tracing::debug!(%peer, "handshake not confirmed within the connect timeout");
+            client.end_unconfirmed().await;
+        }
+        drop(permit);
+    });
 }
 
 /// Reads and answers CONNECT; the connected client, or `None` if it was refused or failed.

@@ -1,0 +1,339 @@
+//! MQTT over QUIC (quinn): the endpoint of a `quic` listener, its accept loop, and
+//! [`QuicStream`], the bidirectional stream that carries one MQTT connection as the byte
+//! stream a `Connection` reads — so a QUIC client meets the same handshake,
+//! authentication, ACLs and limits as a TCP one.
+//!
+//! The conventions are EMQX's (ALPN `mqtt`, UDP 14567), so its QUIC clients work. TLS is
+//! the TLS listener's: TLS 1.3, the same certificate and client-certificate check. Clients
+//! may move to a new address (connection migration); the session stays. The QUIC idle
+//! timeout only has to outlast MQTT's own keep-alive, which closes a silent client after
+//! 1.5 times its keep-alive on every transport: see [`idle_timeout`].
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+
+use crate::config::{LimitsConfig, ListenerConfig};
+use crate::connection::Transport;
+use crate::error::BrokerError;
+use crate::handshake::{self, HandshakeSlot};
+use crate::limits::addresses::AddressRefusal;
+use crate::state::BrokerState;
+use crate::tls::TlsListener;
+
+/// Binds a listener's UDP socket (before the store opens, so a taken port fails fast).
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+}
+
+/// The QUIC idle timeout: a connection with no packets for this long is gone. MQTT's
+/// keep-alive closes a silent client after 1.5 times its keep-alive on every transport, so
+/// QUIC only needs to outlast the longest keep-alive the broker allows (1.5 times
+/// `limits.max_keep_alive_secs`, or of 65,535 s when that is unlimited): it then catches
+/// only peers that vanished before or without a keep-alive (keep-alive 0).
+pub(crate) fn idle_timeout(limits: &LimitsConfig) -> Duration {
+    let longest = match limits.max_keep_alive_secs {
+        0 => u16::MAX,
+        n => n,
+    };
+    Duration::from_millis(u64::from(longest) * 1500)
+}
+
+/// Builds the endpoint of a bound socket.
+pub(crate) fn endpoint(
+    socket: UdpSocket,
+    listener: &ListenerConfig,
+    tls: &TlsListener,
+    limits: &LimitsConfig,
+) -> Result<quinn::Endpoint, BrokerError> {
+    let crypto = tls.quic_crypto(listener.quic.enable_0rtt)?;
+    let crypto = QuicServerConfig::try_from(crypto)
+        .map_err(|e| BrokerError::Config(format!("quic listener {}: {e}", listener.bind)))?;
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(idle_timeout(limits))
+        .map_err(|e| BrokerError::Config(format!("quic idle timeout: {e}")))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(listener.quic.max_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport)).migration(true);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(BrokerError::Io)
+}
+
+/// Takes a connection permit and a handshake slot before each incoming connection, like the
+/// TCP accept loop; then the address's bans, address validation (a Retry, when asked for)
+/// and admission — all before any TLS work. The handshake runs in the connection's task.
+pub(crate) async fn accept_loop(
+    state: Arc<BrokerState>,
+    endpoint: quinn::Endpoint,
+    listener: Arc<ListenerConfig>,
+    tls: Arc<TlsListener>,
+    permits: Arc<Semaphore>,
+) {
+    let _up = crate::server::ListenerUp::new(&state);
+    loop {
+        let permit = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let slot = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            p = state.handshakes.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let incoming = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let peer = incoming.remote_address();
+        if state
+            .bans
+            .address_banned(peer.ip(), crate::clock::unix_ms())
+            .is_some()
+        {
+            state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
+            incoming.ignore();
+            continue;
+        }
+        if listener.quic.validate_address && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                // Stateless: the client comes back with the token, proving its address.
+                state.stats.quic_retries.fetch_add(1, Ordering::Relaxed);
+                let _ = incoming.retry();
+            } else {
+                incoming.refuse();
+            }
+            continue;
+        }
+        let address = match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let counter = match why {
+                    AddressRefusal::Rate => &state.stats.refused_address_rate,
+                    AddressRefusal::Quota => &state.stats.refused_address_quota,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            }
+        };
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "QUIC connection failed at once");
+                continue;
+            }
+        };
+        let slot = HandshakeSlot::new(Some(slot), state.stats.clone());
+        state.tasks.spawn(serve(
+            state.clone(),
+            connecting,
+            peer,
+            listener.clone(),
+            tls.clone(),
+            slot,
+            (permit, address),
+        ));
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+}
+
+/// Serves one QUIC connection: the QUIC handshake and the first stream within the connect
+/// timeout, then the MQTT handshake over that stream.
+async fn serve<P: Send + 'static>(
+    state: Arc<BrokerState>,
+    connecting: quinn::Connecting,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    tls: Arc<TlsListener>,
+    slot: HandshakeSlot,
+    permit: P,
+) {
+    let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
+    // With 0-RTT the connection is usable before the handshake completes; the gate below
+    // holds everything after CONNECT until it has.
+    let (connection, established): (_, handshake::Gate) = if listener.quic.enable_0rtt {
+        match connecting.into_0rtt() {
+            Ok((c, accepted)) => (
+                Ok(Ok(c)),
+                Box::pin(async move {
+                    accepted.await;
+                }),
+            ),
+            Err(connecting) => (
+                timed(&state, deadline, connecting).await,
+                Box::pin(std::future::ready(())),
+            ),
+        }
+    } else {
+        (
+            timed(&state, deadline, connecting).await,
+            Box::pin(std::future::ready(())),
+        )
+    };
+    let connection = match connection {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            state
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(()) => {
+            state
+                .stats
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "QUIC handshake did not finish within the connect timeout");
+            return;
+        }
+    };
+    let first = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        s = tokio::time::timeout_at(deadline, connection.accept_bi()) => s,
+    };
+    let (send, recv) = match first {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "QUIC connection ended before its first stream");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no QUIC stream within the connect timeout");
+            connection.close(quinn::VarInt::from_u32(0), b"no stream");
+            return;
+        }
+    };
+    let cert = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|chain| state.auth.client_cas.login(&chain, tls.identity()));
+    let stream = QuicStream::new(connection, send, recv);
+    handshake::serve_within(
+        state,
+        stream,
+        peer,
+        listener,
+        deadline,
+        cert,
+        established,
+        (slot, permit),
+    )
+    .await;
+}
+
+/// Awaits a QUIC handshake within the deadline (and not past shutdown).
+async fn timed(
+    state: &BrokerState,
+    deadline: tokio::time::Instant,
+    connecting: quinn::Connecting,
+) -> Result<Result<quinn::Connection, quinn::ConnectionError>, ()> {
+    tokio::select! {
+        _ = state.shutdown.cancelled() => Err(()),
+        c = tokio::time::timeout_at(deadline, connecting) => c.map_err(|_| ()),
+    }
+}
+
+/// One bidirectional QUIC stream as a byte stream. Shutting it down finishes the send side
+/// and waits for the peer to acknowledge everything (a DISCONNECT included) before closing
+/// the connection, so a graceful close loses nothing in flight.
+pub(crate) struct QuicStream {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Set once shutdown has finished the send side: resolves when the peer has it all.
+    closing: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl QuicStream {
+    pub(crate) fn new(
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Self {
+        QuicStream {
+            connection,
+            send,
+            recv,
+            closing: None,
+        }
+    }
+}
+
+/// Always "ready": quinn buffers received data in the connection, not in the socket.
+impl Transport for QuicStream {}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closing.is_none() {
+            let _ = this.send.finish();
+            let stopped = this.send.stopped();
+            this.closing = Some(Box::pin(async move {
+                let _ = stopped.await;
+            }));
+        }
+        if let Some(closing) = &mut this.closing {
+            ready!(closing.as_mut().poll(cx));
+        }
+        this.connection.close(quinn::VarInt::from_u32(0), b"");
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for QuicStream {
+    /// A connection that ends without a graceful shutdown (an error, a timeout) is closed
+    /// at once rather than left to the idle timeout.
+    fn drop(&mut self) {
+        self.connection.close(quinn::VarInt::from_u32(0), b"");
+    }
+}

@@ -1,0 +1,142 @@
+//! Test certificates (rcgen): a server CA and its server certificate for `localhost` and
+//! 127.0.0.1, two device CAs (tenants `acme` and `globex`), and rustls client configs that
+//! trust the server CA, for the TLS, WSS and QUIC tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::Arc;
+
+/// A CA that can issue certificates.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// A leaf: (certificate, key).
+    pub fn issue(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        server: bool,
+    ) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        (p.signed_by(&key, &self.issuer).unwrap(), key)
+    }
+}
+
+pub struct Pki {
+    pub server_ca: Ca,
+    pub acme: Ca,
+    pub globex: Ca,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let pki = Pki {
+            server_ca: Ca::new("messs test server CA"),
+            acme: Ca::new("acme devices"),
+            globex: Ca::new("globex devices"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        pki.write_server_cert("localhost");
+        pki
+    }
+
+    /// (Re)writes the server's certificate for `name` and returns its DER.
+    pub fn write_server_cert(&self, name: &str) -> Vec<u8> {
+        let (cert, key) = self.server_ca.issue(
+            name,
+            vec![
+                SanType::DnsName(name.try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            true,
+        );
+        std::fs::write(self.dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(self.dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    pub fn tls_config(&self) -> messs_broker::TlsConfig {
+        messs_broker::TlsConfig {
+            cert_file: self.dir.path().join("server.pem"),
+            key_file: self.dir.path().join("server.key"),
+            allow_tls12: false,
+            require_client_cert: false,
+            cert_identity: messs_broker::CertIdentity::Cn,
+        }
+    }
+
+    /// A TLS connector that trusts the server CA, presenting `identity` if given.
+    pub fn client(
+        &self,
+        identity: Option<&(rcgen::Certificate, KeyPair)>,
+        tls12_only: bool,
+    ) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(Arc::new(self.client_config(identity, tls12_only)))
+    }
+
+    /// The client side's rustls settings (QUIC adds its ALPN to them).
+    pub fn client_config(
+        &self,
+        identity: Option<&(rcgen::Certificate, KeyPair)>,
+        tls12_only: bool,
+    ) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.server_ca.cert.der().clone()).unwrap();
+        // A client that offers the hybrid post-quantum group first (as browsers do).
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
+        provider.kx_groups = vec![X25519MLKEM768, X25519];
+        let provider = Arc::new(provider);
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config
+    }
+}
