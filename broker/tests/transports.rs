@@ -746,3 +746,87 @@ async fn websocket_upgrade_checks_path_subprotocol_and_origin() {
     );
     broker.stop().await;
 }
+
+/// A QUIC client endpoint that resumes sessions with early data (0-RTT) when it can.
+fn quic_endpoint_0rtt(
+    pki: &Pki,
+    identity: Option<&(rcgen::Certificate, rcgen::KeyPair)>,
+) -> quinn::Endpoint {
+    let mut tls = pki.client_config(identity, false);
+    tls.alpn_protocols = vec![b"mqtt".to_vec()];
+    tls.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// One full connection (CONNECT, CONNACK, DISCONNECT) so the client holds a session ticket.
+async fn quic_first_visit(endpoint: &quinn::Endpoint, broker: SocketAddr, connect: Connect) {
+    let (connection, stream) = quic_open(endpoint, broker).await;
+    let (raw, ack) = Raw::over(Box::new(stream)).connect(connect).await;
+    assert_eq!(ack.code, ReasonCode::Success, "{ack:?}");
+    raw.disconnect().await;
+    // Tickets arrive after the handshake; give them a moment, then close.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    connection.close(0u32.into(), b"");
+}
+
+/// 0-RTT is off by default: a resuming client cannot send early data. On, a CONNECT in
+/// early data is answered, with a password or with the certificate of the first visit.
+#[tokio::test]
+async fn quic_0rtt_only_when_enabled() {
+    let pki = Pki::new();
+    let off = start(&pki, Transport::Quic, |_| {}).await;
+    let end = quic_endpoint_0rtt(&pki, None);
+    quic_first_visit(&end, off.addr, login("early", "watcher@acme")).await;
+    let connecting = end.connect(off.addr, "localhost").unwrap();
+    assert!(
+        connecting.into_0rtt().is_err(),
+        "early data offered while 0-RTT is off"
+    );
+    off.stop().await;
+
+    let on = start(&pki, Transport::Quic, |c| {
+        c.listeners[0].quic.enable_0rtt = true
+    })
+    .await;
+    for identity in [None, Some(pki.acme.issue("sensor1", vec![], false))] {
+        let end = quic_endpoint_0rtt(&pki, identity.as_ref());
+        let connect = |id: &str| {
+            let mut c = login(id, "watcher@acme");
+            if identity.is_some() {
+                c.username = None;
+                c.password = None;
+            }
+            c
+        };
+        quic_first_visit(&end, on.addr, connect("early")).await;
+        let connecting = end.connect(on.addr, "localhost").unwrap();
+        let (connection, accepted) = connecting
+            .into_0rtt()
+            .unwrap_or_else(|_| panic!("no early data offered"));
+        let (send, recv) = connection.open_bi().await.unwrap();
+        let (mut raw, ack) = Raw::over(Box::new(tokio::io::join(recv, send)))
+            .connect(connect("early"))
+            .await;
+        assert_eq!(ack.code, ReasonCode::Success, "{ack:?}");
+        assert!(accepted.await, "the server accepted the early data");
+        raw.subscribe("early/#", QoS::AtMostOnce).await;
+        raw.roundtrip("early/x").await;
+        let me = on
+            .broker
+            .clients(Some("acme"))
+            .into_iter()
+            .find(|c| c.client_id == "early")
+            .unwrap();
+        let want = if identity.is_some() {
+            "sensor1"
+        } else {
+            "watcher"
+        };
+        assert_eq!(me.username.as_deref(), Some(want));
+        raw.disconnect().await;
+    }
+    on.stop().await;
+}
