@@ -748,9 +748,9 @@ impl Config {
                     l.bind
                 ));
             }
-            if l.quic.max_streams == 0 || l.quic.max_streams > 1024 {
+            if l.quic.max_streams == 0 || l.quic.max_streams > 64 {
                 return bad(&format!(
-                    "listener {}: quic.max_streams must be between 1 and 1024",
+                    "listener {}: quic.max_streams must be between 1 and 64",
                     l.bind
                 ));
             }

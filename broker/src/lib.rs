@@ -28,6 +28,7 @@ mod message;
 pub mod metrics;
 mod persist;
 mod quic;
+mod quic_streams;
 pub mod registry;
 mod router;
 pub mod self_signed;

@@ -235,18 +235,43 @@ async fn serve<P: Send + 'static>(
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .map(|chain| state.auth.client_cas.login(&chain, tls.identity()));
-    let stream = QuicStream::new(connection, send, recv);
-    handshake::serve_within(
-        state,
-        stream,
-        peer,
-        listener,
-        deadline,
-        cert,
-        established,
-        (slot, permit),
-    )
-    .await;
+    let held = (slot, permit);
+    let streams = listener.quic.max_streams as usize;
+    if streams > 1 {
+        let limits = &state.config.limits;
+        let stream = crate::quic_streams::MultiStream::new(
+            connection,
+            send,
+            recv,
+            streams,
+            limits.max_connect_packet_size as usize,
+            limits.max_packet_size as usize,
+        );
+        handshake::serve_within(
+            state,
+            stream,
+            peer,
+            listener,
+            deadline,
+            cert,
+            established,
+            held,
+        )
+        .await;
+    } else {
+        let stream = QuicStream::new(connection, send, recv);
+        handshake::serve_within(
+            state,
+            stream,
+            peer,
+            listener,
+            deadline,
+            cert,
+            established,
+            held,
+        )
+        .await;
+    }
 }
 
 /// Awaits a QUIC handshake within the deadline (and not past shutdown).

@@ -346,8 +346,13 @@ mod set {
 
     /// The whole set over `transport`.
     pub async fn run(transport: Transport) {
+        run_with(transport, |_| {}).await;
+    }
+
+    /// The whole set over `transport`, the broker's config adjusted.
+    pub async fn run_with(transport: Transport, adjust: impl FnOnce(&mut Config)) {
         let pki = Pki::new();
-        let broker = start(&pki, transport, |_| {}).await;
+        let broker = start(&pki, transport, adjust).await;
         let ends = Ends::new(&pki, broker.addr, transport);
 
         // Authentication: a wrong password is refused in CONNACK; the right one gets in.
@@ -487,6 +492,12 @@ async fn websocket_over_tls_runs_the_set() {
 #[tokio::test]
 async fn quic_runs_the_set() {
     set::run(Transport::Quic).await;
+}
+
+/// A listener in multi-stream mode serves single-stream clients as before.
+#[tokio::test]
+async fn quic_multi_stream_listener_runs_the_set() {
+    set::run_with(Transport::Quic, |c| c.listeners[0].quic.max_streams = 4).await;
 }
 
 fn login(client_id: &str, user: &str) -> Connect {
@@ -829,4 +840,115 @@ async fn quic_0rtt_only_when_enabled() {
         raw.disconnect().await;
     }
     on.stop().await;
+}
+
+/// Encodes one packet (MQTT 5).
+fn encoded(packet: messs_codec::Packet) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    messs_codec::encode(&packet, Protocol::V5, &mut out).unwrap();
+    out.to_vec()
+}
+
+/// Reads one packet from a QUIC data stream.
+async fn read_packet(recv: &mut quinn::RecvStream) -> messs_codec::Packet {
+    let mut buf = bytes::BytesMut::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let limits = messs_codec::Limits::default();
+            if let Some(p) = messs_codec::decode(&mut buf, Protocol::V5, &limits).unwrap() {
+                return p;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = recv.read(&mut chunk).await.unwrap().expect("stream open");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a packet in time")
+}
+
+/// Multi-stream mode: PUBLISHes on further client streams are delivered and acknowledged
+/// on their own stream, and one stuck half-way holds up neither another stream nor the
+/// control stream. A data stream that carries anything but PUBLISH or PUBREL closes the
+/// connection.
+#[tokio::test]
+async fn quic_data_streams_do_not_block_each_other() {
+    static BIG: [u8; 60_000] = [0x42; 60_000];
+    let pki = Pki::new();
+    let broker = start(&pki, Transport::Quic, |c| {
+        c.listeners[0].quic.max_streams = 4
+    })
+    .await;
+    let sub_end = quic_endpoint(&pki, None);
+    let (_s, stream) = quic_open(&sub_end, broker.addr).await;
+    let (mut sub, _) = Raw::over(Box::new(stream))
+        .connect(login("sub", "watcher@acme"))
+        .await;
+    sub.subscribe("lanes/#", QoS::AtLeastOnce).await;
+
+    let end = quic_endpoint(&pki, None);
+    let (connection, stream) = quic_open(&end, broker.addr).await;
+    let (mut control, ack) = Raw::over(Box::new(stream))
+        .connect(login("multi", "sensor1@acme"))
+        .await;
+    assert_eq!(ack.code, ReasonCode::Success);
+
+    // Stream A: the first half of a big QoS 1 PUBLISH, then nothing for now.
+    let slow = encoded(messs_codec::Packet::Publish(Box::new(publish(
+        "lanes/slow",
+        &BIG,
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))));
+    let (mut a_send, mut a_recv) = connection.open_bi().await.unwrap();
+    a_send.write_all(&slow[..slow.len() / 2]).await.unwrap();
+    // Stream B: a whole small one.
+    let (mut b_send, mut b_recv) = connection.open_bi().await.unwrap();
+    b_send
+        .write_all(&encoded(messs_codec::Packet::Publish(Box::new(publish(
+            "lanes/fast",
+            b"fast",
+            QosPid::AtLeastOnce(pid(2)),
+            false,
+        )))))
+        .await
+        .unwrap();
+    let got = sub.recv_publish().await;
+    assert_eq!(got.topic.as_str(), "lanes/fast", "B waited for A");
+    match read_packet(&mut b_recv).await {
+        messs_codec::Packet::PubAck(a) => assert_eq!(a.packet_id, pid(2)),
+        other => panic!("expected PUBACK on stream B, got {other:?}"),
+    }
+    // The control stream is not held up either.
+    control
+        .publish(publish("lanes/control", b"ctl", QosPid::AtMostOnce, false))
+        .await;
+    assert_eq!(sub.recv_publish().await.topic.as_str(), "lanes/control");
+
+    // A completes: delivered, acknowledged on A.
+    a_send.write_all(&slow[slow.len() / 2..]).await.unwrap();
+    let got = sub.recv_publish().await;
+    assert_eq!(got.topic.as_str(), "lanes/slow");
+    assert_eq!(got.payload.len(), BIG.len());
+    match read_packet(&mut a_recv).await {
+        messs_codec::Packet::PubAck(a) => assert_eq!(a.packet_id, pid(1)),
+        other => panic!("expected PUBACK on stream A, got {other:?}"),
+    }
+
+    // A SUBSCRIBE on a data stream is a protocol error: the connection closes.
+    let (mut c_send, _c_recv) = connection.open_bi().await.unwrap();
+    let subscribe = messs_codec::Packet::Subscribe(Box::new(messs_codec::Subscribe {
+        packet_id: pid(9),
+        properties: Default::default(),
+        subscriptions: vec![messs_codec::Subscription {
+            filter: messs_codec::TopicFilter::new("x/#").unwrap(),
+            options: messs_codec::SubscriptionOptions::new(QoS::AtMostOnce),
+        }],
+    }));
+    c_send.write_all(&encoded(subscribe)).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, connection.closed()).await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    // Everyone else carries on.
+    sub.roundtrip("lanes/after").await;
+    broker.stop().await;
 }

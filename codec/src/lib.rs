@@ -29,4 +29,4 @@ pub use properties::{
 pub use reason::{ReasonCode, ReasonContext};
 pub use topic::{topic_matches, TopicFilter, TopicName};
 pub use types::{Protocol, QoS, RetainHandling, SubscriptionOptions};
-pub use wire::MAX_VARINT;
+pub use wire::{frame_length, MAX_VARINT};

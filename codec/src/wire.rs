@@ -62,6 +62,16 @@ pub(crate) fn peek_remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize
     Err(DecodeError::MalformedRemainingLength)
 }
 
+/// The whole length (fixed header included) of the packet that starts at `bytes[0]`, once
+/// its fixed header is in: for code that must split a byte stream into packets without
+/// decoding them (e.g. to merge several streams into one). `Ok(None)`: more bytes needed.
+pub fn frame_length(bytes: &[u8]) -> Result<Option<usize>, DecodeError> {
+    let Some(rest) = bytes.get(1..) else {
+        return Ok(None);
+    };
+    Ok(peek_remaining_length(rest)?.map(|(len, used)| 1 + used + len))
+}
+
 pub(crate) fn read_binary(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
     let len = usize::from(read_u16(buf)?);
     if buf.remaining() < len {
@@ -172,6 +182,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_length_counts_the_fixed_header() {
+        assert_eq!(frame_length(&[]).unwrap(), None);
+        assert_eq!(frame_length(&[0x30]).unwrap(), None);
+        assert_eq!(frame_length(&[0xC0, 0x00]).unwrap(), Some(2));
+        assert_eq!(frame_length(&[0x30, 0x80]).unwrap(), None);
+        assert_eq!(frame_length(&[0x30, 0x80, 0x01]).unwrap(), Some(3 + 128));
+        assert!(frame_length(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]).is_err());
+    }
 
     #[test]
     fn varint_boundaries_round_trip() {
