@@ -5,6 +5,7 @@
 
 mod bench;
 mod conn;
+mod dial;
 mod hostile;
 mod payload;
 mod procstat;
@@ -121,15 +122,19 @@ struct Common {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
-    /// Transport: tcp or tls (ws and quic once messs has those listeners).
+    /// Transport: tcp, tls, ws, wss or quic (ALPN mqtt).
     #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
     transport: TransportArg,
-    /// For --transport tls: PEM file with the CA certificate(s) to trust.
+    /// For tls, wss and quic: PEM file with the CA certificate(s) to trust (for messs's
+    /// self-signed certificate, DATA_DIR/self-signed/cert.pem).
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
-    /// For --transport tls: the name the server's certificate must carry.
+    /// For tls, wss and quic: the name the server's certificate must carry.
     #[arg(long, default_value = "localhost")]
     tls_server_name: String,
+    /// For ws and wss: the HTTP path of the MQTT endpoint.
+    #[arg(long, default_value = "/mqtt")]
+    ws_path: String,
     /// MQTT protocol level: 4 (3.1.1) or 5.
     #[arg(long, default_value_t = 5)]
     protocol: u8,
@@ -179,11 +184,12 @@ struct Flow {
     persistent: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum TransportArg {
     Tcp,
     Tls,
     Ws,
+    Wss,
     Quic,
 }
 
@@ -205,19 +211,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl Common {
     fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
-        let tls = match self.transport {
-            TransportArg::Tcp => None,
-            TransportArg::Tls => {
-                let ca = self
-                    .tls_ca
-                    .as_deref()
-                    .context("--transport tls needs --tls-ca FILE")?;
-                let name = rustls_pki_types::ServerName::try_from(self.tls_server_name.clone())
-                    .context("--tls-server-name")?;
-                Some((proto::tls_connector(ca)?, name))
-            }
-            _ => bail!("--transport ws and quic come with messs's WebSocket and QUIC listeners"),
-        };
         let protocol = match self.protocol {
             4 => Protocol::V3_1_1,
             5 => Protocol::V5,
@@ -228,6 +221,41 @@ impl Common {
             .with_context(|| format!("resolving {}", self.host))?
             .next()
             .context("no address for host")?;
+        let tls = match self.transport {
+            TransportArg::Tcp | TransportArg::Ws => None,
+            TransportArg::Tls | TransportArg::Wss | TransportArg::Quic => {
+                let ca = self
+                    .tls_ca
+                    .as_deref()
+                    .context("--transport tls, wss and quic need --tls-ca FILE")?;
+                Some(proto::tls_client_config(ca)?)
+            }
+        };
+        let tls_to = |config: rustls::ClientConfig| -> anyhow::Result<dial::TlsTo> {
+            let name = rustls_pki_types::ServerName::try_from(self.tls_server_name.clone())
+                .context("--tls-server-name")?;
+            Ok((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        };
+        let dial = match (self.transport, tls) {
+            (TransportArg::Tcp, _) => dial::Dial::Tcp,
+            (TransportArg::Ws, _) => dial::Dial::Ws {
+                path: self.ws_path.clone(),
+                tls: None,
+            },
+            (TransportArg::Tls, Some(c)) => dial::Dial::Tls(tls_to(c)?),
+            (TransportArg::Wss, Some(c)) => dial::Dial::Ws {
+                path: self.ws_path.clone(),
+                tls: Some(tls_to(c)?),
+            },
+            (TransportArg::Quic, Some(c)) => dial::Dial::Quic {
+                endpoint: dial::quic_endpoint(c, addr.is_ipv6())?,
+                server_name: self.tls_server_name.clone(),
+            },
+            (_, None) => bail!("--transport {} needs --tls-ca", self.transport_name()),
+        };
         Ok(ConnectOptions {
             addr,
             protocol,
@@ -237,8 +265,18 @@ impl Common {
             keep_alive: 300,
             clean: true,
             session_expiry: None,
-            tls,
+            dial,
         })
+    }
+
+    fn transport_name(&self) -> &'static str {
+        match self.transport {
+            TransportArg::Tcp => "tcp",
+            TransportArg::Tls => "tls",
+            TransportArg::Ws => "ws",
+            TransportArg::Wss => "wss",
+            TransportArg::Quic => "quic",
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! A minimal MQTT client on messs-codec: just what load generation needs (CONNECT,
-//! SUBSCRIBE, PUBLISH with acks), over a TCP or TLS stream split into halves so one task
-//! can write while another reads.
+//! SUBSCRIBE, PUBLISH with acks), over any transport `dial` opens, split into halves so
+//! one task can write while another reads.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -12,11 +12,8 @@ use messs_codec::{
     decode, encode, Connect, ConnectProperties, Limits, Packet, Protocol, QoS, ReasonCode,
     Subscribe, Subscription, SubscriptionOptions, TopicFilter,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
-type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+use crate::dial::{Dial, ReadHalf, WriteHalf};
 
 /// How one client connects.
 #[derive(Clone)]
@@ -30,11 +27,8 @@ pub struct ConnectOptions {
     pub clean: bool,
     /// Session Expiry Interval to ask for (v5).
     pub session_expiry: Option<u32>,
-    /// TLS, with the name the server's certificate must have.
-    pub tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
+    /// The transport.
+    pub dial: Dial,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -43,13 +37,13 @@ impl std::fmt::Debug for ConnectOptions {
             .field("addr", &self.addr)
             .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
-            .field("tls", &self.tls.is_some())
+            .field("transport", &self.dial.name())
             .finish()
     }
 }
 
 /// A TLS client configuration trusting the CA certificates of a PEM file (aws-lc-rs).
-pub fn tls_connector(ca_file: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+pub fn tls_client_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
@@ -62,9 +56,7 @@ pub fn tls_connector(ca_file: &std::path::Path) -> anyhow::Result<tokio_rustls::
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        config,
-    )))
+    Ok(config)
 }
 
 /// The reading half with its buffer.
@@ -91,7 +83,7 @@ impl Reader {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(64 * 1024);
             }
-            if self.half.read_buf(&mut self.buf).await? == 0 {
+            if self.half.read_into(&mut self.buf).await? == 0 {
                 return Ok(None);
             }
         }
@@ -102,7 +94,7 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(64 * 1024);
         }
-        if self.half.read_buf(&mut self.buf).await? == 0 {
+        if self.half.read_into(&mut self.buf).await? == 0 {
             return Ok(false);
         }
         while let Some(p) = decode(&mut self.buf, self.protocol, &Limits::default())? {
@@ -129,28 +121,10 @@ impl Writer {
     }
 }
 
-/// Opens a TCP connection (and the TLS session on it), sends CONNECT and waits for a
-/// successful CONNACK.
+/// Opens a connection over the run's transport, sends CONNECT and waits for a successful
+/// CONNACK.
 pub async fn connect(opts: &ConnectOptions, timeout: Duration) -> anyhow::Result<(Reader, Writer)> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(opts.addr))
-        .await
-        .context("TCP connect timed out")?
-        .with_context(|| format!("TCP connect to {}", opts.addr))?;
-    stream.set_nodelay(true)?;
-    let (r, w): (ReadHalf, WriteHalf) = match &opts.tls {
-        None => {
-            let (r, w) = stream.into_split();
-            (Box::new(r), Box::new(w))
-        }
-        Some((connector, name)) => {
-            let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
-                .await
-                .context("TLS handshake timed out")?
-                .context("TLS handshake")?;
-            let (r, w) = tokio::io::split(tls);
-            (Box::new(r), Box::new(w))
-        }
-    };
+    let (r, w): (ReadHalf, WriteHalf) = crate::dial::open(&opts.dial, opts.addr, timeout).await?;
     let mut reader = Reader {
         half: r,
         buf: BytesMut::new(),
