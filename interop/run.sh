@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop check: the real messs binary on an ephemeral loopback port, driven by
 # mosquitto_pub/mosquitto_sub and by paho-mqtt 2.x, at MQTT 3.1.1 and 5.0: first the
-# try-out setup (anonymous on loopback), then device logins over TLS (tls-login.sh).
+# try-out setup (anonymous on loopback), then device logins over TLS (tls-login.sh), then
+# MQTT.js over WebSocket (websocket.sh).
 # Installs mosquitto-clients (Debian) and paho-mqtt (PyPI) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,4 +81,6 @@ echo "interop: graceful shutdown on SIGTERM: ok"
 
 # Real device logins over TLS: passwords and client certificates (interop/tls-login.sh).
 bash interop/tls-login.sh
+# MQTT.js over WebSocket and WebSocket over TLS (interop/websocket.sh).
+bash interop/websocket.sh
 echo "interop: all checks passed"
