@@ -815,6 +815,47 @@ mod tests {
         );
     }
 
+    /// The commented `[listener.websocket]` and `[listener.quic]` tables of the example
+    /// show the defaults: uncommented, they parse to them.
+    #[test]
+    fn example_transport_tables_show_the_defaults() {
+        let text = include_str!("../../messs.example.toml");
+        let mut tables = String::from("[[listener]]\n");
+        let mut inside = false;
+        for line in text.lines() {
+            let line = line.trim_start_matches("# ");
+            if line == "[listener.websocket]" || line == "[listener.quic]" {
+                inside = true;
+            } else if line.starts_with('[') || !line.contains(" = ") {
+                inside = false;
+            }
+            if inside {
+                tables.push_str(line);
+                tables.push('\n');
+            }
+        }
+        assert!(
+            tables.contains("max_frame_size") && tables.contains("enable_0rtt"),
+            "{tables}"
+        );
+        let parsed = Config::from_toml(&tables).unwrap();
+        let l = &parsed.listeners[0];
+        assert_eq!(l.websocket, WebSocketConfig::default());
+        assert_eq!(l.quic, QuicConfig::default());
+    }
+
+    #[test]
+    fn transports_check_their_settings() {
+        let tls_less = "[[listener]]\ntransport = \"quic\"\n";
+        let err = Config::from_toml(tls_less).unwrap_err().to_string();
+        assert!(err.contains("[listener.tls]"), "{err}");
+        let star =
+            "[[listener]]\ntransport = \"ws\"\n[listener.websocket]\nallowed_origins = [\"*\"]\n";
+        assert!(Config::from_toml(star).is_err());
+        let streams = "[[listener]]\ntransport = \"tcp\"\n[listener.quic]\nmax_streams = 65\n";
+        assert!(Config::from_toml(streams).is_err());
+    }
+
     #[test]
     fn unknown_keys_are_errors() {
         let err = Config::from_toml("[limits]\nmax_pakcet_size = 5\n").unwrap_err();
