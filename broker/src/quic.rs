@@ -31,9 +31,27 @@ use crate::limits::addresses::AddressRefusal;
 use crate::state::BrokerState;
 use crate::tls::TlsListener;
 
+/// Socket buffers asked for a QUIC listener's UDP socket, each way. The kernel's default
+/// (about 200 KiB) overflows when a burst of clients connects at once (each handshake
+/// brings and answers several full-size datagrams), and a dropped handshake datagram
+/// costs that client a retransmission timeout. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`; raise those for busy listeners.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Binds a listener's UDP socket (before the store opens, so a taken port fails fast).
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(addr)
+    let socket = UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer still works.
+    let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER);
+    tracing::debug!(
+        %addr,
+        recv = state.recv_buffer_size((&socket).into()).unwrap_or(0),
+        send = state.send_buffer_size((&socket).into()).unwrap_or(0),
+        "QUIC socket buffers"
+    );
+    Ok(socket)
 }
 
 /// The QUIC idle timeout: a connection with no packets for this long is gone. MQTT's

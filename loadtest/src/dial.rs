@@ -120,7 +120,18 @@ pub fn quic_endpoint(mut tls: rustls::ClientConfig, v6: bool) -> anyhow::Result<
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC needs TLS 1.3")?;
     let local = if v6 { "[::]:0" } else { "0.0.0.0:0" };
-    let mut endpoint = quinn::Endpoint::client(local.parse()?)?;
+    // Every connection of the run shares this socket: large buffers, or a burst of
+    // handshakes overflows it and the lost datagrams cost retransmission timeouts.
+    let socket = std::net::UdpSocket::bind(local)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    let _ = state.set_recv_buffer_size((&socket).into(), 8 * 1024 * 1024);
+    let _ = state.set_send_buffer_size((&socket).into(), 8 * 1024 * 1024);
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     Ok(endpoint)
 }
