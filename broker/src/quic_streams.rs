@@ -246,8 +246,14 @@ impl MultiStream {
                     self.next_id += 1;
                     accepted = true;
                 }
-                // The connection is ending: the control stream's read reports it.
-                Poll::Ready(Err(_)) => break,
+                // The connection is ending: the control stream's read reports it. The
+                // finished future is dropped (polling it again would be a bug) and no
+                // further stream is accepted.
+                Poll::Ready(Err(_)) => {
+                    self.accepting = None;
+                    self.max_lanes = 0;
+                    break;
+                }
             }
         }
         accepted
