@@ -498,3 +498,58 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_urls_name_transport_address_and_path() {
+        let u = parse_listen("quic://127.0.0.1").unwrap();
+        assert_eq!(
+            (u.transport, u.bind.port(), u.path),
+            (Transport::Quic, 14567, None)
+        );
+        let u = parse_listen("wss://127.0.0.1").unwrap();
+        assert_eq!((u.transport, u.bind.port()), (Transport::Wss, 8084));
+        let u = parse_listen("ws://[::1]:9000/ws").unwrap();
+        assert_eq!(u.transport, Transport::Ws);
+        assert_eq!(u.bind, "[::1]:9000".parse().unwrap());
+        assert_eq!(u.path.as_deref(), Some("/ws"));
+        let u = parse_listen("mqtts://127.0.0.1:0").unwrap();
+        assert_eq!(u.transport, Transport::Tls);
+        for bad in [
+            "udp://127.0.0.1:1",
+            "tcp://127.0.0.1:1/x",
+            "quic://localhost:1",
+            "127.0.0.1:1",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn self_signed_certificate_only_without_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = vec![
+            "quic://127.0.0.1:0".to_owned(),
+            "tcp://127.0.0.1:0".to_owned(),
+        ];
+        let cfg = build_config(None, listen, Some(dir.path().into()), Some("off".into())).unwrap();
+        let tls = cfg.listeners[0].tls.as_ref().unwrap();
+        assert!(
+            tls.cert_file.starts_with(dir.path()),
+            "{}",
+            tls.cert_file.display()
+        );
+        assert!(cfg.listeners[1].tls.is_none());
+
+        let file = dir.path().join("messs.toml");
+        std::fs::write(&file, "[[listener]]\nbind = \"127.0.0.1:0\"\n").unwrap();
+        let err = build_config(Some(file), vec!["wss://127.0.0.1:0".into()], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a certificate"), "{err}");
+    }
+}

@@ -27,7 +27,6 @@ use crate::config::{LimitsConfig, ListenerConfig};
 use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::handshake::{self, HandshakeSlot};
-use crate::limits::addresses::AddressRefusal;
 use crate::state::BrokerState;
 use crate::tls::TlsListener;
 
@@ -107,19 +106,8 @@ pub(crate) async fn accept_loop(
 ) {
     let _up = crate::server::ListenerUp::new(&state);
     loop {
-        let permit = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let slot = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            p = state.handshakes.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let Some((permit, slot)) = crate::server::take_slots(&state, &permits).await else {
+            break;
         };
         let incoming = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -129,12 +117,7 @@ pub(crate) async fn accept_loop(
             },
         };
         let peer = incoming.remote_address();
-        if state
-            .bans
-            .address_banned(peer.ip(), crate::clock::unix_ms())
-            .is_some()
-        {
-            state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
+        if crate::server::banned(&state, peer) {
             incoming.ignore();
             continue;
         }
@@ -148,17 +131,9 @@ pub(crate) async fn accept_loop(
             }
             continue;
         }
-        let address = match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                let counter = match why {
-                    AddressRefusal::Rate => &state.stats.refused_address_rate,
-                    AddressRefusal::Quota => &state.stats.refused_address_quota,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                incoming.refuse();
-                continue;
-            }
+        let Some(address) = crate::server::admit(&state, peer) else {
+            incoming.refuse();
+            continue;
         };
         let connecting = match incoming.accept() {
             Ok(c) => c,
@@ -195,43 +170,30 @@ async fn serve<P: Send + 'static>(
     let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
     // With 0-RTT the connection is usable before the handshake completes; the gate below
     // holds everything after CONNECT until it has.
-    let (connection, established): (_, handshake::Gate) = if listener.quic.enable_0rtt {
-        match connecting.into_0rtt() {
-            Ok((c, accepted)) => (
-                Ok(Ok(c)),
-                Box::pin(async move {
-                    accepted.await;
-                }),
-            ),
-            Err(connecting) => (
-                timed(&state, deadline, connecting).await,
-                Box::pin(std::future::ready(())),
-            ),
-        }
+    let ready: handshake::Gate = Box::pin(std::future::ready(()));
+    let early = if listener.quic.enable_0rtt {
+        connecting.into_0rtt()
     } else {
-        (
-            timed(&state, deadline, connecting).await,
-            Box::pin(std::future::ready(())),
-        )
+        Err(connecting)
     };
-    let connection = match connection {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            state
-                .stats
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-            return;
+    let (handshaken, established) = match early {
+        Ok((c, accepted)) => {
+            let established: handshake::Gate = Box::pin(async move {
+                accepted.await;
+            });
+            (Ok(Ok(c)), established)
         }
-        Err(()) => {
-            state
-                .stats
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "QUIC handshake did not finish within the connect timeout");
-            return;
+        Err(connecting) => {
+            let done = tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                c = tokio::time::timeout_at(deadline, connecting) => c,
+            };
+            (done, ready)
         }
+    };
+    let failures = &state.stats.tls_handshake_failures;
+    let Some(connection) = handshake::step(handshaken, failures, peer, "QUIC handshake") else {
+        return;
     };
     let first = tokio::select! {
         _ = state.shutdown.cancelled() => return,
@@ -292,27 +254,39 @@ async fn serve<P: Send + 'static>(
     }
 }
 
-/// Awaits a QUIC handshake within the deadline (and not past shutdown).
-async fn timed(
-    state: &BrokerState,
-    deadline: tokio::time::Instant,
-    connecting: quinn::Connecting,
-) -> Result<Result<quinn::Connection, quinn::ConnectionError>, ()> {
-    tokio::select! {
-        _ = state.shutdown.cancelled() => Err(()),
-        c = tokio::time::timeout_at(deadline, connecting) => c.map_err(|_| ()),
-    }
-}
-
-/// One bidirectional QUIC stream as a byte stream. Shutting it down finishes the send side
-/// and waits for the peer to acknowledge everything (a DISCONNECT included) before closing
-/// the connection, so a graceful close loses nothing in flight.
+/// One bidirectional QUIC stream as a byte stream; shutting it down is a [`Closing`].
 pub(crate) struct QuicStream {
     connection: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    /// Set once shutdown has finished the send side: resolves when the peer has it all.
-    closing: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    closing: Closing,
+}
+
+/// The graceful end of a QUIC connection: finish the stream that carried the MQTT
+/// connection, wait until the peer has acknowledged all of it (a DISCONNECT included),
+/// then close the connection, so nothing in flight is lost. (`Connection::close` bounds
+/// the wait.)
+#[derive(Default)]
+pub(crate) struct Closing(Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>);
+
+impl Closing {
+    pub(crate) fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        send: &mut quinn::SendStream,
+        connection: &quinn::Connection,
+    ) -> Poll<io::Result<()>> {
+        let acked = self.0.get_or_insert_with(|| {
+            let _ = send.finish();
+            let stopped = send.stopped();
+            Box::pin(async move {
+                let _ = stopped.await;
+            })
+        });
+        ready!(acked.as_mut().poll(cx));
+        connection.close(quinn::VarInt::from_u32(0), b"");
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl QuicStream {
@@ -325,7 +299,7 @@ impl QuicStream {
             connection,
             send,
             recv,
-            closing: None,
+            closing: Closing::default(),
         }
     }
 }
@@ -358,18 +332,8 @@ impl AsyncWrite for QuicStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closing.is_none() {
-            let _ = this.send.finish();
-            let stopped = this.send.stopped();
-            this.closing = Some(Box::pin(async move {
-                let _ = stopped.await;
-            }));
-        }
-        if let Some(closing) = &mut this.closing {
-            ready!(closing.as_mut().poll(cx));
-        }
-        this.connection.close(quinn::VarInt::from_u32(0), b"");
-        Poll::Ready(Ok(()))
+        this.closing
+            .poll_close(cx, &mut this.send, &this.connection)
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use messs_codec::frame_length;
@@ -93,7 +93,7 @@ pub(crate) struct MultiStream {
     eof: bool,
     max_connect: usize,
     max_packet: usize,
-    closing: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    closing: crate::quic::Closing,
 }
 
 fn invalid(why: &'static str) -> io::Error {
@@ -226,7 +226,7 @@ impl MultiStream {
             eof: false,
             max_connect,
             max_packet,
-            closing: None,
+            closing: crate::quic::Closing::default(),
         }
     }
 
@@ -415,25 +415,15 @@ impl AsyncWrite for MultiStream {
         AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().control.send), cx)
     }
 
-    /// Finishes every stream, waits until the client has acknowledged the control stream
-    /// (a DISCONNECT included), then closes the connection.
+    /// Finishes every data stream, then closes as [`crate::quic::Closing`] says (on the
+    /// control stream).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closing.is_none() {
-            for lane in &mut this.lanes {
-                let _ = lane.send.finish();
-            }
-            let _ = this.control.send.finish();
-            let stopped = this.control.send.stopped();
-            this.closing = Some(Box::pin(async move {
-                let _ = stopped.await;
-            }));
+        for lane in &mut this.lanes {
+            let _ = lane.send.finish();
         }
-        if let Some(closing) = &mut this.closing {
-            ready!(closing.as_mut().poll(cx));
-        }
-        this.connection.close(quinn::VarInt::from_u32(0), b"");
-        Poll::Ready(Ok(()))
+        this.closing
+            .poll_close(cx, &mut this.control.send, &this.connection)
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::limits::addresses::AddressRefusal;
+use crate::limits::addresses::{AddressRefusal, AddressSlot};
 
 use crate::config::{Config, ListenerConfig, Transport};
 use crate::error::BrokerError;
@@ -353,11 +353,57 @@ impl Drop for ListenerUp {
     }
 }
 
-/// Takes a connection permit and a handshake slot before each accept, so at most
-/// `max_connections` sockets are served and `max_handshakes` are in their handshake; then
-/// the address's bans and admission (rate, connections open), which close a refused socket
-/// at once, before any TLS or password work. The handshake runs in the connection's own task, never
-/// in this loop.
+/// A connection permit and a handshake slot, taken before each accept so at most
+/// `max_connections` sockets are served and `max_handshakes` are in their handshake; `None`
+/// once the broker shuts down.
+pub(crate) async fn take_slots(
+    state: &BrokerState,
+    permits: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let permit = tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        p = permits.clone().acquire_owned() => p.ok()?,
+    };
+    let handshake = tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        p = state.handshakes.clone().acquire_owned() => p.ok()?,
+    };
+    Some((permit, handshake))
+}
+
+/// True (and counted) if the address of a new connection is banned.
+pub(crate) fn banned(state: &BrokerState, peer: SocketAddr) -> bool {
+    let banned = state
+        .bans
+        .address_banned(peer.ip(), crate::clock::unix_ms())
+        .is_some();
+    if banned {
+        state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(%peer, "connection refused at accept: banned address");
+    }
+    banned
+}
+
+/// The address's admission (rate, connections open) for a new connection: its place, or
+/// `None` (counted) if refused.
+pub(crate) fn admit(state: &BrokerState, peer: SocketAddr) -> Option<AddressSlot> {
+    match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
+        Ok(slot) => Some(slot),
+        Err(why) => {
+            let counter = match why {
+                AddressRefusal::Rate => &state.stats.refused_address_rate,
+                AddressRefusal::Quota => &state.stats.refused_address_quota,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%peer, ?why, "connection refused at accept");
+            None
+        }
+    }
+}
+
+/// Takes its slots before each accept; then the address's bans and admission, which
+/// close a refused socket at once, before any TLS or password work. The handshake runs in
+/// the connection's own task, never in this loop.
 async fn accept_loop(
     state: Arc<BrokerState>,
     listener: TcpListener,
@@ -367,19 +413,8 @@ async fn accept_loop(
 ) {
     let _up = ListenerUp::new(&state);
     loop {
-        let permit = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let handshake = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            p = state.handshakes.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let Some((permit, handshake)) = take_slots(&state, &permits).await else {
+            return;
         };
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -394,42 +429,22 @@ async fn accept_loop(
                 continue;
             }
         };
-        if state
-            .bans
-            .address_banned(peer.ip(), crate::clock::unix_ms())
-            .is_some()
-        {
-            state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(%peer, "connection refused at accept: banned address");
-            drop(stream);
+        if banned(&state, peer) {
             continue;
         }
-        let address = match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                let counter = match why {
-                    AddressRefusal::Rate => &state.stats.refused_address_rate,
-                    AddressRefusal::Quota => &state.stats.refused_address_quota,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(%peer, ?why, "connection refused at accept");
-                drop(stream);
-                continue;
-            }
+        let Some(address) = admit(&state, peer) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
-        let state2 = state.clone();
-        let config = config.clone();
         let slot = handshake::HandshakeSlot::new(Some(handshake), state.stats.clone());
-        let held = (permit, address);
         state.tasks.spawn(handshake::serve(
-            state2,
+            state.clone(),
             stream,
             peer,
-            config,
+            config.clone(),
             tls.clone(),
             slot,
-            held,
+            (permit, address),
         ));
     }
 }

@@ -91,24 +91,9 @@ pub(crate) async fn serve<P>(
         _ = state.shutdown.cancelled() => return,
         a = tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)) => a,
     };
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            state
-                .stats
-                .tls_handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            state
-                .stats
-                .tls_handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, "TLS handshake did not finish within the connect timeout");
-            return;
-        }
+    let failures = &state.stats.tls_handshake_failures;
+    let Some(stream) = step(accepted, failures, peer, "TLS handshake") else {
+        return;
     };
     let cert = stream
         .get_ref()
@@ -121,6 +106,24 @@ pub(crate) async fn serve<P>(
         let ready = std::future::ready(());
         serve_within(state, stream, peer, listener, deadline, cert, ready, held).await;
     }
+}
+
+/// The outcome of a transport's handshake (TLS, WebSocket upgrade, QUIC) under the connect
+/// deadline: its stream, or `None` once the failure is counted in `failures` and logged.
+pub(crate) fn step<T, E: std::fmt::Display>(
+    outcome: Result<Result<T, E>, tokio::time::error::Elapsed>,
+    failures: &std::sync::atomic::AtomicU64,
+    peer: SocketAddr,
+    what: &str,
+) -> Option<T> {
+    let why = match outcome {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "did not finish within the connect timeout".to_owned(),
+    };
+    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(%peer, "{what} failed: {why}");
+    None
 }
 
 /// The WebSocket upgrade of a `ws` or `wss` connection, within the deadline, then MQTT.
@@ -140,24 +143,9 @@ async fn over_websocket<S, P>(
         _ = state.shutdown.cancelled() => return,
         u = tokio::time::timeout_at(deadline, crate::ws::upgrade(stream, &listener.websocket)) => u,
     };
-    let ws = match upgraded {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            state
-                .stats
-                .websocket_upgrade_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
-            return;
-        }
-        Err(_) => {
-            state
-                .stats
-                .websocket_upgrade_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(%peer, "WebSocket upgrade did not finish within the connect timeout");
-            return;
-        }
+    let failures = &state.stats.websocket_upgrade_failures;
+    let Some(ws) = step(upgraded, failures, peer, "WebSocket upgrade") else {
+        return;
     };
     let ready = std::future::ready(());
     serve_within(state, ws, peer, listener, deadline, cert, ready, held).await;
