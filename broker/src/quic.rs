@@ -153,7 +153,9 @@ pub(crate) async fn accept_loop(
             (permit, address),
         ));
     }
-    endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+    // No new connections; the open ones end as their clients are told (DISCONNECT 0x8B),
+    // each closing its own QUIC connection, not all at once here.
+    endpoint.set_server_config(None);
 }
 
 /// Serves one QUIC connection: the QUIC handshake and the first stream within the connect

@@ -952,3 +952,41 @@ async fn quic_data_streams_do_not_block_each_other() {
     sub.roundtrip("lanes/after").await;
     broker.stop().await;
 }
+
+/// A graceful shutdown reaches clients on every new transport: an MQTT 5 client over
+/// WebSocket, WebSocket over TLS and QUIC is told DISCONNECT 0x8B before its connection
+/// closes.
+#[tokio::test]
+async fn shutdown_says_goodbye_over_websocket_and_quic() {
+    for transport in [Transport::Ws, Transport::Wss, Transport::Quic] {
+        let pki = Pki::new();
+        let broker = start(&pki, transport, |_| {}).await;
+        let ends = Ends::new(&pki, broker.addr, transport);
+        // What carries the client lives until the end of the round.
+        let mut tunnel = None;
+        let mut connection = None;
+        let stream: Box<dyn Stream> = match transport {
+            Transport::Quic => {
+                let (c, stream) = quic_open(ends.quic.as_ref().unwrap(), broker.addr).await;
+                connection = Some(c);
+                Box::new(stream)
+            }
+            _ => {
+                let t = Tunnel::open(&ends).await;
+                let tcp = TcpStream::connect(("127.0.0.1", t.port)).await.unwrap();
+                tunnel = Some(t);
+                Box::new(tcp)
+            }
+        };
+        let (mut client, ack) = Raw::over(stream)
+            .connect(login("leaving", "watcher@acme"))
+            .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        let stopping = tokio::spawn(broker.stop());
+        client
+            .expect_disconnect(ReasonCode::ServerShuttingDown)
+            .await;
+        stopping.await.unwrap();
+        drop((tunnel, connection));
+    }
+}
