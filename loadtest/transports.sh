@@ -8,6 +8,7 @@
 #   loadtest/transports.sh            # full run (~8 minutes)
 #   QUICK=1 loadtest/transports.sh    # smaller counts, for a smoke test
 #   TRANSPORTS="ws quic" BROKERS=messs loadtest/transports.sh
+#   CHECK=1 ...                         # fail if messs lost/duplicated QoS 1 messages (CI)
 #
 # Both brokers use one self-signed certificate (made by messs, per run).
 # Installs Mosquitto (Debian package) when missing. All traffic stays on 127.0.0.1; every
@@ -139,5 +140,5 @@ for entry in "${SCENARIOS[@]}"; do
   done
 done
 
-python3 loadtest/transports_table.py "$results" | tee "$OUT/$stamp.md"
+python3 loadtest/transports_table.py "$results" ${CHECK:+--check} | tee "$OUT/$stamp.md"
 echo "transports: results in $results and $OUT/$stamp.md" >&2

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Turns transports.sh's JSON lines into one Markdown table: a row per broker and
-transport, a column per figure (with messs/Mosquitto ratios on the same transport below)."""
+transport, a column per figure (with messs/Mosquitto ratios on the same transport below).
+
+With --check, exits 1 if a messs run failed or a messs QoS 1 run lost or duplicated a
+message (used by CI)."""
 import json
 import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+check = "--check" in sys.argv[2:]
+problems = 0
 by = {(r["scenario"], r["broker"], r["transport"]): r.get("result") for r in rows}
 pairs = []
 for r in rows:
@@ -71,6 +76,10 @@ for r in rows:
     o = res["outcome"]
     if r["scenario"].startswith("qos1") and (o.get("lost") or o.get("duplicates")):
         print(f"\nWARNING: messs over {r['transport']}: QoS 1 lost {o['lost']}, duplicates {o['duplicates']}")
+        problems += 1
 for r in rows:
     if "error" in r:
         print(f"\nWARNING: {r['scenario']} over {r['transport']} on {r['broker']}: {r['error']}")
+        problems += r["broker"] == "messs"
+if check and problems:
+    sys.exit(1)
