@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. loadtest/brokers.sh
 need_cargo
 use_prebuilt_rocksdb
 
@@ -33,11 +34,8 @@ mkdir -p "$OUT"
 stamp=$(date +%Y%m%d-%H%M%S)
 results="$OUT/$stamp.jsonl"
 work=$(mktemp -d)
-broker_pid=""
 cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_broker() { # name port
   local name=$1 port=$2
@@ -46,16 +44,7 @@ start_broker() { # name port
       ./target/release/messs serve --admin-listen off --listen "tcp://127.0.0.1:$port" --data-dir "$work/messs-data" >"$work/messs.log" 2>&1 &
       ;;
     mosquitto)
-      # Limits equivalent to messs's defaults: 10,000 queued and 1,024 inflight per client.
-      cat >"$work/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 10000
-max_inflight_messages 1024
-max_connections -1
-log_dest none
-CONF
+      { echo "listener $port 127.0.0.1"; mosquitto_limits; } >"$work/mosquitto.conf"
       mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
       ;;
     rumqttd)
@@ -81,22 +70,8 @@ CONF
       ;;
   esac
   broker_pid=$!
-  for _ in $(seq 1 100); do
-    if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; then
-      sleep 0.2; return 0
-    fi
-    sleep 0.05
-  done
-  echo "compare: $name did not start; log:" >&2; cat "$work/$name.log" >&2; exit 1
+  wait_tcp_port "$port" "$name"
 }
-
-stop_broker() {
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  broker_pid=""
-}
-
-scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 10 )); else echo "$1"; fi; }
 
 # name|messs-load arguments (the port, pid and --json are added)
 SCENARIOS=(
@@ -117,12 +92,8 @@ for entry in "${SCENARIOS[@]}"; do
     start_broker "$b" "$port"
     echo "compare: $name on $b" >&2
     # shellcheck disable=SC2086
-    if json=$($LOAD $args --port "$port" --protocol 4 --broker-pid "$broker_pid" --client-prefix "cmp-$b" --json 2>"$work/load.err"); then
-      echo "{\"scenario\":\"$name\",\"broker\":\"$b\",\"result\":$json}" >>"$results"
-    else
-      echo "compare: $name on $b failed: $(tail -n 3 "$work/load.err")" >&2
-      echo "{\"scenario\":\"$name\",\"broker\":\"$b\",\"error\":\"run failed\"}" >>"$results"
-    fi
+    record_run "$results" "\"scenario\":\"$name\",\"broker\":\"$b\"" \
+      $args --port "$port" --protocol 4 --client-prefix "cmp-$b"
     stop_broker
   done
 done

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. loadtest/brokers.sh
 need_cargo
 use_prebuilt_rocksdb
 
@@ -33,7 +34,6 @@ mkdir -p "$OUT"
 stamp=$(date +%Y%m%d-%H%M%S)
 results="$OUT/$stamp.jsonl"
 work=$(mktemp -d)
-broker_pid=""
 cleanup() { [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -44,16 +44,9 @@ trap cleanup EXIT
   --data-dir "$work/pki-data" >"$work/pki.log" 2>&1 &
 broker_pid=$!
 [ -n "$(broker_port "$work/pki.log" tls)" ] || { echo "transports: messs did not start:" >&2; cat "$work/pki.log" >&2; exit 1; }
-stop_broker() {
-  kill "$broker_pid" 2>/dev/null || true
-  wait "$broker_pid" 2>/dev/null || true
-  broker_pid=""
-}
 stop_broker
 mkdir -p "$work/pki"
 cp "$work/pki-data/self-signed/cert.pem" "$work/pki-data/self-signed/key.pem" "$work/pki/"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_broker() { # name transport port
   local name=$1 transport=$2 port=$3
@@ -84,31 +77,18 @@ start_broker() { # name transport port
           echo "certfile $work/pki/cert.pem"
           echo "keyfile $work/pki/key.pem" ;;
         esac
-        # Limits equivalent to messs's defaults (as in compare.sh).
         # Run as root, Mosquitto would switch to user mosquitto, who cannot read the key
-        # in our private work directory (ignored when not run as root).
+        # in our private work directory (ignored when not run as root). Then the limits
+        # equivalent to messs's defaults.
         echo "user $(id -un)"
-        echo "allow_anonymous true"
-        echo "persistence false"
-        echo "max_queued_messages 10000"
-        echo "max_inflight_messages 1024"
-        echo "max_connections -1"
-        echo "log_dest none"
+        mosquitto_limits
       } >"$work/mosquitto.conf"
       mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
       broker_pid=$!
+      wait_tcp_port "$port" mosquitto
       ;;
   esac
-  for _ in $(seq 1 100); do
-    if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; then
-      sleep 0.2; return 0
-    fi
-    sleep 0.05
-  done
-  echo "transports: $name did not start; log:" >&2; cat "$work/$name.log" >&2; exit 1
 }
-
-scale() { if [ "$QUICK" = 1 ]; then echo $(( $1 / 10 )); else echo "$1"; fi; }
 
 # name|messs-load arguments (transport, port, pid and --json are added)
 SCENARIOS=(
@@ -128,13 +108,9 @@ for entry in "${SCENARIOS[@]}"; do
       start_broker "$b" "$t" "$port"
       echo "transports: $name over $t on $b" >&2
       # shellcheck disable=SC2086
-      if json=$($LOAD $args --transport "$t" --tls-ca "$work/pki/cert.pem" --port "$port" \
-          --protocol 4 --broker-pid "$broker_pid" --client-prefix "tr-$b" --json 2>"$work/load.err"); then
-        echo "{\"scenario\":\"$name\",\"broker\":\"$b\",\"transport\":\"$t\",\"result\":$json}" >>"$results"
-      else
-        echo "transports: $name over $t on $b failed: $(tail -n 3 "$work/load.err")" >&2
-        echo "{\"scenario\":\"$name\",\"broker\":\"$b\",\"transport\":\"$t\",\"error\":\"run failed\"}" >>"$results"
-      fi
+      record_run "$results" "\"scenario\":\"$name\",\"broker\":\"$b\",\"transport\":\"$t\"" \
+        $args --transport "$t" --tls-ca "$work/pki/cert.pem" --port "$port" --protocol 4 \
+        --client-prefix "tr-$b"
       stop_broker
     done
   done

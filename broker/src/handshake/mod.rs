@@ -79,12 +79,7 @@ pub(crate) async fn serve<P>(
     let deadline = tokio::time::Instant::now() + state.config.limits.connect_timeout();
     let held = (slot, permit);
     let Some(tls) = tls else {
-        if listener.transport.is_websocket() {
-            over_websocket(state, tcp, peer, listener, deadline, None, held).await;
-        } else {
-            let ready = std::future::ready(());
-            serve_within(state, tcp, peer, listener, deadline, None, ready, held).await;
-        }
+        then_mqtt(state, tcp, peer, listener, deadline, None, held).await;
         return;
     };
     let accepted = tokio::select! {
@@ -100,12 +95,7 @@ pub(crate) async fn serve<P>(
         .1
         .peer_certificates()
         .map(|chain| state.auth.client_cas.login(chain, tls.identity()));
-    if listener.transport.is_websocket() {
-        over_websocket(state, stream, peer, listener, deadline, cert, held).await;
-    } else {
-        let ready = std::future::ready(());
-        serve_within(state, stream, peer, listener, deadline, cert, ready, held).await;
-    }
+    then_mqtt(state, stream, peer, listener, deadline, cert, held).await;
 }
 
 /// The outcome of a transport's handshake (TLS, WebSocket upgrade, QUIC) under the connect
@@ -126,8 +116,9 @@ pub(crate) fn step<T, E: std::fmt::Display>(
     None
 }
 
-/// The WebSocket upgrade of a `ws` or `wss` connection, within the deadline, then MQTT.
-async fn over_websocket<S, P>(
+/// MQTT over a TCP or TLS stream: directly, or for a `ws` or `wss` listener after the
+/// WebSocket upgrade (within the deadline).
+async fn then_mqtt<S, P>(
     state: Arc<BrokerState>,
     stream: S,
     peer: SocketAddr,
@@ -136,9 +127,14 @@ async fn over_websocket<S, P>(
     cert: PeerCert,
     held: (HandshakeSlot, P),
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Transport + 'static,
     P: Send + 'static,
 {
+    let ready = std::future::ready(());
+    if !listener.transport.is_websocket() {
+        serve_within(state, stream, peer, listener, deadline, cert, ready, held).await;
+        return;
+    }
     let upgraded = tokio::select! {
         _ = state.shutdown.cancelled() => return,
         u = tokio::time::timeout_at(deadline, crate::ws::upgrade(stream, &listener.websocket)) => u,
@@ -147,7 +143,6 @@ async fn over_websocket<S, P>(
     let Some(ws) = step(upgraded, failures, peer, "WebSocket upgrade") else {
         return;
     };
-    let ready = std::future::ready(());
     serve_within(state, ws, peer, listener, deadline, cert, ready, held).await;
 }
 
