@@ -37,6 +37,15 @@ use crate::tls::TlsListener;
 /// `net.core.rmem_max` / `wmem_max`; raise those for busy listeners.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Bytes a client may send on one stream before the broker has read them (quinn's default
+/// is 1.25 MB). With the connection's window at this times `max_streams`, it is what one
+/// QUIC connection can make the broker hold of unread input, like a TCP socket's receive
+/// buffer.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Bytes written to a connection and not yet acknowledged by the client (quinn's default is
+/// 10 MB): past it, writes wait, and the write timeout drops a client that never reads.
+const SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
 /// Binds a listener's UDP socket (before the store opens, so a taken port fails fast).
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
@@ -79,10 +88,19 @@ pub(crate) fn endpoint(
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(idle_timeout(limits))
         .map_err(|e| BrokerError::Config(format!("quic idle timeout: {e}")))?;
+    let streams = listener.quic.max_streams;
     transport
         .max_idle_timeout(Some(idle))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(listener.quic.max_streams))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
+        // At most 64 x 1 MiB: far inside a VarInt.
+        .receive_window(quinn::VarInt::from_u32(
+            STREAM_WINDOW.saturating_mul(streams),
+        ))
+        .send_window(SEND_WINDOW)
+        // MQTT has no use for unreliable datagrams: none are offered, so none are buffered.
+        .datagram_receive_buffer_size(None);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport)).migration(true);
     quinn::Endpoint::new(

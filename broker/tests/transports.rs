@@ -515,7 +515,9 @@ async fn quic_client_keeps_its_session_across_an_address_change() {
     let pki = Pki::new();
     let broker = start(&pki, Transport::Quic, |_| {}).await;
     let mover_end = quic_endpoint(&pki, None);
-    let (_connection, stream) = quic_open(&mover_end, broker.addr).await;
+    let (connection, stream) = quic_open(&mover_end, broker.addr).await;
+    // Nothing but streams: no unreliable datagrams to buffer.
+    assert_eq!(connection.max_datagram_size(), None);
     let (mut mover, ack) = Raw::over(Box::new(stream))
         .connect(login("mover", "watcher@acme"))
         .await;
