@@ -82,7 +82,7 @@ pub(crate) struct MultiStream {
     /// Whole packets, in the order they were completed, for the reader.
     ready: BytesMut,
     /// The data stream a client PUBLISH (QoS 1, 2) came on, by packet id.
-    routes: HashMap<u16, u64>,
+    routes: Routes,
     /// The rest of a packet being written: its stream and how many bytes are left.
     carry: Option<(u64, usize)>,
     /// Where the next round of reads starts, so no stream is always first.
@@ -113,6 +113,55 @@ fn header_len(packet: &[u8]) -> usize {
 fn leading_pid(packet: &[u8]) -> Option<u16> {
     let at = header_len(packet);
     Some(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]))
+}
+
+/// True for a PUBREC whose reason code (MQTT 5, after the packet id) is an error.
+fn pubrec_failed(packet: &[u8]) -> bool {
+    packet
+        .get(header_len(packet) + 2)
+        .is_some_and(|reason| *reason >= 0x80)
+}
+
+/// Which data stream each client PUBLISH in flight came on, by packet id, and how many
+/// each stream has: at most one entry per packet id (65,535), and a stream's count is
+/// read without a scan.
+#[derive(Default)]
+struct Routes {
+    by_pid: HashMap<u16, u64>,
+    per_lane: HashMap<u64, usize>,
+}
+
+impl Routes {
+    fn insert(&mut self, pid: u16, lane: u64) {
+        if let Some(old) = self.by_pid.insert(pid, lane) {
+            self.release(old);
+        }
+        *self.per_lane.entry(lane).or_default() += 1;
+    }
+
+    fn get(&self, pid: u16) -> Option<u64> {
+        self.by_pid.get(&pid).copied()
+    }
+
+    fn remove(&mut self, pid: u16) -> Option<u64> {
+        let lane = self.by_pid.remove(&pid)?;
+        self.release(lane);
+        Some(lane)
+    }
+
+    fn release(&mut self, lane: u64) {
+        if let Some(n) = self.per_lane.get_mut(&lane) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_lane.remove(&lane);
+            }
+        }
+    }
+
+    /// True if an acknowledgement still has to go back on `lane`.
+    fn in_use(&self, lane: u64) -> bool {
+        self.per_lane.contains_key(&lane)
+    }
 }
 
 /// A PUBLISH's packet identifier (QoS 1 and 2 only).
@@ -148,7 +197,7 @@ impl Lane {
         cx: &mut Context<'_>,
         limit: usize,
         ready: &mut BytesMut,
-        routes: &mut HashMap<u16, u64>,
+        routes: &mut Routes,
     ) -> io::Result<Pumped> {
         if self.recv_done {
             return Ok(Pumped::Done);
@@ -219,7 +268,7 @@ impl MultiStream {
             max_lanes: max_streams.saturating_sub(1),
             accepting: None,
             ready: BytesMut::new(),
-            routes: HashMap::new(),
+            routes: Routes::default(),
             carry: None,
             turn: 0,
             connected: false,
@@ -264,9 +313,8 @@ impl MultiStream {
     fn retire_lanes(&mut self) {
         let (routes, carry) = (&self.routes, self.carry);
         self.lanes.retain_mut(|lane| {
-            let needed = routes.values().any(|id| *id == lane.id)
-                || carry.is_some_and(|(id, _)| id == lane.id);
-            if lane.recv_done && !needed {
+            let needed = || routes.in_use(lane.id) || carry.is_some_and(|(id, _)| id == lane.id);
+            if lane.recv_done && !needed() {
                 let _ = lane.send.finish();
                 return false;
             }
@@ -278,8 +326,10 @@ impl MultiStream {
     /// stream's PUBLISH goes back on that stream, the rest on the control stream.
     fn route(&mut self, packet: &[u8]) -> u64 {
         let lane = match (packet[0] >> 4, leading_pid(packet)) {
-            (PUBACK | PUBCOMP, Some(pid)) => self.routes.remove(&pid),
-            (PUBREC, Some(pid)) => self.routes.get(&pid).copied(),
+            (PUBACK | PUBCOMP, Some(pid)) => self.routes.remove(pid),
+            // A PUBREC with an error code ends the flow: no PUBREL will follow.
+            (PUBREC, Some(pid)) if pubrec_failed(packet) => self.routes.remove(pid),
+            (PUBREC, Some(pid)) => self.routes.get(pid),
             _ => None,
         };
         match lane {
@@ -438,6 +488,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn routes_count_per_stream_and_forget_what_is_acknowledged() {
+        let mut r = Routes::default();
+        r.insert(1, 5);
+        r.insert(2, 5);
+        r.insert(1, 6); // pid 1 reused on stream 6: stream 5 keeps only pid 2
+        assert!(r.in_use(5) && r.in_use(6));
+        assert_eq!(r.remove(2), Some(5));
+        assert!(!r.in_use(5));
+        assert_eq!(r.get(1), Some(6));
+        assert_eq!(r.remove(1), Some(6));
+        assert!(!r.in_use(6) && r.per_lane.is_empty() && r.by_pid.is_empty());
+        assert_eq!(r.remove(1), None);
+    }
+
+    #[test]
     fn packet_ids_are_found_where_the_spec_puts_them() {
         // PUBLISH QoS 1, topic "a/b", pid 0x1234, payload "x".
         let publish = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
@@ -449,6 +514,10 @@ mod tests {
         assert_eq!(publish_pid(&[0x32, 3, 0, 9, b'a']), None);
         // PUBACK pid 7.
         assert_eq!(leading_pid(&[0x40, 2, 0, 7]), Some(7));
+        // PUBREC pid 7: success (3.1.1 and 5), and 0x87 Not authorized (5).
+        assert!(!pubrec_failed(&[0x50, 2, 0, 7]));
+        assert!(!pubrec_failed(&[0x50, 3, 0, 7, 0x10]));
+        assert!(pubrec_failed(&[0x50, 3, 0, 7, 0x87]));
         assert_eq!(header_len(&[0x30, 0x80, 0x01]), 3);
     }
 }
