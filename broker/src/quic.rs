@@ -46,6 +46,11 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 /// 10 MB): past it, writes wait, and the write timeout drops a client that never reads.
 const SEND_WINDOW: u64 = 2 * 1024 * 1024;
 
+/// Bytes kept of one connection attempt not yet accepted (its first flight is a few
+/// datagrams of at most ~1.5 KB), and of all of them together.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
+
 /// Binds a listener's UDP socket (before the store opens, so a taken port fails fast).
 pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)?;
@@ -75,12 +80,14 @@ pub(crate) fn idle_timeout(limits: &LimitsConfig) -> Duration {
     Duration::from_millis(u64::from(longest) * 1500)
 }
 
-/// Builds the endpoint of a bound socket.
+/// Builds the endpoint of a bound socket; `pending` is how many connection attempts may
+/// wait for the accept loop (`rate_limits.max_handshakes`).
 pub(crate) fn endpoint(
     socket: UdpSocket,
     listener: &ListenerConfig,
     tls: &TlsListener,
     limits: &LimitsConfig,
+    pending: usize,
 ) -> Result<quinn::Endpoint, BrokerError> {
     let crypto = tls.quic_crypto(listener.quic.enable_0rtt)?;
     let crypto = QuicServerConfig::try_from(crypto)
@@ -102,7 +109,15 @@ pub(crate) fn endpoint(
         // MQTT has no use for unreliable datagrams: none are offered, so none are buffered.
         .datagram_receive_buffer_size(None);
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport)).migration(true);
+    // Connection attempts the accept loop has not taken yet (it waits while every
+    // connection or handshake slot is in use): at most `pending` of them, and what they
+    // sent is bounded (quinn's defaults would hold 65,536 and up to 100 MiB).
+    server
+        .transport_config(Arc::new(transport))
+        .migration(true)
+        .max_incoming(pending.max(1))
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),

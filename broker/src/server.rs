@@ -111,6 +111,7 @@ impl Broker {
                     &config,
                     tls,
                     &state.config.limits,
+                    state.config.rate_limits.max_handshakes,
                 )?),
                 (Socket::Udp(_), None) => {
                     return Err(BrokerError::Config(format!(
