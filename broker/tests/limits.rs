@@ -460,9 +460,18 @@ async fn count_after_warm_up(sub: &mut Raw) -> u64 {
 /// Tenants `acme` and `globex` on one shared listener, each with devices d0..d4 (password
 /// `secret-password`) allowed every topic; acme's registry record overrides `limits`.
 async fn two_tenants(acme_limits: &[(&str, u64)]) -> TestBroker {
+    two_tenants_with(|_| {}, acme_limits).await
+}
+
+/// As `two_tenants`, with the configuration adjusted.
+async fn two_tenants_with(
+    adjust: impl FnOnce(&mut Config),
+    acme_limits: &[(&str, u64)],
+) -> TestBroker {
     let broker = TestBroker::start_with(|c: &mut Config| {
         c.listeners[0].allow_anonymous = false;
         c.listeners[0].tenant = None;
+        adjust(c);
     })
     .await;
     let acme_limits: Vec<(String, u64)> = acme_limits
@@ -824,13 +833,14 @@ async fn handshakes_in_progress_are_capped_and_a_waiting_client_gets_in_when_one
 
 #[tokio::test]
 async fn a_devices_own_rate_limit_applies_at_login_and_when_changed_while_connected() {
-    let broker = two_tenants(&[]).await;
+    // The operator throttles without disconnecting (a device override may only be stricter,
+    // so a device cannot turn disconnection off itself).
+    let broker = two_tenants_with(|c| c.rate_limits.disconnect_multiple = 0, &[]).await;
     broker
         .broker
         .registry("test", |r| {
             r.set_device_limit("acme", "d1", "messages_per_sec", Some(50))?;
-            r.set_device_limit("acme", "d1", "messages_burst", Some(10))?;
-            r.set_device_limit("acme", "d1", "disconnect_multiple", Some(0))
+            r.set_device_limit("acme", "d1", "messages_burst", Some(10))
         })
         .await
         .unwrap();
@@ -900,6 +910,37 @@ async fn a_devices_own_rate_limit_applies_at_login_and_when_changed_while_connec
     for f in floods {
         f.stop().await;
     }
+    broker.stop().await;
+}
+
+/// The audit's finding: a tenant admin (who may set its devices' overrides) set a device's
+/// rate to 0 (no limit) and its burst far above the operator's, and the device flooded
+/// freely. The operator's configuration is a ceiling an override can only lower.
+#[tokio::test]
+async fn a_device_override_cannot_lift_the_operators_rate_limit() {
+    let broker = two_tenants_with(|c| c.rate_limits = limits(50, 10, 0), &[]).await;
+    broker
+        .broker
+        .registry("tenant-admin", |r| {
+            r.set_device_limit("acme", "d1", "messages_per_sec", Some(0))?;
+            r.set_device_limit("acme", "d1", "messages_burst", Some(1_000_000))?;
+            r.set_device_limit("acme", "d1", "bytes_per_sec", Some(0))
+        })
+        .await
+        .unwrap();
+    let (mut sub, _) = login(&broker, "s1", "d0@acme").await;
+    sub.subscribe("t/#", QoS::AtMostOnce).await;
+    let (raw, code) = login(&broker, "c1", "d1@acme").await;
+    assert_eq!(code, ReasonCode::Success);
+    let flood = Flood::start(raw, "t/lifted");
+    let seen = count_after_warm_up(&mut sub).await;
+    // 50 a second for two seconds: about 100 (the flood alone, as in the test of the
+    // operator's limit), not the thousands an unlimited device gets.
+    assert!(
+        (80..=120).contains(&seen),
+        "a device whose override says 'no limit' delivered {seen} in 2 s at 50/s"
+    );
+    flood.stop().await;
     broker.stop().await;
 }
 

@@ -41,22 +41,80 @@ impl ThrottlePolicy {
 
     /// This policy with a device's overrides; names not in `DEVICE_NAMES` are ignored
     /// (the registry refuses them when they are set).
-    pub fn with(mut self, overrides: &[(String, u64)]) -> Self {
-        for (name, value) in overrides {
-            let v = *value;
-            match name.as_str() {
-                "messages_per_sec" => self.messages_per_sec = u32::try_from(v).unwrap_or(u32::MAX),
-                "messages_burst" => self.messages_burst = u32::try_from(v).unwrap_or(u32::MAX),
-                "bytes_per_sec" => self.bytes_per_sec = v,
-                "bytes_burst" => self.bytes_burst = v,
-                "disconnect_multiple" => {
-                    self.disconnect_multiple = u32::try_from(v).unwrap_or(u32::MAX)
-                }
-                _ => {}
-            }
+    ///
+    /// The operator's policy is a ceiling: an override can only make a limit stricter. A
+    /// zero in an override (no limit) or a value above the operator's falls back to the
+    /// operator's value, so a tenant admin, who may set its devices' overrides, cannot lift
+    /// them above what the operator configured.
+    pub fn with(self, overrides: &[(String, u64)]) -> Self {
+        let get = |name: &str| {
+            overrides
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+        };
+        let messages_per_sec = stricter(
+            u64::from(self.messages_per_sec),
+            get("messages_per_sec").unwrap_or(u64::from(self.messages_per_sec)),
+        );
+        let bytes_per_sec = stricter(
+            self.bytes_per_sec,
+            get("bytes_per_sec").unwrap_or(self.bytes_per_sec),
+        );
+        let messages_burst = burst_within(
+            (
+                u64::from(self.messages_per_sec),
+                u64::from(self.messages_burst),
+            ),
+            messages_per_sec,
+            get("messages_burst"),
+        );
+        let bytes_burst = burst_within(
+            (self.bytes_per_sec, self.bytes_burst),
+            bytes_per_sec,
+            get("bytes_burst"),
+        );
+        let disconnect_multiple = stricter(
+            u64::from(self.disconnect_multiple),
+            get("disconnect_multiple").unwrap_or(u64::from(self.disconnect_multiple)),
+        );
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        ThrottlePolicy {
+            messages_per_sec: narrow(messages_per_sec),
+            messages_burst: narrow(messages_burst),
+            bytes_per_sec,
+            bytes_burst,
+            disconnect_multiple: narrow(disconnect_multiple),
         }
-        self
     }
+}
+
+/// The stricter of two limits where zero is "no limit".
+fn stricter(ceiling: u64, wanted: u64) -> u64 {
+    match (ceiling, wanted) {
+        (0, w) => w,
+        (c, 0) => c,
+        (c, w) => c.min(w),
+    }
+}
+
+/// A device's burst under the operator's `(rate, burst)` ceiling, at the device's
+/// effective `rate` (a zero burst means "one second at the rate", as in `TokenBucket`).
+fn burst_within((ceiling_rate, ceiling_burst): (u64, u64), rate: u64, wanted: Option<u64>) -> u64 {
+    let wanted = match wanted.unwrap_or(ceiling_burst) {
+        0 => rate,
+        b => b,
+    };
+    if ceiling_rate == 0 {
+        return wanted;
+    }
+    let ceiling = if ceiling_burst == 0 {
+        ceiling_rate
+    } else {
+        ceiling_burst
+    };
+    wanted.min(ceiling)
 }
 
 /// What the connection does after a charged packet.
@@ -226,6 +284,55 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_override_only_lowers_the_operators_limits() {
+        let operator = ThrottlePolicy {
+            messages_per_sec: 100,
+            messages_burst: 0,
+            bytes_per_sec: 10_000,
+            bytes_burst: 20_000,
+            disconnect_multiple: 3,
+        };
+        let set = |pairs: &[(&str, u64)]| {
+            operator.with(
+                &pairs
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), *v))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // Zero (no limit) and higher values fall back to the operator's.
+        let lifted = set(&[
+            ("messages_per_sec", 0),
+            ("messages_burst", 1_000_000),
+            ("bytes_per_sec", 1 << 40),
+            ("bytes_burst", 0),
+            ("disconnect_multiple", 0),
+        ]);
+        assert_eq!(lifted.messages_per_sec, 100);
+        assert_eq!(
+            lifted.messages_burst, 100,
+            "the operator's burst is its rate"
+        );
+        assert_eq!(lifted.bytes_per_sec, 10_000);
+        assert_eq!(
+            lifted.bytes_burst, 10_000,
+            "burst 0 is one second at the rate"
+        );
+        assert_eq!(lifted.disconnect_multiple, 3);
+        // Lower values apply.
+        let lowered = set(&[("messages_per_sec", 5), ("disconnect_multiple", 1)]);
+        assert_eq!(lowered.messages_per_sec, 5);
+        assert_eq!(lowered.messages_burst, 5);
+        assert_eq!(lowered.bytes_per_sec, 10_000);
+        assert_eq!(lowered.bytes_burst, 20_000);
+        assert_eq!(lowered.disconnect_multiple, 1);
+        // Where the operator sets no limit, an override is the only one.
+        let open = ThrottlePolicy::default().with(&[("messages_per_sec".into(), 7)]);
+        assert_eq!((open.messages_per_sec, open.messages_burst), (7, 7));
+        assert_eq!(open.disconnect_multiple, 0);
+    }
 
     fn policy(rate: u32, burst: u32, multiple: u32) -> ThrottlePolicy {
         ThrottlePolicy {
