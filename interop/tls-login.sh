@@ -57,6 +57,8 @@ cfg=(--config "$work/messs.toml")
 $messs tenant add acme "${cfg[@]}" >/dev/null
 echo 'sensor-password-1' | $messs device add --tenant acme --username sensor1 --password-stdin "${cfg[@]}" >/dev/null
 $messs ca add --tenant acme --cert-file "$pki/acme-ca.pem" "${cfg[@]}" >/dev/null
+# A certificate logs in as a device that exists (no password: its certificate is its credential).
+$messs device add --tenant acme --username meter-7 "${cfg[@]}" >/dev/null
 $messs acl add --tenant acme --allow --topic 'plant/#' "${cfg[@]}" >/dev/null
 $messs acl add --tenant acme --allow --action publish --topic 'devices/%u/#' "${cfg[@]}" >/dev/null
 # A tenant limit through the CLI (generous: the logins below stay well inside it).

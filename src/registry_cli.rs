@@ -32,6 +32,16 @@ pub enum TenantCmd {
         /// The tenant.
         id: String,
     },
+    /// Whether a client certificate from the tenant's CAs whose name is not a device yet
+    /// registers that device at its first login (`on`), or is refused (`off`, the
+    /// default). Each registration is audited.
+    CertAutoRegister {
+        /// The tenant.
+        id: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
     /// Overrides one of `[tenant_limits]` for this tenant (0: no limit), or with
     /// --unset goes back to the configuration's value.
     SetLimit {
@@ -416,6 +426,10 @@ fn tenant(r: &mut Registry<'_>, cmd: TenantCmd) -> anyhow::Result<()> {
         TenantCmd::Enable { id } => {
             r.set_tenant_enabled(&id, true)?;
             println!("tenant {id} enabled");
+        }
+        TenantCmd::CertAutoRegister { id, setting } => {
+            r.set_cert_auto_register(&id, setting == "on")?;
+            println!("tenant {id}: certificate auto-registration {setting}");
         }
     }
     Ok(())

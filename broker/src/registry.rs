@@ -96,6 +96,7 @@ impl<'a> Registry<'a> {
             enabled: true,
             created_ms: now_ms(),
             limits: Vec::new(),
+            cert_auto_register: false,
         })?;
         self.audit("tenant.add", format!("tenant {id:?}"));
         self.touched.push(Touched::Tenant(id.to_owned()));
@@ -110,6 +111,22 @@ impl<'a> Registry<'a> {
         self.store.update_tenant(&t)?;
         let what = if enabled { "enable" } else { "disable" };
         self.audit(&format!("tenant.{what}"), format!("tenant {id:?}"));
+        self.touched.push(Touched::Tenant(id.to_owned()));
+        Ok(())
+    }
+
+    /// Sets whether certificates from the tenant's CAs register their device at its first
+    /// login (off by default: a certificate logs in only as a device that exists and is
+    /// enabled). Each registration is audited as `device.auto_register`.
+    pub fn set_cert_auto_register(&mut self, id: &str, on: bool) -> Result<(), BrokerError> {
+        let mut t = self.tenant_record(id)?;
+        t.cert_auto_register = on;
+        self.store.update_tenant(&t)?;
+        let what = if on { "on" } else { "off" };
+        self.audit(
+            "tenant.cert_auto_register",
+            format!("tenant {id:?}: {what}"),
+        );
         self.touched.push(Touched::Tenant(id.to_owned()));
         Ok(())
     }
@@ -474,25 +491,37 @@ impl<'a> Registry<'a> {
     }
 
     /// Trusts a CA (DER) for a tenant's device certificates; returns its fingerprint.
+    ///
+    /// A trust anchor is its public key (see [`crate::tls::anchor_key`]): a key another
+    /// tenant already trusts is refused, whatever the certificate around it says, and the
+    /// refusal does not say which tenant has it.
     pub fn add_ca(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
         self.tenant_record(tenant)?;
-        let fp = cert_fingerprint(der);
-        for other in self.store.tenants()? {
-            if other.id != tenant
-                && self
-                    .store
-                    .cas(&other.id)?
-                    .iter()
-                    .any(|c| c.fingerprint == fp)
-            {
-                return Err(BrokerError::Registry(format!(
-                    "tenant {:?} already trusts this CA: a CA identifies one tenant's devices",
-                    other.id
-                )));
-            }
-        }
-        let fp = self.store.add_ca(tenant, der)?;
-        self.audit("ca.add", format!("tenant {tenant:?}: CA {}", hex(&fp)));
+        let key = crate::tls::anchor_key(der)
+            .map_err(|e| BrokerError::Registry(format!("a trusted CA: {e}")))?;
+        let same_key = |other: &[u8]| crate::tls::anchor_key(other).is_ok_and(|k| k == key);
+        let Some(fp) = self.store.add_ca_exclusive(tenant, der, same_key)? else {
+            self.audit(
+                "ca.refused",
+                format!(
+                    "tenant {tenant:?}: CA with public key {} is another tenant's",
+                    hex(&key)
+                ),
+            );
+            return Err(BrokerError::Registry(
+                "another tenant already trusts a CA with this public key: a CA identifies \
+                 one tenant's devices"
+                    .into(),
+            ));
+        };
+        self.audit(
+            "ca.add",
+            format!(
+                "tenant {tenant:?}: CA {} (public key {})",
+                hex(&fp),
+                hex(&key)
+            ),
+        );
         self.touched.push(Touched::Tenant(tenant.to_owned()));
         Ok(fp)
     }

@@ -4,9 +4,15 @@
 //! checked against every tenant's trusted CAs.
 //!
 //! A client certificate is accepted during the handshake if it chains to a CA some tenant
-//! trusts; after the handshake [`ClientCas::login`] finds that tenant again (a CA is trusted
-//! by one tenant only: the registry refuses a second) and reads the device's name from the
-//! certificate's CN or a SAN, as the listener says.
+//! trusts; after the handshake [`ClientCas::login`] finds that tenant again and reads the
+//! device's name from the certificate's CN or a SAN, as the listener says.
+//!
+//! A trust anchor is its subject and public key, not its DER: a second certificate with the
+//! same subject and key (a new serial, signed by anyone) verifies exactly the same device
+//! certificates. So the registry refuses an anchor whose public key another tenant already
+//! trusts ([`anchor_key`]), and the lookup from a certificate to its tenant asks every
+//! tenant and fails closed when more than one would take it: which tenant a device lands
+//! in never depends on the order tenants were loaded in.
 
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -203,6 +209,8 @@ impl ClientCas {
                 verifier,
             });
         }
+        // In tenant order, so nothing depends on the order changes came in.
+        next.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         *guard = Arc::new(next);
         Ok(())
     }
@@ -214,20 +222,43 @@ impl ClientCas {
             .clone()
     }
 
-    fn verify(
+    /// Whether some tenant's CAs verify the chain (the handshake's check; which tenant is
+    /// settled by [`ClientCas::login`]).
+    fn verifies_for_any(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Option<TenantId> {
-        self.snapshot()
-            .iter()
-            .find(|t| {
-                t.verifier
-                    .verify_client_cert(end_entity, intermediates, now)
-                    .is_ok()
-            })
-            .map(|t| t.tenant.clone())
+    ) -> bool {
+        self.snapshot().iter().any(|t| {
+            t.verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        })
+    }
+
+    /// The one tenant whose CAs verify the chain. Every tenant is asked: if two would take
+    /// it (anchors planted before the registry refused them, or a tenant trusting another
+    /// tenant's intermediate CA), the login fails rather than pick one.
+    fn tenant_of(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<TenantId, &'static str> {
+        let snapshot = self.snapshot();
+        let mut trusting = snapshot.iter().filter(|t| {
+            t.verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        });
+        match (trusting.next(), trusting.next()) {
+            (Some(t), None) => Ok(t.tenant.clone()),
+            (None, _) => Err("no tenant trusts the certificate"),
+            (Some(_), Some(_)) => Err(
+                "more than one tenant trusts the certificate's issuer: refused until only one does",
+            ),
+        }
     }
 
     /// The tenant and device name of a verified peer chain; an error says why not.
@@ -237,9 +268,7 @@ impl ClientCas {
         identity: CertIdentity,
     ) -> Result<CertLogin, String> {
         let (end_entity, intermediates) = chain.split_first().ok_or("empty chain")?;
-        let tenant = self
-            .verify(end_entity, intermediates, UnixTime::now())
-            .ok_or("no tenant trusts the certificate")?;
+        let tenant = self.tenant_of(end_entity, intermediates, UnixTime::now())?;
         let name = cert_name(end_entity, identity)?;
         Ok(CertLogin {
             tenant,
@@ -247,6 +276,18 @@ impl ClientCas {
             fingerprint: messs_storage::registry::cert_fingerprint(end_entity),
         })
     }
+}
+
+/// What identifies a trust anchor: the SHA-256 of its SubjectPublicKeyInfo. Two CA
+/// certificates with the same key verify the same signatures whatever else differs, so one
+/// key may be trusted by one tenant only.
+pub fn anchor_key(der: &[u8]) -> Result<[u8; 32], String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let d = ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, cert.public_key().raw);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Ok(out)
 }
 
 /// The device name in a certificate.
@@ -316,11 +357,12 @@ impl ClientCertVerifier for AnyTenant {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.cas.verify(end_entity, intermediates, now) {
-            Some(_) => Ok(ClientCertVerified::assertion()),
-            None => Err(rustls::Error::InvalidCertificate(
+        if self.cas.verifies_for_any(end_entity, intermediates, now) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
-            )),
+            ))
         }
     }
 

@@ -1039,6 +1039,9 @@ mod tls {
         broker
             .broker
             .registry("test", move |r| {
+                r.add_device("acme", "meter-7", None, None, &[])?;
+                r.add_device("acme", "meter-8", None, None, &[])?;
+                r.add_device("globex", "meter-7", None, None, &[])?;
                 r.revoke_cert("acme", &revoked_der).map(|_| ())
             })
             .await
@@ -1099,10 +1102,7 @@ mod tls {
         // Disabling a device named by certificates refuses it too.
         broker
             .broker
-            .registry("test", |r| {
-                r.add_device("acme", "meter-7", None, None, &[])?;
-                r.set_device_enabled("acme", "meter-7", false)
-            })
+            .registry("test", |r| r.set_device_enabled("acme", "meter-7", false))
             .await
             .unwrap();
         acme_c
@@ -1135,6 +1135,11 @@ mod tls {
             c.listeners[0].tls.as_mut().unwrap().require_client_cert = true
         })
         .await;
+        broker
+            .broker
+            .registry("test", |r| r.add_device("acme", "meter-7", None, None, &[]))
+            .await
+            .unwrap();
         let meter = pki.acme.issue("meter-7", vec![], false);
         let s = tls_open(broker.addr, &pki.client(Some(&meter), false))
             .await
@@ -1170,21 +1175,221 @@ mod tls {
         broker.stop().await;
     }
 
-    #[test]
-    fn a_ca_identifies_one_tenant_only() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let pki = Pki::new();
-            let broker = start_tls(&pki, |_| {}).await;
-            let acme_ca = pki.acme.cert.der().to_vec();
-            let err = broker
+    /// Connects over TLS with `identity` and returns the CONNACK's code (`None`: no
+    /// CONNACK came).
+    async fn cert_login(
+        broker: &TestBroker,
+        pki: &Pki,
+        identity: &(rcgen::Certificate, rcgen::KeyPair),
+        client_id: &str,
+    ) -> Option<(Raw, ReasonCode)> {
+        let s = tls_open(broker.addr, &pki.client(Some(identity), false))
+            .await
+            .ok()?;
+        let (raw, ack) = Raw::over(Box::new(s))
+            .try_connect(connect_packet(Protocol::V5, client_id, true))
+            .await?;
+        Some((raw, ack.code))
+    }
+
+    /// The audit's first high finding: globex's admin uploads a copy of acme's public
+    /// device CA (same subject and key, a new serial, signed by globex's own key). The
+    /// registry refused only an identical DER, and the certificate-to-tenant lookup took
+    /// the first tenant of a list that reordered itself, so after acme's next registry
+    /// change acme's devices logged in to globex and received its commands.
+    #[tokio::test]
+    async fn a_copy_of_another_tenants_ca_is_refused_and_never_captures_its_devices() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |_| {}).await;
+        let forged = pki.acme.forged_copy(&pki.globex);
+        assert_ne!(forged, pki.acme.cert.der().to_vec(), "a different DER");
+        let meter = pki.acme.issue("meter-7", vec![], false);
+        let f = forged.clone();
+        let err = broker
+            .broker
+            .registry("globex-admin", move |r| {
+                r.add_device("acme", "meter-7", None, None, &[])?;
+                // The attacker registers the same name in its own tenant.
+                r.add_device("globex", "meter-7", None, None, &[])?;
+                r.add_ca("globex", &f).map(|_| ())
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another tenant already trusts"), "{err}");
+        assert!(!err.contains("acme"), "the refusal names no tenant: {err}");
+        // The identical DER is refused the same way.
+        let acme_der = pki.acme.cert.der().to_vec();
+        assert!(broker
+            .broker
+            .registry("globex-admin", move |r| r
+                .add_ca("globex", &acme_der)
+                .map(|_| ()))
+            .await
+            .is_err());
+        // acme changes its registry (what reordered the old list): its device still lands
+        // in acme.
+        broker
+            .broker
+            .registry("acme-admin", |r| {
+                r.add_device("acme", "other", None, None, &[])
+            })
+            .await
+            .unwrap();
+        let (mut acme_c, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+        assert_eq!(code, ReasonCode::Success);
+        acme_c
+            .subscribe("devices/meter-7/#", QoS::AtLeastOnce)
+            .await;
+        acme_c.roundtrip("devices/meter-7/in-acme").await;
+        acme_c.disconnect().await;
+        let data = broker.data.clone();
+        broker.stop().await;
+
+        // A store that holds such a copy already (planted before this fix, or written
+        // around the registry): a certificate two tenants would take logs in to neither,
+        // whichever order the tenants load in.
+        {
+            let store = messs_broker::open_store(&messs_broker::StorageConfig {
+                data_dir: data.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap();
+            store.add_ca("globex", &forged).unwrap();
+        }
+        let tls = pki.tls_config();
+        let broker = TestBroker::start_in(data.clone(), move |c| {
+            secured(c);
+            c.listeners[0].transport = messs_broker::Transport::Tls;
+            c.listeners[0].tls = Some(tls);
+        })
+        .await;
+        for round in 0..2 {
+            if let Some((_c, code)) = cert_login(&broker, &pki, &meter, "m7").await {
+                assert_ne!(code, ReasonCode::Success, "round {round}: captured");
+            }
+            // Each tenant's CAs reloaded, in both orders.
+            let order = if round == 0 {
+                ["globex", "acme"]
+            } else {
+                ["acme", "globex"]
+            };
+            broker
                 .broker
-                .registry("test", move |r| r.add_ca("globex", &acme_ca).map(|_| ()))
+                .registry("test", move |r| {
+                    for t in order {
+                        r.add_rule(t, rule(true, AclAction::Both, "x/#"), None)?;
+                    }
+                    Ok(())
+                })
                 .await
-                .unwrap_err();
-            assert!(err.to_string().contains("already trusts"), "{err}");
-            broker.stop().await;
-        });
+                .unwrap();
+        }
+        // globex's own devices are not affected.
+        let globex_meter = pki.globex.issue("meter-7", vec![], false);
+        let (_g, code) = cert_login(&broker, &pki, &globex_meter, "g7")
+            .await
+            .unwrap();
+        assert_eq!(code, ReasonCode::Success);
+        broker.stop().await;
+        let audit = audit(&data);
+        assert!(has(&audit, "ca.refused", "tenant \"globex\""));
+        assert!(has(&audit, "auth.failure", "more than one tenant trusts"));
+        assert!(!has(
+            &audit,
+            "client.connect",
+            "meter-7@globex client \"m7\""
+        ));
+    }
+
+    /// A certificate logs in only as a device that exists and is enabled: removing the
+    /// device keeps it out even though its certificate still verifies. A tenant may turn
+    /// on auto-registration instead, and each registration is audited.
+    #[tokio::test]
+    async fn a_removed_device_cannot_log_back_in_with_its_certificate() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |_| {}).await;
+        broker
+            .broker
+            .registry("test", |r| r.add_device("acme", "meter-7", None, None, &[]))
+            .await
+            .unwrap();
+        let meter = pki.acme.issue("meter-7", vec![], false);
+        let (mut live, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+        assert_eq!(code, ReasonCode::Success);
+        broker
+            .broker
+            .registry("test", |r| r.remove_device("acme", "meter-7").map(|_| ()))
+            .await
+            .unwrap();
+        live.expect_disconnect(ReasonCode::AdministrativeAction)
+            .await;
+        let (_c, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword, "removed device");
+        // A name that was never a device: refused too, until the tenant opts in.
+        let new_meter = pki.acme.issue("meter-9", vec![], false);
+        let (_c, code) = cert_login(&broker, &pki, &new_meter, "m9").await.unwrap();
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword, "unknown device");
+        broker
+            .broker
+            .registry("acme-admin", |r| r.set_cert_auto_register("acme", true))
+            .await
+            .unwrap();
+        let (mut c, code) = cert_login(&broker, &pki, &new_meter, "m9").await.unwrap();
+        assert_eq!(code, ReasonCode::Success, "auto-registered");
+        c.subscribe("devices/meter-9/#", QoS::AtLeastOnce).await;
+        c.roundtrip("devices/meter-9/x").await;
+        let registered = broker
+            .broker
+            .registry("test", |r| r.device("acme", "meter-9"))
+            .await
+            .unwrap();
+        assert!(registered.is_some_and(|d| d.enabled && d.password_hash.is_none()));
+        // globex did not opt in: its unknown names stay out.
+        let stranger = pki.globex.issue("meter-9", vec![], false);
+        let (_c, code) = cert_login(&broker, &pki, &stranger, "g9").await.unwrap();
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+        let data = broker.data.clone();
+        broker.stop().await;
+        let audit = audit(&data);
+        assert!(has(
+            &audit,
+            "auth.failure",
+            "meter-7@acme from 127.0.0.1 (certificate): no such device"
+        ));
+        assert!(has(
+            &audit,
+            "tenant.cert_auto_register",
+            "tenant \"acme\": on"
+        ));
+        assert!(has(
+            &audit,
+            "device.auto_register",
+            "device \"meter-9\" in tenant \"acme\""
+        ));
+    }
+
+    /// The operator's username ban applies to the identity authentication settles on: a
+    /// certificate login sends no User Name, and once slipped past a ban on `NAME@TENANT`.
+    #[tokio::test]
+    async fn a_banned_username_stays_out_when_it_logs_in_with_a_certificate() {
+        let pki = Pki::new();
+        let broker = start_tls(&pki, |c| c.bans.usernames = vec!["meter-7@acme".into()]).await;
+        broker
+            .broker
+            .registry("test", |r| {
+                r.add_device("acme", "meter-7", None, None, &[])?;
+                r.add_device("acme", "meter-8", None, None, &[])
+            })
+            .await
+            .unwrap();
+        let banned = pki.acme.issue("meter-7", vec![], false);
+        let (_c, code) = cert_login(&broker, &pki, &banned, "m7").await.unwrap();
+        assert_eq!(code, ReasonCode::Banned);
+        let other = pki.acme.issue("meter-8", vec![], false);
+        let (_c, code) = cert_login(&broker, &pki, &other, "m8").await.unwrap();
+        assert_eq!(code, ReasonCode::Success);
+        broker.stop().await;
     }
 }
 
@@ -1434,6 +1639,22 @@ mod scram {
             "auth.failure",
             "imported@acme from 127.0.0.1 (SCRAM)"
         ));
+    }
+
+    /// The operator's username ban once applied only to the CONNECT's User Name, which a
+    /// SCRAM login leaves out (the user is named inside the exchange).
+    #[tokio::test]
+    async fn a_banned_username_stays_out_when_it_logs_in_with_scram() {
+        let broker = start(
+            |c| c.bans.usernames = vec!["sensor1@acme".into()],
+            vec![rule(true, AclAction::Both, "t/#")],
+        )
+        .await;
+        let banned = login(&broker, "s1", "sensor1@acme", "acme-password-1").await;
+        assert_eq!(banned.ack.code, ReasonCode::Banned);
+        let other = login(&broker, "s2", "pub@acme", "pub-password-1").await;
+        assert_eq!(other.ack.code, ReasonCode::Success);
+        broker.stop().await;
     }
 
     #[tokio::test]

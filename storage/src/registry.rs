@@ -24,6 +24,8 @@ const RECORD_V1: u8 = 1;
 /// Device records from schema 2 on: version 1 plus an optional SCRAM credential and the
 /// device's limit overrides.
 const DEVICE_V2: u8 = 2;
+/// Tenant records with flags.
+const TENANT_V2: u8 = 2;
 
 /// Kinds of record under a tenant's prefix in the tenants column family.
 mod kind {
@@ -53,6 +55,9 @@ pub struct TenantRecord {
     pub created_ms: u64,
     /// Per-tenant limits by name (interpreted by the broker's limits).
     pub limits: Vec<(String, u64)>,
+    /// A client certificate from one of the tenant's CAs whose name has no device record
+    /// registers that device at its first login (off: it is refused). Off by default.
+    pub cert_auto_register: bool,
 }
 
 /// A device: one identity that may connect to one tenant.
@@ -210,25 +215,35 @@ fn decode_limits(d: &mut Dec<'_>) -> Result<Vec<(String, u64)>, StorageError> {
     Ok(limits)
 }
 
+/// Tenant record flags (version 2 on).
+const TENANT_CERT_AUTO_REGISTER: u8 = 1;
+
 impl TenantRecord {
     fn encode(&self) -> Result<Vec<u8>, StorageError> {
-        let mut e = Enc::new(RECORD_V1, 64);
+        let mut e = Enc::new(TENANT_V2, 64);
         e.bytes(self.name.as_bytes())?
             .u8(u8::from(self.enabled))
             .u64(self.created_ms);
         encode_limits(&mut e, &self.limits)?;
+        let mut flags = 0;
+        if self.cert_auto_register {
+            flags |= TENANT_CERT_AUTO_REGISTER;
+        }
+        e.u8(flags);
         Ok(e.finish())
     }
 
+    /// Version 1 (before flags) reads with every flag off.
     fn decode(id: &str, value: &[u8]) -> Result<Self, StorageError> {
         let (mut d, version) = Dec::new("tenants", value)?;
-        if version != RECORD_V1 {
+        if version != RECORD_V1 && version != TENANT_V2 {
             return Err(d.error(format!("tenant record version {version}")));
         }
         let name = d.str()?.to_owned();
         let enabled = d.u8()? != 0;
         let created_ms = d.u64()?;
         let limits = decode_limits(&mut d)?;
+        let flags = if version == TENANT_V2 { d.u8()? } else { 0 };
         d.end()?;
         Ok(TenantRecord {
             id: id.to_owned(),
@@ -236,6 +251,7 @@ impl TenantRecord {
             enabled,
             created_ms,
             limits,
+            cert_auto_register: flags & TENANT_CERT_AUTO_REGISTER != 0,
         })
     }
 }
@@ -734,6 +750,29 @@ impl Store {
     /// Trusts a CA for a tenant's device certificates; returns its fingerprint. Blocking.
     pub fn add_ca(&self, tenant: &str, der: &[u8]) -> Result<[u8; 32], StorageError> {
         let _g = self.registry_guard();
+        self.put_ca(tenant, der)
+    }
+
+    /// Trusts a CA for `tenant` unless another tenant trusts one that `same_anchor` says
+    /// is the same trust anchor (the caller knows X.509; this crate does not). The check
+    /// and the write are one step under the registry lock, so two tenants adding the same
+    /// anchor at once cannot both succeed. `Ok(None)`: another tenant has it. Blocking.
+    pub fn add_ca_exclusive(
+        &self,
+        tenant: &str,
+        der: &[u8],
+        same_anchor: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<[u8; 32]>, StorageError> {
+        let _g = self.registry_guard();
+        for other in self.tenants()? {
+            if other.id != tenant && self.cas(&other.id)?.iter().any(|c| same_anchor(&c.der)) {
+                return Ok(None);
+            }
+        }
+        self.put_ca(tenant, der).map(Some)
+    }
+
+    fn put_ca(&self, tenant: &str, der: &[u8]) -> Result<[u8; 32], StorageError> {
         let fingerprint = sha256(der);
         let mut b = Batch::new();
         b.push(Op::Put(
@@ -842,6 +881,30 @@ mod tests {
     use super::*;
     use crate::StoreOptions;
 
+    /// Tenant records from before flags (version 1) read with every flag off, and a
+    /// record with a flag set reads back with it.
+    #[test]
+    fn a_version_1_tenant_record_reads_with_flags_off() {
+        let mut e = Enc::new(RECORD_V1, 64);
+        e.bytes(b"Acme")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .u8(1)
+            .u64(7);
+        encode_limits(&mut e, &[("max_connections".into(), 3)]).unwrap_or_else(|e| panic!("{e}"));
+        let old = TenantRecord::decode("acme", &e.finish()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!old.cert_auto_register);
+        assert_eq!(old.limits, vec![("max_connections".to_owned(), 3)]);
+        let new = TenantRecord {
+            cert_auto_register: true,
+            ..old
+        };
+        let bytes = new.encode().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            TenantRecord::decode("acme", &bytes).unwrap_or_else(|e| panic!("{e}")),
+            new
+        );
+    }
+
     /// Device records written before SCRAM verifiers existed (record version 1) still
     /// read, as devices without one; rewriting them writes version 2.
     #[test]
@@ -855,6 +918,7 @@ mod tests {
                 enabled: true,
                 created_ms: 1,
                 limits: Vec::new(),
+                cert_auto_register: false,
             })
             .unwrap_or_else(|e| panic!("{e}"));
         let key = Store::device_key("acme", "old").unwrap_or_else(|e| panic!("{e}"));

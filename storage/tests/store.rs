@@ -606,6 +606,7 @@ mod registry {
             enabled: true,
             created_ms: 5,
             limits: vec![("max_connections".into(), 10)],
+            cert_auto_register: false,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct TenantView {
     pub created_ms: u64,
     /// Limits that override `[tenant_limits]`, by name.
     pub limits: std::collections::BTreeMap<String, u64>,
+    /// Certificates of its CAs register their device at first login.
+    pub cert_auto_register: bool,
     /// Clients connected now.
     pub connected_clients: usize,
 }
@@ -38,6 +40,7 @@ fn view(t: TenantRecord, connected_clients: usize) -> TenantView {
         enabled: t.enabled,
         created_ms: t.created_ms,
         limits: t.limits.into_iter().collect(),
+        cert_auto_register: t.cert_auto_register,
         connected_clients,
     }
 }
@@ -62,6 +65,10 @@ pub struct TenantChange {
     pub limits: Option<std::collections::BTreeMap<String, u64>>,
     /// Limit overrides to remove (back to `[tenant_limits]`).
     pub unset_limits: Option<Vec<String>>,
+    /// Whether a client certificate of the tenant's CAs whose name is no device yet
+    /// registers that device at its first login (default off: refused). The tenant's
+    /// own admin may change it (area `keys`).
+    pub cert_auto_register: Option<bool>,
 }
 
 /// Checks a tenant id from a path and that the caller may touch it; an unknown tenant and
@@ -174,7 +181,12 @@ pub async fn update_tenant(
     tenant_access(&p, Area::Tenants, Access::Read, &tenant)?;
     // Status and quotas bound what the tenant may use: the operator's call, not the
     // tenant-admin's.
-    p.allow(Area::Limits, Access::Write, None)?;
+    if req.enabled.is_some() || req.limits.is_some() || req.unset_limits.is_some() {
+        p.allow(Area::Limits, Access::Write, None)?;
+    }
+    if req.cert_auto_register.is_some() {
+        p.allow(Area::Keys, Access::Write, Some(&tenant))?;
+    }
     existing_tenant(&state, &tenant).await?;
     let t = tenant.clone();
     state
@@ -182,6 +194,9 @@ pub async fn update_tenant(
         .registry(&p.name, move |r| {
             if let Some(e) = req.enabled {
                 r.set_tenant_enabled(&t, e)?;
+            }
+            if let Some(on) = req.cert_auto_register {
+                r.set_cert_auto_register(&t, on)?;
             }
             for (name, value) in req.limits.unwrap_or_default() {
                 r.set_tenant_limit(&t, &name, Some(value))?;

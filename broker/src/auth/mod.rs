@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use messs_codec::{QoS, ReasonCode};
+use messs_storage::registry::DeviceRecord;
 use messs_storage::Store;
 use moka::sync::Cache;
 
@@ -386,6 +387,7 @@ impl Auth {
         self.tenants
             .set_overrides(&entry, t.limits.clone())
             .map_err(|e| BrokerError::Registry(format!("tenant {id}: {e}")))?;
+        entry.set_cert_auto_register(t.cert_auto_register);
         entry.set_enabled(t.enabled);
         Ok(t.enabled)
     }
@@ -709,8 +711,10 @@ impl Auth {
     }
 
     /// Logs in with a client certificate the TLS handshake verified: the tenant is the one
-    /// whose CA issued it; the device's registry entry, if it has one, must be enabled and
-    /// gives its groups and client-id pattern.
+    /// whose CA issued it, and the certificate's name must be a device of that tenant that
+    /// exists and is enabled. A removed device stays out even though its certificate still
+    /// verifies; only a tenant that turned on `cert_auto_register` has a missing device
+    /// registered (and audited) at its first login.
     async fn certificate(
         &self,
         cert: &crate::tls::CertLogin,
@@ -733,30 +737,59 @@ impl Auth {
         if tenant.is_revoked(&cert.fingerprint) {
             return Err(refuse("certificate revoked"));
         }
-        let device = match store.cloned() {
-            Some(store) => {
-                let (t, n) = (cert.tenant.to_string(), cert.name.clone());
-                match tokio::task::spawn_blocking(move || store.device(&t, &n)).await {
-                    Ok(Ok(d)) => d,
-                    _ => return Err(refuse("registry unreadable")),
-                }
-            }
-            None => None,
+        let Some(store) = store.cloned() else {
+            return Err(refuse("no registry to find the device in"));
         };
-        if device.as_ref().is_some_and(|d| !d.enabled) {
+        let auto_register = tenant.cert_auto_register();
+        let (t, n) = (cert.tenant.to_string(), cert.name.clone());
+        let detail = format!("device {:?} in tenant {t:?} from {peer}", clip(&n));
+        let found = tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+            match store.device(&t, &n)? {
+                Some(d) => Ok(Some(d)),
+                None if auto_register => {
+                    let d = DeviceRecord {
+                        tenant: t,
+                        username: n,
+                        password_hash: None,
+                        client_id_pattern: None,
+                        groups: Vec::new(),
+                        enabled: true,
+                        version: 0,
+                        scram: None,
+                        limits: Vec::new(),
+                    };
+                    store.put_device(&d, true)?;
+                    let event = messs_storage::audit::AuditEvent {
+                        time_ms: crate::clock::unix_ms(),
+                        actor: "broker".into(),
+                        action: "device.auto_register".into(),
+                        detail,
+                    };
+                    if let Err(e) = store.append_audit(&event) {
+                        tracing::warn!(error = %e, "audit record not written");
+                    }
+                    Ok(Some(d))
+                }
+                None => Ok(None),
+            }
+        })
+        .await;
+        let device = match found {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => return Err(refuse("no such device")),
+            _ => return Err(refuse("registry unreadable")),
+        };
+        if !device.enabled {
             return Err(refuse("device disabled"));
         }
-        let (group_list, client_id_pattern, limits) = device
-            .map(|d| (d.groups, d.client_id_pattern.map(Arc::from), d.limits))
-            .unwrap_or_default();
         Ok(Identity {
             tenant,
             username: Some(Arc::from(cert.name.as_str())),
-            groups: groups(group_list),
+            groups: groups(device.groups),
             method: Method::Certificate,
-            client_id_pattern,
+            client_id_pattern: device.client_id_pattern.map(Arc::from),
             scope: None,
-            device_limits: device_limits(limits),
+            device_limits: device_limits(device.limits),
         })
     }
 

@@ -24,6 +24,8 @@ pub(crate) struct TenantSecurity {
     /// In the registry (false: a listener's anonymous tenant never registered).
     pub registered: AtomicBool,
     enabled: AtomicBool,
+    /// Certificates of its CAs register their device at first login.
+    cert_auto_register: AtomicBool,
     rules: RwLock<Arc<Vec<AclRule>>>,
     epoch: AtomicU64,
     jwt_keys: RwLock<Arc<Vec<JwtKey>>>,
@@ -45,6 +47,7 @@ impl TenantSecurity {
             id,
             registered: AtomicBool::new(registered),
             enabled: AtomicBool::new(true),
+            cert_auto_register: AtomicBool::new(false),
             rules: RwLock::default(),
             epoch: AtomicU64::new(1),
             jwt_keys: RwLock::default(),
@@ -64,6 +67,15 @@ impl TenantSecurity {
     /// Whether its devices may connect.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Whether a certificate login without a device record registers one.
+    pub fn cert_auto_register(&self) -> bool {
+        self.cert_auto_register.load(Ordering::Acquire)
+    }
+
+    pub fn set_cert_auto_register(&self, on: bool) {
+        self.cert_auto_register.store(on, Ordering::Release);
     }
 
     pub fn set_enabled(&self, on: bool) {

@@ -133,6 +133,18 @@ where
         }
     };
     let (client_id, assigned) = client_id(state, &connect);
+    // The operator's username bans again, on the identity authentication settled on: a
+    // SCRAM login names its user inside the exchange, a certificate inside the certificate
+    // and a JWT in its subject, none of them in the CONNECT's User Name.
+    let settled = identity
+        .username
+        .as_deref()
+        .map(|name| (name, &*identity.tenant.id));
+    if let Some(kind) = state.bans.listed(&client_id, settled) {
+        tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
+        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        return None;
+    }
     let flapping = state.bans.flapping(
         &identity.tenant.id,
         &client_id,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 /// A CA that can issue certificates.
 pub struct Ca {
     pub cert: rcgen::Certificate,
+    name: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -29,8 +30,28 @@ impl Ca {
         let cert = p.self_signed(&key).unwrap();
         Ca {
             cert,
+            name: name.to_owned(),
             issuer: Issuer::new(p, key),
         }
+    }
+
+    /// The attack on trust anchors: a CA certificate with this CA's subject and public key
+    /// but a new serial, signed by `signer` (who never had this CA's private key). A
+    /// verifier that takes it as an anchor accepts every certificate this CA issued.
+    pub fn forged_copy(&self, signer: &Ca) -> Vec<u8> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, self.name.as_str());
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42, 0x17, 0x99]));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.signed_by(self.issuer.key(), &signer.issuer)
+            .unwrap()
+            .der()
+            .to_vec()
     }
 
     /// A leaf: (certificate, key).
