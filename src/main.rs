@@ -110,8 +110,14 @@ struct DataDirArgs {
 #[derive(Subcommand)]
 enum StorageTask {
     /// Reads and decodes every record (payloads too, so a wrong or missing key shows up)
-    /// and checks the audit log's hash chain. Exits 1 if anything is wrong.
-    Verify,
+    /// and checks the audit log's chain. Exits 1 if anything is wrong.
+    Verify {
+        /// An audit head copied out earlier (`SEQ:HEX`, from the broker's log, its
+        /// metrics or GET /api/v1/audit/head): the chain must still reach it and hold the
+        /// same record there, or the store was rolled back.
+        #[arg(long, value_name = "SEQ:HEX")]
+        audit_head: Option<String>,
+    },
     /// Writes a consistent copy of the data directory to DIR (which must not exist).
     /// Start a broker with --data-dir DIR to restore it.
     Checkpoint {
@@ -467,8 +473,12 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
     }
     let store = open_store(cfg)?;
     match task {
-        StorageTask::Verify => {
-            let report = store.verify()?;
+        StorageTask::Verify { audit_head } => {
+            let exported = audit_head
+                .as_deref()
+                .map(messs_broker::storage::audit::AuditHead::parse)
+                .transpose()?;
+            let report = store.verify_against(exported.as_ref())?;
             for (cf, n) in &report.records {
                 println!("{cf:>10}: {n} records");
             }
@@ -480,7 +490,17 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
                     "audit chain: BROKEN at record {}: {}",
                     link.seq, link.reason
                 ),
-                None => println!("audit chain: {} records, intact", report.audit.records),
+                None => println!(
+                    "audit chain: {} records, intact{}; head {}",
+                    report.audit.records,
+                    match report.audit.keyed_from {
+                        Some(1) => ", keyed".to_owned(),
+                        Some(n) =>
+                            format!(", keyed from record {n} (earlier ones hash-linked only)"),
+                        None => ", NOT keyed (set storage.audit_key_file)".to_owned(),
+                    },
+                    report.audit.head.encode()
+                ),
             }
             if !report.is_ok() {
                 std::process::exit(1);

@@ -107,7 +107,7 @@ impl Modify for BearerAuth {
         list_rules, add_rule, remove_rule,
         list_jwt_keys, put_jwt_key, remove_jwt_key, list_cas, add_ca, revoke_cert,
         list_retained, delete_retained, publish, query_telemetry,
-        read_audit, verify_audit,
+        read_audit, verify_audit, audit_head,
         get_limits, get_bans, put_bans, reload, checkpoint,
     ),
     components(schemas(ErrorBody)),

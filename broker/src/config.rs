@@ -356,6 +356,11 @@ pub struct StorageConfig {
     pub encryption_key_file: Option<PathBuf>,
     /// Name of an environment variable holding the key(s) instead of a file.
     pub encryption_key_env: Option<String>,
+    /// File with the key (64 hex digits) the audit log's records are linked with
+    /// (HMAC-SHA256), outside the data directory. Unset: derived from the encryption key
+    /// (its lowest-numbered one); neither: plain SHA-256 links, which a person who can
+    /// write the data directory can recompute.
+    pub audit_key_file: Option<PathBuf>,
     /// Telemetry capture and retention.
     pub telemetry: TelemetryConfig,
     /// Periodic online backups (checkpoints).
@@ -375,6 +380,7 @@ impl Default for StorageConfig {
             retained_inline_bytes: 4096,
             encryption_key_file: None,
             encryption_key_env: None,
+            audit_key_file: None,
             telemetry: TelemetryConfig::default(),
             backup: BackupConfig::default(),
         }

@@ -357,6 +357,20 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
         for (name, help, kind, value) in storage {
             out.push(Sample::new(name, help, kind, value));
         }
+        // The head's sequence number only: its link changes with every record, and as a
+        // label it would make a new series each time (GET /api/v1/audit/head serves it).
+        out.push(Sample::new(
+            "messs_audit_head_seq",
+            "Sequence number of the newest audit record; it never goes down, so a drop after a restart means a rolled-back store.",
+            MetricKind::Gauge,
+            p.store.audit_head().seq,
+        ));
+        out.push(Sample::new(
+            "messs_audit_keyed",
+            "1 when audit records are linked with a key kept outside the data directory.",
+            MetricKind::Gauge,
+            u64::from(p.store.audit_keyed()),
+        ));
         histogram(
             &mut out,
             "messs_storage_write_seconds",

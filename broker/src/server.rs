@@ -140,6 +140,18 @@ impl Broker {
             "store opened"
         );
         if let Some(p) = &state.persist {
+            if let Some(n) = p.store.audit_unsigned_records() {
+                tracing::warn!(
+                    records = n,
+                    "the audit log's head is not signed with the audit key: the key was just \
+                     configured, or the log was rewritten without it; records 1..={n} stay \
+                     hash-linked only, later ones are keyed"
+                );
+                p.audit(
+                    "audit.key_adopted",
+                    format!("records 1..={n} were written without the audit key"),
+                );
+            }
             p.audit(
                 "broker.start",
                 format!(
@@ -151,6 +163,16 @@ impl Broker {
                     report.retained
                 ),
             );
+            let head = p.store.audit_head();
+            if p.store.audit_keyed() {
+                tracing::info!(audit_head = %head.encode(), "audit log head at start");
+            } else {
+                tracing::warn!(
+                    audit_head = %head.encode(),
+                    "the audit log is hash-linked only: set storage.audit_key_file (or an \
+                     encryption key) so that rewriting it takes a key the data directory does not hold"
+                );
+            }
         }
         Ok(Broker { state, listeners })
     }
@@ -244,7 +266,10 @@ impl Broker {
             persist.audit("broker.stop", "graceful shutdown".into());
             let store = persist.store.clone();
             match tokio::task::spawn_blocking(move || store.flush()).await {
-                Ok(Ok(())) => tracing::info!("store flushed"),
+                Ok(Ok(())) => tracing::info!(
+                    audit_head = %persist.store.audit_head().encode(),
+                    "store flushed; keep the audit head to check the store against later"
+                ),
                 Ok(Err(e)) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
                 Err(e) => tracing::error!(error = %e, "flushing the store at shutdown failed"),
             }

@@ -1,15 +1,30 @@
-//! The audit log: append-only records, each holding the SHA-256 of the one before it, and
-//! the newest record's hash kept in `meta` as the chain head. Changing, removing or
+//! The audit log: append-only records, each holding the link of the one before it, and
+//! the newest record's link kept in `meta` as the chain head. Changing, removing or
 //! reordering any record breaks a link that [`Store::verify_audit`] reports.
 //!
 //! ```text
 //! key    [seq u64]
-//! value  [1][seq u64][time ms u64][previous hash 32][actor][action][detail]
+//! value  [version][seq u64][time ms u64][previous link 32][actor][action][detail]
 //! ```
+//!
+//! A record's link is the HMAC-SHA256 of its bytes under the audit key (version 2), or,
+//! with no key configured, their plain SHA-256 (version 1). Without the key nobody can
+//! rewrite a keyed record and its successors so that they verify; a store that had no key
+//! keeps its old records as an unkeyed prefix, and an unkeyed record after a keyed one is
+//! a break.
+//!
+//! What no chain inside the store can show is a store rolled back to an older copy, or its
+//! newest records cut off with the head rewritten to match: the rest is internally
+//! consistent. So the head — the newest record's sequence number and link, [`AuditHead`] —
+//! is meant to be copied out (the broker logs it, exports it as a metric and the admin API
+//! serves it signed), and [`Store::verify_audit_against`] checks the store against such a
+//! copy: a chain that ends before it, or holds another record at its position, was rolled
+//! back.
 
 use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::hmac;
 use rocksdb::{IteratorMode, DB};
 
 use crate::error::StorageError;
@@ -19,6 +34,7 @@ use crate::{Cf, Store};
 
 const HEAD_KEY: &[u8] = b"audit_head";
 const AUDIT_V1: u8 = 1;
+const AUDIT_KEYED: u8 = 2;
 
 /// Something to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +65,44 @@ pub struct AuditReport {
     pub records: u64,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+    /// The first record linked with the audit key (earlier ones are an unkeyed prefix);
+    /// `None`: no keyed record.
+    pub keyed_from: Option<u64>,
+    /// The head the walk ended at.
+    pub head: AuditHead,
+}
+
+/// The chain's head: the newest record's sequence number (0: no record) and its link.
+/// Copied out of the store, it is what a rollback is detected against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// Sequence number of the newest record.
+    pub seq: u64,
+    /// Its link (HMAC or hash).
+    pub link: [u8; 32],
+}
+
+impl AuditHead {
+    /// `SEQ:HEX`, the form it is exported and given back in.
+    pub fn encode(&self) -> String {
+        let hex: String = self.link.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{hex}", self.seq)
+    }
+
+    /// Parses `SEQ:HEX`.
+    pub fn parse(s: &str) -> Result<AuditHead, StorageError> {
+        let bad = || StorageError::Invalid("an audit head is SEQ:64-HEX-DIGITS".into());
+        let (seq, hex) = s.trim().split_once(':').ok_or_else(bad)?;
+        let seq = seq.parse::<u64>().map_err(|_| bad())?;
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut link = [0u8; 32];
+        for (i, b) in link.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(AuditHead { seq, link })
+    }
 }
 
 /// Where the chain breaks.
@@ -63,16 +117,53 @@ pub struct BrokenLink {
 struct Head {
     next_seq: u64,
     last_hash: [u8; 32],
+    /// The MAC of the head under the audit key, when one was written.
+    signature: Option<[u8; 32]>,
 }
 
-/// The chain's head, appended to under a lock so records are hashed and submitted in order.
-pub(crate) struct Chain(Mutex<Head>);
+/// What signs the head kept in `meta` (domain-separated from record links and from the
+/// exported head's signature).
+const META_HEAD_LABEL: &[u8] = b"messs audit meta head v1";
+
+fn head_signature(key: &hmac::Key, next_seq: u64, last: &[u8; 32]) -> [u8; 32] {
+    let mut data = Vec::with_capacity(META_HEAD_LABEL.len() + 40);
+    data.extend_from_slice(META_HEAD_LABEL);
+    data.extend_from_slice(&next_seq.to_be_bytes());
+    data.extend_from_slice(last);
+    mac(key, &data)
+}
+
+/// `[next seq u64][last link 32]`, then the head's signature when keyed.
+fn encode_head(key: Option<&hmac::Key>, next_seq: u64, last: &[u8; 32]) -> Vec<u8> {
+    let mut e = Enc::raw(72);
+    e.u64(next_seq).tail(last);
+    if let Some(k) = key {
+        e.tail(&head_signature(k, next_seq, last));
+    }
+    e.finish()
+}
+
+/// The chain's head, appended to under a lock so records are linked and submitted in
+/// order, and the audit key (if one is configured).
+pub(crate) struct Chain {
+    head: Mutex<Head>,
+    key: Option<hmac::Key>,
+}
 
 fn hash(record: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, record).as_ref());
     out
 }
+
+fn mac(key: &hmac::Key, data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hmac::sign(key, data).as_ref());
+    out
+}
+
+/// What signs an exported head (domain-separated from record links).
+const HEAD_SIGNATURE_LABEL: &[u8] = b"messs audit head v1";
 
 fn decode_head(v: &[u8]) -> Result<Head, StorageError> {
     let mut d = Dec::raw("meta", v);
@@ -82,31 +173,56 @@ fn decode_head(v: &[u8]) -> Result<Head, StorageError> {
         v.get(8..40)
             .ok_or_else(|| StorageError::corrupt("meta", "audit head length"))?,
     );
+    let signature = match v.len() {
+        40 => None,
+        72 => {
+            let mut sig = [0u8; 32];
+            sig.copy_from_slice(&v[40..72]);
+            Some(sig)
+        }
+        _ => return Err(StorageError::corrupt("meta", "audit head length")),
+    };
     Ok(Head {
         next_seq,
         last_hash,
+        signature,
     })
 }
 
+fn empty_head() -> Head {
+    Head {
+        next_seq: 1,
+        last_hash: [0; 32],
+        signature: None,
+    }
+}
+
 impl Chain {
-    pub(crate) fn load(db: &DB) -> Result<Self, StorageError> {
+    pub(crate) fn load(db: &DB, key: Option<[u8; 32]>) -> Result<Self, StorageError> {
         let meta = db
             .cf_handle(Cf::Meta.name())
             .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
         let head = match db.get_cf(meta, HEAD_KEY)? {
             Some(v) => decode_head(&v)?,
-            None => Head {
-                next_seq: 1,
-                last_hash: [0; 32],
-            },
+            None => empty_head(),
         };
-        Ok(Chain(Mutex::new(head)))
+        Ok(Chain {
+            head: Mutex::new(head),
+            key: key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k)),
+        })
+    }
+
+    fn link(&self, record: &[u8]) -> [u8; 32] {
+        match &self.key {
+            Some(k) => mac(k, record),
+            None => hash(record),
+        }
     }
 }
 
 fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
     let (mut d, version) = Dec::new("audit", value)?;
-    if version != AUDIT_V1 {
+    if version != AUDIT_V1 && version != AUDIT_KEYED {
         return Err(d.error(format!("audit record version {version}")));
     }
     let seq = d.u64()?;
@@ -131,14 +247,15 @@ fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
 impl Store {
     /// Appends an event; the returned future resolves once it is durable.
     pub fn append_audit(&self, event: &AuditEvent) -> Result<Durable, StorageError> {
-        let mut head = self
-            .inner
-            .audit
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let chain = &self.inner.audit;
+        let mut head = chain.head.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = head.next_seq;
-        let mut e = Enc::new(AUDIT_V1, 64 + event.detail.len());
+        let version = if chain.key.is_some() {
+            AUDIT_KEYED
+        } else {
+            AUDIT_V1
+        };
+        let mut e = Enc::new(version, 64 + event.detail.len());
         e.u64(seq).u64(event.time_ms);
         for b in head.last_hash {
             e.u8(b);
@@ -147,16 +264,16 @@ impl Store {
             .bytes(event.action.as_bytes())?
             .bytes(event.detail.as_bytes())?;
         let record = e.finish();
-        let h = hash(&record);
-        let mut new_head = Enc::raw(40);
-        new_head.u64(seq + 1).tail(&h);
+        let h = chain.link(&record);
+        let new_head = encode_head(chain.key.as_ref(), seq + 1, &h);
         let mut b = Batch::new();
         b.push(Op::Put(Cf::Audit, seq.to_be_bytes().to_vec(), record));
-        b.push(Op::Put(Cf::Meta, HEAD_KEY.to_vec(), new_head.finish()));
+        b.push(Op::Put(Cf::Meta, HEAD_KEY.to_vec(), new_head));
         let (ticket, durable) = Ticket::new();
         self.submit(b, Some(&ticket))?;
         head.next_seq = seq + 1;
         head.last_hash = h;
+        head.signature = None; // what is in memory is trusted; only `meta`'s is checked
         Ok(durable)
     }
 
@@ -181,71 +298,177 @@ impl Store {
         Ok(out)
     }
 
+    /// The head as this process last wrote it.
+    pub fn audit_head(&self) -> AuditHead {
+        let head = self
+            .inner
+            .audit
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        AuditHead {
+            seq: head.next_seq.saturating_sub(1),
+            link: head.last_hash,
+        }
+    }
+
+    /// Whether records are linked with an audit key.
+    pub fn audit_keyed(&self) -> bool {
+        self.inner.audit.key.is_some()
+    }
+
+    /// With an audit key configured, the number of records the store held when it was
+    /// opened under a head the key did not sign: the key was just configured, or the log
+    /// was rewritten by someone without it. The broker says so, in its log and in the
+    /// audit log; `None`: nothing to say.
+    pub fn audit_unsigned_records(&self) -> Option<u64> {
+        let chain = &self.inner.audit;
+        let key = chain.key.as_ref()?;
+        let head = chain.head.lock().unwrap_or_else(PoisonError::into_inner);
+        let records = head.next_seq.saturating_sub(1);
+        let signed = head
+            .signature
+            .is_some_and(|s| s == head_signature(key, head.next_seq, &head.last_hash));
+        (records > 0 && !signed).then_some(records)
+    }
+
+    /// A signature of `head` under the audit key (`None` without one): whoever holds the
+    /// key can check that a head copied out of the broker is one it wrote.
+    pub fn sign_audit_head(&self, head: &AuditHead) -> Option<[u8; 32]> {
+        let key = self.inner.audit.key.as_ref()?;
+        let mut data = Vec::with_capacity(HEAD_SIGNATURE_LABEL.len() + 40);
+        data.extend_from_slice(HEAD_SIGNATURE_LABEL);
+        data.extend_from_slice(&head.seq.to_be_bytes());
+        data.extend_from_slice(&head.link);
+        Some(mac(key, &data))
+    }
+
     /// Walks the whole chain and reports the first broken link. Blocking.
     pub fn verify_audit(&self) -> Result<AuditReport, StorageError> {
+        self.verify_audit_against(None)
+    }
+
+    /// As [`Store::verify_audit`], and checks the chain against a head exported earlier:
+    /// the chain must reach it and hold the same record there. Blocking.
+    pub fn verify_audit_against(
+        &self,
+        exported: Option<&AuditHead>,
+    ) -> Result<AuditReport, StorageError> {
         let db = &self.inner.db;
+        let chain = &self.inner.audit;
         let mut expected_seq = 1u64;
         let mut prev_hash = [0u8; 32];
         let mut records = 0u64;
-        let broken = |records, seq, reason: &str| {
+        let mut keyed_from = None;
+        let mut at_exported = None;
+        let report = |records, seq, reason: &str, keyed_from, prev_hash| {
             Ok(AuditReport {
                 records,
                 broken: Some(BrokenLink {
                     seq,
                     reason: reason.to_owned(),
                 }),
+                keyed_from,
+                head: AuditHead {
+                    seq: records,
+                    link: prev_hash,
+                },
             })
         };
         for item in db.iterator_cf(self.cf(Cf::Audit)?, IteratorMode::Start) {
             let (key, value) = item?;
             let key_seq = <[u8; 8]>::try_from(&key[..]).map(u64::from_be_bytes).ok();
             if key_seq != Some(expected_seq) {
-                return broken(records, expected_seq, "a record is missing or out of order");
+                let why = "a record is missing or out of order";
+                return report(records, expected_seq, why, keyed_from, prev_hash);
             }
             let Ok((record, prev)) = decode(&value) else {
-                return broken(records, expected_seq, "the record cannot be decoded");
+                let why = "the record cannot be decoded";
+                return report(records, expected_seq, why, keyed_from, prev_hash);
             };
             if record.seq != expected_seq {
-                return broken(
-                    records,
-                    expected_seq,
-                    "the record's own sequence number was changed",
-                );
+                let why = "the record's own sequence number was changed";
+                return report(records, expected_seq, why, keyed_from, prev_hash);
             }
             if prev != prev_hash {
-                // Record n-1 was changed (its hash no longer matches what n holds), or n's
+                // Record n-1 was changed (its link no longer matches what n holds), or n's
                 // link itself was.
-                return broken(
-                    records,
-                    expected_seq.saturating_sub(1).max(1),
-                    "the hash link does not match: this record or the one after it was changed",
-                );
+                let why = "the link does not match: this record or the one after it was changed";
+                let at = expected_seq.saturating_sub(1).max(1);
+                return report(records, at, why, keyed_from, prev_hash);
             }
-            prev_hash = hash(&value);
+            prev_hash = match (value.first().copied(), &chain.key) {
+                (Some(AUDIT_KEYED), Some(k)) => {
+                    keyed_from.get_or_insert(expected_seq);
+                    mac(k, &value)
+                }
+                (Some(AUDIT_KEYED), None) => {
+                    let why = "the record is linked with an audit key and none is configured \
+                               (storage.audit_key_file, or the encryption key it is derived from)";
+                    return report(records, expected_seq, why, keyed_from, prev_hash);
+                }
+                _ if keyed_from.is_some() => {
+                    let why = "an unkeyed record after keyed ones: written without the audit key";
+                    return report(records, expected_seq, why, keyed_from, prev_hash);
+                }
+                _ => hash(&value),
+            };
+            if exported.is_some_and(|h| h.seq == expected_seq) {
+                at_exported = Some(prev_hash);
+            }
             expected_seq += 1;
             records += 1;
         }
         let meta = self.cf(Cf::Meta)?;
         let head = match db.get_cf(meta, HEAD_KEY)? {
             Some(v) => decode_head(&v)?,
-            None => Head {
-                next_seq: 1,
-                last_hash: [0; 32],
-            },
+            None => empty_head(),
         };
+        if let Some(k) = &chain.key {
+            let signed = head
+                .signature
+                .is_some_and(|s| s == head_signature(k, head.next_seq, &head.last_hash));
+            if records > 0 && !signed {
+                let why = "the head is not signed with the audit key: the log was last written \
+                           without it (rewritten, or the key was only just configured: a broker \
+                           start signs it and records that it did)";
+                return report(records, records, why, keyed_from, prev_hash);
+            }
+        }
         if head.next_seq != expected_seq {
-            return broken(
-                records,
-                expected_seq,
-                "records at the end of the chain were removed",
-            );
+            let why = "records at the end of the chain were removed";
+            return report(records, expected_seq, why, keyed_from, prev_hash);
         }
         if head.last_hash != prev_hash {
-            return broken(records, records, "the newest record was changed");
+            let why = "the newest record was changed";
+            return report(records, records, why, keyed_from, prev_hash);
+        }
+        if let Some(h) = exported.filter(|h| h.seq > 0) {
+            match at_exported {
+                None => {
+                    let why = format!(
+                        "the chain ends at record {records}, but an exported head showed record {}: \
+                         newer records were removed or the store was rolled back",
+                        h.seq
+                    );
+                    return report(records, records + 1, &why, keyed_from, prev_hash);
+                }
+                Some(link) if link != h.link => {
+                    let why = "this record is not the one the exported head showed: the chain \
+                               was rolled back and written again";
+                    return report(records, h.seq, why, keyed_from, prev_hash);
+                }
+                Some(_) => {}
+            }
         }
         Ok(AuditReport {
             records,
             broken: None,
+            keyed_from,
+            head: AuditHead {
+                seq: records,
+                link: prev_hash,
+            },
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct KeyRing {
     keys: BTreeMap<u32, LessSafeKey>,
     active: u32,
     rng: SystemRandom,
+    /// Derived from the lowest-numbered key (see [`KeyRing::audit_key`]).
+    audit_key: [u8; 32],
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -67,6 +69,7 @@ impl KeyRing {
             return Err(StorageError::Crypto("the key material is empty".into()));
         }
         let mut keys = BTreeMap::new();
+        let mut raw = BTreeMap::new();
         let mut active = 0;
         for entry in entries {
             let (id, hex) = match entry.split_once(':') {
@@ -78,18 +81,37 @@ impl KeyRing {
                 }
                 None => (1, entry),
             };
-            let unbound = UnboundKey::new(&AES_256_GCM, &hex_key(hex)?)
+            let bytes = hex_key(hex)?;
+            let unbound = UnboundKey::new(&AES_256_GCM, &bytes)
                 .map_err(|_| StorageError::Crypto("the key was rejected".into()))?;
+            raw.insert(id, bytes);
             if keys.insert(id, LessSafeKey::new(unbound)).is_some() {
                 return Err(StorageError::Crypto(format!("key id {id} appears twice")));
             }
             active = id;
         }
+        let lowest = raw
+            .values()
+            .next()
+            .ok_or_else(|| StorageError::Crypto("the key material is empty".into()))?;
+        let derived = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, lowest),
+            b"messs audit chain key v1",
+        );
+        let mut audit_key = [0u8; 32];
+        audit_key.copy_from_slice(derived.as_ref());
         Ok(KeyRing {
             keys,
             active,
             rng: SystemRandom::new(),
+            audit_key,
         })
+    }
+
+    /// A key for the audit chain, derived from the lowest-numbered key of the ring (so a
+    /// rotation, which adds a higher one, keeps it; removing that key changes it).
+    pub fn audit_key(&self) -> [u8; 32] {
+        self.audit_key
     }
 
     /// The id new values are sealed with.

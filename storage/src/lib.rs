@@ -52,6 +52,10 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Key material for encryption at rest; `None` stores values plain.
     pub keys: Option<KeyRing>,
+    /// The key audit records are linked with (HMAC-SHA256); `None`: plain SHA-256 links,
+    /// which show accidents but not a rewrite by someone who can write the data directory.
+    /// Keep it outside the data directory.
+    pub audit_key: Option<[u8; 32]>,
     /// Below this many free bytes on the store's file system, new data is refused (see
     /// [`writer`]); 0 turns the check off.
     pub min_free_disk_bytes: u64,
@@ -67,6 +71,7 @@ impl StoreOptions {
             max_pending_bytes: 64 << 20,
             block_cache_bytes: 32 << 20,
             keys: None,
+            audit_key: None,
             min_free_disk_bytes: 64 << 20,
         }
     }
@@ -126,7 +131,7 @@ impl Store {
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
         db_opts.set_block_based_table_factory(&table);
         let db = Arc::new(schema::open(&options.path, db_opts)?);
-        let audit = audit::Chain::load(&db)?;
+        let audit = audit::Chain::load(&db, options.audit_key)?;
         let telemetry = telemetry::Usage::load(&db)?;
         let writer = writer::Writer::start(
             db.clone(),

@@ -58,6 +58,15 @@ impl Store {
     /// Reads every record (payloads opened, so a missing or wrong key shows up too) and
     /// verifies the audit chain.
     pub fn verify(&self) -> Result<VerifyReport, StorageError> {
+        self.verify_against(None)
+    }
+
+    /// As [`Store::verify`], checking the audit chain against a head exported earlier
+    /// (see [`Store::verify_audit_against`]).
+    pub fn verify_against(
+        &self,
+        exported: Option<&crate::audit::AuditHead>,
+    ) -> Result<VerifyReport, StorageError> {
         let mut records = Vec::new();
         let mut first_bad_record = None;
         for cf in Cf::ALL {
@@ -73,7 +82,7 @@ impl Store {
             }
             records.push((cf.name(), n));
         }
-        let audit = self.verify_audit()?;
+        let audit = self.verify_audit_against(exported)?;
         Ok(VerifyReport {
             records,
             first_bad_record,

@@ -465,6 +465,185 @@ fn audit_verify_finds_a_changed_record_and_a_removed_tail() {
     assert_eq!(report.broken.unwrap().seq, 3);
 }
 
+/// What an attacker who can write the data directory (but holds no key) does to the audit
+/// log: rewrite a record's detail and recompute every SHA-256 link after it and the head.
+fn rewrite_audit_record(dir: &Path, seq: u64, detail: &str) {
+    use aws_lc_rs::digest::{digest, SHA256};
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, dir).unwrap();
+    let db = rocksdb::DB::open_cf(&opts, dir, cfs).unwrap();
+    let audit = db.cf_handle("audit").unwrap();
+    let mut records: Vec<Vec<u8>> = db
+        .iterator_cf(audit, rocksdb::IteratorMode::Start)
+        .map(|i| i.unwrap().1.to_vec())
+        .collect();
+    // Layout: [version][seq 8][time 8][prev 32][actor][action][detail], strings u32-prefixed.
+    let r = &mut records[(seq - 1) as usize];
+    let mut at = 49;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(r[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len;
+    }
+    r.truncate(at);
+    r.extend_from_slice(&(detail.len() as u32).to_be_bytes());
+    r.extend_from_slice(detail.as_bytes());
+    let mut prev = [0u8; 32];
+    for (i, r) in records.iter_mut().enumerate() {
+        r[0] = 1; // a plain hash-linked record: the only kind the attacker can make
+        r[17..49].copy_from_slice(&prev);
+        prev.copy_from_slice(digest(&SHA256, r).as_ref());
+        db.put_cf(audit, (i as u64 + 1).to_be_bytes(), &r[..])
+            .unwrap();
+    }
+    let mut head = (records.len() as u64 + 1).to_be_bytes().to_vec();
+    head.extend_from_slice(&prev);
+    db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head)
+        .unwrap();
+}
+
+fn keyed(dir: &Path, key: [u8; 32]) -> Store {
+    let mut o = StoreOptions::new(dir);
+    o.audit_key = Some(key);
+    Store::open(o).unwrap()
+}
+
+/// The audit's finding: the chain was unkeyed, so a record rewritten with its links
+/// recomputed verified as intact. With an audit key the rewrite is found; without one it
+/// still is not (which is why the broker warns), but the exported head shows it.
+#[test]
+fn a_rewritten_audit_record_fails_a_keyed_chain_and_an_exported_head() {
+    let key = [7u8; 32];
+    for with_key in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let head = {
+            let store = if with_key {
+                keyed(dir.path(), key)
+            } else {
+                open(dir.path())
+            };
+            for i in 1..=10 {
+                futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+            }
+            assert_eq!(store.audit_keyed(), with_key);
+            let head = store.audit_head();
+            assert_eq!(head.seq, 10);
+            assert_eq!(store.verify_audit().unwrap().head, head);
+            head
+        };
+        rewrite_audit_record(dir.path(), 5, "nothing happened here");
+        let store = if with_key {
+            keyed(dir.path(), key)
+        } else {
+            open(dir.path())
+        };
+        assert_eq!(
+            store.read_audit(5, 1).unwrap()[0].event.detail,
+            "nothing happened here"
+        );
+        let alone = store.verify_audit().unwrap();
+        if with_key {
+            let broken = alone
+                .broken
+                .expect("a rewrite without the key went unnoticed");
+            assert!(broken.reason.contains("not signed"), "{broken:?}");
+            assert_eq!(store.audit_unsigned_records(), Some(10));
+        } else {
+            assert!(alone.broken.is_none(), "unkeyed: internally consistent");
+        }
+        let against = store.verify_audit_against(Some(&head)).unwrap();
+        assert!(
+            against.broken.is_some(),
+            "the exported head shows it (key: {with_key})"
+        );
+    }
+}
+
+/// Rolling the store back to an older checkpoint, or deleting the newest records and
+/// rewriting the head to match, leaves a chain that verifies on its own: an exported head
+/// is what shows it, and a wrong audit key shows as a broken link.
+#[test]
+fn a_rolled_back_or_truncated_audit_log_fails_against_an_exported_head() {
+    let key = [9u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let old_copy = tempfile::tempdir().unwrap();
+    let old_copy = old_copy.path().join("checkpoint");
+    let head = {
+        let store = keyed(dir.path(), key);
+        for i in 1..=5 {
+            futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+        }
+        store.checkpoint(&old_copy).unwrap();
+        for i in 6..=10 {
+            futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+        }
+        store.audit_head()
+    };
+    let text = head.encode();
+    assert_eq!(messs_storage::audit::AuditHead::parse(&text).unwrap(), head);
+    let store = keyed(dir.path(), key);
+    assert!(store
+        .verify_audit_against(Some(&head))
+        .unwrap()
+        .broken
+        .is_none());
+    // The head signed under the key; another key signs differently.
+    let sig = store.sign_audit_head(&head).unwrap();
+    drop(store);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(
+        keyed(other.path(), [1u8; 32]).sign_audit_head(&head),
+        Some(sig)
+    );
+
+    // The older checkpoint, put in place of the data directory.
+    let old = keyed(&old_copy, key);
+    assert!(
+        old.verify_audit().unwrap().broken.is_none(),
+        "consistent alone"
+    );
+    let report = old.verify_audit_against(Some(&head)).unwrap();
+    let broken = report.broken.expect("a rollback went unnoticed");
+    assert!(broken.reason.contains("rolled back"), "{broken:?}");
+    assert_eq!(report.head.seq, 5);
+    drop(old);
+
+    // The newest three records deleted and the head set to what record 8 held as its
+    // predecessor's link (the attacker can read it there, but cannot sign it).
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let audit = db.cf_handle("audit").unwrap();
+        let r8 = db.get_cf(audit, 8u64.to_be_bytes()).unwrap().unwrap();
+        for seq in 8..=10u64 {
+            db.delete_cf(audit, seq.to_be_bytes()).unwrap();
+        }
+        let mut h = 8u64.to_be_bytes().to_vec();
+        h.extend_from_slice(&r8[17..49]);
+        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", h)
+            .unwrap();
+    }
+    let store = keyed(dir.path(), key);
+    let alone = store.verify_audit().unwrap().broken;
+    assert!(
+        alone.is_some_and(|b| b.reason.contains("not signed")),
+        "the head needs the key"
+    );
+    assert!(store
+        .verify_audit_against(Some(&head))
+        .unwrap()
+        .broken
+        .is_some());
+    drop(store);
+    // The wrong key: every keyed link fails.
+    let wrong = keyed(dir.path(), [8u8; 32]);
+    assert!(wrong.verify_audit().unwrap().broken.is_some());
+    drop(wrong);
+    // No key at all: keyed records cannot be checked, and say so.
+    let report = open(dir.path()).verify_audit().unwrap();
+    assert!(report.broken.unwrap().reason.contains("audit key"));
+}
+
 #[test]
 fn a_checkpoint_restores() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
-//! `/api/v1/audit`: the hash-chained audit log, read in order and verified end to end.
-//! Broker-wide: superadmins and global viewers.
+//! `/api/v1/audit`: the chained audit log, read in order, verified end to end (against a
+//! head exported earlier, if given), and its head, signed with the audit key, for an
+//! operator to keep outside the broker. Broker-wide: superadmins and global viewers.
 
 use crate::extract::Query;
 use axum::extract::State;
@@ -62,6 +63,61 @@ pub struct AuditVerification {
     pub first_broken: Option<u64>,
     /// What is wrong there.
     pub problem: Option<String>,
+    /// The first record linked with the audit key (earlier ones are hash-linked only);
+    /// null: none is.
+    pub keyed_from: Option<u64>,
+    /// The head the walk ended at, `SEQ:HEX`.
+    pub head: String,
+}
+
+/// A head exported earlier, to verify against.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// `SEQ:HEX` from an earlier GET /api/v1/audit/head (or the broker's log): the chain
+    /// must still reach that record and hold the same one there.
+    pub head: Option<String>,
+}
+
+/// The audit chain's head.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditHeadView {
+    /// Sequence number of the newest record.
+    pub seq: u64,
+    /// Its link (HMAC-SHA256 under the audit key, or SHA-256 without one), hex.
+    pub link: String,
+    /// Both as `SEQ:HEX`, the form `messs storage verify --audit-head` and
+    /// `GET /api/v1/audit/verify?head=` take.
+    pub head: String,
+    /// Whether records are linked with an audit key.
+    pub keyed: bool,
+    /// HMAC-SHA256 under the audit key of "messs audit head v1" || seq (u64 BE) || link,
+    /// hex; null without a key.
+    pub signature: Option<String>,
+}
+
+/// The audit chain's head now, signed: keep copies outside the broker (a rolled-back or
+/// truncated store verifies on its own, but not against a head it no longer reaches).
+#[utoipa::path(get, path = "/api/v1/audit/head", tag = "audit",
+    responses((status = 200, body = AuditHeadView), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn audit_head(
+    State(state): State<Shared>,
+    p: Principal,
+) -> ApiResult<Json<AuditHeadView>> {
+    p.allow(Area::Audit, Access::Read, None)?;
+    state
+        .blocking(|s| {
+            let head = s.audit_head();
+            Ok(Json(AuditHeadView {
+                seq: head.seq,
+                link: crate::secret::hex(&head.link),
+                head: head.encode(),
+                keyed: s.audit_keyed(),
+                signature: s.sign_audit_head(&head).map(|m| crate::secret::hex(&m)),
+            }))
+        })
+        .await
 }
 
 /// Read the audit log.
@@ -75,6 +131,9 @@ pub async fn read_audit(
 ) -> ApiResult<Json<AuditPage>> {
     p.allow(Area::Audit, Access::Read, None)?;
     let limit = crate::page::limit(q.limit)?;
+    // Anonymous events counted but not yet summed up are written first, so a reader
+    // sees them all.
+    state.flush_anonymous(true).await;
     let from = match q.from {
         None => 1,
         Some(n) if n >= 1 => n as u64,
@@ -124,19 +183,30 @@ pub async fn read_audit(
 }
 
 /// Verify the audit chain end to end.
-#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", params(VerifyQuery),
     responses((status = 200, body = AuditVerification), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn verify_audit(
     State(state): State<Shared>,
     p: Principal,
+    Query(q): Query<VerifyQuery>,
 ) -> ApiResult<Json<AuditVerification>> {
     p.allow(Area::Audit, Access::Read, None)?;
-    let report = state.blocking(|s| Ok(s.verify_audit()?)).await?;
+    let exported = q
+        .head
+        .as_deref()
+        .map(messs_storage::audit::AuditHead::parse)
+        .transpose()
+        .map_err(|e| crate::error::AdminError::BadRequest(e.to_string()))?;
+    let report = state
+        .blocking(move |s| Ok(s.verify_audit_against(exported.as_ref())?))
+        .await?;
     Ok(Json(AuditVerification {
         intact: report.broken.is_none(),
         records: report.records,
         first_broken: report.broken.as_ref().map(|b| b.seq),
         problem: report.broken.map(|b| b.reason),
+        keyed_from: report.keyed_from,
+        head: report.head.encode(),
     }))
 }

@@ -112,6 +112,7 @@ api! {
     GET "/api/v1/tenants/{tenant}/telemetry" => query_telemetry,
     GET "/api/v1/audit" => read_audit,
     GET "/api/v1/audit/verify" => verify_audit,
+    GET "/api/v1/audit/head" => audit_head,
     GET "/api/v1/limits" => get_limits,
     GET "/api/v1/bans" => get_bans,
     PUT "/api/v1/bans" => put_bans,

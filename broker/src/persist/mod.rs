@@ -51,6 +51,49 @@ fn key_ring(config: &StorageConfig) -> Result<Option<KeyRing>, BrokerError> {
         .map_err(|e| BrokerError::Config(format!("storage encryption key: {e}")))
 }
 
+/// The audit chain's key: `storage.audit_key_file` (64 hex digits), else derived from the
+/// encryption key ring, else none. A key file inside the data directory is refused: whoever
+/// can rewrite the store could then rewrite the chain too.
+fn audit_key(
+    config: &StorageConfig,
+    ring: Option<&KeyRing>,
+) -> Result<Option<[u8; 32]>, BrokerError> {
+    let Some(path) = &config.audit_key_file else {
+        return Ok(ring.map(KeyRing::audit_key));
+    };
+    let bad = |why: String| {
+        BrokerError::Config(format!("storage.audit_key_file {}: {why}", path.display()))
+    };
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).map(|a| a.components().collect::<std::path::PathBuf>())
+    };
+    let (file, dir) = (
+        absolute(path).map_err(|e| bad(e.to_string()))?,
+        absolute(&config.data_dir).map_err(|e| bad(e.to_string()))?,
+    );
+    if file.starts_with(&dir) {
+        return Err(bad(
+            "it is inside the data directory; keep the audit key where a copy of the store does not reach"
+                .into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let hex = text.trim();
+    let mut key = [0u8; 32];
+    let parsed = hex.len() == 64
+        && hex.is_ascii()
+        && key.iter_mut().enumerate().all(|(i, b)| {
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map(|v| *b = v)
+                .is_ok()
+        });
+    if !parsed {
+        // The file's content never reaches the message.
+        return Err(bad("expected 64 hex digits (32 bytes)".into()));
+    }
+    Ok(Some(key))
+}
+
 impl Persistence {
     /// Opens the store. Blocking (RocksDB opens and replays its log).
     pub fn open(config: &StorageConfig) -> Result<Self, BrokerError> {
@@ -60,6 +103,7 @@ impl Persistence {
         options.block_cache_bytes = config.block_cache_bytes;
         options.min_free_disk_bytes = config.min_free_disk_bytes;
         options.keys = key_ring(config)?;
+        options.audit_key = audit_key(config, options.keys.as_ref())?;
         let store = Store::open(options)?;
         let telemetry = config.telemetry.filters.clone();
         let t = &config.telemetry;
