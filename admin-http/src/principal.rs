@@ -3,7 +3,8 @@
 //! with its outcome.
 //!
 //! An access token is checked against the account on each request (enabled, its login
-//! still open), so revoking takes effect at once rather than when the token expires.
+//! still open), and an API key against its chain of parent keys, so revoking takes effect
+//! at once rather than when the token expires.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::AdminError;
 use crate::rbac::{Principal, Restriction, Role};
+use crate::routes::chain_intact;
 use crate::tokens::ApiKeyToken;
 use crate::{clock, secret, Shared};
 
@@ -31,8 +33,15 @@ async fn resolve(state: &Shared, token: &str) -> Result<Principal, AdminError> {
     const BAD: AdminError = AdminError::Unauthenticated("invalid or expired token");
     let now = clock::unix_ms();
     if let Some(key) = ApiKeyToken::parse(token) {
+        // A key made by a key works only while every key above it does (revoking one
+        // revokes those below it; this holds even if the store was changed otherwise).
         let record = state
-            .blocking(move |s| Ok(s.api_key(&key.id)?.filter(|r| key.matches(r, now))))
+            .blocking(move |s| {
+                let Some(r) = s.api_key(&key.id)?.filter(|r| key.matches(r, now)) else {
+                    return Ok(None);
+                };
+                Ok(chain_intact(s, &r, now)?.map(|_| r))
+            })
             .await?
             .ok_or(BAD)?;
         let role = Role::parse(&record.role).ok_or(BAD)?;
@@ -41,6 +50,7 @@ async fn resolve(state: &Shared, token: &str) -> Result<Principal, AdminError> {
             role,
             tenant: record.tenant,
             scopes: Some(record.scopes),
+            api_key: Some(record.id),
             family: None,
             restriction: None,
         });
@@ -70,6 +80,7 @@ async fn resolve(state: &Shared, token: &str) -> Result<Principal, AdminError> {
                 role,
                 tenant: account.tenant,
                 scopes: None,
+                api_key: None,
                 family: Some(family),
                 restriction,
             })

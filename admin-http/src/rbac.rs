@@ -181,6 +181,26 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Whether every scope of `child` is implied by `parent` (what a key may hand on to a
+/// key it makes): `write` implies `read`, `read`/`write` cover every `AREA:read`/
+/// `AREA:write`, `AREA:write` implies `AREA:read`. Checked by what each scope allows, over
+/// every area and access, so the rule is [`scopes_allow`]'s and cannot drift from it.
+/// `Err` names the first scope of `child` that asks for more.
+pub fn scopes_within<'a>(child: &'a [String], parent: &[String]) -> Result<(), &'a str> {
+    for scope in child {
+        let one = std::slice::from_ref(scope);
+        let wider = Area::ALL.iter().any(|&area| {
+            [Access::Read, Access::Write].into_iter().any(|access| {
+                scopes_allow(one, area, access) && !scopes_allow(parent, area, access)
+            })
+        });
+        if wider {
+            return Err(scope.as_str());
+        }
+    }
+    Ok(())
+}
+
 fn scopes_allow(scopes: &[String], area: Area, access: Access) -> bool {
     scopes.iter().any(|s| {
         let (a, level) = match s.split_once(':') {
@@ -213,6 +233,9 @@ pub struct Principal {
     pub tenant: Option<String>,
     /// An API key's scopes (`None` for an account).
     pub scopes: Option<Vec<String>>,
+    /// The id of the API key presented (`None` for an account): the parent of any key it
+    /// makes.
+    pub api_key: Option<[u8; 16]>,
     /// The login's refresh-token family (an account's access token).
     pub family: Option<[u8; 16]>,
     /// Set while the account must first change its password or enrol MFA.
@@ -302,6 +325,7 @@ mod tests {
             role,
             tenant: tenant.map(str::to_owned),
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
+            api_key: None,
             family: None,
             restriction: None,
         }
@@ -344,6 +368,42 @@ mod tests {
         assert!(check_scopes(&["devices:admin".into()]).is_err());
         assert!(check_scopes(&["nope:read".into()]).is_err());
         assert!(check_scopes(&[]).is_err());
+    }
+
+    #[test]
+    fn a_key_hands_on_only_the_scopes_it_has() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let within = |child: &[&str], parent: &[&str]| {
+            scopes_within(&v(child), &v(parent)).map_err(str::to_owned)
+        };
+        // write > read > AREA:read; write > AREA:write > AREA:read.
+        assert!(within(&["read"], &["write"]).is_ok());
+        assert!(within(&["devices:write", "audit:read"], &["write"]).is_ok());
+        assert!(within(&["devices:read"], &["read"]).is_ok());
+        assert!(within(&["api-keys:read"], &["api-keys:write"]).is_ok());
+        assert!(within(&["api-keys:write"], &["api-keys:write"]).is_ok());
+        assert_eq!(within(&["write"], &["read"]), Err("write".into()));
+        assert_eq!(
+            within(&["devices:write"], &["read"]),
+            Err("devices:write".into())
+        );
+        assert_eq!(within(&["write"], &["api-keys:write"]), Err("write".into()));
+        assert_eq!(within(&["read"], &["api-keys:write"]), Err("read".into()));
+        assert_eq!(
+            within(&["api-keys:read", "admins:write"], &["api-keys:write"]),
+            Err("admins:write".into())
+        );
+        assert_eq!(
+            within(&["api-keys:write"], &["api-keys:read"]),
+            Err("api-keys:write".into())
+        );
+        // Every area's read, listed one by one, is as much as `read`.
+        let every: Vec<String> = Area::ALL
+            .iter()
+            .map(|a| format!("{}:read", a.as_str()))
+            .collect();
+        assert!(scopes_within(&v(&["read"]), &every).is_ok());
+        assert!(scopes_within(&every, &v(&["read"])).is_ok());
     }
 
     #[test]

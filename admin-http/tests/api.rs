@@ -1311,3 +1311,191 @@ async fn cors_answers_only_the_configured_origins() {
         .unwrap();
     assert!(!res.headers().contains_key("access-control-allow-origin"));
 }
+
+/// Every audit record, once the writer has caught up (two reads in a row agree).
+async fn audit_log(e: &Env, token: &str) -> Vec<Value> {
+    let read = || async {
+        let mut out = Vec::new();
+        let mut from = 1u64;
+        loop {
+            let (s, page) = e
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/audit?limit=1000&from={from}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{page}");
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next"].as_u64() {
+                Some(n) => from = n,
+                None => return out,
+            }
+        }
+    };
+    let mut last = read().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let now = read().await;
+        // The read itself may add records (an `admin.audit.suppressed` summary); the
+        // anonymous ones of the test are what must settle.
+        let anon = |v: &[Value]| v.iter().filter(|r| r["actor"] == "anonymous").count();
+        if anon(&now) == anon(&last) && now.len() <= last.len() + 1 {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The audit's attacker: a key scoped to `api-keys:write` tries to mint itself more than it
+/// has (broader scopes, a longer life, a deeper chain), and the keys it minted must fall
+/// with it.
+#[tokio::test]
+async fn a_key_cannot_mint_a_key_with_more_than_it_has() {
+    let e = env(|_| {}).await;
+    let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
+    let make = |scopes: Value, secs: u64| json!({"name": "auto", "role": "superadmin", "tenant": null, "scopes": scopes, "expires_in_secs": secs});
+    let mint = |token: String, body: Value| {
+        let e = &e;
+        async move {
+            e.call(Method::POST, "/api/v1/api-keys", Some(&token), Some(body))
+                .await
+        }
+    };
+    let (s, parent) = mint(root.clone(), make(json!(["api-keys:write"]), 3600)).await;
+    assert_eq!(s, StatusCode::CREATED, "{parent}");
+    let pkey = parent["key"].as_str().unwrap().to_owned();
+    let pid = parent["info"]["id"].as_str().unwrap().to_owned();
+    let parent_expires = parent["info"]["expires_ms"].as_u64().unwrap();
+
+    // Broader scopes: refused with 403, and nothing is stored.
+    for scopes in [
+        json!(["write"]),
+        json!(["read"]),
+        json!(["admins:write"]),
+        json!(["api-keys:write", "devices:read"]),
+    ] {
+        let (s, b) = mint(pkey.clone(), make(scopes.clone(), 60)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{scopes}: {b}");
+        assert!(b["message"].as_str().unwrap().contains("scope"), "{b}");
+    }
+    // A longer life: refused with 400 naming the latest allowed, not clipped.
+    let (s, b) = mint(pkey.clone(), make(json!(["api-keys:write"]), 7200)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["message"].as_str().unwrap().contains("at most"), "{b}");
+    let (_, list) = e
+        .call(Method::GET, "/api/v1/api-keys", Some(&root), None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // What it has, for less time: allowed; `api-keys:write` implies `api-keys:read`.
+    let (s, child) = mint(pkey.clone(), make(json!(["api-keys:write"]), 600)).await;
+    assert_eq!(s, StatusCode::CREATED, "{child}");
+    assert!(child["info"]["expires_ms"].as_u64().unwrap() <= parent_expires);
+    let ckey = child["key"].as_str().unwrap().to_owned();
+    let cid = child["info"]["id"].as_str().unwrap().to_owned();
+    let (s, b) = mint(pkey.clone(), make(json!(["api-keys:read"]), 60)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+
+    // The child cannot make a superadmin account, nor widen itself either.
+    let (s, b) = e
+        .call(
+            Method::POST,
+            "/api/v1/admins",
+            Some(&ckey),
+            Some(json!({"username": "mallory", "password": "Mallory-long-pass-77", "role": "superadmin", "tenant": null})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, _) = mint(ckey.clone(), make(json!(["write"]), 60)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The chain is at most four generations deep.
+    let (s, g3) = mint(ckey.clone(), make(json!(["api-keys:write"]), 300)).await;
+    assert_eq!(s, StatusCode::CREATED, "{g3}");
+    let g3key = g3["key"].as_str().unwrap().to_owned();
+    let (s, g4) = mint(g3key.clone(), make(json!(["api-keys:write"]), 200)).await;
+    assert_eq!(s, StatusCode::CREATED, "{g4}");
+    let g4key = g4["key"].as_str().unwrap().to_owned();
+    let (s, b) = mint(g4key.clone(), make(json!(["api-keys:read"]), 100)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a fifth generation: {b}");
+
+    // The audit log says what each mint granted and from which key, never the secret.
+    let log = audit_log(&e, &root).await;
+    let grant = log
+        .iter()
+        .find(|r| r["action"] == "api_key.create" && r["detail"].as_str().unwrap().contains(&cid))
+        .unwrap_or_else(|| panic!("no grant record for {cid}: {log:?}"));
+    assert_eq!(grant["actor"], format!("key:{pid}"));
+    let detail = grant["detail"].as_str().unwrap();
+    for want in [
+        "role superadmin",
+        "tenant none",
+        "scopes [api-keys:write]",
+        "expires",
+        &format!("parent {pid}"),
+    ] {
+        assert!(detail.contains(want), "{want:?} missing from {detail:?}");
+    }
+    assert!(
+        !detail.contains(ckey.rsplit('.').next().unwrap()),
+        "{detail}"
+    );
+
+    // Revoking the parent revokes everything it minted, transitively.
+    let (s, _) = e
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{pid}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for k in [&pkey, &ckey, &g3key, &g4key] {
+        assert_eq!(
+            e.call(Method::GET, "/api/v1/api-keys", Some(k), None)
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (_, list) = e
+        .call(Method::GET, "/api/v1/api-keys", Some(&root), None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+    let log = audit_log(&e, &root).await;
+    let revoke = log
+        .iter()
+        .find(|r| r["action"] == "api_key.revoke")
+        .unwrap_or_else(|| panic!("no revoke record: {log:?}"));
+    let detail = revoke["detail"].as_str().unwrap();
+    assert!(detail.contains(&pid) && detail.contains(&cid), "{detail}");
+
+    // Defence in depth: a key whose parent is gone (removed behind the API's back) does
+    // not authenticate.
+    let (_, p2) = mint(root.clone(), make(json!(["api-keys:write"]), 3600)).await;
+    let p2key = p2["key"].as_str().unwrap().to_owned();
+    let (s, c2) = mint(p2key, make(json!(["api-keys:read"]), 60)).await;
+    assert_eq!(s, StatusCode::CREATED, "{c2}");
+    let c2key = c2["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        e.call(Method::GET, "/api/v1/api-keys", Some(&c2key), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let p2id = p2["info"]["id"].as_str().unwrap();
+    let raw: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&p2id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let store = e.handle.store().unwrap();
+    assert!(store.delete_api_key(&raw.try_into().unwrap()).unwrap());
+    assert_eq!(
+        e.call(Method::GET, "/api/v1/api-keys", Some(&c2key), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -8,6 +8,10 @@
 //!            [3][id 16 B]                           API key
 //! ```
 //!
+//! An API key made by another key names it (`parent`): revoking a key revokes every key
+//! below it in one write ([`Store::revoke_api_key`]). API-key records are version 2 (with
+//! the parent); version 1 records (before keys could make keys) read as having none.
+//!
 //! Password hashes, their history and TOTP secrets are sealed with the store's key when one
 //! is configured. Refresh-token and API-key secrets are never stored: only SHA-256 digests
 //! of 256-bit random values, which is enough for secrets nobody chose. Changes are
@@ -19,6 +23,8 @@ use crate::writer::{Batch, Op};
 use crate::{keys, Cf, Store};
 
 const RECORD_V1: u8 = 1;
+/// API keys with their parent key.
+const API_KEY_V2: u8 = 2;
 
 mod kind {
     pub const ACCOUNT: u8 = 1;
@@ -109,6 +115,9 @@ pub struct ApiKeyRecord {
     pub expires_ms: u64,
     /// Admin who made it.
     pub created_by: String,
+    /// The API key that made it (`None`: an account did). It stops working when that key
+    /// is revoked, expires or is gone.
+    pub parent: Option<[u8; 16]>,
 }
 
 /// Checks an admin username: 1 to 64 letters, digits, `.`, `_`, `-` or `@`.
@@ -510,7 +519,7 @@ impl Store {
     // --- API keys ---
 
     fn encode_api_key(k: &ApiKeyRecord) -> Result<Vec<u8>, StorageError> {
-        let mut e = Enc::new(RECORD_V1, 128);
+        let mut e = Enc::new(API_KEY_V2, 160);
         e.bytes(k.name.as_bytes())?.bytes(k.role.as_bytes())?;
         opt_str(&mut e, k.tenant.as_deref())?;
         strings(&mut e, &k.scopes)?;
@@ -518,12 +527,20 @@ impl Store {
             .u64(k.created_ms)
             .u64(k.expires_ms)
             .bytes(k.created_by.as_bytes())?;
+        match &k.parent {
+            Some(p) => {
+                e.u8(1).bytes(p)?;
+            }
+            None => {
+                e.u8(0);
+            }
+        }
         Ok(e.finish())
     }
 
     fn decode_api_key(id: [u8; 16], value: &[u8]) -> Result<ApiKeyRecord, StorageError> {
         let (mut d, version) = Dec::new("admins", value)?;
-        if version != RECORD_V1 {
+        if version != RECORD_V1 && version != API_KEY_V2 {
             return Err(d.error(format!("api key version {version}")));
         }
         let name = d.str()?.to_owned();
@@ -534,6 +551,13 @@ impl Store {
         let created_ms = d.u64()?;
         let expires_ms = d.u64()?;
         let created_by = d.str()?.to_owned();
+        let parent = match version {
+            RECORD_V1 => None,
+            _ => match d.u8()? {
+                0 => None,
+                _ => Some(array(&mut d)?),
+            },
+        };
         d.end()?;
         Ok(ApiKeyRecord {
             id,
@@ -545,12 +569,21 @@ impl Store {
             created_ms,
             expires_ms,
             created_by,
+            parent,
         })
     }
 
-    /// Stores a new API key; an error if [`MAX_API_KEYS`] exist. Blocking.
+    /// Stores a new API key; an error if [`MAX_API_KEYS`] exist, or if its parent key is
+    /// gone (revoked while this one was being made: checked under the same lock as
+    /// [`Store::revoke_api_key`], so no key outlives the revocation of its parent).
+    /// Blocking.
     pub fn create_api_key(&self, k: &ApiKeyRecord) -> Result<(), StorageError> {
         let _g = self.registry_guard();
+        if let Some(parent) = &k.parent {
+            if self.get(Cf::Admins, &api_key_key(parent))?.is_none() {
+                return Err(StorageError::NotFound("the parent API key".into()));
+            }
+        }
         if self.api_keys()?.len() >= MAX_API_KEYS {
             return Err(StorageError::Invalid(format!(
                 "at most {MAX_API_KEYS} API keys"
@@ -584,7 +617,43 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes an API key; false if there was none. Blocking.
+    /// Revokes an API key and every key it made, transitively, in one write. Returns the
+    /// ids deleted, `id` first (empty if there was no such key). Blocking.
+    pub fn revoke_api_key(&self, id: &[u8; 16]) -> Result<Vec<[u8; 16]>, StorageError> {
+        let _g = self.registry_guard();
+        if self.get(Cf::Admins, &api_key_key(id))?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut children: std::collections::HashMap<[u8; 16], Vec<[u8; 16]>> =
+            std::collections::HashMap::new();
+        for k in self.api_keys()? {
+            if let Some(p) = k.parent {
+                children.entry(p).or_default().push(k.id);
+            }
+        }
+        // Breadth first over the parent links, iteratively; `seen` also ends a cycle, which
+        // only a corrupt store could hold.
+        let mut out = vec![*id];
+        let mut seen = std::collections::HashSet::from([*id]);
+        let mut next = 0;
+        while let Some(parent) = out.get(next).copied() {
+            next += 1;
+            for child in children.get(&parent).into_iter().flatten() {
+                if seen.insert(*child) {
+                    out.push(*child);
+                }
+            }
+        }
+        let mut b = Batch::new();
+        for k in &out {
+            b.push(Op::Delete(Cf::Admins, api_key_key(k)));
+        }
+        self.write_now(b)?;
+        Ok(out)
+    }
+
+    /// Deletes one API key (not the keys it made: see [`Store::revoke_api_key`]); false
+    /// if there was none. Blocking.
     pub fn delete_api_key(&self, id: &[u8; 16]) -> Result<bool, StorageError> {
         let _g = self.registry_guard();
         let key = api_key_key(id);
@@ -665,6 +734,7 @@ mod tests {
             created_ms: 1,
             expires_ms: 9,
             created_by: "admin".into(),
+            parent: None,
         };
         store.create_api_key(&key).unwrap();
         assert_eq!(store.api_key(&[5; 16]).unwrap().unwrap(), key);
@@ -676,6 +746,71 @@ mod tests {
         assert!(store.admin("admi").unwrap().is_some());
         assert!(store.delete_api_key(&[5; 16]).unwrap());
         assert!(!store.delete_api_key(&[5; 16]).unwrap());
+    }
+
+    fn key(id: u8, parent: Option<u8>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: [id; 16],
+            name: format!("k{id}"),
+            role: "superadmin".into(),
+            tenant: None,
+            scopes: vec!["api-keys:write".into()],
+            secret_hash: [id; 32],
+            created_ms: 1,
+            expires_ms: 9,
+            created_by: "admin".into(),
+            parent: parent.map(|p| [p; 16]),
+        }
+    }
+
+    #[test]
+    fn a_version_1_key_reads_without_a_parent() {
+        let k = key(1, None);
+        // The version 1 layout, as written before keys could make keys.
+        let mut e = Enc::new(RECORD_V1, 128);
+        e.bytes(k.name.as_bytes()).unwrap();
+        e.bytes(k.role.as_bytes()).unwrap();
+        opt_str(&mut e, None).unwrap();
+        strings(&mut e, &k.scopes).unwrap();
+        e.bytes(&k.secret_hash).unwrap().u64(1).u64(9);
+        e.bytes(b"admin").unwrap();
+        assert_eq!(Store::decode_api_key([1; 16], &e.finish()).unwrap(), k);
+        let child = key(2, Some(1));
+        let v2 = Store::encode_api_key(&child).unwrap();
+        assert_eq!(Store::decode_api_key([2; 16], &v2).unwrap(), child);
+        let mut future = v2.clone();
+        future[0] = 3;
+        assert!(Store::decode_api_key([2; 16], &future).is_err());
+    }
+
+    #[test]
+    fn revoking_a_key_revokes_what_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreOptions::new(dir.path())).unwrap();
+        // 1 -> 2 -> 3, 1 -> 4; 5 is another tree.
+        for (id, parent) in [
+            (1, None),
+            (2, Some(1)),
+            (3, Some(2)),
+            (4, Some(1)),
+            (5, None),
+        ] {
+            store.create_api_key(&key(id, parent)).unwrap();
+        }
+        assert!(matches!(
+            store.create_api_key(&key(6, Some(7))),
+            Err(StorageError::NotFound(_))
+        ));
+        assert_eq!(
+            store.revoke_api_key(&[2; 16]).unwrap(),
+            vec![[2; 16], [3; 16]]
+        );
+        let mut gone = store.revoke_api_key(&[1; 16]).unwrap();
+        gone.sort();
+        assert_eq!(gone, vec![[1; 16], [4; 16]]);
+        assert!(store.revoke_api_key(&[1; 16]).unwrap().is_empty());
+        let left: Vec<_> = store.api_keys().unwrap().iter().map(|k| k.id).collect();
+        assert_eq!(left, vec![[5; 16]]);
     }
 
     #[test]

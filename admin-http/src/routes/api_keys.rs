@@ -12,13 +12,56 @@ use utoipa::ToSchema;
 
 use crate::error::{AdminError, ApiResult, ErrorBody};
 use crate::page::{Page, PageQuery};
-use crate::rbac::{check_scopes, Access, Area, Principal, Role};
+use crate::rbac::{check_scopes, scopes_within, Access, Area, Principal, Role};
 use crate::secret::{hex, sha256, unhex};
 use crate::tokens::ApiKeyToken;
 use crate::{clock, Shared};
 
 /// Longest lifetime of a key: one year.
 pub const MAX_KEY_SECS: u64 = 366 * 24 * 3600;
+
+/// Generations of a chain of keys: a key made by an account is the first, a key made by
+/// it the second, ...; a key of the last generation cannot make keys.
+pub const MAX_KEY_GENERATIONS: usize = 4;
+
+/// The generation of `key` (1: made by an account) if every key above it still exists
+/// and is unexpired at `now_ms`; `None` if its chain is broken or deeper than
+/// [`MAX_KEY_GENERATIONS`]. At most that many reads. Blocking.
+pub(crate) fn chain_intact(
+    store: &messs_storage::Store,
+    key: &ApiKeyRecord,
+    now_ms: u64,
+) -> Result<Option<usize>, AdminError> {
+    let mut generation = 1;
+    let mut parent = key.parent;
+    while let Some(id) = parent {
+        generation += 1;
+        if generation > MAX_KEY_GENERATIONS {
+            return Ok(None);
+        }
+        match store.api_key(&id)? {
+            Some(p) if p.expires_ms > now_ms => parent = p.parent,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(generation))
+}
+
+/// What the audit record of a new key says: everything granted, never the secret.
+fn grant_detail(k: &ApiKeyRecord) -> String {
+    format!(
+        "key {} {:?}: role {}, tenant {}, scopes [{}], expires {} (Unix ms), parent {}",
+        hex(&k.id),
+        k.name,
+        k.role,
+        k.tenant.as_deref().unwrap_or("none"),
+        k.scopes.join(", "),
+        k.expires_ms,
+        k.parent
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |p| hex(p)),
+    )
+}
 
 /// A key as listed (no secret).
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,6 +82,9 @@ pub struct ApiKeyView {
     pub expires_ms: u64,
     /// Who made it.
     pub created_by: String,
+    /// The key that made it (hex); null when an account did. Revoking that key revokes
+    /// this one.
+    pub parent: Option<String>,
 }
 
 impl From<&ApiKeyRecord> for ApiKeyView {
@@ -52,6 +98,7 @@ impl From<&ApiKeyRecord> for ApiKeyView {
             created_ms: k.created_ms,
             expires_ms: k.expires_ms,
             created_by: k.created_by.clone(),
+            parent: k.parent.as_ref().map(|p| hex(p)),
         }
     }
 }
@@ -101,7 +148,8 @@ pub async fn list_api_keys(
     Ok(Json(Page::of(views, &q, |k: &ApiKeyView| k.id.clone())?))
 }
 
-/// Make a key.
+/// Make a key. A key made by a key gets no scope its maker's scopes do not imply, and
+/// no later expiry than its maker's.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody)),
@@ -114,6 +162,13 @@ pub async fn create_api_key(
     p.allow(Area::ApiKeys, Access::Write, req.tenant.as_deref())?;
     p.may_grant(req.role, req.tenant.as_deref())?;
     check_scopes(&req.scopes)?;
+    if let Some(mine) = &p.scopes {
+        scopes_within(&req.scopes, mine).map_err(|_| {
+            AdminError::Forbidden(
+                "a key can only make keys with scopes its own scopes imply (write covers read; read and write cover every AREA:read and AREA:write; AREA:write covers AREA:read)",
+            )
+        })?;
+    }
     if req.name.is_empty() || req.name.chars().count() > 128 {
         return Err(AdminError::BadRequest("name: 1 to 128 characters".into()));
     }
@@ -134,6 +189,7 @@ pub async fn create_api_key(
         created_ms: now,
         expires_ms: now + req.expires_in_secs * 1000,
         created_by: p.name.clone(),
+        parent: p.api_key,
     };
     let r = record.clone();
     state
@@ -142,9 +198,19 @@ pub async fn create_api_key(
                 s.tenant(t)?
                     .ok_or_else(|| AdminError::BadRequest(format!("no tenant {t:?}")))?;
             }
-            Ok(s.create_api_key(&r)?)
+            if let Some(id) = &r.parent {
+                check_parent(s, id, &r, now)?;
+            }
+            match s.create_api_key(&r) {
+                // The parent was revoked meanwhile: so is the caller.
+                Err(messs_storage::StorageError::NotFound(_)) => {
+                    Err(AdminError::Unauthenticated("invalid or expired token"))
+                }
+                other => Ok(other?),
+            }
         })
         .await?;
+    state.audit(&p.name, "api_key.create", grant_detail(&record));
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -154,7 +220,33 @@ pub async fn create_api_key(
     ))
 }
 
-/// Revoke a key.
+/// Checks that the key `parent_id` may make `child`: its chain is short enough and it
+/// expires no sooner. Blocking.
+fn check_parent(
+    s: &messs_storage::Store,
+    parent_id: &[u8; 16],
+    child: &ApiKeyRecord,
+    now: u64,
+) -> Result<(), AdminError> {
+    const GONE: AdminError = AdminError::Unauthenticated("invalid or expired token");
+    let parent = s.api_key(parent_id)?.ok_or(GONE)?;
+    let generation = chain_intact(s, &parent, now)?.ok_or(GONE)?;
+    if generation >= MAX_KEY_GENERATIONS {
+        return Err(AdminError::Forbidden(
+            "this key is the last generation of its chain (keys made by keys are at most 4 deep): it cannot make keys",
+        ));
+    }
+    if child.expires_ms > parent.expires_ms {
+        let latest = parent.expires_ms.saturating_sub(now) / 1000;
+        return Err(AdminError::BadRequest(format!(
+            "expires_in_secs: at most {latest} for a key made by this key, which expires at {} (Unix ms); a key cannot outlive the key that makes it",
+            parent.expires_ms
+        )));
+    }
+    Ok(())
+}
+
+/// Revoke a key, and every key it made (directly or through keys it made).
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
     params(("id" = String, Path, description = "key id (hex)")),
     responses((status = 204), (status = 404, body = ErrorBody)),
@@ -178,6 +270,21 @@ pub async fn delete_api_key(
         return Err(AdminError::NotFound("API key".into()));
     }
     p.allow(Area::ApiKeys, Access::Write, record.tenant.as_deref())?;
-    state.blocking(move |s| Ok(s.delete_api_key(&id)?)).await?;
+    let revoked = state.blocking(move |s| Ok(s.revoke_api_key(&id)?)).await?;
+    let Some((first, below)) = revoked.split_first() else {
+        return Err(AdminError::NotFound("API key".into()));
+    };
+    let below: Vec<String> = below.iter().map(|k| hex(k)).collect();
+    let detail = if below.is_empty() {
+        format!("key {} revoked; it had made no keys", hex(first))
+    } else {
+        format!(
+            "key {} revoked, and with it the {} keys it made, directly or not: {}",
+            hex(first),
+            below.len(),
+            below.join(", ")
+        )
+    };
+    state.audit(&p.name, "api_key.revoke", detail);
     Ok(StatusCode::NO_CONTENT)
 }
