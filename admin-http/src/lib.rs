@@ -10,6 +10,7 @@
 //! handle or the store (blocking calls on the blocking pool).
 
 mod accounts;
+mod anon_audit;
 mod clock;
 mod error;
 mod extract;
@@ -58,6 +59,8 @@ pub(crate) struct AppState {
     pub config: AdminConfig,
     pub keys: tokens::AccessKeys,
     pub logins: limiter::LoginLimiter,
+    /// The audit records requests without credentials may write.
+    pub anon_audit: anon_audit::AnonBudget,
     /// One password hash or check at a time (argon2 holds ~19 MiB and a core for ~20 ms):
     /// a burst of logins waits here instead of taking every blocking thread.
     pub hashing: tokio::sync::Semaphore,
@@ -102,19 +105,93 @@ impl AppState {
     }
 
     /// Appends an audit record as `actor` (not awaited: the writer makes it durable with
-    /// the next batch).
+    /// the next batch). For authenticated callers; a request without credentials goes
+    /// through [`AppState::audit_anonymous`].
     pub fn audit(&self, actor: &str, action: &str, detail: String) {
-        let Some(store) = &self.store else { return };
+        let _ = self.append_audit(actor, action, detail);
+    }
+
+    fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: String,
+    ) -> Option<messs_storage::Durable> {
+        let store = self.store.as_ref()?;
         let event = messs_storage::audit::AuditEvent {
             time_ms: clock::unix_ms(),
             actor: actor.to_owned(),
             action: action.to_owned(),
             detail,
         };
-        if let Err(e) = store.append_audit(&event) {
-            tracing::warn!(error = %e, action, "audit record not written");
+        match store.append_audit(&event) {
+            Ok(durable) => Some(durable),
+            Err(e) => {
+                tracing::warn!(error = %e, action, "audit record not written");
+                None
+            }
         }
     }
+
+    /// Audits `event` of a request without credentials as `anonymous`, within the budget
+    /// of `[admin] anonymous_audit_per_minute`: beyond it, the event is only counted (see
+    /// [`anon_audit`]). `detail` is made only if the record is written; it must show
+    /// what the caller sent only through [`anon_audit::clip`].
+    pub fn audit_anonymous(
+        &self,
+        event: anon_audit::AnonEvent,
+        action: &str,
+        detail: impl FnOnce() -> String,
+    ) {
+        let admission = self
+            .anon_audit
+            .admit(event, std::time::Instant::now(), clock::unix_ms());
+        if let Some(summary) = admission.summary {
+            self.audit("anonymous", SUPPRESSED, summary);
+        }
+        if admission.record {
+            self.audit("anonymous", action, detail());
+        }
+    }
+
+    /// Writes the summary of suppressed anonymous events: with `force` whenever there is
+    /// one (before the log is read), else only when it is due. Returns once it is durable,
+    /// so a read that follows sees it.
+    pub async fn flush_anonymous(&self, force: bool) {
+        if let Some(summary) = self.anon_audit.flush(std::time::Instant::now(), force) {
+            if let Some(durable) = self.append_audit("anonymous", SUPPRESSED, summary) {
+                if let Err(e) = durable.await {
+                    tracing::warn!(error = %e, "audit summary not durable");
+                }
+            }
+        }
+    }
+}
+
+/// The action of the record that sums up suppressed anonymous events.
+const SUPPRESSED: &str = "admin.audit.suppressed";
+
+/// How often a due summary of suppressed anonymous events is looked for, when no request
+/// comes to write it.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes due summaries while the state lives (it holds only a weak reference, so it
+/// ends with the router). Needs a Tokio runtime; without one, summaries are written by
+/// the next anonymous event or read of the log.
+fn spawn_flusher(state: &Shared) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(state);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            state.flush_anonymous(false).await;
+        }
+    });
 }
 
 /// The admin plane's routes over `broker`, configured by its `[admin]` section.
@@ -132,11 +209,16 @@ pub fn app_with(broker: BrokerHandle, options: AdminOptions) -> Result<Router, A
             config.login_attempts_per_minute,
             config.max_tracked_addresses,
         ),
+        anon_audit: anon_audit::AnonBudget::new(
+            config.anonymous_audit_per_minute,
+            std::time::Instant::now(),
+        ),
         hashing: tokio::sync::Semaphore::new(1),
         reload: options.reload,
         broker,
         config,
     });
+    spawn_flusher(&state);
     Ok(headers::wrap(routes::router(state.clone()), &state.config))
 }
 

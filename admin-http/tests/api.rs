@@ -1348,6 +1348,12 @@ async fn audit_log(e: &Env, token: &str) -> Vec<Value> {
     }
 }
 
+fn detail_bytes(log: &[Value]) -> usize {
+    log.iter()
+        .map(|r| r["detail"].as_str().unwrap().len() + r["actor"].as_str().unwrap().len())
+        .sum()
+}
+
 /// The audit's attacker: a key scoped to `api-keys:write` tries to mint itself more than it
 /// has (broader scopes, a longer life, a deeper chain), and the keys it minted must fall
 /// with it.
@@ -1497,5 +1503,120 @@ async fn a_key_cannot_mint_a_key_with_more_than_it_has() {
             .await
             .0,
         StatusCode::UNAUTHORIZED
+    );
+}
+
+/// The audit's attacker: anonymous logins with a 1 MB username, beyond the per-address
+/// rate limit, used to write each username into the audit log in full.
+#[tokio::test]
+async fn rate_limited_logins_with_huge_usernames_barely_grow_the_audit_log() {
+    let e = env(|c| {
+        c.admin.max_body_bytes = 4 << 20;
+        c.admin.login_attempts_per_minute = 3;
+    })
+    .await;
+    let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
+    let before = audit_log(&e, &root).await;
+    let huge = "\u{1b}[31m".to_owned() + &"x".repeat(1 << 20);
+    let body = json!({"username": huge, "password": "whatever"});
+    let mut limited = 0;
+    for _ in 0..24 {
+        let (s, _) = e
+            .call_from(
+                [10, 9, 9, 9],
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body.clone()),
+            )
+            .await;
+        assert!(
+            s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::UNAUTHORIZED,
+            "{s}"
+        );
+        limited += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(limited >= 20, "{limited}");
+    let after = audit_log(&e, &root).await;
+    let grown = detail_bytes(&after) - detail_bytes(&before);
+    assert!(grown <= 4096, "24 anonymous logins wrote {grown} bytes");
+    let new = &after[before.len()..];
+    assert!(
+        new.iter()
+            .any(|r| r["action"] == "admin.login.rate_limited"),
+        "{new:?}"
+    );
+    for r in new {
+        let d = r["detail"].as_str().unwrap();
+        assert!(
+            !d.contains('\u{1b}'),
+            "an escape sequence reached the log: {d:?}"
+        );
+    }
+}
+
+/// Failed logins beyond the anonymous audit budget (60 a minute by default) are counted,
+/// then written as one aggregated record, and counted in /metrics.
+#[tokio::test]
+async fn failed_logins_beyond_the_budget_leave_one_aggregated_record() {
+    let e = env(|c| {
+        // Cheap hashes: the flood is about the log, not argon2.
+        c.auth.argon2_memory_kib = 8;
+        c.auth.argon2_iterations = 1;
+    })
+    .await;
+    let (root, _, _) = e.ready("admin", ADMIN_PASSWORD).await;
+    let before = audit_log(&e, &root).await;
+    let flood = 100;
+    let started = std::time::Instant::now();
+    for i in 0..flood {
+        let body = json!({"username": format!("nobody{i}"), "password": "wrong password!!"});
+        let (s, _) = e
+            .call_from(
+                [10, 7, 7, 7],
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let secs = started.elapsed().as_secs() as usize;
+    let after = audit_log(&e, &root).await;
+    let new = &after[before.len()..];
+    let failed = new
+        .iter()
+        .filter(|r| r["action"] == "admin.login.failed")
+        .count();
+    let summaries: Vec<&Value> = new
+        .iter()
+        .filter(|r| r["action"] == "admin.audit.suppressed")
+        .collect();
+    assert!(
+        failed <= 60 + secs + 1,
+        "{failed} failed logins recorded one by one"
+    );
+    assert_eq!(summaries.len(), 1, "{new:?}");
+    let detail = summaries[0]["detail"].as_str().unwrap();
+    let suppressed = flood - failed;
+    assert!(
+        detail.starts_with(&format!("{suppressed} unauthenticated events"))
+            && detail.contains(&format!("{suppressed} failed logins")),
+        "{detail}"
+    );
+    let res = e
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "messs_admin_audit_suppressed_total{{event=\"failed_login\"}} {suppressed}"
+        )),
+        "{text}"
     );
 }

@@ -39,6 +39,10 @@ pub struct AdminConfig {
     pub login_attempts_per_minute: u32,
     /// Addresses the login rate limit tracks (oldest forgotten first).
     pub max_tracked_addresses: usize,
+    /// Audit records a minute (and a burst of as many) that requests without credentials
+    /// (rate-limited and failed logins) may write; beyond it they are counted and written
+    /// as one summary record.
+    pub anonymous_audit_per_minute: u32,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Connections to the admin plane open at once (TLS handshakes included); more wait
@@ -64,6 +68,7 @@ impl Default for AdminConfig {
             lockout_secs: 900,
             login_attempts_per_minute: 10,
             max_tracked_addresses: 10_000,
+            anonymous_audit_per_minute: 60,
             max_body_bytes: 256 * 1024,
             max_connections: 256,
             idle_timeout_secs: 30,
@@ -88,10 +93,11 @@ impl AdminConfig {
             || self.lockout_failures == 0
             || self.login_attempts_per_minute == 0
             || self.max_tracked_addresses == 0
+            || self.anonymous_audit_per_minute == 0
             || self.max_connections == 0
             || self.idle_timeout_secs == 0
         {
-            return bad("max_logins_per_admin, lockout_failures, login_attempts_per_minute, max_tracked_addresses, max_connections and idle_timeout_secs must be >= 1");
+            return bad("max_logins_per_admin, lockout_failures, login_attempts_per_minute, max_tracked_addresses, anonymous_audit_per_minute, max_connections and idle_timeout_secs must be >= 1");
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be >= 1024");

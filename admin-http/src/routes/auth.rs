@@ -1,16 +1,22 @@
 //! `/api/v1/auth`: log in (password, then TOTP or a recovery code), refresh, log out,
 //! who am I, change my password, enrol TOTP. These handlers do not call `allow`: a
 //! restricted account (must change its password, must enrol TOTP) may use them.
+//!
+//! Login and refresh are called without credentials: what they audit before a login
+//! succeeds goes through [`crate::anon_audit`] (a clipped username, a bounded number of
+//! records).
 
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use messs_storage::admins::validate_admin_name;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::accounts::{check_login, Credentials, LoginResult};
+use crate::anon_audit::{clip, AnonEvent};
 use crate::error::{AdminError, ApiResult, ErrorBody};
 use crate::principal::ClientIp;
 use crate::rbac::{Principal, Restriction, Role};
@@ -171,15 +177,23 @@ pub async fn login(
     crate::extract::Json(req): crate::extract::Json<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     let ip = ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    // Until it is checked, the username is whatever the caller sent (up to the body
+    // limit): records show only its clipped, escaped form, and within the anonymous
+    // budget.
+    let shown = || clip(&req.username);
     if let Err(secs) = state.logins.attempt(ip, Instant::now()) {
-        state.audit(
-            "anonymous",
+        state.audit_anonymous(
+            AnonEvent::RateLimitedLogin,
             "admin.login.rate_limited",
-            format!("from {ip} as {:?}", req.username),
+            || format!("from {ip} as {}", shown()),
         );
         return Err(AdminError::TooManyRequests(secs));
     }
-    if req.password.len() > password::MAX_LEN || req.username.len() > 256 {
+    if req.password.len() > password::MAX_LEN || validate_admin_name(&req.username).is_err() {
+        // No account has such a name (creating one checks it): nothing to look up.
+        state.audit_anonymous(AnonEvent::FailedLogin, "admin.login.failed", || {
+            format!("from {ip} as {}: malformed username or password", shown())
+        });
         return Err(AdminError::Unauthenticated(
             "invalid username, password or code",
         ));
@@ -216,11 +230,10 @@ pub async fn login(
             Ok(Json(pair))
         }
         Err((why, e)) => {
-            state.audit(
-                "anonymous",
-                "admin.login.failed",
-                format!("from {ip} as {username:?}: {why}"),
-            );
+            // A valid name by now (checked above): at most 64 safe characters.
+            state.audit_anonymous(AnonEvent::FailedLogin, "admin.login.failed", || {
+                format!("from {ip} as {}: {why}", clip(&username))
+            });
             Err(e)
         }
     }
@@ -252,6 +265,9 @@ pub async fn refresh(
     match outcome {
         Ok(pair) => Ok(Json(pair)),
         Err(Rotation::Reused) => {
+            // Not an anonymous record: the token is a real one of an existing, enabled
+            // account (else `Invalid`), and its login is deleted here, so there are at
+            // most as many of these as successful logins.
             state.audit(
                 &token.username,
                 "admin.refresh.reuse",

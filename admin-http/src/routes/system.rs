@@ -61,6 +61,17 @@ pub async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         MetricKind::Gauge,
         s.logins.tracked() as u64,
     ));
+    for (event, n) in s.anon_audit.suppressed() {
+        samples.push(
+            Sample::new(
+                "messs_admin_audit_suppressed_total",
+                "Events of requests without credentials not audited one by one ([admin] anonymous_audit_per_minute): counted in admin.audit.suppressed records instead.",
+                MetricKind::Counter,
+                n,
+            )
+            .label("event", event.label()),
+        );
+    }
     (
         [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
         prometheus::render(&samples),
