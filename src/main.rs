@@ -127,6 +127,12 @@ enum StorageTask {
     },
     /// Compacts the store, giving back the space of deleted data.
     Compact,
+    /// Seals a store that ran without encryption with the configured key
+    /// (storage.encryption_key_file or encryption_key_env), on a stopped broker: every
+    /// payload and secret stored in clear is written back encrypted. With a key configured
+    /// a value in clear is refused, so run this once when turning encryption on. Values
+    /// already sealed are sealed again with the active key (finishing a rotation).
+    Encrypt,
 }
 
 /// A `--listen` URL: `SCHEME://HOST:PORT`, the port optional (each transport's usual one),
@@ -471,6 +477,14 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
     if !dir.exists() {
         bail!("data directory {} does not exist", dir.display());
     }
+    if let StorageTask::Encrypt = task {
+        let r = messs_broker::seal_store(&cfg.storage)?;
+        println!(
+            "sealed {} messages, {} devices, {} JWT keys, {} admin accounts",
+            r.messages, r.devices, r.jwt_keys, r.admins
+        );
+        return Ok(());
+    }
     let store = open_store(cfg)?;
     match task {
         StorageTask::Verify { audit_head } => {
@@ -515,6 +529,7 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
             store.compact()?;
             println!("compacted");
         }
+        StorageTask::Encrypt => {}
     }
     Ok(())
 }

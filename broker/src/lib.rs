@@ -65,5 +65,6 @@ pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, Broker
 }
 /// The storage crate, for registry and audit types the admin plane and CLI use.
 pub use messs_storage as storage;
+pub use persist::seal_store;
 pub use stats::Stats;
 pub use tls::{https_acceptor, parse_pem_certs, read_pem_certs};

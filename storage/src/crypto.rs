@@ -1,7 +1,9 @@
 //! Encryption at rest: AES-256-GCM for payloads and secret values. Each sealed value
 //! carries the id of its key, so a new key can become active while values sealed with the
 //! older ones stay readable (rotation without rewriting). The record's key is the
-//! associated data, so a sealed value moved to another key does not open.
+//! associated data, so a sealed value moved to another key does not open. With a key
+//! configured, a value in clear is refused, not read: see [`crate::seal`] for sealing a
+//! store that ran without encryption.
 //!
 //! ```text
 //! plain   [0][bytes]
@@ -28,6 +30,9 @@ pub struct KeyRing {
     rng: SystemRandom,
     /// Derived from the lowest-numbered key (see [`KeyRing::audit_key`]).
     audit_key: [u8; 32],
+    /// Whether values stored in clear may be read (only while sealing a store written
+    /// without encryption: see [`crate::seal`]).
+    allow_unsealed: bool,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -105,7 +110,15 @@ impl KeyRing {
             active,
             rng: SystemRandom::new(),
             audit_key,
+            allow_unsealed: false,
         })
+    }
+
+    /// This ring, also reading values stored in clear: for `messs storage encrypt` only,
+    /// which reads a store written without encryption and writes every value back sealed.
+    pub fn allowing_unsealed(mut self) -> Self {
+        self.allow_unsealed = true;
+        self
     }
 
     /// A key for the audit chain, derived from the lowest-numbered key of the ring (so a
@@ -162,7 +175,16 @@ pub(crate) fn open(
     stored: &[u8],
 ) -> Result<Vec<u8>, StorageError> {
     match stored.split_first() {
-        Some((&PLAIN, rest)) => Ok(rest.to_vec()),
+        Some((&PLAIN, rest)) => match ring {
+            // With encryption on, a value in clear was not written by this broker: trusting
+            // it would let anyone who can write the data directory plant credentials.
+            Some(r) if !r.allow_unsealed => Err(StorageError::Crypto(
+                "a value is stored in clear but encryption is on: refused (a store written \
+                 without encryption is sealed once with `messs storage encrypt`)"
+                    .into(),
+            )),
+            _ => Ok(rest.to_vec()),
+        },
         Some((&SEALED, rest)) => {
             let ring = ring.ok_or_else(|| {
                 StorageError::Crypto(
@@ -245,6 +267,17 @@ mod tests {
         sealed[last] ^= 1;
         assert!(open(Some(&ring), b"k", &sealed).is_err(), "altered");
         assert!(open(None, b"k", &seal(Some(&ring), b"k", b"p").unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_value_in_clear_is_refused_when_encryption_is_on() {
+        let plain = seal(None, b"k", b"planted").unwrap();
+        assert_eq!(open(None, b"k", &plain).unwrap(), b"planted");
+        let ring = KeyRing::parse(K1).unwrap();
+        let err = open(Some(&ring), b"k", &plain).unwrap_err().to_string();
+        assert!(err.contains("messs storage encrypt"), "{err}");
+        let migrating = KeyRing::parse(K1).unwrap().allowing_unsealed();
+        assert_eq!(open(Some(&migrating), b"k", &plain).unwrap(), b"planted");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod record;
 pub mod registry;
 pub mod retained;
 pub mod schema;
+pub mod seal;
 pub mod sessions;
 pub mod telemetry;
 pub mod writer;

@@ -44,13 +44,20 @@ impl Store {
         Ok(())
     }
 
-    /// Compacts every column family (gives back the space of deleted data).
+    /// Compacts every column family, the bottommost level too (gives back the space of
+    /// deleted data, and rewrites the files that still hold values since overwritten —
+    /// after `messs storage encrypt`, the copies in clear).
     pub fn compact(&self) -> Result<(), StorageError> {
         self.sync()?;
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         for cf in Cf::ALL {
-            self.inner
-                .db
-                .compact_range_cf(self.cf(cf)?, None::<&[u8]>, None::<&[u8]>);
+            self.inner.db.compact_range_cf_opt(
+                self.cf(cf)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &options,
+            );
         }
         Ok(())
     }

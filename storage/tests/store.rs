@@ -808,6 +808,165 @@ mod registry {
         }
     }
 
+    fn keyed_store(dir: &Path, allow_unsealed: bool) -> Store {
+        let mut opts = StoreOptions::new(dir);
+        let ring = KeyRing::parse(KEY).unwrap();
+        opts.keys = Some(if allow_unsealed {
+            ring.allowing_unsealed()
+        } else {
+            ring
+        });
+        Store::open(opts).unwrap()
+    }
+
+    /// The audit's finding: with encryption on, a superadmin record written in clear into
+    /// the store (by someone who can write the data directory but has no key) was read and
+    /// logged in. A value in clear is now refused, and a store that ran without encryption
+    /// is sealed explicitly (`messs storage encrypt`), after which it reads again.
+    #[test]
+    fn a_record_planted_in_clear_is_refused_and_encrypt_seals_a_plain_store() {
+        use messs_storage::admins::AdminRecord;
+        let admin = |name: &str| AdminRecord {
+            username: name.into(),
+            role: "superadmin".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                .into(),
+            enabled: true,
+            created_ms: 1,
+            ..AdminRecord::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = keyed_store(dir.path(), false);
+            store.create_admin(&admin("root")).unwrap();
+            store.add_tenant(&tenant("acme")).unwrap();
+            store.put_device(&device("acme", "d1"), true).unwrap();
+        }
+        {
+            // The plant: records encoded in clear (by a store without the key), copied
+            // byte for byte into the encrypted store's column families.
+            let donor = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open(StoreOptions::new(donor.path())).unwrap();
+                store.create_admin(&admin("mallory")).unwrap();
+                store.add_tenant(&tenant("acme")).unwrap();
+                store.put_device(&device("acme", "planted"), true).unwrap();
+            }
+            let opts = rocksdb::Options::default();
+            let read = |cf: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+                let cfs = rocksdb::DB::list_cf(&opts, donor.path()).unwrap();
+                let db = rocksdb::DB::open_cf(&opts, donor.path(), cfs).unwrap();
+                db.iterator_cf(db.cf_handle(cf).unwrap(), rocksdb::IteratorMode::Start)
+                    .map(|i| {
+                        let (k, v) = i.unwrap();
+                        (k.to_vec(), v.to_vec())
+                    })
+                    .filter(|(k, _)| {
+                        k.windows(7).any(|w| w == b"mallory")
+                            || k.windows(7).any(|w| w == b"planted")
+                    })
+                    .collect()
+            };
+            let planted = [("admins", read("admins")), ("devices", read("devices"))];
+            let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+            for (cf, records) in planted {
+                assert!(!records.is_empty(), "{cf}");
+                for (k, v) in records {
+                    db.put_cf(db.cf_handle(cf).unwrap(), k, v).unwrap();
+                }
+            }
+        }
+        let store = keyed_store(dir.path(), false);
+        assert!(store.admin("root").unwrap().is_some());
+        let err = store.admin("mallory").unwrap_err().to_string();
+        assert!(err.contains("stored in clear"), "{err}");
+        assert!(store.device("acme", "d1").unwrap().is_some());
+        assert!(store.device("acme", "planted").is_err());
+        let report = store.verify().unwrap();
+        assert!(!report.is_ok(), "verify shows the planted record");
+        drop(store);
+
+        // A store that ran without encryption: every kind of sealed value in clear.
+        let plain = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(StoreOptions::new(plain.path())).unwrap();
+            store.create_admin(&admin("root")).unwrap();
+            store.add_tenant(&tenant("acme")).unwrap();
+            store.put_device(&device("acme", "d1"), true).unwrap();
+            store
+                .put_jwt_key(
+                    "acme",
+                    &JwtKey {
+                        kid: "k1".into(),
+                        alg: "HS256".into(),
+                        key: b"super-secret-hmac-key".to_vec(),
+                    },
+                )
+                .unwrap();
+            let mut b = Batch::new();
+            let p = messs_storage::sessions::SessionPrefix::new("acme", "c").unwrap();
+            store
+                .put_queued(&mut b, &p, 1, &queued(b"queued-in-clear"))
+                .unwrap();
+            store
+                .put_retained(&mut b, "acme", &message("t/r", b"retained-in-clear"))
+                .unwrap();
+            let will = messs_storage::sessions::WillRecord {
+                due_at: 5,
+                message: message("t/will", b"will-in-clear"),
+            };
+            store.put_will(&mut b, &p, &will).unwrap();
+            write(&store, b).unwrap();
+        }
+        assert!(contains(&all_bytes(plain.path()), b"super-secret-hmac-key"));
+        assert!(keyed_store(plain.path(), false).admin("root").is_err());
+        let report = keyed_store(plain.path(), true).seal_all().unwrap();
+        assert_eq!(
+            (
+                report.admins,
+                report.devices,
+                report.jwt_keys,
+                report.messages
+            ),
+            (1, 1, 1, 3),
+            "{report:?}"
+        );
+        let store = keyed_store(plain.path(), false);
+        assert!(store.admin("root").unwrap().is_some());
+        assert!(store.device("acme", "d1").unwrap().is_some());
+        assert_eq!(
+            store.jwt_keys("acme").unwrap()[0].key,
+            b"super-secret-hmac-key"
+        );
+        assert!(
+            store.verify().unwrap().is_ok(),
+            "{:?}",
+            store.verify().unwrap()
+        );
+        drop(store);
+        // Written back sealed, and the run's compaction dropped the old values: no secret is
+        // left in clear on disk.
+        let raw = all_bytes(plain.path());
+        assert!(!contains(&raw, b"super-secret-hmac-key"));
+        for clear in [
+            &b"retained-in-clear"[..],
+            b"queued-in-clear",
+            b"will-in-clear",
+        ] {
+            let files: Vec<_> = std::fs::read_dir(plain.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_file() && contains(&std::fs::read(p).unwrap(), clear))
+                .collect();
+            assert!(
+                files.is_empty(),
+                "{} in clear in {files:?}",
+                String::from_utf8_lossy(clear)
+            );
+        }
+    }
+
     #[test]
     fn tenants_devices_and_keys_survive_a_reopen_and_secrets_are_sealed() {
         let dir = tempfile::tempdir().unwrap();

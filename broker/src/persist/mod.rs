@@ -94,6 +94,22 @@ fn audit_key(
     Ok(Some(key))
 }
 
+/// Seals a store written without encryption with the configured key (`messs storage
+/// encrypt`, on a stopped broker): every value in clear is read and written back sealed.
+/// Blocking.
+pub fn seal_store(config: &StorageConfig) -> Result<messs_storage::seal::SealReport, BrokerError> {
+    let ring = key_ring(config)?.ok_or_else(|| {
+        BrokerError::Config(
+            "messs storage encrypt needs a key: set storage.encryption_key_file or storage.encryption_key_env"
+                .into(),
+        )
+    })?;
+    let mut options = StoreOptions::new(&config.data_dir);
+    options.audit_key = audit_key(config, Some(&ring))?;
+    options.keys = Some(ring.allowing_unsealed());
+    Ok(Store::open(options)?.seal_all()?)
+}
+
 impl Persistence {
     /// Opens the store. Blocking (RocksDB opens and replays its log).
     pub fn open(config: &StorageConfig) -> Result<Self, BrokerError> {
