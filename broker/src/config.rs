@@ -462,17 +462,24 @@ pub struct AuthConfig {
     pub cache_capacity: u64,
     /// Seconds a remembered verification stays valid.
     pub cache_ttl_secs: u64,
-    /// Failed logins from one IP address before it is locked out.
+    /// Failed logins from one source (an IPv4 address, an IPv6 /64) before it is locked
+    /// out, for every username.
     pub lockout_ip_threshold: u32,
-    /// Failed logins for one username before it is locked out (a device that logs in
-    /// with its right password while locked out still gets in if its verification is
-    /// remembered).
+    /// Failed logins for one username from one source before that username is locked out
+    /// *from that source*: someone guessing from elsewhere does not lock the device out (a
+    /// device whose verification is remembered gets in even from a locked source).
     pub lockout_user_threshold: u32,
+    /// Failed logins for one username from all sources before its logins are slowed (each
+    /// waits a delay that doubles per further failure, up to `lockout_slow_max_ms`, before
+    /// its password is checked). Slowed, never locked.
+    pub lockout_user_slow_after: u32,
+    /// Longest delay of a slowed username's login, in milliseconds.
+    pub lockout_slow_max_ms: u64,
     /// First lockout, in seconds; it doubles with each further failure.
     pub lockout_base_secs: u64,
     /// Longest lockout, in seconds.
     pub lockout_max_secs: u64,
-    /// Addresses and usernames whose failures are tracked (each).
+    /// Sources, username-source pairs and usernames whose failures are tracked (each).
     pub lockout_capacity: u64,
     /// Seconds of clock difference tolerated in JWT `exp` and `nbf`.
     pub jwt_leeway_secs: u64,
@@ -496,6 +503,8 @@ impl Default for AuthConfig {
             cache_ttl_secs: 600,
             lockout_ip_threshold: 20,
             lockout_user_threshold: 5,
+            lockout_user_slow_after: 20,
+            lockout_slow_max_ms: 5000,
             lockout_base_secs: 1,
             lockout_max_secs: 900,
             lockout_capacity: 100_000,
@@ -776,7 +785,11 @@ impl Config {
             }
         }
         let a = &self.auth;
-        if a.verify_queue == 0 || a.lockout_ip_threshold == 0 || a.lockout_user_threshold == 0 {
+        if a.verify_queue == 0
+            || a.lockout_ip_threshold == 0
+            || a.lockout_user_threshold == 0
+            || a.lockout_user_slow_after == 0
+        {
             return bad("auth.verify_queue and the lockout thresholds must be >= 1");
         }
         if a.argon2_memory_kib < 8 * a.argon2_parallelism.max(1) || a.argon2_iterations == 0 {

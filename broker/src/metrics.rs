@@ -266,6 +266,19 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
     for (name, help, kind, value) in plain(s) {
         out.push(Sample::new(name, help, kind, value));
     }
+    let (lockout_entries, remembered) = state.auth.tracked();
+    out.push(Sample::new(
+        "messs_auth_lockout_entries",
+        "Failure counters held by the brute-force lockout (sources, username-source pairs, usernames; each map at most auth.lockout_capacity).",
+        MetricKind::Gauge,
+        lockout_entries,
+    ));
+    out.push(Sample::new(
+        "messs_auth_remembered_logins",
+        "Verified logins remembered (at most auth.cache_capacity).",
+        MetricKind::Gauge,
+        remembered,
+    ));
     for t in crate::config::Transport::ALL {
         out.push(
             Sample::new(

@@ -296,7 +296,7 @@ async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
     assert!(has(
         &audit,
         "auth.lockout",
-        "user sensor1@acme locked out for 60000 ms"
+        "user sensor1@acme from 127.0.0.1 locked out for 60000 ms"
     ));
     assert!(has(&audit, "auth.lockout", "ip 127.0.0.1 locked out"));
     // The 50 refusals at the locked address are counted, not audited one by one.
@@ -306,6 +306,76 @@ async fn failures_lock_out_the_username_then_the_address_before_any_hashing() {
         6,
         "3 + 3 verified failures"
     );
+}
+
+/// Logs in from the local address `from` and returns the CONNACK's code.
+async fn login_from(broker: &TestBroker, from: [u8; 4], user: &str, password: &str) -> ReasonCode {
+    let raw = Raw::open_from(from.into(), broker.addr).await.unwrap();
+    let (_raw, ack) = raw
+        .try_connect(login(Protocol::V5, "c", Some(user), password))
+        .await
+        .unwrap();
+    ack.code
+}
+
+/// The audit's finding: one wrong guess per lockout period kept a known device out for
+/// good, because the lock was the username's, from everywhere. Now a guesser locks only
+/// its own source out of that username, and guesses from many sources slow the username
+/// down without locking it: the device, never verified before (nothing remembered), still
+/// logs in with its password.
+#[tokio::test]
+async fn guessing_at_a_device_from_elsewhere_never_locks_the_device_out() {
+    let broker = start(
+        |c| {
+            c.auth.lockout_user_threshold = 3;
+            c.auth.lockout_user_slow_after = 6;
+            c.auth.lockout_slow_max_ms = 1500;
+            c.auth.lockout_base_secs = 1;
+            c.auth.failure_delay_ms = 0;
+        },
+        vec![],
+    )
+    .await;
+    let attacker = [127, 0, 0, 2];
+    for _ in 0..4 {
+        let code = login_from(&broker, attacker, "sensor1@acme", "guess").await;
+        assert!(matches!(
+            code,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::Banned
+        ));
+    }
+    // The attacker's source is locked out of the name, even with the right password...
+    let code = login_from(&broker, attacker, "sensor1@acme", "acme-password-1").await;
+    assert_eq!(code, ReasonCode::Banned);
+    // ...and the device, from its own address, is not.
+    let device = [127, 0, 0, 1];
+    let code = login_from(&broker, device, "sensor1@acme", "acme-password-1").await;
+    assert_eq!(
+        code,
+        ReasonCode::Success,
+        "the device was locked out by a guesser"
+    );
+
+    // Guesses from many sources at the other tenant's device: slowed, not locked.
+    for i in 0..8u8 {
+        let code = login_from(&broker, [127, 0, 1, i], "sensor1@globex", "guess").await;
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword);
+    }
+    let started = std::time::Instant::now();
+    let code = login_from(
+        &broker,
+        [127, 0, 2, 1],
+        "sensor1@globex",
+        "globex-password-1",
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(code, ReasonCode::Success, "slowed, never locked");
+    assert!(
+        waited >= std::time::Duration::from_millis(1400),
+        "a slowed username waits before its password is checked: {waited:?}"
+    );
+    broker.stop().await;
 }
 
 #[tokio::test]

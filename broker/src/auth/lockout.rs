@@ -1,12 +1,23 @@
-//! Brute-force protection: failed logins counted per IP address and per username, with an
-//! exponentially growing lockout once a threshold is passed. The IP check runs before any
-//! password work, so a locked-out address costs a map lookup per attempt. Both maps are
-//! bounded caches (least recently used entries go first) whose entries are forgotten after
-//! a quiet period, and a username is kept as a 32-byte digest, never as the (up to 64 KiB)
-//! name a client sent: an attacker cycling names or addresses fills at most
-//! `capacity` small entries.
+//! Brute-force protection that cannot be turned into a denial of service.
 //!
-//! Time is an input (`now_ms`), so the schedule is testable.
+//! Failed logins are counted three ways, each in a bounded cache (least recently used go
+//! first, forgotten after a quiet period), with usernames kept as 32-byte digests, never
+//! as the (up to 64 KiB) names a client sent:
+//!
+//! - per **source address** (IPv6 by its /64, so one host cannot dodge the count by cycling
+//!   the addresses of its own prefix): past `ip_threshold` the source is locked out, for
+//!   every username, with a lockout that doubles per further failure;
+//! - per **(username, source)**: past `user_threshold` that username is locked out *from
+//!   that source only*. Someone guessing at a device's password from elsewhere locks only
+//!   themselves out: the device, from its own address, still logs in. (A lock per username
+//!   alone let one wrong guess per lockout period keep any known device out for good.);
+//! - per **username**, across sources: past `user_slow_after` failures the username is
+//!   **slowed**, not locked: each login for it waits a delay that doubles per further
+//!   failure up to `slow_max_ms` before its password is checked, so a botnet's guessing
+//!   rate for one name drops while the device itself still gets in, a little later.
+//!
+//! A credential proven before (the verification cache) skips all of this: see
+//! `Auth::authenticate`. Time is an input (`now_ms`), so the schedule is testable.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -16,15 +27,19 @@ use moka::sync::Cache;
 /// Lockout settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LockoutPolicy {
-    /// Failures from one address before it is locked out.
+    /// Failures from one source before it is locked out.
     pub ip_threshold: u32,
-    /// Failures for one username before it is locked out.
+    /// Failures for one username from one source before that pair is locked out.
     pub user_threshold: u32,
+    /// Failures for one username from all sources before its logins are slowed.
+    pub user_slow_after: u32,
     /// First lockout, in milliseconds; each further failure doubles it.
     pub base_ms: u64,
     /// Longest lockout, in milliseconds.
     pub max_ms: u64,
-    /// Most addresses and usernames tracked (each map).
+    /// Longest delay a slowed username's login waits, in milliseconds.
+    pub slow_max_ms: u64,
+    /// Most entries tracked (each map).
     pub capacity: u64,
 }
 
@@ -34,17 +49,19 @@ struct Failures {
     locked_until_ms: u64,
 }
 
+/// `base` doubled per failure past `threshold`, capped at `max`.
+fn doubling(count: u32, threshold: u32, base: u64, max: u64) -> u64 {
+    let exp = count.saturating_sub(threshold).min(30);
+    base.saturating_mul(1u64 << exp).min(max)
+}
+
 impl Failures {
     fn bump(mut self, threshold: u32, policy: &LockoutPolicy, now_ms: u64) -> (Self, Option<u64>) {
         self.count = self.count.saturating_add(1);
         if self.count < threshold {
             return (self, None);
         }
-        let exp = (self.count - threshold).min(30);
-        let ms = policy
-            .base_ms
-            .saturating_mul(1u64 << exp)
-            .min(policy.max_ms);
+        let ms = doubling(self.count, threshold, policy.base_ms, policy.max_ms);
         self.locked_until_ms = now_ms + ms;
         (self, Some(ms))
     }
@@ -53,25 +70,46 @@ impl Failures {
 /// A lockout that a failure started: what and for how long (for the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Locked {
-    /// `ip 1.2.3.4` or `user name@tenant`.
+    /// `ip 1.2.3.4` or `user name@tenant from 1.2.3.4`.
     pub what: String,
     /// Length in milliseconds.
     pub ms: u64,
 }
 
-/// Failure counters per address and per username.
+/// Failure counters per source, per (username, source) and per username.
 pub(crate) struct Lockout {
     policy: LockoutPolicy,
     by_ip: Cache<IpAddr, Failures>,
-    by_user: Cache<[u8; 32], Failures>,
+    by_user_source: Cache<[u8; 32], Failures>,
+    by_user: Cache<[u8; 32], u32>,
 }
 
-/// The key of a username in `by_user`: SHA-256 of the length-prefixed tenant and name.
-fn user_key(tenant: &str, username: &str) -> [u8; 32] {
+/// The source a failure is counted against: an IPv4 address (IPv4-mapped IPv6 as IPv4),
+/// or an IPv6 address's /64.
+pub(crate) fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The key of a username (and a source) in the maps: SHA-256 of the length-prefixed parts.
+fn user_key(tenant: &str, username: &str, from: Option<IpAddr>) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in [tenant, username] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part.as_bytes());
+    }
+    match from.map(source) {
+        Some(IpAddr::V4(v4)) => ctx.update(&v4.octets()),
+        Some(IpAddr::V6(v6)) => ctx.update(&v6.octets()),
+        None => {}
     }
     let mut key = [0u8; 32];
     key.copy_from_slice(ctx.finish().as_ref());
@@ -88,6 +126,10 @@ impl Lockout {
                 .max_capacity(policy.capacity)
                 .time_to_idle(idle)
                 .build(),
+            by_user_source: Cache::builder()
+                .max_capacity(policy.capacity)
+                .time_to_idle(idle)
+                .build(),
             by_user: Cache::builder()
                 .max_capacity(policy.capacity)
                 .time_to_idle(idle)
@@ -95,24 +137,48 @@ impl Lockout {
         }
     }
 
-    /// Milliseconds `ip` stays locked out, if it is.
+    /// Milliseconds the source of `ip` stays locked out, if it is.
     pub fn ip_locked(&self, ip: IpAddr, now_ms: u64) -> Option<u64> {
-        let f = self.by_ip.get(&ip)?;
+        let f = self.by_ip.get(&source(ip))?;
         (f.locked_until_ms > now_ms).then(|| f.locked_until_ms - now_ms)
     }
 
-    /// Milliseconds a username stays locked out, if it is.
-    pub fn user_locked(&self, tenant: &str, username: &str, now_ms: u64) -> Option<u64> {
-        let f = self.by_user.get(&user_key(tenant, username))?;
+    /// Milliseconds a username stays locked out for logins from `ip`'s source, if it is.
+    pub fn user_locked(
+        &self,
+        ip: IpAddr,
+        tenant: &str,
+        username: &str,
+        now_ms: u64,
+    ) -> Option<u64> {
+        let f = self
+            .by_user_source
+            .get(&user_key(tenant, username, Some(ip)))?;
         (f.locked_until_ms > now_ms).then(|| f.locked_until_ms - now_ms)
+    }
+
+    /// How long a login for a username waits before its password is checked: nothing
+    /// until `user_slow_after` failures from all sources, then doubling per failure.
+    pub fn user_delay(&self, tenant: &str, username: &str) -> Option<Duration> {
+        let count = self.by_user.get(&user_key(tenant, username, None))?;
+        let p = &self.policy;
+        (count >= p.user_slow_after).then(|| {
+            Duration::from_millis(doubling(count, p.user_slow_after, p.base_ms, p.slow_max_ms))
+        })
+    }
+
+    /// Entries tracked (addresses, username-source pairs, usernames), for the metrics.
+    pub fn tracked(&self) -> u64 {
+        self.by_ip.entry_count() + self.by_user_source.entry_count() + self.by_user.entry_count()
     }
 
     /// Counts a failed login; returns the lockouts it started.
     pub fn failed(&self, ip: IpAddr, user: Option<(&str, &str)>, now_ms: u64) -> Vec<Locked> {
         let mut started = Vec::new();
         let p = &self.policy;
+        let from = source(ip);
         let mut ip_lock = None;
-        self.by_ip.entry(ip).and_upsert_with(|old| {
+        self.by_ip.entry(from).and_upsert_with(|old| {
             let (f, lock) =
                 old.map(|e| e.into_value())
                     .unwrap_or_default()
@@ -122,14 +188,14 @@ impl Lockout {
         });
         if let Some(ms) = ip_lock {
             started.push(Locked {
-                what: format!("ip {ip}"),
+                what: format!("ip {from}"),
                 ms,
             });
         }
         if let Some((tenant, username)) = user {
             let mut user_lock = None;
-            self.by_user
-                .entry(user_key(tenant, username))
+            self.by_user_source
+                .entry(user_key(tenant, username, Some(ip)))
                 .and_upsert_with(|old| {
                     let (f, lock) = old.map(|e| e.into_value()).unwrap_or_default().bump(
                         p.user_threshold,
@@ -141,18 +207,28 @@ impl Lockout {
                 });
             if let Some(ms) = user_lock {
                 started.push(Locked {
-                    what: format!("user {}@{}", super::clip(username), super::clip(tenant)),
+                    what: format!(
+                        "user {}@{} from {from}",
+                        super::clip(username),
+                        super::clip(tenant)
+                    ),
                     ms,
                 });
             }
+            self.by_user
+                .entry(user_key(tenant, username, None))
+                .and_upsert_with(|old| old.map_or(1, |e| e.into_value().saturating_add(1)));
         }
         started
     }
 
-    /// A successful login clears the username's counter (not the address's: one valid
-    /// credential must not reset an attacker's address).
-    pub fn succeeded(&self, tenant: &str, username: &str) {
-        self.by_user.invalidate(&user_key(tenant, username));
+    /// A successful login clears the username's counters, from that source and across
+    /// sources (not the source's own: one valid credential must not reset an attacker's
+    /// address).
+    pub fn succeeded(&self, ip: IpAddr, tenant: &str, username: &str) {
+        self.by_user_source
+            .invalidate(&user_key(tenant, username, Some(ip)));
+        self.by_user.invalidate(&user_key(tenant, username, None));
     }
 }
 
@@ -164,8 +240,10 @@ mod tests {
         LockoutPolicy {
             ip_threshold: 4,
             user_threshold: 2,
+            user_slow_after: 6,
             base_ms: 1000,
             max_ms: 5000,
+            slow_max_ms: 3000,
             capacity: 100,
         }
     }
@@ -176,17 +254,17 @@ mod tests {
         let ip: IpAddr = [10, 0, 0, 1].into();
         let now = 1_000_000;
         assert!(l.failed(ip, Some(("t", "u")), now).is_empty());
-        assert_eq!(l.user_locked("t", "u", now), None);
+        assert_eq!(l.user_locked(ip, "t", "u", now), None);
         let started = l.failed(ip, Some(("t", "u")), now);
         assert_eq!(
             started,
             vec![Locked {
-                what: "user u@t".into(),
+                what: "user u@t from 10.0.0.1".into(),
                 ms: 1000
             }]
         );
-        assert_eq!(l.user_locked("t", "u", now + 10), Some(990));
-        assert_eq!(l.user_locked("t", "u", now + 1000), None);
+        assert_eq!(l.user_locked(ip, "t", "u", now + 10), Some(990));
+        assert_eq!(l.user_locked(ip, "t", "u", now + 1000), None);
         // The next failure doubles it; the address reaches its own threshold.
         let started = l.failed(ip, Some(("t", "u")), now);
         assert_eq!(started[0].ms, 2000);
@@ -197,11 +275,65 @@ mod tests {
         for _ in 0..10 {
             l.failed(ip, Some(("t", "u")), now);
         }
-        assert_eq!(l.user_locked("t", "u", now), Some(5000), "capped");
+        assert_eq!(l.user_locked(ip, "t", "u", now), Some(5000), "capped");
         // Another user and another address are not affected.
-        assert_eq!(l.user_locked("t", "v", now), None);
+        assert_eq!(l.user_locked(ip, "t", "v", now), None);
         assert_eq!(l.ip_locked([10, 0, 0, 2].into(), now), None);
-        l.succeeded("t", "u");
-        assert_eq!(l.user_locked("t", "u", now), None);
+        l.succeeded(ip, "t", "u");
+        assert_eq!(l.user_locked(ip, "t", "u", now), None);
+    }
+
+    /// The audit's finding: a username lock that held for every source let an attacker keep
+    /// a device out for good with one guess per lockout period. Now the lock is the
+    /// attacker's source's, and failures from everywhere only slow the username down.
+    #[test]
+    fn guesses_from_elsewhere_lock_out_their_source_and_only_slow_the_username() {
+        let l = Lockout::new(policy());
+        let now = 5_000_000;
+        let attacker: IpAddr = [192, 0, 2, 7].into();
+        let device: IpAddr = [198, 51, 100, 1].into();
+        for _ in 0..3 {
+            l.failed(attacker, Some(("t", "meter")), now);
+        }
+        assert!(l.user_locked(attacker, "t", "meter", now).is_some());
+        assert_eq!(l.user_locked(device, "t", "meter", now), None);
+        assert_eq!(l.user_delay("t", "meter"), None, "not slowed yet");
+        // Failures from many sources: the name is slowed (doubling, capped), never locked.
+        for i in 0..4u8 {
+            l.failed([203, 0, 113, i].into(), Some(("t", "meter")), now);
+        }
+        assert_eq!(l.user_locked(device, "t", "meter", now), None);
+        assert_eq!(
+            l.user_delay("t", "meter"),
+            Some(Duration::from_millis(2000))
+        );
+        for i in 4..20u8 {
+            l.failed([203, 0, 113, i].into(), Some(("t", "meter")), now);
+        }
+        assert_eq!(
+            l.user_delay("t", "meter"),
+            Some(Duration::from_millis(3000))
+        );
+        assert_eq!(l.user_delay("t", "other"), None);
+        // The device's own success ends the slowing.
+        l.succeeded(device, "t", "meter");
+        assert_eq!(l.user_delay("t", "meter"), None);
+        assert!(l.user_locked(attacker, "t", "meter", now).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let l = Lockout::new(policy());
+        let now = 1_000;
+        for last in 1..=4u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last));
+            l.failed(ip, None, now);
+        }
+        let sibling = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 9, 9, 9, 9));
+        assert!(l.ip_locked(sibling, now).is_some(), "cycling inside a /64");
+        let other = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
+        assert_eq!(l.ip_locked(other, now), None);
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        assert_eq!(source(mapped), IpAddr::from([10, 0, 0, 9]));
     }
 }

@@ -353,8 +353,10 @@ impl Auth {
             lockout: Lockout::new(LockoutPolicy {
                 ip_threshold: a.lockout_ip_threshold,
                 user_threshold: a.lockout_user_threshold,
+                user_slow_after: a.lockout_user_slow_after,
                 base_ms: a.lockout_base_secs.saturating_mul(1000),
                 max_ms: a.lockout_max_secs.saturating_mul(1000),
+                slow_max_ms: a.lockout_slow_max_ms,
                 capacity: a.lockout_capacity,
             }),
             no_rules: config.acl.tenant_without_rules,
@@ -437,9 +439,12 @@ impl Auth {
             let detail = format!("{who}: address locked out for {ms} ms more");
             return Err(refuse(Denied::LockedOut, detail));
         }
-        if let Some(ms) = self.lockout.user_locked(&tenant_id, &name, now_ms) {
+        if let Some(ms) = self.lockout.user_locked(peer, &tenant_id, &name, now_ms) {
             let detail = format!("{who}: username locked out for {ms} ms more");
             return Err(refuse(Denied::LockedOut, detail));
+        }
+        if let Some(delay) = self.lockout.user_delay(&tenant_id, &name) {
+            tokio::time::sleep(delay).await;
         }
         let tenant = self
             .tenants
@@ -504,7 +509,7 @@ impl Auth {
         let outcome = exchange.finish(client_final);
         match (outcome, tenant, device) {
             (Ok(server_final), Some(tenant), Some(d)) if d.enabled && d.scram.is_some() => {
-                self.lockout.succeeded(&tenant_id, &name);
+                self.lockout.succeeded(peer, &tenant_id, &name);
                 let identity = Identity {
                     tenant,
                     username: Some(Arc::from(d.username.as_str())),
@@ -527,6 +532,11 @@ impl Auth {
                 now_ms,
             )),
         }
+    }
+
+    /// Entries of the lockout's maps and of the verification cache, for the metrics.
+    pub fn tracked(&self) -> (u64, u64) {
+        (self.lockout.tracked(), self.remembered.entry_count())
     }
 
     /// Argon2 computations run so far (tests count them).
@@ -625,11 +635,15 @@ impl Auth {
         if let Some(r) = ip_locked(&who) {
             return Err(r);
         }
-        if let Some(ms) = self.lockout.user_locked(tenant_id, name, now_ms) {
+        if let Some(ms) = self.lockout.user_locked(peer, tenant_id, name, now_ms) {
             return Err(refuse(
                 Denied::LockedOut,
                 format!("{who}: username locked out for {ms} ms more"),
             ));
+        }
+        // A username guessed at from many sources: slowed, not locked.
+        if let Some(delay) = self.lockout.user_delay(tenant_id, name) {
+            tokio::time::sleep(delay).await;
         }
         // Unknown or disabled tenants cost the same as a wrong password.
         let usable_tenant = tenant.filter(|t| t.is_enabled());
@@ -649,7 +663,7 @@ impl Auth {
                 format!("{who}: verification queue full"),
             )),
             (Some(Verdict::Valid(device)), Some(t)) => {
-                self.lockout.succeeded(tenant_id, name);
+                self.lockout.succeeded(peer, tenant_id, name);
                 let remembered = Remembered {
                     tenant: t.id.clone(),
                     username: Arc::from(device.username.as_str()),
@@ -803,7 +817,7 @@ impl Auth {
         who: &str,
         now_ms: u64,
     ) -> Result<Identity, Refusal> {
-        if let Some(ms) = self.lockout.user_locked(&tenant.id, name, now_ms) {
+        if let Some(ms) = self.lockout.user_locked(login.peer, &tenant.id, name, now_ms) {
             return Err(Refusal {
                 denied: Denied::LockedOut,
                 detail: format!("{who}: username locked out for {ms} ms more"),
