@@ -108,6 +108,26 @@ pub enum DeviceCmd {
         /// A group, for ACL rules that name groups (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Also let it log in with SCRAM-SHA-256 (MQTT 5 enhanced authentication): stores a
+        /// PBKDF2 verifier of the password (auth.scram_iterations) beside its argon2 hash,
+        /// which a stolen store can be attacked through faster (docs/SECURITY.md).
+        #[arg(long)]
+        scram: bool,
+    },
+    /// Lets a device log in with SCRAM-SHA-256 (sets its password and stores a verifier of
+    /// it), or with --off stops it (the verifier is removed, the password stays).
+    Scram {
+        /// Its tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its username.
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        password: PasswordArg,
+        /// Remove the verifier instead.
+        #[arg(long)]
+        off: bool,
     },
     /// Adds many devices from a file of `username,password` lines; a password that is an
     /// argon2id PHC string (`$argon2id$...`, e.g. from another system) is stored as the
@@ -468,8 +488,12 @@ fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
             password,
             client_id_pattern,
             groups,
+            scram,
         } => {
             let pw = password.read()?;
+            if scram && pw.is_none() {
+                bail!("--scram needs the password (--password or --password-stdin)");
+            }
             r.add_device(
                 &tenant,
                 &username,
@@ -477,7 +501,25 @@ fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
                 client_id_pattern.as_deref(),
                 &groups,
             )?;
+            if scram {
+                r.set_device_scram(&tenant, &username, pw.as_deref())?;
+            }
             println!("device {username} added to tenant {tenant}");
+        }
+        DeviceCmd::Scram {
+            tenant,
+            username,
+            password,
+            off,
+        } => {
+            let pw = password.read()?;
+            match (pw, off) {
+                (Some(_), true) => bail!("--off takes no password"),
+                (None, false) => bail!("give --password or --password-stdin (or --off)"),
+                (pw, _) => r.set_device_scram(&tenant, &username, pw.as_deref())?,
+            }
+            let state = if off { "off" } else { "on" };
+            println!("SCRAM for device {username}: {state}");
         }
         DeviceCmd::Import { tenant, file } => {
             let text = std::fs::read_to_string(&file)
@@ -514,7 +556,7 @@ fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
                 after = Some(last.username.clone());
                 for d in &page {
                     println!(
-                        "{}\t{}\tpassword: {}\tclient ids: {}\tgroups: {}",
+                        "{}\t{}\tpassword: {}{}\tclient ids: {}\tgroups: {}",
                         d.username,
                         if d.enabled { "enabled" } else { "disabled" },
                         if d.password_hash.is_some() {
@@ -522,6 +564,7 @@ fn device(r: &mut Registry<'_>, cmd: DeviceCmd) -> anyhow::Result<()> {
                         } else {
                             "none"
                         },
+                        if d.scram.is_some() { " (+SCRAM)" } else { "" },
                         d.client_id_pattern.as_deref().unwrap_or("*"),
                         d.groups.join(",")
                     );

@@ -174,10 +174,10 @@ impl<'a> Registry<'a> {
         client_id_pattern: Option<&str>,
         groups: &[String],
     ) -> Result<(), BrokerError> {
-        let (password_hash, scram) = match password {
-            Some(p) => self.secrets(p).map(|(h, s)| (Some(h), Some(s)))?,
-            None => (None, None),
-        };
+        let password_hash = password.map(|p| self.hash(p)).transpose()?;
+        // No SCRAM verifier unless asked for (`set_device_scram`): it is only as strong as
+        // its PBKDF2 iterations, weaker than the argon2 hash beside it.
+        let scram = None;
         self.store.put_device(
             &DeviceRecord {
                 tenant: tenant.to_owned(),
@@ -209,12 +209,13 @@ impl<'a> Registry<'a> {
         username: &str,
         password_or_hash: &str,
     ) -> Result<(), BrokerError> {
-        // An imported hash gives no SCRAM verifier (that needs the password itself).
+        // No SCRAM verifier (an imported hash could not give one anyway; see
+        // `set_device_scram`).
         let (hash, scram) = if password_or_hash.starts_with("$argon2") {
             crate::auth::password::check_hash(password_or_hash)?;
             (password_or_hash.to_owned(), None)
         } else {
-            self.secrets(password_or_hash).map(|(h, s)| (h, Some(s)))?
+            (self.hash(password_or_hash)?, None)
         };
         self.store.put_device(
             &DeviceRecord {
@@ -260,15 +261,24 @@ impl<'a> Registry<'a> {
         Ok(())
     }
 
-    /// Sets (or, with `None`, removes) a device's password.
+    /// Sets (or, with `None`, removes) a device's password. A device that logs in with
+    /// SCRAM keeps doing so: its verifier is derived again from the new password (removing
+    /// the password removes it).
     pub fn set_device_password(
         &mut self,
         tenant: &str,
         username: &str,
         password: Option<&str>,
     ) -> Result<(), BrokerError> {
+        let had_scram = self
+            .store
+            .device(tenant, username)?
+            .is_some_and(|d| d.scram.is_some());
         let (hash, scram) = match password {
-            Some(p) => self.secrets(p).map(|(h, s)| (Some(h), Some(s)))?,
+            Some(p) => (
+                Some(self.hash(p)?),
+                had_scram.then(|| self.scram(p)).transpose()?,
+            ),
             None => (None, None),
         };
         self.change_device(tenant, username, ("device.set_password", ""), |d| {
@@ -278,17 +288,46 @@ impl<'a> Registry<'a> {
         })
     }
 
-    /// What is stored for a password: its argon2id hash (password logins) and its
-    /// SCRAM-SHA-256 verifier (MQTT 5 enhanced authentication).
-    fn secrets(
+    /// Lets a device log in with SCRAM-SHA-256 (MQTT 5 enhanced authentication): sets its
+    /// password (`Some`) and stores a SCRAM verifier of it beside the argon2 hash; `None`
+    /// removes the verifier (the password stays). Opt-in, per device: a verifier is
+    /// PBKDF2-HMAC-SHA256 with `auth.scram_iterations`, which a stolen store can be
+    /// attacked through far faster than argon2id (docs/SECURITY.md).
+    pub fn set_device_scram(
+        &mut self,
+        tenant: &str,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let secrets = match password {
+            Some(p) => Some((self.hash(p)?, self.scram(p)?)),
+            None => None,
+        };
+        let note = format!(
+            ": SCRAM {} ({} iterations)",
+            if secrets.is_some() { "on" } else { "off" },
+            self.params.scram_iterations
+        );
+        self.change_device(tenant, username, ("device.scram", &note), |d| {
+            match secrets {
+                Some((hash, scram)) => {
+                    d.password_hash = Some(hash);
+                    d.scram = Some(scram);
+                }
+                None => d.scram = None,
+            }
+            Ok(())
+        })
+    }
+
+    /// A SCRAM-SHA-256 verifier of `password` with this registry's iterations.
+    fn scram(
         &self,
         password: &str,
-    ) -> Result<(String, messs_storage::registry::ScramCredential), BrokerError> {
+    ) -> Result<messs_storage::registry::ScramCredential, BrokerError> {
         check_password(password)?;
-        let hash = hash_password(password, self.params)?;
-        let scram = crate::auth::scram::credential(password, self.params.scram_iterations)
-            .map_err(|e| BrokerError::Registry(format!("SCRAM verifier: {e}")))?;
-        Ok((hash, scram))
+        crate::auth::scram::credential(password, self.params.scram_iterations)
+            .map_err(|e| BrokerError::Registry(format!("SCRAM verifier: {e}")))
     }
 
     /// Overrides one of the per-connection rate limits for a device (`None`: back to the

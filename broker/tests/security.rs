@@ -1568,6 +1568,28 @@ mod scram {
         server_proven: bool,
     }
 
+    /// The two tenants of `start`, with acme's `sensor1` and `pub` opted in to SCRAM (at
+    /// RFC 7677's minimum iterations, to keep debug tests fast); globex's `sensor1` is not.
+    async fn start_scram(adjust: impl FnOnce(&mut Config), rules: Vec<RuleSpec>) -> TestBroker {
+        let broker = start(
+            |c| {
+                c.auth.scram_iterations = 4096;
+                adjust(c)
+            },
+            rules,
+        )
+        .await;
+        broker
+            .broker
+            .registry("test", |r| {
+                r.set_device_scram("acme", "sensor1", Some("acme-password-1"))?;
+                r.set_device_scram("acme", "pub", Some("pub-password-1"))
+            })
+            .await
+            .unwrap();
+        broker
+    }
+
     async fn login(broker: &TestBroker, client_id: &str, user: &str, password: &str) -> Outcome {
         let mut nonce = [0u8; 18];
         aws_lc_rs::rand::fill(&mut nonce).unwrap();
@@ -1649,7 +1671,7 @@ mod scram {
 
     #[tokio::test]
     async fn a_device_logs_in_with_scram_and_wrong_or_unknown_credentials_are_refused() {
-        let broker = start(
+        let broker = start_scram(
             |c| c.auth.lockout_user_threshold = 3,
             vec![rule(true, AclAction::Both, "t/#")],
         )
@@ -1669,13 +1691,15 @@ mod scram {
         assert!(ok.server_proven, "the server proved it knows the verifier");
         ok.raw.subscribe("t/#", QoS::AtLeastOnce).await;
         ok.raw.roundtrip("t/scram").await;
-        // Wrong password, unknown device, unknown tenant, imported device: the same
-        // exchange and the same answer.
+        // Wrong password, unknown device, unknown tenant, imported device, a device that
+        // did not opt in to SCRAM (no verifier is stored for it): the same exchange and
+        // the same answer.
         for (user, password) in [
             ("sensor1@acme", "wrong-password"),
             ("nobody@acme", "acme-password-1"),
             ("sensor1@nowhere", "acme-password-1"),
             ("imported@acme", "imported-password-1"),
+            ("sensor1@globex", "globex-password-1"),
         ] {
             let refused = login(&broker, "s2", user, password).await;
             assert_eq!(
@@ -1715,7 +1739,7 @@ mod scram {
     /// SCRAM login leaves out (the user is named inside the exchange).
     #[tokio::test]
     async fn a_banned_username_stays_out_when_it_logs_in_with_scram() {
-        let broker = start(
+        let broker = start_scram(
             |c| c.bans.usernames = vec!["sensor1@acme".into()],
             vec![rule(true, AclAction::Both, "t/#")],
         )
@@ -1729,7 +1753,7 @@ mod scram {
 
     #[tokio::test]
     async fn scram_failures_lock_out_and_a_broken_exchange_is_a_protocol_error() {
-        let broker = start(|c| c.auth.lockout_user_threshold = 2, vec![]).await;
+        let broker = start_scram(|c| c.auth.lockout_user_threshold = 2, vec![]).await;
         for _ in 0..2 {
             let r = login(&broker, "s", "sensor1@acme", "guess").await;
             assert_eq!(r.ack.code, ReasonCode::BadUserNameOrPassword);

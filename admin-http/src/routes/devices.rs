@@ -24,6 +24,8 @@ pub struct DeviceView {
     pub username: String,
     /// It has a password (else it logs in with a token or a certificate).
     pub has_password: bool,
+    /// It may log in with SCRAM-SHA-256 (a verifier of its password is stored).
+    pub scram: bool,
     /// Client ids it may use (`*` wildcard, `%u` = username); null: any.
     pub client_id_pattern: Option<String>,
     /// Groups, for ACL rules.
@@ -47,6 +49,7 @@ fn view(state: &Shared, d: DeviceRecord) -> DeviceView {
         tenant: d.tenant,
         username: d.username,
         has_password: d.password_hash.is_some(),
+        scram: d.scram.is_some(),
         client_id_pattern: d.client_id_pattern,
         groups: d.groups,
         enabled: d.enabled,
@@ -68,6 +71,10 @@ pub struct NewDevice {
     /// Groups.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Also let it log in with SCRAM-SHA-256 (needs `password`): a PBKDF2 verifier of the
+    /// password is stored beside its argon2 hash, a weaker target if the store is stolen.
+    #[serde(default)]
+    pub scram: bool,
 }
 
 /// Changes to a device; absent fields stay.
@@ -85,6 +92,9 @@ pub struct DeviceChange {
     pub limits: Option<std::collections::BTreeMap<String, u64>>,
     /// Limit overrides to remove.
     pub unset_limits: Option<Vec<String>>,
+    /// true: let it log in with SCRAM-SHA-256 (needs `password` in the same request, whose
+    /// verifier is stored); false: remove the verifier (the password stays).
+    pub scram: Option<bool>,
 }
 
 /// A tenant's devices.
@@ -135,6 +145,11 @@ pub async fn create_device(
             "groups: at most 64, each 1 to 128 bytes".into(),
         ));
     }
+    if req.scram && req.password.is_none() {
+        return Err(AdminError::BadRequest(
+            "scram: needs the device's password".into(),
+        ));
+    }
     let (t, u) = (tenant.clone(), req.username.clone());
     let _permit = state.hashing_permit().await?;
     state
@@ -146,7 +161,11 @@ pub async fn create_device(
                 req.password.as_deref(),
                 req.client_id_pattern.as_deref(),
                 &req.groups,
-            )
+            )?;
+            if req.scram {
+                r.set_device_scram(&t, &u, req.password.as_deref())?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| match AdminError::from(e) {
@@ -206,13 +225,23 @@ pub async fn update_device(
             "password and remove_password contradict each other".into(),
         ));
     }
+    if req.scram == Some(true) && req.password.is_none() {
+        return Err(AdminError::BadRequest(
+            "scram: true needs the device's password in the same request".into(),
+        ));
+    }
     let (t, u) = (tenant.clone(), username.clone());
     let _permit = state.hashing_permit().await?;
     state
         .broker
         .registry(&p.name, move |r| {
-            if let Some(pw) = &req.password {
-                r.set_device_password(&t, &u, Some(pw))?;
+            match (&req.password, req.scram) {
+                (Some(pw), Some(true)) => r.set_device_scram(&t, &u, Some(pw))?,
+                (Some(pw), _) => r.set_device_password(&t, &u, Some(pw))?,
+                (None, _) => {}
+            }
+            if req.scram == Some(false) {
+                r.set_device_scram(&t, &u, None)?;
             }
             if req.remove_password == Some(true) {
                 r.set_device_password(&t, &u, None)?;
