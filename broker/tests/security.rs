@@ -851,7 +851,8 @@ mod tokens {
             })
             .await
             .unwrap();
-        let claims = |sub: &str, exp: u64| serde_json::json!({ "sub": sub, "exp": exp });
+        let claims =
+            |sub: &str, exp: u64| serde_json::json!({ "sub": sub, "exp": exp, "aud": "acme" });
         let hs = EncodingKey::from_secret(SECRET);
         let good = now() + 600;
         // Each algorithm, at both protocol levels.
@@ -888,14 +889,14 @@ mod tokens {
         // Refused: expired, not yet valid, forged, another subject, unknown kid, alg none,
         // algorithm confusion (the RSA public key used as an HMAC secret), another tenant.
         let header_none = b64(br#"{"alg":"none","kid":"hs"}"#);
-        let body = b64(format!(r#"{{"sub":"dev","exp":{good}}}"#).as_bytes());
+        let body = b64(format!(r#"{{"sub":"dev","exp":{good},"aud":"acme"}}"#).as_bytes());
         let refused = [
             token(Algorithm::HS256, "hs", &hs, claims("dev", now() - 3600)),
             token(
                 Algorithm::HS256,
                 "hs",
                 &hs,
-                serde_json::json!({ "sub": "dev", "exp": good, "nbf": now() + 3600 }),
+                serde_json::json!({ "sub": "dev", "exp": good, "aud": "acme", "nbf": now() + 3600 }),
             ),
             token(
                 Algorithm::HS256,
@@ -934,7 +935,7 @@ mod tokens {
             "hs",
             &hs,
             serde_json::json!({
-                "sub": "dev", "exp": good,
+                "sub": "dev", "exp": good, "aud": ["acme"],
                 "acl": { "publish": ["devices/d1/up"], "subscribe": ["devices/d1/down/#"] }
             }),
         );
@@ -976,6 +977,83 @@ mod tokens {
         assert!(has(&audit, "client.connect", "(jwt, "));
         assert!(has(&audit, "auth.failure", "ExpiredSignature"));
         assert!(has(&audit, "auth.failure", "is not key \"rsa\"'s"));
+    }
+
+    /// The audit's lower findings on device tokens: a token was bound to no tenant, so two
+    /// tenants trusting the same issuer's key accepted each other's tokens; and a token
+    /// login ignored the device's client-id pattern and its disabled flag.
+    #[tokio::test]
+    async fn a_token_is_bound_to_its_tenant_and_its_devices_client_ids() {
+        let broker = start(|c| c.auth.lockout_user_threshold = 100, vec![]).await;
+        broker
+            .broker
+            .registry("test", |r| {
+                // One issuer's key, trusted by both tenants.
+                for t in ["acme", "globex"] {
+                    r.put_jwt_key(
+                        t,
+                        JwtKey {
+                            kid: "shared".into(),
+                            alg: "HS256".into(),
+                            key: SECRET.to_vec(),
+                        },
+                    )?;
+                }
+                r.add_device("acme", "pinned", None, Some("pinned-*"), &[])?;
+                r.add_device("acme", "off", None, None, &[])?;
+                r.set_device_enabled("acme", "off", false)
+            })
+            .await
+            .unwrap();
+        let hs = EncodingKey::from_secret(SECRET);
+        let good = now() + 600;
+        let mint = |claims: serde_json::Value| token(Algorithm::HS256, "shared", &hs, claims);
+        let for_acme = mint(serde_json::json!({ "sub": "dev", "exp": good, "aud": "acme" }));
+        assert_eq!(
+            try_login(&broker, Protocol::V5, "dev@acme", &for_acme).await,
+            ReasonCode::Success
+        );
+        assert_eq!(
+            try_login(&broker, Protocol::V5, "dev@globex", &for_acme).await,
+            ReasonCode::BadUserNameOrPassword,
+            "acme's token used in globex"
+        );
+        let unbound = mint(serde_json::json!({ "sub": "dev", "exp": good }));
+        assert_eq!(
+            try_login(&broker, Protocol::V5, "dev@acme", &unbound).await,
+            ReasonCode::BadUserNameOrPassword,
+            "a token without aud"
+        );
+        // A registered device's client-id pattern holds for its tokens too.
+        let pinned = mint(serde_json::json!({ "sub": "pinned", "exp": good, "aud": "acme" }));
+        let connect = |id: &str| login(Protocol::V5, id, Some("pinned@acme"), &pinned);
+        let (_c, ack) = Raw::connect_with(broker.addr, connect("someone-else")).await;
+        assert_eq!(ack.code, ReasonCode::ClientIdentifierNotValid);
+        let (_c, ack) = Raw::connect_with(broker.addr, connect("pinned-1")).await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        // A token's own client_id claim narrows further.
+        let narrowed = mint(serde_json::json!({
+            "sub": "dev", "exp": good, "aud": "acme", "client_id": "%u-gw"
+        }));
+        let (_c, ack) = Raw::connect_with(
+            broker.addr,
+            login(Protocol::V5, "dev-other", Some("dev@acme"), &narrowed),
+        )
+        .await;
+        assert_eq!(ack.code, ReasonCode::ClientIdentifierNotValid);
+        let (_c, ack) = Raw::connect_with(
+            broker.addr,
+            login(Protocol::V5, "dev-gw", Some("dev@acme"), &narrowed),
+        )
+        .await;
+        assert_eq!(ack.code, ReasonCode::Success);
+        // A disabled device's tokens stop working.
+        let off = mint(serde_json::json!({ "sub": "off", "exp": good, "aud": "acme" }));
+        assert_eq!(
+            try_login(&broker, Protocol::V5, "off@acme", &off).await,
+            ReasonCode::BadUserNameOrPassword
+        );
+        broker.stop().await;
     }
 }
 

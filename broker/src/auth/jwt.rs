@@ -2,9 +2,12 @@
 //! token's `kid`. The algorithm is the registered key's, never the token's choice: a token
 //! whose `alg` differs from its key's (an RS256 public key used as an HS256 secret, or
 //! `none`) is refused. `exp` is required and `nbf` checked, both with the configured
-//! leeway; `sub` must be the username the device logged in with. Optional claims: `groups`
-//! (for ACL rules that name groups) and `acl` (`{"publish": [..], "subscribe": [..]}`,
-//! which narrows the tenant's rules for this connection).
+//! leeway; `sub` must be the username the device logged in with; `aud` is required and must
+//! name the tenant (a string or a list that holds its id): a token minted for one tenant
+//! is refused by another that trusts the same key (a shared issuer). Optional claims:
+//! `groups` (for ACL rules that name groups), `acl` (`{"publish": [..], "subscribe":
+//! [..]}`, which narrows the tenant's rules for this connection) and `client_id` (the
+//! client ids the token may connect with, `*` wildcard and `%u`).
 
 use std::str::FromStr;
 
@@ -30,6 +33,8 @@ struct Claims {
     groups: Vec<String>,
     #[serde(default)]
     acl: Option<TokenScope>,
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 /// What a valid token says.
@@ -38,6 +43,8 @@ pub(crate) struct Verified {
     pub subject: String,
     pub groups: Vec<String>,
     pub scope: Option<TokenScope>,
+    /// The `client_id` claim: a pattern the connection's client id must match.
+    pub client_id: Option<String>,
 }
 
 /// Why a token was refused (for the audit log; the client only learns "bad credentials").
@@ -45,6 +52,7 @@ pub(crate) fn verify(
     token: &[u8],
     keys: &[JwtKey],
     username: Option<&str>,
+    tenant: &str,
     leeway_secs: u64,
 ) -> Result<Verified, String> {
     let header = decode_header(token).map_err(|e| format!("token header: {e}"))?;
@@ -71,7 +79,8 @@ pub(crate) fn verify(
     let mut validation = Validation::new(alg);
     validation.leeway = leeway_secs;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    validation.set_audience(&[tenant]);
     if let Some(u) = username {
         validation.sub = Some(u.to_owned());
     }
@@ -81,5 +90,6 @@ pub(crate) fn verify(
         subject: data.claims.sub,
         groups: data.claims.groups,
         scope: data.claims.acl,
+        client_id: data.claims.client_id,
     })
 }

@@ -101,6 +101,9 @@ pub(crate) struct Identity {
     pub method: Method,
     /// Client ids the device may use (`*` wildcard, `%u`), if restricted.
     client_id_pattern: Option<Arc<str>>,
+    /// Client ids a device token allows (its `client_id` claim, same syntax), if any: a
+    /// client id must match both patterns.
+    token_client_id: Option<Arc<str>>,
     /// A token's narrowing of the ACL.
     scope: Option<Arc<TokenScope>>,
     /// The device's overrides of the per-connection rate limits (from its registry
@@ -122,13 +125,14 @@ impl Identity {
         self.method.name()
     }
 
-    /// Whether the device may use `client_id`.
+    /// Whether the device may use `client_id`: it matches the device's pattern and the
+    /// token's, where there are any.
     pub fn allows_client_id(&self, client_id: &str) -> bool {
-        let Some(pattern) = &self.client_id_pattern else {
-            return true;
-        };
-        let pattern = pattern.replace("%u", self.username.as_deref().unwrap_or(""));
-        glob(&pattern, client_id)
+        let username = self.username.as_deref().unwrap_or("");
+        [&self.client_id_pattern, &self.token_client_id]
+            .into_iter()
+            .flatten()
+            .all(|pattern| glob(&pattern.replace("%u", username), client_id))
     }
 }
 
@@ -149,6 +153,7 @@ impl Identity {
             groups: groups(group_list),
             method: Method::Admin,
             client_id_pattern: None,
+            token_client_id: None,
             scope: None,
             device_limits: device_limits(Vec::new()),
         }
@@ -516,6 +521,7 @@ impl Auth {
                     groups: groups(d.groups),
                     method: Method::Scram,
                     client_id_pattern: d.client_id_pattern.map(Arc::from),
+                    token_client_id: None,
                     scope: None,
                     device_limits: device_limits(d.limits),
                 };
@@ -612,7 +618,9 @@ impl Auth {
                 if let Some(r) = ip_locked(&who) {
                     return Err(r);
                 }
-                return self.token(&login, t, &keys, name, &who, now_ms);
+                return self
+                    .token(&login, t, &keys, (name, &who), store, now_ms)
+                    .await;
             }
         }
         let digest = self.digest(tenant_id, name, password);
@@ -624,6 +632,7 @@ impl Auth {
                     groups: r.groups,
                     method: Method::Password,
                     client_id_pattern: r.client_id_pattern,
+                    token_client_id: None,
                     scope: None,
                     device_limits: r.device_limits,
                 });
@@ -678,6 +687,7 @@ impl Auth {
                     groups: remembered.groups,
                     method: Method::Password,
                     client_id_pattern: remembered.client_id_pattern,
+                    token_client_id: None,
                     scope: None,
                     device_limits: remembered.device_limits,
                 })
@@ -719,6 +729,7 @@ impl Auth {
             groups: groups(Vec::new()),
             method: Method::Anonymous,
             client_id_pattern: None,
+            token_client_id: None,
             scope: None,
             device_limits: device_limits(Vec::new()),
         })
@@ -802,22 +813,29 @@ impl Auth {
             groups: groups(device.groups),
             method: Method::Certificate,
             client_id_pattern: device.client_id_pattern.map(Arc::from),
+            token_client_id: None,
             scope: None,
             device_limits: device_limits(device.limits),
         })
     }
 
-    /// Logs in with a device JWT of `tenant` (subject to the username's lockout).
-    fn token(
+    /// Logs in with a device JWT of `tenant` (subject to the username's lockout). The token
+    /// must name the tenant in `aud` (see `jwt::verify`). If its subject is a registered
+    /// device, that device must be enabled, and its client-id pattern, groups and limits
+    /// apply as for a password login; a token's own `client_id` claim narrows further.
+    async fn token(
         &self,
         login: &Login<'_>,
         tenant: Arc<TenantSecurity>,
         keys: &[messs_storage::registry::JwtKey],
-        name: &str,
-        who: &str,
+        (name, who): (&str, &str),
+        store: Option<&Store>,
         now_ms: u64,
     ) -> Result<Identity, Refusal> {
-        if let Some(ms) = self.lockout.user_locked(login.peer, &tenant.id, name, now_ms) {
+        if let Some(ms) = self
+            .lockout
+            .user_locked(login.peer, &tenant.id, name, now_ms)
+        {
             return Err(Refusal {
                 denied: Denied::LockedOut,
                 detail: format!("{who}: username locked out for {ms} ms more"),
@@ -826,24 +844,51 @@ impl Auth {
         }
         let username = login.username.map(|_| name);
         let password = login.password.unwrap_or(b"");
-        match jwt::verify(password, keys, username, self.jwt_leeway_secs) {
-            Ok(v) => Ok(Identity {
-                tenant,
-                username: Some(Arc::from(v.subject.as_str())),
-                groups: groups(v.groups),
-                method: Method::Jwt,
-                client_id_pattern: None,
-                scope: v.scope.map(Arc::new),
-                device_limits: device_limits(Vec::new()),
-            }),
-            Err(why) => Err(self.bad_credentials(
-                login.peer,
-                &tenant.id,
-                name,
-                format!("{who}: {why}"),
-                now_ms,
-            )),
+        let v = match jwt::verify(password, keys, username, &tenant.id, self.jwt_leeway_secs) {
+            Ok(v) => v,
+            Err(why) => {
+                return Err(self.bad_credentials(
+                    login.peer,
+                    &tenant.id,
+                    name,
+                    format!("{who}: {why}"),
+                    now_ms,
+                ))
+            }
+        };
+        let refuse = |why: &str| Refusal {
+            denied: Denied::BadCredentials,
+            detail: format!("{who} (token): {why}"),
+            lockouts: Vec::new(),
+        };
+        let device = match store.cloned() {
+            Some(store) => {
+                let (t, n) = (tenant.id.to_string(), v.subject.clone());
+                match tokio::task::spawn_blocking(move || store.device(&t, &n)).await {
+                    Ok(Ok(d)) => d,
+                    _ => return Err(refuse("registry unreadable")),
+                }
+            }
+            None => None,
+        };
+        if device.as_ref().is_some_and(|d| !d.enabled) {
+            return Err(refuse("device disabled"));
         }
+        self.lockout.succeeded(login.peer, &tenant.id, name);
+        let (mut group_list, device_pattern, limits) = device
+            .map(|d| (d.groups, d.client_id_pattern, d.limits))
+            .unwrap_or_default();
+        group_list.extend(v.groups);
+        Ok(Identity {
+            tenant,
+            username: Some(Arc::from(v.subject.as_str())),
+            groups: groups(group_list),
+            method: Method::Jwt,
+            client_id_pattern: device_pattern.map(Arc::from),
+            token_client_id: v.client_id.map(Arc::from),
+            scope: v.scope.map(Arc::new),
+            device_limits: device_limits(limits),
+        })
     }
 
     /// The ACL for a client, compiled from its tenant's current rules.
