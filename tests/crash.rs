@@ -582,8 +582,8 @@ async fn storage_commands_verify_checkpoint_and_compact() {
     assert!(!missing.exists());
 }
 
-/// Turning encryption on for a store that ran without it: with a key configured a value in
-/// clear is refused (`verify` fails, the broker would not trust a planted record), and
+/// The data directory and its files are owner-only. Turning encryption on for a store that
+/// ran without it: with a key configured a value in clear is refused (`verify` fails, the broker would not trust a planted record), and
 /// `messs storage encrypt` seals the store once, after which it verifies and the broker
 /// serves the same retained message. The audit head verify prints is accepted back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,6 +601,23 @@ async fn storage_encrypt_seals_a_store_that_ran_in_clear() {
         .await;
     assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
     broker.kill();
+    // The data directory is the broker user's alone, and so is every file in it (the
+    // audit's finding: created with the umask's 0755/0644).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data = dir.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(files.len() > 3, "{files:?}");
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
     let config = dir.path().join("messs.toml");
     let key_file = dir.path().join("storage.key");
     std::fs::write(&key_file, format!("1:{}\n", "5a".repeat(32))).unwrap();

@@ -378,6 +378,119 @@ async fn guessing_at_a_device_from_elsewhere_never_locks_the_device_out() {
     broker.stop().await;
 }
 
+/// The audit's finding: a verification in flight when the device's password changed put
+/// the old password into the verification cache after the change had emptied it, so the
+/// old password kept working until the cache entry expired.
+#[tokio::test]
+async fn a_password_changed_during_its_verification_is_not_remembered() {
+    let broker = start(|c| c.auth.failure_delay_ms = 0, vec![]).await;
+    // An imported hash far costlier than the broker's own (up to `check_hash`'s bound), so
+    // the change below lands while the login is still verifying.
+    let slow = messs_broker::hash_password(
+        "slow-password-1",
+        messs_broker::HashParams {
+            memory_kib: 128 * 1024,
+            iterations: 8,
+            parallelism: 1,
+            scram_iterations: 4096,
+        },
+    )
+    .unwrap();
+    broker
+        .broker
+        .registry("test", move |r| r.import_device("acme", "slow", &slow))
+        .await
+        .unwrap();
+    let addr = broker.addr;
+    let started = std::time::Instant::now();
+    let in_flight = tokio::spawn(async move {
+        let (_c, ack) = Raw::connect_with(
+            addr,
+            login(Protocol::V5, "s1", Some("slow@acme"), "slow-password-1"),
+        )
+        .await;
+        ack.code
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    broker
+        .broker
+        .registry("admin", |r| {
+            r.set_device_password("acme", "slow", Some("new-password-22"))
+        })
+        .await
+        .unwrap();
+    let changed_after = started.elapsed();
+    // Checked against the hash it read, the old password was right.
+    assert_eq!(in_flight.await.unwrap(), ReasonCode::Success);
+    assert!(
+        started.elapsed() > changed_after,
+        "the change landed while the login was verifying"
+    );
+    // But it is not remembered: the old password is refused, the new one gets in.
+    let (_c, ack) = Raw::connect_with(
+        addr,
+        login(Protocol::V5, "s2", Some("slow@acme"), "slow-password-1"),
+    )
+    .await;
+    assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword);
+    connect_as(&broker, "s3", "slow@acme", "new-password-22").await;
+    broker.stop().await;
+}
+
+/// The audit's finding: which path a refused login took — a password hashed against a
+/// dummy, a token checked against the tenant's keys, nothing at all — showed in when the
+/// refusal came (the delay was counted from the end of the work), telling which tenants
+/// have token keys. A refusal now comes `failure_delay_ms` after the CONNECT, whatever the
+/// work.
+#[tokio::test]
+async fn a_refusal_takes_as_long_whichever_path_the_credentials_took() {
+    let broker = start(
+        |c| {
+            c.auth.failure_delay_ms = 1500;
+            c.auth.argon2_memory_kib = 64 * 1024;
+            c.auth.argon2_iterations = 6;
+            c.limits.connect_timeout_secs = 10;
+        },
+        vec![],
+    )
+    .await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.put_jwt_key(
+                "acme",
+                messs_broker::storage::registry::JwtKey {
+                    kid: "k".into(),
+                    alg: "HS256".into(),
+                    key: b"an hmac secret of the acme tenant".to_vec(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    // A JWT-shaped password: acme checks it as a token (no hashing); globex has no keys,
+    // so it is hashed as a password.
+    let token = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiJkZXYifQ.c2lnbmF0dXJl";
+    let mut took = Vec::new();
+    for user in ["dev@acme", "dev@globex"] {
+        let started = std::time::Instant::now();
+        let (_c, ack) =
+            Raw::connect_with(broker.addr, login(Protocol::V5, "c", Some(user), token)).await;
+        took.push(started.elapsed());
+        assert_eq!(ack.code, ReasonCode::BadUserNameOrPassword, "{user}");
+    }
+    let (token_path, password_path) = (took[0], took[1]);
+    assert!(
+        token_path >= std::time::Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert!(
+        password_path < token_path + std::time::Duration::from_millis(250),
+        "the hashed refusal came later than the token's: {took:?}"
+    );
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn a_refused_login_waits_for_its_answer_and_bystanders_do_not() {
     let broker = start(
@@ -1826,6 +1939,58 @@ mod scram {
         assert_eq!(banned.ack.code, ReasonCode::Banned);
         let other = login(&broker, "s2", "pub@acme", "pub-password-1").await;
         assert_eq!(other.ack.code, ReasonCode::Success);
+        broker.stop().await;
+    }
+
+    /// The salt the broker's first SCRAM message gives `user`.
+    async fn server_salt(broker: &TestBroker, user: &str) -> String {
+        let (mut raw, _) = (Raw::open(broker.addr).await, ());
+        raw.protocol = Protocol::V5;
+        raw.send(&Packet::Connect(Box::new(scram_connect(
+            "salt",
+            &format!("n,,n={user},r=fixednonce"),
+        ))))
+        .await;
+        match raw.recv().await {
+            Packet::Auth(a) => {
+                let first = String::from_utf8(
+                    a.properties
+                        .authentication_data
+                        .unwrap_or_default()
+                        .to_vec(),
+                )
+                .unwrap();
+                first
+                    .split(',')
+                    .find_map(|attr| attr.strip_prefix("s="))
+                    .unwrap()
+                    .to_owned()
+            }
+            other => panic!("expected AUTH, got {other:?}"),
+        }
+    }
+
+    /// The audit's finding: an unknown device's decoy salt came from a per-process key, so
+    /// it changed at every restart while a real device's stayed: two looks across a
+    /// restart told which usernames exist. The decoy key is now the data directory's.
+    #[tokio::test]
+    async fn an_unknown_devices_decoy_salt_survives_a_restart_like_a_real_one() {
+        let broker = start_scram(|_| {}, vec![]).await;
+        let users = ["sensor1@acme", "nobody@acme", "sensor1@globex", "x@nowhere"];
+        let mut before = Vec::new();
+        for u in users {
+            before.push(server_salt(&broker, u).await);
+        }
+        let data = broker.data.clone();
+        broker.stop().await;
+        let broker = TestBroker::start_in(data, |c| {
+            secured(c);
+            c.auth.scram_iterations = 4096;
+        })
+        .await;
+        for (u, salt) in users.iter().zip(&before) {
+            assert_eq!(&server_salt(&broker, u).await, salt, "{u}");
+        }
         broker.stop().await;
     }
 

@@ -99,6 +99,20 @@ impl Drop for Inner {
     }
 }
 
+/// Makes a directory the owner's alone (0700): it holds credentials, sealed or not, and
+/// the audit log. (The `messs` binary also sets a umask of 077, so the files in it are
+/// 0600.)
+pub(crate) fn owner_only(dir: &Path) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// An open data directory. Cheap to clone; the writer stops (after writing what is
 /// queued) when the last clone is dropped.
 #[derive(Clone)]
@@ -120,6 +134,7 @@ impl Store {
     /// is not a messs directory, or a corrupt one is an error, never reset.
     pub fn open(options: StoreOptions) -> Result<Store, StorageError> {
         std::fs::create_dir_all(&options.path)?;
+        owner_only(&options.path)?;
         let mut db_opts = Options::default();
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
@@ -152,6 +167,34 @@ impl Store {
                 registry: std::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// A random 32-byte secret of this data directory, made at its first use and kept in
+    /// `meta` (sealed when encryption is on): what must stay the same across restarts but
+    /// never leave the store, e.g. the key that derives SCRAM decoys for unknown users (a
+    /// per-process key would change them at each restart, and a stable real salt would
+    /// then tell a real device from a decoy). Blocking.
+    pub fn local_secret(&self, name: &str) -> Result<[u8; 32], StorageError> {
+        let _g = self.registry_guard();
+        let key = [b"secret:".as_slice(), name.as_bytes()].concat();
+        if let Some(v) = self.get(Cf::Meta, &key)? {
+            let plain = self.open_secret(&key, &v)?;
+            return plain
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::corrupt("meta", "local secret length"));
+        }
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret)
+            .map_err(|_| StorageError::Crypto("the system random source failed".into()))?;
+        let mut b = writer::Batch::new();
+        b.push(writer::Op::Put(
+            Cf::Meta,
+            key.clone(),
+            self.seal_secret(&key, &secret)?,
+        ));
+        self.write_now(b)?;
+        Ok(secret)
     }
 
     /// The configured durability level.

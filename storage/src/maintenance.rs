@@ -41,7 +41,7 @@ impl Store {
         }
         self.sync()?;
         Checkpoint::new(&self.inner.db)?.create_checkpoint(dir)?;
-        Ok(())
+        crate::owner_only(dir)
     }
 
     /// Compacts every column family, the bottommost level too (gives back the space of

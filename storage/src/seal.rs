@@ -75,6 +75,17 @@ impl Store {
             self.update_admin(&admin.username, |_| Ok(((), true)))?;
             report.admins += 1;
         }
+        // The data directory's own secrets (`Store::local_secret`).
+        let mut b = Batch::new();
+        for (key, value) in self.scan(Cf::Meta, b"secret:", &[], usize::MAX)? {
+            let plain = self.open_secret(&key, &value)?;
+            b.push(Op::Put(
+                Cf::Meta,
+                key.to_vec(),
+                self.seal_secret(&key, &plain)?,
+            ));
+        }
+        self.write_now(b)?;
         // Recorded in the audit log; with an audit key (derived from the encryption key
         // unless one is set apart) this record is the first keyed one and signs the head:
         // the operator's explicit step is what adopts the older, hash-linked records.

@@ -301,6 +301,13 @@ pub(crate) struct Auth {
     /// Key of the digest the cache is keyed by: random per process, so the cache's keys
     /// say nothing about the passwords outside it.
     digest_key: hmac::Key,
+    /// Key of the SCRAM decoys for unknown devices: the data directory's own secret
+    /// (`Store::local_secret`), so a decoy's salt is as stable across restarts as a real
+    /// device's; `digest_key` until the registry is loaded (or without a store).
+    decoy_key: std::sync::OnceLock<hmac::Key>,
+    /// Moves at every `forget`: a verification that started before a credential changed
+    /// must not put the old credential into `remembered` after the change forgot it.
+    forgets: std::sync::atomic::AtomicU64,
     lockout: Lockout,
     no_rules: NoRules,
     jwt_leeway_secs: u64,
@@ -355,6 +362,8 @@ impl Auth {
                 .support_invalidation_closures()
                 .build(),
             digest_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            decoy_key: std::sync::OnceLock::new(),
+            forgets: std::sync::atomic::AtomicU64::new(0),
             lockout: Lockout::new(LockoutPolicy {
                 ip_threshold: a.lockout_ip_threshold,
                 user_threshold: a.lockout_user_threshold,
@@ -372,6 +381,10 @@ impl Auth {
 
     /// Loads every registered tenant with its rules and keys. Blocking.
     pub fn load(&self, store: &Store) -> Result<usize, BrokerError> {
+        let decoy = store.local_secret("scram_decoy")?;
+        let _ = self
+            .decoy_key
+            .set(hmac::Key::new(hmac::HMAC_SHA256, &decoy));
         let tenants = store.tenants()?;
         for t in &tenants {
             self.reload_tenant(store, &t.id)?;
@@ -476,7 +489,7 @@ impl Auth {
             .and_then(|d| d.scram.clone())
             .unwrap_or_else(|| {
                 scram::decoy(
-                    &self.digest_key,
+                    self.decoy_key.get().unwrap_or(&self.digest_key),
                     &tenant_id,
                     &name,
                     self.hash_params.scram_iterations,
@@ -553,10 +566,24 @@ impl Auth {
     /// Forgets remembered verifications of one device (its credential or status changed),
     /// or of a whole tenant (`username` `None`).
     pub fn forget(&self, tenant: &str, username: Option<&str>) {
+        // First the generation, then the invalidation: see `remember`.
+        self.forgets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (tenant, username) = (tenant.to_owned(), username.map(str::to_owned));
         let _ = self.remembered.invalidate_entries_if(move |_, r| {
             *r.tenant == *tenant && username.as_deref().is_none_or(|u| *r.username == *u)
         });
+    }
+
+    /// Remembers a verification that started at `forgets` generation `since`, unless a
+    /// credential was forgotten since. Inserting and then checking closes the race both
+    /// ways: a `forget` before the check is seen here (and the entry removed), one after
+    /// it invalidates the entry already inserted.
+    fn remember(&self, digest: [u8; 32], r: Remembered, since: u64) {
+        self.remembered.insert(digest, r);
+        if self.forgets.load(std::sync::atomic::Ordering::Acquire) != since {
+            self.remembered.invalidate(&digest);
+        }
     }
 
     fn digest(&self, tenant: &str, username: &str, password: &[u8]) -> [u8; 32] {
@@ -657,6 +684,7 @@ impl Auth {
         // Unknown or disabled tenants cost the same as a wrong password.
         let usable_tenant = tenant.filter(|t| t.is_enabled());
         let lookup = usable_tenant.as_ref().and(store).cloned();
+        let since = self.forgets.load(std::sync::atomic::Ordering::Acquire);
         let verdict = self
             .pool
             .verify(
@@ -680,7 +708,7 @@ impl Auth {
                     client_id_pattern: device.client_id_pattern.map(Arc::from),
                     device_limits: device_limits(device.limits),
                 };
-                self.remembered.insert(digest, remembered.clone());
+                self.remember(digest, remembered.clone(), since);
                 Ok(Identity {
                     tenant: t,
                     username: Some(remembered.username),

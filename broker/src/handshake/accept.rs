@@ -35,6 +35,10 @@ pub(super) async fn accept<S>(
 where
     S: Transport,
 {
+    // Refusals are answered `failure_delay_ms` after this, whatever work they took (a
+    // password hashed or not, a token checked or not), so the answer's timing tells
+    // nothing of which path the credentials took.
+    let arrived = tokio::time::Instant::now();
     let protocol = connect.protocol;
     let limits = &state.config.limits;
     let client_max_packet = connect
@@ -59,7 +63,7 @@ where
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         state.audit("auth.failure", format!("certificate from {peer}: {why}"));
-        hold_refusal(state, deadline).await;
+        hold_refusal(state, arrived, deadline).await;
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
     }
@@ -71,7 +75,14 @@ where
         .filter(|(name, _)| !name.is_empty());
     if let Some(kind) = state.bans.listed(&connect.client_id, named) {
         tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
-        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        refuse_banned(
+            state,
+            &mut conn,
+            protocol,
+            (arrived, deadline),
+            client_max_packet,
+        )
+        .await;
         return None;
     }
     let scram =
@@ -127,7 +138,7 @@ where
                 state.audit("auth.lockout", lock);
             }
             let d = refusal.denied;
-            hold_refusal(state, deadline).await;
+            hold_refusal(state, arrived, deadline).await;
             reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
             return None;
         }
@@ -142,7 +153,14 @@ where
         .map(|name| (name, &*identity.tenant.id));
     if let Some(kind) = state.bans.listed(&client_id, settled) {
         tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
-        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        refuse_banned(
+            state,
+            &mut conn,
+            protocol,
+            (arrived, deadline),
+            client_max_packet,
+        )
+        .await;
         return None;
     }
     let flapping = state.bans.flapping(
@@ -153,7 +171,14 @@ where
     );
     if let Some((kind, until)) = flapping {
         tracing::debug!(%peer, ?kind, until, "CONNECT refused: banned for reconnecting too often");
-        refuse_banned(state, &mut conn, protocol, deadline, client_max_packet).await;
+        refuse_banned(
+            state,
+            &mut conn,
+            protocol,
+            (arrived, deadline),
+            client_max_packet,
+        )
+        .await;
         return None;
     }
     // The tenant's connect rate and connection quota.
@@ -355,7 +380,11 @@ where
 /// shutdown and always a little before the connect deadline (which would drop the
 /// connection without an answer). A guesser waits for each answer, so this is what bounds
 /// both its guesses and the handshakes a flood of them costs.
-async fn hold_refusal(state: &BrokerState, deadline: tokio::time::Instant) {
+async fn hold_refusal(
+    state: &BrokerState,
+    arrived: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) {
     let delay = std::time::Duration::from_millis(state.config.auth.failure_delay_ms);
     if delay.is_zero() {
         return;
@@ -363,7 +392,7 @@ async fn hold_refusal(state: &BrokerState, deadline: tokio::time::Instant) {
     let answer_by = deadline
         .checked_sub(std::time::Duration::from_millis(100))
         .unwrap_or(deadline);
-    let until = (tokio::time::Instant::now() + delay).min(answer_by);
+    let until = (arrived + delay).min(answer_by);
     tokio::select! {
         _ = state.shutdown.cancelled() => {}
         _ = tokio::time::sleep_until(until) => {}
@@ -376,14 +405,14 @@ async fn refuse_banned<S: Transport>(
     state: &BrokerState,
     conn: &mut Connection<S>,
     protocol: Protocol,
-    deadline: tokio::time::Instant,
+    (arrived, deadline): (tokio::time::Instant, tokio::time::Instant),
     client_max_packet: usize,
 ) {
     state
         .stats
         .refused_banned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    hold_refusal(state, deadline).await;
+    hold_refusal(state, arrived, deadline).await;
     let why = "banned; retry later";
     reject(conn, protocol, ReasonCode::Banned, why, client_max_packet).await;
 }
