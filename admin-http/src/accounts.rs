@@ -1,7 +1,8 @@
-//! Admin accounts: the first one, and the login check (password, lockout, TOTP or a
-//! recovery code). Blocking functions; handlers run them on the blocking pool.
+//! Admin accounts: the first one, and the login check (password, then TOTP or a recovery
+//! code; lockouts are [`crate::login_guard`]'s). Blocking functions; handlers run them on
+//! the blocking pool.
 
-use messs_broker::{AdminConfig, BrokerHandle, HashParams};
+use messs_broker::{BrokerHandle, HashParams};
 use messs_storage::admins::AdminRecord;
 use messs_storage::Store;
 
@@ -84,11 +85,18 @@ pub enum LoginResult {
 
 const INVALID: AdminError = AdminError::Unauthenticated("invalid username, password or code");
 
-/// Checks a login. Blocking (argon2).
+/// Checks a login's credentials. Blocking (argon2).
+///
+/// Every refusal is the same [`INVALID`] after the same work (one argon2 verification):
+/// an unknown account, a wrong password, and a right password without a valid TOTP or
+/// recovery code cannot be told apart by an unauthenticated caller. There is no
+/// "TOTP required" answer: a client that does not know whether an account has TOTP
+/// sends the field anyway, or asks its user. Lockouts are not decided here (see
+/// [`crate::login_guard`]); a refusal writes nothing to the store, so it takes the same
+/// time for a real account as for an unknown one.
 pub fn check_login(
     store: &Store,
     params: HashParams,
-    config: &AdminConfig,
     c: &Credentials,
 ) -> Result<LoginResult, AdminError> {
     let now = clock::unix_ms();
@@ -97,22 +105,8 @@ pub fn check_login(
         let _ = password::verify(&c.password, &password::decoy(params));
         return Ok(LoginResult::Refused("unknown account", INVALID));
     };
-    if account.locked_until_ms > now {
-        let secs = (account.locked_until_ms - now).div_ceil(1000);
-        return Ok(LoginResult::Refused(
-            "account locked",
-            AdminError::TooManyRequests(secs),
-        ));
-    }
-    if account.totp_secret.is_some() && c.totp.is_none() && c.recovery_code.is_none() {
-        // Asked before the password is checked, so this answer says nothing about it.
-        return Ok(LoginResult::Refused(
-            "TOTP code missing",
-            AdminError::Unauthenticated(
-                "this account needs a TOTP code (totp) or a recovery code (recovery_code)",
-            ),
-        ));
-    }
+    // `account.failed_logins` and `account.locked_until_ms` are not read: the lockout is
+    // per (account, source), in memory (login_guard.rs).
     let password_ok = password::verify(&c.password, &account.password_hash);
     let mut used_recovery = false;
     let mut step = None;
@@ -131,47 +125,39 @@ pub fn check_login(
             }
         }
     };
-    let ok = password_ok && second_factor_ok && account.enabled;
-    let (failures, lockout) = (config.lockout_failures, config.lockout_secs);
+    let why = match (password_ok, second_factor_ok, account.enabled) {
+        (false, _, _) => "wrong password",
+        (true, false, _) if c.totp.is_none() && c.recovery_code.is_none() => "TOTP code missing",
+        (true, false, _) => "wrong TOTP or recovery code",
+        (true, true, false) => "account disabled",
+        (true, true, true) => "",
+    };
+    if !why.is_empty() {
+        return Ok(LoginResult::Refused(why, INVALID));
+    }
     let code = c.recovery_code.clone();
     // The account is read again under the registry lock: a code accepted by a concurrent
     // login (the same TOTP step, the same recovery code) is refused here.
-    let (ok, locked) = store.update_admin(&c.username, |a| {
-        if ok {
-            let fresh = match step {
-                Some(s) => s > a.totp_last_step,
-                None if used_recovery => code
-                    .as_deref()
-                    .is_some_and(|code| mfa::use_recovery_code(&mut a.recovery_codes, code)),
-                None => true,
-            };
-            if fresh {
-                let changed = a.failed_logins != 0 || step.is_some() || used_recovery;
-                a.failed_logins = 0;
-                if let Some(s) = step {
-                    a.totp_last_step = s;
-                }
-                return Ok(((true, false), changed));
-            }
+    let fresh = store.update_admin(&c.username, |a| {
+        let fresh = match step {
+            Some(s) => s > a.totp_last_step,
+            None if used_recovery => code
+                .as_deref()
+                .is_some_and(|code| mfa::use_recovery_code(&mut a.recovery_codes, code)),
+            None => true,
+        };
+        if let Some(s) = step.filter(|_| fresh) {
+            a.totp_last_step = s;
         }
-        a.failed_logins += 1;
-        if a.failed_logins >= failures {
-            a.failed_logins = 0;
-            a.locked_until_ms = now + lockout * 1000;
-            return Ok(((false, true), true));
-        }
-        Ok(((false, false), true))
+        Ok((fresh, fresh && (step.is_some() || used_recovery)))
     })?;
-    if ok {
-        return Ok(LoginResult::Ok { used_recovery });
+    if !fresh {
+        return Ok(LoginResult::Refused(
+            "TOTP or recovery code used by a concurrent login",
+            INVALID,
+        ));
     }
-    let why = match (locked, password_ok, account.enabled) {
-        (true, _, _) => "locked after repeated failures",
-        (_, false, _) => "wrong password",
-        (_, true, false) => "account disabled",
-        _ => "wrong TOTP or recovery code",
-    };
-    Ok(LoginResult::Refused(why, INVALID))
+    Ok(LoginResult::Ok { used_recovery })
 }
 
 #[cfg(test)]

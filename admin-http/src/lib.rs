@@ -1,7 +1,8 @@
 //! messs-admin: the HTTP admin plane over a [`BrokerHandle`].
 //!
 //! - `/healthz`, `/readyz`, `/metrics`: liveness, readiness, Prometheus (no login: keep the
-//!   listener on a trusted network, which is why it binds to loopback by default);
+//!   listener on a trusted network, which is why it binds to loopback by default; the
+//!   per-tenant samples of `/metrics` need a bearer token unless configured otherwise);
 //! - `/api/v1/...`: the versioned JSON API, described by `/api/v1/openapi.json`. Callers log
 //!   in (`auth`), then every handler names what it touches and asks [`rbac`] first.
 //!
@@ -17,6 +18,7 @@ mod extract;
 mod headers;
 mod limiter;
 mod listen;
+mod login_guard;
 mod mfa;
 mod openapi;
 mod page;
@@ -59,6 +61,8 @@ pub(crate) struct AppState {
     pub config: AdminConfig,
     pub keys: tokens::AccessKeys,
     pub logins: limiter::LoginLimiter,
+    /// Lockout per (account, source) and the slowing of an account under attack.
+    pub guard: login_guard::LoginGuard,
     /// The audit records requests without credentials may write.
     pub anon_audit: anon_audit::AnonBudget,
     /// One password hash or check at a time (argon2 holds ~19 MiB and a core for ~20 ms):
@@ -209,6 +213,7 @@ pub fn app_with(broker: BrokerHandle, options: AdminOptions) -> Result<Router, A
             config.login_attempts_per_minute,
             config.max_tracked_addresses,
         ),
+        guard: login_guard::LoginGuard::new(login_guard::GuardSettings::from_config(&config)),
         anon_audit: anon_audit::AnonBudget::new(
             config.anonymous_audit_per_minute,
             std::time::Instant::now(),

@@ -21,7 +21,10 @@ pub struct LoginLimiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-fn key(ip: IpAddr) -> IpAddr {
+/// The source an address counts as: an IPv4 address (an IPv4-mapped IPv6 one too), or
+/// the /64 of an IPv6 address (one host commonly has a whole /64). The login lockout
+/// counts by it as well.
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -7,7 +7,7 @@
 //! one of the account's last 5.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use argon2::{PasswordHash, PasswordVerifier};
 use messs_broker::HashParams;
@@ -129,12 +129,23 @@ pub fn reused(password: &str, current: &str, history: &[String]) -> bool {
 }
 
 /// A hash of a random password, verified when the account does not exist so an unknown
-/// username costs the same time as a wrong password.
+/// username costs the same time as a wrong password. Made once per set of parameters
+/// (with the parameters the caller hashes with, not the first ever asked for: a
+/// cheaper decoy would tell unknown names apart by their speed).
 pub fn decoy(params: HashParams) -> String {
-    static DECOY: OnceLock<String> = OnceLock::new();
-    DECOY
-        .get_or_init(|| hash(&crate::secret::token_hex(16), params).unwrap_or_default())
-        .clone()
+    /// Parameter sets remembered (one in a running broker; tests use several).
+    const KEPT: usize = 4;
+    static DECOYS: Mutex<Vec<(HashParams, String)>> = Mutex::new(Vec::new());
+    let mut decoys = DECOYS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, phc)) = decoys.iter().find(|(p, _)| *p == params) {
+        return phc.clone();
+    }
+    let phc = hash(&crate::secret::token_hex(16), params).unwrap_or_default();
+    if decoys.len() >= KEPT {
+        decoys.remove(0);
+    }
+    decoys.push((params, phc.clone()));
+    phc
 }
 
 #[cfg(test)]

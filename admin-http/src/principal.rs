@@ -133,6 +133,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
+/// The caller if it presented valid credentials, `None` for a request without any (for
+/// routes open to both, such as `/metrics`: an invalid token is refused before).
+pub struct MaybePrincipal(pub Option<Principal>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(MaybePrincipal(parts.extensions.get::<Principal>().cloned()))
+    }
+}
+
 /// The client's address (from the listener; absent in `oneshot` tests without one).
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 

@@ -104,11 +104,15 @@ pub enum Area {
     Admins,
     /// API keys.
     ApiKeys,
+    /// The per-tenant samples of `/metrics` (their `tenant` label names tenants; the
+    /// broker-wide samples need no login). Read only; a tenant-scoped caller sees its
+    /// tenant's.
+    Metrics,
 }
 
 impl Area {
     /// Every area, for scope parsing and the matrix test.
-    pub const ALL: [Area; 15] = [
+    pub const ALL: [Area; 16] = [
         Area::Tenants,
         Area::Devices,
         Area::Acl,
@@ -124,6 +128,7 @@ impl Area {
         Area::Operations,
         Area::Admins,
         Area::ApiKeys,
+        Area::Metrics,
     ];
 
     /// Its name in scopes.
@@ -144,6 +149,7 @@ impl Area {
             Area::Operations => "operations",
             Area::Admins => "admins",
             Area::ApiKeys => "api-keys",
+            Area::Metrics => "metrics",
         }
     }
 }
@@ -347,6 +353,12 @@ mod tests {
         assert!(va.allow(Area::Devices, Read, Some("a")).is_ok());
         assert!(va.allow(Area::Devices, Read, Some("b")).is_err());
         assert!(va.allow(Area::Audit, Read, None).is_err());
+        // Metrics of a tenant: every reader of that tenant.
+        assert!(v.allow(Area::Metrics, Read, Some("a")).is_ok());
+        assert!(va.allow(Area::Metrics, Read, Some("a")).is_ok());
+        assert!(va.allow(Area::Metrics, Read, Some("b")).is_err());
+        assert!(ta.allow(Area::Metrics, Read, Some("a")).is_ok());
+        assert!(ta.allow(Area::Metrics, Read, Some("b")).is_err());
     }
 
     #[test]

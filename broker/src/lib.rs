@@ -42,7 +42,7 @@ mod tls;
 mod transport_config;
 mod ws;
 
-pub use admin_config::AdminConfig;
+pub use admin_config::{AdminConfig, MetricsTenantLabels};
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,

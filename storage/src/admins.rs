@@ -65,9 +65,12 @@ pub struct AdminRecord {
     pub totp_last_step: u64,
     /// SHA-256 digests of unused recovery codes.
     pub recovery_codes: Vec<[u8; 32]>,
-    /// Failed logins since the last success.
+    /// Failed logins since the last success. No longer used: the admin plane locks out
+    /// per (account, source address), in memory (admin-http `login_guard.rs`), since an
+    /// account-wide lock let anyone keep an admin out. Kept so existing records decode;
+    /// written as 0 by an unlock.
     pub failed_logins: u32,
-    /// Logins are refused until then (Unix ms).
+    /// Logins were refused until then (Unix ms). No longer used, as `failed_logins`.
     pub locked_until_ms: u64,
     /// A disabled account cannot log in, and its tokens stop working.
     pub enabled: bool,

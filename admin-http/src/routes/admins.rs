@@ -30,10 +30,30 @@ pub struct AdminView {
     pub recovery_codes_left: usize,
     /// Must change its password at the next login.
     pub must_change_password: bool,
-    /// Locked until (Unix ms; 0 or past: not locked).
+    /// Always 0: an account is no longer locked as a whole (kept for API clients). See
+    /// `locked_sources` and `recent_failures`.
     pub locked_until_ms: u64,
+    /// Source addresses (IPv6: /64s) locked out of this account now, after repeated
+    /// failures from each; other addresses can still log in.
+    pub locked_sources: usize,
+    /// Failed logins for this account from all addresses not yet forgotten; past
+    /// `[admin] account_slow_after`, its logins are answered late.
+    pub recent_failures: u32,
     /// Created (Unix ms).
     pub created_ms: u64,
+}
+
+impl AdminView {
+    /// The view of `a`, with its lockout state from the login guard.
+    fn of(state: &Shared, a: &AdminRecord) -> Self {
+        let (locked_sources, recent_failures) =
+            state.guard.status(&a.username, std::time::Instant::now());
+        AdminView {
+            locked_sources,
+            recent_failures,
+            ..AdminView::from(a)
+        }
+    }
 }
 
 impl From<&AdminRecord> for AdminView {
@@ -46,7 +66,9 @@ impl From<&AdminRecord> for AdminView {
             mfa_enrolled: a.totp_secret.is_some(),
             recovery_codes_left: a.recovery_codes.len(),
             must_change_password: a.must_change_password,
-            locked_until_ms: a.locked_until_ms,
+            locked_until_ms: 0,
+            locked_sources: 0,
+            recent_failures: 0,
             created_ms: a.created_ms,
         }
     }
@@ -80,7 +102,8 @@ pub struct AdminChange {
     pub reset_mfa: Option<bool>,
     /// Set a new password it must change at the next login; ends its logins.
     pub password: Option<String>,
-    /// Lift a lockout.
+    /// Lift every lockout of the account (of each source locked out of it) and forget
+    /// its failed logins, which ends its slowing.
     pub unlock: Option<bool>,
 }
 
@@ -95,7 +118,7 @@ pub async fn list_admins(
 ) -> ApiResult<Json<Page<AdminView>>> {
     p.allow(Area::Admins, Access::Read, None)?;
     let all = state.blocking(|s| Ok(s.admins()?)).await?;
-    let views = all.iter().map(AdminView::from).collect();
+    let views = all.iter().map(|a| AdminView::of(&state, a)).collect();
     Ok(Json(Page::of(views, &q, |a: &AdminView| {
         a.username.clone()
     })?))
@@ -141,7 +164,7 @@ pub async fn create_admin(
             Ok(record)
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(AdminView::from(&record))))
+    Ok((StatusCode::CREATED, Json(AdminView::of(&state, &record))))
 }
 
 /// One account.
@@ -163,7 +186,7 @@ pub async fn get_admin(
                 .ok_or_else(|| AdminError::NotFound(format!("admin {username:?}")))
         })
         .await?;
-    Ok(Json(AdminView::from(&a)))
+    Ok(Json(AdminView::of(&state, &a)))
 }
 
 /// Change an account: role, tenant, enabled, MFA reset, password reset, unlock.
@@ -198,6 +221,7 @@ pub async fn update_admin(
         ));
     }
     let params = state.broker.hash_params();
+    let req_unlock = req.unlock == Some(true);
     let a = state
         .hashing(move |s| {
             if let Some(t) = &req.tenant {
@@ -229,6 +253,7 @@ pub async fn update_admin(
                     a.must_change_password = true;
                 }
                 if req.unlock == Some(true) {
+                    // No longer used (login_guard.rs); cleared so an old record is tidy.
                     a.locked_until_ms = 0;
                     a.failed_logins = 0;
                 }
@@ -240,7 +265,10 @@ pub async fn update_admin(
             Ok(a)
         })
         .await?;
-    Ok(Json(AdminView::from(&a)))
+    if req_unlock {
+        state.guard.unlock(&a.username);
+    }
+    Ok(Json(AdminView::of(&state, &a)))
 }
 
 /// Delete an account (not your own).

@@ -4,7 +4,8 @@
 //!
 //! Login and refresh are called without credentials: what they audit before a login
 //! succeeds goes through [`crate::anon_audit`] (a clipped username, a bounded number of
-//! records).
+//! records). Failed logins feed [`crate::login_guard`] (a lockout per account and source,
+//! the slowing of an account under attack); every refused credential gets one answer.
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use crate::accounts::{check_login, Credentials, LoginResult};
 use crate::anon_audit::{clip, AnonEvent};
 use crate::error::{AdminError, ApiResult, ErrorBody};
+use crate::login_guard::{source_label, Admission};
 use crate::principal::ClientIp;
 use crate::rbac::{Principal, Restriction, Role};
 use crate::tokens::{self, RefreshToken, Rotation};
@@ -199,6 +201,16 @@ pub async fn login(
         ));
     }
     let username = req.username.clone();
+    // Lockout and slowing (login_guard.rs) ask nothing about the account, so an unknown
+    // name is treated exactly as a real one.
+    let delay = match state.guard.admit(&username, ip, Instant::now()) {
+        // Audited once, when the lockout began; the refusals are only counted.
+        Admission::Locked(secs) => return Err(AdminError::TooManyRequests(secs)),
+        Admission::Proceed(delay) => delay,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let creds = Credentials {
         username: req.username,
         password: req.password,
@@ -209,7 +221,7 @@ pub async fn login(
     let params = state.broker.hash_params();
     let result = state
         .hashing(move |store| {
-            let r = check_login(store, params, &s.config, &creds)?;
+            let r = check_login(store, params, &creds)?;
             match r {
                 LoginResult::Ok { used_recovery } => Ok(Ok((
                     start_login(&s, store, &creds.username)?,
@@ -221,6 +233,7 @@ pub async fn login(
         .await?;
     match result {
         Ok((pair, used_recovery)) => {
+            state.guard.succeeded(&username, ip, Instant::now());
             let how = if used_recovery {
                 " with a recovery code"
             } else {
@@ -231,9 +244,24 @@ pub async fn login(
         }
         Err((why, e)) => {
             // A valid name by now (checked above): at most 64 safe characters.
-            state.audit_anonymous(AnonEvent::FailedLogin, "admin.login.failed", || {
-                format!("from {ip} as {}: {why}", clip(&username))
-            });
+            match state.guard.failed(&username, ip, Instant::now()) {
+                Some(lock) => state.audit_anonymous(
+                    AnonEvent::FailedLogin,
+                    "admin.login.lockout",
+                    || {
+                        format!(
+                            "from {ip} as {}: {why}; {} failures in a row: {} is locked out of this account for {} s",
+                            clip(&username),
+                            state.config.lockout_failures,
+                            source_label(ip),
+                            lock.as_secs()
+                        )
+                    },
+                ),
+                None => state.audit_anonymous(AnonEvent::FailedLogin, "admin.login.failed", || {
+                    format!("from {ip} as {}: {why}", clip(&username))
+                }),
+            }
             Err(e)
         }
     }

@@ -1,14 +1,20 @@
 //! Health, readiness, metrics and the OpenAPI document: no login (scrapers and probes
-//! carry no tokens); the listener's address is what guards them.
+//! carry no tokens); the listener's address is what guards them. Except the per-tenant
+//! samples of `/metrics`, whose `tenant` label names every tenant: by default they go
+//! only to a bearer token that may read metrics (`Area::Metrics`), for the tenants it
+//! may see (`[admin] metrics_tenant_labels`).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use messs_broker::metrics::{MetricKind, Sample};
+use messs_broker::MetricsTenantLabels;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::principal::MaybePrincipal;
+use crate::rbac::{Access, Area, Principal};
 use crate::{prometheus, Shared};
 
 /// What readiness depends on.
@@ -49,17 +55,59 @@ pub async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
-/// Every metric, in the Prometheus text exposition format 0.0.4.
+/// Label names whose values name a tenant: samples with one are shown only to callers
+/// who may read that tenant's metrics.
+const TENANT_LABELS: [&str; 1] = ["tenant"];
+
+/// Whether `caller` may see `sample` (`public`: tenant labels for everyone).
+fn visible(sample: &Sample, caller: Option<&Principal>, public: bool) -> bool {
+    let tenant = sample
+        .labels
+        .iter()
+        .find(|(name, _)| TENANT_LABELS.contains(name))
+        .map(|(_, value)| value.as_str());
+    match tenant {
+        None => true,
+        Some(_) if public => true,
+        Some(t) => caller.is_some_and(|p| p.allow(Area::Metrics, Access::Read, Some(t)).is_ok()),
+    }
+}
+
+/// Every metric, in the Prometheus text exposition format 0.0.4. Without a bearer token
+/// (by default), the per-tenant samples are left out; with one, those of the tenants it
+/// may read (an API key needs the scope `metrics:read`, or `read`).
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", body = String,
-        content_type = "text/plain")))]
-pub async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+        content_type = "text/plain"), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn metrics(
+    State(s): State<Shared>,
+    MaybePrincipal(caller): MaybePrincipal,
+) -> impl IntoResponse {
+    let public = s.config.metrics_tenant_labels == MetricsTenantLabels::Public;
     let mut samples = s.broker.metrics();
+    samples.retain(|sample| visible(sample, caller.as_ref(), public));
     samples.push(Sample::new(
         "messs_admin_login_addresses_tracked",
         "Client addresses the admin login rate limit tracks ([admin] max_tracked_addresses bounds it).",
         MetricKind::Gauge,
         s.logins.tracked() as u64,
+    ));
+    for (map, n) in s.guard.sizes() {
+        samples.push(
+            Sample::new(
+                "messs_admin_login_lockout_entries",
+                "Entries of the admin login lockout's maps: (account, source) failures, accounts' failures, known (account, source) pairs ([admin] max_tracked_logins bounds each).",
+                MetricKind::Gauge,
+                n as u64,
+            )
+            .label("map", map),
+        );
+    }
+    samples.push(Sample::new(
+        "messs_admin_login_lockout_refusals_total",
+        "Admin logins refused because their source was locked out of the account (audited once per lockout, not one by one).",
+        MetricKind::Counter,
+        s.guard.refused(),
     ));
     for (event, n) in s.anon_audit.suppressed() {
         samples.push(
