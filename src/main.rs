@@ -338,24 +338,10 @@ async fn reload_on_sighup(handle: messs_broker::BrokerHandle, config: Option<Pat
     let _ = (handle, config);
 }
 
-/// Files and directories the broker creates (the data directory, RocksDB's files,
-/// checkpoints, the self-signed key) are its user's alone: owner-only modes (0700, 0600)
-/// whatever umask it was started with.
-#[cfg(unix)]
-#[allow(unsafe_code)]
-fn restrict_new_files() {
-    // SAFETY: umask(2) only replaces the process's file-mode creation mask and returns the
-    // old one; it reads or writes no memory of ours and cannot fail. It runs before the
-    // async runtime (and any other thread) starts, so no file is being created meanwhile.
-    // tests/crash.rs checks its effect on a running broker's data directory.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    restrict_new_files();
+    // Before the runtime starts any thread: every file and directory the broker makes is
+    // its user's alone (tests/crash.rs checks a running broker's data directory).
+    messs_broker::restrict_new_files();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -66,5 +66,14 @@ pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, Broker
 /// The storage crate, for registry and audit types the admin plane and CLI use.
 pub use messs_storage as storage;
 pub use persist::seal_store;
+
+/// Sets the process's file-mode creation mask to 077, so the files and directories the
+/// broker creates (the data directory, RocksDB's files, checkpoints, the self-signed key)
+/// are owner-only (0700, 0600) whatever umask it was started with. Call it first in
+/// `main`, before other threads run.
+pub fn restrict_new_files() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
 pub use stats::Stats;
 pub use tls::{https_acceptor, parse_pem_certs, read_pem_certs};
