@@ -108,6 +108,9 @@ pub async fn audit_head(
     p.allow(Area::Audit, Access::Read, None)?;
     state
         .blocking(|s| {
+            // The head of what is written: a head served before its record is durable
+            // would, after a crash, look like a rollback.
+            s.sync()?;
             let head = s.audit_head();
             Ok(Json(AuditHeadView {
                 seq: head.seq,
