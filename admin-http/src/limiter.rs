@@ -21,20 +21,10 @@ pub struct LoginLimiter {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-/// The source an address counts as: an IPv4 address (an IPv4-mapped IPv6 one too), or
-/// the /64 of an IPv6 address (one host commonly has a whole /64). The login lockout
-/// counts by it as well.
+/// The source an address counts as (IPv4, or an IPv6 /64): the broker's rule, shared by
+/// the login limits and the login lockout.
 pub(crate) fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
+    messs_broker::address_source(ip)
 }
 
 impl LoginLimiter {

@@ -71,6 +71,31 @@ async fn env(tune: impl FnOnce(&mut Config)) -> Env {
     }
 }
 
+/// A request from `ip` (as the listener would mark it), with a bearer token and a JSON
+/// body if given.
+fn build_request(
+    ip: IpAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string()))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
+    req
+}
+
 impl Env {
     /// One request from `ip`; the JSON body (or `Null`).
     async fn call_from(
@@ -81,19 +106,7 @@ impl Env {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let mut req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string()))
-                .unwrap(),
-            None => req.body(Body::empty()).unwrap(),
-        };
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::new(IpAddr::from(ip), 40000)));
+        let req = build_request(IpAddr::from(ip), method, path, token, body);
         let res = self.app.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();

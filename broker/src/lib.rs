@@ -55,6 +55,7 @@ pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};
 pub use handle_ops::{AdminPublish, RetainedInfo, SubscriptionInfo};
 pub use handshake::DEFAULT_TENANT;
 pub use limits::bans::FlappingPolicy;
+pub use limits::source as address_source;
 pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
 pub use server::Broker;
 

@@ -222,6 +222,20 @@ impl ClientCas {
             .clone()
     }
 
+    /// The tenants whose CAs verify the chain, in tenant order.
+    fn trusting<'a>(
+        tenants: &'a [TenantCas],
+        end_entity: &'a CertificateDer<'a>,
+        intermediates: &'a [CertificateDer<'a>],
+        now: UnixTime,
+    ) -> impl Iterator<Item = &'a TenantCas> + 'a {
+        tenants.iter().filter(move |t| {
+            t.verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        })
+    }
+
     /// Whether some tenant's CAs verify the chain (the handshake's check; which tenant is
     /// settled by [`ClientCas::login`]).
     fn verifies_for_any(
@@ -230,11 +244,9 @@ impl ClientCas {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> bool {
-        self.snapshot().iter().any(|t| {
-            t.verifier
-                .verify_client_cert(end_entity, intermediates, now)
-                .is_ok()
-        })
+        Self::trusting(&self.snapshot(), end_entity, intermediates, now)
+            .next()
+            .is_some()
     }
 
     /// The one tenant whose CAs verify the chain. Every tenant is asked: if two would take
@@ -247,11 +259,7 @@ impl ClientCas {
         now: UnixTime,
     ) -> Result<TenantId, &'static str> {
         let snapshot = self.snapshot();
-        let mut trusting = snapshot.iter().filter(|t| {
-            t.verifier
-                .verify_client_cert(end_entity, intermediates, now)
-                .is_ok()
-        });
+        let mut trusting = Self::trusting(&snapshot, end_entity, intermediates, now);
         match (trusting.next(), trusting.next()) {
             (Some(t), None) => Ok(t.tenant.clone()),
             (None, _) => Err("no tenant trusts the certificate"),

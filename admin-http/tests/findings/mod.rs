@@ -11,9 +11,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -51,19 +49,7 @@ async fn request(
     token: Option<&str>,
     body: Option<Value>,
 ) -> Answer {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let mut req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    req.extensions_mut()
-        .insert(ConnectInfo(std::net::SocketAddr::new(ip, 40000)));
+    let req = crate::build_request(ip, method, path, token, body);
     let started = Instant::now();
     let res = e.app.clone().oneshot(req).await.unwrap();
     let header = |name: &str| {

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+use crate::limits::source;
+
 /// Lockout settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LockoutPolicy {
@@ -82,21 +84,6 @@ pub(crate) struct Lockout {
     by_ip: Cache<IpAddr, Failures>,
     by_user_source: Cache<[u8; 32], Failures>,
     by_user: Cache<[u8; 32], u32>,
-}
-
-/// The source a failure is counted against: an IPv4 address (IPv4-mapped IPv6 as IPv4),
-/// or an IPv6 address's /64.
-pub(crate) fn source(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
 }
 
 /// The key of a username (and a source) in the maps: SHA-256 of the length-prefixed parts.
