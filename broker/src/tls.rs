@@ -289,13 +289,45 @@ impl ClientCas {
 /// What identifies a trust anchor: the SHA-256 of its SubjectPublicKeyInfo. Two CA
 /// certificates with the same key verify the same signatures whatever else differs, so one
 /// key may be trusted by one tenant only.
+///
+/// The key is taken as its bit string alone (not the algorithm parameters, which can be
+/// written more than one way), and an elliptic-curve key must be an uncompressed point: a
+/// compressed point is the same key written differently, and an outside audit used one to
+/// slip another tenant's key past this check.
 pub fn anchor_key(der: &[u8]) -> Result<[u8; 32], String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
-    let d = ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, cert.public_key().raw);
+    let spki = cert.public_key();
+    let ec = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY;
+    let key = canonical_key(ec, spki.subject_public_key.data.as_ref())?;
+    let d = ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, key);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     Ok(out)
+}
+
+/// A CA's key bytes in the one form anchors are compared in (see [`anchor_key`]).
+fn canonical_key(ec: bool, key: &[u8]) -> Result<&[u8], String> {
+    if ec && key.first() != Some(&0x04) {
+        return Err("an elliptic-curve CA key must be an uncompressed point".into());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::canonical_key;
+
+    #[test]
+    fn a_compressed_ec_point_is_refused_as_a_ca_key() {
+        let x = [7u8; 32];
+        let compressed: Vec<u8> = [&[0x02][..], &x].concat();
+        assert!(canonical_key(true, &compressed).is_err());
+        let uncompressed: Vec<u8> = [&[0x04][..], &x, &x].concat();
+        assert_eq!(canonical_key(true, &uncompressed), Ok(&uncompressed[..]));
+        // Other key types are taken as they are (RSA keys are DER, Ed25519 fixed bytes).
+        assert!(canonical_key(false, &compressed).is_ok());
+    }
 }
 
 /// The device name in a certificate.
