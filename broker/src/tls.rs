@@ -314,22 +314,6 @@ fn canonical_key(ec: bool, key: &[u8]) -> Result<&[u8], String> {
     Ok(key)
 }
 
-#[cfg(test)]
-mod anchor_tests {
-    use super::canonical_key;
-
-    #[test]
-    fn a_compressed_ec_point_is_refused_as_a_ca_key() {
-        let x = [7u8; 32];
-        let compressed: Vec<u8> = [&[0x02][..], &x].concat();
-        assert!(canonical_key(true, &compressed).is_err());
-        let uncompressed: Vec<u8> = [&[0x04][..], &x, &x].concat();
-        assert_eq!(canonical_key(true, &uncompressed), Ok(&uncompressed[..]));
-        // Other key types are taken as they are (RSA keys are DER, Ed25519 fixed bytes).
-        assert!(canonical_key(false, &compressed).is_ok());
-    }
-}
-
 /// The device name in a certificate.
 fn cert_name(der: &[u8], identity: CertIdentity) -> Result<String, String> {
     let (_, cert) =
@@ -479,4 +463,20 @@ pub fn https_acceptor(
         .with_cert_resolver(cert);
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::canonical_key;
+
+    #[test]
+    fn a_compressed_ec_point_is_refused_as_a_ca_key() {
+        let x = [7u8; 32];
+        let compressed: Vec<u8> = [&[0x02][..], &x].concat();
+        assert!(canonical_key(true, &compressed).is_err());
+        let uncompressed: Vec<u8> = [&[0x04][..], &x, &x].concat();
+        assert_eq!(canonical_key(true, &uncompressed), Ok(&uncompressed[..]));
+        // Other key types are taken as they are (RSA keys are DER, Ed25519 fixed bytes).
+        assert!(canonical_key(false, &compressed).is_ok());
+    }
 }
