@@ -670,6 +670,32 @@ impl Store {
     }
 }
 
+/// Decodes one record of the `admins` family as the admin plane would (secrets opened, so
+/// a plain value in an encrypted store or a planted record shows up): `messs storage
+/// verify` must find what would stop the broker. Blocking.
+pub(crate) fn verify_value(store: &Store, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+    let bad_key = || StorageError::corrupt("admins", "undecodable key");
+    match key.split_first() {
+        Some((&kind::ACCOUNT, rest)) => {
+            let (name, tail) = keys::split_tenant_key(rest).ok_or_else(bad_key)?;
+            if !tail.is_empty() {
+                return Err(bad_key());
+            }
+            store.decode_admin(name, key, value).map(|_| ())
+        }
+        Some((&kind::REFRESH, rest)) => {
+            let (name, family) = keys::split_tenant_key(rest).ok_or_else(bad_key)?;
+            let family = family.try_into().map_err(|_| bad_key())?;
+            Store::decode_family(name, family, value).map(|_| ())
+        }
+        Some((&kind::API_KEY, rest)) => {
+            let id = rest.try_into().map_err(|_| bad_key())?;
+            Store::decode_api_key(id, value).map(|_| ())
+        }
+        _ => Err(StorageError::corrupt("admins", "unknown record kind")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

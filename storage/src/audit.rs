@@ -148,6 +148,10 @@ fn encode_head(key: Option<&hmac::Key>, next_seq: u64, last: &[u8; 32]) -> Vec<u
 pub(crate) struct Chain {
     head: Mutex<Head>,
     key: Option<hmac::Key>,
+    /// `(records the head in meta counted, newest record held)` when the head was
+    /// missing or older than the newest record at open, and the chain continued after
+    /// the newest record instead.
+    restored: Option<(u64, u64)>,
 }
 
 fn hash(record: &[u8]) -> [u8; 32] {
@@ -202,13 +206,40 @@ impl Chain {
         let meta = db
             .cf_handle(Cf::Meta.name())
             .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
-        let head = match db.get_cf(meta, HEAD_KEY)? {
+        let mut head = match db.get_cf(meta, HEAD_KEY)? {
             Some(v) => decode_head(&v)?,
             None => empty_head(),
         };
+        let key = key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k));
+        // Records and head are written in one batch, so a newest record beyond the head
+        // means the head was removed or rolled back. Numbering from the head would
+        // overwrite those records: continue after the newest one instead, linked to it.
+        let audit = db
+            .cf_handle(Cf::Audit.name())
+            .ok_or(StorageError::MissingColumnFamily(Cf::Audit.name()))?;
+        let mut restored = None;
+        if let Some(item) = db.iterator_cf(audit, IteratorMode::End).next() {
+            let (k, value) = item?;
+            let newest = <[u8; 8]>::try_from(&k[..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::corrupt("audit", "record key length"))?;
+            if newest >= head.next_seq {
+                restored = Some((head.next_seq.saturating_sub(1), newest));
+                let last_hash = match (value.first().copied(), &key) {
+                    (Some(AUDIT_KEYED), Some(k)) => mac(k, &value),
+                    _ => hash(&value),
+                };
+                head = Head {
+                    next_seq: newest.saturating_add(1),
+                    last_hash,
+                    signature: None,
+                };
+            }
+        }
         Ok(Chain {
             head: Mutex::new(head),
-            key: key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k)),
+            key,
+            restored,
         })
     }
 
@@ -298,6 +329,14 @@ impl Store {
         Ok(out)
     }
 
+    /// `(records the stored head counted, newest record held)` when the head was missing
+    /// or older than the newest record at open (removed or rolled back: records and head
+    /// are written together): the chain went on after the newest record, overwriting
+    /// nothing. The broker records it in the log it describes.
+    pub fn audit_head_restored(&self) -> Option<(u64, u64)> {
+        self.inner.audit.restored
+    }
+
     /// The head as this process last wrote it.
     pub fn audit_head(&self) -> AuditHead {
         let head = self
@@ -324,6 +363,10 @@ impl Store {
     pub fn audit_unsigned_records(&self) -> Option<u64> {
         let chain = &self.inner.audit;
         let key = chain.key.as_ref()?;
+        if chain.restored.is_some() {
+            // There was no head to sign: `audit_head_restored` says more.
+            return None;
+        }
         let head = chain.head.lock().unwrap_or_else(PoisonError::into_inner);
         let records = head.next_seq.saturating_sub(1);
         let signed = head

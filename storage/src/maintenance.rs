@@ -105,6 +105,8 @@ impl Store {
             Cf::Devices | Cf::Acls | Cf::Tenants => {
                 crate::registry::verify_value(self, cf, key, value)
             }
+            Cf::Admins => crate::admins::verify_value(self, key, value),
+            Cf::Meta if key.starts_with(b"secret:") => self.open_secret(key, value).map(|_| ()),
             _ => sessions::verify_value(self, cf, key, value),
         }
     }

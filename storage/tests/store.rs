@@ -644,6 +644,56 @@ fn a_rolled_back_or_truncated_audit_log_fails_against_an_exported_head() {
     assert!(report.broken.unwrap().reason.contains("audit key"));
 }
 
+/// The outside review's finding: with the audit head removed from `meta` (or rolled back
+/// below the newest record), the store started numbering at 1 again and its next records
+/// overwrote the history. Now the chain continues after the newest record it holds, and
+/// the store says the head was missing so the broker can record that.
+#[test]
+fn a_missing_or_stale_audit_head_never_overwrites_records() {
+    for stale in [None, Some(2u64)] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [3u8; 32];
+        {
+            let store = keyed(dir.path(), key);
+            for i in 1..=5 {
+                futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+            }
+            assert_eq!(store.audit_head_restored(), None);
+        }
+        {
+            let opts = rocksdb::Options::default();
+            let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+            let meta = db.cf_handle("meta").unwrap();
+            match stale {
+                None => db.delete_cf(meta, b"audit_head").unwrap(),
+                Some(seq) => {
+                    // The head as it was after record `seq` (an older copy of `meta`).
+                    let audit = db.cf_handle("audit").unwrap();
+                    let next = db.get_cf(audit, (seq + 1).to_be_bytes()).unwrap().unwrap();
+                    let mut h = (seq + 1).to_be_bytes().to_vec();
+                    h.extend_from_slice(&next[17..49]);
+                    db.put_cf(meta, b"audit_head", h).unwrap();
+                }
+            }
+        }
+        let store = keyed(dir.path(), key);
+        assert_eq!(
+            store.audit_head_restored(),
+            Some((stale.unwrap_or(0), 5)),
+            "{stale:?}"
+        );
+        assert_eq!(store.audit_head().seq, 5);
+        futures_block_on(store.append_audit(&event(6)).unwrap()).unwrap();
+        let all = store.read_audit(1, 100).unwrap();
+        let events: Vec<_> = all.iter().map(|r| r.event.clone()).collect();
+        assert_eq!(events, (1..=6).map(event).collect::<Vec<_>>(), "{stale:?}");
+        let report = store.verify_audit().unwrap();
+        assert!(report.broken.is_none(), "{stale:?}: {:?}", report.broken);
+        assert_eq!(report.head.seq, 6);
+    }
+}
+
 #[test]
 fn a_checkpoint_restores() {
     let dir = tempfile::tempdir().unwrap();
@@ -884,7 +934,36 @@ mod registry {
         assert!(store.device("acme", "d1").unwrap().is_some());
         assert!(store.device("acme", "planted").is_err());
         let report = store.verify().unwrap();
-        assert!(!report.is_ok(), "verify shows the planted record");
+        assert_eq!(
+            report.first_bad_record.as_ref().map(|b| b.0),
+            Some("devices"),
+            "verify shows the planted device: {report:?}"
+        );
+        drop(store);
+        // The planted admin alone: verify decodes the admins family too (the outside
+        // review found it passed there while the broker refused to start on it).
+        {
+            let opts = rocksdb::Options::default();
+            let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+            let devices = db.cf_handle("devices").unwrap();
+            let planted: Vec<Vec<u8>> = db
+                .iterator_cf(devices, rocksdb::IteratorMode::Start)
+                .map(|i| i.unwrap().0.to_vec())
+                .filter(|k| k.windows(7).any(|w| w == b"planted"))
+                .collect();
+            for k in planted {
+                db.delete_cf(devices, k).unwrap();
+            }
+        }
+        let store = keyed_store(dir.path(), false);
+        let report = store.verify().unwrap();
+        let (cf, why) = report
+            .first_bad_record
+            .clone()
+            .expect("the planted admin passed");
+        assert_eq!(cf, "admins");
+        assert!(why.contains("stored in clear"), "{why}");
         drop(store);
 
         // A store that ran without encryption: every kind of sealed value in clear.
