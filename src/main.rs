@@ -367,8 +367,15 @@ async fn run() -> anyhow::Result<()> {
             let cfg = build_config(config.clone(), listen, data_dir, admin_listen)?;
             let dir = cfg.storage.data_dir.display().to_string();
             let admin = cfg.admin.clone();
-            let broker = Broker::bind(cfg).await.with_context(|| {
-                format!("cannot start with data directory {dir} (another messs using it? a directory from a newer release?)")
+            let broker = Broker::bind(cfg).await.map_err(|e| {
+                // A hint only where it fits: RocksDB's lock file means another process.
+                let hint = match &e {
+                    messs_broker::BrokerError::Storage(s) if s.to_string().contains("lock") => {
+                        " (is another messs using it?)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("cannot start with data directory {dir}{hint}: {e}")
             })?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             if admin.enabled {
@@ -413,7 +420,13 @@ async fn start_admin(
     let password = std::env::var("MESSS_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    if let Some(generated) = messs_admin::bootstrap(&handle, password).await? {
+    // Startup errors go to the operator whole (`?` would print only "internal error").
+    let for_operator = |e: messs_admin::AdminError| anyhow::anyhow!("{}", e.for_operator());
+    let bootstrapped = messs_admin::bootstrap(&handle, password)
+        .await
+        .map_err(for_operator)
+        .context("setting up the admin plane (messs storage verify checks the store)")?;
+    if let Some(generated) = bootstrapped {
         tracing::warn!(
             "created admin account \"admin\" with the one-time password {generated} \
              (shown only now; it must be changed at the first login: see docs/ADMIN.md)"
@@ -437,7 +450,7 @@ async fn start_admin(
             reload
         }),
     };
-    let prepared = messs_admin::prepare(listener, handle, options)?;
+    let prepared = messs_admin::prepare(listener, handle, options).map_err(for_operator)?;
     let scheme = if prepared.is_https() { "https" } else { "http" };
     tracing::info!(%addr, "admin plane on {scheme}://{addr} (API at /api/v1, metrics at /metrics)");
     tokio::spawn(async move {

@@ -74,6 +74,15 @@ impl AdminError {
         }
     }
 
+    /// The whole story, an internal failure's cause included: for the operator's terminal
+    /// or log when the admin plane starts, never for an HTTP client.
+    pub fn for_operator(&self) -> String {
+        match self {
+            AdminError::Internal(what) => format!("internal error: {what}"),
+            other => other.to_string(),
+        }
+    }
+
     /// A failure the caller cannot fix, logged with `what` (never shown).
     pub fn internal(what: impl std::fmt::Display) -> Self {
         AdminError::Internal(what.to_string())
