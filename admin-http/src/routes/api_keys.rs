@@ -246,7 +246,31 @@ fn check_parent(
     Ok(())
 }
 
-/// Revoke a key, and every key it made (directly or through keys it made).
+/// Whether the key `id` (`record`) is `ancestor` or was made by it, directly or through
+/// keys it made: a key's chain is at most [`MAX_KEY_GENERATIONS`] long, so at most that
+/// many reads. Blocking.
+fn descends_from(
+    s: &messs_storage::Store,
+    id: &[u8; 16],
+    record: &ApiKeyRecord,
+    ancestor: &[u8; 16],
+) -> Result<bool, AdminError> {
+    if id == ancestor {
+        return Ok(true);
+    }
+    let mut parent = record.parent;
+    for _ in 0..MAX_KEY_GENERATIONS {
+        match parent {
+            Some(p) if &p == ancestor => return Ok(true),
+            Some(p) => parent = s.api_key(&p)?.and_then(|k| k.parent),
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+/// Revoke a key, and every key it made (directly or through keys it made). A key
+/// revokes only itself and the keys it made; an account, any key its role reaches.
 #[utoipa::path(delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
     params(("id" = String, Path, description = "key id (hex)")),
     responses((status = 204), (status = 404, body = ErrorBody)),
@@ -270,6 +294,16 @@ pub async fn delete_api_key(
         return Err(AdminError::NotFound("API key".into()));
     }
     p.allow(Area::ApiKeys, Access::Write, record.tenant.as_deref())?;
+    if let Some(me) = p.api_key {
+        let made_by_me = state
+            .blocking(move |s| descends_from(s, &id, &record, &me))
+            .await?;
+        if !made_by_me {
+            return Err(AdminError::Forbidden(
+                "a key can revoke only itself and the keys it made (directly or through keys it made); an account can revoke any key its role reaches",
+            ));
+        }
+    }
     let revoked = state.blocking(move |s| Ok(s.revoke_api_key(&id)?)).await?;
     let Some((first, below)) = revoked.split_first() else {
         return Err(AdminError::NotFound("API key".into()));

@@ -6,7 +6,8 @@
 //! - [`enumeration`]: a right password without a valid second factor answers exactly as
 //!   a wrong one (and as an unknown account);
 //! - [`metrics_tenants`]: `/metrics` names tenants only to callers allowed to read them;
-//! - [`audit_head`]: the signed audit head and verification against it.
+//! - [`audit_head`]: the signed audit head and verification against it;
+//! - [`key_revoke`]: a key revokes only itself and the keys it made.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use super::{Env, ADMIN_PASSWORD};
 
 mod audit_head;
 mod enumeration;
+mod key_revoke;
 mod lockout;
 mod metrics_tenants;
 
