@@ -314,6 +314,16 @@ pub enum CaCmd {
         #[arg(long)]
         cert_file: std::path::PathBuf,
     },
+    /// Stops trusting a CA: its device certificates no longer log in (connections already
+    /// open stay until they end or are kicked).
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The CA's SHA-256 fingerprint, as `messs ca list` shows it.
+        #[arg(long)]
+        fingerprint: String,
+    },
     /// Lists a tenant's trusted CAs and revoked certificates (SHA-256 fingerprints).
     List {
         /// The tenant.
@@ -393,6 +403,18 @@ fn ca(r: &mut Registry<'_>, cmd: CaCmd) -> anyhow::Result<()> {
                 let fp = r.add_ca(&tenant, &der)?;
                 println!("CA {} trusted by tenant {tenant}", hex(&fp));
             }
+        }
+        CaCmd::Remove {
+            tenant,
+            fingerprint,
+        } => {
+            let fp = unhex32(&fingerprint).with_context(|| {
+                format!("--fingerprint {fingerprint:?}: 64 hex digits, as `messs ca list` shows")
+            })?;
+            if !r.remove_ca(&tenant, &fp)? {
+                bail!("tenant {tenant} trusts no CA {}", hex(&fp));
+            }
+            println!("CA {} no longer trusted by tenant {tenant}", hex(&fp));
         }
         CaCmd::List { tenant } => {
             for ca in r.cas(&tenant)? {
@@ -666,4 +688,17 @@ fn acl(r: &mut Registry<'_>, cmd: AclCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// 32 bytes from 64 hex digits (either case); `None` for anything else.
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

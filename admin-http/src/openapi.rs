@@ -105,7 +105,7 @@ impl Modify for BearerAuth {
         list_devices, create_device, get_device, update_device, delete_device,
         list_clients, kick_client, list_sessions, list_subscriptions,
         list_rules, add_rule, remove_rule,
-        list_jwt_keys, put_jwt_key, remove_jwt_key, list_cas, add_ca, revoke_cert,
+        list_jwt_keys, put_jwt_key, remove_jwt_key, list_cas, add_ca, remove_ca, revoke_cert,
         list_retained, delete_retained, publish, query_telemetry,
         read_audit, verify_audit, audit_head,
         get_limits, get_bans, put_bans, reload, checkpoint,

@@ -541,6 +541,7 @@ fn concrete(path: &str, t: &str) -> String {
         .replace("{username}", "dev1")
         .replace("{client_id}", "c1")
         .replace("{kid}", "k1")
+        .replace("{fingerprint}", &"0".repeat(64))
         .replace("{id}", "00000000000000000000000000000000");
     if path == "/api/v1/tenants/{tenant}/retained" {
         format!("{p}?topic=x/1")

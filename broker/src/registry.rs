@@ -332,7 +332,9 @@ impl<'a> Registry<'a> {
 
     /// Overrides one of the per-connection rate limits for a device (`None`: back to the
     /// configuration's). On a running broker its live connections take it at their next
-    /// packet; a JWT login, which does not read the registry, only from a live change.
+    /// packet, and every later login of the device (password, SCRAM, certificate or JWT:
+    /// each reads the device's record) starts with it. Only stricter than the
+    /// operator's limits: see `ThrottlePolicy::with`.
     pub fn set_device_limit(
         &mut self,
         tenant: &str,
@@ -563,6 +565,22 @@ impl<'a> Registry<'a> {
         );
         self.touched.push(Touched::Tenant(tenant.to_owned()));
         Ok(fp)
+    }
+
+    /// Stops trusting a tenant's CA, by the SHA-256 of its DER (as `cas` lists it): its
+    /// certificates no longer log in, from the next TLS handshake on (connections already
+    /// open stay until they end or are kicked). False if the tenant did not trust it.
+    pub fn remove_ca(&mut self, tenant: &str, fingerprint: &[u8; 32]) -> Result<bool, BrokerError> {
+        self.tenant_record(tenant)?;
+        let removed = self.store.delete_ca(tenant, fingerprint)?;
+        if removed {
+            self.audit(
+                "ca.remove",
+                format!("tenant {tenant:?}: CA {}", hex(fingerprint)),
+            );
+            self.touched.push(Touched::Tenant(tenant.to_owned()));
+        }
+        Ok(removed)
     }
 
     /// Revokes a device certificate (DER) of a tenant.

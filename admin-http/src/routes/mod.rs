@@ -105,6 +105,7 @@ api! {
     DELETE "/api/v1/tenants/{tenant}/jwt-keys/{kid}" => remove_jwt_key,
     GET "/api/v1/tenants/{tenant}/cas" => list_cas,
     POST "/api/v1/tenants/{tenant}/cas" => add_ca,
+    DELETE "/api/v1/tenants/{tenant}/cas/{fingerprint}" => remove_ca,
     POST "/api/v1/tenants/{tenant}/revoked-certs" => revoke_cert,
     GET "/api/v1/tenants/{tenant}/retained" => list_retained,
     DELETE "/api/v1/tenants/{tenant}/retained" => delete_retained,

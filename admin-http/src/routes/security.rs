@@ -395,6 +395,33 @@ pub async fn add_ca(
     cert_change(&state, &p, tenant, &req.pem, |r, t, d| r.add_ca(t, d)).await
 }
 
+/// Stop trusting a CA: its certificates no longer log in (connections already open stay
+/// until they end or are kicked).
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/cas/{fingerprint}", tag = "keys",
+    params(("tenant" = String, Path, description = "tenant id"),
+        ("fingerprint" = String, Path, description = "SHA-256 of the CA's DER, hex (as listed)")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_ca(
+    State(state): State<Shared>,
+    p: Principal,
+    Path((tenant, fingerprint)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    tenant_access(&p, Area::Keys, Access::Write, &tenant)?;
+    existing_tenant(&state, &tenant).await?;
+    let fp = crate::secret::unhex::<32>(&fingerprint.to_ascii_lowercase())
+        .ok_or_else(|| AdminError::NotFound("CA".into()))?;
+    let gone = state
+        .broker
+        .registry(&p.name, move |r| r.remove_ca(&tenant, &fp))
+        .await?;
+    if gone {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AdminError::NotFound("CA".into()))
+    }
+}
+
 /// A registry change that takes a certificate (DER) and returns its fingerprint.
 type CertChange = fn(&mut Registry<'_>, &str, &[u8]) -> Result<[u8; 32], messs_broker::BrokerError>;
 

@@ -39,6 +39,34 @@ impl Ca {
     /// but a new serial, signed by `signer` (who never had this CA's private key). A
     /// verifier that takes it as an anchor accepts every certificate this CA issued.
     pub fn forged_copy(&self, signer: &Ca) -> Vec<u8> {
+        self.forged_copy_with(self.issuer.key(), signer)
+    }
+
+    /// As [`Ca::forged_copy`], with this CA's P-256 key written as a compressed point
+    /// (SEC 1: 0x02 or 0x03, then X): the same key in other bytes, which the outside
+    /// review used to get past a check that hashed the key's bytes.
+    pub fn forged_compressed_copy(&self, signer: &Ca) -> Vec<u8> {
+        struct Compressed(Vec<u8>);
+        impl rcgen::PublicKeyData for Compressed {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            }
+        }
+        let raw = rcgen::PublicKeyData::der_bytes(self.issuer.key()).to_vec();
+        assert_eq!(
+            (raw.len(), raw[0]),
+            (65, 0x04),
+            "an uncompressed P-256 point"
+        );
+        let mut point = vec![0x02 | (raw[64] & 1)];
+        point.extend_from_slice(&raw[1..33]);
+        self.forged_copy_with(&Compressed(point), signer)
+    }
+
+    fn forged_copy_with(&self, key: &impl rcgen::PublicKeyData, signer: &Ca) -> Vec<u8> {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name
@@ -48,10 +76,7 @@ impl Ca {
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        p.signed_by(self.issuer.key(), &signer.issuer)
-            .unwrap()
-            .der()
-            .to_vec()
+        p.signed_by(key, &signer.issuer).unwrap().der().to_vec()
     }
 
     /// A leaf: (certificate, key).

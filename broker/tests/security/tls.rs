@@ -309,6 +309,17 @@ async fn a_copy_of_another_tenants_ca_is_refused_and_never_captures_its_devices(
         .to_string();
     assert!(err.contains("another tenant already trusts"), "{err}");
     assert!(!err.contains("acme"), "the refusal names no tenant: {err}");
+    // The same key written as a compressed point (the outside review's way past the
+    // first fix): refused before it can be compared at all.
+    let compressed = pki.acme.forged_compressed_copy(&pki.globex);
+    let c = compressed.clone();
+    let err = broker
+        .broker
+        .registry("globex-admin", move |r| r.add_ca("globex", &c).map(|_| ()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("uncompressed point"), "{err}");
     // The identical DER is refused the same way.
     let acme_der = pki.acme.cert.der().to_vec();
     assert!(broker
@@ -347,6 +358,7 @@ async fn a_copy_of_another_tenants_ca_is_refused_and_never_captures_its_devices(
         })
         .unwrap();
         store.add_ca("globex", &forged).unwrap();
+        store.add_ca("globex", &compressed).unwrap();
     }
     let tls = pki.tls_config();
     let broker = TestBroker::start_in(data.clone(), move |c| {
@@ -458,6 +470,58 @@ async fn a_removed_device_cannot_log_back_in_with_its_certificate() {
         "device.auto_register",
         "device \"meter-9\" in tenant \"acme\""
     ));
+}
+
+/// `ca remove` (and `DELETE .../cas/{fingerprint}`): the answer SECURITY.md gives to a
+/// leaked or wrongly trusted CA. Its devices' next logins are refused; the removal is
+/// audited; the tenant's other trust is untouched.
+#[tokio::test]
+async fn a_removed_ca_logs_none_of_its_devices_in() {
+    let pki = Pki::new();
+    let broker = start_tls(&pki, |_| {}).await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_device("acme", "meter-7", None, None, &[])?;
+            r.add_device("globex", "meter-8", None, None, &[])
+        })
+        .await
+        .unwrap();
+    let meter = pki.acme.issue("meter-7", vec![], false);
+    let (c, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+    assert_eq!(code, ReasonCode::Success);
+    c.disconnect().await;
+    let fp = messs_broker::storage::registry::cert_fingerprint(pki.acme.cert.der());
+    // Not globex's to remove; then acme's own admin removes it, once.
+    let removed = |tenant: &'static str| {
+        let b = &broker;
+        async move {
+            b.broker
+                .registry("admin", move |r| r.remove_ca(tenant, &fp))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!removed("globex").await);
+    assert!(removed("acme").await);
+    assert!(!removed("acme").await, "already gone");
+    if let Some((_c, code)) = cert_login(&broker, &pki, &meter, "m7").await {
+        assert_ne!(code, ReasonCode::Success, "a removed CA still logs in");
+    }
+    let globex_meter = pki.globex.issue("meter-8", vec![], false);
+    let (_g, code) = cert_login(&broker, &pki, &globex_meter, "g8")
+        .await
+        .unwrap();
+    assert_eq!(code, ReasonCode::Success);
+    let data = broker.data.clone();
+    broker.stop().await;
+    let audit = audit(&data);
+    assert!(has(&audit, "ca.remove", "tenant \"acme\": CA "));
+    assert_eq!(
+        audit.iter().filter(|(a, _)| a == "ca.remove").count(),
+        1,
+        "only the removal that happened"
+    );
 }
 
 /// The operator's username ban applies to the identity authentication settles on: a
