@@ -56,6 +56,11 @@ pub(crate) fn verify(
     leeway_secs: u64,
 ) -> Result<Verified, String> {
     let header = decode_header(token).map_err(|e| format!("token header: {e}"))?;
+    // RFC 7515 4.1.11: a token naming extensions it must not be accepted without
+    // understanding is refused; messs understands none.
+    if header.crit.is_some() {
+        return Err("token header has crit (extensions messs does not implement)".into());
+    }
     let kid = header.kid.ok_or("token has no kid")?;
     let key = keys
         .iter()

@@ -108,6 +108,12 @@ async fn device_tokens_are_verified_with_the_tenants_keys_and_narrow_the_acl() {
     // algorithm confusion (the RSA public key used as an HMAC secret), another tenant.
     let header_none = b64(br#"{"alg":"none","kid":"hs"}"#);
     let body = b64(format!(r#"{{"sub":"dev","exp":{good},"aud":"acme"}}"#).as_bytes());
+    // A critical extension messs does not implement (RFC 7515 4.1.11): refused, though
+    // correctly signed.
+    let mut crit = Header::new(Algorithm::HS256);
+    crit.kid = Some("hs".into());
+    crit.crit = Some(vec!["exp-binding".into()]);
+    let crit = encode(&crit, &claims("dev", good), &hs).unwrap();
     let refused = [
         token(Algorithm::HS256, "hs", &hs, claims("dev", now() - 3600)),
         token(
@@ -125,6 +131,7 @@ async fn device_tokens_are_verified_with_the_tenants_keys_and_narrow_the_acl() {
         token(Algorithm::HS256, "hs", &hs, claims("other", good)),
         token(Algorithm::HS256, "nope", &hs, claims("dev", good)),
         format!("{header_none}.{body}."),
+        crit,
         token(
             Algorithm::HS256,
             "rsa",
