@@ -71,7 +71,14 @@ fn audit_key(
         absolute(path).map_err(|e| bad(e.to_string()))?,
         absolute(&config.data_dir).map_err(|e| bad(e.to_string()))?,
     );
-    if file.starts_with(&dir) {
+    // As written and with every symlink resolved: a link outside the data directory to
+    // a file inside it (or a data directory reached through a link) is still inside.
+    let resolved = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let inside_resolved = match (resolved(path), resolved(&config.data_dir)) {
+        (Some(f), Some(d)) => f.starts_with(d),
+        _ => false,
+    };
+    if file.starts_with(&dir) || inside_resolved {
         return Err(bad(
             "it is inside the data directory; keep the audit key where a copy of the store does not reach"
                 .into(),
@@ -225,5 +232,48 @@ impl AckTicket {
         let wait = ticket.is_used() || ticket.is_failed();
         drop(ticket);
         wait.then_some(durable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key_file(data_dir: &std::path::Path, key_file: &std::path::Path) -> StorageConfig {
+        StorageConfig {
+            data_dir: data_dir.to_path_buf(),
+            audit_key_file: Some(key_file.to_path_buf()),
+            ..StorageConfig::default()
+        }
+    }
+
+    /// The outside review's finding: the "inside the data directory" check compared paths
+    /// as written, so a symlink outside the data directory to a key file inside it passed.
+    #[test]
+    fn an_audit_key_inside_the_data_directory_is_refused_even_through_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let key = "ab".repeat(32);
+        let inside = data.join("audit.key");
+        std::fs::write(&inside, &key).unwrap();
+        let outside = root.path().join("audit.key");
+        std::fs::write(&outside, &key).unwrap();
+        let link = root.path().join("link.key");
+        std::os::unix::fs::symlink(&inside, &link).unwrap();
+        let data_link = root.path().join("data-link");
+        std::os::unix::fs::symlink(&data, &data_link).unwrap();
+
+        for (dir, file) in [(&data, &inside), (&data, &link), (&data_link, &inside)] {
+            let err = audit_key(&with_key_file(dir, file), None).unwrap_err();
+            assert!(
+                err.to_string().contains("inside the data directory"),
+                "{dir:?} {file:?}: {err}"
+            );
+        }
+        assert_eq!(
+            audit_key(&with_key_file(&data, &outside), None).unwrap(),
+            Some([0xab; 32])
+        );
     }
 }
