@@ -162,8 +162,13 @@ impl AppState {
     /// one (before the log is read), else only when it is due. Returns once it is durable,
     /// so a read that follows sees it.
     pub async fn flush_anonymous(&self, force: bool) {
-        if let Some(summary) = self.anon_audit.flush(std::time::Instant::now(), force) {
-            if let Some(durable) = self.append_audit("anonymous", SUPPRESSED, summary) {
+        let admin = self.anon_audit.flush(std::time::Instant::now(), force);
+        let admin = admin.map(|s| ("anonymous", SUPPRESSED, s));
+        // The MQTT port's refused logins have a budget of their own: the same holds.
+        let mqtt = self.broker.take_refusal_summary(force);
+        let mqtt = mqtt.map(|s| ("broker", "auth.audit.suppressed", s));
+        for (actor, action, summary) in admin.into_iter().chain(mqtt) {
+            if let Some(durable) = self.append_audit(actor, action, summary) {
                 if let Err(e) = durable.await {
                     tracing::warn!(error = %e, "audit summary not durable");
                 }

@@ -470,7 +470,8 @@ pub struct AuthConfig {
     pub lockout_ip_threshold: u32,
     /// Failed logins for one username from one source before that username is locked out
     /// *from that source*: someone guessing from elsewhere does not lock the device out (a
-    /// device whose verification is remembered gets in even from a locked source).
+    /// device whose verification is remembered from that source gets in even when it is
+    /// locked).
     pub lockout_user_threshold: u32,
     /// Failed logins for one username from all sources before its logins are slowed (each
     /// waits a delay that doubles per further failure, up to `lockout_slow_max_ms`, before
@@ -491,6 +492,10 @@ pub struct AuthConfig {
     /// the answer, so each of its connections tries at most one guess per delay, and a
     /// flood of refusals costs the broker that many fewer handshakes (0: answer at once).
     pub failure_delay_ms: u64,
+    /// Refused logins recorded one by one in the audit log a minute (and a burst of as
+    /// many); beyond it they are counted and summed up in one `auth.audit.suppressed`
+    /// record, so a flood of guesses cannot grow the audit log without bound.
+    pub failure_audit_per_minute: u32,
 }
 
 impl Default for AuthConfig {
@@ -513,6 +518,7 @@ impl Default for AuthConfig {
             lockout_capacity: 100_000,
             jwt_leeway_secs: 30,
             failure_delay_ms: 1000,
+            failure_audit_per_minute: 120,
         }
     }
 }

@@ -168,6 +168,16 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// The summary of refused MQTT logins not yet recorded one by one, taken (so it is
+    /// written once): with `force` whenever there is one (a reader of the audit log is
+    /// about to read it), else only when due. The caller writes it as
+    /// `auth.audit.suppressed` by `broker`.
+    pub fn take_refusal_summary(&self, force: bool) -> Option<String> {
+        self.state
+            .auth
+            .refusals_unrecorded(std::time::Instant::now(), force)
+    }
+
     /// Re-reads the certificate and key of every TLS listener (SIGHUP); live connections
     /// are not touched. Returns how many listeners were reloaded; on an error that
     /// listener keeps its old certificate.

@@ -9,6 +9,7 @@
 mod acl;
 mod admin_config;
 mod admission;
+pub mod audit_budget;
 mod auth;
 #[doc(hidden)]
 pub mod bench_support;

@@ -140,6 +140,19 @@ impl Broker {
             "store opened"
         );
         if let Some(p) = &state.persist {
+            if let Some((counted, newest)) = p.store.audit_head_restored() {
+                tracing::error!(
+                    head_counted = counted,
+                    newest_record = newest,
+                    "the audit log's head was missing or older than its newest record (removed                      or rolled back: they are written together); the log goes on after record                      {newest}, nothing overwritten. Compare it with a head exported earlier:                      messs storage verify --audit-head SEQ:HEX"
+                );
+                p.audit(
+                    "audit.head_restored",
+                    format!(
+                        "the stored head counted {counted} records but the log holds {newest}:                          the head was removed or rolled back; continued after record {newest}"
+                    ),
+                );
+            }
             if let Some(n) = p.store.audit_unsigned_records() {
                 tracing::warn!(
                     records = n,
@@ -263,6 +276,7 @@ impl Broker {
             sys.abort();
         }
         if let Some(persist) = &state.persist {
+            state.flush_refusal_audit(true);
             persist.audit("broker.stop", "graceful shutdown".into());
             let store = persist.store.clone();
             match tokio::task::spawn_blocking(move || store.flush()).await {

@@ -333,6 +333,31 @@ impl BrokerState {
         }
     }
 
+    /// Records a refused login (`auth.failure`) within the audit budget for refusals
+    /// (anyone who reaches the port can cause them): beyond it, counted and summed up.
+    pub fn audit_refusal(&self, detail: String) {
+        let a = self
+            .auth
+            .refused(std::time::Instant::now(), crate::clock::unix_ms());
+        if let Some(summary) = a.summary {
+            self.audit("auth.audit.suppressed", summary);
+        }
+        if a.record {
+            self.audit("auth.failure", detail);
+        }
+    }
+
+    /// Writes the summary of refusals not yet recorded, if there is one (`force`: even
+    /// before a minute has passed, for shutdown and readers of the log).
+    pub fn flush_refusal_audit(&self, force: bool) {
+        if let Some(summary) = self
+            .auth
+            .refusals_unrecorded(std::time::Instant::now(), force)
+        {
+            self.audit("auth.audit.suppressed", summary);
+        }
+    }
+
     /// Runs `read` (a blocking read of the store for one connection) on the blocking pool,
     /// at most `STORAGE_READS` at a time.
     pub fn spawn_storage_read(&self, read: impl FnOnce() + Send + 'static) {

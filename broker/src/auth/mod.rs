@@ -3,9 +3,11 @@
 //!
 //! Order of the checks (cheap first, and the address check before any argon2 work):
 //! 1. the tenant: the listener's, or the `@TENANT` suffix of the username;
-//! 2. a password that matches a remembered verification gets in (an HMAC and a cache
-//!    lookup; no hashing), even from a locked-out address; otherwise the client's address
-//!    must not be locked out;
+//! 2. a password that matches a verification remembered from the same source (address or
+//!    IPv6 /64) gets in (an HMAC and a cache lookup; no hashing), even when that source is
+//!    locked out (a device behind the same NAT as a guesser); otherwise the source must not
+//!    be locked out. Remembered per source, so a locked source learns nothing from the
+//!    cache that another source filled: the right password and a wrong one get one answer;
 //! 3. the credential: a client certificate verified in the TLS handshake (its CA says the
 //!    tenant; a revoked or disabled device is refused); else a device JWT signed by one of
 //!    the tenant's keys (`jwt`); else the username's lockout, then argon2 on the
@@ -32,6 +34,7 @@ use messs_storage::Store;
 use moka::sync::Cache;
 
 use crate::acl::{ClientAcl, Subject, TokenScope};
+use crate::audit_budget::{Admission, AuditBudget};
 use crate::config::{Config, ListenerConfig, NoRules};
 use crate::error::BrokerError;
 use lockout::{Lockout, LockoutPolicy};
@@ -183,18 +186,33 @@ fn groups(list: Vec<String>) -> Arc<[String]> {
 
 /// A client-chosen name as it goes into logs and the audit log: at most 64 characters
 /// (a CONNECT may carry 64 KiB of username; the audit log must not grow by that much per
-/// failed login), control characters replaced, so it cannot forge a line.
+/// failed login), control characters and invisible formatting characters (bidi
+/// overrides such as U+202E, zero-width ones) escaped as `\u{...}`, so it can neither
+/// forge a line nor make a record read as something it does not say.
 pub(crate) fn clip(name: &str) -> String {
     const MAX: usize = 64;
-    let mut out: String = name
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let mut out = String::with_capacity(name.len().min(MAX * 4));
+    for c in name.chars().take(MAX) {
+        if c.is_control() || is_invisible_format(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
     if name.chars().nth(MAX).is_some() {
         out.push('…');
     }
     out
+}
+
+/// Unicode format characters that change how the text around them reads without showing
+/// themselves: bidi embeddings, overrides, isolates and marks, zero-width characters, the
+/// soft hyphen, interlinear annotation and tag characters.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
 }
 
 /// `*` matches any run of characters; everything else itself. Iterative (no recursion a
@@ -312,6 +330,8 @@ pub(crate) struct Auth {
     no_rules: NoRules,
     jwt_leeway_secs: u64,
     pub(crate) hash_params: HashParams,
+    /// How many refused logins get an audit record of their own (see `refused`).
+    refusal_audit: AuditBudget,
 }
 
 /// The credentials a CONNECT carried, and where it came from.
@@ -376,6 +396,12 @@ impl Auth {
             no_rules: config.acl.tenant_without_rules,
             jwt_leeway_secs: a.jwt_leeway_secs,
             hash_params,
+            refusal_audit: AuditBudget::new(
+                a.failure_audit_per_minute,
+                "refused logins",
+                &["refused logins"],
+                std::time::Instant::now(),
+            ),
         })
     }
 
@@ -553,6 +579,23 @@ impl Auth {
         }
     }
 
+    /// Whether a refused login at `now` gets an audit record of its own, and a summary of
+    /// earlier refusals that did not, to write first (`auth.failure_audit_per_minute`).
+    pub fn refused(&self, now: std::time::Instant, now_ms: u64) -> Admission {
+        self.refusal_audit.admit(0, now, now_ms)
+    }
+
+    /// The summary of refusals not recorded one by one: when due, or with `force`
+    /// (shutdown, a reader of the audit log) whenever there is one.
+    pub fn refusals_unrecorded(&self, now: std::time::Instant, force: bool) -> Option<String> {
+        self.refusal_audit.flush(now, force)
+    }
+
+    /// Refused logins not recorded one by one since the start (the metric).
+    pub fn refusals_suppressed(&self) -> u64 {
+        self.refusal_audit.suppressed().iter().sum()
+    }
+
     /// Entries of the lockout's maps and of the verification cache, for the metrics.
     pub fn tracked(&self) -> (u64, u64) {
         (self.lockout.tracked(), self.remembered.entry_count())
@@ -586,8 +629,15 @@ impl Auth {
         }
     }
 
-    fn digest(&self, tenant: &str, username: &str, password: &[u8]) -> [u8; 32] {
+    /// The cache key of a credential presented from `peer`: keyed by the source too, so a
+    /// verification proven from one source is never an answer for another.
+    fn digest(&self, peer: IpAddr, tenant: &str, username: &str, password: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.digest_key);
+        let source = match crate::limits::source(peer) {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        ctx.update(&source);
         for part in [tenant.as_bytes(), username.as_bytes()] {
             ctx.update(&(part.len() as u64).to_be_bytes());
             ctx.update(part);
@@ -650,7 +700,7 @@ impl Auth {
                     .await;
             }
         }
-        let digest = self.digest(tenant_id, name, password);
+        let digest = self.digest(peer, tenant_id, name, password);
         if let Some(r) = self.remembered.get(&digest) {
             if let Some(t) = tenant.as_ref().filter(|t| t.is_enabled()) {
                 return Ok(Identity {
@@ -665,9 +715,9 @@ impl Auth {
                 });
             }
         }
-        // A remembered credential was proven before and costs no hashing, so it gets in
-        // even from a locked-out address (a device behind the same NAT as an attacker);
-        // everything else meets the address lockout before any argon2 work.
+        // A credential remembered from this source was proven here before and costs no
+        // hashing, so it gets in even when the source is locked out (a device behind the
+        // same NAT as an attacker); everything else meets the lockouts before any argon2.
         if let Some(r) = ip_locked(&who) {
             return Err(r);
         }
@@ -859,7 +909,12 @@ mod tests {
     #[test]
     fn names_are_clipped_for_the_audit_log() {
         assert_eq!(clip("sensor1"), "sensor1");
-        assert_eq!(clip("a\nb"), "a?b");
+        assert_eq!(clip("a\nb"), "a\\u{a}b");
+        assert_eq!(clip("capteur-é"), "capteur-é", "visible letters stay");
+        // The outside review wrote U+202E into the audit log as itself: a record then
+        // reads right to left from there ("evil\u{202e}nimda" shows as "evil" + "admin").
+        assert_eq!(clip("evil\u{202e}nimda"), "evil\\u{202e}nimda");
+        assert_eq!(clip("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
         let long = "x".repeat(10_000);
         assert_eq!(clip(&long).chars().count(), 65);
     }

@@ -62,7 +62,7 @@ where
             .stats
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        state.audit("auth.failure", format!("certificate from {peer}: {why}"));
+        state.audit_refusal(format!("certificate from {peer}: {why}"));
         hold_refusal(state, arrived, deadline).await;
         reject(&mut conn, protocol, d.code(), d.reason(), client_max_packet).await;
         return None;
@@ -131,7 +131,7 @@ where
                 tracing::debug!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
             } else {
                 tracing::info!(%peer, code = %refusal.denied.code(), detail = %refusal.detail, "login refused");
-                state.audit("auth.failure", refusal.detail);
+                state.audit_refusal(refusal.detail);
             }
             for lock in refusal.lockouts {
                 tracing::warn!(%peer, lockout = %lock, "lockout");
@@ -242,14 +242,11 @@ where
             })
     };
     if let Some((code, why, audit)) = refusal {
-        state.audit(
-            "auth.failure",
-            format!(
-                "{} client {:?} from {peer}: {audit}",
-                access.identity.describe(),
-                crate::auth::clip(&client_id)
-            ),
-        );
+        state.audit_refusal(format!(
+            "{} client {:?} from {peer}: {audit}",
+            access.identity.describe(),
+            crate::auth::clip(&client_id)
+        ));
         reject(&mut conn, protocol, code, why, client_max_packet).await;
         return None;
     }
