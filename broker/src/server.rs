@@ -144,12 +144,16 @@ impl Broker {
                 tracing::error!(
                     head_counted = counted,
                     newest_record = newest,
-                    "the audit log's head was missing or older than its newest record (removed                      or rolled back: they are written together); the log goes on after record                      {newest}, nothing overwritten. Compare it with a head exported earlier:                      messs storage verify --audit-head SEQ:HEX"
+                    "the audit log's head was missing or older than its newest record (removed \
+                     or rolled back: they are written together); the log goes on after record \
+                     {newest}, nothing overwritten. Compare it with a head exported earlier: \
+                     messs storage verify --audit-head SEQ:HEX"
                 );
                 p.audit(
                     "audit.head_restored",
                     format!(
-                        "the stored head counted {counted} records but the log holds {newest}:                          the head was removed or rolled back; continued after record {newest}"
+                        "the stored head counted {counted} records but the log holds {newest}: \
+                         the head was removed or rolled back; continued after record {newest}"
                     ),
                 );
             }
