@@ -4,7 +4,9 @@
 #     clients keep logging in with wrong passwords (default lockout; then with the per-IP
 #     lockout out of reach, as from a botnet of many addresses: every attempt costs argon2);
 #  2. 10,000 known devices connecting (uncached: argon2 each), then reconnecting (cached
-#     verification), beside Mosquitto accepting 10,000 anonymous connections;
+#     verification), from 256 loopback addresses as a fleet would (logins are counted per
+#     source: one address gets as many checks at once as it has guesses left before a
+#     lockout), beside Mosquitto accepting 10,000 anonymous connections;
 #  3. TLS: connect rate and RSS per idle TLS connection, messs and Mosquitto (both TLS 1.3,
 #     anonymous, same certificate), 5,000 connections each.
 # Every run is bounded by a count and a duration. Prints a Markdown table; raw JSON lines in
@@ -118,7 +120,7 @@ if [ "$ONLY" != flood ]; then
 start_messs
 for pass in first reconnect; do
   echo "security-bench: $devices known devices, $pass" >&2
-  json=$($LOAD conn --port "$tcp" --connections "$devices" --concurrency 64 --hold 0s \
+  json=$($LOAD conn --port "$tcp" --connections "$devices" --concurrency 64 --sources 256 --hold 0s \
     --username 'dev{i}@bench' --password device-password --duration 600s \
     --broker-pid "$pid" --json 2>"$work/load.err") || { cat "$work/load.err" >&2; exit 1; }
   record "known-devices-$pass" messs "$json"

@@ -21,6 +21,8 @@ pub struct ConnPlan {
     pub concurrency: u32,
     /// How long to hold the connections open once all are up.
     pub hold: Duration,
+    /// Loopback addresses to connect from in turn (127.0.1.0 on); 0: the system's choice.
+    pub sources: u32,
     /// Give up on the whole run after this long.
     pub duration: Duration,
     pub connect: ConnectOptions,
@@ -71,6 +73,10 @@ pub async fn run(
         opts.client_id = format!("{}-conn-{i}", plan.client_prefix);
         opts.username = opts.username.map(|u| u.replace("{i}", &i.to_string()));
         opts.password = opts.password.map(|p| p.replace("{i}", &i.to_string()));
+        if plan.sources > 0 {
+            let n = 256 + i % plan.sources.min(65_000); // from 127.0.1.0
+            opts.local_ip = Some(std::net::Ipv4Addr::new(127, 0, (n >> 8) as u8, n as u8).into());
+        }
         let (held, latency, errors, progress) = (
             held.clone(),
             latency.clone(),

@@ -136,10 +136,12 @@ pub fn quic_endpoint(mut tls: rustls::ClientConfig, v6: bool) -> anyhow::Result<
     Ok(endpoint)
 }
 
-/// Opens a connection to `addr` over `dial`, within `timeout` for each step.
+/// Opens a connection to `addr` over `dial` (from `local_ip`, if given, for TCP-based
+/// transports), within `timeout` for each step.
 pub async fn open(
     dial: &Dial,
     addr: std::net::SocketAddr,
+    local_ip: Option<std::net::IpAddr>,
     timeout: Duration,
 ) -> anyhow::Result<(ReadHalf, WriteHalf)> {
     if let Dial::Quic {
@@ -162,7 +164,20 @@ pub async fn open(
         };
         return Ok((read, WriteHalf::Quic(send)));
     }
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let connecting = async {
+        match local_ip {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = match ip {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind((ip, 0).into())?;
+                socket.connect(addr).await
+            }
+        }
+    };
+    let tcp = tokio::time::timeout(timeout, connecting)
         .await
         .context("TCP connect timed out")?
         .with_context(|| format!("TCP connect to {addr}"))?;

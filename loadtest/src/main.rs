@@ -49,6 +49,11 @@ enum Command {
         /// How long to hold the connections once all are open.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         hold: Duration,
+        /// Connect from this many loopback addresses in turn (127.0.1.0 on; 0: the
+        /// system's choice), as devices on many addresses would: a broker counts logins
+        /// per source address.
+        #[arg(long, default_value_t = 0)]
+        sources: u32,
     },
     /// Publish only (subscribers are elsewhere).
     Pub {
@@ -266,6 +271,7 @@ impl Common {
             clean: true,
             session_expiry: None,
             dial,
+            local_ip: None,
         })
     }
 
@@ -325,12 +331,14 @@ async fn main() -> anyhow::Result<()> {
             rate,
             concurrency,
             hold,
+            sources,
         } => {
             let plan = ConnPlan {
                 connections,
                 rate,
                 concurrency,
                 hold,
+                sources,
                 duration: common.duration,
                 connect: common.connect_options()?,
                 client_prefix: common.client_prefix.clone(),

@@ -29,6 +29,9 @@ pub struct ConnectOptions {
     pub session_expiry: Option<u32>,
     /// The transport.
     pub dial: Dial,
+    /// The local address to connect from (TCP-based transports; `None`: the system's
+    /// choice), so one machine can look like many devices' addresses on loopback.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -124,7 +127,8 @@ impl Writer {
 /// Opens a connection over the run's transport, sends CONNECT and waits for a successful
 /// CONNACK.
 pub async fn connect(opts: &ConnectOptions, timeout: Duration) -> anyhow::Result<(Reader, Writer)> {
-    let (r, w): (ReadHalf, WriteHalf) = crate::dial::open(&opts.dial, opts.addr, timeout).await?;
+    let (r, w): (ReadHalf, WriteHalf) =
+        crate::dial::open(&opts.dial, opts.addr, opts.local_ip, timeout).await?;
     let mut reader = Reader {
         half: r,
         buf: BytesMut::new(),
