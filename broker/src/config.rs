@@ -492,9 +492,10 @@ pub struct AuthConfig {
     /// the answer, so each of its connections tries at most one guess per delay, and a
     /// flood of refusals costs the broker that many fewer handshakes (0: answer at once).
     pub failure_delay_ms: u64,
-    /// Refused logins recorded one by one in the audit log a minute (and a burst of as
-    /// many); beyond it they are counted and summed up in one `auth.audit.suppressed`
-    /// record, so a flood of guesses cannot grow the audit log without bound.
+    /// Refused logins and lockouts recorded one by one in the audit log a minute (and a
+    /// burst of as many); beyond it they are counted and summed up in one
+    /// `auth.audit.suppressed` record, so a flood of guesses cannot grow the audit log
+    /// without bound.
     pub failure_audit_per_minute: u32,
 }
 

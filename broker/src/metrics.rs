@@ -281,7 +281,7 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
     ));
     out.push(Sample::new(
         "messs_auth_audit_suppressed_total",
-        "Refused logins counted but not audited one by one (beyond auth.failure_audit_per_minute; summed up in auth.audit.suppressed records).",
+        "Refused logins and lockouts counted but not audited one by one (beyond auth.failure_audit_per_minute; summed up in auth.audit.suppressed records).",
         MetricKind::Counter,
         state.auth.refusals_suppressed(),
     ));

@@ -336,14 +336,27 @@ impl BrokerState {
     /// Records a refused login (`auth.failure`) within the audit budget for refusals
     /// (anyone who reaches the port can cause them): beyond it, counted and summed up.
     pub fn audit_refusal(&self, detail: String) {
-        let a = self
-            .auth
-            .refused(std::time::Instant::now(), crate::clock::unix_ms());
+        self.audit_login_event(crate::auth::RefusalEvent::Failure, detail);
+    }
+
+    /// Records a lockout (`auth.lockout`), within the same budget: one attacker with many
+    /// sources can start many.
+    pub fn audit_lockout(&self, detail: String) {
+        self.audit_login_event(crate::auth::RefusalEvent::Lockout, detail);
+    }
+
+    fn audit_login_event(&self, event: crate::auth::RefusalEvent, detail: String) {
+        let now = (std::time::Instant::now(), crate::clock::unix_ms());
+        let a = self.auth.refused(event, now.0, now.1);
         if let Some(summary) = a.summary {
             self.audit("auth.audit.suppressed", summary);
         }
         if a.record {
-            self.audit("auth.failure", detail);
+            let action = match event {
+                crate::auth::RefusalEvent::Failure => "auth.failure",
+                crate::auth::RefusalEvent::Lockout => "auth.lockout",
+            };
+            self.audit(action, detail);
         }
     }
 

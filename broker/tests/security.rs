@@ -378,6 +378,66 @@ async fn guessing_at_a_device_from_elsewhere_never_locks_the_device_out() {
     broker.stop().await;
 }
 
+/// The outside review's finding: failures were counted when their check ended, so 150
+/// parallel CONNECTs from one source were all checked (the right password at #140 got
+/// in), and each failure past the threshold wrote another lockout record. Checks in
+/// flight now hold the places the thresholds leave; the rest are answered busy, unchecked.
+#[tokio::test]
+async fn parallel_guesses_from_one_source_get_no_more_checks_than_the_thresholds() {
+    let broker = start(
+        |c| {
+            c.auth.lockout_user_threshold = 5;
+            c.auth.lockout_ip_threshold = 20;
+            c.auth.lockout_base_secs = 60;
+            c.auth.failure_delay_ms = 0;
+        },
+        vec![],
+    )
+    .await;
+    let h = &broker.broker;
+    let before = h.password_verifications();
+    let attacker = [127, 0, 0, 9];
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let addr = broker.addr;
+        // The right password last: if it is ever checked, it gets in.
+        let password = if i == 39 { "acme-password-1" } else { "guess" };
+        tries.spawn(async move {
+            let raw = Raw::open_from(attacker.into(), addr).await.unwrap();
+            let (_raw, ack) = raw
+                .try_connect(login(Protocol::V5, "c", Some("sensor1@acme"), password))
+                .await
+                .unwrap();
+            ack.code
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = tries.join_next().await {
+        codes.push(code.unwrap());
+    }
+    let checked = codes
+        .iter()
+        .filter(|c| **c == ReasonCode::BadUserNameOrPassword)
+        .count();
+    assert!(checked <= 5, "{checked} guesses checked: {codes:?}");
+    assert!(!codes.contains(&ReasonCode::Success), "{codes:?}");
+    assert!(
+        codes.iter().all(|c| matches!(
+            c,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::ServerBusy | ReasonCode::Banned
+        )),
+        "{codes:?}"
+    );
+    assert!(h.password_verifications() - before <= 5);
+    let data = broker.data.clone();
+    broker.stop().await;
+    let lockouts = audit(&data)
+        .into_iter()
+        .filter(|(a, _)| a == "auth.lockout")
+        .count();
+    assert_eq!(lockouts, 1, "one lockout, one record");
+}
+
 /// The outside review's finding on the lockout fix: a verification remembered from the
 /// device's own address was accepted from any address, a locked-out one too, so a locked
 /// source kept a password oracle (a wrong guess refused, the right one let in). A
@@ -476,7 +536,7 @@ async fn refused_logins_have_an_audit_budget_and_names_are_escaped() {
         has(
             &audit,
             "auth.audit.suppressed",
-            "7 refused logins not recorded one by one"
+            "7 login events not recorded one by one (7 refused logins, 0 lockouts)"
         ),
         "{audit:?}"
     );

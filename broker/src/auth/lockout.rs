@@ -16,10 +16,19 @@
 //!   failure up to `slow_max_ms` before its password is checked, so a botnet's guessing
 //!   rate for one name drops while the device itself still gets in, a little later.
 //!
+//! Guesses **in flight** count too ([`Lockout::begin`]): a check that has started but not
+//! ended holds a place against the thresholds, so parallel connections cannot all be
+//! checked before the first failure is counted (an outside review had 150 parallel guesses
+//! from one source checked, against a threshold of 5). A source has `threshold - failures`
+//! places (one once it has been locked out before); a login beyond them is answered "server
+//! busy" without being checked.
+//!
 //! A credential proven before (the verification cache) skips all of this: see
 //! `Auth::authenticate`. Time is an input (`now_ms`), so the schedule is testable.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -84,6 +93,53 @@ pub(crate) struct Lockout {
     by_ip: Cache<IpAddr, Failures>,
     by_user_source: Cache<[u8; 32], Failures>,
     by_user: Cache<[u8; 32], u32>,
+    in_flight: Arc<Mutex<InFlightCounts>>,
+}
+
+/// Checks in flight per source and per (username, source). An entry lives only while a
+/// check does, and checks are bounded by the verification queue and the handshake limit,
+/// so the maps are too.
+#[derive(Default)]
+struct InFlightCounts {
+    by_ip: HashMap<IpAddr, u32>,
+    by_user_source: HashMap<[u8; 32], u32>,
+}
+
+impl InFlightCounts {
+    fn add(&mut self, ip: IpAddr, pair: [u8; 32]) {
+        *self.by_ip.entry(ip).or_default() += 1;
+        *self.by_user_source.entry(pair).or_default() += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr, pair: [u8; 32]) {
+        fn down<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(key) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        down(&mut self.by_ip, ip);
+        down(&mut self.by_user_source, pair);
+    }
+}
+
+/// A credential check in flight, holding its place against the thresholds until dropped
+/// (after its failure, if it failed, has been counted).
+pub(crate) struct InFlight {
+    counts: Arc<Mutex<InFlightCounts>>,
+    source: IpAddr,
+    pair: [u8; 32],
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.source, self.pair);
+    }
 }
 
 /// The key of a username (and a source) in the maps: SHA-256 of the length-prefixed parts.
@@ -121,7 +177,41 @@ impl Lockout {
                 .max_capacity(policy.capacity)
                 .time_to_idle(idle)
                 .build(),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Takes a place for one credential check of `username` from `ip`, or `None` when the
+    /// source already has as many checks in flight as it has guesses left before a
+    /// lockout (`threshold - failures`, and one once past the threshold), for the
+    /// username or for the source as a whole. Hold the place until the failure, if any,
+    /// is counted.
+    pub fn begin(&self, ip: IpAddr, tenant: &str, username: &str) -> Option<InFlight> {
+        let p = &self.policy;
+        let from = source(ip);
+        let pair = user_key(tenant, username, Some(ip));
+        let places = |threshold: u32, failures: Option<Failures>| {
+            threshold
+                .saturating_sub(failures.map_or(0, |f| f.count))
+                .max(1)
+        };
+        let ip_places = places(p.ip_threshold, self.by_ip.get(&from));
+        let pair_places = places(p.user_threshold, self.by_user_source.get(&pair));
+        let mut counts = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let busy = counts.by_ip.get(&from).copied().unwrap_or(0) >= ip_places
+            || counts.by_user_source.get(&pair).copied().unwrap_or(0) >= pair_places;
+        if busy {
+            return None;
+        }
+        counts.add(from, pair);
+        Some(InFlight {
+            counts: self.in_flight.clone(),
+            source: from,
+            pair,
+        })
     }
 
     /// Milliseconds the source of `ip` stays locked out, if it is.
@@ -154,9 +244,20 @@ impl Lockout {
         })
     }
 
-    /// Entries tracked (addresses, username-source pairs, usernames), for the metrics.
+    /// Entries tracked (addresses, username-source pairs, usernames; and checks in
+    /// flight), for the metrics.
     pub fn tracked(&self) -> u64 {
-        self.by_ip.entry_count() + self.by_user_source.entry_count() + self.by_user.entry_count()
+        let in_flight = {
+            let c = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (c.by_ip.len() + c.by_user_source.len()) as u64
+        };
+        self.by_ip.entry_count()
+            + self.by_user_source.entry_count()
+            + self.by_user.entry_count()
+            + in_flight
     }
 
     /// Counts a failed login; returns the lockouts it started.
@@ -306,6 +407,44 @@ mod tests {
         l.succeeded(device, "t", "meter");
         assert_eq!(l.user_delay("t", "meter"), None);
         assert!(l.user_locked(attacker, "t", "meter", now).is_some());
+    }
+
+    /// The outside review's finding: failures were counted when their check ended, so 150
+    /// parallel guesses from one source were all checked. Checks in flight now hold the
+    /// places the thresholds leave.
+    #[test]
+    fn checks_in_flight_count_against_the_thresholds() {
+        let l = Lockout::new(policy());
+        let now = 1_000;
+        let a: IpAddr = [10, 0, 0, 1].into();
+        // user_threshold 2: two checks of one name at once, not a third.
+        let first = l.begin(a, "t", "u").unwrap();
+        let second = l.begin(a, "t", "u").unwrap();
+        assert!(l.begin(a, "t", "u").is_none());
+        // ip_threshold 4: two more names, then the source is full.
+        let others: Vec<_> = ["v", "w"]
+            .iter()
+            .map(|n| l.begin(a, "t", n).unwrap())
+            .collect();
+        assert!(l.begin(a, "t", "x").is_none());
+        assert!(
+            l.begin([10, 0, 0, 2].into(), "t", "u").is_some(),
+            "another source"
+        );
+        // One fails and is counted, then lets go of its place: the name has none left (1
+        // failure + 1 in flight = 2), nor has the source (1 failure + 3 in flight = 4).
+        l.failed(a, Some(("t", "u")), now);
+        drop(first);
+        assert!(l.begin(a, "t", "u").is_none());
+        drop(others);
+        drop(second);
+        assert_eq!(l.in_flight.lock().unwrap().by_ip.len(), 0, "emptied");
+        // Past the threshold (locked out, then the lock expired): one at a time.
+        l.failed(a, Some(("t", "u")), now);
+        let only = l.begin(a, "t", "u").unwrap();
+        assert!(l.begin(a, "t", "u").is_none());
+        drop(only);
+        assert!(l.begin(a, "t", "u").is_some());
     }
 
     #[test]

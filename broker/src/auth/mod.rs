@@ -92,6 +92,8 @@ pub(crate) struct ScramLogin {
     who: String,
     device: Option<messs_storage::registry::DeviceRecord>,
     pub exchange: scram::Exchange,
+    /// The exchange's place against the lockout thresholds, until it ends.
+    _in_flight: lockout::InFlight,
 }
 
 /// An authenticated client, bound to its tenant.
@@ -309,6 +311,20 @@ struct Remembered {
     device_limits: Arc<[(String, u64)]>,
 }
 
+/// An audit record a refused login may write, within `auth.failure_audit_per_minute` (the
+/// discriminant is its kind in the budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalEvent {
+    /// `auth.failure`.
+    Failure = 0,
+    /// `auth.lockout`.
+    Lockout = 1,
+}
+
+/// Why a login was refused as busy without a check: see `Lockout::begin`.
+const IN_FLIGHT_FULL: &str =
+    "as many checks in flight from this source as it has guesses left before a lockout";
+
 /// The authenticator: tenants, the verification pool and cache, and the lockout counters.
 pub(crate) struct Auth {
     pub tenants: Arc<Tenants>,
@@ -398,8 +414,8 @@ impl Auth {
             hash_params,
             refusal_audit: AuditBudget::new(
                 a.failure_audit_per_minute,
-                "refused logins",
-                &["refused logins"],
+                "login events",
+                &["refused logins", "lockouts"],
                 std::time::Instant::now(),
             ),
         })
@@ -487,6 +503,10 @@ impl Auth {
             let detail = format!("{who}: username locked out for {ms} ms more");
             return Err(refuse(Denied::LockedOut, detail));
         }
+        let in_flight = self
+            .lockout
+            .begin(peer, &tenant_id, &name)
+            .ok_or_else(|| refuse(Denied::Busy, format!("{who}: {IN_FLIGHT_FULL}")))?;
         if let Some(delay) = self.lockout.user_delay(&tenant_id, &name) {
             tokio::time::sleep(delay).await;
         }
@@ -530,6 +550,7 @@ impl Auth {
             who,
             device,
             exchange,
+            _in_flight: in_flight,
         })
     }
 
@@ -542,6 +563,7 @@ impl Auth {
         peer: IpAddr,
         now_ms: u64,
     ) -> Result<(Identity, String), Refusal> {
+        // `_in_flight` lives to the end of this function: a failure is counted first.
         let ScramLogin {
             tenant,
             tenant_id,
@@ -549,6 +571,7 @@ impl Auth {
             who,
             device,
             exchange,
+            _in_flight,
         } = login;
         let outcome = exchange.finish(client_final);
         match (outcome, tenant, device) {
@@ -579,10 +602,11 @@ impl Auth {
         }
     }
 
-    /// Whether a refused login at `now` gets an audit record of its own, and a summary of
-    /// earlier refusals that did not, to write first (`auth.failure_audit_per_minute`).
-    pub fn refused(&self, now: std::time::Instant, now_ms: u64) -> Admission {
-        self.refusal_audit.admit(0, now, now_ms)
+    /// Whether a refused login's record (`auth.failure`) or a lockout's (`auth.lockout`)
+    /// at `now` gets written, and a summary of earlier ones that did not, to write first
+    /// (`auth.failure_audit_per_minute`).
+    pub fn refused(&self, event: RefusalEvent, now: std::time::Instant, now_ms: u64) -> Admission {
+        self.refusal_audit.admit(event as usize, now, now_ms)
     }
 
     /// The summary of refusals not recorded one by one: when due, or with `force`
@@ -591,7 +615,7 @@ impl Auth {
         self.refusal_audit.flush(now, force)
     }
 
-    /// Refused logins not recorded one by one since the start (the metric).
+    /// Refused logins and lockouts not recorded one by one since the start (the metric).
     pub fn refusals_suppressed(&self) -> u64 {
         self.refusal_audit.suppressed().iter().sum()
     }
@@ -727,6 +751,11 @@ impl Auth {
                 format!("{who}: username locked out for {ms} ms more"),
             ));
         }
+        // Held until the end, after a failure has been counted.
+        let _in_flight = self
+            .lockout
+            .begin(peer, tenant_id, name)
+            .ok_or_else(|| refuse(Denied::Busy, format!("{who}: {IN_FLIGHT_FULL}")))?;
         // A username guessed at from many sources: slowed, not locked.
         if let Some(delay) = self.lockout.user_delay(tenant_id, name) {
             tokio::time::sleep(delay).await;

@@ -135,7 +135,7 @@ where
             }
             for lock in refusal.lockouts {
                 tracing::warn!(%peer, lockout = %lock, "lockout");
-                state.audit("auth.lockout", lock);
+                state.audit_lockout(lock);
             }
             let d = refusal.denied;
             hold_refusal(state, arrived, deadline).await;
@@ -151,26 +151,23 @@ where
         .username
         .as_deref()
         .map(|name| (name, &*identity.tenant.id));
-    if let Some(kind) = state.bans.listed(&client_id, settled) {
-        tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
-        refuse_banned(
-            state,
-            &mut conn,
-            protocol,
-            (arrived, deadline),
-            client_max_packet,
-        )
-        .await;
-        return None;
-    }
-    let flapping = state.bans.flapping(
-        &identity.tenant.id,
-        &client_id,
-        identity.username.as_deref(),
-        crate::clock::unix_ms(),
-    );
-    if let Some((kind, until)) = flapping {
-        tracing::debug!(%peer, ?kind, until, "CONNECT refused: banned for reconnecting too often");
+    // Then a flapping ban on its client id or username.
+    let banned = match state.bans.listed(&client_id, settled) {
+        Some(kind) => Some(format!("{kind:?} banned by the operator")),
+        None => state
+            .bans
+            .flapping(
+                &identity.tenant.id,
+                &client_id,
+                identity.username.as_deref(),
+                crate::clock::unix_ms(),
+            )
+            .map(|(kind, until)| {
+                format!("{kind:?} banned for reconnecting too often, until {until} (Unix ms)")
+            }),
+    };
+    if let Some(why) = banned {
+        tracing::debug!(%peer, why, "CONNECT refused");
         refuse_banned(
             state,
             &mut conn,
