@@ -217,10 +217,17 @@ pub async fn login(
         totp: req.totp,
         recovery_code: req.recovery_code,
     };
+    // One check at a time, admitted under its turn: every failure before it is counted by
+    // then, so parallel guesses get no more checks than the lockout allows. The permit is
+    // held until this one's failure is counted too.
+    let _turn = state.hashing_permit().await?;
+    if let Admission::Locked(secs) = state.guard.admit(&username, ip, Instant::now()) {
+        return Err(AdminError::TooManyRequests(secs));
+    }
     let s = state.clone();
     let params = state.broker.hash_params();
     let result = state
-        .hashing(move |store| {
+        .blocking(move |store| {
             let r = check_login(store, params, &creds)?;
             match r {
                 LoginResult::Ok { used_recovery } => Ok(Ok((

@@ -61,6 +61,47 @@ async fn an_attacker_locks_only_its_own_address_out_of_the_account() {
     }
 }
 
+/// The outside review's finding on the MQTT side, tried here too: parallel guesses were
+/// all admitted before the first failure was counted. The admin plane checks passwords one
+/// at a time and admits each under that turn, so parallel guesses get no more checks than
+/// `lockout_failures`.
+#[tokio::test]
+async fn parallel_guesses_get_no_more_checks_than_the_lockout_allows() {
+    let e = super::super::env(|c| {
+        c.admin.require_mfa = false;
+        c.admin.lockout_failures = 3;
+    })
+    .await;
+    let attacker: IpAddr = "203.0.113.99".parse().unwrap();
+    let mut guesses = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let app = e.app.clone();
+        let body = json!({"username": "admin", "password": WRONG});
+        let req = crate::build_request(
+            attacker,
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(body),
+        );
+        guesses.spawn(async move { app.oneshot(req).await.unwrap().status() });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = guesses.join_next().await {
+        statuses.push(s.unwrap());
+    }
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(checked, 3, "{statuses:?}");
+    assert!(statuses
+        .iter()
+        .all(|s| matches!(*s, StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)));
+    let a = login_from(&e, "203.0.113.99", "admin", ADMIN_PASSWORD, json!({})).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{a:?}");
+}
+
 /// IPv6 addresses count by /64 (a host has a whole prefix), an IPv4-mapped address as
 /// the IPv4 address.
 #[tokio::test]
