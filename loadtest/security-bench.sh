@@ -34,7 +34,7 @@ out=target/security-bench; mkdir -p "$out"
 results="$out/$(date +%Y%m%d-%H%M%S).jsonl"
 work=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "${pid2:-}" ] && kill "$pid2" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "${pid2:-}" ] && { kill "$pid2" 2>/dev/null || true; }; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" 2>/dev/null && return 0; sleep 0.05; done; echo "no broker on $1; logs:" >&2; cat "$work"/*.log >&2; exit 1; }
