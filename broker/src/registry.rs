@@ -38,6 +38,9 @@ pub struct RuleSpec {
 pub(crate) enum Touched {
     /// The tenant's record, rules or keys.
     Tenant(String),
+    /// What the tenant's certificate logins rest on (a CA removed, a certificate revoked):
+    /// as `Tenant`, and its live certificate logins are closed to log in again.
+    Certificates(String),
     /// One device of a tenant.
     Device(String, String),
 }
@@ -568,8 +571,9 @@ impl<'a> Registry<'a> {
     }
 
     /// Stops trusting a tenant's CA, by the SHA-256 of its DER (as `cas` lists it): its
-    /// certificates no longer log in, from the next TLS handshake on (connections already
-    /// open stay until they end or are kicked). False if the tenant did not trust it.
+    /// certificates no longer log in, and on a running broker the tenant's live certificate
+    /// logins are closed (0x98), so only those another CA still vouches for come back.
+    /// False if the tenant did not trust it.
     pub fn remove_ca(&mut self, tenant: &str, fingerprint: &[u8; 32]) -> Result<bool, BrokerError> {
         self.tenant_record(tenant)?;
         let removed = self.store.delete_ca(tenant, fingerprint)?;
@@ -578,12 +582,13 @@ impl<'a> Registry<'a> {
                 "ca.remove",
                 format!("tenant {tenant:?}: CA {}", hex(fingerprint)),
             );
-            self.touched.push(Touched::Tenant(tenant.to_owned()));
+            self.touched.push(Touched::Certificates(tenant.to_owned()));
         }
         Ok(removed)
     }
 
-    /// Revokes a device certificate (DER) of a tenant.
+    /// Revokes a device certificate (DER) of a tenant; on a running broker the tenant's
+    /// live certificate logins are closed (0x98) and only unrevoked ones come back.
     pub fn revoke_cert(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
         self.tenant_record(tenant)?;
         let fp = cert_fingerprint(der);
@@ -592,7 +597,7 @@ impl<'a> Registry<'a> {
             "cert.revoke",
             format!("tenant {tenant:?}: certificate {}", hex(&fp)),
         );
-        self.touched.push(Touched::Tenant(tenant.to_owned()));
+        self.touched.push(Touched::Certificates(tenant.to_owned()));
         Ok(fp)
     }
 }

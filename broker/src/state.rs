@@ -273,9 +273,10 @@ impl BrokerState {
     ) {
         use crate::registry::Touched;
         for t in touched {
-            let (tenant, device) = match &t {
-                Touched::Tenant(t) => (t.as_str(), None),
-                Touched::Device(t, d) => (t.as_str(), Some(d.as_str())),
+            let (tenant, device, certificates) = match &t {
+                Touched::Tenant(t) => (t.as_str(), None, false),
+                Touched::Certificates(t) => (t.as_str(), None, true),
+                Touched::Device(t, d) => (t.as_str(), Some(d.as_str()), false),
             };
             self.auth.forget(tenant, device);
             let kick = match device {
@@ -294,12 +295,20 @@ impl BrokerState {
                     _ => true,
                 },
             };
-            if !kick {
+            if !kick && !certificates {
                 continue;
             }
             for s in self.all_sessions() {
-                let owned = device.is_none_or(|d| s.lock().owner() == Some(d));
-                if *s.key.tenant == *tenant && owned && s.is_connected() {
+                if *s.key.tenant != *tenant || !s.is_connected() {
+                    continue;
+                }
+                let hit = {
+                    let st = s.lock();
+                    let owned = device.is_none_or(|d| st.owner() == Some(d));
+                    let by_certificate = st.link().is_some_and(|l| l.by_certificate);
+                    (kick && owned) || (certificates && by_certificate)
+                };
+                if hit {
                     s.kick(ReasonCode::AdministrativeAction);
                 }
             }

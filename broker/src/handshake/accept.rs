@@ -286,6 +286,7 @@ where
                 messs_codec::Protocol::V3_1_1 => 4,
                 messs_codec::Protocol::V5 => 5,
             },
+            by_certificate: access.identity.method == crate::auth::Method::Certificate,
             transport: listener.transport.name(),
             since_ms: crate::clock::unix_ms(),
         },

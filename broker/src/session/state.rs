@@ -124,6 +124,8 @@ pub struct Link {
     pub peer: std::net::SocketAddr,
     /// MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5.
     pub protocol_level: u8,
+    /// Logged in with a client certificate (closed when its tenant's trust changes).
+    pub by_certificate: bool,
     /// The listener's transport (`tcp`, `tls`, ...).
     pub transport: &'static str,
     /// When CONNECT was accepted (Unix ms).

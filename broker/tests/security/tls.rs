@@ -473,8 +473,8 @@ async fn a_removed_device_cannot_log_back_in_with_its_certificate() {
 }
 
 /// `ca remove` (and `DELETE .../cas/{fingerprint}`): the answer SECURITY.md gives to a
-/// leaked or wrongly trusted CA. Its devices' next logins are refused; the removal is
-/// audited; the tenant's other trust is untouched.
+/// leaked or wrongly trusted CA. Its devices' live connections are closed and their next
+/// logins refused; the removal is audited; other tenants' devices are untouched.
 #[tokio::test]
 async fn a_removed_ca_logs_none_of_its_devices_in() {
     let pki = Pki::new();
@@ -483,14 +483,41 @@ async fn a_removed_ca_logs_none_of_its_devices_in() {
         .broker
         .registry("test", |r| {
             r.add_device("acme", "meter-7", None, None, &[])?;
+            r.add_device("acme", "meter-9", None, None, &[])?;
             r.add_device("globex", "meter-8", None, None, &[])
         })
         .await
         .unwrap();
     let meter = pki.acme.issue("meter-7", vec![], false);
-    let (c, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+    let (mut live, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
     assert_eq!(code, ReasonCode::Success);
-    c.disconnect().await;
+    // A revoked certificate's live connection is closed too (with the tenant's other
+    // certificate logins, which log straight back in).
+    let stolen = pki.acme.issue("meter-9", vec![], false);
+    let (mut thief, code) = cert_login(&broker, &pki, &stolen, "m9").await.unwrap();
+    assert_eq!(code, ReasonCode::Success);
+    let stolen_der = stolen.0.der().to_vec();
+    broker
+        .broker
+        .registry("acme-admin", move |r| {
+            r.revoke_cert("acme", &stolen_der).map(|_| ())
+        })
+        .await
+        .unwrap();
+    thief
+        .expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    live.expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
+    let (_c, code) = cert_login(&broker, &pki, &stolen, "m9").await.unwrap();
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword, "revoked");
+    let (mut live, code) = cert_login(&broker, &pki, &meter, "m7").await.unwrap();
+    assert_eq!(code, ReasonCode::Success, "not revoked: back in");
+    let globex_meter = pki.globex.issue("meter-8", vec![], false);
+    let (mut bystander, code) = cert_login(&broker, &pki, &globex_meter, "g8")
+        .await
+        .unwrap();
+    assert_eq!(code, ReasonCode::Success);
     let fp = messs_broker::storage::registry::cert_fingerprint(pki.acme.cert.der());
     // Not globex's to remove; then acme's own admin removes it, once.
     let removed = |tenant: &'static str| {
@@ -504,15 +531,16 @@ async fn a_removed_ca_logs_none_of_its_devices_in() {
     };
     assert!(!removed("globex").await);
     assert!(removed("acme").await);
+    live.expect_disconnect(ReasonCode::AdministrativeAction)
+        .await;
     assert!(!removed("acme").await, "already gone");
     if let Some((_c, code)) = cert_login(&broker, &pki, &meter, "m7").await {
         assert_ne!(code, ReasonCode::Success, "a removed CA still logs in");
     }
-    let globex_meter = pki.globex.issue("meter-8", vec![], false);
-    let (_g, code) = cert_login(&broker, &pki, &globex_meter, "g8")
-        .await
-        .unwrap();
-    assert_eq!(code, ReasonCode::Success);
+    bystander
+        .subscribe("devices/meter-8/#", QoS::AtLeastOnce)
+        .await;
+    bystander.roundtrip("devices/meter-8/still-here").await;
     let data = broker.data.clone();
     broker.stop().await;
     let audit = audit(&data);
