@@ -10,8 +10,9 @@
 //!    cache that another source filled: the right password and a wrong one get one answer;
 //! 3. the credential: a client certificate verified in the TLS handshake (its CA says the
 //!    tenant; a revoked or disabled device is refused); else a device JWT signed by one of
-//!    the tenant's keys (`jwt`); else the username's lockout, then argon2 on the
-//!    verification pool (busy: 0x89);
+//!    the tenant's keys (`jwt`); else the username's lockout, a place among the source's
+//!    checks in flight (`Lockout::begin`; none left: 0x89, unchecked), then argon2 on the
+//!    verification pool (full: 0x89);
 //! 4. the device's client-id pattern.
 //!
 //! Every refusal looks the same to the client whatever its cause among unknown tenant,
