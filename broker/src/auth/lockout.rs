@@ -13,8 +13,9 @@
 //!   alone let one wrong guess per lockout period keep any known device out for good.);
 //! - per **username**, across sources: past `user_slow_after` failures the username is
 //!   **slowed**, not locked: each login for it waits a delay that doubles per further
-//!   failure up to `slow_max_ms` before its password is checked, so a botnet's guessing
-//!   rate for one name drops while the device itself still gets in, a little later.
+//!   failure up to `slow_max_ms` before its password is checked, while the device itself
+//!   still gets in, a little later. (It slows a guesser that waits for its answers, not
+//!   a botnet guessing in parallel: the per-source limits bound that.)
 //!
 //! Guesses **in flight** count too ([`Lockout::begin`]): a check that has started but not
 //! ended holds a place against the thresholds, so parallel connections cannot all be
