@@ -637,6 +637,45 @@ async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_
     broker.stop().await;
 }
 
+/// Issue 21's finding: the will of a session that expired while the broker was down was
+/// published while the sessions were still being restored, so only the persistent
+/// subscribers restored before it got it. Here the subscriber ("z-...") sorts after the
+/// expired session ("a-...") in the store, so it is restored after it; the will (not
+/// retained) must still be in its queue.
+#[tokio::test]
+async fn a_will_published_at_start_reaches_sessions_restored_after_it() {
+    let broker = TestBroker::start().await;
+    let (mut listener, _) = persistent(broker.addr, "z-listener", true).await;
+    listener.subscribe("wills/#", QoS::AtLeastOnce).await;
+    listener.disconnect().await;
+    let mut c = connect_packet(Protocol::V5, "a-dying", true);
+    c.properties.session_expiry_interval = Some(1);
+    let mut will = Will {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic("wills/a-dying"),
+        payload: bytes::Bytes::from_static(b"gone while down"),
+        properties: Default::default(),
+    };
+    will.properties.will_delay_interval = Some(60);
+    c.will = Some(will);
+    let (client, _) = Raw::connect_with(broker.addr, c).await;
+    client.drop_connection();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let data = broker.data.clone();
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let broker = TestBroker::start_in(data, |_| {}).await;
+    let (mut listener, present) = persistent(broker.addr, "z-listener", false).await;
+    assert!(present);
+    assert_eq!(
+        &listener.recv_publish_ack().await.payload[..],
+        b"gone while down",
+        "the will missed a session restored after the expired one"
+    );
+    broker.stop().await;
+}
+
 /// QoS 1 messages sent together share one stored record of their packet ids: after some are
 /// acknowledged and the broker restarts, exactly the others come back, each with DUP and
 /// its packet id.

@@ -1,7 +1,7 @@
 //! Start-up: rebuilds persistent sessions and retained messages from the store before any
 //! listener accepts. Expiry is wall-clock: a session whose expiry passed while the broker
-//! was down ends now (its pending will is published); the others get their expiry and will
-//! timers at the times stored. Queued messages stay on disk; only messages that were in
+//! was down ends once every session is restored (its pending will is published then, so it
+//! reaches every session); the others get their expiry and will timers at the times stored. Queued messages stay on disk; only messages that were in
 //! flight are read, to be resent (DUP) with their packet ids.
 
 use std::num::NonZeroU16;
@@ -56,20 +56,31 @@ impl BrokerState {
             }
         }
         store.submit(cleanup, None)?;
+        // Sessions that expired while the broker was down end only once every session is
+        // back: ending one publishes its will, which must reach every session restored
+        // after it too.
+        let mut expired = Vec::new();
         for loaded in store.load_sessions()? {
-            self.restore_session(loaded, now, &mut report)?;
+            if let Some(session) = self.restore_session(loaded, now, &mut report)? {
+                expired.push(session);
+            }
+        }
+        for session in expired {
+            self.end_session(&session);
         }
         Ok(report)
     }
 
+    /// Restores one session; returns it if it expired while the broker was down (for the
+    /// caller to end once every session is restored).
     fn restore_session(
         &self,
         loaded: LoadedSession,
         now: u64,
         report: &mut RestoreReport,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<Arc<crate::session::Session>>, BrokerError> {
         let Some(persist) = &self.persist else {
-            return Ok(());
+            return Ok(None);
         };
         let key = SessionKey {
             tenant: self.tenant_id(&loaded.tenant),
@@ -175,14 +186,13 @@ impl BrokerState {
         report.queued_messages += loaded.queued;
         if expires_at <= now {
             report.expired_sessions += 1;
-            self.end_session(&session);
-            return Ok(());
+            return Ok(Some(session));
         }
         let timer = self
             .timers
             .schedule(expires_at, Due::SessionExpiry(session.clone(), 0));
         session.lock().set_expiry_timer(timer);
         report.sessions += 1;
-        Ok(())
+        Ok(None)
     }
 }
