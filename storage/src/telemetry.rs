@@ -291,7 +291,20 @@ impl Store {
                 None => (0, 0),
             };
             if let Some(max) = policy.max_bytes_per_tenant {
-                let remaining = usage.bytes.saturating_sub(bytes);
+                let mut remaining = usage.bytes.saturating_sub(bytes);
+                if remaining > max {
+                    // The count is kept as records are queued, so writes the store refused
+                    // later (a full disk, a failed write) are in it: measure what is
+                    // stored before deleting anything for its size, and correct the count.
+                    let stored = self.measure_tenant(&prefix)?;
+                    let mut all = self.inner.telemetry.lock();
+                    if let Some(u) = all.get_mut(&tenant) {
+                        // Records queued since the snapshot stay counted.
+                        u.bytes = stored.1 + u.bytes.saturating_sub(usage.bytes);
+                        u.records = stored.0 + u.records.saturating_sub(usage.records);
+                    }
+                    remaining = stored.1.saturating_sub(bytes);
+                }
                 if remaining > max {
                     // Walk past the age cut until enough has been dropped.
                     let from = cut.clone().unwrap_or_else(|| prefix.clone());
@@ -325,6 +338,12 @@ impl Store {
             );
         }
         Ok(report)
+    }
+
+    /// Records and bytes of all a tenant's telemetry.
+    fn measure_tenant(&self, prefix: &[u8]) -> Result<(u64, u64), StorageError> {
+        let end = keys::prefix_end(prefix).unwrap_or_else(|| keys::join(prefix, &[0xFF; 13]));
+        self.measure(prefix, &end)
     }
 
     /// Records and bytes of a tenant's telemetry below `end`.

@@ -465,6 +465,59 @@ fn audit_verify_finds_a_changed_record_and_a_removed_tail() {
     assert_eq!(report.broken.unwrap().seq, 3);
 }
 
+/// Issue 21's finding: telemetry usage was counted when a record was queued, so writes the
+/// store refused later (a full disk) counted as stored, and size-based retention deleted a
+/// tenant's whole telemetry. Retention now measures what is stored before it deletes for
+/// size.
+#[test]
+fn refused_telemetry_writes_do_not_make_retention_delete_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut b = Batch::new();
+    for i in 0..10 {
+        store
+            .put_telemetry(&mut b, "a", 1_000 + i, &message("s/t", &[1; 100]))
+            .unwrap();
+    }
+    write(&store, b).unwrap();
+    let stored = store.telemetry_usage("a").bytes;
+    store.set_write_fault(true);
+    let mut b = Batch::new();
+    for i in 0..100 {
+        store
+            .put_telemetry(&mut b, "a", 2_000 + i, &message("s/t", &[2; 100]))
+            .unwrap();
+    }
+    assert!(write(&store, b).is_err(), "the fault refuses the write");
+    store.set_write_fault(false);
+    let report = store
+        .apply_telemetry_retention(
+            &RetentionPolicy {
+                max_age_ms: None,
+                max_bytes_per_tenant: Some(stored + 100),
+            },
+            5_000,
+        )
+        .unwrap();
+    assert_eq!(report.records, 0, "deleted stored records for refused ones");
+    let page = store
+        .query_telemetry(&TelemetryQuery {
+            tenant: "a".into(),
+            filter: "#".into(),
+            from_ms: 0,
+            to_ms: u64::MAX,
+            limit: 100,
+            cursor: None,
+        })
+        .unwrap();
+    assert_eq!(page.records.len(), 10);
+    assert_eq!(
+        store.telemetry_usage("a").bytes,
+        stored,
+        "the count corrected"
+    );
+}
+
 /// What an attacker who can write the data directory (but holds no key) does to the audit
 /// log: rewrite a record's detail and recompute every SHA-256 link after it and the head.
 fn rewrite_audit_record(dir: &Path, seq: u64, detail: &str) {
