@@ -1,8 +1,9 @@
 //! Start-up: rebuilds persistent sessions and retained messages from the store before any
 //! listener accepts. Expiry is wall-clock: a session whose expiry passed while the broker
 //! was down ends once every session is restored (its pending will is published then, so it
-//! reaches every session); the others get their expiry and will timers at the times stored. Queued messages stay on disk; only messages that were in
-//! flight are read, to be resent (DUP) with their packet ids.
+//! reaches every session); the others get their expiry and will timers at the times
+//! stored. Queued messages stay on disk; only messages that were in flight are read, to be
+//! resent (DUP) with their packet ids.
 
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
