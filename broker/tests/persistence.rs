@@ -599,19 +599,25 @@ async fn encrypted_at_rest_with_a_key_from_the_environment_and_audited() {
     broker.stop().await;
 }
 
-#[tokio::test]
-async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_will() {
-    let broker = TestBroker::start().await;
-    let mut c = connect_packet(Protocol::V5, "short", true);
+/// Client `id` connects with a session that lives 1 s and a QoS 1 will on `wills/ID`
+/// (delayed longer than the session lives, so it goes out when the session ends), drops
+/// its connection; the broker stops, stays down longer than that second (wall-clock) and
+/// starts again on the same store.
+async fn expire_while_down(
+    broker: TestBroker,
+    id: &str,
+    retain: bool,
+    payload: &'static [u8],
+) -> TestBroker {
+    let mut c = connect_packet(Protocol::V5, id, true);
     c.properties.session_expiry_interval = Some(1);
     let mut will = Will {
         qos: QoS::AtLeastOnce,
-        retain: true,
-        topic: topic("wills/short"),
-        payload: bytes::Bytes::from_static(b"expired"),
+        retain,
+        topic: topic(&format!("wills/{id}")),
+        payload: bytes::Bytes::from_static(payload),
         properties: Default::default(),
     };
-    // The will waits longer than the session lives: it goes out when the session ends.
     will.properties.will_delay_interval = Some(60);
     c.will = Some(will);
     let (client, _) = Raw::connect_with(broker.addr, c).await;
@@ -619,9 +625,14 @@ async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_
     tokio::time::sleep(Duration::from_millis(200)).await;
     let data = broker.data.clone();
     broker.stop().await;
-    // Down for longer than the session's expiry (wall-clock).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let broker = TestBroker::start_in(data, |_| {}).await;
+    TestBroker::start_in(data, |_| {}).await
+}
+
+#[tokio::test]
+async fn a_session_that_expires_while_the_broker_is_down_ends_at_start_with_its_will() {
+    let broker = TestBroker::start().await;
+    let broker = expire_while_down(broker, "short", true, b"expired").await;
     assert!(
         broker
             .broker
@@ -648,24 +659,7 @@ async fn a_will_published_at_start_reaches_sessions_restored_after_it() {
     let (mut listener, _) = persistent(broker.addr, "z-listener", true).await;
     listener.subscribe("wills/#", QoS::AtLeastOnce).await;
     listener.disconnect().await;
-    let mut c = connect_packet(Protocol::V5, "a-dying", true);
-    c.properties.session_expiry_interval = Some(1);
-    let mut will = Will {
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: topic("wills/a-dying"),
-        payload: bytes::Bytes::from_static(b"gone while down"),
-        properties: Default::default(),
-    };
-    will.properties.will_delay_interval = Some(60);
-    c.will = Some(will);
-    let (client, _) = Raw::connect_with(broker.addr, c).await;
-    client.drop_connection();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let data = broker.data.clone();
-    broker.stop().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let broker = TestBroker::start_in(data, |_| {}).await;
+    let broker = expire_while_down(broker, "a-dying", false, b"gone while down").await;
     let (mut listener, present) = persistent(broker.addr, "z-listener", false).await;
     assert!(present);
     assert_eq!(
