@@ -246,8 +246,10 @@ impl Store {
         ));
     }
 
-    /// Records an incoming QoS 2 packet id (the message was routed; PUBREL is awaited).
+    /// Records an incoming QoS 2 packet id (the message was routed; PUBREL is awaited). It
+    /// counts as new data: it is admitted (or refused) with the copies of its message.
     pub fn put_incoming_qos2(&self, b: &mut Batch, p: &SessionPrefix, pid: u16) {
+        b.mark_new_data();
         b.push(Op::Put(
             Cf::Sessions,
             p.tagged(tag::INCOMING_QOS2, &pid.to_be_bytes()),

@@ -8,7 +8,9 @@
 //! submitted with a clone holds it, and when the last clone is dropped (the writer drops its
 //! clones after the write, the submitter after its last submit) the [`Durable`] future
 //! resolves — with an error if any of those writes failed. No RocksDB call runs on the
-//! caller's thread.
+//! caller's thread. A unit ticket ([`Ticket::unit`]) also keeps its batches together: they
+//! go into one RocksDB write, and their new data is stored or refused as a whole, so what
+//! one inbound packet stores is never half on disk after a crash.
 //!
 //! The writer never lets RocksDB run out of disk: RocksDB treats a full disk under its
 //! write-ahead log as a hard error and stops all writes until the database is reopened.
@@ -114,8 +116,30 @@ impl Batch {
 struct TicketInner {
     failed: AtomicBool,
     used: AtomicBool,
+    /// Set for a unit ticket (see [`Ticket::unit`]).
+    unit: Option<Unit>,
     tx: Mutex<Option<tokio::sync::oneshot::Sender<bool>>>,
 }
+
+/// What the writer knows of a unit: whether more of its batches may come, and the verdicts
+/// made once for the whole unit, so it is written or refused as one.
+struct Unit {
+    /// Not sealed yet. Once it is, a wake-up request follows its last batch down the
+    /// channel, and the writer does not end a RocksDB write before it has seen that.
+    open: AtomicBool,
+    /// A batch of it passed the check for a writer too far behind: the rest of the unit
+    /// is not refused for it (a refusal half-way would store half a message).
+    admitted: AtomicBool,
+    /// The writer's free-space verdict on its new data, made at the first batch with new
+    /// data it sees: `VERDICT_*`.
+    disk: std::sync::atomic::AtomicU8,
+    /// Wakes the writer when the unit is sealed (set at the first submit).
+    wake: std::sync::OnceLock<mpsc::Sender<Request>>,
+}
+
+const VERDICT_NONE: u8 = 0;
+const VERDICT_OK: u8 = 1;
+const VERDICT_LOW: u8 = 2;
 
 impl Drop for TicketInner {
     fn drop(&mut self) {
@@ -138,13 +162,55 @@ impl Ticket {
     /// A ticket and the future that resolves once it and every batch submitted with it
     /// are done.
     pub fn new() -> (Ticket, Durable) {
+        Self::make(None)
+    }
+
+    /// A ticket whose batches are one unit: the writer puts all of them into one RocksDB
+    /// write (never ending a write between two of them) and refuses all or none of their
+    /// new data — what one inbound packet stores survives a crash whole or not at all. The
+    /// submitter must [`seal`](Ticket::seal) it after its last batch; until then the writer
+    /// waits for the rest (at most `UNIT_WAIT`, a guard against a unit never sealed).
+    pub fn unit() -> (Ticket, Durable) {
+        Self::make(Some(Unit {
+            open: AtomicBool::new(true),
+            admitted: AtomicBool::new(false),
+            disk: std::sync::atomic::AtomicU8::new(VERDICT_NONE),
+            wake: std::sync::OnceLock::new(),
+        }))
+    }
+
+    fn make(unit: Option<Unit>) -> (Ticket, Durable) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = TicketInner {
             failed: AtomicBool::new(false),
             used: AtomicBool::new(false),
+            unit,
             tx: Mutex::new(Some(tx)),
         };
         (Ticket(Arc::new(inner)), Durable(rx))
+    }
+
+    /// Says the last batch of a unit was submitted (nothing for other tickets; repeating
+    /// it does nothing).
+    pub fn seal(&self) {
+        let Some(unit) = &self.0.unit else {
+            return;
+        };
+        if unit.open.swap(false, Ordering::AcqRel) {
+            if let Some(wake) = unit.wake.get() {
+                // The writer may be waiting for this unit's next batch: this is it.
+                let _ = wake.send(Request {
+                    batch: Batch::new(),
+                    ticket: Some(self.clone()),
+                    n: 0,
+                    wake: true,
+                });
+            }
+        }
+    }
+
+    fn same(&self, other: &Ticket) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Whether any batch was submitted with it.
@@ -232,8 +298,11 @@ impl DiskGuard {
 struct Request {
     batch: Batch,
     ticket: Option<Ticket>,
-    /// Submission number (see `Progress`).
+    /// Submission number (see `Progress`); 0 for a wake-up.
     n: u64,
+    /// Only wakes the writer: a unit was sealed (`ticket` is the unit), or — without a
+    /// ticket — the writer is stopping. Not a submitted request.
+    wake: bool,
 }
 
 /// How far the writer got: requests are numbered as they are submitted, and `written` is
@@ -311,8 +380,12 @@ impl LatencyHistogram {
 
 /// Most requests merged into one RocksDB write.
 const MAX_GROUP: usize = 4096;
-/// Most bytes merged into one RocksDB write.
+/// Most bytes merged into one RocksDB write (a unit may take it past this).
 const MAX_GROUP_BYTES: usize = 8 << 20;
+/// How long the writer waits for the rest of a unit before writing what it has: a unit is
+/// submitted by one synchronous pass of its packet's handler, so only a bug (a unit never
+/// sealed) makes it wait this long, and then it says so.
+const UNIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The submitting side of the writer thread.
 pub(crate) struct Writer {
@@ -382,10 +455,26 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
-        let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
-        if batch.new_data && pending > 0 && pending + batch.bytes > self.max_pending_bytes {
-            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            return Err(StorageError::Busy(pending));
+        let unit = ticket.and_then(|t| t.0.unit.as_ref());
+        if batch.new_data {
+            if unit.is_some() && ticket.is_some_and(Ticket::is_failed) {
+                // The rest of a unit already refused: its acknowledgement is a refusal, so
+                // its new data is not stored either.
+                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                return Err(StorageError::Busy(0));
+            }
+            let admitted = unit.is_some_and(|u| u.admitted.load(Ordering::Acquire));
+            let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+            if !admitted && pending > 0 && pending + batch.bytes > self.max_pending_bytes {
+                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = ticket {
+                    t.fail();
+                }
+                return Err(StorageError::Busy(pending));
+            }
+            if let Some(u) = unit {
+                u.admitted.store(true, Ordering::Release);
+            }
         }
         self.stats
             .pending_bytes
@@ -397,10 +486,14 @@ impl Writer {
         }
         let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         let (tx, last) = &mut *guard;
+        if let (Some(u), Some(tx)) = (unit, tx.as_ref()) {
+            u.wake.get_or_init(|| tx.clone());
+        }
         let request = Request {
             batch,
             ticket: ticket.cloned(),
             n: *last + 1,
+            wake: false,
         };
         let sent = tx.as_ref().is_some_and(|tx| tx.send(request).is_ok());
         if sent {
@@ -451,11 +544,22 @@ impl Writer {
 
     /// Stops accepting batches, lets the thread write what is queued, and waits for it.
     pub(crate) fn stop(&self) {
-        self.tx
+        let tx = self
+            .tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .0
             .take();
+        // Unit tickets hold a sender for their seal, so the channel may outlive this one:
+        // tell the thread to end once it has written what is queued.
+        if let Some(tx) = tx {
+            let _ = tx.send(Request {
+                batch: Batch::new(),
+                ticket: None,
+                n: 0,
+                wake: true,
+            });
+        }
         let thread = self
             .thread
             .lock()
@@ -485,6 +589,8 @@ fn run(
         Durability::Fsync => opts.set_sync(true),
     }
     let mut tickets: Vec<Ticket> = Vec::new();
+    // Units in the current write whose seal the writer has not seen yet.
+    let mut open_units: Vec<Ticket> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut wb = WriteBatch::default();
         let mut bytes = 0usize;
@@ -492,25 +598,65 @@ fn run(
         let mut last_n = 0;
         let mut next = Some(first);
         let mut refused = 0u64;
-        while let Some(request) = next.take() {
-            bytes += request.batch.bytes;
-            group += 1;
-            last_n = request.n;
-            if request.batch.new_data && disk.is_low() {
-                // Refused before RocksDB sees it: its acknowledgement becomes a refusal.
-                refused += 1;
-                if let Some(t) = &request.ticket {
-                    t.fail();
+        let mut stopping = false;
+        loop {
+            let Some(request) = next.take() else {
+                // Nothing more to take (or the write is full): the write still waits for
+                // the rest of every unit in it, up to the unit's seal.
+                if open_units.is_empty() {
+                    break;
+                }
+                match rx.recv_timeout(UNIT_WAIT) {
+                    Ok(r) => next = Some(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        tracing::error!(
+                            "a unit of store writes was not sealed within {UNIT_WAIT:?}: writing it in parts"
+                        );
+                        open_units.clear();
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open_units.clear(),
+                }
+                continue;
+            };
+            if request.wake {
+                // A unit's seal: all of it is in this write now. Or the end.
+                match &request.ticket {
+                    Some(t) => open_units.retain(|u| !u.same(t)),
+                    None => stopping = true,
                 }
             } else {
-                for op in &request.batch.ops {
-                    apply(db, &mut wb, op);
+                bytes += request.batch.bytes;
+                group += 1;
+                last_n = request.n;
+                if let Some(t) = request.ticket.as_ref().filter(|t| t.0.unit.is_some()) {
+                    if !open_units.iter().any(|u| u.same(t)) {
+                        open_units.push(t.clone());
+                    }
                 }
-                tickets.extend(request.ticket);
+                let unit = request.ticket.as_ref().and_then(|t| t.0.unit.as_ref());
+                if request.batch.new_data && refuse_new_data(unit, disk) {
+                    // Refused before RocksDB sees it: its acknowledgement becomes a refusal.
+                    refused += 1;
+                    if let Some(t) = &request.ticket {
+                        t.fail();
+                    }
+                } else {
+                    for op in &request.batch.ops {
+                        apply(db, &mut wb, op);
+                    }
+                    tickets.extend(request.ticket);
+                }
             }
-            if group < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            if !stopping && group < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 next = rx.try_recv().ok();
             }
+        }
+        if group == 0 {
+            // Only wake-ups: nothing was submitted.
+            if stopping {
+                break;
+            }
+            continue;
         }
         if refused > 0 {
             stats.refused_disk_low.fetch_add(refused, Ordering::Relaxed);
@@ -559,6 +705,27 @@ fn run(
         progress.set(last_n);
         // Dropping the writer's clones resolves tickets whose submitter is done.
         tickets.clear();
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// Whether a batch with new data is refused for lack of free disk space. A unit's verdict
+/// is made once, at its first batch with new data, and holds for the rest of it.
+fn refuse_new_data(unit: Option<&Unit>, disk: &mut DiskGuard) -> bool {
+    let Some(unit) = unit else {
+        return disk.is_low();
+    };
+    match unit.disk.load(Ordering::Acquire) {
+        VERDICT_OK => false,
+        VERDICT_LOW => true,
+        _ => {
+            let low = disk.is_low();
+            let verdict = if low { VERDICT_LOW } else { VERDICT_OK };
+            unit.disk.store(verdict, Ordering::Release);
+            low
+        }
     }
 }
 

@@ -201,6 +201,10 @@ impl Persistence {
 
 /// The store writes one inbound packet causes, and the acknowledgement that waits for
 /// them. The ticket is made on first use, so a publish that stores nothing costs nothing.
+/// It is a unit ticket: the writer puts everything the packet stores into one RocksDB
+/// write, and stores or refuses its new data as a whole — a QoS 2 packet id is never on
+/// disk without the copies of its message. The unit is sealed when the packet's handler
+/// is done with it (`finish`, or dropping it on an early return).
 pub(crate) struct AckTicket {
     enabled: bool,
     ticket: Option<(Ticket, Durable)>,
@@ -221,17 +225,26 @@ impl AckTicket {
         if !self.enabled {
             return None;
         }
-        Some(&self.ticket.get_or_insert_with(Ticket::new).0)
+        Some(&self.ticket.get_or_insert_with(Ticket::unit).0)
     }
 
     /// What the acknowledgement waits for: `None` when nothing was stored.
-    pub fn finish(self) -> Option<Durable> {
-        let (ticket, durable) = self.ticket?;
+    pub fn finish(mut self) -> Option<Durable> {
+        let (ticket, durable) = self.ticket.take()?;
+        ticket.seal();
         // A write that could not even be submitted failed the ticket: the durable future
         // then resolves to that error.
         let wait = ticket.is_used() || ticket.is_failed();
         drop(ticket);
         wait.then_some(durable)
+    }
+}
+
+impl Drop for AckTicket {
+    fn drop(&mut self) {
+        if let Some((ticket, _)) = &self.ticket {
+            ticket.seal();
+        }
     }
 }
 
