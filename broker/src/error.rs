@@ -55,6 +55,11 @@ impl BrokerError {
         match self {
             BrokerError::Decode(e) => Some(e.reason_code()),
             BrokerError::Protocol { code, .. } => Some(*code),
+            // A write the client's packet needed failed: its acknowledgement cannot be sent.
+            BrokerError::Storage(messs_storage::StorageError::Busy(_)) => {
+                Some(ReasonCode::ServerBusy)
+            }
+            BrokerError::Storage(_) => Some(ReasonCode::UnspecifiedError),
             _ => None,
         }
     }

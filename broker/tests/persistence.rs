@@ -728,3 +728,150 @@ async fn of_a_batch_in_flight_only_the_unacknowledged_come_back() {
     sub.expect_silence().await;
     broker.stop().await;
 }
+
+/// The outside audit: SUBACK and UNSUBACK were sent as successes after their writes failed,
+/// so a subscription the client was told it had was gone after a restart (and one it was
+/// told was removed came back). A failed write now gets the failure reason code, and the
+/// session stays as the store has it.
+#[tokio::test]
+async fn subscribe_and_unsubscribe_whose_writes_fail_are_refused_and_undone() {
+    let broker = TestBroker::start().await;
+    let store = broker.broker.store().unwrap();
+    let (mut s, _) = persistent(broker.addr, "s", true).await;
+    assert_eq!(
+        s.subscribe("kept/#", QoS::AtLeastOnce).await.reasons,
+        vec![ReasonCode::GrantedQoS1]
+    );
+
+    store.set_write_fault(true);
+    let ack = s.subscribe("new/#", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, vec![ReasonCode::UnspecifiedError]);
+    s.send(&Packet::Unsubscribe(Box::new(messs_codec::Unsubscribe {
+        packet_id: pid(2),
+        properties: Default::default(),
+        filters: vec![messs_codec::TopicFilter::new("kept/#").unwrap()],
+    })))
+    .await;
+    match s.recv().await {
+        Packet::UnsubAck(a) => assert_eq!(a.reasons, vec![ReasonCode::UnspecifiedError]),
+        other => panic!("{other:?}"),
+    }
+    store.set_write_fault(false);
+
+    // As the acknowledgements said: not subscribed to new/#, still to kept/#.
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for t in ["new/1", "kept/1"] {
+        publisher
+            .publish(publish(t, b"x", QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    assert_eq!(s.recv_publish_ack().await.topic.as_str(), "kept/1");
+    s.expect_silence().await;
+    s.disconnect().await;
+
+    // And the same after a restart.
+    drop(store);
+    let broker = restart(broker).await;
+    let (mut s, present) = persistent(broker.addr, "s", false).await;
+    assert!(present);
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for t in ["new/2", "kept/2"] {
+        publisher
+            .publish(publish(t, b"x", QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    assert_eq!(s.recv_publish_ack().await.topic.as_str(), "kept/2");
+    s.expect_silence().await;
+    broker.stop().await;
+}
+
+/// The outside audit: PUBCOMP was sent after the release of the packet id failed to be
+/// stored, so after a restart the stale id swallowed the next message that reused it.
+#[tokio::test]
+async fn a_release_whose_write_fails_gets_no_pubcomp_and_is_retried() {
+    let broker = TestBroker::start().await;
+    let store = broker.broker.store().unwrap();
+    let mut sub = Raw::v5(broker.addr, "sub").await;
+    sub.subscribe("q2/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = persistent(broker.addr, "pub", true).await;
+    p.send(&Packet::Publish(Box::new(publish(
+        "q2/1",
+        b"first",
+        QosPid::ExactlyOnce(pid(5)),
+        false,
+    ))))
+    .await;
+    assert!(matches!(p.recv().await, Packet::PubRec(r) if r.reason == ReasonCode::Success));
+    assert_eq!(&sub.recv_publish_ack().await.payload[..], b"first");
+
+    store.set_write_fault(true);
+    p.send(&Packet::PubRel(PubResponse::success(pid(5)))).await;
+    let seen = p.expect_closed().await;
+    assert!(
+        !seen.iter().any(|x| matches!(x, Packet::PubComp(_))),
+        "PUBCOMP after a failed write: {seen:?}"
+    );
+    store.set_write_fault(false);
+
+    // The client sends PUBREL again; now it is stored and completed.
+    let (mut p, present) = persistent(broker.addr, "pub", false).await;
+    assert!(present);
+    p.send(&Packet::PubRel(PubResponse::success(pid(5)))).await;
+    assert!(matches!(p.recv().await, Packet::PubComp(r) if r.reason == ReasonCode::Success));
+    p.disconnect().await;
+
+    // After a restart the id is free: a new message with it is routed.
+    drop(store);
+    let broker = restart(broker).await;
+    let mut sub = Raw::v5(broker.addr, "sub").await;
+    sub.subscribe("q2/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = persistent(broker.addr, "pub", false).await;
+    p.send(&Packet::Publish(Box::new(publish(
+        "q2/1",
+        b"second",
+        QosPid::ExactlyOnce(pid(5)),
+        false,
+    ))))
+    .await;
+    assert!(matches!(p.recv().await, Packet::PubRec(_)));
+    assert_eq!(&sub.recv_publish_ack().await.payload[..], b"second");
+    broker.stop().await;
+}
+
+/// The outside audit: a 3.1.1 QoS 2 publish whose store write was refused closed the
+/// connection, but its packet id stayed known, so the DUP resend got PUBREC without being
+/// routed: acknowledged, never stored.
+#[tokio::test]
+async fn a_311_qos2_publish_whose_write_fails_is_routed_when_sent_again() {
+    let broker = TestBroker::start().await;
+    let store = broker.broker.store().unwrap();
+    // An offline persistent subscriber: its copy exists only in the store.
+    let (mut s, _) = persistent(broker.addr, "s", true).await;
+    s.subscribe("q2/#", QoS::ExactlyOnce).await;
+    s.disconnect().await;
+
+    let v3_session = || connect_packet(Protocol::V3_1_1, "pub3", false);
+    let (mut p, _) = Raw::connect_with(broker.addr, v3_session()).await;
+    store.set_write_fault(true);
+    let mut message = publish("q2/1", b"once", QosPid::ExactlyOnce(pid(3)), false);
+    p.send(&Packet::Publish(Box::new(message.clone()))).await;
+    let seen = p.expect_closed().await;
+    assert!(
+        seen.is_empty(),
+        "no PUBREC for what was not stored: {seen:?}"
+    );
+    store.set_write_fault(false);
+
+    let (mut p, ack) = Raw::connect_with(broker.addr, v3_session()).await;
+    assert!(ack.session_present);
+    message.dup = true;
+    p.send(&Packet::Publish(Box::new(message))).await;
+    assert!(matches!(p.recv().await, Packet::PubRec(_)));
+    p.send(&Packet::PubRel(PubResponse::success(pid(3)))).await;
+    assert!(matches!(p.recv().await, Packet::PubComp(_)));
+
+    let (mut s, _) = persistent(broker.addr, "s", false).await;
+    let got = s.recv_publish().await;
+    assert_eq!(&got.payload[..], b"once");
+    broker.stop().await;
+}

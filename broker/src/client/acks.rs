@@ -1,28 +1,49 @@
 //! Acknowledgements that wait for the store. A PUBACK or PUBREC for a message that had to be
-//! stored, a PUBCOMP after a stored PUBREL, and a SUBACK or UNSUBACK of a persistent
-//! session are sent only once their writes are durable; every acknowledgement after a
-//! waiting one queues behind it, because MQTT requires them in order [MQTT-4.6.0-2]. The
-//! connection keeps reading and delivering meanwhile; only when `max` acknowledgements wait
-//! does it stop reading until the store catches up.
+//! stored, a PUBCOMP after a stored PUBREL, a PUBREL after a stored PUBREC, and a SUBACK or
+//! UNSUBACK of a persistent session are sent only once their writes are durable; every
+//! acknowledgement after a waiting one queues behind it, because MQTT requires them in
+//! order [MQTT-4.6.0-2]. The connection keeps reading and delivering meanwhile; only when
+//! `max` acknowledgements wait does it stop reading until the store catches up.
 //!
-//! A write that failed turns the acknowledgement of a publish into a refusal: v5 gets
-//! 0x80 with a reason string, 3.1.1 (which has no way to refuse) loses the connection
-//! without the acknowledgement, so the client sends the message again.
+//! A write that failed is never acknowledged as a success, and what the packet changed in
+//! memory is undone, so the session stays as the store has it:
+//! - a publish: v5 gets 0x80 with a reason string; 3.1.1 (which has no way to refuse)
+//!   loses the connection without the acknowledgement, so the client sends it again — and
+//!   a QoS 2 packet id is forgotten, so that resend is routed;
+//! - SUBSCRIBE: 0x80 (Failure in 3.1.1) for each filter, which is not subscribed;
+//! - UNSUBSCRIBE: v5 gets 0x80 for each filter, which stays subscribed; 3.1.1 a close;
+//! - PUBREL (from the client) and PUBREC (ours to send PUBREL): the connection closes,
+//!   with DISCONNECT 0x80 in v5, and the client's resend after reconnecting is answered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use messs_codec::{Packet, ReasonCode};
+use std::num::NonZeroU16;
+
+use messs_codec::{Packet, ReasonCode, TopicFilter};
 use messs_storage::{Durable, StorageError};
 
 use super::Client;
 use crate::connection::Transport;
 use crate::error::BrokerError;
+use crate::session::StoredSubscription;
 
-/// One acknowledgement in order, with the writes it waits for (if any).
+/// One acknowledgement in order, with the writes it waits for (if any) and how to undo
+/// the packet's change in memory if they fail.
 pub(super) struct PendingAck {
     packet: Packet,
     wait: Option<Durable>,
+    undo: Option<Box<Undo>>,
+}
+
+/// What a packet changed in the session, to put back when its writes fail.
+pub(super) enum Undo {
+    /// SUBSCRIBE: each granted filter, and the subscription it replaced (if any).
+    Subscribed(Vec<(TopicFilter, Option<StoredSubscription>)>),
+    /// UNSUBSCRIBE: the subscriptions removed.
+    Unsubscribed(Vec<StoredSubscription>),
+    /// PUBREL: the incoming QoS 2 packet id released.
+    Released(NonZeroU16),
 }
 
 /// Acknowledgements waiting, in the order they must be sent.
@@ -48,14 +69,25 @@ impl<S: Transport> Client<S> {
         packet: Packet,
         wait: Option<Durable>,
     ) -> Result<(), BrokerError> {
+        self.send_ack_or_undo(packet, wait, None)
+    }
+
+    /// As `send_ack`; if the writes fail, `undo` puts the session back as it was.
+    pub(super) fn send_ack_or_undo(
+        &mut self,
+        packet: Packet,
+        wait: Option<Durable>,
+        undo: Option<Undo>,
+    ) -> Result<(), BrokerError> {
         let queued = self.acks.as_ref().is_some_and(|a| !a.0.is_empty());
         if wait.is_none() && !queued {
             return self.conn.queue(&packet);
         }
+        let undo = wait.as_ref().and(undo).map(Box::new);
         self.acks
             .get_or_insert_default()
             .0
-            .push_back(PendingAck { packet, wait });
+            .push_back(PendingAck { packet, wait, undo });
         Ok(())
     }
 
@@ -101,40 +133,113 @@ impl<S: Transport> Client<S> {
             };
             match outcome {
                 Ok(()) => self.conn.queue(&ack.packet)?,
-                Err(e) => self.refuse(ack.packet, e)?,
+                Err(e) => {
+                    if let Some(undo) = ack.undo {
+                        self.undo(*undo);
+                    }
+                    self.refuse(ack.packet, e)?;
+                }
             }
         }
     }
 
-    /// An acknowledgement whose writes failed.
+    /// Puts back what a packet whose writes failed changed in memory. The store still has
+    /// the session as it was (the packet's writes were one unit), so the writes this makes
+    /// again only repeat what is there.
+    fn undo(&mut self, undo: Undo) {
+        let tenant = self.session.key.tenant.clone();
+        match undo {
+            Undo::Subscribed(granted) => {
+                for (filter, replaced) in granted {
+                    self.cancel_replay(filter.as_str());
+                    match replaced {
+                        Some(old) => self.resubscribe(&tenant, old),
+                        None => {
+                            self.session
+                                .lock()
+                                .remove_subscription(filter.as_str(), None);
+                            self.state
+                                .router
+                                .unsubscribe(&tenant, self.session.id, &filter);
+                        }
+                    }
+                }
+            }
+            Undo::Unsubscribed(removed) => {
+                for sub in removed {
+                    self.resubscribe(&tenant, sub);
+                }
+            }
+            Undo::Released(pid) => {
+                self.session.lock().add_incoming_qos2(pid, usize::MAX, None);
+            }
+        }
+    }
+
+    fn resubscribe(&mut self, tenant: &crate::session::TenantId, sub: StoredSubscription) {
+        if self
+            .session
+            .lock()
+            .add_subscription(sub.clone(), None)
+            .is_ok()
+        {
+            self.state.router.subscribe(tenant, &self.session, &sub);
+        }
+    }
+
+    /// An acknowledgement whose writes failed (see the module header).
     fn refuse(&mut self, packet: Packet, error: StorageError) -> Result<(), BrokerError> {
+        let v5 = self.conn.protocol().is_v5();
+        let client_id = &self.session.key.client_id;
         let is_rec = matches!(packet, Packet::PubRec(_));
         match packet {
-            Packet::PubAck(mut r) | Packet::PubRec(mut r) if r.reason.is_success() => {
+            Packet::PubAck(ref r) | Packet::PubRec(ref r) if !r.reason.is_success() => {
+                // Already a refusal (nothing was routed): send it as it is.
+                self.conn.queue(&packet)
+            }
+            Packet::PubAck(mut r) | Packet::PubRec(mut r) => {
                 self.state
                     .stats
                     .publishes_refused_storage
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(client_id = %self.session.key.client_id, error = %error, "publish refused: not stored");
-                if !self.conn.protocol().is_v5() {
+                tracing::warn!(%client_id, error = %error, "publish refused: not stored");
+                if is_rec {
+                    // The exchange ends here: a resend is a new message, to be routed.
+                    self.session.lock().release_incoming_qos2(r.packet_id, None);
+                }
+                if !v5 {
                     return Err(BrokerError::Storage(error));
                 }
                 r.reason = ReasonCode::UnspecifiedError;
                 r.properties.reason_string =
                     Some("the message could not be stored; send it again later".into());
-                if is_rec {
-                    // A failed PUBREC ends the exchange; no PUBREL will follow.
-                    self.session.lock().release_incoming_qos2(r.packet_id, None);
-                    self.conn.queue(&Packet::PubRec(r))
+                let refusal = if is_rec {
+                    Packet::PubRec(r)
                 } else {
-                    self.conn.queue(&Packet::PubAck(r))
-                }
+                    Packet::PubAck(r)
+                };
+                self.conn.queue(&refusal)
             }
-            other => {
-                // Subscriptions and releases took effect in memory; the store catches up
-                // with the next change or restart. Answer as usual, and say so in the log.
-                tracing::warn!(client_id = %self.session.key.client_id, error = %error, "session change not stored");
-                self.conn.queue(&other)
+            Packet::SubAck(mut a) => {
+                tracing::warn!(%client_id, error = %error, "subscribe refused: not stored");
+                // 0x80 is Failure in 3.1.1 too.
+                for reason in a.reasons.iter_mut().filter(|r| r.is_success()) {
+                    *reason = ReasonCode::UnspecifiedError;
+                }
+                self.conn.queue(&Packet::SubAck(a))
+            }
+            Packet::UnsubAck(mut a) if v5 => {
+                tracing::warn!(%client_id, error = %error, "unsubscribe refused: not stored");
+                for reason in a.reasons.iter_mut() {
+                    *reason = ReasonCode::UnspecifiedError;
+                }
+                self.conn.queue(&Packet::UnsubAck(a))
+            }
+            _ => {
+                // PUBCOMP, PUBREL and a 3.1.1 UNSUBACK have no way to say it failed: the
+                // connection ends, and the client sends the packet again when it is back.
+                tracing::warn!(%client_id, error = %error, "session change not stored: closing the connection");
+                Err(BrokerError::Storage(error))
             }
         }
     }

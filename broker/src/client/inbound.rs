@@ -11,6 +11,7 @@ use messs_codec::{
     RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
+use super::acks::Undo;
 use super::{Client, End};
 use crate::admission::{topic_levels, Refused, Source};
 use crate::connection::Transport;
@@ -201,7 +202,12 @@ impl<S: Transport> Client<S> {
 
     fn on_pubrec(&mut self, r: PubResponse) -> Result<(), BrokerError> {
         let failed = !r.reason.is_success();
-        let matched = self.session.lock().on_pubrec(r.packet_id, failed);
+        // PUBREL waits until the release is stored (see `SessionState::on_pubrec`).
+        let mut store_ack = AckTicket::new(self.session.is_durable());
+        let matched = self
+            .session
+            .lock()
+            .on_pubrec(r.packet_id, failed, store_ack.get());
         if matched == AckMatch::WrongType {
             return Err(wrong_ack("PUBREC for a message not sent at QoS 2"));
         }
@@ -212,7 +218,7 @@ impl<S: Transport> Client<S> {
         if matched == AckMatch::Unknown {
             rel.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.conn.queue(&Packet::PubRel(rel))
+        self.send_ack(Packet::PubRel(rel), store_ack.finish())
     }
 
     fn on_pubrel(&mut self, r: PubResponse) -> Result<(), BrokerError> {
@@ -227,7 +233,8 @@ impl<S: Transport> Client<S> {
         if !known {
             comp.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.send_ack(Packet::PubComp(comp), store_ack.finish())
+        let undo = known.then_some(Undo::Released(r.packet_id));
+        self.send_ack_or_undo(Packet::PubComp(comp), store_ack.finish(), undo)
     }
 
     /// Closes the connection if a filter is deeper than `max_topic_levels`.
@@ -249,6 +256,8 @@ impl<S: Transport> Client<S> {
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
+        // What each granted filter replaced, to undo if the writes fail.
+        let mut granted = Vec::new();
         self.refresh_access();
         for sub in s.subscriptions {
             // Every topic the filter can match must be allowed (a `$share/group/` prefix
@@ -287,7 +296,11 @@ impl<S: Transport> Client<S> {
                 .lock()
                 .add_subscription(stored.clone(), store_ack.get());
             let existed = match added {
-                Ok(existed) => existed,
+                Ok(replaced) => {
+                    let existed = replaced.is_some();
+                    granted.push((stored.filter.clone(), replaced));
+                    existed
+                }
                 Err(refused) => {
                     tracing::debug!(client_id = %self.session.key.client_id, ?refused, "subscription refused");
                     self.state
@@ -321,7 +334,7 @@ impl<S: Transport> Client<S> {
             properties: AckProperties::default(),
             reasons,
         }));
-        self.send_ack(suback, store_ack.finish())
+        self.send_ack_or_undo(suback, store_ack.finish(), Some(Undo::Subscribed(granted)))
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), BrokerError> {
@@ -331,6 +344,7 @@ impl<S: Transport> Client<S> {
         let tenant = self.session.key.tenant.clone();
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
+        let mut removed_subs = Vec::new();
         for f in &u.filters {
             self.cancel_replay(f.as_str());
             let had = self
@@ -338,6 +352,13 @@ impl<S: Transport> Client<S> {
                 .lock()
                 .remove_subscription(f.as_str(), store_ack.get());
             let removed = self.state.router.unsubscribe(&tenant, self.session.id, f);
+            let had = match had {
+                Some(sub) => {
+                    removed_subs.push(sub);
+                    true
+                }
+                None => false,
+            };
             reasons.push(if had || removed {
                 ReasonCode::Success
             } else {
@@ -353,7 +374,8 @@ impl<S: Transport> Client<S> {
             properties: AckProperties::default(),
             reasons,
         }));
-        self.send_ack(unsuback, store_ack.finish())
+        let undo = Some(Undo::Unsubscribed(removed_subs));
+        self.send_ack_or_undo(unsuback, store_ack.finish(), undo)
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<End, BrokerError> {

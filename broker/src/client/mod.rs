@@ -83,6 +83,17 @@ async fn front_ack(acks: &mut Option<Box<PendingAcks>>) -> Result<(), messs_stor
     }
 }
 
+/// Waits for the writes held deliveries depend on (the branch is armed only when some are
+/// held).
+async fn held_written(
+    held: &mut Option<Box<outbound::Held>>,
+) -> Result<(), messs_storage::StorageError> {
+    match held {
+        Some(h) => (&mut h.wait).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
@@ -181,6 +192,10 @@ pub(crate) struct Client<S> {
     /// Input processing stopped because too many acknowledgements wait for the store; it
     /// goes on once one is sent.
     input_held: bool,
+    /// Deliveries taken from the queue that wait for their QoS 2 packet ids to be stored
+    /// before they are written (see `outbound`); nothing else is delivered meanwhile, so
+    /// order holds. Boxed: set only for a moment.
+    held: Option<Box<outbound::Held>>,
     /// Who the client is and what its ACL allows. Boxed: one pointer in every connection.
     access: Box<Access>,
     /// The packet rate limiter, if the limits have one (boxed: most brokers have none).
@@ -243,6 +258,7 @@ impl<S: Transport> Client<S> {
             routes,
             acks: None,
             input_held: false,
+            held: None,
             access: {
                 access
                     .identity
@@ -332,8 +348,14 @@ impl<S: Transport> Client<S> {
             let input_more = self.input_more;
             let input_held = self.input_held;
             let ack_waiting = self.ack_waiting();
+            let held = self.held.is_some();
             tokio::select! {
                 biased;
+                written = held_written(&mut self.held), if held => {
+                    if let Err(e) = written.map_err(BrokerError::Storage).and_then(|()| self.write_held()) {
+                        return End::Failed(e);
+                    }
+                }
                 done = front_ack(&mut self.acks), if ack_waiting => {
                     if let Err(e) = self.release_acks(Some(done)) {
                         return End::Failed(e);

@@ -16,6 +16,13 @@ use crate::error::BrokerError;
 use crate::message::Delivery;
 use crate::session::{read_page, Resend};
 
+/// Deliveries taken from the queue whose sending waits for a write: the packet ids of the
+/// stored QoS 2 ones among them (see `SessionState::take_batch`).
+pub(super) struct Held {
+    pub(super) wait: messs_storage::Durable,
+    deliveries: Vec<(Delivery, QosPid)>,
+}
+
 thread_local! {
     /// Reused per thread for deliveries taken from a session queue, so neither each pass nor
     /// each idle connection carries its own buffer.
@@ -84,12 +91,16 @@ impl<S: Transport> Client<S> {
                 self.drain_more = true;
                 return Ok(());
             }
+            if self.held.is_some() {
+                // Nothing overtakes deliveries waiting for their packet ids to be stored.
+                return Ok(());
+            }
             let mut batch = BATCH.take();
-            let (expired, below_soft_limit) = {
+            let ((expired, wait), below_soft_limit) = {
                 let mut st = self.session.lock();
                 let window = usize::from(self.neg.window);
-                let expired = st.take_batch(now, window, MAX_BATCH, room, &mut batch);
-                (expired, !st.over_soft_limit())
+                let taken = st.take_batch(now, window, MAX_BATCH, room, &mut batch);
+                (taken, !st.over_soft_limit())
             };
             let took = !batch.is_empty() || expired > 0;
             self.session.after_drain(took, now, below_soft_limit);
@@ -98,6 +109,14 @@ impl<S: Transport> Client<S> {
                     .stats
                     .dropped_expired
                     .fetch_add(expired as u64, Ordering::Relaxed);
+            }
+            if let Some(wait) = wait {
+                self.held = Some(Box::new(Held {
+                    wait,
+                    deliveries: std::mem::take(&mut batch),
+                }));
+                BATCH.set(batch);
+                return Ok(());
             }
             // Nothing taken and nothing expired: the queue is empty or the window is full.
             // Otherwise go on: the next round stops at the write-buffer cap.
@@ -111,6 +130,18 @@ impl<S: Transport> Client<S> {
                 return Ok(());
             }
         }
+    }
+
+    /// The writes held deliveries waited for are done: writes them (the next pass goes on
+    /// with the queue).
+    pub(super) fn write_held(&mut self) -> Result<(), BrokerError> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        let now = unix_ms();
+        held.deliveries
+            .into_iter()
+            .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now))
     }
 
     /// Picks the topic alias for a topic: an existing one (send an empty topic), a new one

@@ -598,19 +598,19 @@ mod tests {
             id: None,
         };
         let mut st = s.lock();
-        assert_eq!(st.add_subscription(sub("a"), None), Ok(false));
+        assert_eq!(st.add_subscription(sub("a"), None), Ok(None));
         assert_eq!(
             st.add_subscription(sub("a"), None),
-            Ok(true),
+            Ok(Some(sub("a"))),
             "same filter replaces"
         );
-        assert_eq!(st.add_subscription(sub("b"), None), Ok(false));
+        assert_eq!(st.add_subscription(sub("b"), None), Ok(None));
         assert_eq!(
             st.add_subscription(sub("c"), None),
             Err(SubscribeRefused::TooMany)
         );
         assert!(stats.session_bytes.load(Ordering::Relaxed) > 0);
-        assert!(st.remove_subscription("a", None));
+        assert_eq!(st.remove_subscription("a", None), Some(sub("a")));
         assert_eq!(st.take_subscriptions().len(), 1);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
     }
@@ -718,7 +718,7 @@ mod tests {
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);
         let (p1, p2) = (out[0].1.packet_id().unwrap(), out[1].1.packet_id().unwrap());
-        assert_eq!(st.on_pubrec(p1, false), AckMatch::WrongType);
+        assert_eq!(st.on_pubrec(p1, false, None), AckMatch::WrongType);
         assert_eq!(st.on_pubcomp(p1), AckMatch::WrongType);
         assert_eq!(st.on_puback(p2), AckMatch::WrongType);
         assert_eq!(
@@ -726,7 +726,7 @@ mod tests {
             AckMatch::WrongType,
             "PUBCOMP before PUBREC"
         );
-        assert_eq!(st.on_pubrec(p2, false), AckMatch::Matched);
+        assert_eq!(st.on_pubrec(p2, false, None), AckMatch::Matched);
         assert_eq!(st.on_pubcomp(p2), AckMatch::Matched);
         assert_eq!(st.on_puback(p1), AckMatch::Matched);
     }
@@ -744,7 +744,7 @@ mod tests {
         let mut out = Vec::new();
         st.take_batch(0, 10, 10, usize::MAX, &mut out);
         let p2 = out[0].1.packet_id().unwrap();
-        assert_eq!(st.on_pubrec(p2, false), AckMatch::Matched);
+        assert_eq!(st.on_pubrec(p2, false, None), AckMatch::Matched);
         let resend = st.resend_list();
         assert!(matches!(resend[0], Resend::PubRel(p) if p == p2));
         assert!(matches!(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use messs_codec::{QoS, QosPid, SubscriptionOptions, TopicFilter};
 use messs_storage::sessions::{InflightRecord, SessionRecord, WillRecord};
-use messs_storage::{Batch, Ticket};
+use messs_storage::{Batch, Durable, Ticket};
 
 use super::durable::{PageIn, SessionDisk, PAGE};
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
@@ -30,7 +30,7 @@ pub(crate) const SUBSCRIPTION_COST: usize = 192;
 const MESSAGE_CHUNK: usize = 16 * 1024;
 
 /// A subscription as the session remembers it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StoredSubscription {
     pub filter: TopicFilter,
     pub options: SubscriptionOptions,
@@ -616,13 +616,13 @@ impl SessionState {
 
     // --- subscriptions ---------------------------------------------------------------
 
-    /// Adds or replaces a subscription; `Ok(true)` if it replaced one with the same filter.
-    /// A persistent session stores it (with `ticket`, which its SUBACK waits on).
+    /// Adds or replaces a subscription; `Ok(Some(old))` if it replaced one with the same
+    /// filter. A persistent session stores it (with `ticket`, which its SUBACK waits on).
     pub fn add_subscription(
         &mut self,
         sub: StoredSubscription,
         ticket: Option<&Ticket>,
-    ) -> Result<bool, SubscribeRefused> {
+    ) -> Result<Option<StoredSubscription>, SubscribeRefused> {
         if let Some(d) = &self.disk {
             let mut b = Batch::new();
             d.store
@@ -631,8 +631,7 @@ impl SessionState {
         }
         let key: &str = sub.filter.as_str();
         if let Some(existing) = self.subscriptions.get_mut(key) {
-            *existing = sub;
-            return Ok(true);
+            return Ok(Some(std::mem::replace(existing, sub)));
         }
         if self.subscriptions.len() >= self.max_subscriptions as usize {
             self.unstore_subscription(key, None);
@@ -643,7 +642,7 @@ impl SessionState {
             return Err(SubscribeRefused::Budget);
         }
         self.subscriptions.insert(Arc::from(key), sub);
-        Ok(false)
+        Ok(None)
     }
 
     fn unstore_subscription(&self, filter: &str, ticket: Option<&Ticket>) {
@@ -659,16 +658,16 @@ impl SessionState {
         self.subscriptions.contains_key(filter)
     }
 
-    /// Removes a subscription; true if it existed.
-    pub fn remove_subscription(&mut self, filter: &str, ticket: Option<&Ticket>) -> bool {
-        match self.subscriptions.remove(filter) {
-            Some(sub) => {
-                self.release(sub.cost());
-                self.unstore_subscription(filter, ticket);
-                true
-            }
-            None => false,
-        }
+    /// Removes a subscription; the one removed, if it existed.
+    pub fn remove_subscription(
+        &mut self,
+        filter: &str,
+        ticket: Option<&Ticket>,
+    ) -> Option<StoredSubscription> {
+        let sub = self.subscriptions.remove(filter)?;
+        self.release(sub.cost());
+        self.unstore_subscription(filter, ticket);
+        Some(sub)
     }
 
     /// Removes every subscription (the session ends).
@@ -937,8 +936,11 @@ impl SessionState {
 
     /// Moves up to `max` queued deliveries, and about `max_bytes` (at least one delivery),
     /// into `out`, giving QoS 1/2 ones a packet id and an inflight slot while fewer than
-    /// `window` are inflight. Expired messages are dropped and counted in the return value.
-    /// `now_ms` is in Unix milliseconds.
+    /// `window` are inflight. Returns the number of expired messages dropped, and — when a
+    /// stored QoS 2 message was taken — what its sending must wait for: exactly once needs
+    /// its packet id on disk before the PUBLISH is on the wire (a receiver keeps the id
+    /// until PUBREL, so after a crash the message must come back with it, and the id must
+    /// not be given to another message). `now_ms` is in Unix milliseconds.
     pub fn take_batch(
         &mut self,
         now_ms: u64,
@@ -946,7 +948,8 @@ impl SessionState {
         max: usize,
         max_bytes: usize,
         out: &mut Vec<(Delivery, QosPid)>,
-    ) -> usize {
+    ) -> (usize, Option<Durable>) {
+        let mut send_after_write = false;
         let mut expired = 0;
         let mut bytes = 0usize;
         // Store changes of this batch (deletes of sent QoS 0 and expired messages, in-flight
@@ -999,6 +1002,7 @@ impl SessionState {
                     let record = InflightRecord::Published(pid.get());
                     disk.store
                         .put_inflight(&mut changes, &disk.prefix, d.stored_seq, record);
+                    send_after_write = true;
                 }
             }
             self.inflight.insert(
@@ -1017,10 +1021,18 @@ impl SessionState {
             disk.groups
                 .insert(first, u32::try_from(sent_qos1.len()).unwrap_or(u32::MAX));
         }
+        let mut wait = None;
         if let (Some(disk), false) = (self.disk.as_deref(), changes.is_empty()) {
-            disk.defer(changes);
+            if send_after_write {
+                let (ticket, durable) = Ticket::new();
+                // A refused write fails the ticket: the wait then ends the connection.
+                disk.submit(changes, Some(&ticket));
+                wait = Some(durable);
+            } else {
+                disk.defer(changes);
+            }
         }
-        expired
+        (expired, wait)
     }
 
     /// Adds the delete of stored message `seq` to `changes`.
@@ -1065,9 +1077,17 @@ impl SessionState {
         AckMatch::Matched
     }
 
-    /// PUBREC: a QoS 2 message moves to "released" (its bytes are given back). A PUBREC
-    /// with a failure reason code (v5) ends the exchange instead: the caller passes `failed`.
-    pub fn on_pubrec(&mut self, pid: NonZeroU16, failed: bool) -> AckMatch {
+    /// PUBREC: a QoS 2 message moves to "released" (its bytes are given back); a persistent
+    /// session stores that with `ticket`, which the PUBREL waits on (once the receiver has
+    /// had PUBREL it may forget the id, so a PUBLISH with it after a crash would be a new
+    /// message). A PUBREC with a failure reason code (v5) ends the exchange instead: the
+    /// caller passes `failed`.
+    pub fn on_pubrec(
+        &mut self,
+        pid: NonZeroU16,
+        failed: bool,
+        ticket: Option<&Ticket>,
+    ) -> AckMatch {
         let Some(entry) = self.inflight.get_mut(&pid) else {
             return AckMatch::Unknown;
         };
@@ -1086,7 +1106,12 @@ impl SessionState {
                 let mut b = Batch::new();
                 d.store.release_queued(&mut b, &d.prefix, seq, pid.get());
                 d.count_deleted(cost);
-                d.defer(b);
+                match ticket {
+                    Some(t) => {
+                        d.submit(b, Some(t));
+                    }
+                    None => d.defer(b),
+                }
             }
         }
         self.release_held(cost);
