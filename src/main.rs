@@ -44,6 +44,12 @@ enum Command {
         /// 127.0.0.1:8080); `off` serves none.
         #[arg(long, value_name = "HOST:PORT|off")]
         admin_listen: Option<String>,
+        /// Start even though the write-ahead log is damaged, keeping what is before the
+        /// damage and dropping what is after it (the damaged log files are copied into a
+        /// wal-damaged-* directory in the data directory first). Without it a damaged log
+        /// stops the start with an error that says how much would be lost.
+        #[arg(long)]
+        recover_wal: bool,
     },
     /// Operator tasks on a data directory (the broker using it must be stopped; a running
     /// broker takes online checkpoints through its admin plane).
@@ -363,8 +369,10 @@ async fn run() -> anyhow::Result<()> {
             listen,
             data_dir,
             admin_listen,
+            recover_wal,
         } => {
-            let cfg = build_config(config.clone(), listen, data_dir, admin_listen)?;
+            let mut cfg = build_config(config.clone(), listen, data_dir, admin_listen)?;
+            cfg.storage.recover_wal = recover_wal;
             let dir = cfg.storage.data_dir.display().to_string();
             let admin = cfg.admin.clone();
             let broker = Broker::bind(cfg).await.map_err(|e| {
@@ -507,42 +515,12 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let StorageTask::Verify { audit_head } = task {
+        return verify(cfg, audit_head.as_deref());
+    }
     let store = open_store(cfg)?;
     match task {
-        StorageTask::Verify { audit_head } => {
-            let exported = audit_head
-                .as_deref()
-                .map(messs_broker::storage::audit::AuditHead::parse)
-                .transpose()?;
-            let report = store.verify_against(exported.as_ref())?;
-            for (cf, n) in &report.records {
-                println!("{cf:>10}: {n} records");
-            }
-            if let Some((cf, error)) = &report.first_bad_record {
-                println!("first bad record in {cf}: {error}");
-            }
-            match &report.audit.broken {
-                Some(link) => println!(
-                    "audit chain: BROKEN at record {}: {}",
-                    link.seq, link.reason
-                ),
-                None => println!(
-                    "audit chain: {} records, intact{}; head {}",
-                    report.audit.records,
-                    match report.audit.keyed_from {
-                        Some(1) => ", keyed".to_owned(),
-                        Some(n) =>
-                            format!(", keyed from record {n} (earlier ones hash-linked only)"),
-                        None => ", NOT keyed (set storage.audit_key_file)".to_owned(),
-                    },
-                    report.audit.head.encode()
-                ),
-            }
-            if !report.is_ok() {
-                std::process::exit(1);
-            }
-            println!("ok");
-        }
+        StorageTask::Verify { .. } => {}
         StorageTask::Checkpoint { to } => {
             store.checkpoint(&to)?;
             println!("checkpoint written to {}", to.display());
@@ -553,6 +531,46 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
         }
         StorageTask::Encrypt => {}
     }
+    Ok(())
+}
+
+/// `messs storage verify`: opens the directory read-only (nothing in it changes, a damaged
+/// write-ahead log is reported, never recovered), reads and decodes every record, and
+/// checks the audit chain. Exits 1 if anything is wrong.
+fn verify(cfg: &Config, audit_head: Option<&str>) -> anyhow::Result<()> {
+    let dir = &cfg.storage.data_dir;
+    let store = messs_broker::open_store_read_only(&cfg.storage)
+        .map_err(|e| anyhow::anyhow!("cannot read the data directory {}: {e}", dir.display()))?;
+    let exported = audit_head
+        .map(messs_broker::storage::audit::AuditHead::parse)
+        .transpose()?;
+    let report = store.verify_against(exported.as_ref())?;
+    for (cf, n) in &report.records {
+        println!("{cf:>10}: {n} records");
+    }
+    if let Some((cf, error)) = &report.first_bad_record {
+        println!("first bad record in {cf}: {error}");
+    }
+    match &report.audit.broken {
+        Some(link) => println!(
+            "audit chain: BROKEN at record {}: {}",
+            link.seq, link.reason
+        ),
+        None => println!(
+            "audit chain: {} records, intact{}; head {}",
+            report.audit.records,
+            match report.audit.keyed_from {
+                Some(1) => ", keyed".to_owned(),
+                Some(n) => format!(", keyed from record {n} (earlier ones hash-linked only)"),
+                None => ", NOT keyed (set storage.audit_key_file)".to_owned(),
+            },
+            report.audit.head.encode()
+        ),
+    }
+    if !report.is_ok() {
+        std::process::exit(1);
+    }
+    println!("ok");
     Ok(())
 }
 

@@ -475,3 +475,86 @@ async fn storage_encrypt_seals_a_store_that_ran_in_clear() {
     }
     broker.kill();
 }
+
+/// The outside audit: a flipped byte in the write-ahead log made the broker start with
+/// everything after it gone, silently, and `messs storage verify` said "ok" and deleted the
+/// damaged log. Now both refuse and change nothing; `--recover-wal` recovers on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_wal_stops_start_and_verify_until_recovery_is_asked_for() {
+    const RETAINED: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("messs.toml");
+    let broker = Broker::start(dir.path(), "wal");
+    let (mut publisher, _) = Client::connect(broker.addr, connect_packet("pub", true, None)).await;
+    for i in 0..RETAINED {
+        publisher
+            .send(&publish(
+                &format!("wal/{i}"),
+                vec![b'x'; 200],
+                QosPid::AtLeastOnce(pid(1)),
+                true,
+            ))
+            .await;
+        assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+    }
+    broker.kill();
+
+    let data = dir.path().join("data");
+    let mut logs: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let wal = logs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+
+    let messs = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_messs"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let verify = messs(&["storage", "verify"]);
+    let said = String::from_utf8_lossy(&verify.stderr).to_string();
+    assert!(!verify.status.success(), "verify passed a damaged WAL");
+    assert!(
+        said.contains("write-ahead log") && said.contains("--recover-wal"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        bytes,
+        "verify changed the damaged log"
+    );
+    let serve = messs(&["serve", "--admin-listen", "off"]);
+    let said = String::from_utf8_lossy(&serve.stderr).to_string();
+    assert!(!serve.status.success());
+    assert!(said.contains("--recover-wal"), "{said}");
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes);
+
+    // Asked for: the broker starts with what is before the damage.
+    let broker = Broker::run_with(&config, &["--recover-wal"]);
+    drop(broker);
+    let verify = messs(&["storage", "verify"]);
+    let text = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(verify.status.success(), "{text}");
+    let kept: usize = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("retained: "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kept > 0 && kept < RETAINED, "{kept} retained kept");
+    assert!(std::fs::read_dir(&data).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("wal-damaged-")));
+}

@@ -365,6 +365,11 @@ pub struct StorageConfig {
     pub telemetry: TelemetryConfig,
     /// Periodic online backups (checkpoints).
     pub backup: BackupConfig,
+    /// Start on a damaged write-ahead log, keeping what is before the damage: set for one
+    /// start by `messs serve --recover-wal`, never from the file (a damaged log is an
+    /// error by default, see the storage crate's `wal` module).
+    #[serde(skip)]
+    pub recover_wal: bool,
 }
 
 impl Default for StorageConfig {
@@ -383,6 +388,7 @@ impl Default for StorageConfig {
             audit_key_file: None,
             telemetry: TelemetryConfig::default(),
             backup: BackupConfig::default(),
+            recover_wal: false,
         }
     }
 }

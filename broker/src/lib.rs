@@ -65,6 +65,15 @@ pub use server::Broker;
 pub fn open_store(config: &StorageConfig) -> Result<messs_storage::Store, BrokerError> {
     persist::Persistence::open(config).map(|p| p.store)
 }
+
+/// Opens the configured data directory read-only (`messs storage verify`): nothing in it
+/// changes, a damaged write-ahead log is reported, never recovered.
+pub fn open_store_read_only(config: &StorageConfig) -> Result<messs_storage::Store, BrokerError> {
+    let mut options = persist::store_options(config)?;
+    options.read_only = true;
+    options.recover_wal = false;
+    Ok(messs_storage::Store::open(options)?)
+}
 /// The storage crate, for registry and audit types the admin plane and CLI use.
 pub use messs_storage as storage;
 pub use persist::seal_store;

@@ -26,6 +26,29 @@ pub enum StorageError {
         /// What was wrong with it.
         what: String,
     },
+    /// The write-ahead log is damaged: opening would drop what is after the damage.
+    #[error(
+        "the write-ahead log in {} is damaged: recovery would stop at change {} and drop \
+         about {} changes written after the damage. Nothing was changed. Copy the data \
+         directory aside, then start once with `messs serve --recover-wal` to keep what is \
+         before the damage (the damaged log files are copied into a wal-damaged-* \
+         directory first)",
+        path.display(), damage.kept, damage.lost()
+    )]
+    WalDamaged {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// How much is past the damage.
+        damage: crate::wal::WalDamage,
+    },
+    /// The data directory is damaged in a way that opening it would make worse.
+    #[error("the data directory {} is damaged: {what}", path.display())]
+    Damaged {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// What is wrong, and what to do.
+        what: &'static str,
+    },
     /// A column family the schema needs is missing from an existing data directory.
     #[error("the data directory lacks column family {0}: it is not a messs data directory, or it is damaged")]
     MissingColumnFamily(&'static str),

@@ -26,6 +26,7 @@ pub mod schema;
 pub mod seal;
 pub mod sessions;
 pub mod telemetry;
+pub mod wal;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,13 @@ pub struct StoreOptions {
     /// Below this many free bytes on the store's file system, new data is refused (see
     /// [`writer`]); 0 turns the check off.
     pub min_free_disk_bytes: u64,
+    /// Open even if the write-ahead log is damaged, keeping what is before the damage
+    /// (point-in-time recovery; the log files are copied aside first). Off: a damaged
+    /// log is an error ([`StorageError::WalDamaged`]) and nothing changes (see [`wal`]).
+    pub recover_wal: bool,
+    /// Open without changing anything in the directory (verify): no writes, no WAL
+    /// replay written back, no lock taken.
+    pub read_only: bool,
 }
 
 impl StoreOptions {
@@ -74,6 +82,8 @@ impl StoreOptions {
             keys: None,
             audit_key: None,
             min_free_disk_bytes: 64 << 20,
+            recover_wal: false,
+            read_only: false,
         }
     }
 }
@@ -88,15 +98,52 @@ pub(crate) struct Inner {
     pub(crate) telemetry: telemetry::Usage,
     /// Serialises registry changes (read-modify-write; see [`registry`]).
     pub(crate) registry: std::sync::Mutex<()>,
+    pub(crate) read_only: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.writer.stop();
+        if self.read_only {
+            return;
+        }
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "flushing the write-ahead log at close failed");
         }
     }
+}
+
+/// Opens the database: strict about the write-ahead log, unless the operator asked for
+/// a recovery (see [`wal`]).
+fn open_db(options: &StoreOptions, mut db_opts: Options) -> Result<DB, StorageError> {
+    use rocksdb::DBRecoveryMode;
+    let path = &options.path;
+    db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    let strict = schema::open(path, db_opts.clone(), options.read_only);
+    let error = match strict {
+        Ok(db) => return Ok(db),
+        Err(e) if wal::is_corruption(&e) => e,
+        Err(e) => return Err(e),
+    };
+    let Some(damage) = wal::diagnose(path) else {
+        return Err(error);
+    };
+    if !options.recover_wal || options.read_only {
+        return Err(StorageError::WalDamaged {
+            path: path.clone(),
+            damage,
+        });
+    }
+    let aside = wal::set_aside(path)?;
+    tracing::warn!(
+        kept = damage.kept,
+        lost = damage.lost(),
+        copy = %aside.display(),
+        "the write-ahead log is damaged: recovering what is before the damage, as asked (--recover-wal); about {} changes after it are dropped",
+        damage.lost()
+    );
+    db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    schema::open(path, db_opts, false)
 }
 
 /// Makes a directory the owner's alone (0700): it holds credentials, sealed or not, and
@@ -131,10 +178,14 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens or creates the data directory. A directory written by a newer messs, one that
-    /// is not a messs directory, or a corrupt one is an error, never reset.
+    /// is not a messs directory, or a corrupt one is an error, never reset; so is a
+    /// damaged write-ahead log unless `recover_wal` (see [`wal`]). With `read_only` the
+    /// directory must exist and nothing in it changes.
     pub fn open(options: StoreOptions) -> Result<Store, StorageError> {
-        std::fs::create_dir_all(&options.path)?;
-        owner_only(&options.path)?;
+        if !options.read_only {
+            std::fs::create_dir_all(&options.path)?;
+            owner_only(&options.path)?;
+        }
         let mut db_opts = Options::default();
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
@@ -146,7 +197,7 @@ impl Store {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
         db_opts.set_block_based_table_factory(&table);
-        let db = Arc::new(schema::open(&options.path, db_opts)?);
+        let db = Arc::new(open_db(&options, db_opts)?);
         let audit = audit::Chain::load(&db, options.audit_key)?;
         let telemetry = telemetry::Usage::load(&db)?;
         let writer = writer::Writer::start(
@@ -165,6 +216,7 @@ impl Store {
                 audit,
                 telemetry,
                 registry: std::sync::Mutex::new(()),
+                read_only: options.read_only,
             }),
         })
     }

@@ -100,8 +100,13 @@ fn cf_options() -> Options {
 }
 
 /// Opens (or creates) the database at `path` with `db_opts`, then checks or writes the
-/// schema version and runs pending migrations.
-pub(crate) fn open(path: &std::path::Path, mut db_opts: Options) -> Result<DB, StorageError> {
+/// schema version and runs pending migrations. With `read_only` it only opens and checks:
+/// nothing in the directory changes.
+pub(crate) fn open(
+    path: &std::path::Path,
+    mut db_opts: Options,
+    read_only: bool,
+) -> Result<DB, StorageError> {
     let existing = DB::list_cf(&Options::default(), path).ok();
     match &existing {
         Some(names) => {
@@ -114,7 +119,29 @@ pub(crate) fn open(path: &std::path::Path, mut db_opts: Options) -> Result<DB, S
             }
             db_opts.create_if_missing(false);
         }
+        None if crate::wal::has_database_files(path) => {
+            // RocksDB would make a new, empty database here and delete the old files.
+            return Err(StorageError::Damaged {
+                path: path.to_path_buf(),
+                what: "it holds database files but no readable CURRENT file; nothing was \
+                       changed. Restore CURRENT (it names the newest MANIFEST-* file) or a \
+                       backup",
+            });
+        }
+        None if read_only => {
+            return Err(StorageError::Damaged {
+                path: path.to_path_buf(),
+                what: "there is no database in it",
+            });
+        }
         None => db_opts.create_if_missing(true),
+    }
+    if read_only {
+        let names = existing.unwrap_or_default();
+        let _log = crate::wal::InfoLogElsewhere::set(&mut db_opts);
+        let db = DB::open_cf_for_read_only(&db_opts, path, names, false)?;
+        check_supported(read_version(&db)?.ok_or_else(no_version)?)?;
+        return Ok(db);
     }
     db_opts.create_missing_column_families(true);
     let descriptors = Cf::ALL
@@ -124,35 +151,16 @@ pub(crate) fn open(path: &std::path::Path, mut db_opts: Options) -> Result<DB, S
     let meta = db
         .cf_handle(Cf::Meta.name())
         .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
-    let found = match db.get_cf(meta, VERSION_KEY)? {
-        None if existing.is_some() => {
-            return Err(StorageError::corrupt(
-                "meta",
-                "no schema version in an existing data directory",
-            ))
-        }
+    let found = match read_version(&db)? {
+        None if existing.is_some() => return Err(no_version()),
         None => {
             db.put_cf(meta, VERSION_KEY, SCHEMA_VERSION.to_be_bytes())?;
             db.flush_wal(true)?;
             SCHEMA_VERSION
         }
-        Some(v) => {
-            let bytes: [u8; 4] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StorageError::corrupt("meta", "schema version is not 4 bytes"))?;
-            u32::from_be_bytes(bytes)
-        }
+        Some(v) => v,
     };
-    if found > SCHEMA_VERSION {
-        return Err(StorageError::NewerSchema {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if found == 0 {
-        return Err(StorageError::corrupt("meta", "schema version 0"));
-    }
+    check_supported(found)?;
     for version in found..SCHEMA_VERSION {
         let index = (version - 1) as usize;
         if let Some(migrate) = MIGRATIONS.get(index) {
@@ -167,4 +175,37 @@ pub(crate) fn open(path: &std::path::Path, mut db_opts: Options) -> Result<DB, S
         db.flush_wal(true)?;
     }
     Ok(db)
+}
+
+fn no_version() -> StorageError {
+    StorageError::corrupt("meta", "no schema version in an existing data directory")
+}
+
+/// The schema version stored in `meta`, if any.
+fn read_version(db: &DB) -> Result<Option<u32>, StorageError> {
+    let meta = db
+        .cf_handle(Cf::Meta.name())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
+    let Some(v) = db.get_cf(meta, VERSION_KEY)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 4] = v
+        .as_slice()
+        .try_into()
+        .map_err(|_| StorageError::corrupt("meta", "schema version is not 4 bytes"))?;
+    Ok(Some(u32::from_be_bytes(bytes)))
+}
+
+/// A version this build can open (older ones are migrated).
+fn check_supported(found: u32) -> Result<(), StorageError> {
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        return Err(StorageError::corrupt("meta", "schema version 0"));
+    }
+    Ok(())
 }

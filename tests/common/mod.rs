@@ -45,9 +45,15 @@ impl Broker {
 
     /// Starts the broker on an existing configuration file.
     pub fn run(config: &Path) -> Broker {
+        Broker::run_with(config, &[])
+    }
+
+    /// Starts the broker on an existing configuration file, with more `serve` arguments.
+    pub fn run_with(config: &Path, args: &[&str]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_messs"))
             .args(["serve", "--admin-listen", "off", "--config"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

@@ -120,14 +120,7 @@ pub fn seal_store(config: &StorageConfig) -> Result<messs_storage::seal::SealRep
 impl Persistence {
     /// Opens the store. Blocking (RocksDB opens and replays its log).
     pub fn open(config: &StorageConfig) -> Result<Self, BrokerError> {
-        let mut options = StoreOptions::new(&config.data_dir);
-        options.durability = config.durability.to_storage();
-        options.max_pending_bytes = config.max_pending_bytes;
-        options.block_cache_bytes = config.block_cache_bytes;
-        options.min_free_disk_bytes = config.min_free_disk_bytes;
-        options.keys = key_ring(config)?;
-        options.audit_key = audit_key(config, options.keys.as_ref())?;
-        let store = Store::open(options)?;
+        let store = Store::open(store_options(config)?)?;
         let telemetry = config.telemetry.filters.clone();
         let t = &config.telemetry;
         Ok(Persistence {
@@ -197,6 +190,19 @@ impl Persistence {
             .iter()
             .any(|f| messs_storage::telemetry::topic_matches(f, topic))
     }
+}
+
+/// The store's options from the configuration (keys read from their files).
+pub(crate) fn store_options(config: &StorageConfig) -> Result<StoreOptions, BrokerError> {
+    let mut options = StoreOptions::new(&config.data_dir);
+    options.durability = config.durability.to_storage();
+    options.max_pending_bytes = config.max_pending_bytes;
+    options.block_cache_bytes = config.block_cache_bytes;
+    options.min_free_disk_bytes = config.min_free_disk_bytes;
+    options.recover_wal = config.recover_wal;
+    options.keys = key_ring(config)?;
+    options.audit_key = audit_key(config, options.keys.as_ref())?;
+    Ok(options)
 }
 
 /// The store writes one inbound packet causes, and the acknowledgement that waits for
