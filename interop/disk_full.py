@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 port = int(sys.argv[1])
-step = sys.argv[2]  # setup | publish-ok | publish-refused
+step = sys.argv[2]  # setup | publish-ok | publish-refused | flood
 acks = {}
 done = threading.Event()
 
@@ -43,6 +43,26 @@ if step == "setup":
     sys.exit(0)
 
 pub = client("drill-pub")
+
+if step == "flood":
+    # QoS 1 messages of 64 KiB for the persistent session until one is refused (the file
+    # system is full under RocksDB itself: the drill runs this with the watermark off).
+    def on_flood(c, userdata, mid, reason_code, properties):
+        acks[mid] = reason_code.value
+        done.set()
+
+    pub.on_publish = on_flood
+    pub.loop_start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done.clear()
+        info = pub.publish("drill/flood", b"f" * 65536, qos=1)
+        if not done.wait(5):
+            sys.exit("drill: no PUBACK")
+        if acks[info.mid] != 0:
+            print(f"drill: flood: refused with {acks[info.mid]:#x} after {len(acks)} messages")
+            sys.exit(0)
+    sys.exit("drill: flood: never refused")
 
 
 def on_publish(c, userdata, mid, reason_code, properties):

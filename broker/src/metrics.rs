@@ -162,6 +162,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load(&s.queued_on_disk),
         ),
         (
+            "messs_audit_withheld_total",
+            "Client-caused audit records summed up instead of written while free disk space was low.",
+            Counter,
+            load(&s.audit_withheld),
+        ),
+        (
             "messs_timers",
             "Session-expiry and will-delay timers pending.",
             Gauge,

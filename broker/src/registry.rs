@@ -80,7 +80,8 @@ impl<'a> Registry<'a> {
             action: action.to_owned(),
             detail,
         };
-        if let Err(e) = self.store.append_audit(&event) {
+        // An operator's change: written from the reserved margin of a full disk.
+        if let Err(e) = self.store.append_operator_audit(&event) {
             tracing::warn!(error = %e, action, "audit record not written");
         }
     }

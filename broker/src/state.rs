@@ -338,7 +338,9 @@ impl BrokerState {
     /// Appends a security event to the audit log (when the broker has a store).
     pub fn audit(&self, action: &str, detail: String) {
         if let Some(p) = &self.persist {
-            p.audit(action, detail);
+            if p.audit(action, detail) {
+                self.stats.audit_withheld.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

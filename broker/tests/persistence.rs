@@ -875,3 +875,86 @@ async fn a_311_qos2_publish_whose_write_fails_is_routed_when_sent_again() {
     assert_eq!(&got.payload[..], b"once");
     broker.stop().await;
 }
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let st = rustix::fs::statvfs(dir).unwrap();
+    st.f_bavail * st.f_frsize
+}
+
+fn audit_actions(store: &messs_storage::Store) -> Vec<String> {
+    store
+        .read_audit(0, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.action)
+        .collect()
+}
+
+/// The outside audit: two audit records per connection, never deleted and outside the
+/// watermark, let anonymous connection churn alone fill the disk. While space is low they
+/// are counted and summed up instead; and the operator can still disable a device — and
+/// have it audited — when even bookkeeping is refused.
+#[tokio::test]
+async fn connection_churn_on_a_low_disk_is_summed_up_and_the_operator_still_acts() {
+    let broker = TestBroker::start().await;
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_tenant("acme", None)?;
+            r.add_device("acme", "sensor", Some("right-password-1"), None, &[])
+        })
+        .await
+        .unwrap();
+    let store = broker.broker.store().unwrap();
+    let free = free_bytes(broker.data.path());
+    let connects = |actions: &[String]| actions.iter().filter(|a| *a == "client.connect").count();
+    let before = audit_actions(&store);
+
+    // Below the watermark: 50 connections leave one summary, not 100 records.
+    store.set_min_free_disk_bytes(free + free / 2);
+    for i in 0..50 {
+        Raw::v5(broker.addr, &format!("churn-{i}"))
+            .await
+            .disconnect()
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = audit_actions(&store);
+    assert_eq!(
+        connects(&during),
+        connects(&before),
+        "connects were written"
+    );
+    assert_eq!(
+        during.iter().filter(|a| *a == "audit.withheld").count(),
+        1,
+        "{:?}",
+        &during[before.len()..]
+    );
+    assert!(broker.stats.audit_withheld.load(Ordering::Relaxed) >= 100);
+
+    // Below half of it: the operator disables the device; it is stored and audited.
+    store.set_min_free_disk_bytes(free.saturating_mul(4));
+    broker
+        .broker
+        .registry("admin", |r| r.set_device_enabled("acme", "sensor", false))
+        .await
+        .unwrap();
+    assert!(audit_actions(&store).iter().any(|a| a == "device.disable"));
+    assert!(!store.device("acme", "sensor").unwrap().unwrap().enabled);
+
+    // Space is back: the summary of the rest comes first, then records as usual.
+    store.set_min_free_disk_bytes(0);
+    Raw::v5(broker.addr, "after").await.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = audit_actions(&store);
+    let tail = &after[during.len()..];
+    let summary = tail.iter().position(|a| a == "audit.withheld");
+    let connect = tail.iter().position(|a| a == "client.connect");
+    assert!(
+        matches!((summary, connect), (Some(s), Some(c)) if s < c),
+        "{tail:?}"
+    );
+    assert!(store.verify().unwrap().is_ok());
+    broker.stop().await;
+}

@@ -370,7 +370,9 @@ impl Store {
                 key.clone(),
                 self.encode_admin(&key, &record)?,
             ));
-            self.write_now(b)?;
+            // Logins (and lockouts) must work on a full disk: the operator may be logging
+            // in to free it.
+            self.write_now_reserved(b)?;
         }
         Ok(out)
     }
@@ -477,7 +479,7 @@ impl Store {
             family_key(&f.username, &f.family)?,
             Self::encode_family(f)?,
         ));
-        self.write_now(b)
+        self.write_now_reserved(b)
     }
 
     /// Changes a family with `change` under the registry lock: `Some` stores the family
@@ -502,7 +504,7 @@ impl Store {
             }
             None => b.push(Op::Delete(Cf::Admins, key)),
         }
-        self.write_now(b)?;
+        self.write_now_reserved(b)?;
         Ok(out)
     }
 

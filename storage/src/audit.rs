@@ -21,7 +21,8 @@
 //! copy: a chain that ends before it, or holds another record at its position, was rolled
 //! back.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::hmac;
@@ -148,6 +149,10 @@ fn encode_head(key: Option<&hmac::Key>, next_seq: u64, last: &[u8; 32]) -> Vec<u
 pub(crate) struct Chain {
     head: Mutex<Head>,
     key: Option<hmac::Key>,
+    /// Set by the writer when an audit record's write failed: the head in memory is then
+    /// ahead of the disk. Every audit write still queued is dropped while it is set, and
+    /// the next append reads the head back from the disk before it links a record.
+    stale: Arc<AtomicBool>,
     /// `(records the head in meta counted, newest record held)` when the head was
     /// missing or older than the newest record at open, and the chain continued after
     /// the newest record instead.
@@ -203,42 +208,12 @@ fn empty_head() -> Head {
 
 impl Chain {
     pub(crate) fn load(db: &DB, key: Option<[u8; 32]>) -> Result<Self, StorageError> {
-        let meta = db
-            .cf_handle(Cf::Meta.name())
-            .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
-        let mut head = match db.get_cf(meta, HEAD_KEY)? {
-            Some(v) => decode_head(&v)?,
-            None => empty_head(),
-        };
         let key = key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, &k));
-        // Records and head are written in one batch, so a newest record beyond the head
-        // means the head was removed or rolled back. Numbering from the head would
-        // overwrite those records: continue after the newest one instead, linked to it.
-        let audit = db
-            .cf_handle(Cf::Audit.name())
-            .ok_or(StorageError::MissingColumnFamily(Cf::Audit.name()))?;
-        let mut restored = None;
-        if let Some(item) = db.iterator_cf(audit, IteratorMode::End).next() {
-            let (k, value) = item?;
-            let newest = <[u8; 8]>::try_from(&k[..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| StorageError::corrupt("audit", "record key length"))?;
-            if newest >= head.next_seq {
-                restored = Some((head.next_seq.saturating_sub(1), newest));
-                let last_hash = match (value.first().copied(), &key) {
-                    (Some(AUDIT_KEYED), Some(k)) => mac(k, &value),
-                    _ => hash(&value),
-                };
-                head = Head {
-                    next_seq: newest.saturating_add(1),
-                    last_hash,
-                    signature: None,
-                };
-            }
-        }
+        let (head, restored) = read_head(db, key.as_ref())?;
         Ok(Chain {
             head: Mutex::new(head),
             key,
+            stale: Arc::new(AtomicBool::new(false)),
             restored,
         })
     }
@@ -249,6 +224,45 @@ impl Chain {
             None => hash(record),
         }
     }
+}
+
+/// The chain's head as the disk has it, and — when the head in `meta` is missing or older
+/// than the newest record — `(records the head counted, newest record)`: the chain then
+/// continues after the newest record.
+fn read_head(db: &DB, key: Option<&hmac::Key>) -> Result<(Head, Option<(u64, u64)>), StorageError> {
+    let meta = db
+        .cf_handle(Cf::Meta.name())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
+    let mut head = match db.get_cf(meta, HEAD_KEY)? {
+        Some(v) => decode_head(&v)?,
+        None => empty_head(),
+    };
+    // Records and head are written in one batch, so a newest record beyond the head
+    // means the head was removed or rolled back. Numbering from the head would
+    // overwrite those records: continue after the newest one instead, linked to it.
+    let audit = db
+        .cf_handle(Cf::Audit.name())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Audit.name()))?;
+    let mut restored = None;
+    if let Some(item) = db.iterator_cf(audit, IteratorMode::End).next() {
+        let (k, value) = item?;
+        let newest = <[u8; 8]>::try_from(&k[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| StorageError::corrupt("audit", "record key length"))?;
+        if newest >= head.next_seq {
+            restored = Some((head.next_seq.saturating_sub(1), newest));
+            let last_hash = match (value.first().copied(), key) {
+                (Some(AUDIT_KEYED), Some(k)) => mac(k, &value),
+                _ => hash(&value),
+            };
+            head = Head {
+                next_seq: newest.saturating_add(1),
+                last_hash,
+                signature: None,
+            };
+        }
+    }
+    Ok((head, restored))
 }
 
 fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
@@ -276,10 +290,29 @@ fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
 }
 
 impl Store {
-    /// Appends an event; the returned future resolves once it is durable.
+    /// Appends an event; the returned future resolves once it is durable. Written as
+    /// bookkeeping: refused (at once, the chain unchanged) below half the free-space
+    /// watermark.
     pub fn append_audit(&self, event: &AuditEvent) -> Result<Durable, StorageError> {
+        self.append_audit_as(event, false)
+    }
+
+    /// Appends an operator's security change (disabling a device, a revocation, a login):
+    /// written from the reserved margin of free space (see [`crate::space`]).
+    pub fn append_operator_audit(&self, event: &AuditEvent) -> Result<Durable, StorageError> {
+        self.append_audit_as(event, true)
+    }
+
+    fn append_audit_as(&self, event: &AuditEvent, reserved: bool) -> Result<Durable, StorageError> {
         let chain = &self.inner.audit;
         let mut head = chain.head.lock().unwrap_or_else(PoisonError::into_inner);
+        if chain.stale.load(Ordering::Acquire) {
+            // A write failed after this head was linked: let the writer drop what is still
+            // queued (the flag is still set), then link to what is on disk.
+            self.inner.writer.wait_written()?;
+            *head = read_head(&self.inner.db, chain.key.as_ref())?.0;
+            chain.stale.store(false, Ordering::Release);
+        }
         let seq = head.next_seq;
         let version = if chain.key.is_some() {
             AUDIT_KEYED
@@ -300,6 +333,10 @@ impl Store {
         let mut b = Batch::new();
         b.push(Op::Put(Cf::Audit, seq.to_be_bytes().to_vec(), record));
         b.push(Op::Put(Cf::Meta, HEAD_KEY.to_vec(), new_head));
+        b.flag_failure(chain.stale.clone());
+        if reserved {
+            b.mark_reserved();
+        }
         let (ticket, durable) = Ticket::new();
         self.submit(b, Some(&ticket))?;
         head.next_seq = seq + 1;

@@ -55,6 +55,18 @@ pub enum StorageError {
     /// Writes are backed up beyond `max_pending_bytes`: the caller refuses or retries.
     #[error("the storage writer is behind: {0} bytes of writes are waiting")]
     Busy(usize),
+    /// A write was refused because free disk space is below what its class needs (see
+    /// the `space` module): RocksDB must never find the disk full.
+    #[error(
+        "free disk space is low: {free} bytes free, this write needs {needed} \
+         (storage.min_free_disk_bytes); it resumes by itself once space is freed"
+    )]
+    DiskLow {
+        /// Free bytes on the data directory's file system.
+        free: u64,
+        /// What the write's class needs free.
+        needed: u64,
+    },
     /// A write batch failed (disk full, I/O error); the message is RocksDB's, without data.
     #[error("storage write failed: {0}")]
     WriteFailed(String),

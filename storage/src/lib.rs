@@ -25,6 +25,7 @@ pub mod retained;
 pub mod schema;
 pub mod seal;
 pub mod sessions;
+pub mod space;
 pub mod telemetry;
 pub mod wal;
 pub mod writer;
@@ -113,6 +114,10 @@ impl Drop for Inner {
     }
 }
 
+/// Free space RocksDB needs to resume writing after it found the disk full: its largest
+/// memtable (`schema::cf_options`).
+const RESUME_FREE_BYTES: u64 = 16 << 20;
+
 /// Opens the database: strict about the write-ahead log, unless the operator asked for
 /// a recovery (see [`wal`]).
 fn open_db(options: &StoreOptions, mut db_opts: Options) -> Result<DB, StorageError> {
@@ -198,6 +203,13 @@ impl Store {
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
         db_opts.set_block_based_table_factory(&table);
         let db = Arc::new(open_db(&options, db_opts)?);
+        let min_free = options.min_free_disk_bytes;
+        if min_free > 0 && min_free / 2 < RESUME_FREE_BYTES && !options.read_only {
+            tracing::warn!(
+                min_free,
+                "storage.min_free_disk_bytes is below 32 MiB: after a full disk RocksDB needs 16 MiB free to write again, and bookkeeping may use the watermark's upper half"
+            );
+        }
         let audit = audit::Chain::load(&db, options.audit_key)?;
         let telemetry = telemetry::Usage::load(&db)?;
         let writer = writer::Writer::start(
@@ -282,6 +294,12 @@ impl Store {
     /// effect within 100 ms.
     pub fn set_min_free_disk_bytes(&self, bytes: u64) {
         self.inner.writer.set_min_free(bytes);
+    }
+
+    /// Whether free disk space is below the watermark: new data is refused, and the
+    /// broker aggregates the audit records clients can cause instead of writing each.
+    pub fn disk_low(&self) -> bool {
+        self.inner.writer.space_is_low()
     }
 
     /// While `on`, every write fails as on a full disk, until it is turned off again

@@ -366,6 +366,18 @@ impl Store {
     /// Submits `batch` and waits until it is durable. Blocking.
     pub(crate) fn write_now(&self, mut batch: Batch) -> Result<(), StorageError> {
         batch.mark_new_data();
+        self.write_batch_now(batch)
+    }
+
+    /// As `write_now`, for a security-critical operator change (disabling or deleting a
+    /// device, a revocation, an admin login): written from the reserved margin of free
+    /// space, so a full disk never locks the operator out (see [`crate::space`]).
+    pub(crate) fn write_now_reserved(&self, mut batch: Batch) -> Result<(), StorageError> {
+        batch.mark_reserved();
+        self.write_batch_now(batch)
+    }
+
+    fn write_batch_now(&self, batch: Batch) -> Result<(), StorageError> {
         let (ticket, durable) = Ticket::new();
         self.submit(batch, Some(&ticket))?;
         drop(ticket);
@@ -608,7 +620,12 @@ impl Store {
             key.clone(),
             self.encode_device(&key, &record)?,
         ));
-        self.write_now(b)?;
+        if record.enabled {
+            self.write_now(b)?;
+        } else {
+            // Disabling a device must work on a full disk: it may be what fills it.
+            self.write_now_reserved(b)?;
+        }
         Ok(record.version)
     }
 
@@ -815,7 +832,7 @@ impl Store {
             tenant_key(tenant, kind::REVOKED, fingerprint)?,
             Vec::new(),
         ));
-        self.write_now(b)
+        self.write_now_reserved(b)
     }
 
     /// A tenant's revoked certificate fingerprints. Blocking.

@@ -144,9 +144,15 @@ pub(crate) fn open(
         return Ok(db);
     }
     db_opts.create_missing_column_families(true);
+    // RocksDB's unused `default` family is opened too, with RocksDB's default options
+    // unless given ours: its 64 MiB memtable would be the largest, and after a full disk
+    // RocksDB waits for that much free space before it writes again (and preallocates WAL
+    // files of 1.1 times it) — on a small disk, never.
+    let default = ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, cf_options());
     let descriptors = Cf::ALL
         .iter()
-        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()))
+        .chain(std::iter::once(default));
     let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
     let meta = db
         .cf_handle(Cf::Meta.name())

@@ -12,11 +12,11 @@
 //! go into one RocksDB write, and their new data is stored or refused as a whole, so what
 //! one inbound packet stores is never half on disk after a crash.
 //!
-//! The writer never lets RocksDB run out of disk: RocksDB treats a full disk under its
-//! write-ahead log as a hard error and stops all writes until the database is reopened.
-//! So below a free-space watermark (`min_free_disk_bytes`) batches with new data are failed
-//! before they reach RocksDB — their acknowledgements become refusals — while deletes and
-//! bookkeeping still go through, and writes resume by themselves once space is freed.
+//! The writer never lets RocksDB run out of disk: each batch's class is checked against
+//! the free space when it is submitted, and refused at once below what the class needs
+//! (see [`crate::space`]): new data below the watermark, bookkeeping below half of it,
+//! while deletes and the operator's security changes always go through. Writes resume by
+//! themselves once space is freed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +29,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::error::StorageError;
 use crate::schema::Cf;
+use crate::space::{Class, Space};
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,10 +75,12 @@ impl Op {
 pub struct Batch {
     ops: Vec<Op>,
     bytes: usize,
-    /// Holds new message data: refused with [`StorageError::Busy`] when the writer is too
-    /// far behind. Batches of deletes and session bookkeeping always go through, since they
-    /// only ever shrink what the store holds or track what was already admitted.
-    new_data: bool,
+    /// Its class when free space runs low, if set (unset: `Bookkeeping`, or `Shrink` for
+    /// deletes only). `NewData` is also refused with [`StorageError::Busy`] when the
+    /// writer is too far behind; the other classes only track what was already admitted.
+    class: Option<Class>,
+    /// Set if the write of this batch fails (after it was submitted).
+    failure_flag: Option<Arc<AtomicBool>>,
 }
 
 impl Batch {
@@ -92,7 +95,29 @@ impl Batch {
     }
 
     pub(crate) fn mark_new_data(&mut self) {
-        self.new_data = true;
+        self.class = Some(Class::NewData);
+    }
+
+    /// A security-critical operator change: written from the reserved margin.
+    pub(crate) fn mark_reserved(&mut self) {
+        self.class = Some(Class::Reserved);
+    }
+
+    /// `flag` is set if the write fails once submitted.
+    pub(crate) fn flag_failure(&mut self, flag: Arc<AtomicBool>) {
+        self.failure_flag = Some(flag);
+    }
+
+    /// Its class: what it was marked, `Shrink` if it only deletes, else `Bookkeeping`.
+    pub fn class(&self) -> Class {
+        if !self.ops.iter().any(|op| matches!(op, Op::Put(..))) {
+            return Class::Shrink;
+        }
+        self.class.unwrap_or_default()
+    }
+
+    fn is_new_data(&self) -> bool {
+        self.class() == Class::NewData
     }
 
     /// Whether it holds no change.
@@ -108,7 +133,13 @@ impl Batch {
     /// Moves every change of `other` to the end of this batch.
     pub fn append(&mut self, other: &mut Batch) {
         self.bytes += std::mem::take(&mut other.bytes);
-        self.new_data |= std::mem::take(&mut other.new_data);
+        self.class = match (self.class, other.class.take()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if self.failure_flag.is_none() {
+            self.failure_flag = other.failure_flag.take();
+        }
         self.ops.append(&mut other.ops);
     }
 }
@@ -127,19 +158,13 @@ struct Unit {
     /// Not sealed yet. Once it is, a wake-up request follows its last batch down the
     /// channel, and the writer does not end a RocksDB write before it has seen that.
     open: AtomicBool,
-    /// A batch of it passed the check for a writer too far behind: the rest of the unit
-    /// is not refused for it (a refusal half-way would store half a message).
+    /// A batch of its new data passed the checks for free space and for a writer too far
+    /// behind: the rest of the unit is not refused for them (a refusal half-way would
+    /// store half a message).
     admitted: AtomicBool,
-    /// The writer's free-space verdict on its new data, made at the first batch with new
-    /// data it sees: `VERDICT_*`.
-    disk: std::sync::atomic::AtomicU8,
     /// Wakes the writer when the unit is sealed (set at the first submit).
     wake: std::sync::OnceLock<mpsc::Sender<Request>>,
 }
-
-const VERDICT_NONE: u8 = 0;
-const VERDICT_OK: u8 = 1;
-const VERDICT_LOW: u8 = 2;
 
 impl Drop for TicketInner {
     fn drop(&mut self) {
@@ -174,7 +199,6 @@ impl Ticket {
         Self::make(Some(Unit {
             open: AtomicBool::new(true),
             admitted: AtomicBool::new(false),
-            disk: std::sync::atomic::AtomicU8::new(VERDICT_NONE),
             wake: std::sync::OnceLock::new(),
         }))
     }
@@ -263,38 +287,6 @@ impl Future for Durable {
     }
 }
 
-/// The free-space watermark, checked with `statvfs` at most every `DISK_CHECK`.
-struct DiskGuard {
-    path: std::path::PathBuf,
-    min_free: Arc<AtomicU64>,
-    checked: Option<std::time::Instant>,
-    low: bool,
-}
-
-/// How long a free-space reading is trusted.
-const DISK_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
-
-impl DiskGuard {
-    /// Whether the file system holding the store has less than the watermark free.
-    fn is_low(&mut self) -> bool {
-        let min_free = self.min_free.load(Ordering::Relaxed);
-        if min_free == 0 {
-            self.low = false;
-            return false;
-        }
-        if self.checked.is_some_and(|at| at.elapsed() < DISK_CHECK) {
-            return self.low;
-        }
-        self.checked = Some(std::time::Instant::now());
-        self.low = match rustix::fs::statvfs(&self.path) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < min_free,
-            // Cannot tell: let RocksDB try (and report).
-            Err(_) => false,
-        };
-        self.low
-    }
-}
-
 struct Request {
     batch: Batch,
     ticket: Option<Ticket>,
@@ -342,7 +334,7 @@ pub struct WriterStats {
     pub pending_bytes: AtomicUsize,
     /// 1 while the last write failed, 0 once one succeeds again (a gauge).
     pub failing: AtomicBool,
-    /// Batches with new data refused because free disk space was below the watermark.
+    /// Batches refused because free disk space was below what their class needs.
     pub refused_disk_low: AtomicU64,
     /// Requests submitted and not yet written (a gauge: the writer's queue depth).
     pub pending_requests: AtomicUsize,
@@ -397,7 +389,7 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<WriterStats>,
     max_pending_bytes: usize,
     fault: Arc<AtomicBool>,
-    min_free: Arc<AtomicU64>,
+    space: Arc<Space>,
 }
 
 impl Writer {
@@ -411,22 +403,16 @@ impl Writer {
         let stats = Arc::new(WriterStats::default());
         let fault = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
-        let min_free = Arc::new(AtomicU64::new(disk.1));
+        let space = Arc::new(Space::new(disk.0, disk.1));
         let thread = {
             let stats = stats.clone();
             let inject = fault.clone();
             let progress = progress.clone();
-            let min_free = min_free.clone();
+            let space = space.clone();
             std::thread::Builder::new()
                 .name("messs-storage-writer".into())
                 .spawn(move || {
-                    let mut guard = DiskGuard {
-                        path: disk.0,
-                        min_free,
-                        checked: None,
-                        low: false,
-                    };
-                    run(&db, durability, &rx, &stats, &inject, &progress, &mut guard);
+                    run(&db, durability, &rx, &stats, &inject, &progress, &space);
                     // Nothing more will be written: release every waiter.
                     progress.set(u64::MAX);
                 })
@@ -445,36 +431,22 @@ impl Writer {
             stats,
             max_pending_bytes,
             fault,
-            min_free,
+            space,
         }
     }
 
-    /// Queues `batch` for the writer. A batch with new message data is refused while more
-    /// than `max_pending_bytes` wait.
+    /// Queues `batch` for the writer, unless its class may not be written with the free
+    /// space there is (see [`crate::space`]) or — new data — more than
+    /// `max_pending_bytes` wait. A refusal fails `ticket`.
     pub(crate) fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let unit = ticket.and_then(|t| t.0.unit.as_ref());
-        if batch.new_data {
-            if unit.is_some() && ticket.is_some_and(Ticket::is_failed) {
-                // The rest of a unit already refused: its acknowledgement is a refusal, so
-                // its new data is not stored either.
-                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                return Err(StorageError::Busy(0));
+        if let Err(e) = self.admit(&batch, ticket) {
+            if let Some(t) = ticket {
+                t.fail();
             }
-            let admitted = unit.is_some_and(|u| u.admitted.load(Ordering::Acquire));
-            let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
-            if !admitted && pending > 0 && pending + batch.bytes > self.max_pending_bytes {
-                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = ticket {
-                    t.fail();
-                }
-                return Err(StorageError::Busy(pending));
-            }
-            if let Some(u) = unit {
-                u.admitted.store(true, Ordering::Release);
-            }
+            return Err(e);
         }
         self.stats
             .pending_bytes
@@ -486,7 +458,7 @@ impl Writer {
         }
         let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         let (tx, last) = &mut *guard;
-        if let (Some(u), Some(tx)) = (unit, tx.as_ref()) {
+        if let (Some(u), Some(tx)) = (ticket.and_then(|t| t.0.unit.as_ref()), tx.as_ref()) {
             u.wake.get_or_init(|| tx.clone());
         }
         let request = Request {
@@ -511,6 +483,57 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether `batch` may be queued: its class against the free space, and new data
+    /// against the writer's backlog — once per unit, so a unit is admitted (or refused)
+    /// whole.
+    fn admit(&self, batch: &Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+        let unit = ticket.and_then(|t| t.0.unit.as_ref());
+        if !batch.is_new_data() {
+            return self.admit_space(batch.class());
+        }
+        if let (Some(u), Some(t)) = (unit, ticket) {
+            if u.admitted.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if t.is_failed() {
+                // The rest of a unit already refused: its acknowledgement is a refusal, so
+                // its new data is not stored either.
+                return Err(StorageError::WriteFailed(
+                    "refused with the rest of its unit".into(),
+                ));
+            }
+        }
+        self.admit_space(Class::NewData)?;
+        let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+        if pending > 0 && pending + batch.bytes > self.max_pending_bytes {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(StorageError::Busy(pending));
+        }
+        if let Some(u) = unit {
+            u.admitted.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn admit_space(&self, class: Class) -> Result<(), StorageError> {
+        let refused = self.space.admit(class);
+        if let Err(e) = &refused {
+            self.stats.refused_disk_low.fetch_add(1, Ordering::Relaxed);
+            if !self.stats.failing.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    error = %e,
+                    "free disk space is below storage.min_free_disk_bytes: new messages that need storage are refused until space is freed (below half of it, session bookkeeping too; deletes and the operator's security changes still go through)"
+                );
+            }
+        }
+        refused
+    }
+
+    /// Whether free space is below the watermark (new data is refused).
+    pub(crate) fn space_is_low(&self) -> bool {
+        self.space.is_low()
+    }
+
     /// Blocks until every request submitted before this call was written (or failed).
     pub(crate) fn wait_written(&self) -> Result<(), StorageError> {
         let target = self.tx.lock().unwrap_or_else(PoisonError::into_inner).1;
@@ -532,9 +555,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Changes the free-space watermark (0: off); takes effect within `DISK_CHECK`.
+    /// Changes the free-space watermark (0: off).
     pub(crate) fn set_min_free(&self, bytes: u64) {
-        self.min_free.store(bytes, Ordering::Relaxed);
+        self.space.set_min_free(bytes);
     }
 
     /// While `on`, every write fails as on a full disk (fault drills and tests).
@@ -580,7 +603,7 @@ fn run(
     stats: &WriterStats,
     inject: &AtomicBool,
     progress: &Progress,
-    disk: &mut DiskGuard,
+    space: &Space,
 ) {
     let mut opts = WriteOptions::default();
     match durability {
@@ -589,6 +612,8 @@ fn run(
         Durability::Fsync => opts.set_sync(true),
     }
     let mut tickets: Vec<Ticket> = Vec::new();
+    // Flags to set if the write fails.
+    let mut failure_flags: Vec<Arc<AtomicBool>> = Vec::new();
     // Units in the current write whose seal the writer has not seen yet.
     let mut open_units: Vec<Ticket> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -597,7 +622,6 @@ fn run(
         let mut group = 0usize;
         let mut last_n = 0;
         let mut next = Some(first);
-        let mut refused = 0u64;
         let mut stopping = false;
         loop {
             let Some(request) = next.take() else {
@@ -633,10 +657,10 @@ fn run(
                         open_units.push(t.clone());
                     }
                 }
-                let unit = request.ticket.as_ref().and_then(|t| t.0.unit.as_ref());
-                if request.batch.new_data && refuse_new_data(unit, disk) {
-                    // Refused before RocksDB sees it: its acknowledgement becomes a refusal.
-                    refused += 1;
+                let flag = request.batch.failure_flag;
+                if flag.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+                    // Queued behind a failed write it depends on (an audit record linked
+                    // to one that is not on disk): dropped, and its ticket failed.
                     if let Some(t) = &request.ticket {
                         t.fail();
                     }
@@ -645,6 +669,7 @@ fn run(
                         apply(db, &mut wb, op);
                     }
                     tickets.extend(request.ticket);
+                    failure_flags.extend(flag);
                 }
             }
             if !stopping && group < MAX_GROUP && bytes < MAX_GROUP_BYTES {
@@ -657,15 +682,6 @@ fn run(
                 break;
             }
             continue;
-        }
-        if refused > 0 {
-            stats.refused_disk_low.fetch_add(refused, Ordering::Relaxed);
-            if !stats.failing.swap(true, Ordering::AcqRel) {
-                tracing::error!(
-                    min_free_bytes = disk.min_free.load(Ordering::Relaxed),
-                    "free disk space is below storage.min_free_disk_bytes: new messages that need storage are refused until space is freed"
-                );
-            }
         }
         let injected = inject.load(Ordering::Acquire);
         let ops = wb.len();
@@ -680,8 +696,8 @@ fn run(
             .record(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         match result {
             Ok(()) => {
-                // Still refusing for lack of disk: failing until a write goes through whole.
-                if refused == 0 && !disk.low && stats.failing.swap(false, Ordering::AcqRel) {
+                // Still refusing for lack of disk: failing until space is back.
+                if !space.is_low() && stats.failing.swap(false, Ordering::AcqRel) {
                     tracing::warn!("storage writes succeed again");
                 }
                 stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -698,6 +714,9 @@ fn run(
                 for t in &tickets {
                     t.fail();
                 }
+                for f in &failure_flags {
+                    f.store(true, Ordering::Release);
+                }
             }
         }
         stats.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -705,26 +724,9 @@ fn run(
         progress.set(last_n);
         // Dropping the writer's clones resolves tickets whose submitter is done.
         tickets.clear();
+        failure_flags.clear();
         if stopping {
             break;
-        }
-    }
-}
-
-/// Whether a batch with new data is refused for lack of free disk space. A unit's verdict
-/// is made once, at its first batch with new data, and holds for the rest of it.
-fn refuse_new_data(unit: Option<&Unit>, disk: &mut DiskGuard) -> bool {
-    let Some(unit) = unit else {
-        return disk.is_low();
-    };
-    match unit.disk.load(Ordering::Acquire) {
-        VERDICT_OK => false,
-        VERDICT_LOW => true,
-        _ => {
-            let low = disk.is_low();
-            let verdict = if low { VERDICT_LOW } else { VERDICT_OK };
-            unit.disk.store(verdict, Ordering::Release);
-            low
         }
     }
 }

@@ -849,7 +849,7 @@ fn below_the_free_space_watermark_new_data_is_refused_until_space_returns() {
         .put_queued(&mut b, &p, 1, &queued(b"refused"))
         .unwrap();
     let err = write(&store, b).unwrap_err();
-    assert!(matches!(err, StorageError::WriteFailed(_)), "{err}");
+    assert!(matches!(err, StorageError::DiskLow { .. }), "{err}");
     assert!(store.is_failing());
     // Deletes still go through (they only ever free space).
     let mut b = Batch::new();
@@ -1335,8 +1335,10 @@ fn a_unit_is_stored_or_refused_whole_when_the_disk_runs_low_half_way() {
     submit_queued(&store, &p, 0..2, &unit);
     std::thread::sleep(std::time::Duration::from_millis(50));
     store.set_min_free_disk_bytes(u64::MAX);
-    // Past the writer's free-space cache: a lone batch now is refused.
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    // A lone batch now is refused; the rest of an admitted unit is not.
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 99, &queued(b"alone")).unwrap();
+    assert!(store.submit(b, None).is_err());
     submit_queued(&store, &p, 2..4, &unit);
     unit.seal();
     drop(unit);
@@ -1345,12 +1347,16 @@ fn a_unit_is_stored_or_refused_whole_when_the_disk_runs_low_half_way() {
 
     // A unit that starts below the watermark is refused whole.
     let (unit, durable) = Ticket::unit();
-    submit_queued(&store, &p, 10..11, &unit);
-    while !unit.is_failed() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let mut b = Batch::new();
+    store
+        .put_queued(&mut b, &p, 10, &queued(b"payload"))
+        .unwrap();
+    assert!(matches!(
+        store.submit(b, Some(&unit)),
+        Err(StorageError::DiskLow { .. })
+    ));
+    assert!(unit.is_failed());
     store.set_min_free_disk_bytes(0);
-    std::thread::sleep(std::time::Duration::from_millis(250));
     let mut b = Batch::new();
     store
         .put_queued(&mut b, &p, 12, &queued(b"payload"))
@@ -1363,4 +1369,109 @@ fn a_unit_is_stored_or_refused_whole_when_the_disk_runs_low_half_way() {
     drop(unit);
     assert!(futures_block_on(durable).is_err());
     assert_eq!(store.read_queue(&p, 0, 100, usize::MAX).unwrap().len(), 4);
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let st = rustix::fs::statvfs(dir).unwrap();
+    st.f_bavail * st.f_frsize
+}
+
+fn audit_event(action: &str) -> AuditEvent {
+    AuditEvent {
+        time_ms: 1,
+        actor: "broker".into(),
+        action: action.into(),
+        detail: "d".into(),
+    }
+}
+
+/// The outside audit: audit records and other bookkeeping ignored the watermark, so
+/// connection churn alone filled the disk. Each class of write now has its floor: new data
+/// stops at the watermark, bookkeeping at half of it, and the operator's security changes
+/// and deletes always go through.
+#[test]
+fn each_class_of_write_stops_at_its_own_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let free = free_bytes(dir.path());
+    let record = SessionRecord {
+        session_id: 1,
+        expiry_interval: 60,
+        disconnected_at: None,
+    };
+    // Below the watermark, above half of it.
+    store.set_min_free_disk_bytes(free + free / 2);
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 1, &queued(b"x")).unwrap();
+    assert!(matches!(
+        store.submit(b, None),
+        Err(StorageError::DiskLow { .. })
+    ));
+    assert!(store.disk_low());
+    let mut b = Batch::new();
+    store.put_session(&mut b, &p, &record);
+    write(&store, b).unwrap();
+    futures_block_on(store.append_audit(&audit_event("kept")).unwrap()).unwrap();
+
+    // Below half of it: only deletes and the operator's changes.
+    store.set_min_free_disk_bytes(free.saturating_mul(4));
+    let mut b = Batch::new();
+    store.put_session(&mut b, &p, &record);
+    assert!(matches!(
+        store.submit(b, None),
+        Err(StorageError::DiskLow { .. })
+    ));
+    assert!(matches!(
+        store.append_audit(&audit_event("refused")),
+        Err(StorageError::DiskLow { .. })
+    ));
+    futures_block_on(
+        store
+            .append_operator_audit(&audit_event("device.disable"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut b = Batch::new();
+    store.delete_session(&mut b, &p);
+    write(&store, b).unwrap();
+
+    // Refused records left no hole: the chain is whole.
+    store.set_min_free_disk_bytes(0);
+    futures_block_on(store.append_audit(&audit_event("after")).unwrap()).unwrap();
+    let actions: Vec<String> = store
+        .read_audit(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.action)
+        .collect();
+    assert_eq!(actions, ["kept", "device.disable", "after"]);
+    assert!(store.verify().unwrap().is_ok());
+}
+
+/// An audit record whose write fails after it was linked must not leave the next record
+/// linked to a record that is not on disk.
+#[test]
+fn audit_records_whose_writes_fail_leave_the_chain_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    futures_block_on(store.append_audit(&audit_event("one")).unwrap()).unwrap();
+    store.set_write_fault(true);
+    let failed: Vec<_> = (0..3)
+        .map(|_| store.append_audit(&audit_event("lost")).unwrap())
+        .collect();
+    for f in failed {
+        assert!(futures_block_on(f).is_err());
+    }
+    store.set_write_fault(false);
+    futures_block_on(store.append_audit(&audit_event("two")).unwrap()).unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.audit.broken.is_none(), "{:?}", report.audit.broken);
+    let actions: Vec<String> = store
+        .read_audit(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.action)
+        .collect();
+    assert_eq!(actions, ["one", "two"]);
 }

@@ -202,7 +202,7 @@ impl<S: Transport> Client<S> {
                     .stats
                     .publishes_refused_storage
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%client_id, error = %error, "publish refused: not stored");
+                tracing::debug!(%client_id, error = %error, "publish refused: not stored");
                 if is_rec {
                     // The exchange ends here: a resend is a new message, to be routed.
                     self.session.lock().release_incoming_qos2(r.packet_id, None);

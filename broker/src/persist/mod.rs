@@ -6,6 +6,7 @@
 
 pub(crate) mod codec;
 mod restore;
+mod withheld;
 
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub(crate) struct Persistence {
     disk_limits: DiskLimits,
     pub retained_inline_bytes: usize,
     pub retention: RetentionPolicy,
+    /// Client-caused audit records withheld while free space is low (see `withheld`).
+    pub audit_withheld: withheld::Withheld,
 }
 
 /// Reads the key material named by the configuration. Errors name the file or variable,
@@ -131,6 +134,7 @@ impl Persistence {
                 max_bytes: config.max_stored_bytes_per_session,
             },
             retained_inline_bytes: config.retained_inline_bytes,
+            audit_withheld: withheld::Withheld::default(),
             retention: RetentionPolicy {
                 max_age_ms: (t.max_age_secs > 0).then(|| t.max_age_secs.saturating_mul(1000)),
                 max_bytes_per_tenant: (t.max_bytes_per_tenant > 0)
@@ -171,16 +175,50 @@ impl Persistence {
     }
 
     /// Appends an event by the broker itself to the audit log (not waited for; a failure is
-    /// logged).
-    pub fn audit(&self, action: &str, detail: String) {
+    /// logged). While free space is low, records clients cause are withheld and summed up
+    /// instead (see `withheld`): then it returns true.
+    pub fn audit(&self, action: &str, detail: String) -> bool {
+        let now_ms = crate::clock::unix_ms();
+        if withheld::is_client_caused(action) && self.store.disk_low() {
+            if self.audit_withheld.is_empty() {
+                tracing::warn!(
+                    "free disk space is below storage.min_free_disk_bytes: audit records clients cause (connects, disconnects, ACL denials, refused logins) are summed up in audit.withheld records until space is back"
+                );
+            }
+            if let Some(summary) =
+                self.audit_withheld
+                    .withhold(action, std::time::Instant::now(), now_ms)
+            {
+                self.write_withheld_summary(summary, now_ms);
+            }
+            return true;
+        }
+        if let Some(summary) = self.audit_withheld.pending() {
+            self.write_withheld_summary(summary, now_ms);
+        }
+        self.append("broker", action, detail, now_ms);
+        false
+    }
+
+    fn write_withheld_summary(&self, summary: String, now_ms: u64) {
+        if self.append("broker", "audit.withheld", summary, now_ms) {
+            self.audit_withheld.written();
+        }
+    }
+
+    fn append(&self, actor: &str, action: &str, detail: String, time_ms: u64) -> bool {
         let event = messs_storage::audit::AuditEvent {
-            time_ms: crate::clock::unix_ms(),
-            actor: "broker".into(),
+            time_ms,
+            actor: actor.into(),
             action: action.into(),
             detail,
         };
-        if let Err(e) = self.store.append_audit(&event) {
-            tracing::warn!(error = %e, action, "audit record not written");
+        match self.store.append_audit(&event) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, action, "audit record not written");
+                false
+            }
         }
     }
 

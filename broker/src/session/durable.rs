@@ -119,7 +119,8 @@ impl SessionDisk {
                 if let Some(t) = ticket {
                     t.fail();
                 }
-                tracing::warn!(error = %e, "session change not stored");
+                // The writer logs when refusals start and end; the metrics count them.
+                tracing::debug!(error = %e, "session change not stored");
                 false
             }
         }
@@ -136,7 +137,7 @@ impl SessionDisk {
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         if !deferred.is_empty() {
             if let Err(e) = self.store.submit(deferred, None) {
-                tracing::warn!(error = %e, "session changes not stored");
+                tracing::debug!(error = %e, "session changes not stored");
             }
         }
     }
