@@ -958,3 +958,56 @@ async fn connection_churn_on_a_low_disk_is_summed_up_and_the_operator_still_acts
     assert!(store.verify().unwrap().is_ok());
     broker.stop().await;
 }
+
+/// The outside audit: with 512 or more in-flight messages restored, the page-in read the
+/// same page of them again and again (about 90% of a core) until the client acknowledged,
+/// and the messages queued behind them never came.
+#[tokio::test]
+async fn many_restored_in_flight_messages_do_not_stall_the_queue_behind_them() {
+    const IN_FLIGHT: u16 = 600;
+    const BEHIND: u16 = 100;
+    let broker = TestBroker::start().await;
+    let connect = |clean: bool| {
+        let mut c = connect_packet(Protocol::V5, "sub", clean);
+        c.properties.session_expiry_interval = Some(EXPIRY);
+        c.properties.receive_maximum = std::num::NonZeroU16::new(1000);
+        c
+    };
+    let (mut sub, _) = Raw::connect_with(broker.addr, connect(true)).await;
+    sub.subscribe("p/#", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for _ in 0..IN_FLIGHT {
+        publisher
+            .publish(publish("p/1", b"in flight", QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    // Received, never acknowledged.
+    for _ in 0..IN_FLIGHT {
+        sub.recv_publish().await;
+    }
+    sub.drop_connection();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..BEHIND {
+        publisher
+            .publish(publish("p/2", b"behind", QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    drop(publisher);
+
+    let broker = restart(broker).await;
+    let (mut sub, ack) = Raw::connect_with(broker.addr, connect(false)).await;
+    assert!(ack.session_present);
+    let (mut resent, mut behind) = (0, 0);
+    while let Some(p) = sub.recv_within(Duration::from_secs(3)).await {
+        match p {
+            Packet::Publish(p) if p.dup => resent += 1,
+            Packet::Publish(p) if &p.payload[..] == b"behind" => behind += 1,
+            other => panic!("{other:?}"),
+        }
+        if resent == IN_FLIGHT && behind == BEHIND {
+            break;
+        }
+    }
+    assert_eq!((resent, behind), (IN_FLIGHT, BEHIND));
+    broker.stop().await;
+}

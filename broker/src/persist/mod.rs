@@ -213,7 +213,14 @@ impl Persistence {
             action: action.into(),
             detail,
         };
-        match self.store.append_audit(&event) {
+        // The operator's security actions that reach the log through the broker are
+        // written from the reserved margin of a full disk, like the registry's.
+        let appended = if matches!(action, "bans.set" | "client.kick") {
+            self.store.append_operator_audit(&event)
+        } else {
+            self.store.append_audit(&event)
+        };
+        match appended {
             Ok(_) => true,
             Err(e) => {
                 tracing::debug!(error = %e, action, "audit record not written");

@@ -482,7 +482,13 @@ impl SessionState {
             let Some(d) = self.disk.as_deref_mut() else {
                 break;
             };
-            if seq < d.cursor || d.restored_inflight.contains(&seq) {
+            if seq < d.cursor {
+                continue;
+            }
+            if d.restored_inflight.contains(&seq) {
+                // In memory already (in flight since before the restart): the next page
+                // starts after it, or a page of nothing but these would be read forever.
+                d.cursor = seq + 1;
                 continue;
             }
             let delivery = match codec::delivery_from_record(seq, record) {
