@@ -162,6 +162,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load(&s.queued_on_disk),
         ),
         (
+            "messs_records_quarantined_total",
+            "Stored messages that could not be read, moved to the quarantine.",
+            Counter,
+            load(&s.records_quarantined),
+        ),
+        (
             "messs_audit_withheld_total",
             "Client-caused audit records summed up instead of written while free disk space was low.",
             Counter,

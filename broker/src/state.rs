@@ -344,6 +344,39 @@ impl BrokerState {
         }
     }
 
+    /// Reports stored messages of a session that could not be read and were moved to the
+    /// store's quarantine: a log line, the `records_quarantined` metric, and one audit
+    /// record per page (the admin API's audit log shows it).
+    pub fn report_quarantined(
+        &self,
+        key: &crate::session::SessionKey,
+        quarantined: &[(u64, String)],
+    ) {
+        let Some((first, error)) = quarantined.first() else {
+            return;
+        };
+        let n = quarantined.len();
+        self.stats
+            .records_quarantined
+            .fetch_add(n as u64, Ordering::Relaxed);
+        tracing::error!(
+            tenant = %key.tenant,
+            client_id = %key.client_id,
+            records = n,
+            first_seq = first,
+            error = %error,
+            "stored messages of a session cannot be read: moved to the quarantine, the queue goes on"
+        );
+        self.audit(
+            "storage.quarantine",
+            format!(
+                "{n} stored messages of client {:?} of tenant {} could not be read (first: seq {first}: {error}); kept in the quarantine",
+                crate::auth::clip(&key.client_id),
+                key.tenant
+            ),
+        );
+    }
+
     /// Records a refused login (`auth.failure`) within the audit budget for refusals
     /// (anyone who reaches the port can cause them): beyond it, counted and summed up.
     pub fn audit_refusal(&self, detail: String) {

@@ -70,6 +70,9 @@ pub struct Stats {
     pub publishes_refused_storage: AtomicU64,
     /// Messages of persistent sessions kept on disk only (offline queues), a gauge.
     pub queued_on_disk: AtomicU64,
+    /// Stored messages that could not be read (a missing key, damage) and were moved to
+    /// the store's quarantine.
+    pub records_quarantined: AtomicU64,
     /// Audit records clients caused that were counted in a summary instead of written,
     /// because free disk space was below the watermark.
     pub audit_withheld: AtomicU64,

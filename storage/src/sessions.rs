@@ -205,6 +205,13 @@ pub struct LoadedSession {
     pub next_seq: u64,
 }
 
+/// A stored message read from a queue: its sequence number and the record, or why it
+/// could not be read.
+pub type QueueEntry = (u64, Result<QueuedRecord, StorageError>);
+
+/// Prefix (in `meta`) of quarantined records: see [`Store::quarantine_queued`].
+pub const QUARANTINE: &[u8] = b"quarantine:";
+
 impl Store {
     /// Writes the session record.
     pub fn put_session(&self, b: &mut Batch, p: &SessionPrefix, r: &SessionRecord) {
@@ -371,6 +378,22 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, QueuedRecord)>, StorageError> {
+        self.read_queue_entries(p, from, limit, max_bytes)?
+            .into_iter()
+            .map(|(seq, record)| record.map(|r| (seq, r)))
+            .collect()
+    }
+
+    /// As [`Store::read_queue`], but a record that cannot be decoded (a missing key, a
+    /// damaged value) is returned as its error instead of failing the page: one bad record
+    /// must not stall a session's whole queue (see [`Store::quarantine_queued`]).
+    pub fn read_queue_entries(
+        &self,
+        p: &SessionPrefix,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<QueueEntry>, StorageError> {
         let (_, end) = p.range();
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(end);
@@ -389,9 +412,31 @@ impl Store {
             }
             let seq = seq_of(&key, &p.0, "queue")?;
             bytes += value.len();
-            out.push((seq, self.decode_queued(&key, &value)?));
+            out.push((seq, self.decode_queued(&key, &value)));
         }
         Ok(out)
+    }
+
+    /// Moves stored message `seq` of a session out of its queue into the quarantine (in
+    /// `meta`, under `quarantine:` and its queue key, as it was stored) with `b`: kept for
+    /// the operator (e.g. to read once a removed key is back), out of the session's way.
+    /// Blocking (reads the record).
+    pub fn quarantine_queued(
+        &self,
+        b: &mut Batch,
+        p: &SessionPrefix,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        let key = p.seq_key(seq);
+        if let Some(value) = self.get(Cf::Queue, &key)? {
+            b.push(Op::Put(
+                Cf::Meta,
+                [QUARANTINE, key.as_slice()].concat(),
+                value,
+            ));
+        }
+        b.push(Op::Delete(Cf::Queue, key));
+        Ok(())
     }
 
     fn decode_queued(&self, key: &[u8], value: &[u8]) -> Result<QueuedRecord, StorageError> {

@@ -65,15 +65,17 @@ impl<S: Transport> Client<S> {
             return;
         };
         let session = self.session.clone();
-        let stats = self.state.stats.clone();
+        let state = self.state.clone();
         self.state.spawn_storage_read(move || {
             let page = read_page(&request);
-            let expired = session.lock().page_in_done(page, request.from, unix_ms());
-            if expired > 0 {
-                stats
+            let paged = session.lock().page_in_done(page, request.from, unix_ms());
+            if paged.expired > 0 {
+                state
+                    .stats
                     .dropped_expired
-                    .fetch_add(expired as u64, Ordering::Relaxed);
+                    .fetch_add(paged.expired as u64, Ordering::Relaxed);
             }
+            state.report_quarantined(&session.key, &paged.quarantined);
             session.wake();
         });
     }

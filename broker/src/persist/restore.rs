@@ -96,6 +96,7 @@ impl BrokerState {
         let expires_at = crate::clock::after_secs(disconnected_at, expiry);
         let prefix = SessionPrefix::new(&loaded.tenant, &loaded.client_id)?;
         let mut restored_inflight = std::collections::BTreeSet::new();
+        let mut quarantined = Vec::new();
         // Group records (QoS 1 ids sent together) become single records for what is left
         // of them: deleted first, since a group is keyed like its first member's record.
         let mut rewrite = Batch::new();
@@ -125,10 +126,28 @@ impl BrokerState {
                         let Some(pid) = NonZeroU16::new(pid) else {
                             continue;
                         };
-                        let page = persist.store.read_queue(&prefix, *seq, 1, usize::MAX)?;
+                        let page =
+                            persist
+                                .store
+                                .read_queue_entries(&prefix, *seq, 1, usize::MAX)?;
                         if let Some((found, record)) = page.into_iter().next() {
                             if found == *seq {
-                                let delivery = codec::delivery_from_record(found, record)?;
+                                let delivery = match record
+                                    .and_then(|r| codec::delivery_from_record(found, r))
+                                {
+                                    Ok(delivery) => delivery,
+                                    Err(e) => {
+                                        // Unreadable: out of the way, kept, reported.
+                                        persist.store.quarantine_queued(
+                                            &mut rewrite,
+                                            &prefix,
+                                            found,
+                                        )?;
+                                        persist.store.delete_inflight(&mut rewrite, &prefix, found);
+                                        quarantined.push((found, e.to_string()));
+                                        continue;
+                                    }
+                                };
                                 st.restore_inflight(pid, found, Some(delivery));
                                 restored_inflight.insert(found);
                                 persist.store.put_inflight(
@@ -153,7 +172,7 @@ impl BrokerState {
                     }
                 }
             }
-            if !loaded.inflight_groups.is_empty() {
+            if !loaded.inflight_groups.is_empty() || !quarantined.is_empty() {
                 persist.store.submit(rewrite, None)?;
             }
             if let Some(will) = &loaded.will {
@@ -170,9 +189,10 @@ impl BrokerState {
             if let Some(mut disk) =
                 persist.session_disk(&key, session.id, loaded.next_seq, &self.stats)
             {
-                disk.stored = loaded.queued;
+                let gone = quarantined.len() as u64;
+                disk.stored = loaded.queued.saturating_sub(gone);
                 disk.stored_bytes = usize::try_from(loaded.queued_bytes).unwrap_or(usize::MAX);
-                let on_disk = loaded.queued - restored_inflight.len() as u64;
+                let on_disk = disk.stored.saturating_sub(restored_inflight.len() as u64);
                 disk.on_disk = on_disk;
                 disk.cursor = 0;
                 disk.disk_high = loaded.next_seq.saturating_sub(1);
@@ -184,6 +204,7 @@ impl BrokerState {
                 session.set_durable();
             }
         }
+        self.report_quarantined(&key, &quarantined);
         report.queued_messages += loaded.queued;
         if expires_at <= now {
             report.expired_sessions += 1;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use messs_storage::sessions::{QueuedRecord, SessionPrefix};
+use messs_storage::sessions::{QueueEntry, SessionPrefix};
 use messs_storage::{Batch, StorageError, Store, Ticket};
 
 use crate::stats::Stats;
@@ -73,9 +73,10 @@ const PAGE_BYTES: usize = 1 << 20;
 /// Reads one page of a session's stored queue. Blocking: waits for the writer to finish
 /// what was submitted before it (so every message counted as on disk is visible), then
 /// reads.
-pub(crate) fn read_page(p: &PageIn) -> Result<Vec<(u64, QueuedRecord)>, StorageError> {
+pub(crate) fn read_page(p: &PageIn) -> Result<Vec<QueueEntry>, StorageError> {
     p.store.wait_written()?;
-    p.store.read_queue(&p.prefix, p.from, p.limit, PAGE_BYTES)
+    p.store
+        .read_queue_entries(&p.prefix, p.from, p.limit, PAGE_BYTES)
 }
 
 impl SessionDisk {

@@ -29,6 +29,15 @@ pub(crate) const SUBSCRIPTION_COST: usize = 192;
 /// Bytes a session takes from the broker budget at a time for its messages.
 const MESSAGE_CHUNK: usize = 16 * 1024;
 
+/// What a page-in did besides filling the queue.
+#[derive(Debug, Default)]
+pub(crate) struct PagedIn {
+    /// Expired messages deleted.
+    pub expired: usize,
+    /// Messages that could not be read, moved to the quarantine: sequence number and why.
+    pub quarantined: Vec<(u64, String)>,
+}
+
 /// A subscription as the session remembers it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StoredSubscription {
@@ -444,22 +453,22 @@ impl SessionState {
     }
 
     /// Takes a page read from disk from sequence number `from` into the memory queue
-    /// (expired messages are deleted and counted in the return value). Stops early if the
+    /// (expired messages are deleted and counted in the result). Stops early if the
     /// byte budget is spent; the rest stay on disk for the next page. A page read from a
     /// cursor that has moved since (the connection left and came back meanwhile, putting its
-    /// memory queue back on disk) is dropped: the next pass reads from the right place.
+    /// memory queue back on disk) is dropped: the next pass reads from the right place. A
+    /// record that cannot be read is moved to the store's quarantine and reported in the
+    /// result: the queue goes on behind it. Blocking (the quarantine reads the record).
     pub fn page_in_done(
         &mut self,
-        result: Result<
-            Vec<(u64, messs_storage::sessions::QueuedRecord)>,
-            messs_storage::StorageError,
-        >,
+        result: Result<Vec<messs_storage::sessions::QueueEntry>, messs_storage::StorageError>,
         from: u64,
         now_ms: u64,
-    ) -> usize {
+    ) -> PagedIn {
+        let mut out = PagedIn::default();
         let attached = self.attached;
         let Some(d) = self.disk.as_deref_mut() else {
-            return 0;
+            return out;
         };
         d.paging = false;
         let records = match result {
@@ -467,15 +476,14 @@ impl SessionState {
             Err(e) => {
                 tracing::warn!(error = %e, "reading a stored queue failed; retrying in a second");
                 d.retry_at_ms = now_ms + 1000;
-                return 0;
+                return out;
             }
         };
         if !attached || from != d.cursor {
-            return 0;
+            return out;
         }
         let full_page = records.len() >= PAGE;
         let empty = records.is_empty();
-        let mut expired = 0;
         let mut stopped = false;
         let mut deletes = Batch::new();
         for (seq, record) in records {
@@ -491,11 +499,14 @@ impl SessionState {
                 d.cursor = seq + 1;
                 continue;
             }
-            let delivery = match codec::delivery_from_record(seq, record) {
+            let delivery = match record.and_then(|r| codec::delivery_from_record(seq, r)) {
                 Ok(delivery) => delivery,
                 Err(e) => {
-                    tracing::error!(error = %e, "a stored message cannot be read; it is dropped");
-                    d.store.delete_queued(&mut deletes, &d.prefix, seq);
+                    if let Err(q) = d.store.quarantine_queued(&mut deletes, &d.prefix, seq) {
+                        tracing::error!(error = %q, seq, "an unreadable stored message could not be quarantined; it is dropped");
+                        d.store.delete_queued(&mut deletes, &d.prefix, seq);
+                    }
+                    out.quarantined.push((seq, e.to_string()));
                     d.count_deleted(0);
                     d.took_from_disk(1);
                     d.cursor = seq + 1;
@@ -508,7 +519,7 @@ impl SessionState {
                 d.count_deleted(cost);
                 d.took_from_disk(1);
                 d.cursor = seq + 1;
-                expired += 1;
+                out.expired += 1;
                 continue;
             }
             if self.charge_message(cost, || true).is_err() {
@@ -535,7 +546,7 @@ impl SessionState {
                 }
             }
         }
-        expired
+        out
     }
 
     /// The generation of the latest attach.
