@@ -534,16 +534,30 @@ impl BrokerState {
         }
     }
 
-    /// Ends the offline session whose expiry is due first; false if there is none.
+    /// Ends the offline session whose expiry is due first among those that hold no
+    /// message (queued, in flight or stored): evicting one that does would drop messages
+    /// their publishers were told are kept. False if there is none among the
+    /// `EVICTION_CANDIDATES` due first: the new session is refused instead (0x97).
     fn evict_offline_session(&self) -> bool {
-        let Some(victim) = self.timers.take_first_session_expiry() else {
-            return false;
-        };
-        victim.lock().take_expiry_timer();
-        tracing::debug!(client_id = %victim.key.client_id, "offline session evicted for room");
-        self.end_session(&victim);
-        self.stats.sessions_evicted.fetch_add(1, Ordering::Relaxed);
-        true
+        const EVICTION_CANDIDATES: usize = 64;
+        for (timer, victim) in self.timers.first_session_expiries(EVICTION_CANDIDATES) {
+            let mut st = victim.lock();
+            if st.holds_messages() {
+                continue;
+            }
+            // Under the session's lock (nothing is queued for it meanwhile); a timer
+            // already gone means the session was resumed or ended meanwhile.
+            if !self.timers.cancel(timer) {
+                continue;
+            }
+            st.take_expiry_timer();
+            drop(st);
+            tracing::debug!(client_id = %victim.key.client_id, "offline session evicted for room");
+            self.end_session(&victim);
+            self.stats.sessions_evicted.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Attaches a new connection to the session `key` before `deadline`: an existing

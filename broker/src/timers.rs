@@ -96,23 +96,20 @@ impl Timers {
         (due, next)
     }
 
-    /// Removes the session-expiry timer due first and returns its session: the offline
-    /// session that would expire soonest, to evict when a new one needs room.
-    pub fn take_first_session_expiry(&self) -> Option<Arc<Session>> {
-        let session = {
-            let mut guard = self.lock();
-            let map = &mut guard.0;
-            let key = map
-                .iter()
-                .find(|(_, due)| matches!(due, Due::SessionExpiry(..)))
-                .map(|(k, _)| *k)?;
-            match map.remove(&key) {
-                Some(Due::SessionExpiry(session, _)) => session,
-                _ => return None,
-            }
-        };
-        self.stats.timers.fetch_sub(1, Ordering::Relaxed);
-        Some(session)
+    /// Up to `n` pending session-expiry timers, the soonest first, and their sessions (a
+    /// snapshot: nothing is removed). The caller must not hold this lock's users' locks
+    /// in the other order: it only clones.
+    pub fn first_session_expiries(&self, n: usize) -> Vec<(TimerKey, Arc<Session>)> {
+        let guard = self.lock();
+        guard
+            .0
+            .iter()
+            .filter_map(|(k, due)| match due {
+                Due::SessionExpiry(session, _) => Some((*k, session.clone())),
+                _ => None,
+            })
+            .take(n)
+            .collect()
     }
 
     /// Resolves when a timer earlier than the others was scheduled.
@@ -165,9 +162,13 @@ mod tests {
         timers.schedule(100, Due::Will(a.clone()));
         timers.schedule(300, Due::SessionExpiry(b.clone(), 1));
         timers.schedule(200, Due::SessionExpiry(a.clone(), 1));
-        assert_eq!(timers.take_first_session_expiry().map(|s| s.id), Some(a.id));
-        assert_eq!(timers.take_first_session_expiry().map(|s| s.id), Some(b.id));
-        assert!(timers.take_first_session_expiry().is_none());
-        assert_eq!(timers.len(), 1, "the will stays");
+        let first: Vec<u64> = timers
+            .first_session_expiries(10)
+            .iter()
+            .map(|(_, s)| s.id)
+            .collect();
+        assert_eq!(first, [a.id, b.id], "session expiries only, soonest first");
+        assert_eq!(timers.first_session_expiries(1).len(), 1);
+        assert_eq!(timers.len(), 3, "a snapshot removes nothing");
     }
 }

@@ -1124,3 +1124,52 @@ async fn an_unreadable_stored_message_is_quarantined_and_the_queue_goes_on() {
     assert!(store.verify().unwrap().is_ok());
     broker.stop().await;
 }
+
+/// The outside audit: other clients' session churn evicted offline sessions that held
+/// acknowledged messages. Sessions without stored messages go first; when only sessions
+/// holding acknowledged messages are left, a new session is refused (0x97) instead.
+#[tokio::test]
+async fn eviction_never_drops_acknowledged_messages() {
+    let broker = TestBroker::start_with(|c| c.limits.max_sessions = 3).await;
+    let persistent_for = |id: &str, expiry: u32| {
+        let mut c = connect_packet(Protocol::V5, id, true);
+        c.properties.session_expiry_interval = Some(expiry);
+        c
+    };
+    // Expires first: the old choice of victim.
+    let (mut holder, _) = Raw::connect_with(broker.addr, persistent_for("holder", 100)).await;
+    holder.subscribe("q/#", QoS::AtLeastOnce).await;
+    holder.disconnect().await;
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for _ in 0..5 {
+        publisher
+            .publish(publish("q/1", b"acked", QosPid::AtLeastOnce(pid(1)), false))
+            .await;
+    }
+    publisher.disconnect().await;
+    let (empty, _) = Raw::connect_with(broker.addr, persistent_for("empty", 1000)).await;
+    empty.disconnect().await;
+
+    // Full (holder, empty, c1): c2 takes the empty session's room, not the holder's.
+    let c1 = Raw::v5(broker.addr, "c1").await;
+    let c2 = Raw::v5(broker.addr, "c2").await;
+    // Only the holder is offline now: c3 is refused.
+    let mut c3 = connect_packet(Protocol::V5, "c3", true);
+    c3.properties.session_expiry_interval = None;
+    let (_, ack) = Raw::connect_with(broker.addr, c3).await;
+    assert_eq!(ack.code, ReasonCode::QuotaExceeded);
+    c1.disconnect().await;
+    c2.disconnect().await;
+
+    let mut resume = connect_packet(Protocol::V5, "holder", false);
+    resume.properties.session_expiry_interval = Some(100);
+    let (mut holder, ack) = Raw::connect_with(broker.addr, resume).await;
+    assert!(
+        ack.session_present,
+        "the session holding acknowledged messages was evicted"
+    );
+    for _ in 0..5 {
+        assert_eq!(&holder.recv_publish_ack().await.payload[..], b"acked");
+    }
+    broker.stop().await;
+}

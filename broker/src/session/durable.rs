@@ -252,7 +252,7 @@ mod tests {
         st.detach(generation, 0);
         st.attach(60);
         let page = read_page(&stale);
-        assert_eq!(st.page_in_done(page, stale.from, 0), 0);
+        assert_eq!(st.page_in_done(page, stale.from, 0).expired, 0);
         assert!(taken(&mut st).is_empty(), "the stale page was not taken in");
         let fresh = st.page_in_request(0).expect("a page-in from 1");
         assert_eq!(fresh.from, 1);

@@ -934,6 +934,12 @@ impl SessionState {
         self.inflight.len()
     }
 
+    /// Whether any message is queued, in flight or stored for the session (an offline
+    /// session that holds one is not evicted for room).
+    pub fn holds_messages(&self) -> bool {
+        !self.queue.is_empty() || !self.inflight.is_empty() || self.stored().0 > 0
+    }
+
     /// Messages waiting to be sent.
     pub fn queued_len(&self) -> usize {
         self.queue.len()
