@@ -139,6 +139,12 @@ enum StorageTask {
     /// a value in clear is refused, so run this once when turning encryption on. Values
     /// already sealed are sealed again with the active key (finishing a rotation).
     Encrypt,
+    /// Re-seals every sealed value with the active key (the last one in
+    /// storage.encryption_key_file or encryption_key_env), on a stopped broker: after a new
+    /// key was added — a rotation, or because the old one has sealed as many values as one
+    /// key may — so the older keys can then be removed. Messages are rewritten in the
+    /// current format, whose clear fields (topic, QoS, expiry) are authenticated.
+    Rekey,
 }
 
 /// A `--listen` URL: `SCHEME://HOST:PORT`, the port optional (each transport's usual one),
@@ -507,10 +513,10 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
     if !dir.exists() {
         bail!("data directory {} does not exist", dir.display());
     }
-    if let StorageTask::Encrypt = task {
+    if let StorageTask::Encrypt | StorageTask::Rekey = task {
         let r = messs_broker::seal_store(&cfg.storage)?;
         println!(
-            "sealed {} messages, {} devices, {} JWT keys, {} admin accounts",
+            "sealed {} messages, {} devices, {} JWT keys, {} admin accounts with the active key",
             r.messages, r.devices, r.jwt_keys, r.admins
         );
         return Ok(());
@@ -529,7 +535,7 @@ fn storage_task(cfg: &Config, task: StorageTask) -> anyhow::Result<()> {
             store.compact()?;
             println!("compacted");
         }
-        StorageTask::Encrypt => {}
+        StorageTask::Encrypt | StorageTask::Rekey => {}
     }
     Ok(())
 }

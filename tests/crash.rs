@@ -474,6 +474,22 @@ async fn storage_encrypt_seals_a_store_that_ran_in_clear() {
         other => panic!("{other:?}"),
     }
     broker.kill();
+    // A new key, and everything re-sealed with it.
+    std::fs::write(
+        &key_file,
+        format!(
+            "1:{}
+2:{}
+",
+            "5a".repeat(32),
+            "6b".repeat(32)
+        ),
+    )
+    .unwrap();
+    let (ok, text) = messs(&["rekey"]);
+    assert!(ok && text.contains("sealed 1 messages"), "{text}");
+    let (ok, text) = messs(&["verify"]);
+    assert!(ok, "{text}");
 }
 
 /// The outside audit: a flipped byte in the write-ahead log made the broker start with

@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 use crate::error::StorageError;
@@ -23,10 +25,24 @@ use crate::error::StorageError;
 const PLAIN: u8 = 0;
 const SEALED: u8 = 1;
 
+/// Most values one key seals. AES-GCM with random 96-bit nonces is safe for 2^32 of them
+/// per key (NIST SP 800-38D); the ring stops at half that, and says to add a key and run
+/// `messs storage rekey`.
+pub const KEY_USAGE_LIMIT: u64 = 1 << 31;
+
+/// Seals between two writes of the active key's count to the store.
+const USAGE_PERSIST_EVERY: u64 = 1 << 16;
+
 /// The keys values are sealed and opened with.
 pub struct KeyRing {
     keys: BTreeMap<u32, LessSafeKey>,
     active: u32,
+    /// Values the active key has sealed, across restarts (loaded from and written to the
+    /// store, at most `USAGE_PERSIST_EVERY` behind after a crash), and the bound on it.
+    usage: AtomicU64,
+    usage_limit: u64,
+    /// The count in the store is `USAGE_PERSIST_EVERY` or more behind.
+    usage_persist_due: AtomicBool,
     rng: SystemRandom,
     /// Derived from the lowest-numbered key (see [`KeyRing::audit_key`]).
     audit_key: [u8; 32],
@@ -108,6 +124,9 @@ impl KeyRing {
         Ok(KeyRing {
             keys,
             active,
+            usage: AtomicU64::new(0),
+            usage_limit: KEY_USAGE_LIMIT,
+            usage_persist_due: AtomicBool::new(false),
             rng: SystemRandom::new(),
             audit_key,
             allow_unsealed: false,
@@ -131,6 +150,52 @@ impl KeyRing {
     pub fn active_id(&self) -> u32 {
         self.active
     }
+
+    /// This ring with a lower bound on what one key seals (drills and tests; the default
+    /// is [`KEY_USAGE_LIMIT`]).
+    pub fn with_usage_limit(mut self, limit: u64) -> Self {
+        self.usage_limit = limit;
+        self
+    }
+
+    /// Values the active key has sealed.
+    pub fn usage(&self) -> u64 {
+        self.usage.load(Ordering::Relaxed)
+    }
+
+    /// Starts the count from what the store says the active key sealed before.
+    pub(crate) fn set_usage(&self, n: u64) {
+        self.usage.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the count should be written to the store now (clears the flag).
+    pub(crate) fn take_usage_persist_due(&self) -> bool {
+        self.usage_persist_due.swap(false, Ordering::AcqRel)
+    }
+
+    /// Counts one value sealed by the active key, refusing past the bound.
+    fn count_seal(&self) -> Result<(), StorageError> {
+        let n = self.usage.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.usage_limit {
+            self.usage.fetch_sub(1, Ordering::Relaxed);
+            return Err(StorageError::Crypto(format!(
+                "the active key {} has sealed {} values, as many as one key may (random nonces): add a new key as the last of storage.encryption_key_file and run `messs storage rekey`",
+                self.active, self.usage_limit
+            )));
+        }
+        if n == self.usage_limit - self.usage_limit / 10 {
+            tracing::warn!(
+                key_id = self.active,
+                sealed = n,
+                limit = self.usage_limit,
+                "the active encryption key is near the most values one key may seal: add a new key and run `messs storage rekey`"
+            );
+        }
+        if n.is_multiple_of(USAGE_PERSIST_EVERY) {
+            self.usage_persist_due.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
 }
 
 /// Seals `plain` with the active key (or stores it plain when there is no key ring).
@@ -149,6 +214,7 @@ pub(crate) fn seal(
         .keys
         .get(&ring.active)
         .ok_or_else(|| StorageError::Crypto("the active key is missing".into()))?;
+    ring.count_seal()?;
     let mut nonce = [0u8; NONCE_LEN];
     ring.rng
         .fill(&mut nonce)

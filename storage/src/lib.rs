@@ -108,10 +108,37 @@ impl Drop for Inner {
         if self.read_only {
             return;
         }
+        if let Some(ring) = &self.keys {
+            // The count since the last write (the writer has stopped: written directly).
+            let mut b = rocksdb::WriteBatch::default();
+            if let (writer::Op::Put(cf, k, v), Some(handle)) =
+                (key_usage_op(ring), self.db.cf_handle(Cf::Meta.name()))
+            {
+                debug_assert!(cf == Cf::Meta);
+                b.put_cf(handle, k, v);
+                if let Err(e) = self.db.write(b) {
+                    tracing::warn!(error = %e, "the encryption key's use count was not saved");
+                }
+            }
+        }
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "flushing the write-ahead log at close failed");
         }
     }
+}
+
+/// Key in `meta` of the count of values key `id` sealed.
+fn key_usage_key(id: u32) -> Vec<u8> {
+    [b"key_usage:".as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// The write of the active key's use count.
+fn key_usage_op(ring: &KeyRing) -> writer::Op {
+    writer::Op::Put(
+        Cf::Meta,
+        key_usage_key(ring.active_id()),
+        ring.usage().to_be_bytes().to_vec(),
+    )
 }
 
 /// Free space RocksDB needs to resume writing after it found the disk full: its largest
@@ -210,6 +237,16 @@ impl Store {
                 "storage.min_free_disk_bytes is below 32 MiB: after a full disk RocksDB needs 16 MiB free to write again, and bookkeeping may use the watermark's upper half"
             );
         }
+        if let Some(ring) = &options.keys {
+            let meta = db
+                .cf_handle(Cf::Meta.name())
+                .ok_or(StorageError::MissingColumnFamily(Cf::Meta.name()))?;
+            let used = db
+                .get_cf(meta, key_usage_key(ring.active_id()))?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            ring.set_usage(used);
+        }
         let audit = audit::Chain::load(&db, options.audit_key)?;
         let telemetry = telemetry::Usage::load(&db)?;
         let writer = writer::Writer::start(
@@ -286,7 +323,12 @@ impl Store {
     }
 
     /// Queues `batch` for the writer; `ticket` (if any) resolves once it is durable.
-    pub fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+    pub fn submit(&self, mut batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+        if let Some(ring) = self.keys() {
+            if ring.take_usage_persist_due() {
+                batch.push(key_usage_op(ring));
+            }
+        }
         self.inner.writer.submit(batch, ticket)
     }
 
@@ -340,6 +382,12 @@ impl Store {
             .db
             .cf_handle(cf.name())
             .ok_or(StorageError::MissingColumnFamily(cf.name()))
+    }
+
+    /// The active encryption key's id and how many values it has sealed (of
+    /// [`crypto::KEY_USAGE_LIMIT`]); `None` without encryption.
+    pub fn key_usage(&self) -> Option<(u32, u64)> {
+        self.keys().map(|r| (r.active_id(), r.usage()))
     }
 
     pub(crate) fn keys(&self) -> Option<&KeyRing> {

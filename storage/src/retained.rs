@@ -34,7 +34,7 @@ impl Store {
         m: &MessageRecord,
     ) -> Result<(), StorageError> {
         let key = Self::retained_key(tenant, &m.topic)?;
-        let value = m.encode(self.keys(), &key)?;
+        let value = m.encode(self.keys(), &key, &[])?;
         b.push(Op::Put(Cf::Retained, key, value));
         b.mark_new_data();
         Ok(())
@@ -59,7 +59,7 @@ impl Store {
     ) -> Result<Option<MessageRecord>, StorageError> {
         let key = Self::retained_key(tenant, topic)?;
         match self.inner.db.get_pinned_cf(self.cf(Cf::Retained)?, &key)? {
-            Some(v) => MessageRecord::decode("retained", self.keys(), &key, &v).map(Some),
+            Some(v) => MessageRecord::decode("retained", self.keys(), &key, &[], &v).map(Some),
             None => Ok(None),
         }
     }
@@ -76,7 +76,7 @@ impl Store {
             let (key, value) = item?;
             let (tenant, _) = keys::split_tenant_key(&key)
                 .ok_or_else(|| StorageError::corrupt("retained", "undecodable key"))?;
-            let mut message = MessageRecord::decode("retained", self.keys(), &key, &value)?;
+            let mut message = MessageRecord::decode("retained", self.keys(), &key, &[], &value)?;
             let payload_len = message.payload.len();
             let payload_on_disk = payload_len > max_inline;
             if payload_on_disk {

@@ -127,9 +127,9 @@ impl Store {
                 continue;
             };
             let (head, tail) = value.split_at(at.min(value.len()));
-            let message = MessageRecord::decode(cf.name(), self.keys(), &key, tail)?;
+            let message = MessageRecord::decode(cf.name(), self.keys(), &key, head, tail)?;
             let mut sealed = head.to_vec();
-            sealed.extend_from_slice(&message.encode(self.keys(), &key)?);
+            sealed.extend_from_slice(&message.encode(self.keys(), &key, head)?);
             b.push(Op::Put(cf, key.to_vec(), sealed));
             n += 1;
             in_batch += 1;

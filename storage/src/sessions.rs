@@ -42,6 +42,10 @@ impl SessionPrefix {
 }
 
 /// An application message as stored: the topic in clear, payload and properties sealed.
+/// What is in clear (QoS, retain, expiry, origin, topic — and the head of the record it is
+/// the tail of, e.g. a queued message's QoS and subscription ids) is the sealed part's
+/// associated data, with the record's key: changing any of it makes the record
+/// unreadable, not different (version 2; version 1 authenticated the key only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
     /// Topic name.
@@ -61,34 +65,53 @@ pub struct MessageRecord {
 }
 
 const MESSAGE_V1: u8 = 1;
+const MESSAGE_V2: u8 = 2;
+
+/// The associated data of a version 2 message: the record's key, the head of the record
+/// before the message, and the message's own clear header (each length-prefixed, so no
+/// two different splits give the same bytes).
+fn message_aad(key: &[u8], head: &[u8], header: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(key.len() + head.len() + header.len() + 12);
+    for part in [key, head, header] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad
+}
 
 impl MessageRecord {
+    /// Encodes it for the record at `key`, after `head` (the record's bytes before the
+    /// message; empty when the message is the whole record).
     pub(crate) fn encode(
         &self,
         keys: Option<&crate::KeyRing>,
-        aad: &[u8],
+        key: &[u8],
+        head: &[u8],
     ) -> Result<Vec<u8>, StorageError> {
         let mut secret = Enc::raw(self.payload.len() + self.properties.len() + 4);
         secret.bytes(&self.payload)?.tail(&self.properties);
-        let sealed = crypto::seal(keys, aad, &secret.finish())?;
-        let mut e = Enc::new(MESSAGE_V1, self.topic.len() + sealed.len() + 32);
+        let mut e = Enc::new(MESSAGE_V2, self.topic.len() + 64);
         e.u8(self.qos)
             .u8(u8::from(self.retain))
             .opt_u64(self.expires_at)
             .u64(self.origin)
-            .bytes(self.topic.as_bytes())?
-            .tail(&sealed);
-        Ok(e.finish())
+            .bytes(self.topic.as_bytes())?;
+        let mut out = e.finish();
+        let sealed = crypto::seal(keys, &message_aad(key, head, &out), &secret.finish())?;
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
 
+    /// Decodes the message at the end of the record at `key`, after `head`.
     pub(crate) fn decode(
         cf: &'static str,
         keys: Option<&crate::KeyRing>,
-        aad: &[u8],
+        key: &[u8],
+        head: &[u8],
         buf: &[u8],
     ) -> Result<Self, StorageError> {
         let (mut d, version) = Dec::new(cf, buf)?;
-        if version != MESSAGE_V1 {
+        if version != MESSAGE_V1 && version != MESSAGE_V2 {
             return Err(d.error(format!("message record version {version}")));
         }
         let qos = d.u8()?;
@@ -99,7 +122,13 @@ impl MessageRecord {
         let expires_at = d.opt_u64()?;
         let origin = d.u64()?;
         let topic = d.str()?.to_owned();
-        let secret = crypto::open(keys, aad, d.tail())?;
+        let sealed = d.tail();
+        let secret = if version == MESSAGE_V1 {
+            crypto::open(keys, key, sealed)?
+        } else {
+            let header = &buf[..buf.len() - sealed.len()];
+            crypto::open(keys, &message_aad(key, head, header), sealed)?
+        };
         let mut s = Dec::raw(cf, &secret);
         let payload = Bytes::copy_from_slice(s.bytes()?);
         let properties = Bytes::copy_from_slice(s.tail());
@@ -280,10 +309,12 @@ impl Store {
         w: &WillRecord,
     ) -> Result<(), StorageError> {
         let key = p.tagged(tag::WILL, &[]);
-        let message = w.message.encode(self.keys(), &key)?;
-        let mut e = Enc::new(1, message.len() + 8);
-        e.u64(w.due_at).tail(&message);
-        b.push(Op::Put(Cf::Sessions, key, e.finish()));
+        let mut e = Enc::new(1, 8);
+        e.u64(w.due_at);
+        let mut value = e.finish();
+        let message = w.message.encode(self.keys(), &key, &value)?;
+        value.extend_from_slice(&message);
+        b.push(Op::Put(Cf::Sessions, key, value));
         b.mark_new_data();
         Ok(())
     }
@@ -302,16 +333,17 @@ impl Store {
         q: &QueuedRecord,
     ) -> Result<(), StorageError> {
         let key = p.seq_key(seq);
-        let message = q.message.encode(self.keys(), &key)?;
         let ids = u16::try_from(q.subscription_ids.len())
             .map_err(|_| StorageError::TooLong("a subscription id list"))?;
-        let mut e = Enc::new(QUEUED_V1, message.len() + 8 + 4 * q.subscription_ids.len());
+        let mut e = Enc::new(QUEUED_V1, 8 + 4 * q.subscription_ids.len());
         e.u8(q.qos).u8(u8::from(q.retain)).u16(ids);
         for id in &q.subscription_ids {
             e.u32(*id);
         }
-        e.tail(&message);
-        b.push(Op::Put(Cf::Queue, key, e.finish()));
+        let mut value = e.finish();
+        let message = q.message.encode(self.keys(), &key, &value)?;
+        value.extend_from_slice(&message);
+        b.push(Op::Put(Cf::Queue, key, value));
         b.mark_new_data();
         Ok(())
     }
@@ -451,7 +483,9 @@ impl Store {
         for _ in 0..n {
             subscription_ids.push(d.u32()?);
         }
-        let message = MessageRecord::decode("queue", self.keys(), key, d.tail())?;
+        let tail = d.tail();
+        let head = &value[..value.len() - tail.len()];
+        let message = MessageRecord::decode("queue", self.keys(), key, head, tail)?;
         Ok(QueuedRecord {
             qos,
             retain,
@@ -526,7 +560,9 @@ impl Store {
                 tag::WILL => {
                     let (mut d, _) = Dec::new("sessions", &value)?;
                     let due_at = d.u64()?;
-                    let message = MessageRecord::decode("sessions", self.keys(), &key, d.tail())?;
+                    let tail = d.tail();
+                    let head = &value[..value.len() - tail.len()];
+                    let message = MessageRecord::decode("sessions", self.keys(), &key, head, tail)?;
                     s.will = Some(WillRecord { due_at, message });
                 }
                 other => {
@@ -630,7 +666,9 @@ pub(crate) fn verify_value(
             if rest.first() == Some(&tag::WILL) {
                 let (mut d, _) = Dec::new("sessions", value)?;
                 d.u64()?;
-                MessageRecord::decode("sessions", store.keys(), key, d.tail()).map(|_| ())
+                let tail = d.tail();
+                let head = &value[..value.len() - tail.len()];
+                MessageRecord::decode("sessions", store.keys(), key, head, tail).map(|_| ())
             } else {
                 Ok(())
             }

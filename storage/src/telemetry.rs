@@ -191,7 +191,7 @@ impl Store {
         let prefix = keys::tenant_prefix(tenant)?;
         let seq = self.inner.telemetry.seq.fetch_add(1, Ordering::Relaxed);
         let key = time_key(&prefix, timestamp_ms, seq);
-        let value = m.encode(self.keys(), &key)?;
+        let value = m.encode(self.keys(), &key, &[])?;
         {
             let mut usage = self.inner.telemetry.lock();
             let u = usage.entry(tenant.to_owned()).or_default();
@@ -250,7 +250,7 @@ impl Store {
             }
             let timestamp_ms = timestamp_of(&key, prefix.len())?;
             // The topic is stored in clear: filter before opening the payload.
-            let message = MessageRecord::decode("telemetry", self.keys(), &key, &value)?;
+            let message = MessageRecord::decode("telemetry", self.keys(), &key, &[], &value)?;
             if topic_matches(&q.filter, &message.topic) {
                 records.push(TelemetryRecord {
                     timestamp_ms,

@@ -1475,3 +1475,112 @@ fn audit_records_whose_writes_fail_leave_the_chain_whole() {
         .collect();
     assert_eq!(actions, ["one", "two"]);
 }
+
+/// The outside audit: the topic, QoS and expiry of a sealed message were stored in clear
+/// and not authenticated, so someone who can write the data directory could redirect a
+/// message to another topic or change its QoS or expiry without the key. They are the
+/// sealed payload's associated data now: a change makes the record unreadable.
+#[test]
+fn what_is_stored_in_clear_beside_a_sealed_payload_cannot_be_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let mut q = queued(b"sealed payload");
+    q.message.expires_at = Some(5_000_000_000_000);
+    {
+        let mut options = StoreOptions::new(dir.path());
+        options.keys = Some(KeyRing::parse(KEY).unwrap());
+        let store = Store::open(options).unwrap();
+        let mut b = Batch::new();
+        for seq in 1..=4 {
+            store.put_queued(&mut b, &p, seq, &q).unwrap();
+        }
+        write(&store, b).unwrap();
+    }
+    // Tamper with each clear field of one record (found by the bytes it is made of).
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let queue = db.cf_handle("queue").unwrap();
+        let records: Vec<(Box<[u8]>, Box<[u8]>)> = db
+            .iterator_cf(queue, rocksdb::IteratorMode::Start)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(records.len(), 4);
+        let find = |v: &[u8], what: &[u8]| v.windows(what.len()).position(|w| w == what).unwrap();
+        // 2: the topic "t/1" becomes "t/2".
+        let (k, v) = &records[1];
+        let mut v = v.to_vec();
+        let at = find(&v, b"t/1") + 2;
+        v[at] = b'2';
+        db.put_cf(queue, k, v).unwrap();
+        // 3: the expiry, a year later.
+        let (k, v) = &records[2];
+        let mut v = v.to_vec();
+        let at = find(&v, &5_000_000_000_000u64.to_be_bytes());
+        v[at + 4] ^= 0x01;
+        db.put_cf(queue, k, v).unwrap();
+        // 4: the queued copy's QoS (after the record's version byte), 1 to 2.
+        let (k, v) = &records[3];
+        let mut v = v.to_vec();
+        assert_eq!(v[1], 1);
+        v[1] = 2;
+        db.put_cf(queue, k, v).unwrap();
+    }
+    let mut options = StoreOptions::new(dir.path());
+    options.keys = Some(KeyRing::parse(KEY).unwrap());
+    let store = Store::open(options).unwrap();
+    let entries = store.read_queue_entries(&p, 0, 10, usize::MAX).unwrap();
+    let readable: Vec<u64> = entries
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(readable, [1], "tampered records read as changed messages");
+    for (_, r) in &entries[1..] {
+        assert!(matches!(r, Err(StorageError::Crypto(_))), "{r:?}");
+    }
+}
+
+/// One key seals a bounded number of values (random nonces): past the bound the store
+/// refuses to seal, says what to do, and the count survives a restart; a new key (and
+/// `messs storage rekey`, which is `seal_all`) goes on.
+#[test]
+fn a_key_seals_a_bounded_number_of_values_and_a_new_key_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let ring = |spec: &str| Some(KeyRing::parse(spec).unwrap().with_usage_limit(5));
+    let put = |store: &Store, seq: u64| {
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, seq, &queued(b"x")).map(|()| b)
+    };
+    {
+        let mut options = StoreOptions::new(dir.path());
+        options.keys = ring(KEY);
+        let store = Store::open(options).unwrap();
+        for seq in 1..=3 {
+            write(&store, put(&store, seq).unwrap()).unwrap();
+        }
+    }
+    let mut options = StoreOptions::new(dir.path());
+    options.keys = ring(KEY);
+    let store = Store::open(options).unwrap();
+    assert_eq!(
+        store.key_usage(),
+        Some((7, 3)),
+        "the count survives a restart"
+    );
+    for seq in 4..=5 {
+        write(&store, put(&store, seq).unwrap()).unwrap();
+    }
+    let err = put(&store, 6).unwrap_err();
+    assert!(err.to_string().contains("messs storage rekey"), "{err}");
+    drop(store);
+
+    let rotated = format!("{KEY}\n8:{}", "ab".repeat(32));
+    let mut options = StoreOptions::new(dir.path());
+    options.keys = ring(&rotated);
+    let store = Store::open(options).unwrap();
+    write(&store, put(&store, 6).unwrap()).unwrap();
+    assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 6);
+}
