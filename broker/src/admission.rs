@@ -114,7 +114,8 @@ impl BrokerState {
                 if let Some(t) = ack.get() {
                     t.fail();
                 }
-                tracing::warn!(error = %e, "telemetry not stored");
+                // Counted by the writer (refusals) and the ack; one log line per state change.
+                tracing::debug!(error = %e, "telemetry not stored");
             }
         }
     }
