@@ -81,6 +81,9 @@ pub struct Batch {
     class: Option<Class>,
     /// Set if the write of this batch fails (after it was submitted).
     failure_flag: Option<Arc<AtomicBool>>,
+    /// Refused for free space, its deletes are still written (see
+    /// [`Batch::deletes_survive_refusal`]).
+    keep_deletes: bool,
 }
 
 impl Batch {
@@ -101,6 +104,13 @@ impl Batch {
     /// A security-critical operator change: written from the reserved margin.
     pub(crate) fn mark_reserved(&mut self) {
         self.class = Some(Class::Reserved);
+    }
+
+    /// Its puts only track state that may be lost (e.g. QoS 1 in-flight packet ids: lost,
+    /// a message is sent again as new), while its deletes must not be (acknowledged
+    /// messages): refused for free space, the deletes alone are written.
+    pub fn deletes_survive_refusal(&mut self) {
+        self.keep_deletes = true;
     }
 
     /// `flag` is set if the write fails once submitted.
@@ -140,6 +150,7 @@ impl Batch {
         if self.failure_flag.is_none() {
             self.failure_flag = other.failure_flag.take();
         }
+        self.keep_deletes |= std::mem::take(&mut other.keep_deletes);
         self.ops.append(&mut other.ops);
     }
 }
@@ -438,15 +449,26 @@ impl Writer {
     /// Queues `batch` for the writer, unless its class may not be written with the free
     /// space there is (see [`crate::space`]) or — new data — more than
     /// `max_pending_bytes` wait. A refusal fails `ticket`.
-    pub(crate) fn submit(&self, batch: Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
+    pub(crate) fn submit(
+        &self,
+        mut batch: Batch,
+        ticket: Option<&Ticket>,
+    ) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
         }
         if let Err(e) = self.admit(&batch, ticket) {
-            if let Some(t) = ticket {
-                t.fail();
+            let keep = batch.keep_deletes && matches!(e, StorageError::DiskLow { .. });
+            if keep {
+                batch.ops.retain(|op| !matches!(op, Op::Put(..)));
+                batch.bytes = batch.ops.iter().map(Op::bytes).sum();
             }
-            return Err(e);
+            if !keep || batch.is_empty() {
+                if let Some(t) = ticket {
+                    t.fail();
+                }
+                return Err(e);
+            }
         }
         self.stats
             .pending_bytes

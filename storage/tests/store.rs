@@ -1584,3 +1584,37 @@ fn a_key_seals_a_bounded_number_of_values_and_a_new_key_takes_over() {
     write(&store, put(&store, 6).unwrap()).unwrap();
     assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 6);
 }
+
+/// Deletes of acknowledged messages deferred with bookkeeping puts (QoS 1 in-flight ids)
+/// still reach the disk when free space is too low for bookkeeping: the acknowledged
+/// messages must not come back after a restart, and deletes give space back.
+#[test]
+fn deletes_deferred_with_bookkeeping_survive_a_refusal_for_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 1, &queued(b"acked")).unwrap();
+    write(&store, b).unwrap();
+    store.set_min_free_disk_bytes(free_bytes(dir.path()).saturating_mul(4));
+    let mut b = Batch::new();
+    store.delete_queued(&mut b, &p, 1);
+    store.put_inflight_group(&mut b, &p, &[(2, 7)]);
+    b.deletes_survive_refusal();
+    write(&store, b).unwrap();
+    assert!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().is_empty());
+    // Without the mark the same batch is refused whole.
+    let mut b = Batch::new();
+    store.put_queued(&mut b, &p, 3, &queued(b"x")).unwrap();
+    store.set_min_free_disk_bytes(0);
+    write(&store, b).unwrap();
+    store.set_min_free_disk_bytes(free_bytes(dir.path()).saturating_mul(4));
+    let mut b = Batch::new();
+    store.delete_queued(&mut b, &p, 3);
+    store.put_inflight_group(&mut b, &p, &[(4, 8)]);
+    assert!(matches!(
+        store.submit(b, None),
+        Err(StorageError::DiskLow { .. })
+    ));
+    assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 1);
+}

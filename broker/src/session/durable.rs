@@ -127,8 +127,11 @@ impl SessionDisk {
         }
     }
 
-    /// Adds changes to the deferred batch (see `deferred`).
+    /// Adds changes to the deferred batch (see `deferred`). What is deferred are deletes of
+    /// acknowledged (or expired, or sent QoS 0) messages and QoS 1 in-flight packet ids:
+    /// on a disk too full for bookkeeping the deletes still go through.
     pub fn defer(&self, mut batch: Batch) {
+        batch.deletes_survive_refusal();
         self.deferred.borrow_mut().append(&mut batch);
     }
 

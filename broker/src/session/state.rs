@@ -1129,12 +1129,8 @@ impl SessionState {
                 let mut b = Batch::new();
                 d.store.release_queued(&mut b, &d.prefix, seq, pid.get());
                 d.count_deleted(cost);
-                match ticket {
-                    Some(t) => {
-                        d.submit(b, Some(t));
-                    }
-                    None => d.defer(b),
-                }
+                // Not deferred: a release must be stored whole (see `SessionDisk::defer`).
+                d.submit(b, ticket);
             }
         }
         self.release_held(cost);
