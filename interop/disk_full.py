@@ -44,25 +44,48 @@ if step == "setup":
 
 pub = client("drill-pub")
 
-if step == "flood":
-    # QoS 1 messages of 64 KiB for the persistent session until one is refused (the file
-    # system is full under RocksDB itself: the drill runs this with the watermark off).
+if step == "drain":
+    # The persistent session takes (and acknowledges) everything queued for it.
+    sub = client("drill-durable", clean=False, expiry=3600)
+    got = [0]
+    idle = [time.time()]
+
+    def on_message(c, userdata, msg):
+        got[0] += 1
+        idle[0] = time.time()
+
+    sub.on_message = on_message
+    sub.loop_start()
+    while time.time() - idle[0] < 2:
+        time.sleep(0.1)
+    sub.disconnect()
+    sub.loop_stop()
+    print(f"drill: drained {got[0]} messages")
+    sys.exit(0)
+
+if step in ("flood", "burst"):
+    # QoS 1 messages (flood: 64 KiB; burst: 256 KiB, 20 in flight) for the persistent
+    # session until one is refused. The drill floods with the watermark off (the file
+    # system fills under RocksDB itself) and bursts with it on (it must hold).
     def on_flood(c, userdata, mid, reason_code, properties):
         acks[mid] = reason_code.value
         done.set()
 
     pub.on_publish = on_flood
     pub.loop_start()
+    size, window = (65536, 1) if step == "flood" else (262144, 20)
     deadline = time.time() + 60
     while time.time() < deadline:
         done.clear()
-        info = pub.publish("drill/flood", b"f" * 65536, qos=1)
-        if not done.wait(5):
-            sys.exit("drill: no PUBACK")
-        if acks[info.mid] != 0:
-            print(f"drill: flood: refused with {acks[info.mid]:#x} after {len(acks)} messages")
+        infos = [pub.publish("drill/flood", b"f" * size, qos=1) for _ in range(window)]
+        for info in infos:
+            info.wait_for_publish(5)
+        refused = [acks.get(i.mid) for i in infos if acks.get(i.mid, 0) != 0]
+        if refused:
+            accepted = sum(1 for v in acks.values() if v == 0)
+            print(f"drill: {step}: refused with {refused[0]:#x} after {accepted} accepted")
             sys.exit(0)
-    sys.exit("drill: flood: never refused")
+    sys.exit(f"drill: {step}: never refused")
 
 
 def on_publish(c, userdata, mid, reason_code, properties):

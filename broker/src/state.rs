@@ -344,36 +344,42 @@ impl BrokerState {
         }
     }
 
-    /// Reports stored messages of a session that could not be read and were moved to the
-    /// store's quarantine: a log line, the `records_quarantined` metric, and one audit
-    /// record per page (the admin API's audit log shows it).
-    pub fn report_quarantined(
+    /// Reports a session's stored messages moved to the quarantine (sequence number and
+    /// why, the first first), see `report_quarantined`.
+    pub fn report_quarantined_messages(
         &self,
         key: &crate::session::SessionKey,
         quarantined: &[(u64, String)],
     ) {
-        let Some((first, error)) = quarantined.first() else {
+        let Some((seq, error)) = quarantined.first() else {
             return;
         };
-        let n = quarantined.len();
+        let whose = format!(
+            "stored messages of client {:?} of tenant {} (first: seq {seq})",
+            crate::auth::clip(&key.client_id),
+            key.tenant
+        );
+        self.report_quarantined(&whose, quarantined.len(), error);
+    }
+
+    /// Reports `n` stored records (`whose`: what they were) that could not be read and
+    /// were moved to the store's quarantine: a log line, the `records_quarantined`
+    /// metric, and an audit record (the admin API's audit log shows it).
+    pub fn report_quarantined(&self, whose: &str, n: usize, first_error: &str) {
+        if n == 0 {
+            return;
+        }
         self.stats
             .records_quarantined
             .fetch_add(n as u64, Ordering::Relaxed);
         tracing::error!(
-            tenant = %key.tenant,
-            client_id = %key.client_id,
             records = n,
-            first_seq = first,
-            error = %error,
-            "stored messages of a session cannot be read: moved to the quarantine, the queue goes on"
+            error = %first_error,
+            "{whose}: cannot be read; moved to the quarantine, the rest goes on"
         );
         self.audit(
             "storage.quarantine",
-            format!(
-                "{n} stored messages of client {:?} of tenant {} could not be read (first: seq {first}: {error}); kept in the quarantine",
-                crate::auth::clip(&key.client_id),
-                key.tenant
-            ),
+            format!("{n} {whose} could not be read ({first_error}); kept in the quarantine"),
         );
     }
 

@@ -1096,6 +1096,10 @@ async fn an_unreadable_stored_message_is_quarantined_and_the_queue_goes_on() {
             messs_storage::sessions::InflightRecord::Published(77),
         );
         store.put_queued(&mut b, &prefix, 1001, &record).unwrap();
+        // And a retained message: read at start, it must not stop the broker.
+        store
+            .put_retained(&mut b, messs_broker::DEFAULT_TENANT, &record.message)
+            .unwrap();
         store.submit(b, None).unwrap();
         store.sync().unwrap();
     }
@@ -1113,7 +1117,7 @@ async fn an_unreadable_stored_message_is_quarantined_and_the_queue_goes_on() {
     }
     assert_eq!(got, [b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
     sub.expect_silence().await;
-    assert_eq!(broker.stats.records_quarantined.load(Ordering::Relaxed), 2);
+    assert_eq!(broker.stats.records_quarantined.load(Ordering::Relaxed), 3);
     let store = broker.broker.store().unwrap();
     assert!(store
         .read_audit(0, 1000)

@@ -222,7 +222,9 @@ impl Store {
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
-        db_opts.set_max_total_wal_size(256 << 20);
+        // The log's files go once every memtable with changes in them is flushed: at most
+        // the memtables' own budget, so deletes give their space back on a small disk too.
+        db_opts.set_max_total_wal_size(64 << 20);
         db_opts.set_paranoid_checks(true);
         // All memtables together: flushed early rather than grow past this.
         db_opts.set_db_write_buffer_size(64 << 20);

@@ -65,9 +65,18 @@ impl Store {
     }
 
     /// Reads every retained message (start-up). Payloads larger than `max_inline` bytes are
-    /// not kept: memory holds the topic tree and small payloads. Blocking.
-    pub fn load_retained(&self, max_inline: usize) -> Result<Vec<LoadedRetained>, StorageError> {
+    /// not kept: memory holds the topic tree and small payloads. A record that cannot be
+    /// read (a missing key, altered clear fields) is moved to the quarantine and returned
+    /// as `(tenant, error)` in the second list: one bad record must not stop the broker.
+    /// Blocking.
+    #[allow(clippy::type_complexity)]
+    pub fn load_retained(
+        &self,
+        max_inline: usize,
+    ) -> Result<(Vec<LoadedRetained>, Vec<(String, String)>), StorageError> {
         let mut out = Vec::new();
+        let mut quarantined = Vec::new();
+        let mut moves = Batch::new();
         for item in self
             .inner
             .db
@@ -76,7 +85,15 @@ impl Store {
             let (key, value) = item?;
             let (tenant, _) = keys::split_tenant_key(&key)
                 .ok_or_else(|| StorageError::corrupt("retained", "undecodable key"))?;
-            let mut message = MessageRecord::decode("retained", self.keys(), &key, &[], &value)?;
+            let mut message =
+                match MessageRecord::decode("retained", self.keys(), &key, &[], &value) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.quarantine(&mut moves, Cf::Retained, &key, &value);
+                        quarantined.push((tenant.to_owned(), e.to_string()));
+                        continue;
+                    }
+                };
             let payload_len = message.payload.len();
             let payload_on_disk = payload_len > max_inline;
             if payload_on_disk {
@@ -89,6 +106,7 @@ impl Store {
                 payload_len,
             });
         }
-        Ok(out)
+        self.submit(moves, None)?;
+        Ok((out, quarantined))
     }
 }

@@ -450,7 +450,7 @@ impl Store {
     }
 
     /// Moves stored message `seq` of a session out of its queue into the quarantine (in
-    /// `meta`, under `quarantine:` and its queue key, as it was stored) with `b`: kept for
+    /// `meta`, under `quarantine:queue:` and its queue key, as it was stored) with `b`: kept for
     /// the operator (e.g. to read once a removed key is back), out of the session's way.
     /// Blocking (reads the record).
     pub fn quarantine_queued(
@@ -460,15 +460,19 @@ impl Store {
         seq: u64,
     ) -> Result<(), StorageError> {
         let key = p.seq_key(seq);
-        if let Some(value) = self.get(Cf::Queue, &key)? {
-            b.push(Op::Put(
-                Cf::Meta,
-                [QUARANTINE, key.as_slice()].concat(),
-                value,
-            ));
+        match self.get(Cf::Queue, &key)? {
+            Some(value) => self.quarantine(b, Cf::Queue, &key, &value),
+            None => b.push(Op::Delete(Cf::Queue, key)),
         }
-        b.push(Op::Delete(Cf::Queue, key));
         Ok(())
+    }
+
+    /// Moves record `key` of `cf` (holding `value`) into the quarantine with `b`: in
+    /// `meta` under `quarantine:<family>:<key>`, as it was stored.
+    pub(crate) fn quarantine(&self, b: &mut Batch, cf: Cf, key: &[u8], value: &[u8]) {
+        let at = [QUARANTINE, cf.name().as_bytes(), b":", key].concat();
+        b.push(Op::Put(Cf::Meta, at, value.to_vec()));
+        b.push(Op::Delete(cf, key.to_vec()));
     }
 
     fn decode_queued(&self, key: &[u8], value: &[u8]) -> Result<QueuedRecord, StorageError> {

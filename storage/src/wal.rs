@@ -81,11 +81,66 @@ impl Drop for InfoLogElsewhere {
 /// elsewhere (an SST file, the manifest).
 pub(crate) fn diagnose(path: &Path) -> Option<WalDamage> {
     let kept = recovered_to(path, DBRecoveryMode::PointInTime)?;
-    let written = recovered_to(path, DBRecoveryMode::SkipAnyCorruptedRecord).unwrap_or(kept);
-    Some(WalDamage {
-        kept,
-        written: written.max(kept),
-    })
+    // RocksDB skips a damaged record's whole 32 KiB block, so what it reaches past the
+    // damage can undercount; the log's own record headers say how far it goes.
+    let skipped = recovered_to(path, DBRecoveryMode::SkipAnyCorruptedRecord).unwrap_or(kept);
+    let written = skipped.max(last_sequence_in_logs(path)).max(kept);
+    Some(WalDamage { kept, written })
+}
+
+/// The last sequence number the write-ahead log files of `path` hold, read from their
+/// record framing without checking checksums (an estimate of how far the log goes past
+/// damage; 0 if nothing can be read).
+fn last_sequence_in_logs(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log") && p.is_file())
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|bytes| last_sequence(&bytes))
+        .max()
+        .unwrap_or(0)
+}
+
+/// RocksDB's log format: 32 KiB blocks of physical records (`crc u32, length u16, type u8`,
+/// and a `log number u32` for the recyclable types 5-8), a logical record being one FULL or
+/// a FIRST, MIDDLE..., LAST run; a logical record that is a write batch starts with its
+/// sequence number (u64) and count (u32), little-endian.
+fn last_sequence(log: &[u8]) -> u64 {
+    const BLOCK: usize = 32 * 1024;
+    let mut last = 0u64;
+    let mut logical: Vec<u8> = Vec::new();
+    for block in log.chunks(BLOCK) {
+        let mut at = 0;
+        while at + 7 <= block.len() {
+            let len = usize::from(u16::from_le_bytes([block[at + 4], block[at + 5]]));
+            let kind = block[at + 6];
+            let header = if (5..=8).contains(&kind) { 11 } else { 7 };
+            let Some(payload) = block.get(at + header..at + header + len) else {
+                break; // damaged framing or the block's padding: go on with the next block
+            };
+            match kind {
+                1 | 5 => note_batch(payload, &mut last),
+                2 | 6 => {
+                    logical.clear();
+                    logical.extend_from_slice(payload);
+                }
+                3 | 7 => logical.extend_from_slice(payload),
+                4 | 8 => {
+                    logical.extend_from_slice(payload);
+                    note_batch(&logical, &mut last);
+                    logical.clear();
+                }
+                0 if len == 0 => break, // zeroed tail (preallocated)
+                _ => {}
+            }
+            at += header + len;
+        }
+    }
+    last
 }
 
 /// Copies the write-ahead log files into a new `wal-damaged-<unix seconds>` directory
@@ -124,4 +179,16 @@ pub(crate) fn has_database_files(path: &Path) -> bool {
             || name.ends_with(".sst")
             || name.ends_with(".log") && name.chars().next().is_some_and(|c| c.is_ascii_digit())
     })
+}
+
+/// Raises `last` to the last sequence number of the write batch `record`, if it is one.
+fn note_batch(record: &[u8], last: &mut u64) {
+    let (Some(seq), Some(count)) = (record.get(..8), record.get(8..12)) else {
+        return;
+    };
+    let seq = u64::from_le_bytes(seq.try_into().unwrap_or([0; 8]));
+    let count = u32::from_le_bytes(count.try_into().unwrap_or([0; 4]));
+    if count > 0 && seq > 0 {
+        *last = (*last).max(seq.saturating_add(u64::from(count) - 1));
+    }
 }

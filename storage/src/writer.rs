@@ -511,10 +511,11 @@ impl Writer {
     fn admit(&self, batch: &Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
         let unit = ticket.and_then(|t| t.0.unit.as_ref());
         if !batch.is_new_data() {
-            return self.admit_space(batch.class());
+            return self.admit_space(batch.class(), batch.bytes);
         }
         if let (Some(u), Some(t)) = (unit, ticket) {
             if u.admitted.load(Ordering::Acquire) {
+                self.space.count_admitted(batch.bytes as u64);
                 return Ok(());
             }
             if t.is_failed() {
@@ -525,7 +526,7 @@ impl Writer {
                 ));
             }
         }
-        self.admit_space(Class::NewData)?;
+        self.admit_space(Class::NewData, batch.bytes)?;
         let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
         if pending > 0 && pending + batch.bytes > self.max_pending_bytes {
             self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
@@ -537,8 +538,9 @@ impl Writer {
         Ok(())
     }
 
-    fn admit_space(&self, class: Class) -> Result<(), StorageError> {
-        let refused = self.space.admit(class);
+    fn admit_space(&self, class: Class, bytes: usize) -> Result<(), StorageError> {
+        let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+        let refused = self.space.admit(class, bytes, pending);
         if let Err(e) = &refused {
             self.stats.refused_disk_low.fetch_add(1, Ordering::Relaxed);
             if !self.stats.failing.swap(true, Ordering::AcqRel) {
@@ -638,6 +640,7 @@ fn run(
     let mut failure_flags: Vec<Arc<AtomicBool>> = Vec::new();
     // Units in the current write whose seal the writer has not seen yet.
     let mut open_units: Vec<Ticket> = Vec::new();
+    let mut last_low_flush: Option<std::time::Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut wb = WriteBatch::default();
         let mut bytes = 0usize;
@@ -727,6 +730,11 @@ fn run(
                 stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 stats.requests.fetch_add(group as u64, Ordering::Relaxed);
                 stats.max_group.fetch_max(group as u64, Ordering::Relaxed);
+                if space.is_low() && last_low_flush.is_none_or(|at| at.elapsed() >= LOW_FLUSH_EVERY)
+                {
+                    last_low_flush = Some(std::time::Instant::now());
+                    flush_memtables(db);
+                }
             }
             Err(e) => {
                 if !stats.failing.swap(true, Ordering::AcqRel) {
@@ -749,6 +757,26 @@ fn run(
         failure_flags.clear();
         if stopping {
             break;
+        }
+    }
+}
+
+/// While free space is low, how often the writer flushes the memtables.
+const LOW_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Flushes every memtable to table files, so RocksDB can delete the write-ahead log files
+/// they kept alive: on a low disk the log holds what deletes freed (acknowledged messages,
+/// drained queues) until the next flush, which at the log's size limit may never come.
+fn flush_memtables(db: &DB) {
+    let names = Cf::ALL
+        .iter()
+        .map(|cf| cf.name())
+        .chain(std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME));
+    for name in names {
+        if let Some(cf) = db.cf_handle(name) {
+            if let Err(e) = db.flush_cf(cf) {
+                tracing::warn!(error = %e, cf = name, "flushing a memtable on a low disk failed");
+            }
         }
     }
 }

@@ -142,7 +142,8 @@ fn sessions_queues_and_retained_survive_a_reopen() {
     assert_eq!(seqs, vec![1, 4, 5]);
     assert_eq!(q[0].1, queued(b"m1"));
     assert_eq!(store.read_queue(&p, 4, 1, usize::MAX).unwrap()[0].0, 4);
-    let retained = store.load_retained(1024).unwrap();
+    let (retained, quarantined) = store.load_retained(1024).unwrap();
+    assert!(quarantined.is_empty());
     assert_eq!(retained.len(), 2);
     let big = retained
         .iter()
@@ -1617,4 +1618,30 @@ fn deletes_deferred_with_bookkeeping_survive_a_refusal_for_space() {
         Err(StorageError::DiskLow { .. })
     ));
     assert_eq!(store.read_queue(&p, 0, 10, usize::MAX).unwrap().len(), 1);
+}
+
+/// The outside audit's full-disk finding: free space was read at most every 100 ms and
+/// not held against what had been admitted since, so one client's burst of large
+/// messages went 85 MiB through a 6 MiB margin. Each admitted batch now counts (twice: log
+/// and table file) until the disk shows it.
+#[test]
+fn admitted_writes_count_against_free_space_before_the_disk_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = SessionPrefix::new("t", "c").unwrap();
+    // 4 MiB above the watermark.
+    store.set_min_free_disk_bytes(free_bytes(dir.path()).saturating_sub(4 << 20));
+    let big = vec![7u8; 1 << 20];
+    let mut admitted = 0;
+    for seq in 0..10 {
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, seq, &queued(&big)).unwrap();
+        if store.submit(b, None).is_ok() {
+            admitted += 1;
+        }
+    }
+    assert!(
+        admitted <= 2,
+        "{admitted} MiB admitted through a 4 MiB margin"
+    );
 }

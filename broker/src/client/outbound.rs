@@ -75,7 +75,7 @@ impl<S: Transport> Client<S> {
                     .dropped_expired
                     .fetch_add(paged.expired as u64, Ordering::Relaxed);
             }
-            state.report_quarantined(&session.key, &paged.quarantined);
+            state.report_quarantined_messages(&session.key, &paged.quarantined);
             session.wake();
         });
     }

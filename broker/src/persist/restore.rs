@@ -42,7 +42,11 @@ impl BrokerState {
         let now = unix_ms();
         let mut report = RestoreReport::default();
         let mut cleanup = Batch::new();
-        for r in store.load_retained(persist.retained_inline_bytes)? {
+        let (retained, quarantined) = store.load_retained(persist.retained_inline_bytes)?;
+        for (tenant, error) in &quarantined {
+            self.report_quarantined(&format!("a retained message of tenant {tenant}"), 1, error);
+        }
+        for r in retained {
             let message = codec::message_from_record(r.message)?;
             if message.is_expired(now) {
                 store.delete_retained(&mut cleanup, &r.tenant, message.topic.as_str())?;
@@ -204,7 +208,7 @@ impl BrokerState {
                 session.set_durable();
             }
         }
-        self.report_quarantined(&key, &quarantined);
+        self.report_quarantined_messages(&key, &quarantined);
         report.queued_messages += loaded.queued;
         if expires_at <= now {
             report.expired_sessions += 1;

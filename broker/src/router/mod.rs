@@ -387,7 +387,7 @@ impl Router {
             if let Some(t) = ack.get() {
                 t.fail();
             }
-            tracing::warn!(error = %e, "retained message not stored");
+            tracing::debug!(error = %e, "retained message not stored");
         }
     }
 
