@@ -6,6 +6,9 @@ use crate::sessions::MessageRecord;
 use crate::writer::{Batch, Op};
 use crate::{Cf, Store};
 
+/// A record moved to the quarantine at start-up: its tenant, and why it could not be read.
+pub type Quarantined = (String, String);
+
 /// A retained message read at start-up.
 #[derive(Debug, Clone)]
 pub struct LoadedRetained {
@@ -69,11 +72,10 @@ impl Store {
     /// read (a missing key, altered clear fields) is moved to the quarantine and returned
     /// as `(tenant, error)` in the second list: one bad record must not stop the broker.
     /// Blocking.
-    #[allow(clippy::type_complexity)]
     pub fn load_retained(
         &self,
         max_inline: usize,
-    ) -> Result<(Vec<LoadedRetained>, Vec<(String, String)>), StorageError> {
+    ) -> Result<(Vec<LoadedRetained>, Vec<Quarantined>), StorageError> {
         let mut out = Vec::new();
         let mut quarantined = Vec::new();
         let mut moves = Batch::new();

@@ -1503,7 +1503,8 @@ fn what_is_stored_in_clear_beside_a_sealed_payload_cannot_be_changed() {
         let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
         let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
         let queue = db.cf_handle("queue").unwrap();
-        let records: Vec<(Box<[u8]>, Box<[u8]>)> = db
+        type KeyValue = (Box<[u8]>, Box<[u8]>);
+        let records: Vec<KeyValue> = db
             .iterator_cf(queue, rocksdb::IteratorMode::Start)
             .map(Result::unwrap)
             .collect();
