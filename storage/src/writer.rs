@@ -515,6 +515,16 @@ impl Writer {
         }
         if let (Some(u), Some(t)) = (unit, ticket) {
             if u.admitted.load(Ordering::Acquire) {
+                // The rest of an admitted unit is not refused for a busy writer — up to a
+                // hard cap on what waits: one publish fanned out to many persistent
+                // sessions must not queue gigabytes. Past it the unit fails (its
+                // acknowledgement is a refusal; what was queued of it may be written).
+                let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+                let cap = self.max_pending_bytes.saturating_mul(4).max(UNIT_CAP_MIN);
+                if pending.saturating_add(batch.bytes) > cap {
+                    self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    return Err(StorageError::Busy(pending));
+                }
                 self.space.count_admitted(batch.bytes as u64);
                 return Ok(());
             }
@@ -767,6 +777,10 @@ fn run(
         }
     }
 }
+
+/// The least hard cap on bytes waiting for the writer past which even the rest of an
+/// admitted unit is refused (the cap is four times `max_pending_bytes`, at least this).
+const UNIT_CAP_MIN: usize = 64 << 20;
 
 /// How long the writer spins (yielding) for the rest of an open unit before it parks.
 const UNIT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);

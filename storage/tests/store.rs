@@ -1646,3 +1646,31 @@ fn admitted_writes_count_against_free_space_before_the_disk_shows_them() {
         "{admitted} MiB admitted through a 4 MiB margin"
     );
 }
+
+/// An admitted unit is not refused for a busy writer, but what waits for the writer has a
+/// hard cap: one publish fanned out to many persistent sessions must not queue without a
+/// byte bound.
+#[test]
+fn an_admitted_unit_stops_at_the_writers_hard_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.max_pending_bytes = 1;
+    let store = Store::open(options).unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let (unit, durable) = Ticket::unit();
+    let big = vec![1u8; 1 << 20];
+    let mut queued_mib = 0;
+    for seq in 0..200 {
+        let mut b = Batch::new();
+        store.put_queued(&mut b, &p, seq, &queued(&big)).unwrap();
+        if store.submit(b, Some(&unit)).is_err() {
+            break;
+        }
+        queued_mib += 1;
+    }
+    assert!((60..=66).contains(&queued_mib), "{queued_mib} MiB queued");
+    assert!(unit.is_failed());
+    unit.seal();
+    drop(unit);
+    assert!(futures_block_on(durable).is_err());
+}
