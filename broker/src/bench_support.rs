@@ -83,7 +83,7 @@ impl BenchRouter {
             for i in 0..subscribers as u64 {
                 let s = session(i + 1, 1 << 20);
                 router.subscribe(
-                    &tenant,
+                    &router.tenant(&tenant),
                     &s,
                     &StoredSubscription {
                         filter: filter.clone(),

@@ -36,3 +36,46 @@ pub(crate) fn mono_ns() -> u64 {
     let base = *BASE.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// The broker's time, as one handle passed to whatever decides on time (the session table,
+/// its timer task), so tests can drive it: in production both readings are the system's;
+/// in a paused-time test ([`Clock::following_tokio`]) the wall clock is tokio's paused
+/// clock plus a fixed start, so `tokio::time::advance` moves both.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// `None`: the system's wall clock. `Some((unix_ms, instant))`: the wall clock read
+    /// `unix_ms` at tokio's `instant` and advances with tokio's clock.
+    following: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Clock {
+    /// The system's clocks.
+    pub(crate) fn system() -> Self {
+        Clock { following: None }
+    }
+
+    /// A wall clock that starts at `start_unix_ms` now and advances with tokio's clock
+    /// (paused or not). For tests.
+    #[cfg(test)]
+    pub(crate) fn following_tokio(start_unix_ms: u64) -> Self {
+        Clock {
+            following: Some((start_unix_ms, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch: for what is stored (expiry times).
+    pub(crate) fn unix_ms(&self) -> u64 {
+        match self.following {
+            None => unix_ms(),
+            Some((start, at)) => {
+                let elapsed = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                start.saturating_add(elapsed)
+            }
+        }
+    }
+
+    /// The monotonic clock: for waits and pauses, which nothing stores.
+    pub(crate) fn instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+}

@@ -65,6 +65,7 @@ impl FuzzBroker {
     pub async fn shutdown(self) {
         self.state.shutdown.cancel();
         self.state
+            .sessions
             .kick_all(messs_codec::ReasonCode::ServerShuttingDown);
         self.state.tasks.close();
         self.state.tasks.wait().await;

@@ -100,7 +100,8 @@ impl BrokerHandle {
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let mut infos: Vec<SessionInfo> = self
             .state
-            .all_sessions()
+            .sessions
+            .all()
             .into_iter()
             .map(|s| {
                 let st = s.lock();
@@ -127,7 +128,8 @@ impl BrokerHandle {
     pub fn clients(&self, tenant: Option<&str>) -> Vec<ClientInfo> {
         let mut out: Vec<ClientInfo> = self
             .state
-            .all_sessions()
+            .sessions
+            .all()
             .into_iter()
             .filter(|s| s.is_connected() && tenant.is_none_or(|t| *s.key.tenant == *t))
             .filter_map(|s| {
@@ -297,7 +299,7 @@ impl BrokerHandle {
             tenant: Arc::from(tenant),
             client_id: Arc::from(client_id),
         };
-        match self.state.session(&key) {
+        match self.state.sessions.get(&key) {
             Some(session) if session.is_connected() => {
                 session.kick(ReasonCode::AdministrativeAction);
                 self.state.audit(

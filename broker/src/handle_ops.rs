@@ -244,7 +244,7 @@ impl BrokerHandle {
             tenant: Arc::from(tenant),
             client_id: Arc::from(client_id),
         };
-        let session = self.state().session(&key)?;
+        let session = self.state().sessions.get(&key)?;
         let mut out = Vec::new();
         session.lock().each_subscription(|s| {
             out.push(SubscriptionInfo {

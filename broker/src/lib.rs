@@ -38,7 +38,6 @@ mod session;
 mod state;
 mod stats;
 mod sys;
-mod timers;
 mod tls;
 mod transport_config;
 mod ws;

@@ -265,7 +265,9 @@ impl Broker {
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
         state.shutdown.cancel();
-        state.kick_all(messs_codec::ReasonCode::ServerShuttingDown);
+        state
+            .sessions
+            .kick_all(messs_codec::ReasonCode::ServerShuttingDown);
         state.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.tasks.wait())
             .await

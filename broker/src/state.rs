@@ -1,10 +1,9 @@
-//! The broker's shared state and the session lifecycle: attaching a connection to a session
-//! (with takeover), detaching it (will, expiry), ending a session, and the timer task that
-//! expires sessions and publishes delayed wills.
+//! The broker's shared state: the services every connection task uses, and the glue that
+//! carries out what the session table's transitions leave to do (publishing wills, the
+//! timer task). The session lifecycle itself is `session::table`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use messs_codec::ReasonCode;
@@ -13,21 +12,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Source;
 use crate::budget::ByteBudget;
-use crate::clock::{after_secs, unix_ms};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::message::Message;
 use crate::persist::{AckTicket, Persistence};
 use crate::router::Router;
-use crate::session::{PendingWill, Session, SessionKey, SessionLimits, SessionState, SESSION_COST};
+use crate::session::table::{Attached, Effects, TableLimits};
+use crate::session::{
+    AttachRefused, Departure, Effect, Session, SessionKey, SessionLimits, SessionTable,
+};
 use crate::stats::Stats;
-use crate::timers::{Due, Timers};
-
-/// Longest wait for the old connection to let go of a session on takeover (within the
-/// handshake's own deadline). An idle connection lets go within milliseconds; one stuck in
-/// a write to a peer that does not read is not waited for longer than this: it is fenced
-/// off by the session's generation instead (it takes nothing more from the session and its
-/// detach is a no-op).
-const TAKEOVER_WAIT: Duration = Duration::from_secs(1);
 
 /// Store reads for connections that may run at once (see `spawn_storage_read`).
 const STORAGE_READS: usize = 4;
@@ -35,7 +29,7 @@ const STORAGE_READS: usize = 4;
 /// Everything the connection tasks share.
 pub(crate) struct BrokerState {
     pub config: Config,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -43,7 +37,6 @@ pub(crate) struct BrokerState {
     pub auth: crate::auth::Auth,
     /// TLS listeners, for certificate reloads.
     tls_listeners: Mutex<Vec<Arc<crate::tls::TlsListener>>>,
-    pub timers: Timers,
     /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
     /// run at once: each holds up to a page (~1 MiB) while it runs, so many clients cannot
     /// make the broker read their backlogs all at the same time.
@@ -51,18 +44,8 @@ pub(crate) struct BrokerState {
     /// The durable store, if the broker has one (tests of the in-memory engine and the
     /// fuzzer run without).
     pub persist: Option<Persistence>,
-    budget: Arc<ByteBudget>,
-    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
-    /// The `space` signal every session shares (see `Session`).
-    space: Arc<tokio::sync::Notify>,
-    /// One lock per client id being attached, so two CONNECTs with one client id cannot
-    /// interleave while CONNECTs for other client ids never wait on them.
-    attach_locks: Mutex<HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>>,
-    /// Session ids and assigned client ids start from the start time in microseconds, so
-    /// they are unique across restarts (as long as fewer than a million are made per second
-    /// of uptime).
-    id_base: u64,
-    next_id: AtomicU64,
+    /// The session registry and lifecycle.
+    pub sessions: SessionTable,
     /// The operator's bans and flapping detection.
     pub bans: crate::limits::bans::Bans,
     /// `[rate_limits]` as last set (start or reload), for showing them.
@@ -84,44 +67,13 @@ pub(crate) struct BrokerState {
     throttle_epoch: AtomicU64,
 }
 
-/// A connection's hold on a session.
-pub(crate) struct Attached {
-    pub session: Arc<Session>,
-    pub session_present: bool,
-    /// The generation this attach created; detach is a no-op if another attach followed.
-    pub generation: u64,
-}
-
-/// Why a connection could not get a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttachRefused {
-    /// `max_sessions` or the session byte budget is reached.
-    Quota,
-    /// The handshake deadline passed while waiting for another CONNECT of this client id.
-    Timeout,
-}
-
-/// How a connection ended, as far as the session is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Departure {
-    /// DISCONNECT 0x00: the will is discarded.
-    Clean,
-    /// Any abnormal end: the will is published (after its delay).
-    Abnormal,
-    /// Another connection took the session over (the will is published as for Abnormal; the
-    /// new owner decides the session's fate).
-    TakenOver,
-    /// The broker is shutting down: no will, no timers.
-    Shutdown,
-}
-
 impl BrokerState {
     pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
         let limits = &config.limits;
         let auth = crate::auth::Auth::new(&config)?;
         let tenants = auth.tenants.clone();
-        let router = Router::new(
+        let router = Arc::new(Router::new(
             limits.max_retained_messages,
             limits.max_retained_bytes,
             config.session.queue_qos0_offline,
@@ -130,27 +82,38 @@ impl BrokerState {
                 .as_ref()
                 .map(|p| (p.store.clone(), p.retained_inline_bytes)),
             Box::new(move |tenant| tenants.get_or_insert(tenant, false).rates.holdings.clone()),
-        );
+        ));
         let budget = Arc::new(ByteBudget::new(
             stats.clone(),
             limits.max_session_bytes_total,
         ));
+        let table_limits = TableLimits {
+            max_sessions: limits.max_sessions,
+            session: SessionLimits {
+                max_queued: limits.max_queued_messages,
+                max_queued_bytes: limits.max_queued_bytes,
+                max_subscriptions: limits.max_subscriptions_per_session,
+                queue_full: limits.queue_full,
+            },
+        };
+        let sessions = SessionTable::new(
+            table_limits,
+            budget,
+            auth.tenants.clone(),
+            router.clone(),
+            stats.clone(),
+            Clock::system(),
+        );
         Ok(BrokerState {
             auth,
+            sessions,
             tls_listeners: Mutex::default(),
             router,
-            timers: Timers::new(stats.clone()),
             storage_reads: Arc::new(tokio::sync::Semaphore::new(STORAGE_READS)),
             persist,
-            budget,
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            sessions: Mutex::new(HashMap::new()),
-            space: Arc::new(tokio::sync::Notify::new()),
-            attach_locks: Mutex::new(HashMap::new()),
-            id_base: unix_ms().saturating_mul(1000),
-            next_id: AtomicU64::new(1),
             addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
             bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
             bans_listed: Mutex::new(config.bans.clone()),
@@ -219,14 +182,10 @@ impl BrokerState {
         }
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionKey, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A number no other session or assigned client id of this broker has had, across
-    /// restarts (see `id_base`).
+    /// restarts.
     pub fn unique_id(&self) -> u64 {
-        self.id_base + self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.sessions.unique_id()
     }
 
     /// The shared name of a tenant (the registry's `Arc` when it knows the tenant).
@@ -298,7 +257,7 @@ impl BrokerState {
             if !kick && !certificates {
                 continue;
             }
-            for s in self.all_sessions() {
+            for s in self.sessions.all() {
                 if *s.key.tenant != *tenant || !s.is_connected() {
                     continue;
                 }
@@ -320,7 +279,7 @@ impl BrokerState {
     fn give_device_limits(&self, tenant: &str, device: &str, limits: Vec<(String, u64)>) {
         let limits = crate::auth::device_limits(limits);
         let mut given = false;
-        for s in self.all_sessions() {
+        for s in self.sessions.all() {
             if *s.key.tenant == *tenant && s.is_connected() {
                 let mut st = s.lock();
                 if st.owner() == Some(device) {
@@ -440,137 +399,9 @@ impl BrokerState {
         self.persist.as_ref().is_some_and(Persistence::waits)
     }
 
-    /// Registers a session restored from the store (start-up): it existed before the
-    /// restart, so it is charged whatever the limits.
-    pub(crate) fn restored_session(&self, key: SessionKey, id: u64) -> Arc<Session> {
-        let cost = SESSION_COST + key.client_id.len();
-        self.budget.force_charge(cost);
-        self.register_session(key, id, cost)
-    }
-
-    /// Builds an empty session with the configured limits (its record's `cost` already
-    /// charged) and puts it in the registry.
-    fn register_session(&self, key: SessionKey, id: u64, cost: usize) -> Arc<Session> {
-        let limits = &self.config.limits;
-        let session_limits = SessionLimits {
-            max_queued: limits.max_queued_messages,
-            max_queued_bytes: limits.max_queued_bytes,
-            max_subscriptions: limits.max_subscriptions_per_session,
-            queue_full: limits.queue_full,
-        };
-        let tenant = self.auth.tenants.get_or_insert(&key.tenant, false);
-        let state = SessionState::new(
-            session_limits,
-            self.budget.clone(),
-            tenant.rates.holdings.clone(),
-            cost,
-        );
-        let session = Arc::new(Session::new(id, key.clone(), state, self.space.clone()));
-        tenant.sessions.fetch_add(1, Ordering::Relaxed);
-        self.sessions().insert(key, session.clone());
-        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        session
-    }
-
-    /// The session registered under `key`, if any.
-    pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
-        self.sessions().get(key).cloned()
-    }
-
-    /// Every session (a snapshot).
-    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions().values().cloned().collect()
-    }
-
-    /// Creates and registers a session. At `max_sessions`, or with the byte budget spent,
-    /// the offline session that would expire soonest is ended to make room (counted in
-    /// `sessions_evicted`): a connecting client gets in rather than everyone being refused
-    /// until sessions expire. Connected sessions are never evicted; with none offline the
-    /// connection is refused.
-    fn new_session(&self, key: SessionKey) -> Result<Arc<Session>, AttachRefused> {
-        const EVICTIONS_PER_SESSION: usize = 8;
-        let limits = &self.config.limits;
-        let cost = SESSION_COST + key.client_id.len();
-        // The tenant's own quota: no eviction of other tenants' sessions makes room for it.
-        if let Some(t) = self.auth.tenants.get(&key.tenant) {
-            let held = t.sessions.load(Ordering::Relaxed);
-            if !crate::limits::tenant::below(t.limits().max_sessions, held) {
-                self.stats
-                    .tenant_quota_refusals
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(AttachRefused::Quota);
-            }
-        }
-        let mut evictions = 0;
-        loop {
-            let below_max = self.stats.sessions.load(Ordering::Relaxed) < limits.max_sessions;
-            if below_max && self.budget.try_charge(cost) {
-                break;
-            }
-            if evictions == EVICTIONS_PER_SESSION || !self.evict_offline_session() {
-                return Err(AttachRefused::Quota);
-            }
-            evictions += 1;
-        }
-        Ok(self.register_session(key, self.unique_id(), cost))
-    }
-
-    fn attach_locks(&self) -> MutexGuard<'_, HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>> {
-        self.attach_locks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The attach lock of one client id (created on first use, dropped with its last user).
-    fn attach_lock(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.attach_locks();
-        if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
-            return lock;
-        }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        locks.insert(key.clone(), Arc::downgrade(&lock));
-        lock
-    }
-
-    fn release_attach_lock(&self, key: &SessionKey, lock: Arc<tokio::sync::Mutex<()>>) {
-        drop(lock);
-        let mut locks = self.attach_locks();
-        if locks.get(key).is_some_and(|w| w.strong_count() == 0) {
-            locks.remove(key);
-        }
-    }
-
-    /// Ends the offline session whose expiry is due first among those that hold no
-    /// message (queued, in flight or stored): evicting one that does would drop messages
-    /// their publishers were told are kept. False if there is none among the
-    /// `EVICTION_CANDIDATES` due first: the new session is refused instead (0x97).
-    fn evict_offline_session(&self) -> bool {
-        const EVICTION_CANDIDATES: usize = 64;
-        for (timer, victim) in self.timers.first_session_expiries(EVICTION_CANDIDATES) {
-            let mut st = victim.lock();
-            if st.holds_messages() {
-                continue;
-            }
-            // Under the session's lock (nothing is queued for it meanwhile); a timer
-            // already gone means the session was resumed or ended meanwhile.
-            if !self.timers.cancel(timer) {
-                continue;
-            }
-            st.take_expiry_timer();
-            drop(st);
-            tracing::debug!(client_id = %victim.key.client_id, "offline session evicted for room");
-            self.end_session(&victim);
-            self.stats.sessions_evicted.fetch_add(1, Ordering::Relaxed);
-            return true;
-        }
-        false
-    }
-
-    /// Attaches a new connection to the session `key` before `deadline`: an existing
-    /// connection is told to close (DISCONNECT 0x8E) and awaited; a will still waiting for
-    /// its delay is deleted [MQTT-3.1.2-8]; the old session is resumed only without
-    /// `clean_start` and if it is persistent (expiry > 0) [MQTT-3.1.2-4], [MQTT-3.1.2-5],
-    /// [MQTT-3.1.2-6].
+    /// Attaches a new connection to the session `key` before `deadline` (see
+    /// `SessionTable::attach`), publishes the wills of sessions it ended, and mirrors a
+    /// persistent session to the store.
     pub async fn attach(
         &self,
         key: SessionKey,
@@ -578,57 +409,13 @@ impl BrokerState {
         expiry: u32,
         deadline: tokio::time::Instant,
     ) -> Result<Attached, AttachRefused> {
-        let lock = self.attach_lock(&key);
-        let result = match tokio::time::timeout_at(deadline, lock.lock()).await {
-            Ok(_serial) => {
-                self.attach_serialised(key.clone(), clean_start, expiry, deadline)
-                    .await
-            }
-            Err(_) => Err(AttachRefused::Timeout),
-        };
-        self.release_attach_lock(&key, lock);
-        result
-    }
-
-    async fn attach_serialised(
-        &self,
-        key: SessionKey,
-        clean_start: bool,
-        expiry: u32,
-        deadline: tokio::time::Instant,
-    ) -> Result<Attached, AttachRefused> {
-        if let Some(old) = self.session(&key) {
-            if old.lock().is_attached() {
-                old.kick(ReasonCode::SessionTakenOver);
-                let wait = deadline.min(tokio::time::Instant::now() + TAKEOVER_WAIT);
-                old.wait_detached(wait).await;
-            }
-        }
-        // Looked up again: the old connection's detach may have ended the session.
-        let existing = self.session(&key);
-        let (session, session_present) = match existing {
-            Some(old) => {
-                let resumable = {
-                    let mut st = old.lock();
-                    if let Some(will) = st.take_pending_will() {
-                        // Back before the will delay passed: the will is deleted.
-                        self.timers.cancel(will.timer);
-                    }
-                    if let Some(timer) = st.take_expiry_timer() {
-                        self.timers.cancel(timer);
-                    }
-                    // Ended meanwhile (evicted for room): a new session, not a resumed one.
-                    !clean_start && st.expiry_interval() > 0 && !st.is_ended()
-                };
-                if resumable {
-                    (old, true)
-                } else {
-                    self.end_session(&old);
-                    (self.new_session(key)?, false)
-                }
-            }
-            None => (self.new_session(key)?, false),
-        };
+        let (attached, effects) = self
+            .sessions
+            .attach(key, clean_start, expiry, deadline)
+            .await;
+        self.apply(effects);
+        let attached = attached?;
+        let session = &attached.session;
         if expiry > 0 && !session.is_durable() {
             if let Some(disk) = self
                 .persist
@@ -639,28 +426,15 @@ impl BrokerState {
                 session.set_durable();
             }
         }
-        let generation = session.attach(expiry);
         if self.shutdown.is_cancelled() {
             // Attached after `kick_all` ran: close at once.
             session.kick(ReasonCode::ServerShuttingDown);
         }
-        Ok(Attached {
-            session,
-            session_present,
-            generation,
-        })
+        Ok(attached)
     }
 
-    /// Tells every attached connection to close with `code` (shutdown).
-    pub fn kick_all(&self, code: ReasonCode) {
-        for session in self.all_sessions() {
-            session.kick(code);
-        }
-    }
-
-    /// Detaches a connection from its session: publishes or schedules the will, and ends the
-    /// session now or schedules its expiry. The session's fate is settled before waiters
-    /// (a takeover) are released, so a reconnect never resumes a session that is ending.
+    /// Detaches a connection from its session (see `SessionTable::detach`) and publishes
+    /// its will if that is due now.
     pub fn detach(
         &self,
         session: &Arc<Session>,
@@ -668,41 +442,17 @@ impl BrokerState {
         departure: Departure,
         will: Option<(Message, u32)>,
     ) {
-        let expiry = {
-            let mut st = session.lock();
-            if !st.detach(generation, unix_ms()) {
-                return; // a newer connection owns the session already
-            }
-            st.expiry_interval()
-        };
-        let publish_will = !matches!(departure, Departure::Clean | Departure::Shutdown);
-        if let (Some((message, delay)), true) = (will, publish_will) {
-            let message = Arc::new(message);
-            let delay = delay.min(expiry);
-            if delay == 0 {
-                self.publish_will(session, message);
-            } else {
-                let due_at = after_secs(unix_ms(), delay);
-                let timer = self.timers.schedule(due_at, Due::Will(session.clone()));
-                session.lock().set_pending_will(PendingWill {
-                    message,
-                    timer,
-                    due_at,
-                });
+        let effects = self.sessions.detach(session, generation, departure, will);
+        self.apply(effects);
+    }
+
+    /// Applies what a session transition left to do, in order.
+    pub(crate) fn apply(&self, effects: Effects) {
+        for effect in effects {
+            match effect {
+                Effect::PublishWill(session, message) => self.publish_will(&session, message),
             }
         }
-        let keep = matches!(departure, Departure::TakenOver | Departure::Shutdown);
-        if !keep {
-            if expiry == 0 {
-                self.end_session(session);
-            } else {
-                let due = Due::SessionExpiry(session.clone(), generation);
-                let timer = self.timers.schedule(after_secs(unix_ms(), expiry), due);
-                session.lock().set_expiry_timer(timer);
-            }
-        }
-        // Last change to the session by this connection: a takeover waits for it.
-        session.set_disconnected(generation);
     }
 
     fn publish_will(&self, session: &Session, message: Arc<Message>) {
@@ -721,83 +471,27 @@ impl BrokerState {
         }
     }
 
-    /// Ends a session: forgets it, removes its subscriptions, and publishes a will that was
-    /// still waiting for its delay (the session ending comes first) [MQTT-3.1.3-9].
-    pub fn end_session(&self, session: &Arc<Session>) {
-        {
-            let mut map = self.sessions();
-            if map.get(&session.key).is_some_and(|s| s.id == session.id) {
-                map.remove(&session.key);
-                self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
-                if let Some(t) = self.auth.tenants.get(&session.key.tenant) {
-                    t.sessions.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        }
-        let (subs, will) = {
-            let mut st = session.lock();
-            if !st.end() {
-                return;
-            }
-            if let Some(timer) = st.take_expiry_timer() {
-                self.timers.cancel(timer);
-            }
-            (st.take_subscriptions(), st.take_pending_will())
-        };
-        for sub in subs {
-            self.router
-                .unsubscribe(&session.key.tenant, session.id, &sub.filter);
-        }
-        if let Some(will) = will {
-            self.timers.cancel(will.timer);
-            self.publish_will(session, will.message);
-        }
-    }
-
     /// Runs the timers (session expiry, delayed wills) and the retained-message purge until
     /// shutdown: one task for the whole broker.
     pub async fn run_timers(self: Arc<Self>, purge_every: Duration) {
-        let mut next_purge = tokio::time::Instant::now() + purge_every;
+        let clock = self.sessions.clock();
+        let mut next_purge = clock.instant() + purge_every;
         loop {
-            let now = unix_ms();
-            let (due, next) = self.timers.take_due(now);
-            for d in due {
-                self.fire(d);
-            }
-            if tokio::time::Instant::now() >= next_purge {
-                self.router.purge_expired_retained(now);
-                next_purge = tokio::time::Instant::now() + purge_every;
+            let (effects, next) = self.sessions.fire_due();
+            self.apply(effects);
+            if clock.instant() >= next_purge {
+                self.router.purge_expired_retained(clock.unix_ms());
+                next_purge = clock.instant() + purge_every;
             }
             let mut wake = next_purge;
             if let Some(at) = next {
-                let until = Duration::from_millis(at.saturating_sub(unix_ms()));
-                wake = wake.min(tokio::time::Instant::now() + until);
+                let until = Duration::from_millis(at.saturating_sub(clock.unix_ms()));
+                wake = wake.min(clock.instant() + until);
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = self.timers.changed() => {}
+                _ = self.sessions.timers_changed() => {}
                 _ = tokio::time::sleep_until(wake) => {}
-            }
-        }
-    }
-
-    fn fire(&self, due: Due) {
-        match due {
-            Due::SessionExpiry(session, generation) => {
-                let still_ours = {
-                    let st = session.lock();
-                    st.generation() == generation && !st.is_attached()
-                };
-                if still_ours {
-                    session.lock().take_expiry_timer();
-                    self.end_session(&session);
-                }
-            }
-            Due::Will(session) => {
-                let will = session.lock().take_pending_will();
-                if let Some(will) = will {
-                    self.publish_will(&session, will.message);
-                }
             }
         }
     }

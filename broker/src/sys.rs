@@ -65,7 +65,7 @@ pub(crate) async fn run(state: Arc<BrokerState>, every: Duration) {
 
 fn publish_once(state: &BrokerState, last: &mut HashMap<TenantId, Figures>, uptime: u64) {
     let mut now: HashMap<TenantId, Figures> = HashMap::new();
-    for s in state.all_sessions() {
+    for s in state.sessions.all() {
         let f = now.entry(s.key.tenant.clone()).or_default();
         f.sessions += 1;
         f.subscriptions += s.lock().subscription_count() as u64;

@@ -23,7 +23,7 @@ mod jwt;
 mod lockout;
 pub mod password;
 pub(crate) mod scram;
-mod tenants;
+pub(crate) mod tenants;
 
 use std::net::IpAddr;
 use std::sync::Arc;

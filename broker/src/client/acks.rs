@@ -147,27 +147,26 @@ impl<S: Transport> Client<S> {
     /// the session as it was (the packet's writes were one unit), so the writes this makes
     /// again only repeat what is there.
     fn undo(&mut self, undo: Undo) {
-        let tenant = self.session.key.tenant.clone();
         match undo {
             Undo::Subscribed(granted) => {
                 for (filter, replaced) in granted {
                     self.cancel_replay(filter.as_str());
                     match replaced {
-                        Some(old) => self.resubscribe(&tenant, old),
+                        Some(old) => self.resubscribe(old),
                         None => {
-                            self.session
-                                .lock()
-                                .remove_subscription(filter.as_str(), None);
-                            self.state
-                                .router
-                                .unsubscribe(&tenant, self.session.id, &filter);
+                            self.state.sessions.unsubscribe(
+                                &self.session,
+                                &self.routes,
+                                &filter,
+                                None,
+                            );
                         }
                     }
                 }
             }
             Undo::Unsubscribed(removed) => {
                 for sub in removed {
-                    self.resubscribe(&tenant, sub);
+                    self.resubscribe(sub);
                 }
             }
             Undo::Released(pid) => {
@@ -176,15 +175,12 @@ impl<S: Transport> Client<S> {
         }
     }
 
-    fn resubscribe(&mut self, tenant: &crate::session::TenantId, sub: StoredSubscription) {
-        if self
-            .session
-            .lock()
-            .add_subscription(sub.clone(), None)
-            .is_ok()
-        {
-            self.state.router.subscribe(tenant, &self.session, &sub);
-        }
+    fn resubscribe(&mut self, sub: StoredSubscription) {
+        // Refused only if the session ended meanwhile (nothing to put back then).
+        let _ = self
+            .state
+            .sessions
+            .subscribe(&self.session, &self.routes, sub, None);
     }
 
     /// An acknowledgement whose writes failed (see the module header).

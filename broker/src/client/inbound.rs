@@ -252,7 +252,6 @@ impl<S: Transport> Client<S> {
         for sub in &s.subscriptions {
             self.check_filter_depth(&sub.filter)?;
         }
-        let tenant = self.session.key.tenant.clone();
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
         let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
@@ -291,10 +290,12 @@ impl<S: Transport> Client<S> {
                 options: sub.options,
                 id,
             };
-            let added = self
-                .session
-                .lock()
-                .add_subscription(stored.clone(), store_ack.get());
+            let added = self.state.sessions.subscribe(
+                &self.session,
+                &self.routes,
+                stored.clone(),
+                store_ack.get(),
+            );
             let existed = match added {
                 Ok(replaced) => {
                     let existed = replaced.is_some();
@@ -311,7 +312,6 @@ impl<S: Transport> Client<S> {
                     continue;
                 }
             };
-            self.state.router.subscribe(&tenant, &self.session, &stored);
             reasons.push(match sub.options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
@@ -341,17 +341,15 @@ impl<S: Transport> Client<S> {
         for f in &u.filters {
             self.check_filter_depth(f)?;
         }
-        let tenant = self.session.key.tenant.clone();
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut store_ack = AckTicket::new(self.state.acks_wait() && self.session.is_durable());
         let mut removed_subs = Vec::new();
         for f in &u.filters {
             self.cancel_replay(f.as_str());
-            let had = self
-                .session
-                .lock()
-                .remove_subscription(f.as_str(), store_ack.get());
-            let removed = self.state.router.unsubscribe(&tenant, self.session.id, f);
+            let had =
+                self.state
+                    .sessions
+                    .unsubscribe(&self.session, &self.routes, f, store_ack.get());
             let had = match had {
                 Some(sub) => {
                     removed_subs.push(sub);
@@ -359,7 +357,7 @@ impl<S: Transport> Client<S> {
                 }
                 None => false,
             };
-            reasons.push(if had || removed {
+            reasons.push(if had {
                 ReasonCode::Success
             } else {
                 ReasonCode::NoSubscriptionExisted

@@ -26,8 +26,10 @@ use crate::error::BrokerError;
 use crate::limits::throttle::{Limiter, Throttle, Verdict};
 use crate::message::Message;
 use crate::router::TenantRoutes;
+use crate::session::table::Attached;
+use crate::session::Departure;
 use crate::session::{Session, DRAINING_MS};
-use crate::state::{Attached, BrokerState, Departure};
+use crate::state::BrokerState;
 use acks::PendingAcks;
 use replay::Replay;
 

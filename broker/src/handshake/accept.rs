@@ -16,8 +16,9 @@ use crate::auth::{Access, Login};
 use crate::client::{Client, Negotiated};
 use crate::config::{LimitsConfig, ListenerConfig};
 use crate::connection::{Connection, Transport};
+use crate::session::AttachRefused;
 use crate::session::SessionKey;
-use crate::state::{AttachRefused, BrokerState};
+use crate::state::BrokerState;
 
 /// A refusal: the CONNACK reason code and the reason string sent with it.
 type Refusal = (ReasonCode, &'static str);

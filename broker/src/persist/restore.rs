@@ -15,9 +15,8 @@ use messs_storage::Batch;
 use super::codec;
 use crate::clock::unix_ms;
 use crate::error::BrokerError;
-use crate::session::{PendingWill, SessionKey};
+use crate::session::SessionKey;
 use crate::state::BrokerState;
-use crate::timers::Due;
 
 /// What a restore found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +70,8 @@ impl BrokerState {
             }
         }
         for session in expired {
-            self.end_session(&session);
+            let effects = self.sessions.end_restored(&session);
+            self.apply(effects);
         }
         Ok(report)
     }
@@ -91,7 +91,8 @@ impl BrokerState {
             tenant: self.tenant_id(&loaded.tenant),
             client_id: Arc::from(loaded.client_id.as_str()),
         };
-        let session = self.restored_session(key.clone(), loaded.record.session_id);
+        let session = self.sessions.restore(key.clone(), loaded.record.session_id);
+        let routes = self.router.tenant(&key.tenant);
         let expiry = loaded
             .record
             .expiry_interval
@@ -114,7 +115,7 @@ impl BrokerState {
             for record in &loaded.subscriptions {
                 let sub = codec::subscription_from_record(record)?;
                 if st.add_subscription(sub.clone(), None).is_ok() {
-                    self.router.subscribe(&key.tenant, &session, &sub);
+                    self.router.subscribe(&routes, &session, &sub);
                 }
             }
             for pid in loaded
@@ -181,14 +182,8 @@ impl BrokerState {
             }
             if let Some(will) = &loaded.will {
                 let message = Arc::new(codec::message_from_record(will.message.clone())?);
-                let timer = self
-                    .timers
-                    .schedule(will.due_at, Due::Will(session.clone()));
-                st.set_pending_will(PendingWill {
-                    message,
-                    timer,
-                    due_at: will.due_at,
-                });
+                self.sessions
+                    .restore_will(&session, &mut st, message, will.due_at);
             }
             if let Some(mut disk) =
                 persist.session_disk(&key, session.id, loaded.next_seq, &self.stats)
@@ -214,10 +209,8 @@ impl BrokerState {
             report.expired_sessions += 1;
             return Ok(Some(session));
         }
-        let timer = self
-            .timers
-            .schedule(expires_at, Due::SessionExpiry(session.clone(), 0));
-        session.lock().set_expiry_timer(timer);
+        self.sessions
+            .restore_expiry(&session, &mut session.lock(), expires_at);
         report.sessions += 1;
         Ok(None)
     }

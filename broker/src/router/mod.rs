@@ -142,14 +142,15 @@ impl Router {
             .clone()
     }
 
-    /// Adds or replaces a subscription; true if the session already had this filter.
+    /// Adds or replaces a subscription in a tenant's trie (`routes`); true if the session
+    /// already had this filter. Only the session table calls this, under the session's
+    /// lock, so the trie follows the session's own list.
     pub fn subscribe(
         &self,
-        tenant: &TenantId,
+        routes: &TenantRoutes,
         session: &Arc<Session>,
         sub: &StoredSubscription,
     ) -> bool {
-        let routes = self.tenant(tenant);
         let subscriber = Subscriber {
             session: session.clone(),
             options: sub.options,
@@ -162,9 +163,14 @@ impl Router {
         existed
     }
 
-    /// Removes a subscription; true if it existed.
-    pub fn unsubscribe(&self, tenant: &TenantId, session_id: u64, filter: &TopicFilter) -> bool {
-        let routes = self.tenant(tenant);
+    /// Removes a subscription from a tenant's trie; true if it existed. Only the session
+    /// table calls this (see `subscribe`).
+    pub fn unsubscribe(
+        &self,
+        routes: &TenantRoutes,
+        session_id: u64,
+        filter: &TopicFilter,
+    ) -> bool {
         let removed = write(&routes.trie).remove(filter, session_id);
         if removed {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);

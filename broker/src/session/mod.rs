@@ -14,6 +14,8 @@
 
 mod durable;
 mod state;
+pub(crate) mod table;
+pub(crate) mod timers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,12 +29,11 @@ use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
 
 pub(crate) use durable::{read_page, DiskLimits, SessionDisk};
-#[cfg(test)]
-pub(crate) use state::SubscribeRefused;
 pub(crate) use state::{
     AckMatch, EnqueueError, Link, PendingWill, Resend, SessionLimits, SessionState,
-    StoredSubscription, SESSION_COST,
+    StoredSubscription, SubscribeRefused, SESSION_COST,
 };
+pub(crate) use table::{AttachRefused, Departure, Effect, SessionTable};
 
 /// A delivery queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,20 +153,35 @@ impl Session {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// Attaches a connection: returns its generation. The connection counts as making
-    /// progress from now (a new subscriber gets one stall timeout before it can be stalled).
+    /// Attaches a connection to an unattached session outside any table: for the benches
+    /// and unit tests, which drive sessions without a broker. The broker attaches through
+    /// `SessionTable::attach`.
     pub(crate) fn attach(&self, expiry_interval: u32) -> u64 {
-        let generation = self.lock().attach(expiry_interval);
+        let mut st = self.lock();
+        self.attach_locked(&mut st, expiry_interval, unix_ms())
+    }
+
+    /// Attaches a connection, with the session's lock held by the caller (`st` is this
+    /// session's state): returns its generation. The connection counts as making progress
+    /// from `now_ms` (a new subscriber gets one stall timeout before it can be stalled).
+    pub(crate) fn attach_locked(
+        &self,
+        st: &mut SessionState,
+        expiry_interval: u32,
+        now_ms: u64,
+    ) -> u64 {
+        let generation = st.attach(expiry_interval);
         self.live_generation.store(generation, Ordering::Release);
-        self.progress_ms.store(unix_ms(), Ordering::Relaxed);
+        self.progress_ms.store(now_ms, Ordering::Relaxed);
         self.stalled.store(false, Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
         generation
     }
 
     /// The connection of `generation` is gone: wakes paused publishers and a waiting
-    /// takeover. Call after the session's fate is decided (see `BrokerState::detach`).
-    pub(crate) fn set_disconnected(&self, generation: u64) {
+    /// takeover. Called by `SessionTable::detach` under the session's lock, once the
+    /// session's fate is decided.
+    pub(crate) fn mark_disconnected(&self, generation: u64) {
         if self.live_generation.load(Ordering::Acquire) == generation {
             self.connected.store(false, Ordering::Release);
         }
@@ -672,7 +688,7 @@ mod tests {
     #[test]
     fn offline_qos0_is_not_queued() {
         let s = session(10);
-        s.set_disconnected(1);
+        s.mark_disconnected(1);
         assert_eq!(
             s.enqueue(delivery(QoS::AtMostOnce), false, None)
                 .map(|e| e.pressure),

@@ -13,12 +13,12 @@ use messs_storage::sessions::{InflightRecord, SessionRecord, WillRecord};
 use messs_storage::{Batch, Durable, Ticket};
 
 use super::durable::{PageIn, SessionDisk, PAGE};
+use super::timers::TimerKey;
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
 use crate::config::QueueFullPolicy;
 use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
-use crate::timers::TimerKey;
 
 /// What a session record costs beyond its client id, in bytes (the `Session`, its map
 /// entry and empty collections, rounded up).
@@ -124,6 +124,8 @@ pub(crate) enum SubscribeRefused {
     TooMany,
     /// The broker-wide session byte budget is spent.
     Budget,
+    /// The session was ended (its connection was fenced off by a takeover).
+    Ended,
 }
 
 /// Where a connection came from, for the admin plane's client list.
@@ -629,6 +631,16 @@ impl SessionState {
     /// Takes the expiry timer, if any (to cancel it).
     pub fn take_expiry_timer(&mut self) -> Option<TimerKey> {
         self.expiry_timer.take()
+    }
+
+    /// The pending expiry timer, if any: a fired timer acts only if it is still this one.
+    pub fn expiry_timer(&self) -> Option<TimerKey> {
+        self.expiry_timer
+    }
+
+    /// The pending will's timer, if any: a fired will timer acts only if it is still this.
+    pub fn will_timer(&self) -> Option<TimerKey> {
+        self.pending_will.as_ref().map(|w| w.timer)
     }
 
     // --- subscriptions ---------------------------------------------------------------

@@ -1,8 +1,15 @@
 //! The one timer structure for session expiry and delayed wills: an ordered map from due
-//! time to what is due, driven by one task (`BrokerState::run_timers`). Scheduling and
-//! cancelling are map operations, so a client that connects and disconnects in a loop
-//! leaves nothing behind — no task per session, no timer that outlives its purpose.
-//! Due times are wall-clock (Unix milliseconds) so they can be stored.
+//! time to what is due, owned by the [`SessionTable`](super::table::SessionTable) and driven
+//! by one task (`BrokerState::run_timers`). Scheduling and cancelling are map operations, so
+//! a client that connects and disconnects in a loop leaves nothing behind — no task per
+//! session, no timer that outlives its purpose. Due times are wall-clock (Unix
+//! milliseconds) so they can be stored.
+//!
+//! A timer only says *when* to look: the table acts on a fired timer only if the session
+//! still holds that very key (`SessionState::expiry_timer`, `PendingWill::timer`), so a
+//! timer that a resume took back, or that raced one, changes nothing.
+//!
+//! The lock here is a leaf: it is taken under a session's lock, never the other way round.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -22,9 +29,9 @@ pub(crate) struct TimerKey {
 
 /// What happens when a timer fires.
 pub(crate) enum Due {
-    /// The session's expiry interval passed with no connection: end it, unless a
-    /// connection of a newer generation attached meanwhile.
-    SessionExpiry(Arc<Session>, u64),
+    /// The session's expiry interval passed with no connection: end it, if this timer is
+    /// still the session's expiry timer.
+    SessionExpiry(Arc<Session>),
     /// The will delay passed: publish the session's pending will.
     Will(Arc<Session>),
 }
@@ -76,8 +83,9 @@ impl Timers {
         removed
     }
 
-    /// Removes and returns every timer due at `now_ms`, and the next due time after them.
-    pub fn take_due(&self, now_ms: u64) -> (Vec<Due>, Option<u64>) {
+    /// Removes and returns every timer due at `now_ms` (with its key), and the next due
+    /// time after them.
+    pub fn take_due(&self, now_ms: u64) -> (Vec<(TimerKey, Due)>, Option<u64>) {
         let mut due = Vec::new();
         let next = {
             let mut guard = self.lock();
@@ -86,7 +94,8 @@ impl Timers {
                 if entry.key().due_ms > now_ms {
                     break;
                 }
-                due.push(entry.remove());
+                let key = *entry.key();
+                due.push((key, entry.remove()));
             }
             map.keys().next().map(|k| k.due_ms)
         };
@@ -105,7 +114,7 @@ impl Timers {
             .0
             .iter()
             .filter_map(|(k, due)| match due {
-                Due::SessionExpiry(session, _) => Some((*k, session.clone())),
+                Due::SessionExpiry(session) => Some((*k, session.clone())),
                 _ => None,
             })
             .take(n)
@@ -138,14 +147,14 @@ mod tests {
         let timers = Timers::new(stats.clone());
         let s = session();
         let late = timers.schedule(300, Due::Will(s.clone()));
-        let early = timers.schedule(100, Due::SessionExpiry(s.clone(), 1));
+        let early = timers.schedule(100, Due::SessionExpiry(s.clone()));
         let cancelled = timers.schedule(200, Due::Will(s.clone()));
         assert!(timers.cancel(cancelled));
         assert!(!timers.cancel(cancelled));
         assert_eq!(stats.timers.load(Ordering::Relaxed), 2);
         let (due, next) = timers.take_due(250);
         assert_eq!(due.len(), 1);
-        assert!(matches!(due[0], Due::SessionExpiry(_, 1)));
+        assert!(matches!(due[0], (k, Due::SessionExpiry(_)) if k == early));
         assert_eq!(next, Some(300));
         assert!(early < late);
         let (due, next) = timers.take_due(300);
@@ -160,8 +169,8 @@ mod tests {
         let timers = Timers::new(Arc::new(Stats::default()));
         let (a, b) = (session(), Arc::new(crate::session::unbounded_session(2, 1)));
         timers.schedule(100, Due::Will(a.clone()));
-        timers.schedule(300, Due::SessionExpiry(b.clone(), 1));
-        timers.schedule(200, Due::SessionExpiry(a.clone(), 1));
+        timers.schedule(300, Due::SessionExpiry(b.clone()));
+        timers.schedule(200, Due::SessionExpiry(a.clone()));
         let first: Vec<u64> = timers
             .first_session_expiries(10)
             .iter()
