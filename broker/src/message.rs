@@ -96,7 +96,7 @@ impl Message {
                 payload_format_indicator: props.payload_format_indicator,
                 content_type: props.content_type,
                 response_topic: props.response_topic,
-                correlation_data: props.correlation_data,
+                correlation_data: props.correlation_data.as_deref().map(own_copy),
                 user_properties: props.user_properties,
             },
             origin,
@@ -124,7 +124,7 @@ impl Message {
                 payload_format_indicator,
                 content_type,
                 response_topic,
-                correlation_data,
+                correlation_data: correlation_data.as_deref().map(own_copy),
                 user_properties,
             },
             origin,
@@ -213,6 +213,9 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use messs_codec::Packet;
+    use messs_codec::Protocol;
 
     #[test]
     fn payloads_are_copied_out_of_the_read_buffer() {
@@ -229,5 +232,108 @@ mod tests {
                 "a {len}-byte payload still points into the read buffer"
             );
         }
+    }
+
+    /// A read buffer as a connection has it: one chunk holding a packet among others.
+    fn read_buffer_with(packet: &Packet, protocol: Protocol) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        buf.extend_from_slice(&[0u8; 1000]);
+        let _ = buf.split_to(1000);
+        messs_codec::encode(packet, protocol, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        buf.extend_from_slice(&[0u8; 64 * 1024]);
+        buf
+    }
+
+    /// Asserts that no byte buffer of `m` points into `chunk`. Every field is named, so a
+    /// new field must be looked at here.
+    fn assert_owns_its_bytes(m: &Message, chunk: std::ops::Range<usize>) {
+        let Message {
+            topic: _,
+            payload,
+            qos: _,
+            retain: _,
+            properties:
+                MessageProperties {
+                    payload_format_indicator: _,
+                    content_type: _,
+                    response_topic: _,
+                    correlation_data,
+                    user_properties: _,
+                },
+            expires_at: _,
+            origin: _,
+        } = m;
+        let inside = |b: &Bytes| !b.is_empty() && chunk.contains(&(b.as_ptr() as usize));
+        assert!(!inside(payload), "the payload pins the read buffer");
+        assert!(
+            !correlation_data.as_ref().is_some_and(inside),
+            "the correlation data pins the read buffer"
+        );
+    }
+
+    #[test]
+    fn a_message_from_a_decoded_publish_or_will_holds_no_read_buffer() {
+        use messs_codec::{Connect, ConnectProperties, Limits};
+        let topic = TopicName::new("t/1").unwrap_or_else(|e| panic!("{e}"));
+        let publish = Publish {
+            dup: false,
+            qos_pid: QosPid::AtMostOnce,
+            retain: false,
+            topic: topic.clone(),
+            properties: PublishProperties {
+                correlation_data: Some(Bytes::from_static(b"request-42")),
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"hello"),
+        };
+        let mut buf = read_buffer_with(&Packet::Publish(Box::new(publish)), Protocol::V5);
+        let chunk = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+        let decoded = messs_codec::decode(&mut buf, Protocol::V5, &Limits::default());
+        let Ok(Some(Packet::Publish(p))) = decoded else {
+            panic!("{decoded:?}")
+        };
+        assert!(
+            chunk.contains(&(p.payload.as_ptr() as usize)),
+            "decoded in place"
+        );
+        let m = Message::from_publish(*p, topic.clone(), 1);
+        assert_eq!(
+            m.properties.correlation_data.as_deref(),
+            Some(&b"request-42"[..])
+        );
+        assert_owns_its_bytes(&m, chunk);
+
+        let connect = Connect {
+            protocol: Protocol::V5,
+            client_id: "c".into(),
+            clean_start: true,
+            keep_alive: 30,
+            username: None,
+            password: None,
+            will: Some(messs_codec::Will {
+                topic,
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: WillProperties {
+                    correlation_data: Some(Bytes::from_static(b"will-7")),
+                    ..WillProperties::default()
+                },
+            }),
+            properties: ConnectProperties::default(),
+        };
+        let mut buf = read_buffer_with(&Packet::Connect(Box::new(connect)), Protocol::V5);
+        let chunk = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+        let decoded = messs_codec::decode(&mut buf, Protocol::V5, &Limits::default());
+        let Ok(Some(Packet::Connect(c))) = decoded else {
+            panic!("{decoded:?}")
+        };
+        let will = c.will.unwrap_or_else(|| panic!("a will"));
+        let m = Message::from_will(will, 1, 0);
+        assert_eq!(
+            m.properties.correlation_data.as_deref(),
+            Some(&b"will-7"[..])
+        );
+        assert_owns_its_bytes(&m, chunk);
     }
 }
