@@ -138,6 +138,12 @@ impl From<BrokerError> for AdminError {
         match e {
             BrokerError::Storage(s) => s.into(),
             BrokerError::Registry(m) => AdminError::BadRequest(m),
+            BrokerError::Refused(messs_broker::PublishRefused::NotAuthorized) => {
+                AdminError::Forbidden(
+                    "the tenant's ACL does not allow publishing this (as this device)",
+                )
+            }
+            BrokerError::Refused(r) => AdminError::BadRequest(r.to_string()),
             other => AdminError::internal(other),
         }
     }

@@ -33,9 +33,11 @@ pub(crate) enum Source {
     Admin,
 }
 
-/// Why a message was refused at the choke point.
+/// Why a message was refused at the choke point. Typed all the way to the caller: the
+/// admin plane answers 403 for `NotAuthorized` and 400 for the others without reading the
+/// message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refused {
+pub enum Refused {
     /// The topic is in the broker's `$SYS/` namespace.
     #[error("$SYS topics are reserved for the broker")]
     ReservedTopic,

@@ -42,6 +42,9 @@ pub enum BrokerError {
     /// A registry change was refused (a bad name or value, a missing tenant or device).
     #[error("{0}")]
     Registry(String),
+    /// A message was refused at the choke point (an operator's publish).
+    #[error("{0}")]
+    Refused(#[from] crate::admission::Refused),
 }
 
 impl BrokerError {

@@ -125,11 +125,10 @@ impl BrokerHandle {
                 &mut ack,
                 Some(&mut access),
             )
-            .map_err(|refused| BrokerError::Registry(refused.to_string()))?;
+            .map_err(BrokerError::Refused)?;
         if let Some(durable) = ack.finish() {
-            durable
-                .await
-                .map_err(|e| BrokerError::Config(format!("the message was not stored: {e}")))?;
+            // A store that cannot write is the store's error (the admin plane: 503).
+            durable.await?;
         }
         state.stats.admin_publishes.fetch_add(1, Ordering::Relaxed);
         Ok(outcome.matched)

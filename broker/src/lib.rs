@@ -43,6 +43,7 @@ mod transport_config;
 mod ws;
 
 pub use admin_config::{AdminConfig, MetricsTenantLabels};
+pub use admission::Refused as PublishRefused;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,

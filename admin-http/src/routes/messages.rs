@@ -207,13 +207,7 @@ pub async fn publish(
             retain: req.retain,
             as_device: req.as_device,
         })
-        .await
-        .map_err(|e| match AdminError::from(e) {
-            AdminError::BadRequest(m) if m.contains("ACL") => AdminError::Forbidden(
-                "the tenant's ACL does not allow publishing this (as this device)",
-            ),
-            e => e,
-        })?;
+        .await?;
     Ok(Json(Published { matched }))
 }
 
