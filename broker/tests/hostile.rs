@@ -244,9 +244,22 @@ async fn subscriptions_per_session_are_capped() {
     assert_eq!(c.recv_publish().await.topic.as_str(), "cap/2");
 }
 
+/// Round trips of a bystander, each timed: (median, slowest).
+async fn timed_roundtrips(by: &mut Raw, topic: &str, n: usize) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        by.roundtrip(topic).await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times[n / 2], times[n - 1])
+}
+
 /// 100,000 retained messages and a subscriber asking for all of them, twice, with large
 /// SUBSCRIBEs: its replay streams through its bounded queue while the bystander's round
-/// trips stay quick (the old linear scan under a lock froze every client for seconds).
+/// trips stay close to what they are without it, measured in the same run (the old linear
+/// scan under a lock froze every client for seconds, a thousand times a round trip).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_retained_store_does_not_freeze_others() {
     const RETAINED: usize = 100_000;
@@ -266,6 +279,7 @@ async fn large_retained_store_does_not_freeze_others() {
     p.publish(publish("big/sync", b"r", QosPid::AtLeastOnce(pid(7)), true))
         .await;
     let mut by = bystander(&broker, "bb").await;
+    let (median, slowest_alone) = timed_roundtrips(&mut by, "bb/t", 200).await;
 
     let mut heavy = Raw::v5(broker.addr, "big-sub").await;
     let filters: Vec<String> = (0..128)
@@ -281,24 +295,28 @@ async fn large_retained_store_does_not_freeze_others() {
     heavy.send(&subscribe_packet(&filters)).await;
     let mut slowest = Duration::ZERO;
     let mut received = 0usize;
-    let start = Instant::now();
-    while received < RETAINED && start.elapsed() < Duration::from_secs(60) {
+    'replay: while received < RETAINED {
         for _ in 0..200 {
-            if let Some(Packet::Publish(_)) = heavy.recv_within(Duration::from_secs(2)).await {
-                received += 1;
+            match heavy.recv().await {
+                Packet::Publish(_) => received += 1,
+                _ => {}
+            }
+            if received == RETAINED {
+                break 'replay;
             }
         }
         let t = Instant::now();
         by.roundtrip("bb/t").await;
         slowest = slowest.max(t.elapsed());
     }
+    // Against the bystander's own round trips before the replay: the slowest one beside
+    // it stays within a factor that machine noise reaches and a freeze does not.
+    let allowed = (median * 200).max(slowest_alone * 20);
+    eprintln!("bystander: {median:?} median, {slowest_alone:?} slowest alone; {slowest:?} slowest beside the replay");
     assert!(
-        received >= RETAINED,
-        "the replay streams everything: {received}"
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a bystander round trip took {slowest:?}"
+        slowest <= allowed,
+        "a bystander round trip took {slowest:?} beside the replay, {median:?} (median) and \
+         {slowest_alone:?} (slowest) alone"
     );
 }
 
@@ -342,7 +360,8 @@ async fn a_stalled_takeover_delays_nobody_else() {
 
 /// Thirty `#` subscribers that never read, coming and going, must not starve an innocent
 /// pair: their queues fill, they stall (no progress), and stop holding the publisher back.
-/// With a fixed one-second wait per stalled subscriber, this took half a minute.
+/// With a fixed one-second wait per stalled subscriber, this ran at a thirtieth of the
+/// pair's rate alone, which is measured first in the same run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
     let broker = TestBroker::start_with(|c| {
@@ -352,15 +371,29 @@ async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
     .await;
     let mut sub = Raw::v5(broker.addr, "innocent-sub").await;
     sub.subscribe("innocent/t", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::v5(broker.addr, "innocent-pub").await;
+    const MESSAGES: u16 = 3000;
+    // The pair alone, on a topic the sinks do not see (they subscribe only below).
+    let started = Instant::now();
+    for n in 1..=MESSAGES / 3 {
+        publisher
+            .publish(publish(
+                "innocent/t",
+                b"0123456789",
+                QosPid::AtLeastOnce(pid(n)),
+                false,
+            ))
+            .await;
+        sub.recv_publish_ack().await;
+    }
+    let alone = started.elapsed() / (u32::from(MESSAGES) / 3);
     let mut hostile = Vec::new();
     for i in 0..30 {
         let mut h = Raw::v5(broker.addr, &format!("sink-{i}")).await;
         h.subscribe("#", QoS::AtLeastOnce).await;
         hostile.push(h);
     }
-    let mut publisher = Raw::v5(broker.addr, "innocent-pub").await;
     let started = Instant::now();
-    const MESSAGES: u16 = 3000;
     for round in 0..3 {
         for n in 1..=MESSAGES / 3 {
             let id = pid(n);
@@ -382,10 +415,11 @@ async fn never_reading_subscribers_do_not_starve_an_innocent_pair() {
             *h = fresh;
         }
     }
-    let elapsed = started.elapsed();
+    let beside = started.elapsed() / u32::from(MESSAGES);
+    eprintln!("a round trip: {alone:?} alone, {beside:?} beside 30 stalled sinks");
     assert!(
-        elapsed < Duration::from_secs(10),
-        "{MESSAGES} round trips took {elapsed:?}"
+        beside <= alone * 15,
+        "a round trip took {beside:?} beside the sinks, {alone:?} alone"
     );
     assert!(broker.stats.dropped_queue_full.load(Ordering::Relaxed) > 0);
 }
