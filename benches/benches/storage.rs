@@ -30,6 +30,7 @@ fn record() -> QueuedRecord {
             origin: 1,
             properties: Bytes::new(),
         },
+        shared: None,
     }
 }
 

@@ -1085,6 +1085,7 @@ async fn an_unreadable_stored_message_is_quarantined_and_the_queue_goes_on() {
                 origin: 0,
                 properties: bytes::Bytes::new(),
             },
+            shared: None,
         };
         // One the restore reads (in flight when the broker stopped), one a page-in reads.
         let mut b = messs_storage::Batch::new();

@@ -8,6 +8,7 @@
 //! session prefix  [tenant prefix][len u16][client id]
 //! sessions CF     [session prefix][tag u8][...]   tag: record, subscription, incoming QoS 2, will
 //! queue CF        [session prefix][seq u64]
+//! messages CF     [tenant prefix][message id u64]
 //! inflight CF     [session prefix][seq u64]
 //! retained CF     [tenant prefix][topic]
 //! telemetry CF    [tenant prefix][timestamp ms u64][seq u32]

@@ -99,7 +99,7 @@ impl Store {
 
     fn verify_one(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         match cf {
-            Cf::Retained | Cf::Telemetry => {
+            Cf::Retained | Cf::Telemetry | Cf::Messages => {
                 sessions::MessageRecord::decode(cf.name(), self.keys(), key, &[], value).map(|_| ())
             }
             Cf::Devices | Cf::Acls | Cf::Tenants => {

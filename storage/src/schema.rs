@@ -7,7 +7,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use crate::error::StorageError;
 
 /// The schema this build writes. Bump it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Key of the schema version in `meta`.
 const VERSION_KEY: &[u8] = b"schema_version";
@@ -17,7 +17,7 @@ type Migration = fn(&DB) -> Result<(), StorageError>;
 
 /// Migrations by the version they start from; `MIGRATIONS[n]` takes n+1 to n+2. Each runs
 /// once, then the version is written.
-const MIGRATIONS: &[Migration] = &[add_tenants];
+const MIGRATIONS: &[Migration] = &[add_tenants, add_messages];
 
 /// 1 -> 2: the `tenants` family, created empty when the store opens with every family of
 /// this version (`create_missing_column_families`); nothing to copy.
@@ -25,6 +25,16 @@ fn add_tenants(db: &DB) -> Result<(), StorageError> {
     db.cf_handle(Cf::Tenants.name())
         .map(|_| ())
         .ok_or(StorageError::MissingColumnFamily(Cf::Tenants.name()))
+}
+
+/// 2 -> 3: the `messages` family (messages stored once for several sessions' queues),
+/// created empty like `tenants`. A queue written before holds whole messages, which this
+/// version still reads; an older messs refuses the directory from now on (it could not
+/// read a queue that refers to a shared message).
+fn add_messages(db: &DB) -> Result<(), StorageError> {
+    db.cf_handle(Cf::Messages.name())
+        .map(|_| ())
+        .ok_or(StorageError::MissingColumnFamily(Cf::Messages.name()))
 }
 
 /// The column families.
@@ -52,11 +62,14 @@ pub enum Cf {
     Admins,
     /// Tenants and their JWT keys, trusted CAs and revoked certificates (schema 2).
     Tenants,
+    /// Messages stored once for the queues of several persistent sessions, which refer
+    /// to them (schema 3).
+    Messages,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Sessions,
         Cf::Queue,
@@ -68,6 +81,7 @@ impl Cf {
         Cf::Acls,
         Cf::Admins,
         Cf::Tenants,
+        Cf::Messages,
     ];
 
     /// Its name on disk.
@@ -84,6 +98,7 @@ impl Cf {
             Cf::Acls => "acls",
             Cf::Admins => "admins",
             Cf::Tenants => "tenants",
+            Cf::Messages => "messages",
         }
     }
 }

@@ -8,7 +8,7 @@
 //! every record that carries a secret is read and written back sealed with the active key.
 //! Values already sealed are sealed again under the active key (so the same run finishes a
 //! key rotation). Each record is re-encoded by the code that owns its layout: messages
-//! (retained, telemetry, queued, wills) by their message tail, devices, JWT keys and admin
+//! (retained, telemetry, shared, queued, wills) by their message tail, devices, JWT keys and admin
 //! accounts through the registry's own encoders.
 //!
 //! [`KeyRing::allowing_unsealed`]: crate::KeyRing::allowing_unsealed
@@ -50,7 +50,13 @@ impl Store {
             ));
         }
         let mut report = SealReport::default();
-        for cf in [Cf::Retained, Cf::Telemetry, Cf::Queue, Cf::Sessions] {
+        for cf in [
+            Cf::Retained,
+            Cf::Telemetry,
+            Cf::Messages,
+            Cf::Queue,
+            Cf::Sessions,
+        ] {
             report.messages += self.reseal_messages(cf)?;
         }
         for tenant in self.tenants()? {
@@ -123,14 +129,22 @@ impl Store {
         let mut in_batch = 0;
         for item in self.inner.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
             let (key, value) = item?;
-            let Some(at) = message_offset(cf, &key, &value)? else {
-                continue;
+            let reference = match cf {
+                Cf::Queue => self.reseal_queued_ref(&key, &value)?,
+                _ => None,
             };
-            let (head, tail) = value.split_at(at.min(value.len()));
-            let message = MessageRecord::decode(cf.name(), self.keys(), &key, head, tail)?;
-            let mut sealed = head.to_vec();
-            sealed.extend_from_slice(&message.encode(self.keys(), &key, head)?);
-            b.push(Op::Put(cf, key.to_vec(), sealed));
+            if let Some(sealed) = reference {
+                b.push(Op::Put(cf, key.to_vec(), sealed));
+            } else {
+                let Some(at) = message_offset(cf, &key, &value)? else {
+                    continue;
+                };
+                let (head, tail) = value.split_at(at.min(value.len()));
+                let message = MessageRecord::decode(cf.name(), self.keys(), &key, head, tail)?;
+                let mut sealed = head.to_vec();
+                sealed.extend_from_slice(&message.encode(self.keys(), &key, head)?);
+                b.push(Op::Put(cf, key.to_vec(), sealed));
+            }
             n += 1;
             in_batch += 1;
             if in_batch == BATCH {
@@ -148,8 +162,9 @@ impl Store {
 /// Where the message record starts in a value of `cf`, if the value holds one.
 fn message_offset(cf: Cf, key: &[u8], value: &[u8]) -> Result<Option<usize>, StorageError> {
     match cf {
-        Cf::Retained | Cf::Telemetry => Ok(Some(0)),
-        // [version][qos][retain][ids u16][ids u32 each] then the message.
+        Cf::Retained | Cf::Telemetry | Cf::Messages => Ok(Some(0)),
+        // [version][qos][retain][ids u16][ids u32 each] then the message (a reference to a
+        // shared message is resealed before this is asked).
         Cf::Queue => {
             let (mut d, _) = Dec::new("queue", value)?;
             d.u8()?;

@@ -2,6 +2,14 @@
 //! its pending will, and its queue of messages (offline, or sent and not yet acknowledged)
 //! with their outgoing QoS 1/2 state. Everything of one session lives under its
 //! [`SessionPrefix`], so ending a session is three range deletes.
+//!
+//! A message queued for several persistent sessions of a tenant is stored once, in the
+//! `messages` family under the tenant and a message id (see [`Store::put_shared_message`]);
+//! each queue then holds a small record that refers to it. The reference is resolved under
+//! the session's own tenant, so a queue can never name another tenant's message, and the
+//! reference's head (QoS, retain, subscription ids, the id) is authenticated like a
+//! message's clear fields. The broker counts the references and deletes the message with
+//! the last one; at start-up the count is rebuilt from the queues.
 
 use bytes::Bytes;
 
@@ -180,9 +188,16 @@ pub struct QueuedRecord {
     pub subscription_ids: Vec<u32>,
     /// The message.
     pub message: MessageRecord,
+    /// The id of the shared message it refers to, if it is stored once for several
+    /// sessions (read back resolved into `message`; written as a reference only).
+    pub shared: Option<u64>,
 }
 
+/// A queue record holding its message.
 const QUEUED_V1: u8 = 1;
+/// A queue record referring to a shared message: `[2][qos][retain][ids u16][ids u32
+/// each][message id u64]`, then a seal of nothing over the key and that head.
+const QUEUED_REF: u8 = 2;
 /// In-flight record state: a group of QoS 1 packet ids (see `put_inflight_group`).
 const GROUP: u8 = 2;
 
@@ -228,8 +243,15 @@ pub struct LoadedSession {
     pub inflight_groups: Vec<u64>,
     /// Messages in its queue.
     pub queued: u64,
-    /// Bytes of those messages as stored.
+    /// Bytes of those messages as stored (a shared message counted in full in every
+    /// queue that refers to it).
     pub queued_bytes: u64,
+    /// Queue records that refer to a shared message: (sequence number, message id).
+    pub shared_refs: Vec<(u64, u64)>,
+    /// Queue records whose shared message is gone: every session that referred to it had
+    /// let it go, and this record's delete was not written before a crash. Not counted
+    /// in `queued`; the restore deletes them.
+    pub dangling_refs: Vec<u64>,
     /// The next sequence number to use (one past the highest stored).
     pub next_seq: u64,
 }
@@ -335,17 +357,87 @@ impl Store {
         let key = p.seq_key(seq);
         let ids = u16::try_from(q.subscription_ids.len())
             .map_err(|_| StorageError::TooLong("a subscription id list"))?;
-        let mut e = Enc::new(QUEUED_V1, 8 + 4 * q.subscription_ids.len());
+        let version = if q.shared.is_some() {
+            QUEUED_REF
+        } else {
+            QUEUED_V1
+        };
+        let mut e = Enc::new(version, 16 + 4 * q.subscription_ids.len());
         e.u8(q.qos).u8(u8::from(q.retain)).u16(ids);
         for id in &q.subscription_ids {
             e.u32(*id);
         }
+        if let Some(id) = q.shared {
+            e.u64(id);
+        }
         let mut value = e.finish();
-        let message = q.message.encode(self.keys(), &key, &value)?;
-        value.extend_from_slice(&message);
+        let tail = match q.shared {
+            // The message itself is elsewhere: only the head is authenticated here.
+            Some(_) => crypto::seal(self.keys(), &message_aad(&key, &value, &[]), &[])?,
+            None => q.message.encode(self.keys(), &key, &value)?,
+        };
+        value.extend_from_slice(&tail);
         b.push(Op::Put(Cf::Queue, key, value));
         b.mark_new_data();
         Ok(())
+    }
+
+    /// Stores `m` once as shared message `id` of `tenant`, for the queue records that will
+    /// refer to it (`QueuedRecord::shared`). Ids are the caller's, unique in the store.
+    pub fn put_shared_message(
+        &self,
+        b: &mut Batch,
+        tenant: &str,
+        id: u64,
+        m: &MessageRecord,
+    ) -> Result<(), StorageError> {
+        let key = keys::with_u64(&keys::tenant_prefix(tenant)?, id);
+        let value = m.encode(self.keys(), &key, &[])?;
+        b.push(Op::Put(Cf::Messages, key, value));
+        b.mark_new_data();
+        Ok(())
+    }
+
+    /// Deletes shared message `id` of `tenant` (once no queue refers to it).
+    pub fn delete_shared_message(
+        &self,
+        b: &mut Batch,
+        tenant: &str,
+        id: u64,
+    ) -> Result<(), StorageError> {
+        let key = keys::with_u64(&keys::tenant_prefix(tenant)?, id);
+        b.push(Op::Delete(Cf::Messages, key));
+        Ok(())
+    }
+
+    /// Deletes every shared message that no queue refers to (`referred` says which are):
+    /// left by a crash between a message's last reference going and the message itself.
+    /// Start-up only, before any new reference. Blocking. Returns how many were deleted.
+    pub fn sweep_shared_messages(
+        &self,
+        referred: impl Fn(u64) -> bool,
+    ) -> Result<u64, StorageError> {
+        let mut b = Batch::new();
+        let mut n = 0;
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.cf(Cf::Messages)?, rocksdb::IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let id = keys::split_tenant_key(&key)
+                .and_then(|(_, rest)| <[u8; 8]>::try_from(rest).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StorageError::corrupt("messages", "undecodable key"))?;
+            if !referred(id) {
+                b.push(Op::Delete(Cf::Messages, key.to_vec()));
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.submit(b, None)?;
+        }
+        Ok(n)
     }
 
     /// Removes a message from a session's queue, with its outgoing state.
@@ -477,7 +569,7 @@ impl Store {
 
     fn decode_queued(&self, key: &[u8], value: &[u8]) -> Result<QueuedRecord, StorageError> {
         let (mut d, version) = Dec::new("queue", value)?;
-        if version != QUEUED_V1 {
+        if version != QUEUED_V1 && version != QUEUED_REF {
             return Err(d.error(format!("queued record version {version}")));
         }
         let qos = d.u8()?;
@@ -487,15 +579,88 @@ impl Store {
         for _ in 0..n {
             subscription_ids.push(d.u32()?);
         }
+        let shared = if version == QUEUED_REF {
+            Some(d.u64()?)
+        } else {
+            None
+        };
         let tail = d.tail();
         let head = &value[..value.len() - tail.len()];
-        let message = MessageRecord::decode("queue", self.keys(), key, head, tail)?;
+        let message = match shared {
+            None => MessageRecord::decode("queue", self.keys(), key, head, tail)?,
+            Some(id) => {
+                crypto::open(self.keys(), &message_aad(key, head, &[]), tail)?;
+                self.shared_message(key, id)?
+            }
+        };
         Ok(QueuedRecord {
             qos,
             retain,
             subscription_ids,
             message,
+            shared,
         })
+    }
+
+    /// The key of shared message `id` of the tenant that owns queue key `queue_key`.
+    fn shared_key(queue_key: &[u8], id: u64) -> Result<Vec<u8>, StorageError> {
+        let (tenant, _, _) = keys::split_session_key(queue_key)
+            .ok_or_else(|| StorageError::corrupt("queue", "undecodable key"))?;
+        Ok(keys::with_u64(&keys::tenant_prefix(tenant)?, id))
+    }
+
+    /// Shared message `id` as seen from the queue record at `queue_key` (its tenant's).
+    fn shared_message(&self, queue_key: &[u8], id: u64) -> Result<MessageRecord, StorageError> {
+        let key = Self::shared_key(queue_key, id)?;
+        let value = self.get(Cf::Messages, &key)?.ok_or_else(|| {
+            StorageError::corrupt("queue", format!("shared message {id} is gone"))
+        })?;
+        MessageRecord::decode("messages", self.keys(), &key, &[], &value)
+    }
+
+    /// A queue value that refers to a shared message, sealed again under the active key
+    /// (`messs storage encrypt`); `None` if the value holds its message itself.
+    pub(crate) fn reseal_queued_ref(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(head_len) = Self::queued_ref_head(value)? else {
+            return Ok(None);
+        };
+        let (head, tail) = value.split_at(head_len);
+        let aad = message_aad(key, head, &[]);
+        crypto::open(self.keys(), &aad, tail)?;
+        let mut out = head.to_vec();
+        out.extend_from_slice(&crypto::seal(self.keys(), &aad, &[])?);
+        Ok(Some(out))
+    }
+
+    /// The length of a reference's head, if the queue value is a reference.
+    fn queued_ref_head(value: &[u8]) -> Result<Option<usize>, StorageError> {
+        let (mut d, version) = Dec::new("queue", value)?;
+        if version != QUEUED_REF {
+            return Ok(None);
+        }
+        d.u8()?;
+        d.u8()?;
+        for _ in 0..d.u16()? {
+            d.u32()?;
+        }
+        d.u64()?;
+        Ok(Some(value.len() - d.tail().len()))
+    }
+
+    /// The shared message id a queue value refers to, if it is a reference.
+    fn queued_ref(value: &[u8]) -> Result<Option<u64>, StorageError> {
+        let Some(head_len) = Self::queued_ref_head(value)? else {
+            return Ok(None);
+        };
+        let id: [u8; 8] = value
+            .get(head_len - 8..head_len)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| StorageError::corrupt("queue", "reference head"))?;
+        Ok(Some(u64::from_be_bytes(id)))
     }
 
     /// Reads every stored session (start-up). Blocking.
@@ -528,6 +693,8 @@ impl Store {
                     inflight_groups: Vec::new(),
                     queued: 0,
                     queued_bytes: 0,
+                    shared_refs: Vec::new(),
+                    dangling_refs: Vec::new(),
                     next_seq: 1,
                 });
                 continue;
@@ -583,14 +750,21 @@ impl Store {
                 "session entries without a session record were skipped"
             );
         }
+        // Sizes of shared messages by key (`None`: gone), looked up once each.
+        let mut shared_sizes = std::collections::HashMap::new();
         for s in &mut sessions {
-            self.load_queue_shape(s)?;
+            self.load_queue_shape(s, &mut shared_sizes)?;
         }
         Ok(sessions)
     }
 
-    /// Counts a session's queue and reads its inflight state.
-    fn load_queue_shape(&self, s: &mut LoadedSession) -> Result<(), StorageError> {
+    /// Counts a session's queue (resolving the size of the shared messages it refers to,
+    /// through `shared_sizes`) and reads its inflight state.
+    fn load_queue_shape(
+        &self,
+        s: &mut LoadedSession,
+        shared_sizes: &mut std::collections::HashMap<Vec<u8>, Option<u64>>,
+    ) -> Result<(), StorageError> {
         let p = SessionPrefix::new(&s.tenant, &s.client_id)?;
         let (from, to) = p.range();
         let db = &self.inner.db;
@@ -603,9 +777,29 @@ impl Store {
             rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
         ) {
             let (key, value) = item?;
-            max_seq = seq_of(&key, &p.0, "queue")?;
+            let seq = seq_of(&key, &p.0, "queue")?;
+            max_seq = seq;
+            let mut bytes = value.len() as u64;
+            if let Some(id) = Self::queued_ref(&value)? {
+                // Keyed by the message's key: an id resolves in the session's own tenant.
+                let shared_key = Self::shared_key(&key, id)?;
+                let size = match shared_sizes.get(&shared_key) {
+                    Some(size) => *size,
+                    None => {
+                        let size = self.get(Cf::Messages, &shared_key)?.map(|v| v.len() as u64);
+                        shared_sizes.insert(shared_key, size);
+                        size
+                    }
+                };
+                let Some(size) = size else {
+                    s.dangling_refs.push(seq);
+                    continue;
+                };
+                bytes += size;
+                s.shared_refs.push((seq, id));
+            }
             s.queued += 1;
-            s.queued_bytes += value.len() as u64;
+            s.queued_bytes += bytes;
         }
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(to);
@@ -663,7 +857,15 @@ pub(crate) fn verify_value(
     value: &[u8],
 ) -> Result<(), StorageError> {
     match cf {
-        Cf::Queue => store.decode_queued(key, value).map(|_| ()),
+        // A reference: its head's seal (the message is verified in its own family; one
+        // already gone is a crash's leftover the next start deletes, not damage).
+        Cf::Queue => match Store::queued_ref_head(value)? {
+            Some(head_len) => {
+                let (head, tail) = value.split_at(head_len);
+                crypto::open(store.keys(), &message_aad(key, head, &[]), tail).map(|_| ())
+            }
+            None => store.decode_queued(key, value).map(|_| ()),
+        },
         Cf::Sessions => {
             let (_, _, rest) = keys::split_session_key(key)
                 .ok_or_else(|| StorageError::corrupt("sessions", "undecodable key"))?;

@@ -39,6 +39,7 @@ fn queued(payload: &[u8]) -> QueuedRecord {
         retain: false,
         subscription_ids: vec![3, 9],
         message: message("t/1", payload),
+        shared: None,
     }
 }
 
@@ -1227,11 +1228,12 @@ mod registry {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path()));
         {
-            // Make it what a version-1 messs wrote: no tenants family, version 1.
+            // Make it what a version-1 messs wrote: no tenants or messages family, version 1.
             let opts = rocksdb::Options::default();
             let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
             let mut db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
             db.drop_cf("tenants").unwrap();
+            db.drop_cf("messages").unwrap();
             let meta = db.cf_handle("meta").unwrap();
             db.put_cf(meta, b"schema_version", 1u32.to_be_bytes())
                 .unwrap();
@@ -1242,10 +1244,11 @@ mod registry {
         let opts = rocksdb::Options::default();
         let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
         assert!(cfs.iter().any(|c| c == "tenants"));
+        assert!(cfs.iter().any(|c| c == "messages"));
         let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
         let meta = db.cf_handle("meta").unwrap();
         let v = db.get_cf(meta, b"schema_version").unwrap().unwrap();
-        assert_eq!(v, 2u32.to_be_bytes());
+        assert_eq!(v, messs_storage::SCHEMA_VERSION.to_be_bytes());
     }
 
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -1673,4 +1676,119 @@ fn an_admitted_unit_stops_at_the_writers_hard_cap() {
     unit.seal();
     drop(unit);
     assert!(futures_block_on(durable).is_err());
+}
+
+fn reference(id: u64) -> QueuedRecord {
+    QueuedRecord {
+        shared: Some(id),
+        subscription_ids: vec![5],
+        ..queued(b"")
+    }
+}
+
+/// Rewrites the value of queue record `seq` of `client` in `tenant` (an attacker with the
+/// data directory).
+fn rewrite_queued(dir: &Path, tenant: &str, client: &str, seq: u64, change: impl Fn(&mut Vec<u8>)) {
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, names).unwrap();
+    let cf = db.cf_handle("queue").unwrap();
+    let mut key = messs_storage::keys::session_prefix(tenant, client).unwrap();
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut value = db.get_cf(cf, &key).unwrap().unwrap();
+    change(&mut value);
+    db.put_cf(cf, &key, value).unwrap();
+}
+
+#[test]
+fn a_shared_message_is_stored_once_read_through_references_and_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = vec![9u8; 64 * 1024];
+    let (one, two) = (
+        SessionPrefix::new("a", "one").unwrap(),
+        SessionPrefix::new("a", "two").unwrap(),
+    );
+    let other = SessionPrefix::new("b", "one").unwrap();
+    {
+        let mut options = StoreOptions::new(dir.path());
+        options.keys = Some(KeyRing::parse(KEY).unwrap());
+        let store = Store::open(options).unwrap();
+        let mut b = Batch::new();
+        store
+            .put_shared_message(&mut b, "a", 77, &message("t/1", &payload))
+            .unwrap();
+        store
+            .put_shared_message(&mut b, "a", 78, &message("t/2", b"orphan"))
+            .unwrap();
+        for p in [&one, &two] {
+            store.put_session(
+                &mut b,
+                p,
+                &SessionRecord {
+                    session_id: 1,
+                    expiry_interval: 60,
+                    disconnected_at: Some(1),
+                },
+            );
+            store.put_queued(&mut b, p, 1, &reference(77)).unwrap();
+        }
+        // Tenant b names the same id: it resolves in b, where there is no such message.
+        store.put_session(
+            &mut b,
+            &other,
+            &SessionRecord {
+                session_id: 2,
+                expiry_interval: 60,
+                disconnected_at: Some(1),
+            },
+        );
+        store.put_queued(&mut b, &other, 1, &reference(77)).unwrap();
+        write(&store, b).unwrap();
+        for p in [&one, &two] {
+            let read = store.read_queue(p, 0, 10, usize::MAX).unwrap();
+            assert_eq!(read.len(), 1);
+            assert_eq!(read[0].1.message.payload.as_ref(), &payload[..]);
+            assert_eq!(read[0].1.shared, Some(77));
+            assert_eq!(read[0].1.subscription_ids, vec![5]);
+        }
+        let err = store.read_queue(&other, 0, 10, usize::MAX).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
+
+        let loaded = store.load_sessions().unwrap();
+        let of = |t: &str, c: &str| {
+            loaded
+                .iter()
+                .find(|s| s.tenant == t && s.client_id == c)
+                .unwrap()
+                .clone()
+        };
+        let a1 = of("a", "one");
+        assert_eq!(a1.shared_refs, vec![(1, 77)]);
+        assert_eq!(a1.queued, 1);
+        assert!(a1.queued_bytes > 64 * 1024, "the message counts in full");
+        let b1 = of("b", "one");
+        assert_eq!((b1.queued, b1.dangling_refs.clone()), (0, vec![1]));
+        assert_eq!(b1.next_seq, 2, "a dangling record still holds its number");
+
+        // Nobody refers to 78: the sweep deletes it, and 77 stays.
+        assert_eq!(store.sweep_shared_messages(|id| id == 77).unwrap(), 1);
+        store.wait_written().unwrap();
+        assert_eq!(store.read_queue(&one, 0, 10, usize::MAX).unwrap().len(), 1);
+        store.compact().unwrap();
+        assert!(store.verify().unwrap().is_ok());
+    }
+    // Sealed: the payload is not on disk in clear, and it is on disk once.
+    let bytes = all_bytes(dir.path());
+    assert!(!bytes.windows(4096).any(|w| w == &payload[..4096]));
+
+    // A reference's head is authenticated: pointing it at another message fails.
+    // (The head ends with the id; the seal after it is 1 + 4 + 12 + 16 bytes.)
+    rewrite_queued(dir.path(), "a", "one", 1, |v| {
+        let last_id_byte = v.len() - 33 - 1;
+        v[last_id_byte] ^= 1;
+    });
+    let mut options = StoreOptions::new(dir.path());
+    options.keys = Some(KeyRing::parse(KEY).unwrap());
+    let store = Store::open(options).unwrap();
+    assert!(store.read_queue(&one, 0, 10, usize::MAX).is_err());
+    assert_eq!(store.read_queue(&two, 0, 10, usize::MAX).unwrap().len(), 1);
 }

@@ -44,6 +44,7 @@ fn store_n_in_the_wal(dir: &Path, records: u64) {
                 origin: 0,
                 properties: Bytes::new(),
             },
+            shared: None,
         };
         store.put_queued(&mut b, &prefix(), seq, &record).unwrap();
         store.submit(b, Some(&ticket)).unwrap();

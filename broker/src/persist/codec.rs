@@ -139,6 +139,7 @@ pub(crate) fn queued_record(d: &Delivery) -> Result<QueuedRecord, StorageError> 
         retain: d.retain,
         subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
         message: message_record(&d.message)?,
+        shared: None,
     })
 }
 
