@@ -162,6 +162,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load(&s.queued_on_disk),
         ),
         (
+            "messs_shared_messages",
+            "Messages stored once for the queues of several persistent sessions.",
+            Gauge,
+            load(&s.shared_messages),
+        ),
+        (
             "messs_records_quarantined_total",
             "Stored messages that could not be read, moved to the quarantine.",
             Counter,

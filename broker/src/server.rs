@@ -137,6 +137,9 @@ impl Broker {
             expired_sessions = report.expired_sessions,
             queued_messages = report.queued_messages,
             retained = report.retained,
+            shared_messages = report.shared_messages,
+            shared_swept = report.shared_swept,
+            dangling_refs = report.dangling_refs,
             "store opened"
         );
         if let Some(p) = &state.persist {

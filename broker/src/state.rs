@@ -70,6 +70,7 @@ pub(crate) struct BrokerState {
 impl BrokerState {
     pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
+        let persist = persist.map(|p| p.counted_in(&stats));
         let limits = &config.limits;
         let auth = crate::auth::Auth::new(&config)?;
         let tenants = auth.tenants.clone();
@@ -80,7 +81,7 @@ impl BrokerState {
             stats.clone(),
             persist
                 .as_ref()
-                .map(|p| (p.store.clone(), p.retained_inline_bytes)),
+                .map(|p| (p.store.clone(), p.retained_inline_bytes, p.shared.clone())),
             Box::new(move |tenant| tenants.get_or_insert(tenant, false).rates.holdings.clone()),
         ));
         let budget = Arc::new(ByteBudget::new(

@@ -70,6 +70,8 @@ pub struct Stats {
     pub publishes_refused_storage: AtomicU64,
     /// Messages of persistent sessions kept on disk only (offline queues), a gauge.
     pub queued_on_disk: AtomicU64,
+    /// Messages stored once for the queues of several persistent sessions, a gauge.
+    pub shared_messages: AtomicU64,
     /// Stored messages that could not be read (a missing key, damage) and were moved to
     /// the store's quarantine.
     pub records_quarantined: AtomicU64,

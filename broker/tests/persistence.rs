@@ -1178,3 +1178,103 @@ async fn eviction_never_drops_acknowledged_messages() {
     }
     broker.stop().await;
 }
+
+/// Bytes of the values in one column family of a stopped broker's store.
+fn family_bytes(dir: &std::path::Path, family: &str) -> (usize, u64) {
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, names, false)
+        .unwrap();
+    let cf = db.cf_handle(family).unwrap();
+    let mut n = 0;
+    let mut bytes = 0;
+    for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+        let (_, v) = item.unwrap();
+        n += 1;
+        bytes += v.len() as u64;
+    }
+    (n, bytes)
+}
+
+/// A publish to many offline persistent sessions stores its payload once: each queue
+/// holds a reference. Every session still gets the message after a restart, and the
+/// message goes with the last acknowledgement; a session that ends lets it go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_to_persistent_sessions_stores_the_payload_once() {
+    const SESSIONS: usize = 100;
+    const PAYLOAD: usize = 64 * 1024;
+    let broker = TestBroker::start().await;
+    for i in 0..SESSIONS {
+        let (mut s, _) = persistent(broker.addr, &format!("once-{i}"), true).await;
+        s.subscribe("once/#", QoS::AtLeastOnce).await;
+        s.disconnect().await;
+    }
+    let payload: &'static [u8] = Box::leak(vec![0x5Au8; PAYLOAD].into_boxed_slice());
+    let mut p = Raw::v5(broker.addr, "once-pub").await;
+    p.publish(publish(
+        "once/x",
+        payload,
+        QosPid::AtLeastOnce(pid(1)),
+        false,
+    ))
+    .await;
+    assert_eq!(broker.stats.shared_messages.load(Ordering::Relaxed), 1);
+    let data = broker.data.clone();
+    broker.stop().await;
+
+    let (messages, message_bytes) = family_bytes(data.path(), "messages");
+    let (queued, queue_bytes) = family_bytes(data.path(), "queue");
+    assert_eq!(messages, 1, "one shared message");
+    assert!(message_bytes as usize >= PAYLOAD);
+    assert_eq!(queued, SESSIONS);
+    assert!(
+        (queue_bytes as usize) < SESSIONS * 100,
+        "the queues hold references, not copies: {queue_bytes} bytes"
+    );
+
+    // After a restart each session reads the payload through its reference.
+    let broker = TestBroker::start_in(data.clone(), |_| {}).await;
+    assert_eq!(broker.stats.shared_messages.load(Ordering::Relaxed), 1);
+    let mut kept = Vec::new();
+    for i in 0..SESSIONS {
+        let (mut s, present) = persistent(broker.addr, &format!("once-{i}"), false).await;
+        assert!(present);
+        let got = s.recv_publish().await;
+        assert_eq!(got.payload.len(), PAYLOAD);
+        assert!(got.payload.iter().all(|&b| b == 0x5A));
+        let QosPid::AtLeastOnce(id) = got.qos_pid else {
+            panic!("QoS 1 expected")
+        };
+        if i < SESSIONS - 2 {
+            // PUBACK: this session lets go of it.
+            s.send(&Packet::PubAck(PubResponse::success(id))).await;
+            s.disconnect().await;
+        } else {
+            kept.push((s, id));
+        }
+    }
+    // Two sessions still hold it: one ends (clean start), one acknowledges.
+    let (mut last, last_id) = kept.pop().unwrap();
+    let (ender, _) = kept.pop().unwrap();
+    ender.drop_connection();
+    let (ended, present) = persistent(broker.addr, &format!("once-{}", SESSIONS - 2), true).await;
+    assert!(!present);
+    ended.disconnect().await;
+    assert_eq!(broker.stats.shared_messages.load(Ordering::Relaxed), 1);
+    last.send(&Packet::PubAck(PubResponse::success(last_id)))
+        .await;
+    last.disconnect().await;
+    let data = broker.data.clone();
+    let mut waited = 0;
+    while broker.stats.shared_messages.load(Ordering::Relaxed) != 0 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    assert_eq!(broker.stats.shared_messages.load(Ordering::Relaxed), 0);
+    broker.stop().await;
+    assert_eq!(
+        family_bytes(data.path(), "messages").0,
+        0,
+        "gone with the last"
+    );
+    assert_eq!(family_bytes(data.path(), "queue").0, 0);
+}

@@ -130,7 +130,7 @@ impl<S: Transport> Client<S> {
                 }
                 // Replay fills only one batch ahead, so the queue is small: the tier of
                 // a client that reads.
-                match st.push(delivery, || true, None) {
+                match st.push(delivery, || true, None, None) {
                     Ok(_) => true,
                     Err(EnqueueError::Full) => false,
                     Err(EnqueueError::Storage) => {
@@ -214,7 +214,7 @@ impl<S: Transport> Client<S> {
                     subscription_ids: f.id.into_iter().collect(),
                     stored_seq: 0,
                 };
-                if let Err(e) = session.lock().push(delivery, || true, None) {
+                if let Err(e) = session.lock().push(delivery, || true, None, None) {
                     tracing::debug!(?e, "retained message not queued");
                     stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
                 }

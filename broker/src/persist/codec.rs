@@ -133,13 +133,30 @@ pub(crate) fn message_from_record(r: MessageRecord) -> Result<Message, StorageEr
 }
 
 /// One delivery as a queue record.
-pub(crate) fn queued_record(d: &Delivery) -> Result<QueuedRecord, StorageError> {
+/// A delivery as its queue record: holding its message, or referring to shared message
+/// `shared` (stored once for several sessions; the message is then not encoded here).
+pub(crate) fn queued_record(
+    d: &Delivery,
+    shared: Option<u64>,
+) -> Result<QueuedRecord, StorageError> {
+    let message = match shared {
+        Some(_) => MessageRecord {
+            topic: String::new(),
+            payload: Bytes::new(),
+            qos: 0,
+            retain: false,
+            expires_at: None,
+            origin: 0,
+            properties: Bytes::new(),
+        },
+        None => message_record(&d.message)?,
+    };
     Ok(QueuedRecord {
         qos: d.qos as u8,
         retain: d.retain,
         subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
-        message: message_record(&d.message)?,
-        shared: None,
+        message,
+        shared,
     })
 }
 

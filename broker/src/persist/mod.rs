@@ -6,6 +6,7 @@
 
 pub(crate) mod codec;
 mod restore;
+pub(crate) mod shared;
 mod withheld;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub(crate) struct Persistence {
     pub retention: RetentionPolicy,
     /// Client-caused audit records withheld while free space is low (see `withheld`).
     pub audit_withheld: withheld::Withheld,
+    /// Messages stored once for several sessions' queues, and who holds them.
+    pub shared: Arc<shared::SharedMessages>,
 }
 
 /// Reads the key material named by the configuration. Errors name the file or variable,
@@ -135,12 +138,25 @@ impl Persistence {
             },
             retained_inline_bytes: config.retained_inline_bytes,
             audit_withheld: withheld::Withheld::default(),
+            shared: Arc::new(shared::SharedMessages::new(
+                crate::clock::unix_ms(),
+                Arc::new(Stats::default()),
+            )),
             retention: RetentionPolicy {
                 max_age_ms: (t.max_age_secs > 0).then(|| t.max_age_secs.saturating_mul(1000)),
                 max_bytes_per_tenant: (t.max_bytes_per_tenant > 0)
                     .then_some(t.max_bytes_per_tenant),
             },
         })
+    }
+
+    /// The same store, its shared-message count reported in `stats` (the broker's).
+    pub fn counted_in(mut self, stats: &Arc<Stats>) -> Self {
+        self.shared = Arc::new(shared::SharedMessages::new(
+            crate::clock::unix_ms(),
+            stats.clone(),
+        ));
+        self
     }
 
     /// Whether acknowledgements wait for the store (`wal`, `fsync`).
@@ -168,6 +184,8 @@ impl Persistence {
             self.store.clone(),
             session_id,
             prefix,
+            key.tenant.clone(),
+            self.shared.clone(),
             self.disk_limits,
             stats.clone(),
             next_seq,

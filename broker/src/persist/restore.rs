@@ -29,6 +29,14 @@ pub struct RestoreReport {
     pub queued_messages: u64,
     /// Retained messages restored.
     pub retained: usize,
+    /// Messages stored once for several sessions' queues, still referred to.
+    pub shared_messages: u64,
+    /// Shared messages nobody referred to any more (a crash between the last reference
+    /// going and the message itself), deleted.
+    pub shared_swept: u64,
+    /// Queue references to shared messages already gone (every session had let the
+    /// message go; this reference's delete was not written before a crash), deleted.
+    pub dangling_refs: u64,
 }
 
 impl BrokerState {
@@ -73,6 +81,12 @@ impl BrokerState {
             let effects = self.sessions.end_restored(&session);
             self.apply(effects);
         }
+        // Every reference is counted now: a shared message nobody holds is a leftover.
+        report.shared_swept = store.sweep_shared_messages(|id| persist.shared.is_held(id))?;
+        report.shared_messages = self
+            .stats
+            .shared_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 
@@ -108,6 +122,12 @@ impl BrokerState {
         for group in &loaded.inflight_groups {
             persist.store.delete_inflight(&mut rewrite, &prefix, *group);
         }
+        // References whose message is gone were acknowledged by this session before the
+        // crash (a message goes only with its last reference): deleted, not quarantined.
+        for seq in &loaded.dangling_refs {
+            persist.store.delete_queued(&mut rewrite, &prefix, *seq);
+        }
+        report.dangling_refs += loaded.dangling_refs.len() as u64;
         {
             let mut st = session.lock();
             // No store mirror yet: nothing below writes.
@@ -126,6 +146,9 @@ impl BrokerState {
                 st.add_incoming_qos2(pid, usize::MAX, None);
             }
             for (seq, state) in &loaded.inflight {
+                if loaded.dangling_refs.contains(seq) {
+                    continue;
+                }
                 match *state {
                     InflightRecord::Published(pid) => {
                         let Some(pid) = NonZeroU16::new(pid) else {
@@ -177,7 +200,10 @@ impl BrokerState {
                     }
                 }
             }
-            if !loaded.inflight_groups.is_empty() || !quarantined.is_empty() {
+            if !loaded.inflight_groups.is_empty()
+                || !quarantined.is_empty()
+                || !loaded.dangling_refs.is_empty()
+            {
                 persist.store.submit(rewrite, None)?;
             }
             if let Some(will) = &loaded.will {
@@ -196,6 +222,14 @@ impl BrokerState {
                 disk.cursor = 0;
                 disk.disk_high = loaded.next_seq.saturating_sub(1);
                 disk.restored_inflight = restored_inflight;
+                for &(seq, id) in &loaded.shared_refs {
+                    // A quarantined reference holds nothing (its message, if no one else
+                    // refers to it, is swept below).
+                    if quarantined.iter().all(|(q, _)| *q != seq) {
+                        persist.shared.hold(id);
+                        disk.note_ref(seq, id);
+                    }
+                }
                 self.stats
                     .queued_on_disk
                     .fetch_add(on_disk, Ordering::Relaxed);

@@ -19,6 +19,7 @@ use messs_codec::TopicFilter;
 
 use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
+use crate::persist::shared::{SharedHold, SharedMessages};
 use crate::persist::AckTicket;
 use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINING_MS};
 use crate::stats::Stats;
@@ -72,6 +73,8 @@ pub(crate) struct Router {
     stats: Arc<Stats>,
     /// Where retained messages are mirrored, if the broker has a store.
     store: Option<messs_storage::Store>,
+    /// Messages stored once for several persistent sessions (with a store).
+    shared: Option<Arc<SharedMessages>>,
     /// Retained payloads larger than this stay in the store only (`usize::MAX` without one).
     retained_inline: usize,
     /// Where a tenant's own caps are found when its routes are made.
@@ -100,12 +103,12 @@ impl Router {
         max_retained_bytes: usize,
         queue_qos0_offline: bool,
         stats: Arc<Stats>,
-        store: Option<(messs_storage::Store, usize)>,
+        store: Option<(messs_storage::Store, usize, Arc<SharedMessages>)>,
         holdings_of: HoldingsOf,
     ) -> Self {
-        let (store, retained_inline) = match store {
-            Some((store, inline)) => (Some(store), inline),
-            None => (None, usize::MAX),
+        let (store, retained_inline, shared) = match store {
+            Some((store, inline, shared)) => (Some(store), inline, Some(shared)),
+            None => (None, usize::MAX, None),
         };
         Router {
             tenants: RwLock::new(HashMap::new()),
@@ -114,6 +117,7 @@ impl Router {
             queue_qos0_offline,
             stats,
             store,
+            shared,
             retained_inline,
             holdings_of,
         }
@@ -212,7 +216,7 @@ impl Router {
             }
         }
         let (matched, pressure) = MATCHES.with_borrow_mut(|matches| {
-            let result = self.fan_out(routes, &message, matches, ack);
+            let result = self.fan_out(tenant, routes, &message, matches, ack);
             matches.clear();
             result
         });
@@ -231,6 +235,7 @@ impl Router {
     /// sessions matched and one whose queue is past its soft limit, if any.
     fn fan_out(
         &self,
+        tenant: &TenantId,
         routes: &TenantRoutes,
         message: &Arc<Message>,
         matches: &mut Vec<Match>,
@@ -251,6 +256,7 @@ impl Router {
         if matches.len() > 1 {
             matches.sort_by_key(|m| m.session.id);
         }
+        let shared = self.store_once(tenant, message, matches, ack);
         let mut matched = 0;
         let mut pressure = None;
         let mut i = 0;
@@ -276,14 +282,12 @@ impl Router {
                 delivery.subscription_ids.sort_unstable();
                 delivery.subscription_ids.dedup();
             }
-            let ticket = if first.session.is_durable() {
-                ack.get()
-            } else {
-                None
-            };
+            let durable = first.session.is_durable();
+            let ticket = if durable { ack.get() } else { None };
+            let hold = shared.as_ref().filter(|_| durable);
             match first
                 .session
-                .enqueue(delivery, self.queue_qos0_offline, ticket)
+                .enqueue(delivery, self.queue_qos0_offline, ticket, hold)
             {
                 Ok(queued) => {
                     matched += 1;
@@ -332,7 +336,36 @@ impl Router {
             }
             i = j;
         }
+        if let Some(publishers_hold) = shared {
+            publishers_hold.give_back(ack.get());
+        }
         (matched, pressure)
+    }
+
+    /// Stores `message` once if two or more persistent sessions are among `matches`
+    /// (sorted by session): each of them then stores a reference to it instead of a copy
+    /// (see `persist::shared`). Returns the hold to hand to each of them.
+    fn store_once(
+        &self,
+        tenant: &TenantId,
+        message: &Message,
+        matches: &[Match],
+        ack: &mut AckTicket,
+    ) -> Option<SharedHold> {
+        let (store, shared) = (self.store.as_ref()?, self.shared.as_ref()?);
+        let mut durable = 0;
+        let mut last = None;
+        for m in matches {
+            if last != Some(m.session.id) && m.session.is_durable() {
+                durable += 1;
+            }
+            last = Some(m.session.id);
+        }
+        if durable < 2 {
+            return None;
+        }
+        let record = crate::persist::codec::message_record(message).ok()?;
+        shared.store_once(store, tenant, &record, durable, ack.get())
     }
 
     /// Walks the retained messages matching `filter` for a new subscription (see

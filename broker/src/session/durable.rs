@@ -7,6 +7,11 @@
 //! new messages go to disk only (`on_disk`, from `cursor`), and the attached connection
 //! pages them back in a batch at a time (`page_in`), so a million messages queued for
 //! offline sessions cost disk, not memory.
+//!
+//! A message queued for several persistent sessions at once is stored once and referred to
+//! (see `persist::shared`): the session keeps which of its stored messages are such
+//! references (`refs`, 16 bytes each, bounded by its stored-message limit) and gives its
+//! hold back whenever one leaves its queue, deleting the message if it held the last.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -15,6 +20,8 @@ use std::sync::Arc;
 use messs_storage::sessions::{QueueEntry, SessionPrefix};
 use messs_storage::{Batch, StorageError, Store, Ticket};
 
+use crate::persist::shared::SharedMessages;
+use crate::session::TenantId;
 use crate::stats::Stats;
 
 /// Limits on what one persistent session may keep in the store.
@@ -30,6 +37,13 @@ pub(crate) struct SessionDisk {
     /// The session's id, written into its record.
     pub session_id: u64,
     pub prefix: SessionPrefix,
+    /// The session's tenant (shared messages are the tenant's).
+    pub tenant: TenantId,
+    /// Who holds which shared message.
+    pub shared: Arc<SharedMessages>,
+    /// Stored messages that refer to a shared message: (sequence number, message id), in
+    /// sequence order.
+    pub refs: std::collections::VecDeque<(u64, u64)>,
     pub limits: DiskLimits,
     pub stats: Arc<Stats>,
     /// Sequence number of the next stored message.
@@ -82,10 +96,13 @@ pub(crate) fn read_page(p: &PageIn) -> Result<Vec<QueueEntry>, StorageError> {
 impl SessionDisk {
     /// The mirror of a session whose next stored message gets `next_seq`, with nothing
     /// stored or on disk yet.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         session_id: u64,
         prefix: SessionPrefix,
+        tenant: TenantId,
+        shared: Arc<SharedMessages>,
         limits: DiskLimits,
         stats: Arc<Stats>,
         next_seq: u64,
@@ -94,6 +111,9 @@ impl SessionDisk {
             store,
             session_id,
             prefix,
+            tenant,
+            shared,
+            refs: Default::default(),
             limits,
             stats,
             next_seq,
@@ -162,6 +182,47 @@ impl SessionDisk {
     pub fn count_deleted(&mut self, cost: usize) {
         self.stored = self.stored.saturating_sub(1);
         self.stored_bytes = self.stored_bytes.saturating_sub(cost);
+    }
+
+    /// Records that stored message `seq` refers to shared message `id` (its hold taken).
+    pub fn note_ref(&mut self, seq: u64, id: u64) {
+        match self.refs.back() {
+            Some(&(last, _)) if last > seq => {
+                let at = self.refs.partition_point(|&(s, _)| s < seq);
+                self.refs.insert(at, (seq, id));
+            }
+            _ => self.refs.push_back((seq, id)),
+        }
+    }
+
+    /// Stored message `seq` leaves the queue: if it referred to a shared message, gives
+    /// the hold back, and deletes the message with `b` if it was the last.
+    pub fn release_ref(&mut self, seq: u64, b: &mut Batch) {
+        let at = match self.refs.front() {
+            Some(&(first, _)) if first == seq => 0,
+            _ => match self.refs.binary_search_by_key(&seq, |&(s, _)| s) {
+                Ok(at) => at,
+                Err(_) => return,
+            },
+        };
+        if let Some((_, id)) = self.refs.remove(at) {
+            self.release_shared(id, b);
+        }
+    }
+
+    /// Gives back every hold (the session ends), deleting with `b` what it held last.
+    pub fn release_all_refs(&mut self, b: &mut Batch) {
+        for (_, id) in std::mem::take(&mut self.refs) {
+            self.release_shared(id, b);
+        }
+    }
+
+    fn release_shared(&self, id: u64, b: &mut Batch) {
+        if self.shared.release(id) {
+            if let Err(e) = self.store.delete_shared_message(b, &self.tenant, id) {
+                tracing::warn!(error = %e, "shared message not deleted");
+            }
+        }
     }
 
     /// Counts `seq` as kept on disk only.
@@ -243,11 +304,21 @@ mod tests {
             max_bytes: usize::MAX,
         };
         let prefix = SessionPrefix::new("t", "c").unwrap();
-        st.make_durable(SessionDisk::new(store, 1, prefix, limits, stats, 1));
+        let shared = Arc::new(SharedMessages::new(1, stats.clone()));
+        st.make_durable(SessionDisk::new(
+            store,
+            1,
+            prefix,
+            Arc::from("t"),
+            shared,
+            limits,
+            stats,
+            1,
+        ));
         let generation = st.attach(60);
         // 1-3 in memory (its limit), 4-6 on disk only.
         for n in 1..=6 {
-            st.push(delivery(n), || true, None).unwrap();
+            st.push(delivery(n), || true, None, None).unwrap();
         }
         let stale = st.page_in_request(0).expect("a page-in from 4");
         assert_eq!(stale.from, 4);

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use crate::clock::unix_ms;
 use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
+use crate::persist::shared::SharedHold;
 
 pub(crate) use durable::{read_page, DiskLimits, SessionDisk};
 pub(crate) use state::{
@@ -235,20 +236,27 @@ impl Session {
     /// delivery refused.
     /// A persistent session stores the delivery with `ticket` (the publisher's
     /// acknowledgement waits on it).
+    /// `shared` is a hold on the message stored once for several sessions (see
+    /// `persist::shared`): kept with this session's reference to it, or given back.
     pub(crate) fn enqueue(
         &self,
         delivery: Delivery,
         queue_qos0_offline: bool,
         ticket: Option<&messs_storage::Ticket>,
+        shared: Option<&SharedHold>,
     ) -> Result<Enqueued, EnqueueError> {
         let connected = self.is_connected();
         if delivery.qos == QoS::AtMostOnce && !queue_qos0_offline && !connected {
+            if let Some(hold) = shared {
+                hold.give_back(ticket);
+            }
             return Err(EnqueueError::Offline);
         }
         let (pressure, was_empty, dropped_oldest) = {
             let mut st = self.lock();
             let was_empty = st.queued_len() == 0;
-            let pushed = st.push(delivery, || self.drained_within(DRAINING_BUDGET_MS), ticket);
+            let drained = || self.drained_within(DRAINING_BUDGET_MS);
+            let pushed = st.push(delivery, drained, ticket, shared);
             let dropped = match pushed {
                 Ok(dropped) => dropped,
                 Err(EnqueueError::Full)
@@ -446,19 +454,19 @@ mod tests {
     fn queue_is_bounded_and_reports_pressure_past_half() {
         let s = session(4);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                 .map(|e| e.pressure),
             Ok(false)
         );
         for _ in 0..3 {
             assert_eq!(
-                s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+                s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                     .map(|e| e.pressure),
                 Ok(true)
             );
         }
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                 .map(|e| e.pressure),
             Err(EnqueueError::Full)
         );
@@ -469,17 +477,17 @@ mod tests {
         let one = delivery_of(QoS::AtLeastOnce, &[0; 1000]).cost();
         // Room for two by the session's byte limit; a broker budget for three.
         let (s, stats) = session_with(100, 2 * one + 10, 3 * one + 10);
-        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None, None)
                 .map(|e| e.pressure),
             Ok(true),
             "past half of the byte limit: pressure"
         );
         assert_eq!(
-            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+            s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None, None)
                 .map(|e| e.pressure),
             Err(EnqueueError::Full)
         );
@@ -501,7 +509,7 @@ mod tests {
         assert_eq!(s.lock().on_puback(pid), AckMatch::Matched);
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
         // Dropping the session gives back anything left.
-        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None)
+        s.enqueue(delivery_of(QoS::AtLeastOnce, &[0; 1000]), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         drop(s);
@@ -513,7 +521,7 @@ mod tests {
         let (s, stats) = session_with(100_000, usize::MAX, usize::MAX);
         let one = delivery(QoS::AtMostOnce).cost();
         for _ in 0..1000 {
-            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+            s.enqueue(delivery(QoS::AtMostOnce), false, None, None)
                 .map(|e| e.pressure)
                 .unwrap();
         }
@@ -536,11 +544,11 @@ mod tests {
     fn broker_budget_refuses_when_spent() {
         let one = delivery(QoS::AtMostOnce).cost();
         let (s, stats) = session_with(100, usize::MAX, one + one / 2);
-        s.enqueue(delivery(QoS::AtMostOnce), false, None)
+        s.enqueue(delivery(QoS::AtMostOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+            s.enqueue(delivery(QoS::AtMostOnce), false, None, None)
                 .map(|e| e.pressure),
             Err(EnqueueError::Budget)
         );
@@ -563,10 +571,10 @@ mod tests {
         let (a, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
         let (b, stats) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
         let big = || delivery_of(QoS::AtLeastOnce, &[0; 1000]);
-        assert!(a.enqueue(big(), false, None).is_ok());
-        assert!(b.enqueue(big(), false, None).is_ok());
+        assert!(a.enqueue(big(), false, None, None).is_ok());
+        assert!(b.enqueue(big(), false, None, None).is_ok());
         assert_eq!(
-            a.enqueue(big(), false, None).map(|e| e.pressure),
+            a.enqueue(big(), false, None, None).map(|e| e.pressure),
             Err(EnqueueError::TenantQuota)
         );
         assert_eq!(tenant.queued_bytes(), 2 * one);
@@ -577,13 +585,13 @@ mod tests {
         );
         drop(a);
         assert_eq!(tenant.queued_bytes(), one);
-        assert!(b.enqueue(big(), false, None).is_ok());
+        assert!(b.enqueue(big(), false, None, None).is_ok());
         drop(b);
         assert_eq!(tenant.queued_bytes(), 0);
         // Without a cap nothing is counted; a cap set later counts from then on.
         rates.set(TenantLimits::default(), 0);
         let (c, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
-        assert!(c.enqueue(big(), false, None).is_ok());
+        assert!(c.enqueue(big(), false, None, None).is_ok());
         assert_eq!(tenant.queued_bytes(), 0);
         rates.set(
             TenantLimits {
@@ -593,8 +601,11 @@ mod tests {
             0,
         );
         let (d, _) = session_of_tenant(100, usize::MAX, usize::MAX, tenant.clone());
-        assert!(d.enqueue(big(), false, None).is_ok());
-        assert!(c.enqueue(big(), false, None).is_ok(), "from its reserve");
+        assert!(d.enqueue(big(), false, None, None).is_ok());
+        assert!(
+            c.enqueue(big(), false, None, None).is_ok(),
+            "from its reserve"
+        );
         assert_eq!(tenant.queued_bytes(), one);
         drop(c);
         drop(d);
@@ -635,7 +646,7 @@ mod tests {
     async fn a_draining_subscriber_holds_the_publisher_a_silent_one_is_stalled() {
         let s = Arc::new(session(4));
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                 .map(|e| e.pressure)
                 .unwrap();
         }
@@ -665,10 +676,10 @@ mod tests {
         assert!(!s.is_stalled());
         // Nobody drains: the wait ends after the stall timeout and the session is stalled,
         // so it no longer reports pressure.
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         let started = tokio::time::Instant::now();
@@ -679,7 +690,7 @@ mod tests {
         );
         assert!(s.is_stalled());
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                 .map(|e| e.pressure),
             Ok(false)
         );
@@ -690,12 +701,12 @@ mod tests {
         let s = session(10);
         s.mark_disconnected(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), false, None)
+            s.enqueue(delivery(QoS::AtMostOnce), false, None, None)
                 .map(|e| e.pressure),
             Err(EnqueueError::Offline)
         );
         assert!(s
-            .enqueue(delivery(QoS::AtMostOnce), true, None)
+            .enqueue(delivery(QoS::AtMostOnce), true, None, None)
             .map(|e| e.pressure)
             .is_ok());
     }
@@ -704,7 +715,7 @@ mod tests {
     fn window_limits_inflight_and_acks_free_it() {
         let s = session(10);
         for _ in 0..3 {
-            s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+            s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
                 .map(|e| e.pressure)
                 .unwrap();
         }
@@ -724,10 +735,10 @@ mod tests {
     #[test]
     fn wrong_acknowledgement_types_are_told_apart() {
         let s = session(10);
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
-        s.enqueue(delivery(QoS::ExactlyOnce), false, None)
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         let mut st = s.lock();
@@ -750,10 +761,10 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_order() {
         let s = session(10);
-        s.enqueue(delivery(QoS::ExactlyOnce), false, None)
+        s.enqueue(delivery(QoS::ExactlyOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), false, None)
+        s.enqueue(delivery(QoS::AtLeastOnce), false, None, None)
             .map(|e| e.pressure)
             .unwrap();
         let mut st = s.lock();

@@ -19,6 +19,7 @@ use crate::config::QueueFullPolicy;
 use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
+use crate::persist::shared::SharedHold;
 
 /// What a session record costs beyond its client id, in bytes (the `Session`, its map
 /// entry and empty collections, rounded up).
@@ -508,6 +509,7 @@ impl SessionState {
                         tracing::error!(error = %q, seq, "an unreadable stored message could not be quarantined; it is dropped");
                         d.store.delete_queued(&mut deletes, &d.prefix, seq);
                     }
+                    d.release_ref(seq, &mut deletes);
                     out.quarantined.push((seq, e.to_string()));
                     d.count_deleted(0);
                     d.took_from_disk(1);
@@ -518,6 +520,7 @@ impl SessionState {
             let cost = delivery.cost();
             if delivery.message.is_expired(now_ms) {
                 d.store.delete_queued(&mut deletes, &d.prefix, seq);
+                d.release_ref(seq, &mut deletes);
                 d.count_deleted(cost);
                 d.took_from_disk(1);
                 d.cursor = seq + 1;
@@ -567,8 +570,9 @@ impl SessionState {
         if std::mem::replace(&mut self.ended, true) {
             return false;
         }
-        if let Some(d) = self.disk.take() {
+        if let Some(mut d) = self.disk.take() {
             let mut b = Batch::new();
+            d.release_all_refs(&mut b);
             d.store.delete_session(&mut b, &d.prefix);
             d.submit(b, None);
         }
@@ -803,17 +807,24 @@ impl SessionState {
     /// Queues a delivery within the session's limits and the broker budget; `draining`
     /// says whether the connection took from the queue recently (see `budget`; asked only
     /// when the queue is large, as it reads the clock).
+    /// `shared` is a hold on the shared message this delivery's message is stored as (see
+    /// `persist::shared`): a persistent session keeps it with its reference; otherwise, or
+    /// if the delivery is refused, it is given back.
     pub fn push(
         &mut self,
         delivery: Delivery,
         draining: impl FnOnce() -> bool,
         ticket: Option<&Ticket>,
+        shared: Option<&SharedHold>,
     ) -> Result<u32, EnqueueError> {
         let cost = delivery.cost();
         if self.disk.is_some() {
             return self
-                .push_durable(delivery, cost, draining, ticket)
+                .push_durable(delivery, cost, draining, ticket, shared)
                 .map(|()| 0);
+        }
+        if let Some(hold) = shared {
+            hold.give_back(ticket);
         }
         let full = |st: &Self| {
             st.queue.len() >= st.max_queued as usize
@@ -858,26 +869,36 @@ impl SessionState {
         cost: usize,
         draining: impl FnOnce() -> bool,
         ticket: Option<&Ticket>,
+        shared: Option<&SharedHold>,
     ) -> Result<(), EnqueueError> {
+        let refused = |e: EnqueueError| {
+            if let Some(hold) = shared {
+                hold.give_back(ticket);
+            }
+            Err(e)
+        };
         let Some(d) = self.disk.as_deref_mut() else {
-            return Err(EnqueueError::Storage);
+            return refused(EnqueueError::Storage);
         };
         if !d.has_room(cost) {
-            return Err(EnqueueError::Full);
+            return refused(EnqueueError::Full);
         }
         let seq = d.next_seq;
         let mut b = Batch::new();
-        let stored = codec::queued_record(&delivery)
+        let stored = codec::queued_record(&delivery, shared.map(SharedHold::id))
             .and_then(|record| d.store.put_queued(&mut b, &d.prefix, seq, &record));
         if let Err(e) = stored {
             tracing::warn!(error = %e, "message not stored");
             if let Some(t) = ticket {
                 t.fail();
             }
-            return Err(EnqueueError::Storage);
+            return refused(EnqueueError::Storage);
         }
         if !d.submit(b, ticket) {
-            return Err(EnqueueError::Storage);
+            return refused(EnqueueError::Storage);
+        }
+        if let Some(hold) = shared {
+            d.note_ref(seq, hold.id());
         }
         d.next_seq += 1;
         d.count_stored(cost);
@@ -905,6 +926,7 @@ impl SessionState {
         }
         if let Some(d) = self.disk.as_deref_mut() {
             let mut b = Batch::new();
+            d.release_ref(seq, &mut b);
             if group == 0 {
                 d.store.delete_queued(&mut b, &d.prefix, seq);
             } else {
@@ -1074,6 +1096,7 @@ impl SessionState {
     fn note_deleted(&mut self, changes: &mut Batch, seq: u64, cost: usize) {
         if let (Some(d), true) = (self.disk.as_deref_mut(), seq != 0) {
             d.store.delete_queued(changes, &d.prefix, seq);
+            d.release_ref(seq, changes);
             d.count_deleted(cost);
         }
     }
@@ -1140,6 +1163,7 @@ impl SessionState {
             if let (Some(d), true) = (self.disk.as_deref_mut(), seq != 0) {
                 let mut b = Batch::new();
                 d.store.release_queued(&mut b, &d.prefix, seq, pid.get());
+                d.release_ref(seq, &mut b);
                 d.count_deleted(cost);
                 // Not deferred: a release must be stored whole (see `SessionDisk::defer`).
                 d.submit(b, ticket);
