@@ -19,6 +19,9 @@ run() { # label binary messs-load-args...
   local label=$1 bin=$2; shift 2
   local admin=()  # builds from before the admin plane do not know the flag
   "$bin" serve --help | grep -q admin-listen && admin=(--admin-listen off)
+  # A fresh data directory each run: a newer build may upgrade its schema, which an older
+  # one then refuses to open.
+  rm -rf "$data" && mkdir -p "$data"
   "$bin" serve "${admin[@]}" --listen "tcp://127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
   local pid=$!
   sleep 0.5

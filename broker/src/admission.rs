@@ -3,7 +3,9 @@
 //! passes [`BrokerState::publish`], where the broker's rules for messages are applied: the
 //! reserved `$SYS/` namespace, the topic depth limit, the publisher's ACL, and what must be
 //! stored (telemetry here; retained topics and persistent subscribers in the router, with
-//! the same ticket). Rate limits join here, so no path can skip them.
+//! the same ticket). Rate limits are not charged here (yet): the client task charges each
+//! packet to its limits as it reads it (`Client::charge`); admin publishes and wills have
+//! none.
 //!
 //! A will is checked against its client's ACL when the connection ends
 //! ([`BrokerState::will_allowed`]): that is when the client's rights are last known.
@@ -33,21 +35,7 @@ pub(crate) enum Source {
     Admin,
 }
 
-/// Why a message was refused at the choke point. Typed all the way to the caller: the
-/// admin plane answers 403 for `NotAuthorized` and 400 for the others without reading the
-/// message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// The topic is in the broker's `$SYS/` namespace.
-    #[error("$SYS topics are reserved for the broker")]
-    ReservedTopic,
-    /// The topic has more levels than `limits.max_topic_levels`.
-    #[error("topic has more levels than allowed")]
-    TooDeep,
-    /// The publisher's ACL does not allow it.
-    #[error("the ACL does not allow publishing to this topic")]
-    NotAuthorized,
-}
+pub use crate::error::Refused;
 
 /// Levels in a topic name or filter ("a/b" has two, "/" has two, "a" one).
 pub(crate) fn topic_levels(topic: &str) -> usize {

@@ -44,7 +44,7 @@ pub enum BrokerError {
     Registry(String),
     /// A message was refused at the choke point (an operator's publish).
     #[error("{0}")]
-    Refused(#[from] crate::admission::Refused),
+    Refused(#[from] Refused),
 }
 
 impl BrokerError {
@@ -66,4 +66,20 @@ impl BrokerError {
             _ => None,
         }
     }
+}
+
+/// Why a message was refused at the choke point. Typed all the way to the caller: the
+/// admin plane answers 403 for `NotAuthorized` and 400 for the others without reading the
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The topic is in the broker's `$SYS/` namespace.
+    #[error("$SYS topics are reserved for the broker")]
+    ReservedTopic,
+    /// The topic has more levels than `limits.max_topic_levels`.
+    #[error("topic has more levels than allowed")]
+    TooDeep,
+    /// The publisher's ACL does not allow it.
+    #[error("the ACL does not allow publishing to this topic")]
+    NotAuthorized,
 }

@@ -1,10 +1,14 @@
 //! messs-broker: the MQTT broker engine.
 //!
 //! The path of a PUBLISH, top to bottom: `server` accepts a socket and spawns its task;
-//! `handshake` reads CONNECT and attaches a `session` (through `state`); `client` runs the
-//! connection loop over a `connection` (framing with messs-codec), handing each PUBLISH to the
-//! `router`, which fans it out into the bounded queues of matching sessions; each session's
-//! own client task drains its queue back to its socket. Storage will hang off this path.
+//! `handshake` reads CONNECT and attaches a `session` through the session table
+//! (`session::table`, the one owner of the session lifecycle); `client` runs the connection
+//! loop over a `connection` (framing with messs-codec), charging each packet to its rate
+//! limits and handing each PUBLISH to the choke point (`admission`), which applies the
+//! broker's rules for messages and then the `router`, which fans it out into the bounded
+//! queues of matching sessions; each session's own client task drains its queue back to its
+//! socket. Storage (`persist`, messs-storage) sits beside the path: what a publish must keep
+//! is submitted to the store's writer with the publisher's acknowledgement ticket.
 
 mod acl;
 mod admin_config;
@@ -43,7 +47,6 @@ mod transport_config;
 mod ws;
 
 pub use admin_config::{AdminConfig, MetricsTenantLabels};
-pub use admission::Refused as PublishRefused;
 pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
@@ -52,6 +55,7 @@ pub use config::{
     WebSocketConfig,
 };
 pub use error::BrokerError;
+pub use error::Refused as PublishRefused;
 pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};
 pub use handle_ops::{AdminPublish, RetainedInfo, SubscriptionInfo};
 pub use handshake::DEFAULT_TENANT;

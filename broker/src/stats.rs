@@ -127,3 +127,12 @@ pub struct Stats {
     /// Handshakes (TLS and CONNECT) in progress now.
     pub handshakes: AtomicUsize,
 }
+
+/// A tenant's traffic counters (connections counted by the client loop, messages at the
+/// choke point and at delivery), published by `sys` and the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct TenantCounters {
+    pub connected: AtomicUsize,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+}

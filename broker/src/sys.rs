@@ -5,7 +5,7 @@
 //! when it changed, so an idle tenant costs no writes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +16,6 @@ use crate::message::{Message, MessageProperties};
 use crate::persist::AckTicket;
 use crate::session::TenantId;
 use crate::state::BrokerState;
-
-/// A tenant's traffic counters (connections counted by the client loop, messages at the
-/// choke point and at delivery).
-#[derive(Debug, Default)]
-pub(crate) struct TenantCounters {
-    pub connected: AtomicUsize,
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
-}
 
 /// What one tenant's `$SYS` topics say.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

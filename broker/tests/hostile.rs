@@ -297,9 +297,8 @@ async fn large_retained_store_does_not_freeze_others() {
     let mut received = 0usize;
     'replay: while received < RETAINED {
         for _ in 0..200 {
-            match heavy.recv().await {
-                Packet::Publish(_) => received += 1,
-                _ => {}
+            if let Packet::Publish(_) = heavy.recv().await {
+                received += 1;
             }
             if received == RETAINED {
                 break 'replay;

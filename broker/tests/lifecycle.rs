@@ -4,6 +4,8 @@
 //! live connections, and `session_present = 1` always comes with the subscription and the
 //! message queued while the client was away.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

@@ -30,7 +30,7 @@ pub(crate) struct TenantSecurity {
     epoch: AtomicU64,
     jwt_keys: RwLock<Arc<Vec<JwtKey>>>,
     /// Traffic counters for `$SYS`.
-    pub counters: crate::sys::TenantCounters,
+    pub counters: crate::stats::TenantCounters,
     /// SHA-256 fingerprints of revoked device certificates.
     revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
     /// Its quotas and shared rates (the configuration's, with the registry's overrides).
@@ -52,7 +52,7 @@ impl TenantSecurity {
             epoch: AtomicU64::new(1),
             jwt_keys: RwLock::default(),
             revoked: RwLock::default(),
-            counters: crate::sys::TenantCounters::default(),
+            counters: crate::stats::TenantCounters::default(),
             rates: TenantRates::default(),
             overrides: RwLock::default(),
             sessions: AtomicUsize::new(0),

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use messs_storage::{Batch, Store, Ticket};
 
-use crate::session::TenantId;
 use crate::stats::Stats;
 
 /// One hold on a shared message, handed with a delivery to a session's queue (see
@@ -25,7 +24,7 @@ pub(crate) struct SharedHold {
     id: u64,
     shared: Arc<SharedMessages>,
     store: Store,
-    tenant: TenantId,
+    tenant: Arc<str>,
 }
 
 impl SharedHold {
@@ -92,7 +91,7 @@ impl SharedMessages {
     pub(crate) fn store_once(
         self: &Arc<Self>,
         store: &Store,
-        tenant: &TenantId,
+        tenant: &Arc<str>,
         record: &messs_storage::sessions::MessageRecord,
         sessions: usize,
         ticket: Option<&Ticket>,

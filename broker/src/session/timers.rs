@@ -1,5 +1,5 @@
 //! The one timer structure for session expiry and delayed wills: an ordered map from due
-//! time to what is due, owned by the [`SessionTable`](super::table::SessionTable) and driven
+//! time to what is due, owned by the session table (`session::table`) and driven
 //! by one task (`BrokerState::run_timers`). Scheduling and cancelling are map operations, so
 //! a client that connects and disconnects in a loop leaves nothing behind — no task per
 //! session, no timer that outlives its purpose. Due times are wall-clock (Unix
