@@ -511,7 +511,22 @@ impl Writer {
     fn admit(&self, batch: &Batch, ticket: Option<&Ticket>) -> Result<(), StorageError> {
         let unit = ticket.and_then(|t| t.0.unit.as_ref());
         if !batch.is_new_data() {
-            return self.admit_space(batch.class(), batch.bytes);
+            let class = batch.class();
+            self.admit_space(class, batch.bytes)?;
+            // Bookkeeping (subscriptions, session records, audit records) is small and
+            // follows what was admitted, so it may go past the limit on new data — but
+            // not without bound: clients cause it too (subscribe or connect churn), and
+            // a writer that cannot keep up must not queue it in memory for ever.
+            // Deletes and the operator's security changes are never refused.
+            if class == Class::Bookkeeping {
+                let pending = self.stats.pending_bytes.load(Ordering::Relaxed);
+                let cap = self.max_pending_bytes.saturating_mul(BOOKKEEPING_SLACK);
+                if pending > 0 && pending.saturating_add(batch.bytes) > cap {
+                    self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    return Err(StorageError::Busy(pending));
+                }
+            }
+            return Ok(());
         }
         if let (Some(u), Some(t)) = (unit, ticket) {
             if u.admitted.load(Ordering::Acquire) {
@@ -777,6 +792,10 @@ fn run(
         }
     }
 }
+
+/// How far past `max_pending_bytes` bookkeeping may queue (a multiple of it): new data stops
+/// at the limit, so this is room for the records that follow what was admitted.
+const BOOKKEEPING_SLACK: usize = 2;
 
 /// The least hard cap on bytes waiting for the writer past which even the rest of an
 /// admitted unit is refused (the cap is four times `max_pending_bytes`, at least this).

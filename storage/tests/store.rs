@@ -835,6 +835,42 @@ fn new_data_is_refused_when_the_writer_is_too_far_behind() {
 }
 
 #[test]
+fn bookkeeping_is_bounded_too_when_the_writer_is_too_far_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(dir.path());
+    options.max_pending_bytes = 64 * 1024;
+    let store = Store::open(options).unwrap();
+    let p = SessionPrefix::new("t", "c").unwrap();
+    let mut refused = 0;
+    for i in 0..2000 {
+        // Subscription records: bookkeeping, which a client's subscribe churn causes.
+        let mut b = Batch::new();
+        let sub = SubscriptionRecord {
+            filter: format!("{i}/{}", "f".repeat(4096)),
+            options: 1,
+            id: None,
+        };
+        store.put_subscription(&mut b, &p, &sub);
+        if let Err(e) = store.submit(b, None) {
+            assert!(matches!(e, StorageError::Busy(_)), "{e}");
+            refused += 1;
+        }
+        let pending = store
+            .writer_stats()
+            .pending_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pending <= 2 * 64 * 1024 + 8192, "{pending} bytes wait");
+    }
+    assert!(refused > 0, "8 MiB submitted at once against 2 x 64 KiB");
+    // Deletes are never refused.
+    for i in 0..2000 {
+        let mut b = Batch::new();
+        store.delete_subscription(&mut b, &p, &format!("{i}/{}", "f".repeat(4096)));
+        store.submit(b, None).unwrap();
+    }
+}
+
+#[test]
 fn below_the_free_space_watermark_new_data_is_refused_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let free = {
