@@ -365,6 +365,8 @@ pub struct StorageConfig {
     pub telemetry: TelemetryConfig,
     /// Periodic online backups (checkpoints).
     pub backup: BackupConfig,
+    /// How long the audit log is kept.
+    pub audit: AuditRetentionConfig,
     /// Start on a damaged write-ahead log, keeping what is before the damage: set for one
     /// start by `messs serve --recover-wal`, never from the file (a damaged log is an
     /// error by default, see the storage crate's `wal` module).
@@ -388,6 +390,7 @@ impl Default for StorageConfig {
             audit_key_file: None,
             telemetry: TelemetryConfig::default(),
             backup: BackupConfig::default(),
+            audit: AuditRetentionConfig::default(),
             recover_wal: false,
         }
     }
@@ -413,6 +416,45 @@ impl Default for BackupConfig {
             dir: None,
             every_secs: 3600,
             keep: 24,
+        }
+    }
+}
+
+/// How long the audit log is kept: the oldest records go by age and by bytes, never one
+/// younger than `keep_at_least_days`; the chain stays verifiable from the first record kept
+/// (its anchor is signed with the audit key).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditRetentionConfig {
+    /// Records older than this many days are dropped (0: kept regardless of age).
+    pub max_age_days: u64,
+    /// Beyond this many bytes the oldest records are dropped (0: no cap).
+    pub max_bytes: u64,
+    /// Records younger than this many days are kept whatever the caps say.
+    pub keep_at_least_days: u64,
+    /// Seconds between retention runs (a run reads the log's record sizes once).
+    pub retention_interval_secs: u64,
+}
+
+impl Default for AuditRetentionConfig {
+    fn default() -> Self {
+        AuditRetentionConfig {
+            max_age_days: 365,
+            max_bytes: 1024 * 1024 * 1024,
+            keep_at_least_days: 90,
+            retention_interval_secs: 3600,
+        }
+    }
+}
+
+impl AuditRetentionConfig {
+    /// The storage crate's policy.
+    pub fn policy(&self) -> messs_storage::audit::AuditRetention {
+        const DAY_MS: u64 = 86_400_000;
+        messs_storage::audit::AuditRetention {
+            max_age_ms: (self.max_age_days > 0).then(|| self.max_age_days.saturating_mul(DAY_MS)),
+            max_bytes: (self.max_bytes > 0).then_some(self.max_bytes),
+            keep_at_least_ms: self.keep_at_least_days.saturating_mul(DAY_MS),
         }
     }
 }

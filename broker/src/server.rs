@@ -257,6 +257,7 @@ impl Broker {
         }
         let timers = tokio::spawn(state.clone().run_timers(PURGE_INTERVAL));
         let retention = tokio::spawn(run_retention(state.clone()));
+        let audit_retention = tokio::spawn(run_audit_retention(state.clone()));
         let backups = tokio::spawn(run_backups(state.clone()));
         let sys_every = state.config.sys.interval_secs;
         let sys = (sys_every > 0).then(|| {
@@ -280,6 +281,7 @@ impl Broker {
         }
         timers.abort();
         retention.abort();
+        audit_retention.abort();
         backups.abort();
         if let Some(sys) = sys {
             sys.abort();
@@ -370,6 +372,46 @@ async fn run_retention(state: Arc<BrokerState>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "telemetry retention failed"),
             Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+        }
+    }
+}
+
+/// Applies the audit log's retention every `storage.audit.retention_interval_secs` (the
+/// first run a minute after the start), on the blocking pool; what it dropped is itself
+/// recorded in the log.
+async fn run_audit_retention(state: Arc<BrokerState>) {
+    let Some(persist) = &state.persist else {
+        return;
+    };
+    let config = &state.config.storage.audit;
+    let policy = config.policy();
+    if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
+        return;
+    }
+    let every = Duration::from_secs(config.retention_interval_secs.max(1));
+    let mut wait = Duration::from_secs(60).min(every);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        let store = persist.store.clone();
+        let now = crate::clock::unix_ms();
+        match tokio::task::spawn_blocking(move || store.prune_audit(&policy, now)).await {
+            Ok(Ok(p)) if p.records > 0 => {
+                tracing::info!(records = p.records, bytes = p.bytes, first_kept = ?p.first_kept, "audit log retention");
+                persist.audit(
+                    "audit.retention",
+                    format!(
+                        "dropped {} records ({} bytes) past the retention policy; the chain \
+                         now starts at record {}",
+                        p.records,
+                        p.bytes,
+                        p.first_kept.unwrap_or(0)
+                    ),
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "audit retention failed"),
+            Err(e) => tracing::warn!(error = %e, "audit retention failed"),
         }
     }
 }

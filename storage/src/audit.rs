@@ -20,6 +20,13 @@
 //! serves it signed), and [`Store::verify_audit_against`] checks the store against such a
 //! copy: a chain that ends before it, or holds another record at its position, was rolled
 //! back.
+//!
+//! Retention ([`Store::prune_audit`]) drops the oldest records, never younger than a floor
+//! (90 days by default), by age and by bytes. The chain stays verifiable from what is left:
+//! the first kept record's sequence number and the link it holds (`prev`) are stored as the
+//! anchor in `meta`, signed with the audit key when there is one, and the walk starts there.
+//! Without a key, as for the records themselves, whoever can write the directory can forge
+//! an anchor; with one they cannot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +41,10 @@ use crate::writer::{Batch, Durable, Op, Ticket};
 use crate::{Cf, Store};
 
 const HEAD_KEY: &[u8] = b"audit_head";
+/// `[first kept seq u64][the link it holds 32]`, then a signature when keyed.
+const ANCHOR_KEY: &[u8] = b"audit_anchor";
+/// What signs the anchor (domain-separated from links and heads).
+const ANCHOR_LABEL: &[u8] = b"messs audit anchor v1";
 const AUDIT_V1: u8 = 1;
 const AUDIT_KEYED: u8 = 2;
 
@@ -104,6 +115,64 @@ impl AuditHead {
         }
         Ok(AuditHead { seq, link })
     }
+}
+
+/// How long the audit log is kept (see [`Store::prune_audit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// Records older than this (ms) are dropped; `None`: kept regardless of age.
+    pub max_age_ms: Option<u64>,
+    /// Beyond this many bytes the oldest records are dropped; `None`: no cap.
+    pub max_bytes: Option<u64>,
+    /// Records younger than this (ms) are kept whatever the caps say.
+    pub keep_at_least_ms: u64,
+}
+
+/// What a retention run dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditPruned {
+    /// Records dropped.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The first record kept (the chain's anchor), if any was dropped.
+    pub first_kept: Option<u64>,
+}
+
+fn anchor_signature(key: &hmac::Key, first: u64, prev: &[u8; 32]) -> [u8; 32] {
+    let mut data = Vec::with_capacity(ANCHOR_LABEL.len() + 40);
+    data.extend_from_slice(ANCHOR_LABEL);
+    data.extend_from_slice(&first.to_be_bytes());
+    data.extend_from_slice(prev);
+    mac(key, &data)
+}
+
+fn encode_anchor(key: Option<&hmac::Key>, first: u64, prev: &[u8; 32]) -> Vec<u8> {
+    let mut e = Enc::raw(72);
+    e.u64(first).tail(prev);
+    if let Some(k) = key {
+        e.tail(&anchor_signature(k, first, prev));
+    }
+    e.finish()
+}
+
+/// The first kept record's sequence number, the link it holds, and the anchor's signature.
+type Anchor = (u64, [u8; 32], Option<[u8; 32]>);
+
+/// The anchor: where the chain starts after retention, and the link that record holds.
+fn decode_anchor(v: &[u8]) -> Result<Anchor, StorageError> {
+    let bad = || StorageError::corrupt("meta", "audit anchor length");
+    let first = u64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+    let prev: [u8; 32] = v
+        .get(8..40)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let signature = match v.len() {
+        40 => None,
+        72 => Some(v[40..72].try_into().map_err(|_| bad())?),
+        _ => return Err(bad()),
+    };
+    Ok((first, prev, signature))
 }
 
 /// Where the chain breaks.
@@ -441,6 +510,28 @@ impl Store {
         let mut records = 0u64;
         let mut keyed_from = None;
         let mut at_exported = None;
+        // After retention the walk starts at the anchor (checked against the audit key).
+        if let Some(v) = db.get_cf(self.cf(Cf::Meta)?, ANCHOR_KEY)? {
+            let (first, prev, signature) = decode_anchor(&v)?;
+            if let Some(k) = &chain.key {
+                if signature != Some(anchor_signature(k, first, &prev)) {
+                    return Ok(AuditReport {
+                        records: 0,
+                        broken: Some(BrokenLink {
+                            seq: first,
+                            reason: "the retention anchor is not signed with the audit key: \
+                                     older records were removed by someone without it"
+                                .to_owned(),
+                        }),
+                        keyed_from: None,
+                        head: AuditHead { seq: 0, link: prev },
+                    });
+                }
+            }
+            expected_seq = first;
+            prev_hash = prev;
+            records = first.saturating_sub(1);
+        }
         let report = |records, seq, reason: &str, keyed_from, prev_hash| {
             Ok(AuditReport {
                 records,
@@ -550,5 +641,76 @@ impl Store {
                 link: prev_hash,
             },
         })
+    }
+}
+
+impl Store {
+    /// Drops the oldest audit records that `policy` no longer keeps (never one younger than
+    /// `keep_at_least_ms` before `now_ms`), and moves the chain's anchor to the first one
+    /// kept, in one write: the chain stays verifiable from there. The newest record is
+    /// always kept. Written from the reserved margin (it frees space). Blocking. Returns
+    /// what was dropped.
+    pub fn prune_audit(
+        &self,
+        policy: &AuditRetention,
+        now_ms: u64,
+    ) -> Result<AuditPruned, StorageError> {
+        if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
+            return Ok(AuditPruned::default());
+        }
+        let floor = now_ms.saturating_sub(policy.keep_at_least_ms);
+        let age_cut = policy
+            .max_age_ms
+            .map_or(0, |age| now_ms.saturating_sub(age))
+            .min(floor);
+        let db = &self.inner.db;
+        let cf = self.cf(Cf::Audit)?;
+        // Bytes held (one pass over the values' sizes: the log is read at most once a
+        // retention interval, and dropping is what keeps it short).
+        let total: u64 = match policy.max_bytes {
+            Some(_) => {
+                let mut total = 0u64;
+                for item in db.iterator_cf(cf, IteratorMode::Start) {
+                    total += item?.1.len() as u64;
+                }
+                total
+            }
+            None => 0,
+        };
+        let over = policy.max_bytes.map_or(0, |cap| total.saturating_sub(cap));
+        let mut pruned = AuditPruned::default();
+        let mut b = Batch::new();
+        let mut anchor = None;
+        let mut records = db.iterator_cf(cf, IteratorMode::Start).peekable();
+        while let Some(item) = records.next() {
+            let (key, value) = item?;
+            let (record, prev) = decode(&value)?;
+            let t = record.event.time_ms;
+            let too_old = t < age_cut;
+            let too_many = pruned.bytes < over && t < floor;
+            // The newest record is always kept: it is the anchor if all else goes, and
+            // records appended meanwhile link to it.
+            let newest = records.peek().is_none();
+            if (!too_old && !too_many) || newest {
+                anchor = Some((record.seq, prev));
+                break;
+            }
+            b.push(Op::Delete(Cf::Audit, key.to_vec()));
+            pruned.records += 1;
+            pruned.bytes += value.len() as u64;
+        }
+        let Some((first, prev)) = anchor.filter(|_| pruned.records > 0) else {
+            return Ok(AuditPruned::default());
+        };
+        let chain = &self.inner.audit;
+        b.push(Op::Put(
+            Cf::Meta,
+            ANCHOR_KEY.to_vec(),
+            encode_anchor(chain.key.as_ref(), first, &prev),
+        ));
+        // Mostly deletes, and the anchor that must go with them: from the reserved margin.
+        self.write_now_reserved(b)?;
+        pruned.first_kept = Some(first);
+        Ok(pruned)
     }
 }

@@ -1828,3 +1828,93 @@ fn a_shared_message_is_stored_once_read_through_references_and_swept() {
     assert!(store.read_queue(&one, 0, 10, usize::MAX).is_err());
     assert_eq!(store.read_queue(&two, 0, 10, usize::MAX).unwrap().len(), 1);
 }
+
+const DAY: u64 = 86_400_000;
+
+/// Retention drops the oldest audit records by age and by bytes, never younger than the
+/// floor, and the chain still verifies from its anchor; an anchor moved by someone without
+/// the audit key (old records cut away to hide them) is found.
+#[test]
+fn audit_retention_keeps_the_chain_verifiable_from_a_signed_anchor() {
+    let key = [9u8; 32];
+    let dir = tempfile::tempdir().unwrap();
+    let now = 400 * DAY;
+    let store = keyed(dir.path(), key);
+    // One record a day for 300 days, ending yesterday.
+    for d in 0..300u64 {
+        let e = AuditEvent {
+            time_ms: now - (300 - d) * DAY,
+            ..event(d)
+        };
+        futures_block_on(store.append_audit(&e).unwrap()).unwrap();
+    }
+    let policy = messs_storage::audit::AuditRetention {
+        max_age_ms: Some(200 * DAY),
+        max_bytes: None,
+        keep_at_least_ms: 90 * DAY,
+    };
+    let pruned = store.prune_audit(&policy, now).unwrap();
+    assert_eq!(pruned.records, 100, "{pruned:?}");
+    assert_eq!(pruned.first_kept, Some(101));
+    let report = store.verify_audit().unwrap();
+    assert!(report.broken.is_none(), "{report:?}");
+    assert_eq!(report.head.seq, 300);
+    // Appends go on and verify.
+    futures_block_on(store.append_audit(&event(301)).unwrap()).unwrap();
+    assert!(store.verify_audit().unwrap().broken.is_none());
+
+    // A byte cap drops more, but never the last 90 days.
+    let tiny = messs_storage::audit::AuditRetention {
+        max_age_ms: None,
+        max_bytes: Some(1),
+        keep_at_least_ms: 90 * DAY,
+    };
+    let pruned = store.prune_audit(&tiny, now).unwrap();
+    let kept = store.read_audit(0, 10_000).unwrap();
+    assert!(pruned.records > 0);
+    assert!(kept
+        .iter()
+        .all(|r| r.event.time_ms >= now - 90 * DAY || r.seq == 301));
+    assert!(kept.len() >= 90, "{} kept", kept.len());
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    // Even with no floor, the newest record stays (it is the anchor).
+    let all = messs_storage::audit::AuditRetention {
+        max_age_ms: Some(0),
+        max_bytes: None,
+        keep_at_least_ms: 0,
+    };
+    store.prune_audit(&all, now + 10 * DAY).unwrap();
+    assert_eq!(store.read_audit(0, 10).unwrap().len(), 1);
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    futures_block_on(store.append_audit(&event(302)).unwrap()).unwrap();
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    drop(store);
+
+    // Someone without the key rewrites the anchor to hide a record: found.
+    {
+        let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        let audit = db.cf_handle("audit").unwrap();
+        let first = db
+            .iterator_cf(audit, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap()
+            .0;
+        db.delete_cf(audit, &first).unwrap();
+        let mut anchor = db.get_cf(meta, b"audit_anchor").unwrap().unwrap();
+        let seq = u64::from_be_bytes(anchor[..8].try_into().unwrap()) + 1;
+        anchor[..8].copy_from_slice(&seq.to_be_bytes());
+        db.put_cf(meta, b"audit_anchor", anchor).unwrap();
+    }
+    let store = keyed(dir.path(), key);
+    let report = store.verify_audit().unwrap();
+    assert!(
+        report
+            .broken
+            .as_ref()
+            .is_some_and(|b| b.reason.contains("anchor")),
+        "{report:?}"
+    );
+}
