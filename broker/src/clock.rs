@@ -78,4 +78,9 @@ impl Clock {
     pub(crate) fn instant(&self) -> tokio::time::Instant {
         tokio::time::Instant::now()
     }
+
+    /// The monotonic clock in milliseconds (`mono_ms`), for stamps kept in atomics.
+    pub(crate) fn mono_ms(&self) -> u64 {
+        mono_ms()
+    }
 }

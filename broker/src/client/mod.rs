@@ -5,6 +5,7 @@
 
 mod acks;
 mod inbound;
+mod keep_alive;
 mod outbound;
 mod replay;
 
@@ -13,7 +14,7 @@ use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
@@ -31,6 +32,7 @@ use crate::session::Departure;
 use crate::session::{Session, DRAINING_MS};
 use crate::state::BrokerState;
 use acks::PendingAcks;
+use keep_alive::{KeepAlive, KeepAliveVerdict};
 use replay::Replay;
 
 /// Most deliveries encoded per pass before the batch is flushed.
@@ -44,8 +46,9 @@ const PASS_WORK: u32 = 16384;
 
 /// What CONNECT and CONNACK settled for this connection.
 pub(crate) struct Negotiated {
-    /// Close the connection after this long without a packet (1.5 x keep-alive).
-    keep_alive: Option<Duration>,
+    /// Close the connection after 1.5 x keep-alive without a packet (its clock starts at
+    /// CONNECT).
+    keep_alive: KeepAlive,
     /// Most outgoing QoS 1/2 messages unacknowledged at once.
     window: u16,
     /// Largest packet the client accepts.
@@ -65,8 +68,10 @@ impl Negotiated {
         let p = &connect.properties;
         let client_receive = p.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
         Negotiated {
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive: KeepAlive::new(
+                (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+                tokio::time::Instant::now(),
+            ),
             window: client_receive.min(limits.max_inflight),
             client_max_packet: p.maximum_packet_size.map_or(u32::MAX, |m| m.get()),
             client_alias_max: p.topic_alias_maximum.unwrap_or(0),
@@ -154,7 +159,6 @@ pub(crate) struct Client<S> {
     neg: Negotiated,
     /// Boxed: most clients have none, and it is only read at the end.
     will: Option<Box<Will>>,
-    deadline: Instant,
     /// Topic aliases the client defined (inbound).
     /// Boxed on first use (most clients use no aliases; an idle connection stays small:
     /// a `None` is 8 bytes, an empty `HashMap` 48).
@@ -224,10 +228,10 @@ impl<S: Transport> Client<S> {
             .stats
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + neg.keep_alive.unwrap_or(Duration::ZERO);
         let keep_alive_timer = neg
             .keep_alive
-            .map(|_| Box::pin(tokio::time::sleep_until(deadline.into())));
+            .is_on()
+            .then(|| Box::pin(tokio::time::sleep_until(neg.keep_alive.deadline())));
         let pipelined = conn.buffered() > 0;
         let throttle_epoch = state.throttle_epoch();
         let policy = state.throttle_policy().with(&access.identity.device_limits);
@@ -243,7 +247,6 @@ impl<S: Transport> Client<S> {
             session_present: attached.session_present,
             neg,
             will,
-            deadline,
             in_aliases: None,
             out_aliases: None,
             pause: None,
@@ -400,16 +403,16 @@ impl<S: Transport> Client<S> {
                 // messages costs one pass, since only an empty queue's first message wakes.
                 _ = self.session.queued() => {}
                 _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
-                    if Instant::now() >= self.deadline {
-                        match (self.pause.is_some(), self.neg.keep_alive) {
-                            // Not reading is the broker's doing (a rate limit can hold a
-                            // client back for longer than its keep-alive).
-                            (true, Some(k)) => self.deadline = Instant::now() + k,
-                            _ => return End::KeepAlive,
+                    // Not reading is the broker's doing while paused (a rate limit can hold
+                    // a client back for longer than its keep-alive).
+                    let now = tokio::time::Instant::now();
+                    match self.neg.keep_alive.on_timer(now, self.pause.is_some()) {
+                        KeepAliveVerdict::Expired => return End::KeepAlive,
+                        KeepAliveVerdict::RearmAt(at) => {
+                            if let Some(t) = self.keep_alive_timer.as_mut() {
+                                t.as_mut().reset(at);
+                            }
                         }
-                    }
-                    if let Some(t) = self.keep_alive_timer.as_mut() {
-                        t.as_mut().reset(self.deadline.into());
                     }
                 }
             }
@@ -447,8 +450,8 @@ impl<S: Transport> Client<S> {
     /// the client (the rest stay buffered until the pause ends) or `PASS_WORK` is reached
     /// (the rest wait until the client has yielded).
     fn process_input(&mut self) -> Option<End> {
-        if let Some(k) = self.neg.keep_alive {
-            self.deadline = Instant::now() + k;
+        if self.neg.keep_alive.is_on() {
+            self.neg.keep_alive.on_input(tokio::time::Instant::now());
         }
         if let Some(limiter) = self.limiter.as_mut() {
             limiter.set_now(crate::clock::mono_ns());

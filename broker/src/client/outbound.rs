@@ -105,7 +105,9 @@ impl<S: Transport> Client<S> {
                 (taken, !st.over_soft_limit())
             };
             let took = !batch.is_empty() || expired > 0;
-            self.session.after_drain(took, now, below_soft_limit);
+            let progress_at = if took { crate::clock::mono_ms() } else { 0 };
+            self.session
+                .after_drain(took, progress_at, below_soft_limit);
             if expired > 0 {
                 self.state
                     .stats

@@ -24,7 +24,7 @@ use std::time::Duration;
 use messs_codec::{QoS, ReasonCode};
 use tokio::sync::Notify;
 
-use crate::clock::unix_ms;
+use crate::clock::mono_ms;
 use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
 use crate::persist::shared::SharedHold;
@@ -84,9 +84,9 @@ pub struct Session {
     /// No progress for the stall timeout while a publisher waited: don't make others wait
     /// until it drains below its soft limit.
     stalled: AtomicBool,
-    /// When the connection last took something from the queue, in Unix milliseconds: the
-    /// connection reads that clock once per pass anyway (for message expiry), so stamping
-    /// progress costs no extra clock read.
+    /// When the connection last took something from the queue, on the monotonic clock
+    /// (`clock::mono_ms`: tokio's, which paused-time tests drive). Stall detection compares
+    /// against it, so a wall-clock step never stalls or frees a subscriber.
     progress_ms: AtomicU64,
     /// The generation told to close (0: none), and why (shutdown or an admin kick; a
     /// takeover is seen from the generation itself).
@@ -159,7 +159,7 @@ impl Session {
     /// `SessionTable::attach`.
     pub(crate) fn attach(&self, expiry_interval: u32) -> u64 {
         let mut st = self.lock();
-        self.attach_locked(&mut st, expiry_interval, unix_ms())
+        self.attach_locked(&mut st, expiry_interval, mono_ms())
     }
 
     /// Attaches a connection, with the session's lock held by the caller (`st` is this
@@ -169,11 +169,11 @@ impl Session {
         &self,
         st: &mut SessionState,
         expiry_interval: u32,
-        now_ms: u64,
+        now_mono_ms: u64,
     ) -> u64 {
         let generation = st.attach(expiry_interval);
         self.live_generation.store(generation, Ordering::Release);
-        self.progress_ms.store(now_ms, Ordering::Relaxed);
+        self.progress_ms.store(now_mono_ms, Ordering::Relaxed);
         self.stalled.store(false, Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
         generation
@@ -302,7 +302,7 @@ impl Session {
             if !self.lock().over_soft_limit() || !self.is_connected() {
                 return false;
             }
-            let idle = unix_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed));
+            let idle = mono_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed));
             if idle >= stall_ms {
                 self.stalled.store(true, Ordering::Relaxed);
                 return true;
@@ -319,15 +319,16 @@ impl Session {
 
     /// Whether the connection took from the queue within the last `ms` milliseconds.
     pub(crate) fn drained_within(&self, ms: u64) -> bool {
-        unix_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed)) <= ms
+        mono_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed)) <= ms
     }
 
-    /// Called by the connection after taking from the queue at `now_ms` (Unix ms):
+    /// Called by the connection after taking from the queue at `now_mono_ms`
+    /// (`clock::mono_ms`, read only when it took something):
     /// records progress (if it took something) and wakes paused publishers once the queue
     /// is below its soft limit.
-    pub(crate) fn after_drain(&self, took: bool, now_ms: u64, below_soft_limit: bool) {
+    pub(crate) fn after_drain(&self, took: bool, now_mono_ms: u64, below_soft_limit: bool) {
         if took {
-            self.progress_ms.store(now_ms, Ordering::Relaxed);
+            self.progress_ms.store(now_mono_ms, Ordering::Relaxed);
         }
         if below_soft_limit {
             self.stalled.store(false, Ordering::Relaxed);
@@ -642,7 +643,7 @@ mod tests {
         assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_draining_subscriber_holds_the_publisher_a_silent_one_is_stalled() {
         let s = Arc::new(session(4));
         for _ in 0..3 {
@@ -670,7 +671,7 @@ mod tests {
                 st.take_batch(0, 10, 1, usize::MAX, &mut out);
                 !st.over_soft_limit()
             };
-            s.after_drain(true, unix_ms(), below);
+            s.after_drain(true, mono_ms(), below);
         }
         assert!(!waiter.await.unwrap(), "released by draining, not stalled");
         assert!(!s.is_stalled());
@@ -684,9 +685,11 @@ mod tests {
             .unwrap();
         let started = tokio::time::Instant::now();
         assert!(s.wait_for_space(long, stall).await);
+        // On the paused clock: exactly the stall timeout after the last progress.
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "released by the stall timeout, not the deadline"
+            started.elapsed() <= stall,
+            "released by the stall timeout, not the deadline: {:?}",
+            started.elapsed()
         );
         assert!(s.is_stalled());
         assert_eq!(

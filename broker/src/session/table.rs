@@ -256,7 +256,8 @@ impl SessionTable {
         clean_start: bool,
         expiry: u32,
     ) -> (Result<Attached, AttachRefused>, Effects) {
-        let now_ms = self.clock.unix_ms();
+        // The new connection counts as making progress from now (see `Session`).
+        let now_ms = self.clock.mono_ms();
         let mut effects = Effects::new();
         if let Some(old) = self.get(&key) {
             let routes = self.router.tenant(&key.tenant);

@@ -464,11 +464,17 @@ async fn churn_at_the_session_limit_never_evicts_a_live_session() {
                             "c{i} round {round}: the live session was evicted"
                         );
                     }
-                    // The old connection's task closes while the client reconnects.
-                    let closing = table.clone();
-                    detaching.push(tokio::spawn(async move {
-                        closing.detach(&a.session, a.generation, Departure::Abnormal, None);
-                    }));
+                    if round % 2 == 0 {
+                        // The old connection's task closes while the client reconnects.
+                        let closing = table.clone();
+                        detaching.push(tokio::spawn(async move {
+                            closing.detach(&a.session, a.generation, Departure::Abnormal, None);
+                        }));
+                    } else {
+                        // Gone for a moment: its session is offline, a candidate for room.
+                        table.detach(&a.session, a.generation, Departure::Abnormal, None);
+                        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                    }
                 }
                 for d in detaching {
                     d.await.unwrap_or_else(|e| panic!("{e}"));
