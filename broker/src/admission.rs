@@ -1,6 +1,6 @@
 //! The choke point: every message that enters the router — a client PUBLISH, a will (at
-//! once, after its delay, or when its session ends), and later admin publishes and bridges —
-//! passes [`BrokerState::publish`], where the broker's rules for messages are applied: the
+//! once, after its delay, or when its session ends), an operator's publish — passes
+//! [`Admission::publish`], where the broker's rules for messages are applied: the
 //! reserved `$SYS/` namespace, the topic depth limit, the publisher's ACL, and what must be
 //! stored (telemetry here; retained topics and persistent subscribers in the router, with
 //! the same ticket). Rate limits are not charged here (yet): the client task charges each
@@ -8,17 +8,20 @@
 //! none.
 //!
 //! A will is checked against its client's ACL when the connection ends
-//! ([`BrokerState::will_allowed`]): that is when the client's rights are last known.
+//! ([`Admission::will_allowed`]): that is when the client's rights are last known.
+//!
+//! `Admission` is a component of its own: it holds the services it decides with (the
+//! router, authentication for ACL refreshes, the store) and nothing else of the broker's.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::auth::Access;
+use crate::auth::{Access, Auth};
 use crate::message::Message;
-use crate::persist::{codec, AckTicket};
-use crate::router::{PublishOutcome, TenantRoutes};
+use crate::persist::{codec, AckTicket, Persistence};
+use crate::router::{PublishOutcome, Router, TenantRoutes};
 use crate::session::TenantId;
-use crate::state::BrokerState;
+use crate::stats::Stats;
 
 /// Topics whose first level is this belong to the broker; clients may not publish to them,
 /// directly or through a will.
@@ -42,7 +45,43 @@ pub(crate) fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
-impl BrokerState {
+/// The choke point (see the module header).
+pub(crate) struct Admission {
+    auth: Arc<Auth>,
+    router: Arc<Router>,
+    persist: Option<Arc<Persistence>>,
+    stats: Arc<Stats>,
+    /// `limits.max_topic_levels`.
+    max_topic_levels: usize,
+}
+
+impl Admission {
+    /// The choke point over these services.
+    pub(crate) fn new(
+        auth: Arc<Auth>,
+        router: Arc<Router>,
+        persist: Option<Arc<Persistence>>,
+        stats: Arc<Stats>,
+        max_topic_levels: usize,
+    ) -> Self {
+        Admission {
+            auth,
+            router,
+            persist,
+            stats,
+            max_topic_levels,
+        }
+    }
+
+    /// Appends a security event to the audit log (when there is a store).
+    fn audit(&self, action: &str, detail: String) {
+        if let Some(p) = &self.persist {
+            if p.audit(action, detail) {
+                self.stats.audit_withheld.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Admits a message and routes it, or refuses it (counted; the caller tells the client
     /// where it can). The single entry into the router. Writes the message needs are
     /// submitted with `ack`'s ticket, which the publisher's acknowledgement waits on.
@@ -151,7 +190,7 @@ impl BrokerState {
         if topic.split('/').next() == Some(SYS_LEVEL) {
             return Err(Refused::ReservedTopic);
         }
-        if topic_levels(topic) > self.config.limits.max_topic_levels {
+        if topic_levels(topic) > self.max_topic_levels {
             return Err(Refused::TooDeep);
         }
         Ok(())

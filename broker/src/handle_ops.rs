@@ -117,6 +117,7 @@ impl BrokerHandle {
         let routes = state.router.tenant(&tenant.id);
         let mut ack = AckTicket::new(qos != QoS::AtMostOnce && state.persist.is_some());
         let outcome = state
+            .admission
             .publish(
                 &tenant.id,
                 &routes,

@@ -34,7 +34,9 @@ pub(crate) struct BrokerState {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     /// Authentication, tenants and their ACL rules.
-    pub auth: crate::auth::Auth,
+    pub auth: Arc<crate::auth::Auth>,
+    /// The choke point every message passes.
+    pub admission: crate::admission::Admission,
     /// TLS listeners, for certificate reloads.
     tls_listeners: Mutex<Vec<Arc<crate::tls::TlsListener>>>,
     /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
@@ -43,7 +45,7 @@ pub(crate) struct BrokerState {
     storage_reads: Arc<tokio::sync::Semaphore>,
     /// The durable store, if the broker has one (tests of the in-memory engine and the
     /// fuzzer run without).
-    pub persist: Option<Persistence>,
+    pub persist: Option<Arc<Persistence>>,
     /// The session registry and lifecycle.
     pub sessions: SessionTable,
     /// The operator's bans and flapping detection.
@@ -70,9 +72,9 @@ pub(crate) struct BrokerState {
 impl BrokerState {
     pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
-        let persist = persist.map(|p| p.counted_in(&stats));
+        let persist = persist.map(|p| Arc::new(p.counted_in(&stats)));
         let limits = &config.limits;
-        let auth = crate::auth::Auth::new(&config)?;
+        let auth = Arc::new(crate::auth::Auth::new(&config)?);
         let tenants = auth.tenants.clone();
         let router = Arc::new(Router::new(
             limits.max_retained_messages,
@@ -105,8 +107,16 @@ impl BrokerState {
             stats.clone(),
             Clock::system(),
         );
+        let admission = crate::admission::Admission::new(
+            auth.clone(),
+            router.clone(),
+            persist.clone(),
+            stats.clone(),
+            limits.max_topic_levels,
+        );
         Ok(BrokerState {
             auth,
+            admission,
             sessions,
             tls_listeners: Mutex::default(),
             router,
@@ -397,7 +407,7 @@ impl BrokerState {
 
     /// Whether acknowledgements may wait for the store.
     pub fn acks_wait(&self) -> bool {
-        self.persist.as_ref().is_some_and(Persistence::waits)
+        self.persist.as_ref().is_some_and(|p| p.waits())
     }
 
     /// Attaches a new connection to the session `key` before `deadline` (see
@@ -441,7 +451,7 @@ impl BrokerState {
         session: &Arc<Session>,
         generation: u64,
         departure: Departure,
-        will: Option<(Message, u32)>,
+        will: Option<crate::session::table::Will>,
     ) {
         let effects = self.sessions.detach(session, generation, departure, will);
         self.apply(effects);
@@ -451,22 +461,29 @@ impl BrokerState {
     pub(crate) fn apply(&self, effects: Effects) {
         for effect in effects {
             match effect {
-                Effect::PublishWill(session, message) => self.publish_will(&session, message),
+                Effect::PublishWill(session, message, access) => {
+                    self.publish_will(&session, message, access)
+                }
             }
         }
     }
 
-    fn publish_will(&self, session: &Session, message: Arc<Message>) {
+    fn publish_will(
+        &self,
+        session: &Session,
+        message: Arc<Message>,
+        mut access: Option<Box<crate::auth::Access>>,
+    ) {
         let routes = self.router.tenant(&session.key.tenant);
         // Nobody waits for a will's acknowledgement; its writes are submitted all the same.
         let mut no_ack = AckTicket::new(false);
-        if let Err(refused) = self.publish(
+        if let Err(refused) = self.admission.publish(
             &session.key.tenant,
             &routes,
             Source::Will,
             message,
             &mut no_ack,
-            None,
+            access.as_deref_mut(),
         ) {
             tracing::info!(client_id = %session.key.client_id, %refused, "will not published");
         }

@@ -1069,3 +1069,68 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_write_timeout() {
     bystander.roundtrip("b/alive").await;
     broker.stop().await;
 }
+
+/// A delayed will is checked against its client's rights again when its delay has passed:
+/// a rule added meanwhile that denies its topic keeps it unpublished (and counted), while a
+/// will whose rights still hold goes out.
+#[tokio::test]
+async fn a_delayed_will_meets_the_rules_in_force_when_it_is_published() {
+    let broker = two_tenants(&[]).await;
+    let (mut watcher, code) = login(&broker, "watcher", "d4@acme").await;
+    assert_eq!(code, ReasonCode::Success);
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    let with_will = |id: &str, user: &str, topic_name: &str| {
+        let mut c = device(id, user);
+        c.properties.session_expiry_interval = Some(60);
+        c.will = Some(messs_codec::Will {
+            topic: topic(topic_name),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: messs_codec::WillProperties {
+                will_delay_interval: Some(1),
+                ..Default::default()
+            },
+        });
+        c
+    };
+    let (denied, _) =
+        Raw::connect_with(broker.addr, with_will("w1", "d1@acme", "will/secret")).await;
+    let (allowed, _) =
+        Raw::connect_with(broker.addr, with_will("w2", "d2@acme", "will/open")).await;
+    denied.drop_connection();
+    allowed.drop_connection();
+    // While the wills wait for their delay, the operator denies will/secret.
+    broker
+        .broker
+        .registry("test", |r| {
+            r.add_rule(
+                "acme",
+                messs_broker::registry::RuleSpec {
+                    allow: false,
+                    action: messs_broker::storage::registry::AclAction::Publish,
+                    filter: "will/secret".into(),
+                    subject: messs_broker::storage::registry::AclSubject::All,
+                    qos_mask: 7,
+                    retain: None,
+                },
+                Some(0),
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let denied_before = broker.stats.acl_publish_denied.load(Ordering::Relaxed);
+    let got = watcher.recv_publish_ack().await;
+    assert_eq!(got.topic.as_str(), "will/open");
+    watcher.expect_silence().await;
+    let mut waited = 0;
+    while broker.stats.acl_publish_denied.load(Ordering::Relaxed) == denied_before && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert!(
+        broker.stats.acl_publish_denied.load(Ordering::Relaxed) > denied_before,
+        "the denied will is counted as an ACL refusal"
+    );
+}

@@ -136,7 +136,7 @@ impl<S: Transport> Client<S> {
             }
         }
         let message = Message::from_publish(p, topic, self.session.id);
-        let published = self.state.publish(
+        let published = self.state.admission.publish(
             &self.session.key.tenant,
             &self.routes,
             Source::Client,
@@ -267,6 +267,7 @@ impl<S: Transport> Client<S> {
                 .may_subscribe(sub.filter.filter(), sub.options.qos)
             {
                 self.state
+                    .admission
                     .acl_denied(&mut self.access, "subscribe", sub.filter.as_str());
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;

@@ -613,17 +613,26 @@ impl<S: Transport> Client<S> {
             _ => Departure::Abnormal,
         };
         let now_ms = unix_ms();
+        let publishes = !matches!(departure, Departure::Clean | Departure::Shutdown);
         let will = self
             .will
             .take()
+            .filter(|_| publishes)
             .map(|w| {
                 let delay = w.properties.will_delay_interval.unwrap_or(0);
                 (Message::from_will(*w, self.session.id, now_ms), delay)
             })
-            .filter(|(m, _)| {
-                departure == Departure::Clean
-                    || departure == Departure::Shutdown
-                    || self.state.will_allowed(&mut self.access, m)
+            .filter(|(m, _)| self.state.admission.will_allowed(&mut self.access, m))
+            .map(|(message, delay)| crate::session::table::Will {
+                message,
+                delay,
+                // Checked again when it is published (after its delay, the rules may
+                // have changed).
+                access: Some(Box::new(crate::auth::Access::new(
+                    &self.state.auth,
+                    self.access.identity.clone(),
+                    self.access.client_id.clone(),
+                ))),
             });
         let a = &self.access;
         self.state.audit(

@@ -97,6 +97,10 @@ pub(crate) enum AckMatch {
 /// A will message whose delay has not passed yet.
 pub(crate) struct PendingWill {
     pub message: Arc<Message>,
+    /// Its client's rights, for the choke point to check again when the delay has passed
+    /// (a rule changed meanwhile is honoured); `None` for a will restored at start-up,
+    /// checked when its connection ended.
+    pub access: Option<Box<crate::auth::Access>>,
     pub timer: TimerKey,
     /// When it is due (Unix ms), as stored.
     pub due_at: u64,

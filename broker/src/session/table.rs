@@ -59,6 +59,7 @@ use super::timers::{Due, Timers};
 use super::{PendingWill, Session, SessionKey, SessionLimits, SessionState, StoredSubscription};
 use super::{SubscribeRefused, SESSION_COST};
 use crate::auth::tenants::Tenants;
+use crate::auth::Access;
 use crate::budget::ByteBudget;
 use crate::clock::{after_secs, Clock};
 use crate::message::Message;
@@ -80,8 +81,18 @@ const EVICTIONS_PER_SESSION: usize = 8;
 
 /// What a transition leaves for the caller to do once no session lock is held.
 pub(crate) enum Effect {
-    /// Publish this session's will (through admission, as the session's publisher).
-    PublishWill(Arc<Session>, Arc<Message>),
+    /// Publish this session's will through the choke point, checked there against its
+    /// client's rights (if known: see `PendingWill::access`).
+    PublishWill(Arc<Session>, Arc<Message>, Option<Box<Access>>),
+}
+
+/// A connection's will, to publish when it ends abnormally.
+pub(crate) struct Will {
+    pub message: Message,
+    /// Will Delay Interval, seconds.
+    pub delay: u32,
+    /// Its client's rights (see `PendingWill::access`).
+    pub access: Option<Box<Access>>,
 }
 
 /// The effects of one transition, in the order they must be applied.
@@ -417,7 +428,7 @@ impl SessionTable {
         session: &Arc<Session>,
         generation: u64,
         departure: Departure,
-        will: Option<(Message, u32)>,
+        will: Option<Will>,
     ) -> Effects {
         let now_ms = self.clock.unix_ms();
         let routes = self.router.tenant(&session.key.tenant);
@@ -433,20 +444,22 @@ impl SessionTable {
         if st.is_ended() {
             // Ended under this connection (a takeover with clean start that did not wait
             // for it): its will goes now, as a session's end sends it [MQTT-3.1.3-9].
-            if let Some((message, _)) = will {
-                effects.push(Effect::PublishWill(session.clone(), Arc::new(message)));
+            if let Some(w) = will {
+                let message = Arc::new(w.message);
+                effects.push(Effect::PublishWill(session.clone(), message, w.access));
             }
         } else {
-            if let Some((message, delay)) = will {
-                let message = Arc::new(message);
-                let delay = delay.min(expiry);
+            if let Some(w) = will {
+                let message = Arc::new(w.message);
+                let delay = w.delay.min(expiry);
                 if delay == 0 {
-                    effects.push(Effect::PublishWill(session.clone(), message));
+                    effects.push(Effect::PublishWill(session.clone(), message, w.access));
                 } else {
                     let due_at = after_secs(now_ms, delay);
                     let timer = self.timers.schedule(due_at, Due::Will(session.clone()));
                     st.set_pending_will(PendingWill {
                         message,
+                        access: w.access,
                         timer,
                         due_at,
                     });
@@ -490,7 +503,8 @@ impl SessionTable {
                     let mut st = session.lock();
                     if st.will_timer() == Some(key) {
                         if let Some(will) = st.take_pending_will() {
-                            effects.push(Effect::PublishWill(session.clone(), will.message));
+                            let (message, access) = (will.message, will.access);
+                            effects.push(Effect::PublishWill(session.clone(), message, access));
                         }
                     }
                 }
@@ -532,7 +546,11 @@ impl SessionTable {
         }
         if let Some(will) = st.take_pending_will() {
             self.timers.cancel(will.timer);
-            effects.push(Effect::PublishWill(session.clone(), will.message));
+            effects.push(Effect::PublishWill(
+                session.clone(),
+                will.message,
+                will.access,
+            ));
         }
     }
 
@@ -603,6 +621,7 @@ impl SessionTable {
         let timer = self.timers.schedule(due_at, Due::Will(session.clone()));
         st.set_pending_will(PendingWill {
             message,
+            access: None,
             timer,
             due_at,
         });

@@ -64,7 +64,15 @@ fn key(id: &str) -> SessionKey {
     }
 }
 
-fn will(topic: &str) -> Message {
+fn will(topic: &str, delay: u32) -> Will {
+    Will {
+        message: message(topic),
+        delay,
+        access: None,
+    }
+}
+
+fn message(topic: &str) -> Message {
     Message {
         topic: TopicName::new(topic).unwrap_or_else(|_| unreachable!()),
         payload: Bytes::from_static(b"gone"),
@@ -220,7 +228,7 @@ async fn a_stale_connection_cannot_subscribe_into_an_ended_session() {
         &a.session,
         a.generation,
         Departure::Abnormal,
-        Some((will("w"), 60)),
+        Some(will("w", 60)),
     );
     assert_eq!(wills(&effects), 1);
     assert!(f.live(&b));
@@ -235,7 +243,7 @@ async fn a_delayed_will_waits_and_a_return_in_time_deletes_it() {
         &a.session,
         a.generation,
         Departure::Abnormal,
-        Some((will("w"), 5)),
+        Some(will("w", 5)),
     );
     tokio::time::advance(Duration::from_millis(4_900)).await;
     assert_eq!(wills(&f.table.fire_due().0), 0);
@@ -251,7 +259,7 @@ async fn a_delayed_will_waits_and_a_return_in_time_deletes_it() {
         &c.session,
         c.generation,
         Departure::Abnormal,
-        Some((will("w"), 5)),
+        Some(will("w", 5)),
     );
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(wills(&f.table.fire_due().0), 1);
@@ -266,7 +274,7 @@ async fn a_delayed_will_waits_and_a_return_in_time_deletes_it() {
         &d.session,
         d.generation,
         Departure::Abnormal,
-        Some((will("w"), 30)),
+        Some(will("w", 30)),
     );
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(wills(&f.table.fire_due().0), 1);
@@ -283,7 +291,7 @@ async fn a_clean_departure_drops_the_will_and_a_zero_expiry_ends_at_once() {
         &a.session,
         a.generation,
         Departure::Clean,
-        Some((will("w"), 0)),
+        Some(will("w", 0)),
     );
     assert_eq!(wills(&effects), 0);
     assert!(f.table.get(&key("c")).is_none());
