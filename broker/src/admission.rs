@@ -16,10 +16,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::auth::{Access, Auth};
 use crate::message::Message;
 use crate::persist::{codec, AckTicket, Persistence};
 use crate::router::{PublishOutcome, Router, TenantRoutes};
+use crate::security::auth::{Access, Auth};
 use crate::session::TenantId;
 use crate::stats::Stats;
 
@@ -178,8 +178,8 @@ impl Admission {
                 format!(
                     "{} client {:?}: {what} {:?}",
                     access.identity.describe(),
-                    crate::auth::clip(&access.client_id),
-                    crate::auth::clip(topic)
+                    crate::security::auth::clip(&access.client_id),
+                    crate::security::auth::clip(topic)
                 ),
             );
         }

@@ -136,14 +136,14 @@ impl BenchRouter {
 /// with rates far above what a bench reaches: every packet is charged, none held back
 /// (the cost the limits add to a fast path they never slow down).
 pub struct BenchLimiter {
-    limiter: crate::limits::throttle::Limiter,
-    tenant: crate::limits::tenant::TenantRates,
+    limiter: crate::security::limits::throttle::Limiter,
+    tenant: crate::security::limits::tenant::TenantRates,
 }
 
 impl Default for BenchLimiter {
     fn default() -> Self {
-        use crate::limits::tenant::{TenantLimits, TenantRates};
-        use crate::limits::throttle::{Limiter, Throttle, ThrottlePolicy};
+        use crate::security::limits::tenant::{TenantLimits, TenantRates};
+        use crate::security::limits::throttle::{Limiter, Throttle, ThrottlePolicy};
         let now_us = crate::clock::mono_us();
         let policy = ThrottlePolicy {
             messages_per_sec: 100_000_000,
@@ -170,7 +170,7 @@ impl BenchLimiter {
     /// One read pass of `packets` packets of `size` bytes (the clock read once, as the
     /// client loop does); how many went through without a wait.
     pub fn pass(&mut self, packets: u32, size: usize) -> u32 {
-        use crate::limits::throttle::Verdict;
+        use crate::security::limits::throttle::Verdict;
         self.limiter.set_now(crate::clock::mono_ns());
         let mut go = 0;
         for left in (0..packets).rev() {

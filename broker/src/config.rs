@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::BrokerError;
-pub use crate::transport_config::{QuicConfig, Transport, WebSocketConfig};
+pub use crate::transport::config::{QuicConfig, Transport, WebSocketConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -32,11 +32,11 @@ pub struct Config {
     /// Rates: packets per connection, connections per address, handshakes at once.
     pub rate_limits: RateLimitsConfig,
     /// Every tenant's quotas and shared rates, unless its registry record overrides them.
-    pub tenant_limits: crate::limits::tenant::TenantLimits,
+    pub tenant_limits: crate::security::limits::tenant::TenantLimits,
     /// The operator's ban list.
     pub bans: BansConfig,
     /// Temporary bans of clients that reconnect too often.
-    pub flapping: crate::limits::bans::FlappingPolicy,
+    pub flapping: crate::security::limits::bans::FlappingPolicy,
     /// The HTTP admin plane.
     pub admin: crate::admin_config::AdminConfig,
 }
@@ -636,8 +636,8 @@ impl Default for RateLimitsConfig {
 }
 
 impl RateLimitsConfig {
-    pub(crate) fn throttle(&self) -> crate::limits::throttle::ThrottlePolicy {
-        crate::limits::throttle::ThrottlePolicy {
+    pub(crate) fn throttle(&self) -> crate::security::limits::throttle::ThrottlePolicy {
+        crate::security::limits::throttle::ThrottlePolicy {
             messages_per_sec: self.messages_per_sec,
             messages_burst: self.messages_burst,
             bytes_per_sec: self.bytes_per_sec,
@@ -646,8 +646,8 @@ impl RateLimitsConfig {
         }
     }
 
-    pub(crate) fn addresses(&self) -> crate::limits::addresses::AddressPolicy {
-        crate::limits::addresses::AddressPolicy {
+    pub(crate) fn addresses(&self) -> crate::security::limits::addresses::AddressPolicy {
+        crate::security::limits::addresses::AddressPolicy {
             connects_per_sec: self.connects_per_sec_per_ip,
             connects_burst: self.connects_burst_per_ip,
             max_connections: self.max_connections_per_ip,
@@ -671,14 +671,14 @@ pub struct BansConfig {
 }
 
 impl BansConfig {
-    pub(crate) fn compile(&self) -> Result<crate::limits::bans::StaticBans, BrokerError> {
+    pub(crate) fn compile(&self) -> Result<crate::security::limits::bans::StaticBans, BrokerError> {
         let networks = self
             .addresses
             .iter()
-            .map(|a| crate::limits::bans::Network::parse(a))
+            .map(|a| crate::security::limits::bans::Network::parse(a))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BrokerError::Config(format!("bans.addresses: {e}")))?;
-        Ok(crate::limits::bans::StaticBans {
+        Ok(crate::security::limits::bans::StaticBans {
             networks,
             client_ids: self.client_ids.iter().cloned().collect(),
             usernames: self.usernames.iter().cloned().collect(),

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ListenerConfig};
-use crate::connection::Transport;
 use crate::handle::BrokerHandle;
 use crate::state::BrokerState;
+use crate::transport::connection::Transport;
 
 impl Transport for tokio::io::DuplexStream {}
 

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use messs_codec::{QoS, TopicName};
 
 use crate::admission::Source;
-use crate::auth::{Access, Identity};
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::persist::AckTicket;
 use crate::router::ScanEnd;
+use crate::security::auth::{Access, Identity};
 use crate::session::SessionKey;
 use crate::BrokerHandle;
 

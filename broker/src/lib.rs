@@ -1,53 +1,49 @@
 //! messs-broker: the MQTT broker engine.
 //!
-//! The path of a PUBLISH, top to bottom: `server` accepts a socket and spawns its task;
-//! `handshake` reads CONNECT and attaches a `session` through the session table
-//! (`session::table`, the one owner of the session lifecycle); `client` runs the connection
-//! loop over a `connection` (framing with messs-codec), charging each packet to its rate
-//! limits and handing each PUBLISH to the choke point (`admission`), which applies the
-//! broker's rules for messages and then the `router`, which fans it out into the bounded
-//! queues of matching sessions; each session's own client task drains its queue back to its
-//! socket. Storage (`persist`, messs-storage) sits beside the path: what a publish must keep
-//! is submitted to the store's writer with the publisher's acknowledgement ticket.
+//! The path of a PUBLISH, top to bottom: `transport` accepts a socket (`transport::accept`:
+//! bans, per-address limits) and turns it into a byte stream (TCP, TLS, WebSocket, QUIC);
+//! `handshake` reads CONNECT, authenticates it (`security`) and attaches a `session` through
+//! the session table (`session::table`, the one owner of the session lifecycle); `client`
+//! runs the connection loop over a `transport::connection` (framing with messs-codec),
+//! charging each packet to its rate limits and handing each PUBLISH to the choke point
+//! (`admission`), which applies the broker's rules for messages and then the `router`,
+//! which fans it out into the bounded queues of matching sessions; each session's own client
+//! task drains its queue back to its socket. Storage (`persist`, messs-storage) sits beside
+//! the path: what a publish must keep is submitted to the store's writer with the
+//! publisher's acknowledgement ticket.
+//!
+//! `state::BrokerState` wires these services together (`server` builds it and runs the
+//! listeners and periodic tasks); `handle` is the operator's view (the admin plane's).
 
-mod acl;
 mod admin_config;
 mod admission;
 pub mod audit_budget;
-mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 mod budget;
 mod client;
 mod clock;
 mod config;
-mod connection;
 mod error;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod handle;
 mod handle_ops;
 mod handshake;
-pub(crate) mod limits;
 mod message;
 pub mod metrics;
 mod persist;
-mod quic;
-mod quic_streams;
 pub mod registry;
 mod router;
-pub mod self_signed;
+mod security;
 mod server;
 mod session;
 mod state;
 mod stats;
 mod sys;
-mod tls;
-mod transport_config;
-mod ws;
+mod transport;
 
 pub use admin_config::{AdminConfig, MetricsTenantLabels};
-pub use auth::password::{hash_password, HashParams};
 pub use config::{
     AclConfig, AuthConfig, BackupConfig, BansConfig, CertIdentity, Config, DurabilityLevel,
     LimitsConfig, ListenerConfig, NoRules, QueueFullPolicy, QuicConfig, RateLimitsConfig,
@@ -59,9 +55,10 @@ pub use error::Refused as PublishRefused;
 pub use handle::{BrokerHandle, ClientInfo, Readiness, SessionInfo};
 pub use handle_ops::{AdminPublish, RetainedInfo, SubscriptionInfo};
 pub use handshake::DEFAULT_TENANT;
-pub use limits::bans::FlappingPolicy;
-pub use limits::source as address_source;
-pub use limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
+pub use security::auth::password::{hash_password, HashParams};
+pub use security::limits::bans::FlappingPolicy;
+pub use security::limits::source as address_source;
+pub use security::limits::tenant::{TenantLimits, NAMES as TENANT_LIMIT_NAMES};
 pub use server::Broker;
 
 /// Opens the store a broker with `config` would use (operator tasks on a stopped broker's
@@ -91,4 +88,5 @@ pub fn restrict_new_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 pub use stats::Stats;
-pub use tls::{https_acceptor, parse_pem_certs, read_pem_certs};
+pub use transport::self_signed;
+pub use transport::tls::{https_acceptor, parse_pem_certs, read_pem_certs};

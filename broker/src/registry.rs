@@ -13,8 +13,8 @@ use messs_storage::registry::{
 };
 use messs_storage::Store;
 
-use crate::auth::password::{hash_password, HashParams};
 use crate::error::BrokerError;
+use crate::security::auth::password::{hash_password, HashParams};
 
 /// A change of ACL rules, as an operator states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,10 +143,10 @@ impl<'a> Registry<'a> {
         name: &str,
         value: Option<u64>,
     ) -> Result<(), BrokerError> {
-        if !crate::limits::tenant::NAMES.contains(&name) {
+        if !crate::security::limits::tenant::NAMES.contains(&name) {
             return Err(BrokerError::Registry(format!(
                 "unknown tenant limit {name:?} (known: {})",
-                crate::limits::tenant::NAMES.join(", ")
+                crate::security::limits::tenant::NAMES.join(", ")
             )));
         }
         let mut t = self.tenant_record(id)?;
@@ -216,7 +216,7 @@ impl<'a> Registry<'a> {
         // No SCRAM verifier (an imported hash could not give one anyway; see
         // `set_device_scram`).
         let (hash, scram) = if password_or_hash.starts_with("$argon2") {
-            crate::auth::password::check_hash(password_or_hash)?;
+            crate::security::auth::password::check_hash(password_or_hash)?;
             (password_or_hash.to_owned(), None)
         } else {
             (self.hash(password_or_hash)?, None)
@@ -330,7 +330,7 @@ impl<'a> Registry<'a> {
         password: &str,
     ) -> Result<messs_storage::registry::ScramCredential, BrokerError> {
         check_password(password)?;
-        crate::auth::scram::credential(password, self.params.scram_iterations)
+        crate::security::auth::scram::credential(password, self.params.scram_iterations)
             .map_err(|e| BrokerError::Registry(format!("SCRAM verifier: {e}")))
     }
 
@@ -346,7 +346,7 @@ impl<'a> Registry<'a> {
         name: &str,
         value: Option<u64>,
     ) -> Result<(), BrokerError> {
-        let names = crate::limits::throttle::DEVICE_NAMES;
+        let names = crate::security::limits::throttle::DEVICE_NAMES;
         if !names.contains(&name) {
             return Err(BrokerError::Registry(format!(
                 "unknown device limit {name:?} (known: {})",
@@ -537,14 +537,15 @@ impl<'a> Registry<'a> {
 
     /// Trusts a CA (DER) for a tenant's device certificates; returns its fingerprint.
     ///
-    /// A trust anchor is its public key (see [`crate::tls::anchor_key`]): a key another
+    /// A trust anchor is its public key (see [`crate::transport::tls::anchor_key`]): a key another
     /// tenant already trusts is refused, whatever the certificate around it says, and the
     /// refusal does not say which tenant has it.
     pub fn add_ca(&mut self, tenant: &str, der: &[u8]) -> Result<[u8; 32], BrokerError> {
         self.tenant_record(tenant)?;
-        let key = crate::tls::anchor_key(der)
+        let key = crate::transport::tls::anchor_key(der)
             .map_err(|e| BrokerError::Registry(format!("a trusted CA: {e}")))?;
-        let same_key = |other: &[u8]| crate::tls::anchor_key(other).is_ok_and(|k| k == key);
+        let same_key =
+            |other: &[u8]| crate::transport::tls::anchor_key(other).is_ok_and(|k| k == key);
         let Some(fp) = self.store.add_ca_exclusive(tenant, der, same_key)? else {
             self.audit(
                 "ca.refused",

@@ -3,18 +3,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::limits::addresses::{AddressRefusal, AddressSlot};
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, ListenerConfig, Transport};
 use crate::error::BrokerError;
-use crate::handshake;
 use crate::persist::Persistence;
 use crate::state::BrokerState;
 use crate::stats::Stats;
@@ -29,7 +25,7 @@ struct Bound {
     socket: Listening,
     config: Arc<ListenerConfig>,
     /// The TLS acceptor of a `tls`, `wss` or `quic` listener.
-    tls: Option<Arc<crate::tls::TlsListener>>,
+    tls: Option<Arc<crate::transport::tls::TlsListener>>,
 }
 
 /// What a listener accepts on.
@@ -65,11 +61,11 @@ impl Broker {
     /// Validates the config and binds every listener (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, BrokerError> {
         config.validate()?;
-        crate::tls::install_default_provider();
+        crate::transport::tls::install_default_provider();
         let mut sockets = Vec::new();
         for l in &config.listeners {
             let socket = match l.transport {
-                Transport::Quic => crate::quic::bind_udp(l.bind).map(Socket::Udp),
+                Transport::Quic => crate::transport::quic::bind_udp(l.bind).map(Socket::Udp),
                 _ => bind_tcp(l.bind, l.backlog).map(Socket::Tcp),
             }
             .map_err(|source| BrokerError::Bind {
@@ -95,7 +91,7 @@ impl Broker {
         for (socket, config) in sockets {
             let tls = match &config.tls {
                 Some(t) => {
-                    let l = Arc::new(crate::tls::TlsListener::new(
+                    let l = Arc::new(crate::transport::tls::TlsListener::new(
                         t,
                         state.auth.client_cas.clone(),
                     )?);
@@ -106,7 +102,7 @@ impl Broker {
             };
             let socket = match (socket, &tls) {
                 (Socket::Tcp(tcp), _) => Listening::Tcp(tcp),
-                (Socket::Udp(udp), Some(tls)) => Listening::Quic(crate::quic::endpoint(
+                (Socket::Udp(udp), Some(tls)) => Listening::Quic(crate::transport::quic::endpoint(
                     udp,
                     &config,
                     tls,
@@ -233,7 +229,7 @@ impl Broker {
             match bound.socket {
                 Listening::Tcp(tcp) => {
                     let (config, tls) = (bound.config, bound.tls);
-                    tokio::spawn(accept_loop(
+                    tokio::spawn(crate::transport::accept::accept_loop(
                         state.clone(),
                         tcp,
                         config,
@@ -245,7 +241,7 @@ impl Broker {
                     let Some(tls) = bound.tls else {
                         continue;
                     };
-                    tokio::spawn(crate::quic::accept_loop(
+                    tokio::spawn(crate::transport::quic::accept_loop(
                         state.clone(),
                         endpoint,
                         bound.config,
@@ -426,116 +422,4 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
-}
-
-/// Counts an accept loop as up, for readiness, until it returns.
-pub(crate) struct ListenerUp(Arc<BrokerState>);
-
-impl ListenerUp {
-    pub(crate) fn new(state: &Arc<BrokerState>) -> Self {
-        state.listeners_up.fetch_add(1, Ordering::Relaxed);
-        ListenerUp(state.clone())
-    }
-}
-
-impl Drop for ListenerUp {
-    fn drop(&mut self) {
-        self.0.listeners_up.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection permit and a handshake slot, taken before each accept so at most
-/// `max_connections` sockets are served and `max_handshakes` are in their handshake; `None`
-/// once the broker shuts down.
-pub(crate) async fn take_slots(
-    state: &BrokerState,
-    permits: &Arc<Semaphore>,
-) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-    let permit = tokio::select! {
-        _ = state.shutdown.cancelled() => return None,
-        p = permits.clone().acquire_owned() => p.ok()?,
-    };
-    let handshake = tokio::select! {
-        _ = state.shutdown.cancelled() => return None,
-        p = state.handshakes.clone().acquire_owned() => p.ok()?,
-    };
-    Some((permit, handshake))
-}
-
-/// True (and counted) if the address of a new connection is banned.
-pub(crate) fn banned(state: &BrokerState, peer: SocketAddr) -> bool {
-    let banned = state
-        .bans
-        .address_banned(peer.ip(), crate::clock::unix_ms())
-        .is_some();
-    if banned {
-        state.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(%peer, "connection refused at accept: banned address");
-    }
-    banned
-}
-
-/// The address's admission (rate, connections open) for a new connection: its place, or
-/// `None` (counted) if refused.
-pub(crate) fn admit(state: &BrokerState, peer: SocketAddr) -> Option<AddressSlot> {
-    match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
-        Ok(slot) => Some(slot),
-        Err(why) => {
-            let counter = match why {
-                AddressRefusal::Rate => &state.stats.refused_address_rate,
-                AddressRefusal::Quota => &state.stats.refused_address_quota,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(%peer, ?why, "connection refused at accept");
-            None
-        }
-    }
-}
-
-/// Takes its slots before each accept; then the address's bans and admission, which
-/// close a refused socket at once, before any TLS or password work. The handshake runs in
-/// the connection's own task, never in this loop.
-async fn accept_loop(
-    state: Arc<BrokerState>,
-    listener: TcpListener,
-    config: Arc<ListenerConfig>,
-    tls: Option<Arc<crate::tls::TlsListener>>,
-    permits: Arc<Semaphore>,
-) {
-    let _up = ListenerUp::new(&state);
-    loop {
-        let Some((permit, handshake)) = take_slots(&state, &permits).await else {
-            return;
-        };
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if banned(&state, peer) {
-            continue;
-        }
-        let Some(address) = admit(&state, peer) else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let slot = handshake::HandshakeSlot::new(Some(handshake), state.stats.clone());
-        state.tasks.spawn(handshake::serve(
-            state.clone(),
-            stream,
-            peer,
-            config.clone(),
-            tls.clone(),
-            slot,
-            (permit, address),
-        ));
-    }
 }

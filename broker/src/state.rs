@@ -34,11 +34,11 @@ pub(crate) struct BrokerState {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     /// Authentication, tenants and their ACL rules.
-    pub auth: Arc<crate::auth::Auth>,
+    pub auth: Arc<crate::security::auth::Auth>,
     /// The choke point every message passes.
     pub admission: crate::admission::Admission,
     /// TLS listeners, for certificate reloads.
-    tls_listeners: Mutex<Vec<Arc<crate::tls::TlsListener>>>,
+    tls_listeners: Mutex<Vec<Arc<crate::transport::tls::TlsListener>>>,
     /// Reads from the store on behalf of connections (page-ins, retained payloads) that may
     /// run at once: each holds up to a page (~1 MiB) while it runs, so many clients cannot
     /// make the broker read their backlogs all at the same time.
@@ -49,17 +49,17 @@ pub(crate) struct BrokerState {
     /// The session registry and lifecycle.
     pub sessions: SessionTable,
     /// The operator's bans and flapping detection.
-    pub bans: crate::limits::bans::Bans,
+    pub bans: crate::security::limits::bans::Bans,
     /// `[rate_limits]` as last set (start or reload), for showing them.
     pub rate_limits_listed: Mutex<crate::config::RateLimitsConfig>,
     /// The operator's ban list as given (config, reload or admin plane), for showing it.
     pub bans_listed: Mutex<crate::config::BansConfig>,
     /// Per-address admission at accept.
-    pub addresses: Arc<crate::limits::addresses::Addresses>,
+    pub addresses: Arc<crate::security::limits::addresses::Addresses>,
     /// Handshakes (TLS and CONNECT) that may be in progress at once.
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// The packet limits every connection applies.
-    throttle: std::sync::RwLock<crate::limits::throttle::ThrottlePolicy>,
+    throttle: std::sync::RwLock<crate::security::limits::throttle::ThrottlePolicy>,
     /// `max_handshakes` now (the semaphore's size).
     max_handshakes: std::sync::atomic::AtomicUsize,
     /// Accept loops running (readiness: every configured listener up).
@@ -74,7 +74,7 @@ impl BrokerState {
         let stats = Arc::new(Stats::default());
         let persist = persist.map(|p| Arc::new(p.counted_in(&stats)));
         let limits = &config.limits;
-        let auth = Arc::new(crate::auth::Auth::new(&config)?);
+        let auth = Arc::new(crate::security::auth::Auth::new(&config)?);
         let tenants = auth.tenants.clone();
         let router = Arc::new(Router::new(
             limits.max_retained_messages,
@@ -125,8 +125,10 @@ impl BrokerState {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            addresses: crate::limits::addresses::Addresses::new(config.rate_limits.addresses()),
-            bans: crate::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
+            addresses: crate::security::limits::addresses::Addresses::new(
+                config.rate_limits.addresses(),
+            ),
+            bans: crate::security::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
             bans_listed: Mutex::new(config.bans.clone()),
             rate_limits_listed: Mutex::new(config.rate_limits.clone()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(
@@ -146,7 +148,7 @@ impl BrokerState {
     }
 
     /// The packet limits now.
-    pub fn throttle_policy(&self) -> crate::limits::throttle::ThrottlePolicy {
+    pub fn throttle_policy(&self) -> crate::security::limits::throttle::ThrottlePolicy {
         *self.throttle.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -207,7 +209,7 @@ impl BrokerState {
         }
     }
 
-    pub(crate) fn add_tls_listener(&self, l: Arc<crate::tls::TlsListener>) {
+    pub(crate) fn add_tls_listener(&self, l: Arc<crate::transport::tls::TlsListener>) {
         self.tls_listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -288,7 +290,7 @@ impl BrokerState {
     /// Hands a device's (maybe changed) limit overrides to its live connections, which take
     /// them at their next packet.
     fn give_device_limits(&self, tenant: &str, device: &str, limits: Vec<(String, u64)>) {
-        let limits = crate::auth::device_limits(limits);
+        let limits = crate::security::auth::device_limits(limits);
         let mut given = false;
         for s in self.sessions.all() {
             if *s.key.tenant == *tenant && s.is_connected() {
@@ -326,7 +328,7 @@ impl BrokerState {
         };
         let whose = format!(
             "stored messages of client {:?} of tenant {} (first: seq {seq})",
-            crate::auth::clip(&key.client_id),
+            crate::security::auth::clip(&key.client_id),
             key.tenant
         );
         self.report_quarantined(&whose, quarantined.len(), error);
@@ -356,16 +358,16 @@ impl BrokerState {
     /// Records a refused login (`auth.failure`) within the audit budget for refusals
     /// (anyone who reaches the port can cause them): beyond it, counted and summed up.
     pub fn audit_refusal(&self, detail: String) {
-        self.audit_login_event(crate::auth::RefusalEvent::Failure, detail);
+        self.audit_login_event(crate::security::auth::RefusalEvent::Failure, detail);
     }
 
     /// Records a lockout (`auth.lockout`), within the same budget: one attacker with many
     /// sources can start many.
     pub fn audit_lockout(&self, detail: String) {
-        self.audit_login_event(crate::auth::RefusalEvent::Lockout, detail);
+        self.audit_login_event(crate::security::auth::RefusalEvent::Lockout, detail);
     }
 
-    fn audit_login_event(&self, event: crate::auth::RefusalEvent, detail: String) {
+    fn audit_login_event(&self, event: crate::security::auth::RefusalEvent, detail: String) {
         let now = (std::time::Instant::now(), crate::clock::unix_ms());
         let a = self.auth.refused(event, now.0, now.1);
         if let Some(summary) = a.summary {
@@ -373,8 +375,8 @@ impl BrokerState {
         }
         if a.record {
             let action = match event {
-                crate::auth::RefusalEvent::Failure => "auth.failure",
-                crate::auth::RefusalEvent::Lockout => "auth.lockout",
+                crate::security::auth::RefusalEvent::Failure => "auth.failure",
+                crate::security::auth::RefusalEvent::Lockout => "auth.lockout",
             };
             self.audit(action, detail);
         }
@@ -472,7 +474,7 @@ impl BrokerState {
         &self,
         session: &Session,
         message: Arc<Message>,
-        mut access: Option<Box<crate::auth::Access>>,
+        mut access: Option<Box<crate::security::auth::Access>>,
     ) {
         let routes = self.router.tenant(&session.key.tenant);
         // Nobody waits for a will's acknowledgement; its writes are submitted all the same.

@@ -24,9 +24,9 @@ use messs_codec::{Packet, ReasonCode, TopicFilter};
 use messs_storage::{Durable, StorageError};
 
 use super::Client;
-use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::session::StoredSubscription;
+use crate::transport::connection::Transport;
 
 /// One acknowledgement in order, with the writes it waits for (if any) and how to undo
 /// the packet's change in memory if they fail.

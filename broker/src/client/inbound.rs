@@ -14,11 +14,11 @@ use messs_codec::{
 use super::acks::Undo;
 use super::{Client, End};
 use crate::admission::{topic_levels, Refused, Source};
-use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::persist::AckTicket;
 use crate::session::{AckMatch, StoredSubscription};
+use crate::transport::connection::Transport;
 
 /// The violation for an acknowledgement of the wrong type for its packet id (3.1.1 closes
 /// the connection [MQTT-4.8.0-1]; v5 calls it a Protocol Error).
@@ -53,7 +53,9 @@ impl<S: Transport> Client<S> {
                     "second CONNECT [MQTT-3.1.0-2]",
                 ))
             }
-            Packet::Auth(_) if self.access.identity.method == crate::auth::Method::Scram => {
+            Packet::Auth(_)
+                if self.access.identity.method == crate::security::auth::Method::Scram =>
+            {
                 // Re-authentication [MQTT-4.12.1] is not offered: the connection ends, and
                 // the device logs in again with a new CONNECT.
                 return Err(BrokerError::protocol(
@@ -276,7 +278,10 @@ impl<S: Transport> Client<S> {
             // always works).
             let tenant_max = self.access.identity.tenant.limits().max_subscriptions;
             if tenant_max > 0
-                && !crate::limits::tenant::below(tenant_max, self.routes.subscription_count())
+                && !crate::security::limits::tenant::below(
+                    tenant_max,
+                    self.routes.subscription_count(),
+                )
                 && !self.session.lock().has_subscription(sub.filter.as_str())
             {
                 self.state

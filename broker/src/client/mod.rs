@@ -19,18 +19,18 @@ use std::time::Duration;
 use messs_codec::{Connect, Disconnect, Packet, ReasonCode, TopicName, Will};
 use tokio::time::Sleep;
 
-use crate::auth::Access;
 use crate::clock::{mono_ms, mono_us, unix_ms};
 use crate::config::LimitsConfig;
-use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
-use crate::limits::throttle::{Limiter, Throttle, Verdict};
 use crate::message::Message;
 use crate::router::TenantRoutes;
+use crate::security::auth::Access;
+use crate::security::limits::throttle::{Limiter, Throttle, Verdict};
 use crate::session::table::Attached;
 use crate::session::Departure;
 use crate::session::{Session, DRAINING_MS};
 use crate::state::BrokerState;
+use crate::transport::connection::{Connection, Transport};
 use acks::PendingAcks;
 use keep_alive::{KeepAlive, KeepAliveVerdict};
 use replay::Replay;
@@ -628,7 +628,7 @@ impl<S: Transport> Client<S> {
                 delay,
                 // Checked again when it is published (after its delay, the rules may
                 // have changed).
-                access: Some(Box::new(crate::auth::Access::new(
+                access: Some(Box::new(crate::security::auth::Access::new(
                     &self.state.auth,
                     self.access.identity.clone(),
                     self.access.client_id.clone(),
@@ -640,7 +640,7 @@ impl<S: Transport> Client<S> {
             format!(
                 "{} client {:?}: {}{}",
                 a.identity.describe(),
-                crate::auth::clip(&a.client_id),
+                crate::security::auth::clip(&a.client_id),
                 end_name,
                 if a.denied > 0 {
                     format!(

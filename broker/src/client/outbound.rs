@@ -11,10 +11,10 @@ use super::{Client, MAX_BATCH};
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 use crate::clock::unix_ms;
-use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::message::Delivery;
 use crate::session::{read_page, Resend};
+use crate::transport::connection::Transport;
 
 /// Deliveries taken from the queue whose sending waits for a write: the packet ids of the
 /// stored QoS 2 ones among them (see `SessionState::take_batch`).

@@ -21,10 +21,10 @@ use messs_codec::{QoS, TopicFilter, TopicName};
 
 use super::Client;
 use crate::clock::unix_ms;
-use crate::connection::Transport;
 use crate::message::{Delivery, Message};
 use crate::router::ScanEnd;
 use crate::session::EnqueueError;
+use crate::transport::connection::Transport;
 
 /// Nodes of the retained tree one walk may visit per pass.
 const NODES_PER_WALK: usize = 1024;

@@ -12,13 +12,13 @@ use messs_codec::{ConnAck, ConnAckProperties, Connect, Packet, Protocol, ReasonC
 
 use super::reject;
 use crate::admission::topic_levels;
-use crate::auth::{Access, Login};
 use crate::client::{Client, Negotiated};
 use crate::config::{LimitsConfig, ListenerConfig};
-use crate::connection::{Connection, Transport};
+use crate::security::auth::{Access, Login};
 use crate::session::AttachRefused;
 use crate::session::SessionKey;
 use crate::state::BrokerState;
+use crate::transport::connection::{Connection, Transport};
 
 /// A refusal: the CONNACK reason code and the reason string sent with it.
 type Refusal = (ReasonCode, &'static str);
@@ -58,7 +58,7 @@ where
         None => (None, None),
     };
     if let Some(why) = bad_cert {
-        let d = crate::auth::Denied::BadCredentials;
+        let d = crate::security::auth::Denied::BadCredentials;
         state
             .stats
             .auth_failures
@@ -72,7 +72,7 @@ where
     let named = connect
         .username
         .as_deref()
-        .map(|u| crate::auth::split_login(listener, u))
+        .map(|u| crate::security::auth::split_login(listener, u))
         .filter(|(name, _)| !name.is_empty());
     if let Some(kind) = state.bans.listed(&connect.client_id, named) {
         tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
@@ -86,8 +86,8 @@ where
         .await;
         return None;
     }
-    let scram =
-        connect.properties.authentication_method.as_deref() == Some(crate::auth::scram::METHOD);
+    let scram = connect.properties.authentication_method.as_deref()
+        == Some(crate::security::auth::scram::METHOD);
     let authenticated = if scram {
         match super::enhanced::scram(state, &mut conn, &connect, peer, listener).await {
             Ok((identity, last)) => Ok((identity, Some(last))),
@@ -118,7 +118,7 @@ where
     let (identity, auth_data) = match authenticated {
         Ok(done) => done,
         Err(refusal) => {
-            use crate::auth::Denied;
+            use crate::security::auth::Denied;
             let stats = &state.stats;
             let counter = match refusal.denied {
                 Denied::LockedOut => &stats.auth_locked_out,
@@ -186,7 +186,7 @@ where
             ReasonCode::ConnectionRateExceeded,
             "the tenant's connection rate is exceeded",
         ))
-    } else if !crate::limits::tenant::below(
+    } else if !crate::security::limits::tenant::below(
         tenant.limits().max_connections,
         tenant
             .counters
@@ -222,8 +222,8 @@ where
     let access = Access::new(&state.auth, identity, Arc::from(client_id.as_str()));
     let refusal = if refused_id {
         Some((
-            crate::auth::Denied::ClientIdNotAllowed.code(),
-            crate::auth::Denied::ClientIdNotAllowed.reason(),
+            crate::security::auth::Denied::ClientIdNotAllowed.code(),
+            crate::security::auth::Denied::ClientIdNotAllowed.reason(),
             "client id not allowed for the device",
         ))
     } else {
@@ -243,7 +243,7 @@ where
         state.audit_refusal(format!(
             "{} client {:?} from {peer}: {audit}",
             access.identity.describe(),
-            crate::auth::clip(&client_id)
+            crate::security::auth::clip(&client_id)
         ));
         reject(&mut conn, protocol, code, why, client_max_packet).await;
         return None;
@@ -287,7 +287,7 @@ where
                 messs_codec::Protocol::V3_1_1 => 4,
                 messs_codec::Protocol::V5 => 5,
             },
-            by_certificate: access.identity.method == crate::auth::Method::Certificate,
+            by_certificate: access.identity.method == crate::security::auth::Method::Certificate,
             transport: listener.transport.name(),
             since_ms: crate::clock::unix_ms(),
         },
@@ -303,7 +303,7 @@ where
             server_keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
             authentication_method: auth_data
                 .is_some()
-                .then(|| crate::auth::scram::METHOD.to_owned()),
+                .then(|| crate::security::auth::scram::METHOD.to_owned()),
             authentication_data: auth_data.map(bytes::Bytes::from),
             ..ConnAckProperties::default()
         }
@@ -331,15 +331,15 @@ where
     );
     for (kind, ms) in flapping {
         let what = match kind {
-            crate::limits::bans::Kind::ClientId => {
+            crate::security::limits::bans::Kind::ClientId => {
                 format!(
                     "client id {:?} of tenant {}",
-                    crate::auth::clip(&client_id),
+                    crate::security::auth::clip(&client_id),
                     access.identity.tenant.id
                 )
             }
-            crate::limits::bans::Kind::Username => access.identity.describe(),
-            crate::limits::bans::Kind::Address => format!("address {}", peer.ip()),
+            crate::security::limits::bans::Kind::Username => access.identity.describe(),
+            crate::security::limits::bans::Kind::Address => format!("address {}", peer.ip()),
         };
         state
             .stats
@@ -356,7 +356,7 @@ where
         format!(
             "{} client {:?} from {peer} ({}, {protocol:?})",
             access.identity.describe(),
-            crate::auth::clip(&client_id),
+            crate::security::auth::clip(&client_id),
             access.identity.method_name()
         ),
     );
@@ -416,7 +416,7 @@ async fn refuse_banned<S: Transport>(
 /// What the broker's limits refuse outright (before any authentication work).
 fn check(connect: &Connect, limits: &LimitsConfig) -> Result<(), Refusal> {
     if let Some(method) = &connect.properties.authentication_method {
-        if method != crate::auth::scram::METHOD {
+        if method != crate::security::auth::scram::METHOD {
             // [MQTT-4.12.0-1]: a method the server does not offer.
             return Err((
                 ReasonCode::BadAuthenticationMethod,

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use messs_codec::{Auth, AuthProperties, Connect, Packet, ReasonCode};
 
-use crate::auth::scram::METHOD;
-use crate::auth::{Identity, Refusal};
 use crate::config::ListenerConfig;
-use crate::connection::{Connection, Transport};
+use crate::security::auth::scram::METHOD;
+use crate::security::auth::{Identity, Refusal};
 use crate::state::BrokerState;
+use crate::transport::connection::{Connection, Transport};
 
 /// How an exchange that did not log the client in ended.
 pub(super) enum Failed {

@@ -14,15 +14,15 @@ use messs_codec::{ConnAck, ConnAckProperties, DecodeError, Packet, Protocol, Rea
 
 use crate::client::Client;
 use crate::config::ListenerConfig;
-use crate::connection::{Connection, Transport};
 use crate::error::BrokerError;
 use crate::state::BrokerState;
+use crate::transport::connection::{Connection, Transport};
 
 /// The tenant every client belongs to until the tenancy issue adds real ones.
 pub const DEFAULT_TENANT: &str = "default";
 
 /// A client certificate from the TLS handshake: who it names, or why it names nobody.
-pub(crate) type PeerCert = Option<Result<crate::tls::CertLogin, String>>;
+pub(crate) type PeerCert = Option<Result<crate::transport::tls::CertLogin, String>>;
 
 /// A place among the handshakes allowed at once (`rate_limits.max_handshakes`), given back
 /// when the handshake ends, whatever its outcome.
@@ -70,7 +70,7 @@ pub(crate) async fn serve<P>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
-    tls: Option<Arc<crate::tls::TlsListener>>,
+    tls: Option<Arc<crate::transport::tls::TlsListener>>,
     slot: HandshakeSlot,
     permit: P,
 ) where
@@ -137,7 +137,7 @@ async fn then_mqtt<S, P>(
     }
     let upgraded = tokio::select! {
         _ = state.shutdown.cancelled() => return,
-        u = tokio::time::timeout_at(deadline, crate::ws::upgrade(stream, &listener.websocket)) => u,
+        u = tokio::time::timeout_at(deadline, crate::transport::ws::upgrade(stream, &listener.websocket)) => u,
     };
     let failures = &state.stats.websocket_upgrade_failures;
     let Some(ws) = step(upgraded, failures, peer, "WebSocket upgrade") else {

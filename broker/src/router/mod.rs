@@ -17,10 +17,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use messs_codec::TopicFilter;
 
-use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::shared::{SharedHold, SharedMessages};
 use crate::persist::AckTicket;
+use crate::security::limits::tenant::TenantHoldings;
 use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINING_MS};
 use crate::stats::Stats;
 use retained::RetainedStore;

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use messs_codec::TopicName;
 
 use super::tree::{descend, descend_mut, drop_subtree, prune, LevelNode};
-use crate::limits::tenant::TenantHoldings;
 use crate::message::Message;
+use crate::security::limits::tenant::TenantHoldings;
 use crate::stats::Stats;
 
 #[derive(Default)]
@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn the_tenants_own_caps_apply_below_the_brokers_and_a_lowered_cap_stops_growth() {
-        use crate::limits::tenant::{TenantLimits, TenantRates};
+        use crate::security::limits::tenant::{TenantLimits, TenantRates};
         let rates = TenantRates::default();
         let mut s = RetainedStore::new(
             100,

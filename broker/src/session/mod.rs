@@ -423,7 +423,7 @@ mod tests {
         max: usize,
         max_bytes: usize,
         budget: usize,
-        tenant: Arc<crate::limits::tenant::TenantHoldings>,
+        tenant: Arc<crate::security::limits::tenant::TenantHoldings>,
     ) -> (Session, Arc<Stats>) {
         let key = SessionKey {
             tenant: Arc::from("t"),
@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn a_tenants_sessions_share_its_queued_bytes_cap_and_give_it_back() {
-        use crate::limits::tenant::{TenantLimits, TenantRates};
+        use crate::security::limits::tenant::{TenantLimits, TenantRates};
         let one = delivery_of(QoS::AtLeastOnce, &[0; 1000]).cost();
         let rates = TenantRates::default();
         rates.set(

@@ -16,10 +16,10 @@ use super::durable::{PageIn, SessionDisk, PAGE};
 use super::timers::TimerKey;
 use crate::budget::{ByteBudget, Standing, SMALL_QUEUE};
 use crate::config::QueueFullPolicy;
-use crate::limits::tenant::TenantHoldings;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
 use crate::persist::shared::SharedHold;
+use crate::security::limits::tenant::TenantHoldings;
 
 /// What a session record costs beyond its client id, in bytes (the `Session`, its map
 /// entry and empty collections, rounded up).
@@ -100,7 +100,7 @@ pub(crate) struct PendingWill {
     /// Its client's rights, for the choke point to check again when the delay has passed
     /// (a rule changed meanwhile is honoured); `None` for a will restored at start-up,
     /// checked when its connection ended.
-    pub access: Option<Box<crate::auth::Access>>,
+    pub access: Option<Box<crate::security::auth::Access>>,
     pub timer: TimerKey,
     /// When it is due (Unix ms), as stored.
     pub due_at: u64,

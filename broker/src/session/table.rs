@@ -58,12 +58,12 @@ use tokio::sync::Notify;
 use super::timers::{Due, Timers};
 use super::{PendingWill, Session, SessionKey, SessionLimits, SessionState, StoredSubscription};
 use super::{SubscribeRefused, SESSION_COST};
-use crate::auth::tenants::Tenants;
-use crate::auth::Access;
 use crate::budget::ByteBudget;
 use crate::clock::{after_secs, Clock};
 use crate::message::Message;
 use crate::router::{Router, TenantRoutes};
+use crate::security::auth::tenants::Tenants;
+use crate::security::auth::Access;
 use crate::stats::Stats;
 
 /// Longest wait for the old connection to let go of a session on takeover (within the
@@ -348,7 +348,7 @@ impl SessionTable {
         // The tenant's own quota: no eviction of other tenants' sessions makes room for it.
         if let Some(t) = self.tenants.get(&key.tenant) {
             let held = t.sessions.load(Ordering::Relaxed);
-            if !crate::limits::tenant::below(t.limits().max_sessions, held) {
+            if !crate::security::limits::tenant::below(t.limits().max_sessions, held) {
                 self.stats
                     .tenant_quota_refusals
                     .fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use messs_storage::registry::JwtKey;
 use serde::Deserialize;
 
-use crate::acl::TokenScope;
+use crate::security::acl::TokenScope;
 
 /// Whether a password looks like a compact JWS (three base64url parts, a JSON header).
 pub(crate) fn looks_like_jwt(password: &[u8]) -> bool {

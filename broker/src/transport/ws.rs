@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::WebSocketConfig;
-use crate::connection::Transport;
+use crate::transport::connection::Transport;
 
 /// Subprotocols we answer to, in order of preference [MQTT-6.0.0-3], [MQTT-6.0.0-4].
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];

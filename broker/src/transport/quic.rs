@@ -9,13 +9,12 @@
 //! timeout only has to outlast MQTT's own keep-alive, which closes a silent client after
 //! 1.5 times its keep-alive on every transport: see [`idle_timeout`].
 
-use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
@@ -23,12 +22,13 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 
+use super::quic_streams::Closing;
 use crate::config::{LimitsConfig, ListenerConfig};
-use crate::connection::Transport;
 use crate::error::BrokerError;
 use crate::handshake::{self, HandshakeSlot};
 use crate::state::BrokerState;
-use crate::tls::TlsListener;
+use crate::transport::connection::Transport;
+use crate::transport::tls::TlsListener;
 
 /// Socket buffers asked for a QUIC listener's UDP socket, each way. The kernel's default
 /// (about 200 KiB) overflows when a burst of clients connects at once (each handshake
@@ -137,9 +137,10 @@ pub(crate) async fn accept_loop(
     tls: Arc<TlsListener>,
     permits: Arc<Semaphore>,
 ) {
-    let _up = crate::server::ListenerUp::new(&state);
+    let _up = crate::transport::accept::ListenerUp::new(&state);
     loop {
-        let Some((permit, slot)) = crate::server::take_slots(&state, &permits).await else {
+        let Some((permit, slot)) = crate::transport::accept::take_slots(&state, &permits).await
+        else {
             break;
         };
         let incoming = tokio::select! {
@@ -150,7 +151,7 @@ pub(crate) async fn accept_loop(
             },
         };
         let peer = incoming.remote_address();
-        if crate::server::banned(&state, peer) {
+        if crate::transport::accept::banned(&state, peer) {
             incoming.ignore();
             continue;
         }
@@ -164,7 +165,7 @@ pub(crate) async fn accept_loop(
             }
             continue;
         }
-        let Some(address) = crate::server::admit(&state, peer) else {
+        let Some(address) = crate::transport::accept::admit(&state, peer) else {
             incoming.refuse();
             continue;
         };
@@ -254,7 +255,7 @@ async fn serve<P: Send + 'static>(
     let streams = listener.quic.max_streams as usize;
     if streams > 1 {
         let limits = &state.config.limits;
-        let stream = crate::quic_streams::MultiStream::new(
+        let stream = crate::transport::quic_streams::MultiStream::new(
             connection,
             send,
             recv,
@@ -295,33 +296,6 @@ pub(crate) struct QuicStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     closing: Closing,
-}
-
-/// The graceful end of a QUIC connection: finish the stream that carried the MQTT
-/// connection, wait until the peer has acknowledged all of it (a DISCONNECT included),
-/// then close the connection, so nothing in flight is lost. (`Connection::close` bounds
-/// the wait.)
-#[derive(Default)]
-pub(crate) struct Closing(Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>);
-
-impl Closing {
-    pub(crate) fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        send: &mut quinn::SendStream,
-        connection: &quinn::Connection,
-    ) -> Poll<io::Result<()>> {
-        let acked = self.0.get_or_insert_with(|| {
-            let _ = send.finish();
-            let stopped = send.stopped();
-            Box::pin(async move {
-                let _ = stopped.await;
-            })
-        });
-        ready!(acked.as_mut().poll(cx));
-        connection.close(quinn::VarInt::from_u32(0), b"");
-        Poll::Ready(Ok(()))
-    }
 }
 
 impl QuicStream {

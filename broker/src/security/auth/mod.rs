@@ -34,10 +34,10 @@ use messs_codec::{QoS, ReasonCode};
 use messs_storage::Store;
 use moka::sync::Cache;
 
-use crate::acl::{ClientAcl, Subject, TokenScope};
 use crate::audit_budget::{Admission, AuditBudget};
 use crate::config::{Config, ListenerConfig, NoRules};
 use crate::error::BrokerError;
+use crate::security::acl::{ClientAcl, Subject, TokenScope};
 use lockout::{Lockout, LockoutPolicy};
 use password::{HashParams, PasswordPool, Verdict};
 pub(crate) use tenants::{TenantSecurity, Tenants};
@@ -330,7 +330,7 @@ const IN_FLIGHT_FULL: &str =
 pub(crate) struct Auth {
     pub tenants: Arc<Tenants>,
     /// Every tenant's trusted client CAs (shared with the TLS listeners).
-    pub client_cas: Arc<crate::tls::ClientCas>,
+    pub client_cas: Arc<crate::transport::tls::ClientCas>,
     pool: PasswordPool,
     remembered: Cache<[u8; 32], Remembered>,
     /// Key of the digest the cache is keyed by: random per process, so the cache's keys
@@ -356,7 +356,7 @@ pub(crate) struct Login<'a> {
     pub peer: IpAddr,
     pub listener: &'a ListenerConfig,
     /// The client certificate the TLS handshake verified, if any.
-    pub certificate: Option<crate::tls::CertLogin>,
+    pub certificate: Option<crate::transport::tls::CertLogin>,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
 }
@@ -658,7 +658,7 @@ impl Auth {
     /// verification proven from one source is never an answer for another.
     fn digest(&self, peer: IpAddr, tenant: &str, username: &str, password: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.digest_key);
-        let source = match crate::limits::source(peer) {
+        let source = match crate::security::limits::source(peer) {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
         };

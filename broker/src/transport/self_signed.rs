@@ -34,7 +34,7 @@ pub fn ensure(data_dir: &Path) -> Result<SelfSigned, BrokerError> {
         make(&dir, &cert_file, &key_file)?;
     }
     let pem = std::fs::read(&cert_file)?;
-    let der = crate::tls::parse_pem_certs(&pem)?;
+    let der = crate::transport::tls::parse_pem_certs(&pem)?;
     let first = der
         .first()
         .ok_or_else(|| BrokerError::Config(format!("{}: no certificate", cert_file.display())))?;
@@ -117,6 +117,6 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
         }
         // The pair loads as a listener would load it.
-        crate::tls::TlsListener::new(&first.tls, Default::default()).unwrap();
+        crate::transport::tls::TlsListener::new(&first.tls, Default::default()).unwrap();
     }
 }

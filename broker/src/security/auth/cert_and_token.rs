@@ -21,7 +21,7 @@ impl Auth {
     /// registered (and audited) at its first login.
     pub(super) async fn certificate(
         &self,
-        cert: &crate::tls::CertLogin,
+        cert: &crate::transport::tls::CertLogin,
         peer: IpAddr,
         store: Option<&Store>,
     ) -> Result<Identity, Refusal> {

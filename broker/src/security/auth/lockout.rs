@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::limits::source;
+use crate::security::limits::source;
 
 /// Lockout settings.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use messs_storage::registry::{AclRule, JwtKey};
 
-use crate::limits::tenant::{TenantLimits, TenantRates};
+use crate::security::limits::tenant::{TenantLimits, TenantRates};
 use crate::session::TenantId;
 
 /// One tenant's security settings.

@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use messs_codec::frame_length;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::Transport;
+use crate::transport::connection::Transport;
 
 /// Bytes read from one stream per turn.
 const READ_CHUNK: usize = 8 * 1024;
@@ -93,7 +93,7 @@ pub(crate) struct MultiStream {
     eof: bool,
     max_connect: usize,
     max_packet: usize,
-    closing: crate::quic::Closing,
+    closing: Closing,
 }
 
 fn invalid(why: &'static str) -> io::Error {
@@ -275,7 +275,7 @@ impl MultiStream {
             eof: false,
             max_connect,
             max_packet,
-            closing: crate::quic::Closing::default(),
+            closing: Closing::default(),
         }
     }
 
@@ -465,7 +465,7 @@ impl AsyncWrite for MultiStream {
         AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().control.send), cx)
     }
 
-    /// Finishes every data stream, then closes as [`crate::quic::Closing`] says (on the
+    /// Finishes every data stream, then closes as [`Closing`] says (on the
     /// control stream).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -519,5 +519,32 @@ mod tests {
         assert!(!pubrec_failed(&[0x50, 3, 0, 7, 0x10]));
         assert!(pubrec_failed(&[0x50, 3, 0, 7, 0x87]));
         assert_eq!(header_len(&[0x30, 0x80, 0x01]), 3);
+    }
+}
+
+/// The graceful end of a QUIC connection: finish the stream that carried the MQTT
+/// connection, wait until the peer has acknowledged all of it (a DISCONNECT included),
+/// then close the connection, so nothing in flight is lost. (`Connection::close` bounds
+/// the wait.)
+#[derive(Default)]
+pub(crate) struct Closing(Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>);
+
+impl Closing {
+    pub(crate) fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        send: &mut quinn::SendStream,
+        connection: &quinn::Connection,
+    ) -> Poll<io::Result<()>> {
+        let acked = self.0.get_or_insert_with(|| {
+            let _ = send.finish();
+            let stopped = send.stopped();
+            Box::pin(async move {
+                let _ = stopped.await;
+            })
+        });
+        ready!(acked.as_mut().poll(cx));
+        connection.close(quinn::VarInt::from_u32(0), b"");
+        Poll::Ready(Ok(()))
     }
 }
