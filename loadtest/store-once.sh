@@ -22,10 +22,9 @@ work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/messs.toml" <<CONF
 [[listener]]
-bind = "127.0.0.1:$port"
+bind = "127.0.0.1:0"
 allow_anonymous = true
 tenant = "default"
 [acl]
@@ -38,10 +37,8 @@ max_session_bytes_total = 4294967296
 CONF
 "$MESSS" serve --admin-listen off --config "$work/messs.toml" >"$work/messs.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do
-  python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null && break
-  sleep 0.05
-done
+port=$(broker_port "$work/messs.log")
+[ -n "$port" ] || { echo "store-once: messs did not start:" >&2; cat "$work/messs.log" >&2; exit 1; }
 # The sessions subscribe, then leave: they stay, offline, holding what is queued for them.
 $LOAD sub --port "$port" --protocol 5 --qos 1 --subscribers "$SESSIONS" --persistent \
   --topic 'fan/#' --count 1 --duration 5s --client-prefix once >/dev/null 2>&1 || true
