@@ -256,7 +256,13 @@ impl Router {
         if matches.len() > 1 {
             matches.sort_by_key(|m| m.session.id);
         }
-        let shared = self.store_once(tenant, message, matches, ack);
+        // One hold per persistent session counted here: exactly that many are handed out
+        // below (a session that became persistent since takes one only if one is left, and
+        // any left over are given back), so the count can never reach zero early.
+        let (shared, mut holds_left) = match self.store_once(tenant, message, matches, ack) {
+            Some((hold, n)) => (Some(hold), n),
+            None => (None, 0),
+        };
         let mut matched = 0;
         let mut pressure = None;
         let mut i = 0;
@@ -284,7 +290,10 @@ impl Router {
             }
             let durable = first.session.is_durable();
             let ticket = if durable { ack.get() } else { None };
-            let hold = shared.as_ref().filter(|_| durable);
+            let hold = shared.as_ref().filter(|_| durable && holds_left > 0);
+            if hold.is_some() {
+                holds_left -= 1;
+            }
             match first
                 .session
                 .enqueue(delivery, self.queue_qos0_offline, ticket, hold)
@@ -336,22 +345,27 @@ impl Router {
             }
             i = j;
         }
-        if let Some(publishers_hold) = shared {
-            publishers_hold.give_back(ack.get());
+        if let Some(hold) = shared {
+            for _ in 0..holds_left {
+                hold.give_back(ack.get());
+            }
+            // The publisher's own hold.
+            hold.give_back(ack.get());
         }
         (matched, pressure)
     }
 
     /// Stores `message` once if two or more persistent sessions are among `matches`
     /// (sorted by session): each of them then stores a reference to it instead of a copy
-    /// (see `persist::shared`). Returns the hold to hand to each of them.
+    /// (see `persist::shared`). Returns the hold to hand to each of them, and how many
+    /// holds it took for them (besides the publisher's own).
     fn store_once(
         &self,
         tenant: &TenantId,
         message: &Message,
         matches: &[Match],
         ack: &mut AckTicket,
-    ) -> Option<SharedHold> {
+    ) -> Option<(SharedHold, usize)> {
         let (store, shared) = (self.store.as_ref()?, self.shared.as_ref()?);
         let mut durable = 0;
         let mut last = None;
@@ -365,7 +379,8 @@ impl Router {
             return None;
         }
         let record = crate::persist::codec::message_record(message).ok()?;
-        shared.store_once(store, tenant, &record, durable, ack.get())
+        let hold = shared.store_once(store, tenant, &record, durable, ack.get())?;
+        Some((hold, durable))
     }
 
     /// Walks the retained messages matching `filter` for a new subscription (see
