@@ -322,25 +322,9 @@ impl Router {
                 Err(EnqueueError::Offline) => {
                     self.stats.dropped_offline.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(EnqueueError::Full) => {
+                Err(dropped) => {
                     matched += 1;
-                    self.stats
-                        .dropped_queue_full
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(EnqueueError::Budget) => {
-                    matched += 1;
-                    self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(EnqueueError::TenantQuota) => {
-                    matched += 1;
-                    self.stats
-                        .dropped_tenant_quota
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(EnqueueError::Storage) => {
-                    matched += 1;
-                    self.stats.dropped_storage.fetch_add(1, Ordering::Relaxed);
+                    self.count_dropped(dropped);
                 }
             }
             i = j;
@@ -353,6 +337,18 @@ impl Router {
             hold.give_back(ack.get());
         }
         (matched, pressure)
+    }
+
+    /// Counts a delivery a matching session's queue refused.
+    fn count_dropped(&self, why: EnqueueError) {
+        let counter = match why {
+            EnqueueError::Offline => &self.stats.dropped_offline,
+            EnqueueError::Full => &self.stats.dropped_queue_full,
+            EnqueueError::Budget => &self.stats.dropped_budget,
+            EnqueueError::TenantQuota => &self.stats.dropped_tenant_quota,
+            EnqueueError::Storage => &self.stats.dropped_storage,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Stores `message` once if two or more persistent sessions are among `matches`

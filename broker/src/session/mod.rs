@@ -13,6 +13,7 @@
 //! (`backpressure_wait_ms`), and the publisher side caps the share of time spent paused.
 
 mod durable;
+mod lifecycle;
 mod state;
 pub(crate) mod table;
 pub(crate) mod timers;

@@ -55,15 +55,17 @@ use std::time::Duration;
 use messs_codec::{ReasonCode, TopicFilter};
 use tokio::sync::Notify;
 
+pub(crate) use super::lifecycle::{
+    AttachRefused, Attached, Departure, Effect, Effects, TableLimits, Will,
+};
 use super::timers::{Due, Timers};
-use super::{PendingWill, Session, SessionKey, SessionLimits, SessionState, StoredSubscription};
+use super::{PendingWill, Session, SessionKey, SessionState, StoredSubscription};
 use super::{SubscribeRefused, SESSION_COST};
 use crate::budget::ByteBudget;
 use crate::clock::{after_secs, Clock};
 use crate::message::Message;
 use crate::router::{Router, TenantRoutes};
 use crate::security::auth::tenants::Tenants;
-use crate::security::auth::Access;
 use crate::stats::Stats;
 
 /// Longest wait for the old connection to let go of a session on takeover (within the
@@ -78,65 +80,6 @@ const EVICTION_CANDIDATES: usize = 64;
 
 /// Evictions one new session may cause (its cost may need several small ones).
 const EVICTIONS_PER_SESSION: usize = 8;
-
-/// What a transition leaves for the caller to do once no session lock is held.
-pub(crate) enum Effect {
-    /// Publish this session's will through the choke point, checked there against its
-    /// client's rights (if known: see `PendingWill::access`).
-    PublishWill(Arc<Session>, Arc<Message>, Option<Box<Access>>),
-}
-
-/// A connection's will, to publish when it ends abnormally.
-pub(crate) struct Will {
-    pub message: Message,
-    /// Will Delay Interval, seconds.
-    pub delay: u32,
-    /// Its client's rights (see `PendingWill::access`).
-    pub access: Option<Box<Access>>,
-}
-
-/// The effects of one transition, in the order they must be applied.
-pub(crate) type Effects = Vec<Effect>;
-
-/// A connection's hold on a session.
-pub(crate) struct Attached {
-    pub session: Arc<Session>,
-    pub session_present: bool,
-    /// The generation this attach created; detach is a no-op if another attach followed.
-    pub generation: u64,
-}
-
-/// Why a connection could not get a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttachRefused {
-    /// `max_sessions`, the tenant's quota or the session byte budget is reached.
-    Quota,
-    /// The handshake deadline passed while waiting for another CONNECT of this client id.
-    Timeout,
-}
-
-/// How a connection ended, as far as the session is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Departure {
-    /// DISCONNECT 0x00: the will is discarded.
-    Clean,
-    /// Any abnormal end: the will is published (after its delay).
-    Abnormal,
-    /// Another connection took the session over (the will is published as for Abnormal; the
-    /// new owner decides the session's fate).
-    TakenOver,
-    /// The broker is shutting down: no will, no timers.
-    Shutdown,
-}
-
-/// The limits the table applies when it makes a session.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TableLimits {
-    /// Sessions the broker holds at most (connected and offline).
-    pub max_sessions: usize,
-    /// Each session's own limits.
-    pub session: SessionLimits,
-}
 
 type AttachLocks = HashMap<SessionKey, Weak<tokio::sync::Mutex<()>>>;
 

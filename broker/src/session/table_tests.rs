@@ -12,6 +12,7 @@ use messs_codec::{QoS, SubscriptionOptions, TopicFilter, TopicName};
 
 use super::*;
 use crate::message::MessageProperties;
+use crate::session::SessionLimits;
 
 const START_MS: u64 = 1_000_000;
 
