@@ -1129,7 +1129,8 @@ async fn a_delayed_will_meets_the_rules_in_force_when_it_is_published() {
     assert_eq!(got.topic.as_str(), "will/open");
     watcher.expect_silence().await;
     let mut waited = 0;
-    while broker.stats.acl_publish_denied.load(Ordering::Relaxed) == denied_before && waited < 100 {
+    while broker.stats.acl_publish_denied.load(Ordering::Relaxed) == denied_before && waited < 1000
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += 1;
     }

@@ -1265,7 +1265,7 @@ async fn a_fan_out_to_persistent_sessions_stores_the_payload_once() {
     last.disconnect().await;
     let data = broker.data.clone();
     let mut waited = 0;
-    while broker.stats.shared_messages.load(Ordering::Relaxed) != 0 && waited < 200 {
+    while broker.stats.shared_messages.load(Ordering::Relaxed) != 0 && waited < 800 {
         tokio::time::sleep(Duration::from_millis(25)).await;
         waited += 1;
     }
