@@ -32,9 +32,52 @@ pub(crate) fn mono_us() -> u64 {
 
 /// Nanoseconds on the same clock (shared rates: a tenant's many connections).
 pub(crate) fn mono_ns() -> u64 {
+    mono_ns_at(tokio::time::Instant::now())
+}
+
+/// `instant` on the `mono_ns` scale.
+fn mono_ns_at(instant: tokio::time::Instant) -> u64 {
     static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
     let base = *BASE.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(instant.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One reading of both clocks, taken by whoever feeds an event to a state machine that
+/// decides on time (the client core), so that machine never reads a clock itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    /// The monotonic clock: keep-alive, pauses, rates.
+    pub(crate) instant: tokio::time::Instant,
+    /// The wall clock in Unix milliseconds: message expiry (what is stored).
+    pub(crate) unix_ms: u64,
+}
+
+impl Now {
+    /// The monotonic reading on the `mono_ns` scale.
+    pub(crate) fn mono_ns(&self) -> u64 {
+        mono_ns_at(self.instant)
+    }
+
+    /// The monotonic reading on the `mono_us` scale.
+    pub(crate) fn mono_us(&self) -> u64 {
+        self.mono_ns() / 1000
+    }
+
+    /// The monotonic reading on the `mono_ms` scale.
+    pub(crate) fn mono_ms(&self) -> u64 {
+        self.mono_ns() / 1_000_000
+    }
+
+    /// `d` later on both clocks (tests step a core's time this way).
+    #[cfg(test)]
+    pub(crate) fn after(self, d: Duration) -> Self {
+        Now {
+            instant: self.instant + d,
+            unix_ms: self
+                .unix_ms
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
 }
 
 /// The broker's time, as one handle passed to whatever decides on time (the session table,
@@ -77,6 +120,14 @@ impl Clock {
     /// The monotonic clock: for waits and pauses, which nothing stores.
     pub(crate) fn instant(&self) -> tokio::time::Instant {
         tokio::time::Instant::now()
+    }
+
+    /// Both clocks, read once.
+    pub(crate) fn now(&self) -> Now {
+        Now {
+            instant: self.instant(),
+            unix_ms: self.unix_ms(),
+        }
     }
 
     /// The monotonic clock in milliseconds (`mono_ms`), for stamps kept in atomics.

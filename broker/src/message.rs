@@ -79,10 +79,10 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message from a client's PUBLISH whose topic is already resolved. The clock is read
-    /// only when the message has an expiry interval. The payload is copied out of the read
-    /// buffer (see the module header).
-    pub fn from_publish(p: Publish, topic: TopicName, origin: u64) -> Self {
+    /// A message from a client's PUBLISH whose topic is already resolved, received at
+    /// `now_ms` (Unix milliseconds: its expiry counts from then). The payload is copied out
+    /// of the read buffer (see the module header).
+    pub fn from_publish(p: Publish, topic: TopicName, origin: u64, now_ms: u64) -> Self {
         let props = p.properties;
         Message {
             topic,
@@ -91,7 +91,7 @@ impl Message {
             retain: p.retain,
             expires_at: props
                 .message_expiry_interval
-                .map(|s| crate::clock::after_secs(crate::clock::unix_ms(), s)),
+                .map(|s| crate::clock::after_secs(now_ms, s)),
             properties: MessageProperties {
                 payload_format_indicator: props.payload_format_indicator,
                 content_type: props.content_type,
@@ -296,7 +296,7 @@ mod tests {
             chunk.contains(&(p.payload.as_ptr() as usize)),
             "decoded in place"
         );
-        let m = Message::from_publish(*p, topic.clone(), 1);
+        let m = Message::from_publish(*p, topic.clone(), 1, 0);
         assert_eq!(
             m.properties.correlation_data.as_deref(),
             Some(&b"request-42"[..])

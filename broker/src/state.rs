@@ -71,6 +71,15 @@ pub(crate) struct BrokerState {
 
 impl BrokerState {
     pub fn new(config: Config, persist: Option<Persistence>) -> Result<Self, crate::BrokerError> {
+        Self::with_clock(config, persist, Clock::system())
+    }
+
+    /// As `new`, with the clock the session table decides on (tests drive a paused one).
+    pub(crate) fn with_clock(
+        config: Config,
+        persist: Option<Persistence>,
+        clock: Clock,
+    ) -> Result<Self, crate::BrokerError> {
         let stats = Arc::new(Stats::default());
         let persist = persist.map(|p| Arc::new(p.counted_in(&stats)));
         let limits = &config.limits;
@@ -105,7 +114,7 @@ impl BrokerState {
             auth.tenants.clone(),
             router.clone(),
             stats.clone(),
-            Clock::system(),
+            clock,
         );
         let admission = crate::admission::Admission::new(
             auth.clone(),

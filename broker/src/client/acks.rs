@@ -23,10 +23,9 @@ use std::num::NonZeroU16;
 use messs_codec::{Packet, ReasonCode, TopicFilter};
 use messs_storage::{Durable, StorageError};
 
-use super::Client;
+use super::core::ClientCore;
 use crate::error::BrokerError;
 use crate::session::StoredSubscription;
-use crate::transport::connection::Transport;
 
 /// One acknowledgement in order, with the writes it waits for (if any) and how to undo
 /// the packet's change in memory if they fail.
@@ -61,7 +60,7 @@ impl PendingAcks {
     }
 }
 
-impl<S: Transport> Client<S> {
+impl ClientCore {
     /// Sends `packet` now, or after the writes in `wait` (and every acknowledgement queued
     /// before it).
     pub(super) fn send_ack(
@@ -81,7 +80,7 @@ impl<S: Transport> Client<S> {
     ) -> Result<(), BrokerError> {
         let queued = self.acks.as_ref().is_some_and(|a| !a.0.is_empty());
         if wait.is_none() && !queued {
-            return self.conn.queue(&packet);
+            return self.frames.queue(&packet);
         }
         let undo = wait.as_ref().and(undo).map(Box::new);
         self.acks
@@ -132,7 +131,7 @@ impl<S: Transport> Client<S> {
                 return Ok(());
             };
             match outcome {
-                Ok(()) => self.conn.queue(&ack.packet)?,
+                Ok(()) => self.frames.queue(&ack.packet)?,
                 Err(e) => {
                     if let Some(undo) = ack.undo {
                         self.undo(*undo);
@@ -185,13 +184,13 @@ impl<S: Transport> Client<S> {
 
     /// An acknowledgement whose writes failed (see the module header).
     fn refuse(&mut self, packet: Packet, error: StorageError) -> Result<(), BrokerError> {
-        let v5 = self.conn.protocol().is_v5();
+        let v5 = self.frames.protocol().is_v5();
         let client_id = &self.session.key.client_id;
         let is_rec = matches!(packet, Packet::PubRec(_));
         match packet {
             Packet::PubAck(ref r) | Packet::PubRec(ref r) if !r.reason.is_success() => {
                 // Already a refusal (nothing was routed): send it as it is.
-                self.conn.queue(&packet)
+                self.frames.queue(&packet)
             }
             Packet::PubAck(mut r) | Packet::PubRec(mut r) => {
                 self.state
@@ -214,7 +213,7 @@ impl<S: Transport> Client<S> {
                 } else {
                     Packet::PubAck(r)
                 };
-                self.conn.queue(&refusal)
+                self.frames.queue(&refusal)
             }
             Packet::SubAck(mut a) => {
                 tracing::warn!(%client_id, error = %error, "subscribe refused: not stored");
@@ -222,14 +221,14 @@ impl<S: Transport> Client<S> {
                 for reason in a.reasons.iter_mut().filter(|r| r.is_success()) {
                     *reason = ReasonCode::UnspecifiedError;
                 }
-                self.conn.queue(&Packet::SubAck(a))
+                self.frames.queue(&Packet::SubAck(a))
             }
             Packet::UnsubAck(mut a) if v5 => {
                 tracing::warn!(%client_id, error = %error, "unsubscribe refused: not stored");
                 for reason in a.reasons.iter_mut() {
                     *reason = ReasonCode::UnspecifiedError;
                 }
-                self.conn.queue(&Packet::UnsubAck(a))
+                self.frames.queue(&Packet::UnsubAck(a))
             }
             _ => {
                 // PUBCOMP, PUBREL and a 3.1.1 UNSUBACK have no way to say it failed: the

@@ -12,13 +12,13 @@ use messs_codec::{
 };
 
 use super::acks::Undo;
-use super::{Client, End};
+use super::core::{ClientCore, End};
 use crate::admission::{topic_levels, Refused, Source};
+use crate::clock::Now;
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::persist::AckTicket;
 use crate::session::{AckMatch, StoredSubscription};
-use crate::transport::connection::Transport;
 
 /// The violation for an acknowledgement of the wrong type for its packet id (3.1.1 closes
 /// the connection [MQTT-4.8.0-1]; v5 calls it a Protocol Error).
@@ -26,11 +26,15 @@ fn wrong_ack(name: &'static str) -> BrokerError {
     BrokerError::protocol(ReasonCode::ProtocolError, name)
 }
 
-impl<S: Transport> Client<S> {
+impl ClientCore {
     /// Handles one packet; `Some(end)` when the connection should end.
-    pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<End>, BrokerError> {
+    pub(super) fn handle_packet(
+        &mut self,
+        packet: Packet,
+        now: Now,
+    ) -> Result<Option<End>, BrokerError> {
         match packet {
-            Packet::Publish(p) => self.on_publish(*p)?,
+            Packet::Publish(p) => self.on_publish(*p, now)?,
             Packet::PubAck(r) => {
                 if self.session.lock().on_puback(r.packet_id) == AckMatch::WrongType {
                     return Err(wrong_ack("PUBACK for a message not sent at QoS 1"));
@@ -45,7 +49,7 @@ impl<S: Transport> Client<S> {
             }
             Packet::Subscribe(s) => self.on_subscribe(*s)?,
             Packet::Unsubscribe(u) => self.on_unsubscribe(*u)?,
-            Packet::PingReq => self.conn.queue(&Packet::PingResp)?,
+            Packet::PingReq => self.frames.queue(&Packet::PingResp)?,
             Packet::Disconnect(d) => return self.on_disconnect(d).map(Some),
             Packet::Connect(_) => {
                 return Err(BrokerError::protocol(
@@ -103,7 +107,7 @@ impl<S: Transport> Client<S> {
         }
     }
 
-    fn on_publish(&mut self, mut p: Publish) -> Result<(), BrokerError> {
+    fn on_publish(&mut self, mut p: Publish, now: Now) -> Result<(), BrokerError> {
         self.state
             .stats
             .messages_received
@@ -137,7 +141,7 @@ impl<S: Transport> Client<S> {
                 ));
             }
         }
-        let message = Message::from_publish(p, topic, self.session.id);
+        let message = Message::from_publish(p, topic, self.session.id, now.unix_ms);
         let published = self.state.admission.publish(
             &self.session.key.tenant,
             &self.routes,
@@ -161,7 +165,7 @@ impl<S: Transport> Client<S> {
             }
         };
         if let Some(session) = outcome.pressure {
-            self.pause_for(session);
+            self.pause_for(session, now);
         }
         self.pass_work = self
             .pass_work

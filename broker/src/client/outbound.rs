@@ -6,15 +6,14 @@ use std::sync::atomic::Ordering;
 
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
 
-use super::{Client, MAX_BATCH};
+use super::core::{ClientCore, MAX_BATCH};
 
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, Now};
 use crate::error::BrokerError;
 use crate::message::Delivery;
 use crate::session::{read_page, Resend};
-use crate::transport::connection::Transport;
 
 /// Deliveries taken from the queue whose sending waits for a write: the packet ids of the
 /// stored QoS 2 ones among them (see `SessionState::take_batch`).
@@ -29,17 +28,17 @@ thread_local! {
     static BATCH: std::cell::Cell<Vec<(Delivery, QosPid)>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-impl<S: Transport> Client<S> {
+impl ClientCore {
     /// On session resume, resends unacknowledged PUBLISHes (DUP set) and PUBRELs in their
     /// original order, before anything new [MQTT-4.4.0-1].
-    pub(super) fn resend_inflight(&mut self) -> Result<(), BrokerError> {
+    pub(super) fn resend_inflight(&mut self, now: Now) -> Result<(), BrokerError> {
         let resend = self.session.lock().resend_list();
-        let now = unix_ms();
+        let now = now.unix_ms;
         for r in resend {
             match r {
                 Resend::Publish(d, qos_pid) => self.write_delivery(&d, qos_pid, true, now)?,
                 Resend::PubRel(pid) => self
-                    .conn
+                    .frames
                     .queue(&Packet::PubRel(PubResponse::success(pid)))?,
             }
         }
@@ -48,26 +47,27 @@ impl<S: Transport> Client<S> {
 
     /// Tops the queue up with owed retained messages, then encodes queued deliveries while
     /// the window allows.
-    pub(super) fn drain_outbox(&mut self) -> Result<(), BrokerError> {
+    pub(super) fn drain_outbox(&mut self, now: Now) -> Result<(), BrokerError> {
         self.refresh_access();
-        self.replay_retained();
-        let result = self.encode_queued();
+        self.replay_retained(now);
+        let result = self.encode_queued(now);
         self.replay_more = self.replay_pending();
-        self.page_in();
+        self.page_in(now);
         result
     }
 
     /// Starts reading the next page of a persistent session's on-disk queue when its memory
     /// queue runs low. The read runs on the blocking pool; when it is done the page is in
     /// the queue and the connection is woken.
-    fn page_in(&mut self) {
-        let Some(request) = self.session.lock().page_in_request(unix_ms()) else {
+    fn page_in(&mut self, now: Now) {
+        let Some(request) = self.session.lock().page_in_request(now.unix_ms) else {
             return;
         };
         let session = self.session.clone();
         let state = self.state.clone();
         self.state.spawn_storage_read(move || {
             let page = read_page(&request);
+            // Read when the page is in (the pool may have been busy), not when asked for.
             let paged = session.lock().page_in_done(page, request.from, unix_ms());
             if paged.expired > 0 {
                 state
@@ -84,11 +84,11 @@ impl<S: Transport> Client<S> {
     /// or about `MAX_WRITE_BUFFER` bytes wait to be written; in the last case `drain_more`
     /// asks for another pass once they are flushed. So the write buffer of a client that
     /// does not read stays small, and what waits for it stays in its (counted) queue.
-    fn encode_queued(&mut self) -> Result<(), BrokerError> {
-        let now = unix_ms();
+    fn encode_queued(&mut self, now: Now) -> Result<(), BrokerError> {
+        let (now, now_mono_ms) = (now.unix_ms, now.mono_ms());
         self.drain_more = false;
         loop {
-            let room = MAX_WRITE_BUFFER.saturating_sub(self.conn.queued_bytes());
+            let room = MAX_WRITE_BUFFER.saturating_sub(self.frames.pending_out());
             if room == 0 {
                 self.drain_more = true;
                 return Ok(());
@@ -105,7 +105,7 @@ impl<S: Transport> Client<S> {
                 (taken, !st.over_soft_limit())
             };
             let took = !batch.is_empty() || expired > 0;
-            let progress_at = if took { crate::clock::mono_ms() } else { 0 };
+            let progress_at = if took { now_mono_ms } else { 0 };
             self.session
                 .after_drain(took, progress_at, below_soft_limit);
             if expired > 0 {
@@ -138,11 +138,11 @@ impl<S: Transport> Client<S> {
 
     /// The writes held deliveries waited for are done: writes them (the next pass goes on
     /// with the queue).
-    pub(super) fn write_held(&mut self) -> Result<(), BrokerError> {
+    pub(super) fn write_held(&mut self, now: Now) -> Result<(), BrokerError> {
         let Some(held) = self.held.take() else {
             return Ok(());
         };
-        let now = unix_ms();
+        let now = now.unix_ms;
         held.deliveries
             .into_iter()
             .try_for_each(|(d, qos_pid)| self.write_delivery(&d, qos_pid, false, now))
@@ -189,7 +189,7 @@ impl<S: Transport> Client<S> {
         }
         let mut publish = d.to_publish(qos_pid, dup, now);
         let mut new_alias = None;
-        if self.conn.protocol().is_v5() && self.neg.client_alias_max > 0 {
+        if self.frames.protocol().is_v5() && self.neg.client_alias_max > 0 {
             let (alias, is_new) = self.outbound_alias(&publish.topic);
             publish.properties.topic_alias = alias;
             if let (Some(a), true) = (alias, is_new) {
@@ -199,7 +199,7 @@ impl<S: Transport> Client<S> {
             }
         }
         if self
-            .conn
+            .frames
             .queue_publish(&publish, self.neg.client_max_packet as usize)?
         {
             if let Some(a) = new_alias {

@@ -19,12 +19,11 @@ use std::sync::Arc;
 
 use messs_codec::{QoS, TopicFilter, TopicName};
 
-use super::Client;
-use crate::clock::unix_ms;
+use super::core::{ClientCore, MAX_BATCH};
+use crate::clock::{unix_ms, Now};
 use crate::message::{Delivery, Message};
 use crate::router::ScanEnd;
 use crate::session::EnqueueError;
-use crate::transport::connection::Transport;
 
 /// Nodes of the retained tree one walk may visit per pass.
 const NODES_PER_WALK: usize = 1024;
@@ -33,7 +32,7 @@ const WALKS_PER_PASS: usize = 8;
 /// Messages replay keeps queued ahead of the client: one batch. More follow only as the
 /// client takes them, so a client that subscribes and never reads costs one batch and what
 /// its socket buffers hold, not a queue full of retained messages.
-const AHEAD: usize = super::MAX_BATCH;
+const AHEAD: usize = MAX_BATCH;
 /// Retained messages with on-disk payloads read by one fetch, and about how many bytes (at
 /// least one message): what one fetch holds while it runs.
 const FETCH_MAX: usize = 32;
@@ -55,7 +54,7 @@ pub(super) struct Replay {
     resume: Option<Vec<Box<str>>>,
 }
 
-impl<S: Transport> Client<S> {
+impl ClientCore {
     /// Records the retained replay a new subscription is owed, replacing a pending one for
     /// the same filter.
     pub(super) fn schedule_replay(
@@ -82,14 +81,14 @@ impl<S: Transport> Client<S> {
     }
 
     /// Walks pending replays while the session queue has room (see the module header).
-    pub(super) fn replay_retained(&mut self) {
+    pub(super) fn replay_retained(&mut self, now: Now) {
         if self.session.is_fetching() {
             return; // the fetch wakes the connection when its messages are queued
         }
         let Some(replays) = self.replays.as_mut() else {
             return;
         };
-        let now_ms = unix_ms();
+        let now_ms = now.unix_ms;
         let session = &self.session;
         let stats = &self.state.stats;
         let mut fetches: Vec<Fetch> = Vec::new();

@@ -360,7 +360,12 @@ where
             access.identity.method_name()
         ),
     );
-    let negotiated = Negotiated::new(&connect, keep_alive, limits);
+    let negotiated = Negotiated::new(
+        &connect,
+        keep_alive,
+        limits,
+        state.sessions.clock().instant(),
+    );
     Some(Client::new(
         state.clone(),
         conn,

@@ -320,7 +320,12 @@ impl Session {
 
     /// Whether the connection took from the queue within the last `ms` milliseconds.
     pub(crate) fn drained_within(&self, ms: u64) -> bool {
-        mono_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed)) <= ms
+        self.drained_within_at(ms, mono_ms())
+    }
+
+    /// `drained_within` at `now_mono_ms` (`clock::mono_ms`), for callers given the time.
+    pub(crate) fn drained_within_at(&self, ms: u64, now_mono_ms: u64) -> bool {
+        now_mono_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed)) <= ms
     }
 
     /// Called by the connection after taking from the queue at `now_mono_ms`
