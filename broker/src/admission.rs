@@ -3,9 +3,10 @@
 //! [`Admission::publish`], where the broker's rules for messages are applied: the
 //! reserved `$SYS/` namespace, the topic depth limit, the publisher's ACL, and what must be
 //! stored (telemetry here; retained topics and persistent subscribers in the router, with
-//! the same ticket). Rate limits are not charged here (yet): the client task charges each
-//! packet to its limits as it reads it (`Client::charge`); admin publishes and wills have
-//! none.
+//! the same ticket). Every packet a client sends that costs the broker work (PUBLISH,
+//! SUBSCRIBE, UNSUBSCRIBE, PINGREQ) is charged to its rate limits here first
+//! ([`Admission::charge`], before it is handled: a packet that breaks the limit for good
+//! is never routed); admin publishes and wills have none.
 //!
 //! A will is checked against its client's ACL when the connection ends
 //! ([`Admission::will_allowed`]): that is when the client's rights are last known.
@@ -13,14 +14,20 @@
 //! `Admission` is a component of its own: it holds the services it decides with (the
 //! router, authentication for ACL refreshes, the store) and nothing else of the broker's.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
+use messs_codec::ReasonCode;
+
+use crate::clock::Now;
+use crate::error::BrokerError;
 use crate::message::Message;
 use crate::persist::{codec, AckTicket, Persistence};
 use crate::router::{PublishOutcome, Router, TenantRoutes};
 use crate::security::auth::{Access, Auth};
-use crate::session::TenantId;
+use crate::security::limits::throttle::{Limiter, Throttle, ThrottlePolicy, Verdict};
+use crate::session::{Session, TenantId};
 use crate::stats::Stats;
 
 /// Topics whose first level is this belong to the broker; clients may not publish to them,
@@ -53,6 +60,38 @@ pub(crate) struct Admission {
     stats: Arc<Stats>,
     /// `limits.max_topic_levels`.
     max_topic_levels: usize,
+    /// The per-connection packet limits in force (`[rate_limits]`).
+    throttle: RwLock<ThrottlePolicy>,
+    /// Their version: a connection compares it (one relaxed load) at each charged packet
+    /// and reads the policy only when it moved (new limits, or a device's own changed).
+    throttle_epoch: AtomicU64,
+}
+
+/// A connection's rate-limit state, kept by its core and charged by
+/// [`Admission::charge`].
+pub(crate) struct ConnectionRates {
+    /// The packet rate limiter, if the limits have one (boxed: most brokers have none).
+    limiter: Option<Box<Limiter>>,
+    /// The version of the limits `limiter` follows.
+    epoch: u64,
+}
+
+impl ConnectionRates {
+    /// The clock reading the next charges are made at (one per batch of packets).
+    pub(crate) fn set_now(&mut self, now: Now) {
+        if let Some(limiter) = self.limiter.as_mut() {
+            limiter.set_now(now.mono_ns());
+        }
+    }
+}
+
+/// What the rate limits say about one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Charge {
+    /// Within the limits.
+    Go,
+    /// Over a rate: stop reading the connection for this long.
+    Pause(Duration),
 }
 
 impl Admission {
@@ -63,6 +102,7 @@ impl Admission {
         persist: Option<Arc<Persistence>>,
         stats: Arc<Stats>,
         max_topic_levels: usize,
+        throttle: ThrottlePolicy,
     ) -> Self {
         Admission {
             auth,
@@ -70,7 +110,106 @@ impl Admission {
             persist,
             stats,
             max_topic_levels,
+            throttle: RwLock::new(throttle),
+            throttle_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The packet limits now.
+    pub(crate) fn throttle_policy(&self) -> ThrottlePolicy {
+        *self.throttle.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts new packet limits in force for new and live connections alike.
+    pub(crate) fn set_throttle_policy(&self, policy: ThrottlePolicy) {
+        let mut t = self
+            .throttle
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *t != policy {
+            *t = policy;
+            self.throttle_epoch.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Makes every connection look at its limits again at its next packet (a device's
+    /// own limits changed).
+    pub(crate) fn recheck_rates(&self) {
+        self.throttle_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The rate-limit state of a connection by `access`, starting at `now`.
+    pub(crate) fn rates_for(&self, access: &Access, now: Now) -> ConnectionRates {
+        let epoch = self.throttle_epoch.load(Ordering::Acquire);
+        let policy = self.throttle_policy().with(&access.identity.device_limits);
+        ConnectionRates {
+            limiter: Throttle::new(policy, now.mono_us())
+                .map(|own| Box::new(Limiter::with_own(own))),
+            epoch,
+        }
+    }
+
+    /// Charges a packet of `size` bytes to the connection's rate limits and its tenant's
+    /// shared rate (`more_buffered`: more of its packets are already read). Over either
+    /// rate: a pause until it is back within both. Kept over its own for too long: refused
+    /// with 0x96, and the connection closes. Picks up changed limits first (the session
+    /// carries a device's new limits to its connection).
+    pub(crate) fn charge(
+        &self,
+        rates: &mut ConnectionRates,
+        access: &mut Access,
+        session: &Session,
+        size: usize,
+        more_buffered: bool,
+        now: Now,
+    ) -> Result<Charge, BrokerError> {
+        let epoch = self.throttle_epoch.load(Ordering::Acquire);
+        if epoch != rates.epoch {
+            rates.epoch = epoch;
+            if let Some(limits) = session.lock().take_device_limits() {
+                access.identity.device_limits = limits;
+            }
+            let policy = self.throttle_policy().with(&access.identity.device_limits);
+            let limiter = rates.limiter.get_or_insert_with(Box::default);
+            match limiter.own.as_mut() {
+                Some(_) if policy.is_off() => limiter.own = None,
+                Some(t) => t.set_policy(policy, now.mono_us()),
+                None => limiter.own = Throttle::new(policy, now.mono_us()),
+            }
+        }
+        // The tenant's shared rate counts too: a connection of a tenant that limits
+        // packets gets a limiter even without limits of its own.
+        let tenant = &access.identity.tenant.rates;
+        if rates.limiter.is_none() && !tenant.limits_packets() {
+            return Ok(Charge::Go);
+        }
+        let limiter = rates.limiter.get_or_insert_with(Box::default);
+        let (own, shared) = limiter.charge(size, more_buffered, tenant);
+        let own_wait = match own {
+            Verdict::Go => Duration::ZERO,
+            Verdict::Pause(wait) => {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                wait
+            }
+            Verdict::Disconnect => {
+                self.stats
+                    .rate_limit_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(BrokerError::protocol(
+                    ReasonCode::MessageRateTooHigh,
+                    "kept over the connection's rate limit",
+                ));
+            }
+        };
+        if !shared.is_zero() {
+            self.stats.tenant_throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        let wait = own_wait.max(shared);
+        Ok(if wait.is_zero() {
+            Charge::Go
+        } else {
+            Charge::Pause(wait)
+        })
     }
 
     /// Appends a security event to the audit log (when there is a store).

@@ -2,7 +2,7 @@
 //! carries out what the session table's transitions leave to do (publishing wills, the
 //! timer task). The session lifecycle itself is `session::table`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,15 +58,10 @@ pub(crate) struct BrokerState {
     pub addresses: Arc<crate::security::limits::addresses::Addresses>,
     /// Handshakes (TLS and CONNECT) that may be in progress at once.
     pub handshakes: Arc<tokio::sync::Semaphore>,
-    /// The packet limits every connection applies.
-    throttle: std::sync::RwLock<crate::security::limits::throttle::ThrottlePolicy>,
     /// `max_handshakes` now (the semaphore's size).
     max_handshakes: std::sync::atomic::AtomicUsize,
     /// Accept loops running (readiness: every configured listener up).
     pub listeners_up: std::sync::atomic::AtomicUsize,
-    /// Their version: a connection compares it (one relaxed load) at each charged packet
-    /// and reads the policy only when it moved.
-    throttle_epoch: AtomicU64,
 }
 
 impl BrokerState {
@@ -122,6 +117,7 @@ impl BrokerState {
             persist.clone(),
             stats.clone(),
             limits.max_topic_levels,
+            config.rate_limits.throttle(),
         );
         Ok(BrokerState {
             auth,
@@ -143,22 +139,10 @@ impl BrokerState {
             handshakes: Arc::new(tokio::sync::Semaphore::new(
                 config.rate_limits.max_handshakes,
             )),
-            throttle: std::sync::RwLock::new(config.rate_limits.throttle()),
-            throttle_epoch: AtomicU64::new(0),
             max_handshakes: std::sync::atomic::AtomicUsize::new(config.rate_limits.max_handshakes),
             listeners_up: std::sync::atomic::AtomicUsize::new(0),
             config,
         })
-    }
-
-    /// The version of the packet limits (see `throttle_epoch`).
-    pub fn throttle_epoch(&self) -> u64 {
-        self.throttle_epoch.load(Ordering::Acquire)
-    }
-
-    /// The packet limits now.
-    pub fn throttle_policy(&self) -> crate::security::limits::throttle::ThrottlePolicy {
-        *self.throttle.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies changed rate limits to new and live connections alike.
@@ -194,14 +178,7 @@ impl BrokerState {
                 });
             }
         }
-        let mut t = self
-            .throttle
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *t != limits.throttle() {
-            *t = limits.throttle();
-            self.throttle_epoch.fetch_add(1, Ordering::Release);
-        }
+        self.admission.set_throttle_policy(limits.throttle());
     }
 
     /// A number no other session or assigned client id of this broker has had, across
@@ -312,7 +289,7 @@ impl BrokerState {
         }
         if given {
             // Every connection looks at its limits again; those with new ones take them.
-            self.throttle_epoch.fetch_add(1, Ordering::Release);
+            self.admission.recheck_rates();
         }
     }
 

@@ -29,12 +29,12 @@ use super::acks::PendingAcks;
 use super::keep_alive::{KeepAlive, KeepAliveVerdict};
 use super::outbound::Held;
 use super::replay::Replay;
+use crate::admission::{Charge, ConnectionRates};
 use crate::clock::Now;
 use crate::config::LimitsConfig;
 use crate::error::BrokerError;
 use crate::router::TenantRoutes;
 use crate::security::auth::Access;
-use crate::security::limits::throttle::{Limiter, Throttle};
 use crate::session::table::Attached;
 use crate::session::{Session, DRAINING_MS};
 use crate::state::BrokerState;
@@ -224,10 +224,8 @@ pub(crate) struct ClientCore {
     pub(super) held: Option<Box<Held>>,
     /// Who the client is and what its ACL allows. Boxed: one pointer in every connection.
     pub(super) access: Box<Access>,
-    /// The packet rate limiter, if the limits have one (boxed: most brokers have none).
-    pub(super) limiter: Option<Box<Limiter>>,
-    /// The version of the rate limits `limiter` follows.
-    pub(super) throttle_epoch: u64,
+    /// What the rate limits have charged this connection (see `Admission::charge`).
+    rates: ConnectionRates,
 }
 
 impl ClientCore {
@@ -259,13 +257,9 @@ impl ClientCore {
             .connected
             .fetch_add(1, Ordering::Relaxed);
         let pipelined = frames.buffered() > 0;
-        let throttle_epoch = state.throttle_epoch();
-        let policy = state.throttle_policy().with(&access.identity.device_limits);
-        let limiter =
-            Throttle::new(policy, now.mono_us()).map(|own| Box::new(Limiter::with_own(own)));
+        let rates = state.admission.rates_for(&access, now);
         ClientCore {
-            limiter,
-            throttle_epoch,
+            rates,
             state,
             frames,
             transport,
@@ -444,14 +438,9 @@ impl ClientCore {
     }
 
     /// Stops reading until the shell reports the pause over.
-    pub(super) fn pause(&mut self, request: PauseRequest) {
+    fn pause(&mut self, request: PauseRequest) {
         self.paused = true;
         self.pause_request = Some(Box::new(request));
-    }
-
-    /// Whether reading is paused.
-    pub(super) fn is_paused(&self) -> bool {
-        self.paused
     }
 
     /// Handles the complete packets in the read buffer, stopping early if a publish pauses
@@ -461,9 +450,7 @@ impl ClientCore {
         if self.neg.keep_alive.is_on() {
             self.neg.keep_alive.on_input(now.instant);
         }
-        if let Some(limiter) = self.limiter.as_mut() {
-            limiter.set_now(now.mono_ns());
-        }
+        self.rates.set_now(now);
         self.input_more = false;
         self.input_held = false;
         while !self.paused {
@@ -489,14 +476,33 @@ impl ClientCore {
                     | Packet::Unsubscribe(_)
                     | Packet::PingReq
             );
-            let size = before.saturating_sub(self.frames.buffered());
+            // Charged before it is handled: one that breaks the limit for good is refused.
+            let charge = if charged {
+                let size = before.saturating_sub(self.frames.buffered());
+                let more_buffered = self.frames.buffered() > 0;
+                self.state
+                    .admission
+                    .charge(
+                        &mut self.rates,
+                        &mut self.access,
+                        &self.session,
+                        size,
+                        more_buffered,
+                        now,
+                    )
+                    .map_err(End::Failed)?
+            } else {
+                Charge::Go
+            };
             match self.handle_packet(packet, now) {
                 Ok(None) => {}
                 Ok(Some(end)) => return Err(end),
                 Err(e) => return Err(End::Failed(e)),
             }
-            if charged {
-                self.charge(size, now)?;
+            if let Charge::Pause(wait) = charge {
+                if !self.paused {
+                    self.pause(PauseRequest::Throttled(wait));
+                }
             }
         }
         Ok(())

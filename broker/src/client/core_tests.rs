@@ -487,3 +487,61 @@ async fn a_second_connect_and_a_server_only_packet_are_protocol_errors() {
     };
     assert_eq!(e.disconnect_reason(), Some(ReasonCode::ProtocolError));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_that_breaks_the_rate_limit_for_good_is_refused_not_routed() {
+    let mut config = Config::try_out();
+    config.rate_limits.messages_per_sec = 1;
+    config.rate_limits.messages_burst = 1;
+    config.rate_limits.disconnect_multiple = 1;
+    let state = broker(config);
+    let t0 = state.sessions.clock().now();
+    let mut sub = subscriber(&state, "s", "r/#", Terms::default(), t0).await;
+    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    // A client that keeps pushing: two publishes per read, every 300 ms.
+    let one = |n: u16| {
+        publish(
+            &format!("r/{n:02}"),
+            QosPid::AtLeastOnce(pid(n)),
+            PublishProperties::default(),
+        )
+    };
+    let mut encoded = BytesMut::new();
+    messs_codec::encode(&one(1), Protocol::V5, &mut encoded).unwrap();
+    let size = encoded.len();
+    let (mut now, mut sent, mut acked) = (t0, 0usize, 0usize);
+    let error = loop {
+        let pair = [one(sent as u16 + 1), one(sent as u16 + 2)];
+        sent += 2;
+        let flow = send(&mut publisher, &pair, now);
+        acked += written(&mut publisher)
+            .iter()
+            .filter(|p| matches!(p, Packet::PubAck(_)))
+            .count();
+        if let ControlFlow::Break(end) = flow {
+            break end;
+        }
+        now = now.after(Duration::from_millis(300));
+        if publisher.take_pause().is_some() {
+            let flow = publisher.handle(Event::PauseOver { lasted_ms: 300 }, now);
+            acked += written(&mut publisher)
+                .iter()
+                .filter(|p| matches!(p, Packet::PubAck(_)))
+                .count();
+            if let ControlFlow::Break(end) = flow {
+                break end;
+            }
+        }
+        assert!(sent < 40, "never disconnected");
+    };
+    let End::Failed(e) = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(e.disconnect_reason(), Some(ReasonCode::MessageRateTooHigh));
+    // Packets decoded: all sent but what is still buffered; the last decoded one broke
+    // the limit and was neither acknowledged nor routed.
+    let decoded = sent - publisher.frames.buffered() / size;
+    assert_eq!(acked, decoded - 1);
+    assert!(sub.handle(Event::Woken, now).is_continue());
+    assert_eq!(publishes(&written(&mut sub)).len(), acked);
+}

@@ -6,7 +6,7 @@
 //!
 //! Inside the core: `inbound` handles packets from the client, `outbound` encodes
 //! deliveries, `acks` orders acknowledgements behind the store, `replay` walks retained
-//! messages for new subscriptions, `rate` charges rate limits, `keep_alive` is the
+//! messages for new subscriptions, `keep_alive` is the
 //! keep-alive rule and `departure` the end of the connection.
 
 mod acks;
@@ -15,7 +15,6 @@ mod departure;
 mod inbound;
 mod keep_alive;
 mod outbound;
-mod rate;
 mod replay;
 
 #[cfg(test)]
