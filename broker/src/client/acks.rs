@@ -23,7 +23,7 @@ use std::num::NonZeroU16;
 use messs_codec::{Packet, ReasonCode, TopicFilter};
 use messs_storage::{Durable, StorageError};
 
-use super::core::ClientCore;
+use super::ClientCore;
 use crate::error::BrokerError;
 use crate::session::StoredSubscription;
 

@@ -16,7 +16,7 @@ use messs_codec::{
     TopicFilter, TopicName,
 };
 
-use super::core::{ClientCore, End, Event, Negotiated, PauseRequest};
+use super::{ClientCore, End, Event, Negotiated, PauseRequest};
 use crate::clock::{Clock, Now};
 use crate::config::Config;
 use crate::security::auth::{Access, Identity};

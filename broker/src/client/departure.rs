@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use messs_codec::{Disconnect, Packet, ReasonCode};
 
-use super::core::{ClientCore, End};
+use super::{ClientCore, End};
 use crate::clock::Now;
 use crate::error::BrokerError;
 use crate::message::Message;

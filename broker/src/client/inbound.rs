@@ -12,7 +12,7 @@ use messs_codec::{
 };
 
 use super::acks::Undo;
-use super::core::{ClientCore, End};
+use super::{ClientCore, End};
 use crate::admission::{topic_levels, Refused, Source};
 use crate::clock::Now;
 use crate::error::BrokerError;

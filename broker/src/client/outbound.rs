@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
 
-use super::core::{ClientCore, MAX_BATCH};
+use super::{ClientCore, MAX_BATCH};
 
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;

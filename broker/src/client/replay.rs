@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use messs_codec::{QoS, TopicFilter, TopicName};
 
-use super::core::{ClientCore, MAX_BATCH};
+use super::{ClientCore, MAX_BATCH};
 use crate::clock::{unix_ms, Now};
 use crate::message::{Delivery, Message};
 use crate::router::ScanEnd;

@@ -1,7 +1,7 @@
 //! `Framing`: one connection's MQTT framing without its socket — the read buffer packets are
 //! decoded from, the write buffer packets are encoded into, and the protocol level and
-//! limits both follow. It does no I/O: [`super::connection::Socket`] fills and drains its
-//! buffers, so the client core ([`crate::client`]) can be driven with bytes in tests.
+//! limits both follow. It does no I/O: the connection's socket fills and drains its
+//! buffers, so a connected client's protocol core can be driven with bytes in tests.
 
 use bytes::BytesMut;
 use messs_codec::{decode, encode, encode_publish, DecodeError, Limits, Packet, Protocol, Publish};
