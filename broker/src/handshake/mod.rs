@@ -5,6 +5,7 @@
 
 mod accept;
 mod enhanced;
+mod login;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
