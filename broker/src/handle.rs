@@ -197,12 +197,9 @@ impl BrokerHandle {
     /// sections take a restart.
     pub fn reload_limits(&self, config: &crate::Config) -> Result<(), crate::BrokerError> {
         config.validate()?;
-        self.state.bans.set(config.bans.compile()?, config.flapping);
-        *self
-            .state
-            .bans_listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = config.bans.clone();
+        let gate = &self.state.gate;
+        gate.bans.set(config.bans.compile()?, config.flapping);
+        gate.list_bans(&config.bans);
         self.state.set_rate_limits(&config.rate_limits);
         self.state.auth.tenants.set_defaults(config.tenant_limits);
         self.state.audit(
@@ -247,7 +244,7 @@ impl BrokerHandle {
 
     /// Client addresses the per-address admission tracks now.
     pub fn tracked_addresses(&self) -> usize {
-        self.state.addresses.tracked()
+        self.state.gate.addresses.tracked()
     }
 
     /// Password verifications (argon2 runs) since start: a refused login that never got

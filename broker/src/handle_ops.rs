@@ -203,19 +203,15 @@ impl BrokerHandle {
     ) {
         let state = self.state();
         (
-            state.rate_limits_now(),
+            state.gate.rate_limits_now(),
             state.auth.tenants.defaults(),
-            state.bans.policy(),
+            state.gate.bans.policy(),
         )
     }
 
     /// The operator's ban list now.
     pub fn bans(&self) -> crate::BansConfig {
-        self.state()
-            .bans_listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state().gate.bans_listed()
     }
 
     /// Replaces the operator's ban list at runtime (until the next reload or restart,
@@ -223,17 +219,14 @@ impl BrokerHandle {
     pub fn set_bans(&self, actor: &str, bans: crate::BansConfig) -> Result<(), BrokerError> {
         let state = self.state();
         let compiled = bans.compile()?;
-        state.bans.set(compiled, state.bans.policy());
+        state.gate.bans.set(compiled, state.gate.bans.policy());
         let detail = format!(
             "{} addresses, {} client ids, {} usernames banned (by {actor})",
             bans.addresses.len(),
             bans.client_ids.len(),
             bans.usernames.len()
         );
-        *state
-            .bans_listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = bans;
+        state.gate.list_bans(&bans);
         state.audit("bans.set", detail);
         Ok(())
     }

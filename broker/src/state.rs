@@ -26,7 +26,11 @@ use crate::stats::Stats;
 /// Store reads for connections that may run at once (see `spawn_storage_read`).
 const STORAGE_READS: usize = 4;
 
-/// Everything the connection tasks share.
+/// The broker's services wired together, as every connection task shares them: the session
+/// table, the router, admission, authentication, the connection gate, the store and the
+/// metrics. Each service owns its own state; what is implemented here is only what joins
+/// two of them (applying the session table's effects through admission, auditing to the
+/// store, registry changes reaching live sessions).
 pub(crate) struct BrokerState {
     pub config: Config,
     pub router: Arc<Router>,
@@ -48,18 +52,8 @@ pub(crate) struct BrokerState {
     pub persist: Option<Arc<Persistence>>,
     /// The session registry and lifecycle.
     pub sessions: SessionTable,
-    /// The operator's bans and flapping detection.
-    pub bans: crate::security::limits::bans::Bans,
-    /// `[rate_limits]` as last set (start or reload), for showing them.
-    pub rate_limits_listed: Mutex<crate::config::RateLimitsConfig>,
-    /// The operator's ban list as given (config, reload or admin plane), for showing it.
-    pub bans_listed: Mutex<crate::config::BansConfig>,
-    /// Per-address admission at accept.
-    pub addresses: Arc<crate::security::limits::addresses::Addresses>,
-    /// Handshakes (TLS and CONNECT) that may be in progress at once.
-    pub handshakes: Arc<tokio::sync::Semaphore>,
-    /// `max_handshakes` now (the semaphore's size).
-    max_handshakes: std::sync::atomic::AtomicUsize,
+    /// Who may open a connection and how many at once (bans, addresses, handshakes).
+    pub gate: crate::security::limits::gate::Gate,
     /// Accept loops running (readiness: every configured listener up).
     pub listeners_up: std::sync::atomic::AtomicUsize,
 }
@@ -130,54 +124,15 @@ impl BrokerState {
             stats,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            addresses: crate::security::limits::addresses::Addresses::new(
-                config.rate_limits.addresses(),
-            ),
-            bans: crate::security::limits::bans::Bans::new(config.bans.compile()?, config.flapping),
-            bans_listed: Mutex::new(config.bans.clone()),
-            rate_limits_listed: Mutex::new(config.rate_limits.clone()),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(
-                config.rate_limits.max_handshakes,
-            )),
-            max_handshakes: std::sync::atomic::AtomicUsize::new(config.rate_limits.max_handshakes),
+            gate: crate::security::limits::gate::Gate::new(&config)?,
             listeners_up: std::sync::atomic::AtomicUsize::new(0),
             config,
         })
     }
 
     /// Applies changed rate limits to new and live connections alike.
-    /// `[rate_limits]` in force.
-    pub fn rate_limits_now(&self) -> crate::config::RateLimitsConfig {
-        self.rate_limits_listed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     pub fn set_rate_limits(&self, limits: &crate::config::RateLimitsConfig) {
-        *self
-            .rate_limits_listed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = limits.clone();
-        self.addresses.set_policy(limits.addresses());
-        let old = self
-            .max_handshakes
-            .swap(limits.max_handshakes, Ordering::AcqRel);
-        if limits.max_handshakes > old {
-            self.handshakes.add_permits(limits.max_handshakes - old);
-        } else {
-            // Free places go at once; places in use are not given back when they end.
-            let mut owed = old - limits.max_handshakes;
-            owed -= self.handshakes.forget_permits(owed);
-            if owed > 0 {
-                let handshakes = self.handshakes.clone();
-                tokio::spawn(async move {
-                    if let Ok(p) = handshakes.acquire_many_owned(owed as u32).await {
-                        p.forget();
-                    }
-                });
-            }
-        }
+        self.gate.set_rate_limits(limits);
         self.admission.set_throttle_policy(limits.throttle());
     }
 

@@ -316,7 +316,7 @@ fn connack_properties(
 fn audit_login(arrival: &Arrival<'_>, access: &Access) {
     let (state, peer, protocol) = (arrival.state, arrival.peer, arrival.protocol);
     let client_id = &*access.client_id;
-    let flapping = state.bans.connected(
+    let flapping = state.gate.bans.connected(
         &access.identity.tenant.id,
         client_id,
         access.identity.username.as_deref(),

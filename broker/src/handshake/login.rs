@@ -90,7 +90,7 @@ pub(super) async fn authenticate<S: Transport>(
         .as_deref()
         .map(|u| crate::security::auth::split_login(listener, u))
         .filter(|(name, _)| !name.is_empty());
-    if let Some(kind) = state.bans.listed(&connect.client_id, named) {
+    if let Some(kind) = state.gate.bans.listed(&connect.client_id, named) {
         tracing::debug!(%peer, ?kind, "CONNECT refused: banned by the operator");
         return Err(TurnedAway::Banned);
     }
@@ -174,9 +174,10 @@ pub(super) fn screen(
         .username
         .as_deref()
         .map(|name| (name, &*identity.tenant.id));
-    let banned = match state.bans.listed(client_id, settled) {
+    let banned = match state.gate.bans.listed(client_id, settled) {
         Some(kind) => Some(format!("{kind:?} banned by the operator")),
         None => state
+            .gate
             .bans
             .flapping(
                 &identity.tenant.id,

@@ -46,7 +46,7 @@ pub(crate) async fn take_slots(
     };
     let handshake = tokio::select! {
         _ = state.shutdown.cancelled() => return None,
-        p = state.handshakes.clone().acquire_owned() => p.ok()?,
+        p = state.gate.handshakes.clone().acquire_owned() => p.ok()?,
     };
     Some((permit, handshake))
 }
@@ -54,6 +54,7 @@ pub(crate) async fn take_slots(
 /// True (and counted) if the address of a new connection is banned.
 pub(crate) fn banned(state: &BrokerState, peer: SocketAddr) -> bool {
     let banned = state
+        .gate
         .bans
         .address_banned(peer.ip(), crate::clock::unix_ms())
         .is_some();
@@ -67,7 +68,11 @@ pub(crate) fn banned(state: &BrokerState, peer: SocketAddr) -> bool {
 /// The address's admission (rate, connections open) for a new connection: its place, or
 /// `None` (counted) if refused.
 pub(crate) fn admit(state: &BrokerState, peer: SocketAddr) -> Option<AddressSlot> {
-    match state.addresses.admit(peer.ip(), crate::clock::mono_us()) {
+    match state
+        .gate
+        .addresses
+        .admit(peer.ip(), crate::clock::mono_us())
+    {
         Ok(slot) => Some(slot),
         Err(why) => {
             let counter = match why {

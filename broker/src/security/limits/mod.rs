@@ -1,10 +1,12 @@
-//! Connection-layer limits: token buckets (`bucket`), per-address admission at accept
+//! Connection-layer limits: token buckets (`bucket`), the connection gate (`gate`: bans,
+//! address admission and handshake places together), per-address admission at accept
 //! (`addresses`), bans and flapping detection (`bans`, counting in `recent`), the per-connection packet limiter
 //! (`throttle`) and per-tenant quotas and shared rates (`tenant`).
 
 pub mod addresses;
 pub mod bans;
 pub mod bucket;
+pub mod gate;
 pub mod gcra;
 pub mod recent;
 pub mod tenant;
