@@ -124,6 +124,8 @@ impl AppState {
         let store = self.store.as_ref()?;
         let event = messs_storage::audit::AuditEvent {
             time_ms: clock::unix_ms(),
+            // The admin plane's records are the operator's: the broker-wide policy keeps them.
+            tenant: None,
             actor: actor.to_owned(),
             action: action.to_owned(),
             detail,

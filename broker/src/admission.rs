@@ -212,10 +212,10 @@ impl Admission {
         })
     }
 
-    /// Appends a security event to the audit log (when there is a store).
-    fn audit(&self, action: &str, detail: String) {
+    /// Appends a security event of `tenant`'s to the audit log (when there is a store).
+    fn audit(&self, tenant: &str, action: &str, detail: String) {
         if let Some(p) = &self.persist {
-            if p.audit(action, detail) {
+            if p.audit_for(Some(tenant), action, detail) {
                 self.stats.audit_withheld.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -313,6 +313,7 @@ impl Admission {
         access.denied += 1;
         if access.denied == 1 {
             self.audit(
+                &access.identity.tenant.id,
                 "acl.deny",
                 format!(
                     "{} client {:?}: {what} {:?}",

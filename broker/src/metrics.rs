@@ -180,6 +180,18 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load(&s.audit_withheld),
         ),
         (
+            "messs_audit_dropped_total",
+            "Audit records dropped by the broker-wide audit retention (the oldest).",
+            Counter,
+            load(&s.audit_dropped),
+        ),
+        (
+            "messs_audit_redacted_total",
+            "Audit records whose details their tenant's audit retention dropped.",
+            Counter,
+            load(&s.audit_redacted),
+        ),
+        (
             "messs_timers",
             "Session-expiry and will-delay timers pending.",
             Gauge,

@@ -76,6 +76,8 @@ impl<'a> Registry<'a> {
     fn audit(&self, action: &str, detail: String) {
         let event = AuditEvent {
             time_ms: now_ms(),
+            // An operator's change: kept by the broker-wide policy, not a tenant's.
+            tenant: None,
             actor: self.actor.clone(),
             action: action.to_owned(),
             detail,

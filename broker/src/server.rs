@@ -373,17 +373,15 @@ async fn run_retention(state: Arc<BrokerState>) {
 }
 
 /// Applies the audit log's retention every `storage.audit.retention_interval_secs` (the
-/// first run a minute after the start), on the blocking pool; what it dropped is itself
-/// recorded in the log.
+/// first run a minute after the start), on the blocking pool: the broker-wide policy, then
+/// each tenant's own (`[tenant_limits]` `audit_max_age_days`, `audit_max_bytes`, as its
+/// registry record may override them). What it dropped is itself recorded in the log.
 async fn run_audit_retention(state: Arc<BrokerState>) {
     let Some(persist) = &state.persist else {
         return;
     };
     let config = &state.config.storage.audit;
     let policy = config.policy();
-    if policy.max_age_ms.is_none() && policy.max_bytes.is_none() {
-        return;
-    }
     let every = Duration::from_secs(config.retention_interval_secs.max(1));
     let mut wait = Duration::from_secs(60).min(every);
     loop {
@@ -391,17 +389,44 @@ async fn run_audit_retention(state: Arc<BrokerState>) {
         wait = every;
         let store = persist.store.clone();
         let now = crate::clock::unix_ms();
-        match tokio::task::spawn_blocking(move || store.prune_audit(&policy, now)).await {
-            Ok(Ok(p)) if p.records > 0 => {
-                tracing::info!(records = p.records, bytes = p.bytes, first_kept = ?p.first_kept, "audit log retention");
+        let tenants = state.auth.tenants.clone();
+        // A pass over every tenant's records only when some tenant has a retention of its
+        // own (a tenant's registry overrides, or `[tenant_limits]` for all).
+        let own = tenants.defaults().audit_retention() != Default::default()
+            || tenants
+                .all()
+                .iter()
+                .any(|t| t.limits().audit_retention() != Default::default());
+        let per_tenant = move |name: &str| match tenants.get(name) {
+            Some(t) => t.limits().audit_retention(),
+            None => tenants.defaults().audit_retention(),
+        };
+        let run = move || {
+            let per_tenant: &dyn Fn(&str) -> messs_storage::audit::TenantAuditRetention =
+                &per_tenant;
+            store.prune_audit(&policy, own.then_some(per_tenant), now)
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(Ok(p)) if p.records > 0 || p.redacted > 0 => {
+                let stats = &state.stats;
+                stats
+                    .audit_dropped
+                    .fetch_add(p.records, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .audit_redacted
+                    .fetch_add(p.redacted, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(records = p.records, bytes = p.bytes, first_kept = ?p.first_kept, redacted = p.redacted, "audit log retention");
                 persist.audit(
                     "audit.retention",
                     format!(
                         "dropped {} records ({} bytes) past the retention policy; the chain \
-                         now starts at record {}",
+                         starts at record {}; details of {} records ({} bytes) dropped past \
+                         their tenants' retention",
                         p.records,
                         p.bytes,
-                        p.first_kept.unwrap_or(0)
+                        p.first_kept.unwrap_or(1),
+                        p.redacted,
+                        p.redacted_bytes
                     ),
                 );
             }

@@ -250,8 +250,18 @@ impl BrokerState {
 
     /// Appends a security event to the audit log (when the broker has a store).
     pub fn audit(&self, action: &str, detail: String) {
+        self.audit_as(None, action, detail);
+    }
+
+    /// Appends an event one of `tenant`'s clients caused (the tenant's own audit retention
+    /// applies to it: `[tenant_limits]` `audit_max_age_days`, `audit_max_bytes`).
+    pub fn audit_for(&self, tenant: &str, action: &str, detail: String) {
+        self.audit_as(Some(tenant), action, detail);
+    }
+
+    fn audit_as(&self, tenant: Option<&str>, action: &str, detail: String) {
         if let Some(p) = &self.persist {
-            if p.audit(action, detail) {
+            if p.audit_for(tenant, action, detail) {
                 self.stats.audit_withheld.fetch_add(1, Ordering::Relaxed);
             }
         }

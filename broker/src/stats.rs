@@ -78,6 +78,10 @@ pub struct Stats {
     /// Audit records clients caused that were counted in a summary instead of written,
     /// because free disk space was below the watermark.
     pub audit_withheld: AtomicU64,
+    /// Audit records the retention dropped (the oldest, broker-wide).
+    pub audit_dropped: AtomicU64,
+    /// Audit records whose details their tenant's audit retention dropped.
+    pub audit_redacted: AtomicU64,
     /// Telemetry messages stored.
     pub telemetry_stored: AtomicU64,
     /// TLS handshakes that failed or timed out.

@@ -649,3 +649,88 @@ async fn each_tenant_sees_only_its_own_sys_statistics() {
 /// tests), so the two meet only on the wire.
 #[path = "security/scram.rs"]
 mod scram;
+
+/// What a tenant's clients do is audited as that tenant's, and the tenant's own audit
+/// retention (a registry override of `audit_max_bytes`) drops those records' details —
+/// not the other tenant's, not the broker's or the operator's — and the chain verifies.
+#[tokio::test]
+async fn a_tenants_audit_retention_redacts_what_its_clients_did_and_nothing_else() {
+    let broker = start(
+        |c| {
+            c.storage.audit.keep_at_least_days = 0;
+            c.storage.audit.retention_interval_secs = 1;
+        },
+        vec![rule(true, AclAction::Both, "#")],
+    )
+    .await;
+    for (user, password) in [
+        ("sensor1@acme", "acme-password-1"),
+        ("sensor1@globex", "globex-password-1"),
+    ] {
+        connect_as(&broker, "c1", user, password)
+            .await
+            .disconnect()
+            .await;
+    }
+    broker
+        .broker
+        .registry("test", |r| {
+            r.set_tenant_limit("acme", "audit_max_bytes", Some(1))
+        })
+        .await
+        .unwrap();
+    // The retention runs every second: wait for it to have redacted something.
+    let stats = broker.broker.stats();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stats
+        .audit_redacted
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no redaction");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let data = broker.data.clone();
+    broker.stop().await;
+    let store = messs_broker::open_store(&messs_broker::StorageConfig {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    let records = store.read_audit(1, 100_000).unwrap();
+    let of = |tenant: &str, action: &str| {
+        records
+            .iter()
+            .filter(|r| r.event.tenant.as_deref() == Some(tenant) && r.event.action == action)
+            .collect::<Vec<_>>()
+    };
+    for action in ["client.connect", "client.disconnect"] {
+        let acme = of("acme", action);
+        assert!(
+            !acme.is_empty() && acme.iter().all(|r| r.redacted),
+            "{acme:?}"
+        );
+        assert!(acme.iter().all(|r| r.event.detail.is_empty()));
+        let globex = of("globex", action);
+        assert!(
+            !globex.is_empty() && globex.iter().all(|r| !r.redacted),
+            "{globex:?}"
+        );
+        assert!(globex.iter().all(|r| r.event.detail.contains("globex")));
+    }
+    // The operator's change (the override itself) is the broker's record, kept whole.
+    let operator: Vec<_> = records
+        .iter()
+        .filter(|r| r.event.action.starts_with("tenant."))
+        .collect();
+    assert!(
+        !operator.is_empty()
+            && operator
+                .iter()
+                .all(|r| r.event.tenant.is_none() && !r.redacted)
+    );
+    assert!(records
+        .iter()
+        .any(|r| r.event.action == "audit.retention" && r.event.detail.contains("details of")));
+}

@@ -4,14 +4,20 @@
 //!
 //! ```text
 //! key    [seq u64]
-//! value  [version][seq u64][time ms u64][previous link 32][actor][action][detail]
+//! value  v1/v2  [version][seq u64][time ms u64][previous link 32][actor][action][detail]
+//!        v3/v4  [version][seq u64][time ms u64][previous link 32][tenant][action]
+//!               [details digest 32] [details present u8]([actor][detail])
 //! ```
 //!
-//! A record's link is the HMAC-SHA256 of its bytes under the audit key (version 2), or,
-//! with no key configured, their plain SHA-256 (version 1). Without the key nobody can
-//! rewrite a keyed record and its successors so that they verify; a store that had no key
-//! keeps its old records as an unkeyed prefix, and an unkeyed record after a keyed one is
-//! a break.
+//! A record's link is the HMAC-SHA256 under the audit key (versions 2 and 4), or, with no
+//! key configured, the plain SHA-256 (versions 1 and 3), of its bytes — for versions 3 and
+//! 4, of its header: everything up to the digest of its details (actor and detail). So a
+//! tenant's retention can drop a record's details (*redact* it) and the chain still
+//! verifies: the header, with the details' digest, stays, and details still present must
+//! match their digest. Without the key nobody can rewrite a keyed record and its successors
+//! so that they verify; a store that had no key keeps its old records as an unkeyed prefix,
+//! and an unkeyed record after a keyed one is a break. Versions 1 and 2 are read, never
+//! written any more.
 //!
 //! What no chain inside the store can show is a store rolled back to an older copy, or its
 //! newest records cut off with the head rewritten to match: the rest is internally
@@ -22,7 +28,8 @@
 //! back.
 //!
 //! Retention ([`Store::prune_audit`]) drops the oldest records, never younger than a floor
-//! (90 days by default), by age and by bytes. The chain stays verifiable from what is left:
+//! (90 days by default), by age and by bytes; then, per tenant, it redacts the records of
+//! tenants with their own age or byte caps (never younger than the same floor). The chain stays verifiable from what is left:
 //! the first kept record's sequence number and the link it holds (`prev`) are stored as the
 //! anchor in `meta`, signed with the audit key when there is one, and the walk starts there.
 //! Without a key, as for the records themselves, whoever can write the directory can forge
@@ -47,12 +54,19 @@ const ANCHOR_KEY: &[u8] = b"audit_anchor";
 const ANCHOR_LABEL: &[u8] = b"messs audit anchor v1";
 const AUDIT_V1: u8 = 1;
 const AUDIT_KEYED: u8 = 2;
+/// Redactable records (see the module header), unkeyed and keyed.
+const AUDIT_V3: u8 = 3;
+const AUDIT_KEYED_V4: u8 = 4;
+/// Redactions written per batch while a retention run goes through the log.
+const REDACT_BATCH: usize = 1024;
 
 /// Something to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditEvent {
     /// When it happened (Unix ms).
     pub time_ms: u64,
+    /// The tenant it concerns, if one: that tenant's audit retention applies to it.
+    pub tenant: Option<String>,
     /// Who did it (an admin, a device, `broker`).
     pub actor: String,
     /// What kind of event (`auth.failed`, `admin.login`, ...).
@@ -68,6 +82,9 @@ pub struct AuditRecord {
     pub seq: u64,
     /// The event.
     pub event: AuditEvent,
+    /// Its details (actor and detail, empty now) were dropped by its tenant's retention;
+    /// its time, tenant and action remain, and its link still verifies.
+    pub redacted: bool,
 }
 
 /// The result of a verify.
@@ -128,6 +145,22 @@ pub struct AuditRetention {
     pub keep_at_least_ms: u64,
 }
 
+/// A tenant's own audit retention: its records' details go past either cap (never one
+/// younger than the broker-wide floor, [`AuditRetention::keep_at_least_ms`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantAuditRetention {
+    /// Details older than this (ms) are dropped; `None`: kept regardless of age.
+    pub max_age_ms: Option<u64>,
+    /// Beyond this many bytes of the tenant's details the oldest are dropped.
+    pub max_bytes: Option<u64>,
+}
+
+impl TenantAuditRetention {
+    fn is_off(&self) -> bool {
+        self.max_age_ms.is_none() && self.max_bytes.is_none()
+    }
+}
+
 /// What a retention run dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuditPruned {
@@ -137,6 +170,10 @@ pub struct AuditPruned {
     pub bytes: u64,
     /// The first record kept (the chain's anchor), if any was dropped.
     pub first_kept: Option<u64>,
+    /// Records whose details a tenant's retention dropped.
+    pub redacted: u64,
+    /// The bytes that freed.
+    pub redacted_bytes: u64,
 }
 
 fn anchor_signature(key: &hmac::Key, first: u64, prev: &[u8; 32]) -> [u8; 32] {
@@ -320,9 +357,10 @@ fn read_head(db: &DB, key: Option<&hmac::Key>) -> Result<(Head, Option<(u64, u64
             .map_err(|_| StorageError::corrupt("audit", "record key length"))?;
         if newest >= head.next_seq {
             restored = Some((head.next_seq.saturating_sub(1), newest));
+            let linked = &value[..decode(&value)?.linked_len];
             let last_hash = match (value.first().copied(), key) {
-                (Some(AUDIT_KEYED), Some(k)) => mac(k, &value),
-                _ => hash(&value),
+                (Some(AUDIT_KEYED | AUDIT_KEYED_V4), Some(k)) => mac(k, linked),
+                _ => hash(linked),
             };
             head = Head {
                 next_seq: newest.saturating_add(1),
@@ -334,9 +372,30 @@ fn read_head(db: &DB, key: Option<&hmac::Key>) -> Result<(Head, Option<(u64, u64
     Ok((head, restored))
 }
 
-fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
+/// One stored record, read.
+struct Decoded {
+    record: AuditRecord,
+    /// The link it holds (its predecessor's).
+    prev: [u8; 32],
+    /// The bytes its own link covers: the whole record (v1, v2) or its header (v3, v4).
+    linked_len: usize,
+    /// v3, v4: the digest of its details, and where they start when present.
+    details: Option<([u8; 32], Option<usize>)>,
+}
+
+impl Decoded {
+    /// Whether its details are missing or match their digest.
+    fn details_intact(&self, value: &[u8]) -> bool {
+        match self.details {
+            Some((digest, Some(start))) => value.get(start..).is_some_and(|d| hash(d) == digest),
+            _ => true,
+        }
+    }
+}
+
+fn decode(value: &[u8]) -> Result<Decoded, StorageError> {
     let (mut d, version) = Dec::new("audit", value)?;
-    if version != AUDIT_V1 && version != AUDIT_KEYED {
+    if !matches!(version, AUDIT_V1 | AUDIT_KEYED | AUDIT_V3 | AUDIT_KEYED_V4) {
         return Err(d.error(format!("audit record version {version}")));
     }
     let seq = d.u64()?;
@@ -345,17 +404,72 @@ fn decode(value: &[u8]) -> Result<(AuditRecord, [u8; 32]), StorageError> {
     for b in &mut prev {
         *b = d.u8()?;
     }
-    let actor = d.str()?.to_owned();
+    if matches!(version, AUDIT_V1 | AUDIT_KEYED) {
+        let actor = d.str()?.to_owned();
+        let action = d.str()?.to_owned();
+        let detail = d.str()?.to_owned();
+        d.end()?;
+        let event = AuditEvent {
+            time_ms,
+            tenant: None,
+            actor,
+            action,
+            detail,
+        };
+        return Ok(Decoded {
+            record: AuditRecord {
+                seq,
+                event,
+                redacted: false,
+            },
+            prev,
+            linked_len: value.len(),
+            details: None,
+        });
+    }
+    let tenant = d.str()?;
+    let tenant = (!tenant.is_empty()).then(|| tenant.to_owned());
     let action = d.str()?.to_owned();
-    let detail = d.str()?.to_owned();
+    let mut digest = [0u8; 32];
+    for b in &mut digest {
+        *b = d.u8()?;
+    }
+    let linked_len = value.len() - d.remaining();
+    let present = d.u8()? == 1;
+    let (actor, detail, start) = if present {
+        let start = value.len() - d.remaining();
+        (d.str()?.to_owned(), d.str()?.to_owned(), Some(start))
+    } else {
+        (String::new(), String::new(), None)
+    };
     d.end()?;
     let event = AuditEvent {
         time_ms,
+        tenant,
         actor,
         action,
         detail,
     };
-    Ok((AuditRecord { seq, event }, prev))
+    Ok(Decoded {
+        record: AuditRecord {
+            seq,
+            event,
+            redacted: !present,
+        },
+        prev,
+        linked_len,
+        details: Some((digest, start)),
+    })
+}
+
+/// A record's details (actor, detail) as stored after its header, and their digest.
+fn encode_details(event: &AuditEvent) -> Result<(Vec<u8>, [u8; 32]), StorageError> {
+    let mut e = Enc::raw(8 + event.actor.len() + event.detail.len());
+    e.bytes(event.actor.as_bytes())?
+        .bytes(event.detail.as_bytes())?;
+    let details = e.finish();
+    let digest = hash(&details);
+    Ok((details, digest))
 }
 
 impl Store {
@@ -384,20 +498,23 @@ impl Store {
         }
         let seq = head.next_seq;
         let version = if chain.key.is_some() {
-            AUDIT_KEYED
+            AUDIT_KEYED_V4
         } else {
-            AUDIT_V1
+            AUDIT_V3
         };
-        let mut e = Enc::new(version, 64 + event.detail.len());
+        let (details, digest) = encode_details(event)?;
+        let tenant = event.tenant.as_deref().unwrap_or("");
+        let mut e = Enc::new(version, 128 + tenant.len() + details.len());
         e.u64(seq).u64(event.time_ms);
         for b in head.last_hash {
             e.u8(b);
         }
-        e.bytes(event.actor.as_bytes())?
+        e.bytes(tenant.as_bytes())?
             .bytes(event.action.as_bytes())?
-            .bytes(event.detail.as_bytes())?;
+            .tail(&digest);
+        let h = chain.link(e.as_slice());
+        e.u8(1).tail(&details);
         let record = e.finish();
-        let h = chain.link(&record);
         let new_head = encode_head(chain.key.as_ref(), seq + 1, &h);
         let mut b = Batch::new();
         b.push(Op::Put(Cf::Audit, seq.to_be_bytes().to_vec(), record));
@@ -430,7 +547,7 @@ impl Store {
                 break;
             }
             let (_, value) = item?;
-            out.push(decode(&value)?.0);
+            out.push(decode(&value)?.record);
         }
         Ok(out)
     }
@@ -553,10 +670,11 @@ impl Store {
                 let why = "a record is missing or out of order";
                 return report(records, expected_seq, why, keyed_from, prev_hash);
             }
-            let Ok((record, prev)) = decode(&value) else {
+            let Ok(decoded) = decode(&value) else {
                 let why = "the record cannot be decoded";
                 return report(records, expected_seq, why, keyed_from, prev_hash);
             };
+            let (record, prev) = (&decoded.record, decoded.prev);
             if record.seq != expected_seq {
                 let why = "the record's own sequence number was changed";
                 return report(records, expected_seq, why, keyed_from, prev_hash);
@@ -568,12 +686,18 @@ impl Store {
                 let at = expected_seq.saturating_sub(1).max(1);
                 return report(records, at, why, keyed_from, prev_hash);
             }
+            if !decoded.details_intact(&value) {
+                let why = "the record's details do not match the digest its link covers: they \
+                           were changed";
+                return report(records, expected_seq, why, keyed_from, prev_hash);
+            }
+            let linked = &value[..decoded.linked_len];
             prev_hash = match (value.first().copied(), &chain.key) {
-                (Some(AUDIT_KEYED), Some(k)) => {
+                (Some(AUDIT_KEYED | AUDIT_KEYED_V4), Some(k)) => {
                     keyed_from.get_or_insert(expected_seq);
-                    mac(k, &value)
+                    mac(k, linked)
                 }
-                (Some(AUDIT_KEYED), None) => {
+                (Some(AUDIT_KEYED | AUDIT_KEYED_V4), None) => {
                     let why = "the record is linked with an audit key and none is configured \
                                (storage.audit_key_file, or the encryption key it is derived from)";
                     return report(records, expected_seq, why, keyed_from, prev_hash);
@@ -582,7 +706,7 @@ impl Store {
                     let why = "an unkeyed record after keyed ones: written without the audit key";
                     return report(records, expected_seq, why, keyed_from, prev_hash);
                 }
-                _ => hash(&value),
+                _ => hash(linked),
             };
             if exported.is_some_and(|h| h.seq == expected_seq) {
                 at_exported = Some(prev_hash);
@@ -645,12 +769,112 @@ impl Store {
 }
 
 impl Store {
+    /// Applies the audit retention at `now_ms`: drops the oldest records `policy` no longer
+    /// keeps (see `drop_oldest_audit`), then redacts the records of tenants whose own
+    /// retention (`tenant_policy`, asked once per tenant met) no longer keeps their details
+    /// (see `redact_audit`). Written from the reserved margin (it frees space). Blocking.
+    /// `tenant_policy`: `None` when no tenant has a retention of its own (no pass for it).
+    pub fn prune_audit(
+        &self,
+        policy: &AuditRetention,
+        tenant_policy: Option<&dyn Fn(&str) -> TenantAuditRetention>,
+        now_ms: u64,
+    ) -> Result<AuditPruned, StorageError> {
+        let mut pruned = self.drop_oldest_audit(policy, now_ms)?;
+        let Some(tenant_policy) = tenant_policy else {
+            return Ok(pruned);
+        };
+        let floor = now_ms.saturating_sub(policy.keep_at_least_ms);
+        let (records, bytes) = self.redact_audit(tenant_policy, floor, now_ms)?;
+        pruned.redacted = records;
+        pruned.redacted_bytes = bytes;
+        Ok(pruned)
+    }
+
+    /// Redacts the records of tenants with their own retention that it no longer keeps:
+    /// past the tenant's age cap, or the oldest of its details beyond its byte cap — never a
+    /// record at or after `floor`. Two passes over the log (bytes per tenant, then the
+    /// redactions, written in batches). Returns the records redacted and the bytes freed.
+    fn redact_audit(
+        &self,
+        tenant_policy: &dyn Fn(&str) -> TenantAuditRetention,
+        floor: u64,
+        now_ms: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        let db = &self.inner.db;
+        let cf = self.cf(Cf::Audit)?;
+        // Per tenant met: its policy and the bytes of its details still held. Bounded by the
+        // tenants the log names.
+        let mut tenants: std::collections::HashMap<String, (TenantAuditRetention, u64)> =
+            std::collections::HashMap::new();
+        let mut any = false;
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, value) = item?;
+            let decoded = decode(&value)?;
+            let (Some(tenant), Some((_, Some(start)))) =
+                (&decoded.record.event.tenant, decoded.details)
+            else {
+                continue;
+            };
+            let entry = tenants
+                .entry(tenant.clone())
+                .or_insert_with(|| (tenant_policy(tenant), 0));
+            any |= !entry.0.is_off();
+            entry.1 += (value.len() - start) as u64;
+        }
+        if !any {
+            return Ok((0, 0));
+        }
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut b = Batch::new();
+        let mut queued = 0usize;
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            let decoded = decode(&value)?;
+            let t = decoded.record.event.time_ms;
+            if t >= floor {
+                break;
+            }
+            let (Some(tenant), Some((_, Some(start)))) =
+                (&decoded.record.event.tenant, decoded.details)
+            else {
+                continue;
+            };
+            let Some((policy, held)) = tenants.get_mut(tenant) else {
+                continue;
+            };
+            let too_old = policy
+                .max_age_ms
+                .is_some_and(|age| t < now_ms.saturating_sub(age));
+            let too_big = policy.max_bytes.is_some_and(|cap| *held > cap);
+            if !too_old && !too_big {
+                continue;
+            }
+            let freed = (value.len() - start) as u64;
+            *held = held.saturating_sub(freed);
+            // The header and a "no details" byte: the link covers exactly the header.
+            let mut redacted = value[..decoded.linked_len].to_vec();
+            redacted.push(0);
+            b.push(Op::Put(Cf::Audit, key.to_vec(), redacted));
+            records += 1;
+            bytes += freed;
+            queued += 1;
+            if queued >= REDACT_BATCH {
+                self.write_now_reserved(std::mem::take(&mut b))?;
+                queued = 0;
+            }
+        }
+        if queued > 0 {
+            self.write_now_reserved(b)?;
+        }
+        Ok((records, bytes))
+    }
+
     /// Drops the oldest audit records that `policy` no longer keeps (never one younger than
     /// `keep_at_least_ms` before `now_ms`), and moves the chain's anchor to the first one
     /// kept, in one write: the chain stays verifiable from there. The newest record is
-    /// always kept. Written from the reserved margin (it frees space). Blocking. Returns
-    /// what was dropped.
-    pub fn prune_audit(
+    /// always kept. Returns what was dropped.
+    fn drop_oldest_audit(
         &self,
         policy: &AuditRetention,
         now_ms: u64,
@@ -684,7 +908,7 @@ impl Store {
         let mut records = db.iterator_cf(cf, IteratorMode::Start).peekable();
         while let Some(item) = records.next() {
             let (key, value) = item?;
-            let (record, prev) = decode(&value)?;
+            let Decoded { record, prev, .. } = decode(&value)?;
             let t = record.event.time_ms;
             let too_old = t < age_cut;
             let too_many = pruned.bytes < over && t < floor;

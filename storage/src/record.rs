@@ -68,6 +68,11 @@ impl Enc {
         self
     }
 
+    /// The bytes so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The record's bytes.
     pub fn finish(self) -> Vec<u8> {
         self.0
@@ -93,6 +98,11 @@ impl<'a> Dec<'a> {
     /// Reads an unversioned buffer.
     pub fn raw(cf: &'static str, buf: &'a [u8]) -> Self {
         Dec { buf, cf }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {

@@ -114,6 +114,7 @@ impl Store {
                 actor: "operator".into(),
                 action: "storage.encrypt".into(),
                 detail,
+                tenant: None,
             })?,
         );
         // The values in clear are overwritten, not gone: a full compaction rewrites the

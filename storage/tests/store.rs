@@ -405,6 +405,7 @@ fn telemetry_queries_page_stay_in_their_tenant_and_retention_deletes() {
 fn event(i: u64) -> AuditEvent {
     AuditEvent {
         time_ms: i,
+        tenant: None,
         actor: "admin".into(),
         action: "test.event".into(),
         detail: format!("event {i}"),
@@ -532,21 +533,32 @@ fn rewrite_audit_record(dir: &Path, seq: u64, detail: &str) {
         .iterator_cf(audit, rocksdb::IteratorMode::Start)
         .map(|i| i.unwrap().1.to_vec())
         .collect();
-    // Layout: [version][seq 8][time 8][prev 32][actor][action][detail], strings u32-prefixed.
+    // Layout: [version][seq 8][time 8][prev 32][tenant][action][details digest 32]
+    // [present 1][actor][detail], strings u32-prefixed; the link covers up to the digest.
+    let header_len = |r: &[u8]| {
+        let mut at = 49;
+        for _ in 0..2 {
+            let len = u32::from_be_bytes(r[at..at + 4].try_into().unwrap()) as usize;
+            at += 4 + len;
+        }
+        at + 32
+    };
     let r = &mut records[(seq - 1) as usize];
-    let mut at = 49;
-    for _ in 0..2 {
-        let len = u32::from_be_bytes(r[at..at + 4].try_into().unwrap()) as usize;
-        at += 4 + len;
-    }
-    r.truncate(at);
-    r.extend_from_slice(&(detail.len() as u32).to_be_bytes());
-    r.extend_from_slice(detail.as_bytes());
+    let end = header_len(r);
+    let actor_len = u32::from_be_bytes(r[end + 1..end + 5].try_into().unwrap()) as usize;
+    let mut details = r[end + 1..end + 5 + actor_len].to_vec();
+    details.extend_from_slice(&(detail.len() as u32).to_be_bytes());
+    details.extend_from_slice(detail.as_bytes());
+    r.truncate(end - 32);
+    r.extend_from_slice(digest(&SHA256, &details).as_ref());
+    r.push(1);
+    r.extend_from_slice(&details);
     let mut prev = [0u8; 32];
     for (i, r) in records.iter_mut().enumerate() {
-        r[0] = 1; // a plain hash-linked record: the only kind the attacker can make
+        r[0] = 3; // a plain hash-linked record: the only kind the attacker can make
         r[17..49].copy_from_slice(&prev);
-        prev.copy_from_slice(digest(&SHA256, r).as_ref());
+        let end = header_len(r);
+        prev.copy_from_slice(digest(&SHA256, &r[..end]).as_ref());
         db.put_cf(audit, (i as u64 + 1).to_be_bytes(), &r[..])
             .unwrap();
     }
@@ -1419,6 +1431,7 @@ fn free_bytes(dir: &Path) -> u64 {
 fn audit_event(action: &str) -> AuditEvent {
     AuditEvent {
         time_ms: 1,
+        tenant: None,
         actor: "broker".into(),
         action: action.into(),
         detail: "d".into(),
@@ -1853,7 +1866,7 @@ fn audit_retention_keeps_the_chain_verifiable_from_a_signed_anchor() {
         max_bytes: None,
         keep_at_least_ms: 90 * DAY,
     };
-    let pruned = store.prune_audit(&policy, now).unwrap();
+    let pruned = store.prune_audit(&policy, None, now).unwrap();
     assert_eq!(pruned.records, 100, "{pruned:?}");
     assert_eq!(pruned.first_kept, Some(101));
     let report = store.verify_audit().unwrap();
@@ -1869,7 +1882,7 @@ fn audit_retention_keeps_the_chain_verifiable_from_a_signed_anchor() {
         max_bytes: Some(1),
         keep_at_least_ms: 90 * DAY,
     };
-    let pruned = store.prune_audit(&tiny, now).unwrap();
+    let pruned = store.prune_audit(&tiny, None, now).unwrap();
     let kept = store.read_audit(0, 10_000).unwrap();
     assert!(pruned.records > 0);
     assert!(kept
@@ -1883,7 +1896,7 @@ fn audit_retention_keeps_the_chain_verifiable_from_a_signed_anchor() {
         max_bytes: None,
         keep_at_least_ms: 0,
     };
-    store.prune_audit(&all, now + 10 * DAY).unwrap();
+    store.prune_audit(&all, None, now + 10 * DAY).unwrap();
     assert_eq!(store.read_audit(0, 10).unwrap().len(), 1);
     assert!(store.verify_audit().unwrap().broken.is_none());
     futures_block_on(store.append_audit(&event(302)).unwrap()).unwrap();
@@ -1916,5 +1929,152 @@ fn audit_retention_keeps_the_chain_verifiable_from_a_signed_anchor() {
             .as_ref()
             .is_some_and(|b| b.reason.contains("anchor")),
         "{report:?}"
+    );
+}
+
+/// A tenant's own audit retention drops the details of its records past its age or byte
+/// cap (never one younger than the broker-wide floor), leaves other tenants' records and
+/// the broker's alone, and the chain still verifies; details changed in place are found.
+#[test]
+fn a_tenants_audit_retention_redacts_its_records_and_the_chain_still_verifies() {
+    use messs_storage::audit::{AuditRetention, TenantAuditRetention};
+    let dir = tempfile::tempdir().unwrap();
+    let now = 400 * DAY;
+    let store = keyed(dir.path(), [7u8; 32]);
+    // One record a day for 200 days, ending yesterday, for tenants a, b and the broker.
+    let owner = |d: u64| match d % 3 {
+        0 => Some("a".to_owned()),
+        1 => Some("b".to_owned()),
+        _ => None,
+    };
+    for d in 0..200u64 {
+        let e = AuditEvent {
+            time_ms: now - (200 - d) * DAY,
+            tenant: owner(d),
+            ..event(d)
+        };
+        futures_block_on(store.append_audit(&e).unwrap()).unwrap();
+    }
+    let broker_wide = AuditRetention {
+        max_age_ms: None,
+        max_bytes: None,
+        keep_at_least_ms: 90 * DAY,
+    };
+    // Tenant a keeps 30 days (the 90-day floor wins), tenant b has no cap of its own.
+    let per_tenant = |t: &str| match t {
+        "a" => TenantAuditRetention {
+            max_age_ms: Some(30 * DAY),
+            max_bytes: None,
+        },
+        _ => TenantAuditRetention::default(),
+    };
+    let pruned = store
+        .prune_audit(&broker_wide, Some(&per_tenant), now)
+        .unwrap();
+    assert_eq!(pruned.records, 0, "nothing dropped broker-wide");
+    let records = store.read_audit(0, 1000).unwrap();
+    assert_eq!(records.len(), 200);
+    let floor = now - 90 * DAY;
+    for r in &records {
+        let a_and_old = r.event.tenant.as_deref() == Some("a") && r.event.time_ms < floor;
+        assert_eq!(r.redacted, a_and_old, "{r:?}");
+        if r.redacted {
+            assert!(r.event.detail.is_empty() && r.event.actor.is_empty());
+            assert_eq!(r.event.action, "test.event", "the action stays");
+        } else {
+            assert!(!r.event.detail.is_empty());
+        }
+    }
+    let expected = records.iter().filter(|r| r.redacted).count() as u64;
+    assert_eq!(pruned.redacted, expected);
+    assert!(expected > 30, "{expected}");
+    assert!(pruned.redacted_bytes > 0);
+    let report = store.verify_audit().unwrap();
+    assert!(report.broken.is_none(), "{report:?}");
+    assert_eq!(report.head.seq, 200);
+
+    // A byte cap on b: its oldest details go until it is under it, never past the floor.
+    let capped = |t: &str| match t {
+        "b" => TenantAuditRetention {
+            max_age_ms: None,
+            max_bytes: Some(1),
+        },
+        _ => TenantAuditRetention::default(),
+    };
+    store.prune_audit(&broker_wide, Some(&capped), now).unwrap();
+    let records = store.read_audit(0, 1000).unwrap();
+    assert!(records
+        .iter()
+        .filter(|r| r.event.tenant.as_deref() == Some("b"))
+        .all(|r| r.redacted == (r.event.time_ms < floor)));
+    assert!(records
+        .iter()
+        .filter(|r| r.event.tenant.is_none())
+        .all(|r| !r.redacted));
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    futures_block_on(store.append_audit(&event(999)).unwrap()).unwrap();
+    assert!(store.verify_audit().unwrap().broken.is_none());
+    drop(store);
+
+    // A record's details changed in place (its header untouched) are found.
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let cf = db.cf_handle("audit").unwrap();
+        let mut v = db.get_cf(cf, 200u64.to_be_bytes()).unwrap().unwrap();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        db.put_cf(cf, 200u64.to_be_bytes(), v).unwrap();
+    }
+    let report = keyed(dir.path(), [7u8; 32]).verify_audit().unwrap();
+    let broken = report.broken.expect("changed details went unnoticed");
+    assert_eq!(broken.seq, 200, "{broken:?}");
+}
+
+/// A log written before redactable records (versions 1 and 2) is read and verified as it
+/// was, and new records (version 3) go on linked to it.
+#[test]
+fn an_audit_log_of_the_older_format_goes_on_with_redactable_records() {
+    use aws_lc_rs::digest::{digest, SHA256};
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    // Three records in the old layout: [1][seq][time][prev][actor][action][detail], each
+    // linked by the SHA-256 of its bytes, and the head after them.
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let audit = db.cf_handle("audit").unwrap();
+        let mut prev = [0u8; 32];
+        for seq in 1..=3u64 {
+            let mut r = vec![1u8];
+            r.extend_from_slice(&seq.to_be_bytes());
+            r.extend_from_slice(&seq.to_be_bytes());
+            r.extend_from_slice(&prev);
+            for s in ["admin", "test.event", &format!("event {seq}")] {
+                r.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                r.extend_from_slice(s.as_bytes());
+            }
+            prev.copy_from_slice(digest(&SHA256, &r).as_ref());
+            db.put_cf(audit, seq.to_be_bytes(), &r).unwrap();
+        }
+        let mut head = 4u64.to_be_bytes().to_vec();
+        head.extend_from_slice(&prev);
+        db.put_cf(db.cf_handle("meta").unwrap(), b"audit_head", head)
+            .unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.read_audit(2, 1).unwrap()[0].event, event(2));
+    for i in 4..=5 {
+        futures_block_on(store.append_audit(&event(i)).unwrap()).unwrap();
+    }
+    let report = store.verify_audit().unwrap();
+    assert!(report.broken.is_none(), "{report:?}");
+    assert_eq!(report.head.seq, 5);
+    let all = store.read_audit(0, 10).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.event.clone()).collect::<Vec<_>>(),
+        (1..=5).map(event).collect::<Vec<_>>()
     );
 }

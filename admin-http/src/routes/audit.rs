@@ -23,8 +23,14 @@ pub struct AuditEntry {
     pub actor: String,
     /// What, e.g. `admin.login`, `device.add`, `client.kick`.
     pub action: String,
-    /// Details.
+    /// Details (empty once redacted).
     pub detail: String,
+    /// The tenant whose client caused it (its audit retention applies); null for the
+    /// broker's and operators' records.
+    pub tenant: Option<String>,
+    /// Its details (actor and detail) were dropped by its tenant's audit retention; its
+    /// time, action and link remain, and the chain still verifies.
+    pub redacted: bool,
 }
 
 /// A page of the audit log.
@@ -50,6 +56,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only records of this actor.
     pub actor: Option<String>,
+    /// Only records of this tenant.
+    pub tenant: Option<String>,
 }
 
 /// The verification of the whole chain.
@@ -169,13 +177,19 @@ pub async fn read_audit(
             .as_ref()
             .is_none_or(|a| r.event.action.starts_with(a.as_str()));
         let actor_ok = q.actor.as_ref().is_none_or(|a| r.event.actor == *a);
-        if action_ok && actor_ok {
+        let tenant_ok = q
+            .tenant
+            .as_ref()
+            .is_none_or(|t| r.event.tenant.as_deref() == Some(t.as_str()));
+        if action_ok && actor_ok && tenant_ok {
             items.push(AuditEntry {
                 seq: r.seq,
                 time_ms: r.event.time_ms,
                 actor: r.event.actor,
                 action: r.event.action,
                 detail: r.event.detail,
+                tenant: r.event.tenant,
+                redacted: r.redacted,
             });
         }
     }

@@ -102,7 +102,8 @@ impl ClientCore {
         } else {
             String::new()
         };
-        self.state.audit(
+        self.state.audit_for(
+            &a.identity.tenant.id,
             "client.disconnect",
             format!(
                 "{} client {:?}: {end_name}{denied}",

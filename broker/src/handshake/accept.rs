@@ -340,12 +340,15 @@ fn audit_login(arrival: &Arrival<'_>, access: &Access) {
             .flapping_bans
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(%peer, ban = %what, ms, "flapping: banned for reconnecting too often");
-        state.audit(
-            "flapping.ban",
-            format!("{what} banned for {ms} ms: too many connections"),
-        );
+        let detail = format!("{what} banned for {ms} ms: too many connections");
+        match kind {
+            // An address is banned for every tenant: the broker's record.
+            crate::security::limits::bans::Kind::Address => state.audit("flapping.ban", detail),
+            _ => state.audit_for(&access.identity.tenant.id, "flapping.ban", detail),
+        }
     }
-    state.audit(
+    state.audit_for(
+        &access.identity.tenant.id,
         "client.connect",
         format!(
             "{} client {:?} from {peer} ({}, {protocol:?})",

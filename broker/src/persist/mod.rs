@@ -196,6 +196,11 @@ impl Persistence {
     /// logged). While free space is low, records clients cause are withheld and summed up
     /// instead (see `withheld`): then it returns true.
     pub fn audit(&self, action: &str, detail: String) -> bool {
+        self.audit_for(None, action, detail)
+    }
+
+    /// As `audit`, for an event of `tenant`'s (its own audit retention applies).
+    pub fn audit_for(&self, tenant: Option<&str>, action: &str, detail: String) -> bool {
         let now_ms = crate::clock::unix_ms();
         if withheld::is_client_caused(action) && self.store.disk_low() {
             if self.audit_withheld.is_empty() {
@@ -214,19 +219,27 @@ impl Persistence {
         if let Some(summary) = self.audit_withheld.pending() {
             self.write_withheld_summary(summary, now_ms);
         }
-        self.append("broker", action, detail, now_ms);
+        self.append(tenant, "broker", action, detail, now_ms);
         false
     }
 
     fn write_withheld_summary(&self, summary: String, now_ms: u64) {
-        if self.append("broker", "audit.withheld", summary, now_ms) {
+        if self.append(None, "broker", "audit.withheld", summary, now_ms) {
             self.audit_withheld.written();
         }
     }
 
-    fn append(&self, actor: &str, action: &str, detail: String, time_ms: u64) -> bool {
+    fn append(
+        &self,
+        tenant: Option<&str>,
+        actor: &str,
+        action: &str,
+        detail: String,
+        time_ms: u64,
+    ) -> bool {
         let event = messs_storage::audit::AuditEvent {
             time_ms,
+            tenant: tenant.map(str::to_owned),
             actor: actor.into(),
             action: action.into(),
             detail,

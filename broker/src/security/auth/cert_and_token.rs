@@ -65,6 +65,7 @@ impl Auth {
                     store.put_device(&d, true)?;
                     let event = messs_storage::audit::AuditEvent {
                         time_ms: crate::clock::unix_ms(),
+                        tenant: Some(d.tenant.clone()),
                         actor: "broker".into(),
                         action: "device.auto_register".into(),
                         detail,

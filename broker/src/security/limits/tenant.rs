@@ -51,6 +51,13 @@ pub struct TenantLimits {
     /// `limits.max_session_bytes_total`): beyond it further deliveries to its sessions are
     /// dropped and counted (a persistent session's wait on disk instead).
     pub max_queued_bytes: u64,
+    /// Days the details of its audit records are kept (what its clients did: connects,
+    /// disconnects, ACL refusals, flapping bans, auto-registrations); older ones keep
+    /// only their time, action and link. Never below `storage.audit.keep_at_least_days`.
+    pub audit_max_age_days: u64,
+    /// Bytes of its audit records' details kept; beyond it the oldest are dropped as for
+    /// `audit_max_age_days`.
+    pub audit_max_bytes: u64,
 }
 
 /// The names a registry override may use, as in `[tenant_limits]`.
@@ -68,6 +75,8 @@ pub const NAMES: &[&str] = &[
     "max_retained_messages",
     "max_retained_bytes",
     "max_queued_bytes",
+    "audit_max_age_days",
+    "audit_max_bytes",
 ];
 
 impl TenantLimits {
@@ -86,8 +95,19 @@ impl TenantLimits {
             "max_retained_messages" => &mut self.max_retained_messages,
             "max_retained_bytes" => &mut self.max_retained_bytes,
             "max_queued_bytes" => &mut self.max_queued_bytes,
+            "audit_max_age_days" => &mut self.audit_max_age_days,
+            "audit_max_bytes" => &mut self.audit_max_bytes,
             _ => return None,
         })
+    }
+
+    /// The tenant's own audit retention (see `messs_storage::Store::prune_audit`).
+    pub fn audit_retention(&self) -> messs_storage::audit::TenantAuditRetention {
+        messs_storage::audit::TenantAuditRetention {
+            max_age_ms: (self.audit_max_age_days > 0)
+                .then(|| self.audit_max_age_days.saturating_mul(86_400_000)),
+            max_bytes: (self.audit_max_bytes > 0).then_some(self.audit_max_bytes),
+        }
     }
 
     /// These limits with a tenant's overrides applied; an unknown name is an error.
