@@ -40,6 +40,11 @@ pub(crate) fn read_varint(buf: &mut Bytes) -> Result<u32, DecodeError> {
         let byte = read_u8(buf)?;
         value |= u32::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
+            // A last byte of 0 after others: more bytes than the value needs
+            // [MQTT-1.5.5-1].
+            if i > 0 && byte == 0 {
+                return Err(DecodeError::MalformedVarInt);
+            }
             return Ok(value);
         }
     }
@@ -56,6 +61,10 @@ pub(crate) fn peek_remaining_length(bytes: &[u8]) -> Result<Option<(usize, usize
         };
         value |= usize::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
+            // Not the fewest bytes for the value [MQTT-1.5.5-1].
+            if i > 0 && byte == 0 {
+                return Err(DecodeError::MalformedRemainingLength);
+            }
             return Ok(Some((value, i + 1)));
         }
     }
@@ -222,6 +231,25 @@ mod tests {
             Err(DecodeError::MalformedRemainingLength)
         );
         assert_eq!(peek_remaining_length(&[0xFF, 0xFF]), Ok(None));
+    }
+
+    /// The outside audit's finding: `c0 80 00` (a PINGREQ whose length 0 took two bytes)
+    /// was accepted; a varint must use the fewest bytes [MQTT-1.5.5-1].
+    #[test]
+    fn a_varint_longer_than_its_value_needs_is_malformed() {
+        for bytes in [&[0x80, 0x00][..], &[0xFF, 0x80, 0x00], &[0x80, 0x80, 0x80, 0x00]] {
+            assert_eq!(
+                peek_remaining_length(bytes),
+                Err(DecodeError::MalformedRemainingLength),
+                "{bytes:x?}"
+            );
+            let mut b = Bytes::copy_from_slice(bytes);
+            assert_eq!(read_varint(&mut b), Err(DecodeError::MalformedVarInt));
+        }
+        assert!(frame_length(&[0xC0, 0x80, 0x00]).is_err());
+        // One byte of 0 is the value 0, and 0x80 0x01 is 128: both minimal.
+        assert_eq!(peek_remaining_length(&[0x00]), Ok(Some((0, 1))));
+        assert_eq!(peek_remaining_length(&[0x80, 0x01]), Ok(Some((128, 2))));
     }
 
     #[test]

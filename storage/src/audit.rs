@@ -357,7 +357,10 @@ fn read_head(db: &DB, key: Option<&hmac::Key>) -> Result<(Head, Option<(u64, u64
             .map_err(|_| StorageError::corrupt("audit", "record key length"))?;
         if newest >= head.next_seq {
             restored = Some((head.next_seq.saturating_sub(1), newest));
-            let linked = &value[..decode(&value)?.linked_len];
+            // A record that cannot be decoded is linked over all its bytes (as before the
+            // redactable formats): the verify reports it, the store still opens.
+            let linked_len = decode(&value).map_or(value.len(), |d| d.linked_len);
+            let linked = &value[..linked_len];
             let last_hash = match (value.first().copied(), key) {
                 (Some(AUDIT_KEYED | AUDIT_KEYED_V4), Some(k)) => mac(k, linked),
                 _ => hash(linked),
