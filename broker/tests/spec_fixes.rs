@@ -268,3 +268,44 @@ async fn a_subscribe_sent_with_the_connect_is_answered() {
     }
     broker.stop().await;
 }
+
+/// The outside audit's finding: a CONNACK larger than the client's Maximum Packet Size was
+/// left out and the connection accepted, so the client never saw a CONNACK yet held a live
+/// session. The first packet must be the CONNACK [MQTT-3.2.0-1]: one that cannot fit is a
+/// refusal (0x95, when even that fits; else just the close), and no session is attached.
+#[tokio::test]
+async fn a_connack_too_large_for_the_client_is_a_refusal_not_a_silent_session() {
+    let broker = TestBroker::start().await;
+    let mut by = bystander(&broker).await;
+    for (max, refusal_fits) in [(12u32, true), (4, false)] {
+        let mut connect = connect_packet(Protocol::V5, "tiny", true);
+        connect.properties = ConnectProperties {
+            maximum_packet_size: std::num::NonZeroU32::new(max),
+            ..ConnectProperties::default()
+        };
+        let mut c = Raw::open(broker.addr).await;
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        let seen = c.expect_closed().await;
+        match (&seen[..], refusal_fits) {
+            ([Packet::ConnAck(ack)], true) => assert_eq!(ack.code, ReasonCode::PacketTooLarge),
+            ([], false) => {}
+            (other, _) => panic!("max {max}: {other:?}"),
+        }
+        assert!(
+            broker
+                .broker
+                .sessions()
+                .iter()
+                .all(|s| s.client_id != "tiny"),
+            "a session was attached for a client that got no CONNACK"
+        );
+    }
+    // A client that takes a CONNACK of 16 bytes still gets in.
+    let mut connect = connect_packet(Protocol::V5, "small", true);
+    connect.properties.maximum_packet_size = std::num::NonZeroU32::new(64);
+    let (c, ack) = Raw::connect_with(broker.addr, connect).await;
+    assert_eq!(ack.code, ReasonCode::Success);
+    c.disconnect().await;
+    by.roundtrip("by/t").await;
+    broker.stop().await;
+}

@@ -237,7 +237,11 @@ mod tests {
     /// was accepted; a varint must use the fewest bytes [MQTT-1.5.5-1].
     #[test]
     fn a_varint_longer_than_its_value_needs_is_malformed() {
-        for bytes in [&[0x80, 0x00][..], &[0xFF, 0x80, 0x00], &[0x80, 0x80, 0x80, 0x00]] {
+        for bytes in [
+            &[0x80, 0x00][..],
+            &[0xFF, 0x80, 0x00],
+            &[0x80, 0x80, 0x80, 0x00],
+        ] {
             assert_eq!(
                 peek_remaining_length(bytes),
                 Err(DecodeError::MalformedRemainingLength),

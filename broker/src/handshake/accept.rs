@@ -174,6 +174,31 @@ async fn welcome<S: Transport>(
     let max_packet =
         limits.packet_size_for(listener, access.identity.tenant.limits().max_packet_size);
     let (expiry, requested_expiry, keep_alive) = negotiate(state, &connect);
+    let properties = if protocol.is_v5() {
+        let granted = Granted {
+            expiry: (expiry != requested_expiry).then_some(expiry),
+            keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+            max_packet,
+        };
+        connack_properties(limits, granted, assigned, auth_data)
+    } else {
+        ConnAckProperties::default()
+    };
+    let mut ack = ConnAck {
+        session_present: false,
+        code: ReasonCode::Success,
+        properties,
+    };
+    // The first packet must be the CONNACK [MQTT-3.2.0-1]: one the client's Maximum Packet
+    // Size cannot take is a refusal (0x95, if even that fits), before any session is
+    // attached. `session_present` does not change its size.
+    if encoded_len(&ack, protocol).is_none_or(|len| len > client_max_packet) {
+        tracing::debug!(%peer, client_max_packet, "CONNECT refused: the CONNACK would not fit");
+        let why = "the CONNACK is larger than the client's Maximum Packet Size";
+        let turned = TurnedAway::now((ReasonCode::PacketTooLarge, why));
+        turn_away(arrival, &mut conn, turned).await;
+        return None;
+    }
 
     let key = SessionKey {
         tenant: access.identity.tenant.id.clone(),
@@ -191,27 +216,9 @@ async fn welcome<S: Transport>(
         .lock()
         .set_owner(access.identity.username.clone(), link(arrival, &access));
 
-    let properties = if protocol.is_v5() {
-        let granted = Granted {
-            expiry: (expiry != requested_expiry).then_some(expiry),
-            keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
-            max_packet,
-        };
-        connack_properties(limits, granted, assigned, auth_data)
-    } else {
-        ConnAckProperties::default()
-    };
-    let ack = ConnAck {
-        session_present: attached.session_present,
-        code: ReasonCode::Success,
-        properties,
-    };
-    if conn
-        .queue_within(Packet::ConnAck(Box::new(ack)), client_max_packet)
-        .is_err()
-    {
-        return None;
-    }
+    ack.session_present = attached.session_present;
+    // Encoded once already (above), so this cannot fail, and it fits.
+    let _ = conn.queue_within(Packet::ConnAck(Box::new(ack)), client_max_packet);
     tracing::debug!(%peer, client_id = %client_id, ?protocol, "connected");
     audit_login(arrival, &access);
     let negotiated = Negotiated::new(
@@ -276,6 +283,14 @@ fn link(arrival: &Arrival<'_>, access: &Access) -> crate::session::Link {
         transport: listener.transport.name(),
         since_ms: crate::clock::unix_ms(),
     }
+}
+
+/// The CONNACK's encoded size (`None`: it cannot be encoded).
+fn encoded_len(ack: &ConnAck, protocol: Protocol) -> Option<usize> {
+    let mut buf = bytes::BytesMut::new();
+    let packet = Packet::ConnAck(Box::new(ack.clone()));
+    messs_codec::encode(&packet, protocol, &mut buf).ok()?;
+    Some(buf.len())
 }
 
 /// What the broker granted that differs from what the client asked for (v5 CONNACK).
