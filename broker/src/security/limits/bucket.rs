@@ -56,6 +56,12 @@ impl TokenBucket {
         self.debt_time()
     }
 
+    /// Whether the bucket is in debt at `now_us` (before anything more is taken).
+    pub fn in_debt(&mut self, now_us: u64) -> bool {
+        self.refill(now_us);
+        self.tokens < 0.0
+    }
+
     /// How long until the bucket is out of debt.
     pub fn debt_time(&self) -> Duration {
         if self.tokens >= 0.0 || self.per_us <= 0.0 {

@@ -190,6 +190,16 @@ impl Throttle {
     /// packet or two through without debt, but its data is already waiting; a client at
     /// its rate sends its next packet later.
     pub fn charge(&mut self, bytes: usize, now_us: u64, more_waiting: bool) -> Verdict {
+        // A packet that finds the connection out of debt, with nothing behind it, ends a
+        // push even if its own cost puts the connection in debt again: a quiet client
+        // whose one large packet cost more than the patience is not pushing.
+        let found_in_debt = [&mut self.messages, &mut self.bytes]
+            .into_iter()
+            .flatten()
+            .fold(false, |debt, b| b.in_debt(now_us) || debt);
+        if !found_in_debt && !more_waiting {
+            self.throttled_since = None;
+        }
         let wait_m = self
             .messages
             .as_mut()
@@ -392,7 +402,9 @@ mod tests {
         let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
         let (sent, cut) = run(&mut t, 200, 10);
         assert!(cut);
-        assert!((55..=70).contains(&sent), "{sent}");
+        // (A packet that finds its debt just paid, with nothing behind it yet, restarts
+        // the count: a packet or two more than the bare half second.)
+        assert!((55..=75).contains(&sent), "{sent}");
         // Pauses that end late (a busy broker) let some packets through without debt: the
         // push is cut all the same, as what the client sent waits behind them.
         let mut t = Throttle::new(policy(100, 10, 5), 0).unwrap();
@@ -437,6 +449,45 @@ mod tests {
             t.charge(500, 0, false),
             Verdict::Pause(Duration::from_millis(500))
         );
+        // The outside audit's finding: one packet larger than the burst (here 1.5 s of
+        // debt, as long as the patience of 3 bursts) then a quiet one after the pause was
+        // closed as pushing. The quiet one finds the debt paid: not a push.
+        let mut t = Throttle::new(
+            ThrottlePolicy {
+                bytes_per_sec: 2000,
+                bytes_burst: 1000,
+                disconnect_multiple: 3,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let Verdict::Pause(wait) = t.charge(4000, 0, false) else {
+            panic!("no pause")
+        };
+        let after = wait.as_micros() as u64 + 100_000;
+        assert_ne!(t.charge(2, after, false), Verdict::Disconnect);
+        // The same, pushing (more waits behind every packet): cut.
+        let mut t = Throttle::new(
+            ThrottlePolicy {
+                bytes_per_sec: 2000,
+                bytes_burst: 1000,
+                disconnect_multiple: 3,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let mut now = 0;
+        let cut = (0..10).any(|_| match t.charge(4000, now, true) {
+            Verdict::Pause(d) => {
+                now += d.as_micros() as u64;
+                false
+            }
+            Verdict::Go => false,
+            Verdict::Disconnect => true,
+        });
+        assert!(cut, "a push of large packets is cut");
         // A reload that lifts the limit lifts the debt's future cost too.
         t.set_policy(ThrottlePolicy::default(), 0);
         assert_eq!(t.charge(10_000, 0, false), Verdict::Go);
