@@ -8,7 +8,11 @@
 //! all: a session that is draining its queue, or whose queue is small (under
 //! [`SMALL_QUEUE`]), may fill it to three quarters; one with a large queue it is not
 //! draining (a client that does not read) only to one half; the last quarter is kept for
-//! session records and subscriptions, so new clients still get in.
+//! session records and subscriptions, so new clients still get in. Subscriptions on their
+//! own may hold at most half of it ([`ByteBudget::try_charge_subscription`]): filters are
+//! not messages, and however many an attacker's sessions hold, messages always keep a
+//! quarter (the outside audit filled the whole budget with 60 KB filters, and every
+//! QoS 1 message to a clean session was then acknowledged and dropped).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,10 +42,32 @@ impl ByteBudget {
         ByteBudget { stats, limit }
     }
 
-    /// Takes `bytes` for a session record or subscription; false (and nothing taken) if
-    /// that would pass the limit.
+    /// Takes `bytes` for a session record; false (and nothing taken) if that would pass
+    /// the limit.
     pub fn try_charge(&self, bytes: usize) -> bool {
         self.charge_within(bytes, self.limit)
+    }
+
+    /// Takes `bytes` for a subscription: within half of the limit for all subscriptions
+    /// together (the `subscription_bytes` gauge), and within the limit.
+    pub fn try_charge_subscription(&self, bytes: usize) -> bool {
+        let subs = &self.stats.subscription_bytes;
+        let before = subs.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.limit / 2 || !self.try_charge(bytes) {
+            subs.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back `bytes` a subscription took.
+    pub fn release_subscription(&self, bytes: usize) {
+        if bytes > 0 {
+            self.stats
+                .subscription_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
+            self.release(bytes);
+        }
     }
 
     /// Takes `bytes` for a message queued to a session, within that session's tier (see
@@ -127,5 +153,29 @@ mod tests {
             "sessions and subscriptions: all of it"
         );
         assert!(!budget.try_charge(1));
+    }
+
+    #[test]
+    fn subscriptions_hold_at_most_half_and_messages_keep_their_share() {
+        let stats = Arc::new(Stats::default());
+        let budget = ByteBudget::new(stats.clone(), 100);
+        assert!(budget.try_charge_subscription(50));
+        assert!(!budget.try_charge_subscription(1), "half for subscriptions");
+        assert_eq!(stats.subscription_bytes.load(Ordering::Relaxed), 50);
+        let small = Standing {
+            held: 0,
+            draining: false,
+        };
+        assert!(
+            budget.try_charge_message(25, small),
+            "messages still get in"
+        );
+        budget.release_subscription(50);
+        assert_eq!(stats.subscription_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.session_bytes.load(Ordering::Relaxed), 25);
+        // Within the half but past the whole: refused, nothing taken.
+        assert!(budget.try_charge(70));
+        assert!(!budget.try_charge_subscription(10));
+        assert_eq!(stats.subscription_bytes.load(Ordering::Relaxed), 0);
     }
 }

@@ -150,6 +150,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load_usize(&s.session_bytes),
         ),
         (
+            "messs_subscription_bytes",
+            "Bytes subscriptions hold (part of messs_session_bytes; at most half of limits.max_session_bytes_total).",
+            Gauge,
+            load_usize(&s.subscription_bytes),
+        ),
+        (
             "messs_retained_bytes",
             "Bytes of retained messages held.",
             Gauge,

@@ -94,6 +94,7 @@ impl BrokerState {
                 max_queued: limits.max_queued_messages,
                 max_queued_bytes: limits.max_queued_bytes,
                 max_subscriptions: limits.max_subscriptions_per_session,
+                max_subscription_bytes: limits.max_subscription_bytes_per_session,
                 queue_full: limits.queue_full,
             },
         };

@@ -78,6 +78,9 @@ pub struct Stats {
     /// Audit records clients caused that were counted in a summary instead of written,
     /// because free disk space was below the watermark.
     pub audit_withheld: AtomicU64,
+    /// Bytes all sessions' subscriptions hold (part of `session_bytes`; at most half of
+    /// `limits.max_session_bytes_total`).
+    pub subscription_bytes: AtomicUsize,
     /// Audit records the retention dropped (the oldest, broker-wide).
     pub audit_dropped: AtomicU64,
     /// Audit records whose details their tenant's audit retention dropped.

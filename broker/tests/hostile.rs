@@ -672,3 +672,55 @@ async fn a_non_reader_keeps_its_backlog_in_the_counted_queue() {
     by.roundtrip("wb/t").await;
     drop(sink);
 }
+
+/// The outside audit's finding: one anonymous client's sessions holding large filters took
+/// the whole session budget, and from then on every QoS 1 message to a clean session was
+/// acknowledged to its publisher and dropped. Now one session's filters are capped
+/// (`max_subscription_bytes_per_session`), all subscriptions together hold at most half of
+/// the budget, and a bystander's messages keep flowing. (Before: the first session alone
+/// took the budget, and the bystander's messages were dropped.)
+#[tokio::test]
+async fn large_filters_cannot_take_the_budget_messages_are_delivered_from() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_session_bytes_total = 4 * 1024 * 1024;
+    })
+    .await;
+    let filter = format!("x/{}", "a".repeat(60_000));
+    let (mut granted, mut refused) = (0, 0);
+    let mut hogs = Vec::new();
+    for s in 0..8 {
+        let mut hog = Raw::v5(broker.addr, &format!("hog{s}")).await;
+        for i in 0..12 {
+            let ack = hog
+                .subscribe(&format!("{filter}/{i}"), QoS::AtLeastOnce)
+                .await;
+            if ack.reasons[0] == ReasonCode::QuotaExceeded {
+                refused += 1;
+            } else {
+                granted += 1;
+            }
+        }
+        hogs.push(hog);
+    }
+    assert!(refused > 0, "no filter refused ({granted} granted)");
+    let stats = broker.broker.stats();
+    let subs = stats.subscription_bytes.load(Ordering::Relaxed);
+    assert!(subs <= 2 * 1024 * 1024, "{subs} bytes of subscriptions");
+    // A bystander pair at QoS 1: every acknowledged message is delivered.
+    let mut sub = Raw::v5(broker.addr, "by-sub").await;
+    let ack = sub.subscribe("by/t", QoS::AtLeastOnce).await;
+    assert_eq!(ack.reasons, [ReasonCode::GrantedQoS1]);
+    let mut publisher = Raw::v5(broker.addr, "by-pub").await;
+    for i in 1..=50u16 {
+        // (`publish` takes the PUBACK.)
+        publisher
+            .publish(publish("by/t", b"m", QosPid::AtLeastOnce(pid(i)), false))
+            .await;
+        let p = sub.recv_publish_ack().await;
+        assert_eq!(p.topic.as_str(), "by/t");
+    }
+    for hog in hogs {
+        hog.disconnect().await;
+    }
+    broker.stop().await;
+}

@@ -296,6 +296,7 @@ mod tests {
             max_queued: 3,
             max_queued_bytes: usize::MAX,
             max_subscriptions: 10,
+            max_subscription_bytes: usize::MAX,
             queue_full: Default::default(),
         };
         let mut st = SessionState::new(limits, budget, Arc::default(), 0);

@@ -380,6 +380,7 @@ pub(crate) fn unbounded_session(id: u64, max_queued: usize) -> Session {
         max_queued,
         max_queued_bytes: usize::MAX,
         max_subscriptions: usize::MAX,
+        max_subscription_bytes: usize::MAX,
         queue_full: Default::default(),
     };
     let budget = Arc::new(ByteBudget::new(Default::default(), usize::MAX));
@@ -441,6 +442,7 @@ mod tests {
             max_queued: max,
             max_queued_bytes: max_bytes,
             max_subscriptions: 2,
+            max_subscription_bytes: usize::MAX,
             queue_full: Default::default(),
         };
         let s = Session::new(

@@ -39,6 +39,7 @@ fn fixture(max_sessions: usize) -> Fixture {
             max_queued: 100,
             max_queued_bytes: 1 << 20,
             max_subscriptions: 10,
+            max_subscription_bytes: usize::MAX,
             queue_full: crate::config::QueueFullPolicy::DropNew,
         },
     };

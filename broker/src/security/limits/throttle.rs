@@ -196,7 +196,7 @@ impl Throttle {
         let found_in_debt = [&mut self.messages, &mut self.bytes]
             .into_iter()
             .flatten()
-            .fold(false, |debt, b| b.in_debt(now_us) || debt);
+            .any(|b| b.in_debt(now_us));
         if !found_in_debt && !more_waiting {
             self.throttled_since = None;
         }
