@@ -174,31 +174,18 @@ async fn welcome<S: Transport>(
     let max_packet =
         limits.packet_size_for(listener, access.identity.tenant.limits().max_packet_size);
     let (expiry, requested_expiry, keep_alive) = negotiate(state, &connect);
-    let properties = if protocol.is_v5() {
-        let granted = Granted {
-            expiry: (expiry != requested_expiry).then_some(expiry),
-            keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
-            max_packet,
-        };
-        connack_properties(limits, granted, assigned, auth_data)
-    } else {
-        ConnAckProperties::default()
+    let granted = Granted {
+        expiry: (expiry != requested_expiry).then_some(expiry),
+        keep_alive: (keep_alive != connect.keep_alive).then_some(keep_alive),
+        max_packet,
     };
-    let mut ack = ConnAck {
-        session_present: false,
-        code: ReasonCode::Success,
-        properties,
+    let mut ack = match connack(arrival, granted, assigned, auth_data) {
+        Ok(ack) => ack,
+        Err(turned) => {
+            turn_away(arrival, &mut conn, turned).await;
+            return None;
+        }
     };
-    // The first packet must be the CONNACK [MQTT-3.2.0-1]: one the client's Maximum Packet
-    // Size cannot take is a refusal (0x95, if even that fits), before any session is
-    // attached. `session_present` does not change its size.
-    if encoded_len(&ack, protocol).is_none_or(|len| len > client_max_packet) {
-        tracing::debug!(%peer, client_max_packet, "CONNECT refused: the CONNACK would not fit");
-        let why = "the CONNACK is larger than the client's Maximum Packet Size";
-        let turned = TurnedAway::now((ReasonCode::PacketTooLarge, why));
-        turn_away(arrival, &mut conn, turned).await;
-        return None;
-    }
 
     let key = SessionKey {
         tenant: access.identity.tenant.id.clone(),
@@ -283,6 +270,36 @@ fn link(arrival: &Arrival<'_>, access: &Access) -> crate::session::Link {
         transport: listener.transport.name(),
         since_ms: crate::clock::unix_ms(),
     }
+}
+
+/// The successful CONNACK (v5: with what was `granted`, the client id `assigned` and the
+/// SCRAM server-final data), before any session is attached: the first packet must be the
+/// CONNACK [MQTT-3.2.0-1], so one the client's Maximum Packet Size cannot take is a
+/// refusal (0x95, if even that fits). `session_present` is set later; it does not change
+/// the size.
+fn connack(
+    arrival: &Arrival<'_>,
+    granted: Granted,
+    assigned: Option<String>,
+    auth_data: Option<String>,
+) -> Result<ConnAck, TurnedAway> {
+    let (protocol, max) = (arrival.protocol, arrival.client_max_packet);
+    let properties = if protocol.is_v5() {
+        connack_properties(&arrival.state.config.limits, granted, assigned, auth_data)
+    } else {
+        ConnAckProperties::default()
+    };
+    let ack = ConnAck {
+        session_present: false,
+        code: ReasonCode::Success,
+        properties,
+    };
+    if encoded_len(&ack, protocol).is_none_or(|len| len > max) {
+        tracing::debug!(peer = %arrival.peer, max, "CONNECT refused: the CONNACK would not fit");
+        let why = "the CONNACK is larger than the client's Maximum Packet Size";
+        return Err(TurnedAway::now((ReasonCode::PacketTooLarge, why)));
+    }
+    Ok(ack)
 }
 
 /// The CONNACK's encoded size (`None`: it cannot be encoded).
