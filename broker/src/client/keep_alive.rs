@@ -20,50 +20,67 @@ pub(crate) enum KeepAliveVerdict {
 /// A connection's keep-alive deadline.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeepAlive {
-    /// One and a half times the negotiated Keep Alive; `None`: no keep-alive.
-    grace: Option<Duration>,
-    deadline: Instant,
+    /// One and a half times the negotiated Keep Alive, in milliseconds (at most 65,535 s x
+    /// 1.5 fits; 4 bytes, not a 16-byte `Duration`: this is in every idle connection);
+    /// `None`: no keep-alive.
+    grace_ms: Option<std::num::NonZeroU32>,
+    /// On the `clock::mono_ns` scale (8 bytes, not a 16-byte `Instant`).
+    deadline_ns: u64,
 }
 
 impl KeepAlive {
     /// The rule for a connection whose keep-alive grace is `grace`, starting at `now`.
     pub(crate) fn new(grace: Option<Duration>, now: Instant) -> Self {
-        KeepAlive {
-            grace,
-            deadline: now + grace.unwrap_or(Duration::ZERO),
-        }
+        let grace_ms = grace
+            .map(|g| u32::try_from(g.as_millis()).unwrap_or(u32::MAX))
+            .and_then(std::num::NonZeroU32::new);
+        let mut k = KeepAlive {
+            grace_ms,
+            deadline_ns: 0,
+        };
+        k.set_deadline(now + k.grace().unwrap_or(Duration::ZERO));
+        k
+    }
+
+    fn grace(&self) -> Option<Duration> {
+        self.grace_ms
+            .map(|ms| Duration::from_millis(u64::from(ms.get())))
     }
 
     /// Whether there is a keep-alive at all (a timer is needed).
     pub(crate) fn is_on(&self) -> bool {
-        self.grace.is_some()
+        self.grace_ms.is_some()
     }
 
     /// When the timer should fire first.
     pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
+        crate::clock::instant_at_ns(self.deadline_ns)
+    }
+
+    fn set_deadline(&mut self, at: Instant) {
+        self.deadline_ns = crate::clock::mono_ns_at(at);
     }
 
     /// Input was read at `now` (or reading resumes after the broker's pause): the clock
     /// starts again.
     pub(crate) fn on_input(&mut self, now: Instant) {
-        if let Some(grace) = self.grace {
-            self.deadline = now + grace;
+        if let Some(grace) = self.grace() {
+            self.set_deadline(now + grace);
         }
     }
 
     /// The timer fired at `now`; `paused`: the broker is not reading this client (its
     /// silence is the broker's doing, so it does not count).
     pub(crate) fn on_timer(&mut self, now: Instant, paused: bool) -> KeepAliveVerdict {
-        let Some(grace) = self.grace else {
-            return KeepAliveVerdict::RearmAt(self.deadline);
+        let Some(grace) = self.grace() else {
+            return KeepAliveVerdict::RearmAt(self.deadline());
         };
-        if now < self.deadline {
-            return KeepAliveVerdict::RearmAt(self.deadline);
+        if crate::clock::mono_ns_at(now) < self.deadline_ns {
+            return KeepAliveVerdict::RearmAt(self.deadline());
         }
         if paused {
-            self.deadline = now + grace;
-            return KeepAliveVerdict::RearmAt(self.deadline);
+            self.set_deadline(now + grace);
+            return KeepAliveVerdict::RearmAt(self.deadline());
         }
         KeepAliveVerdict::Expired
     }

@@ -174,6 +174,14 @@ pub(crate) enum PauseRequest {
     Throttled(Duration),
 }
 
+/// A pause of reading, from the core's side.
+enum Pause {
+    /// Asked for, not yet taken by the shell.
+    Asked(PauseRequest),
+    /// The shell is waiting it out.
+    Waiting,
+}
+
 /// What the core waits for, so the shell knows which sources to listen to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Wants {
@@ -208,10 +216,9 @@ pub(crate) struct ClientCore {
     /// Topic aliases we defined (outbound).
     #[allow(clippy::box_collection)]
     out_aliases: Option<Box<HashMap<TopicName, NonZeroU16>>>,
-    /// Reading is paused (see `PauseRequest`): packets already read wait behind it.
-    paused: bool,
-    /// The pause asked for and not yet taken by the shell. Boxed: set only for a moment.
-    pause_request: Option<Box<PauseRequest>>,
+    /// Set while reading is paused (see `PauseRequest`): packets already read wait behind
+    /// it. Boxed: pauses are rare, and this is in every idle connection.
+    pause: Option<Box<Pause>>,
     /// Until this (`clock::mono_ms`), pause only for a draining subscriber (see
     /// `RUN_SHARE_DIVISOR`).
     pause_allowed_at: u64,
@@ -288,8 +295,7 @@ impl ClientCore {
             will,
             in_aliases: None,
             out_aliases: None,
-            paused: false,
-            pause_request: None,
+            pause: None,
             pause_allowed_at: 0,
             replays: None,
             replay_more: false,
@@ -335,7 +341,7 @@ impl ClientCore {
                 }
             }
             Event::PauseOver { lasted_ms } => {
-                self.paused = false;
+                self.pause = None;
                 self.pause_allowed_at = now.mono_ms() + lasted_ms / RUN_SHARE_DIVISOR;
                 // Packets already read wait behind the pause; time spent paused is the
                 // broker's doing, so it also restarts the keep-alive clock.
@@ -357,7 +363,7 @@ impl ClientCore {
             Event::KeepAliveTimer => {
                 // Not reading is the broker's doing while paused (a rate limit can hold a
                 // client back for longer than its keep-alive).
-                if self.neg.keep_alive.on_timer(now.instant, self.paused)
+                if self.neg.keep_alive.on_timer(now.instant, self.is_paused())
                     == KeepAliveVerdict::Expired
                 {
                     return Err(End::KeepAlive);
@@ -391,7 +397,7 @@ impl ClientCore {
 
     /// What the core waits for now.
     pub(crate) fn wants(&self) -> Wants {
-        let paused = self.paused;
+        let paused = self.is_paused();
         Wants {
             read: !paused && !self.input_more && !self.input_held,
             resume: !paused && (self.replay_more || self.input_more || self.drain_more),
@@ -403,7 +409,13 @@ impl ClientCore {
     /// The pause the core asked for, once: the shell waits it out and reports
     /// [`Event::PauseOver`].
     pub(crate) fn take_pause(&mut self) -> Option<PauseRequest> {
-        self.pause_request.take().map(|r| *r)
+        match self.pause.as_deref_mut() {
+            Some(pause @ Pause::Asked(_)) => match std::mem::replace(pause, Pause::Waiting) {
+                Pause::Asked(request) => Some(request),
+                Pause::Waiting => None,
+            },
+            _ => None,
+        }
     }
 
     /// When the keep-alive timer should fire next (`None`: the client has no keep-alive).
@@ -437,7 +449,7 @@ impl ClientCore {
     /// unless the publisher was paused too recently and the subscriber is not draining
     /// (see `RUN_SHARE_DIVISOR`).
     fn pause_for(&mut self, session: Arc<Session>, now: Now) {
-        if self.paused || session.id == self.session.id {
+        if self.is_paused() || session.id == self.session.id {
             return;
         }
         let now_ms = now.mono_ms();
@@ -455,10 +467,14 @@ impl ClientCore {
         });
     }
 
+    /// Whether reading is paused.
+    fn is_paused(&self) -> bool {
+        self.pause.is_some()
+    }
+
     /// Stops reading until the shell reports the pause over.
     fn pause(&mut self, request: PauseRequest) {
-        self.paused = true;
-        self.pause_request = Some(Box::new(request));
+        self.pause = Some(Box::new(Pause::Asked(request)));
     }
 
     /// Handles the complete packets in the read buffer, stopping early if a publish pauses
@@ -471,7 +487,7 @@ impl ClientCore {
         self.rates.set_now(now);
         self.input_more = false;
         self.input_held = false;
-        while !self.paused {
+        while !self.is_paused() {
             if self.acks_full() {
                 self.input_held = true;
                 return Ok(());
@@ -518,7 +534,7 @@ impl ClientCore {
                 Err(e) => return Err(End::Failed(e)),
             }
             if let Charge::Pause(wait) = charge {
-                if !self.paused {
+                if !self.is_paused() {
                     self.pause(PauseRequest::Throttled(wait));
                 }
             }

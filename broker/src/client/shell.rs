@@ -152,22 +152,24 @@ impl<S: Transport> Client<S> {
         flow
     }
 
+    /// The keep-alive timer fired: unless the core ends the connection, it fires again at
+    /// the (possibly moved) deadline.
+    fn keep_alive_fired(&mut self) -> ControlFlow<End> {
+        self.feed(Event::KeepAliveTimer)?;
+        if let (Some(t), Some(at)) = (
+            self.keep_alive_timer.as_mut(),
+            self.core.keep_alive_deadline(),
+        ) {
+            t.as_mut().reset(at);
+        }
+        ControlFlow::Continue(())
+    }
+
     async fn event_loop(&mut self) -> End {
-        let mut event = Event::Start;
+        if let ControlFlow::Break(end) = self.feed(Event::Start) {
+            return end;
+        }
         loop {
-            let timer_fired = matches!(event, Event::KeepAliveTimer);
-            if let ControlFlow::Break(end) = self.feed(event) {
-                return end;
-            }
-            if timer_fired {
-                // Not expired: it fires again at the (possibly moved) deadline.
-                if let (Some(t), Some(at)) = (
-                    self.keep_alive_timer.as_mut(),
-                    self.core.keep_alive_deadline(),
-                ) {
-                    t.as_mut().reset(at);
-                }
-            }
             let queued = self.core.frames.pending_out();
             let flushed = self.socket.flush(&mut self.core.frames).await;
             if queued > 0 {
@@ -183,34 +185,40 @@ impl<S: Transport> Client<S> {
             }
             let wants = self.core.wants();
             let paused = self.pause.is_some();
-            let core = &mut self.core;
-            event = tokio::select! {
+            // Each event is fed where it happens: nothing of it lives across the next wait,
+            // so it takes no room in the future every idle connection holds.
+            let flow = tokio::select! {
                 biased;
-                written = held_written(&mut core.held), if wants.held_stored => {
-                    Event::HeldStored(written)
+                written = held_written(&mut self.core.held), if wants.held_stored => {
+                    self.feed(Event::HeldStored(written))
                 }
-                done = front_ack(&mut core.acks), if wants.ack_stored => Event::AckStored(done),
+                done = front_ack(&mut self.core.acks), if wants.ack_stored => {
+                    self.feed(Event::AckStored(done))
+                }
                 lasted_ms = pause_over(&mut self.pause), if paused => {
                     self.pause = None;
-                    Event::PauseOver { lasted_ms }
+                    self.feed(Event::PauseOver { lasted_ms })
                 }
                 // More buffered input or retained replay: let other tasks run first.
-                _ = tokio::task::yield_now(), if wants.resume => Event::Resumed,
-                read = self.socket.fill(&mut core.frames), if wants.read => match read {
-                    Ok(0) => Event::PeerClosed,
+                _ = tokio::task::yield_now(), if wants.resume => self.feed(Event::Resumed),
+                read = self.socket.fill(&mut self.core.frames), if wants.read => match read {
+                    Ok(0) => self.feed(Event::PeerClosed),
                     Ok(n) => {
-                        core.state.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                        Event::Received
+                        self.core.state.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        self.feed(Event::Received)
                     }
                     Err(e) => return End::Failed(BrokerError::from(e)),
                 },
                 // Always armed (a kick comes this way); with the window full, a wake-up for new
                 // messages costs one pass, since only an empty queue's first message wakes.
-                _ = core.session.queued() => Event::Woken,
+                _ = self.core.session.queued() => self.feed(Event::Woken),
                 _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
-                    Event::KeepAliveTimer
+                    self.keep_alive_fired()
                 }
             };
+            if let ControlFlow::Break(end) = flow {
+                return end;
+            }
         }
     }
 

@@ -20,7 +20,33 @@ pub(crate) struct Framing {
     /// Current read size, adapted to the traffic between `MIN_READ` and `MAX_READ`.
     pub(super) read_chunk: u32,
     protocol: Protocol,
-    limits: Limits,
+    /// The codec's limits, kept in 12 bytes instead of 24 (this is in every idle
+    /// connection); `u32::MAX` stands for no limit.
+    limits: [u32; 3],
+}
+
+fn pack(limits: Limits) -> [u32; 3] {
+    let small = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    [
+        small(limits.max_packet_size),
+        small(limits.max_user_properties),
+        small(limits.max_topic_filters),
+    ]
+}
+
+fn unpack(limits: [u32; 3]) -> Limits {
+    let wide = |v: u32| {
+        if v == u32::MAX {
+            usize::MAX
+        } else {
+            v as usize
+        }
+    };
+    Limits {
+        max_packet_size: wide(limits[0]),
+        max_user_properties: wide(limits[1]),
+        max_topic_filters: wide(limits[2]),
+    }
 }
 
 impl Framing {
@@ -31,14 +57,14 @@ impl Framing {
             write_buf: BytesMut::new(),
             read_chunk: MIN_READ,
             protocol: Protocol::V5,
-            limits,
+            limits: pack(limits),
         }
     }
 
     /// Sets the protocol level and limits once CONNECT is accepted.
     pub(crate) fn configure(&mut self, protocol: Protocol, limits: Limits) {
         self.protocol = protocol;
-        self.limits = limits;
+        self.limits = pack(limits);
     }
 
     /// Appends bytes as if read from the socket (tests drive the client core this way).
@@ -56,7 +82,7 @@ impl Framing {
     /// Decodes the next complete packet already buffered, if any. Once the buffer is
     /// empty its memory is released (payloads decoded from it keep their own reference).
     pub(crate) fn next_packet(&mut self) -> Result<Option<Packet>, DecodeError> {
-        let packet = decode(&mut self.read_buf, self.protocol, &self.limits)?;
+        let packet = decode(&mut self.read_buf, self.protocol, &unpack(self.limits))?;
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
