@@ -79,17 +79,20 @@ async fn connect_as(broker: &TestBroker, client_id: &str, user: &str, password: 
     raw
 }
 
-/// Every audit record as (action, detail), read after the broker stopped.
-fn audit(data: &tempfile::TempDir) -> Vec<(String, String)> {
+/// Every audit record, read after the broker stopped (the chain verified first).
+fn audit_records(data: &tempfile::TempDir) -> Vec<messs_broker::storage::audit::AuditRecord> {
     let store = messs_broker::open_store(&messs_broker::StorageConfig {
         data_dir: data.path().to_path_buf(),
         ..Default::default()
     })
     .unwrap();
     assert!(store.verify_audit().unwrap().broken.is_none());
-    store
-        .read_audit(1, 100_000)
-        .unwrap()
+    store.read_audit(1, 100_000).unwrap()
+}
+
+/// Every audit record as (action, detail), read after the broker stopped.
+fn audit(data: &tempfile::TempDir) -> Vec<(String, String)> {
+    audit_records(data)
         .into_iter()
         .map(|r| (r.event.action, r.event.detail))
         .collect()
@@ -692,13 +695,7 @@ async fn a_tenants_audit_retention_redacts_what_its_clients_did_and_nothing_else
     }
     let data = broker.data.clone();
     broker.stop().await;
-    let store = messs_broker::open_store(&messs_broker::StorageConfig {
-        data_dir: data.path().to_path_buf(),
-        ..Default::default()
-    })
-    .unwrap();
-    assert!(store.verify_audit().unwrap().broken.is_none());
-    let records = store.read_audit(1, 100_000).unwrap();
+    let records = audit_records(&data);
     let of = |tenant: &str, action: &str| {
         records
             .iter()

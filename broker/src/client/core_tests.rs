@@ -42,8 +42,14 @@ struct Terms {
     expiry: u32,
 }
 
-/// A v5 client attached as the handshake would attach it, at `now`, its core started.
-async fn connect(state: &Arc<BrokerState>, client_id: &str, terms: Terms, now: Now) -> ClientCore {
+/// What the handshake settles for a v5 client: its attached session, its rights and the
+/// negotiated terms, at `now`.
+async fn admitted(
+    state: &Arc<BrokerState>,
+    client_id: &str,
+    terms: &Terms,
+    now: Now,
+) -> (crate::session::table::Attached, Access, Negotiated) {
     let key = SessionKey {
         tenant: Arc::from(TENANT),
         client_id: Arc::from(client_id),
@@ -74,8 +80,19 @@ async fn connect(state: &Arc<BrokerState>, client_id: &str, terms: Terms, now: N
         username: None,
         password: None,
     };
+    let neg = Negotiated::new(
+        &connect,
+        terms.keep_alive,
+        &state.config.limits,
+        now.instant,
+    );
+    (attached, access, neg)
+}
+
+/// A v5 client attached as the handshake would attach it, at `now`, its core started.
+async fn connect(state: &Arc<BrokerState>, client_id: &str, terms: Terms, now: Now) -> ClientCore {
+    let (attached, access, neg) = admitted(state, client_id, &terms, now).await;
     let limits = &state.config.limits;
-    let neg = Negotiated::new(&connect, terms.keep_alive, limits, now.instant);
     let mut frames = Framing::new(limits.codec_limits());
     frames.configure(Protocol::V5, limits.codec_limits());
     let mut core = ClientCore::new(
@@ -174,6 +191,24 @@ async fn subscriber(
     core
 }
 
+/// A broker at its start with a subscriber `s` to `filter` at QoS 1 (its Receive Maximum
+/// `window`) and a publisher `p`.
+async fn pair(
+    config: Config,
+    filter: &str,
+    window: Option<u16>,
+) -> (Arc<BrokerState>, Now, ClientCore, ClientCore) {
+    let state = broker(config);
+    let t0 = state.sessions.clock().now();
+    let terms = Terms {
+        receive_maximum: window,
+        ..Terms::default()
+    };
+    let sub = subscriber(&state, "s", filter, terms, t0).await;
+    let publisher = connect(&state, "p", Terms::default(), t0).await;
+    (state, t0, sub, publisher)
+}
+
 #[tokio::test(start_paused = true)]
 async fn keep_alive_closes_after_one_and_a_half_times_its_silence_and_input_restarts_it() {
     let state = broker(Config::try_out());
@@ -270,15 +305,8 @@ async fn a_rate_limit_pause_holds_input_back_and_does_not_count_as_the_clients_s
 #[tokio::test(start_paused = true)]
 async fn queued_messages_expire_by_the_time_of_the_event_and_carry_what_is_left_of_their_interval()
 {
-    let state = broker(Config::try_out());
-    let t0 = state.sessions.clock().now();
     // A window of one: the second and third messages wait in the session queue.
-    let terms = Terms {
-        receive_maximum: Some(1),
-        ..Terms::default()
-    };
-    let mut sub = subscriber(&state, "s", "e/#", terms, t0).await;
-    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    let (state, t0, mut sub, mut publisher) = pair(Config::try_out(), "e/#", Some(1)).await;
     let sent = [
         publish("e/1", QosPid::AtLeastOnce(pid(1)), expiring(100)),
         publish("e/2", QosPid::AtLeastOnce(pid(2)), expiring(5)),
@@ -308,14 +336,7 @@ async fn queued_messages_expire_by_the_time_of_the_event_and_carry_what_is_left_
 
 #[tokio::test(start_paused = true)]
 async fn the_window_holds_deliveries_until_acknowledged_and_qos2_is_routed_once() {
-    let state = broker(Config::try_out());
-    let t0 = state.sessions.clock().now();
-    let terms = Terms {
-        receive_maximum: Some(2),
-        ..Terms::default()
-    };
-    let mut sub = subscriber(&state, "s", "w/#", terms, t0).await;
-    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    let (_state, t0, mut sub, mut publisher) = pair(Config::try_out(), "w/#", Some(2)).await;
     // QoS 2 in: PUBREC; the same packet id again (a resend) is acknowledged, not routed.
     let q2 = publish(
         "w/a",
@@ -372,10 +393,7 @@ async fn the_window_holds_deliveries_until_acknowledged_and_qos2_is_routed_once(
 async fn topic_aliases_resolve_inbound_and_an_alias_above_the_maximum_closes_with_0x94() {
     let mut config = Config::try_out();
     config.limits.topic_alias_maximum = 4;
-    let state = broker(config);
-    let t0 = state.sessions.clock().now();
-    let mut sub = subscriber(&state, "s", "x/#", Terms::default(), t0).await;
-    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    let (_state, t0, mut sub, mut publisher) = pair(config, "x/#", None).await;
     let with_alias = |topic: &str, alias: u16| {
         Packet::Publish(Box::new(Publish {
             dup: false,
@@ -494,10 +512,7 @@ async fn a_publish_that_breaks_the_rate_limit_for_good_is_refused_not_routed() {
     config.rate_limits.messages_per_sec = 1;
     config.rate_limits.messages_burst = 1;
     config.rate_limits.disconnect_multiple = 1;
-    let state = broker(config);
-    let t0 = state.sessions.clock().now();
-    let mut sub = subscriber(&state, "s", "r/#", Terms::default(), t0).await;
-    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    let (_state, t0, mut sub, mut publisher) = pair(config, "r/#", None).await;
     // A client that keeps pushing: two publishes per read, every 300 ms.
     let one = |n: u16| {
         publish(
@@ -554,31 +569,11 @@ async fn a_publish_that_breaks_the_rate_limit_for_good_is_refused_not_routed() {
 async fn an_idle_connection_holds_no_more_than_before_the_core_was_split_out() {
     let state = broker(Config::try_out());
     let now = state.sessions.clock().now();
-    let key = SessionKey {
-        tenant: Arc::from(TENANT),
-        client_id: Arc::from("z"),
-    };
-    let attached = state
-        .attach(key, true, 0, now.instant + Duration::from_secs(5))
-        .await
-        .unwrap();
-    let tenant = state.auth.tenants.get_or_insert(&Arc::from(TENANT), false);
-    let access = Access::new(
-        &state.auth,
-        Identity::for_admin(tenant, None),
-        Arc::from("z"),
-    );
-    let connect = Connect {
-        protocol: Protocol::V5,
-        clean_start: true,
+    let terms = Terms {
         keep_alive: 30,
-        properties: ConnectProperties::default(),
-        client_id: "z".to_owned(),
-        will: None,
-        username: None,
-        password: None,
+        ..Terms::default()
     };
-    let neg = Negotiated::new(&connect, 30, &state.config.limits, now.instant);
+    let (attached, access, neg) = admitted(&state, "z", &terms, now).await;
     let (a, _b) = tokio::io::duplex(1024);
     let conn = crate::transport::connection::Connection::new(
         a,

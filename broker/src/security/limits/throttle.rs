@@ -449,35 +449,23 @@ mod tests {
             t.charge(500, 0, false),
             Verdict::Pause(Duration::from_millis(500))
         );
+        let big_packets = ThrottlePolicy {
+            bytes_per_sec: 2000,
+            bytes_burst: 1000,
+            disconnect_multiple: 3,
+            ..Default::default()
+        };
         // The outside audit's finding: one packet larger than the burst (here 1.5 s of
         // debt, as long as the patience of 3 bursts) then a quiet one after the pause was
         // closed as pushing. The quiet one finds the debt paid: not a push.
-        let mut t = Throttle::new(
-            ThrottlePolicy {
-                bytes_per_sec: 2000,
-                bytes_burst: 1000,
-                disconnect_multiple: 3,
-                ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
+        let mut t = Throttle::new(big_packets, 0).unwrap();
         let Verdict::Pause(wait) = t.charge(4000, 0, false) else {
             panic!("no pause")
         };
         let after = wait.as_micros() as u64 + 100_000;
         assert_ne!(t.charge(2, after, false), Verdict::Disconnect);
         // The same, pushing (more waits behind every packet): cut.
-        let mut t = Throttle::new(
-            ThrottlePolicy {
-                bytes_per_sec: 2000,
-                bytes_burst: 1000,
-                disconnect_multiple: 3,
-                ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
+        let mut t = Throttle::new(big_packets, 0).unwrap();
         let mut now = 0;
         let cut = (0..10).any(|_| match t.charge(4000, now, true) {
             Verdict::Pause(d) => {
