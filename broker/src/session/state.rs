@@ -227,7 +227,7 @@ impl Drop for SessionState {
     fn drop(&mut self) {
         let subs = self.subscription_bytes as usize;
         self.budget.release_subscription(subs);
-        self.budget.release(self.charged - subs);
+        self.budget.release(self.charged.saturating_sub(subs));
         self.tenant.unqueue(self.tenant_charged);
     }
 }
@@ -707,7 +707,7 @@ impl SessionState {
         let cost = u32::try_from(cost).unwrap_or(u32::MAX).min(held);
         self.subscription_bytes = held - cost;
         let cost = cost as usize;
-        self.charged -= cost;
+        self.charged = self.charged.saturating_sub(cost);
         self.budget.release_subscription(cost);
     }
 
