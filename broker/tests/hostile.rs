@@ -43,6 +43,8 @@ fn subscribe_packet(filters: &[String]) -> Packet {
 async fn deep_topics_crash_nothing() {
     let broker = TestBroker::start_with(|c| {
         c.limits.max_topic_levels = 20_000;
+        // Each level of a filter is charged (`LEVEL_COST`): room for these deep ones.
+        c.limits.max_subscription_bytes_per_session = 8 * 1024 * 1024;
     })
     .await;
     let mut by = bystander(&broker, "by").await;
@@ -263,7 +265,12 @@ async fn timed_roundtrips(by: &mut Raw, topic: &str, n: usize) -> (Duration, Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_retained_store_does_not_freeze_others() {
     const RETAINED: usize = 100_000;
-    let broker = TestBroker::start_with(|c| c.limits.max_queued_messages = 2000).await;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_queued_messages = 2000;
+        // 100,000 three-level topics are charged ~70 MB with their tree nodes.
+        c.limits.max_retained_bytes = 256 * 1024 * 1024;
+    })
+    .await;
     let mut p = Raw::v5(broker.addr, "big-pub").await;
     let mut batch = bytes::BytesMut::new();
     for i in 0..RETAINED {
@@ -722,5 +729,68 @@ async fn large_filters_cannot_take_the_budget_messages_are_delivered_from() {
     for hog in hogs {
         hog.disconnect().await;
     }
+    broker.stop().await;
+}
+
+/// The outside audit's finding: a filter or retained topic of many empty levels
+/// (`d1////…`) cost the broker ~470 bytes a level in tree nodes and was charged ~4 bytes a
+/// level, so one client could hold ~100x its byte budgets. Every level is charged now (and
+/// costs less): with 1 MiB for one session's filters and 1 MiB for the tenant's retained
+/// messages, 128-level paths stop after ~50 of each. (Before: all 100 were taken.)
+#[tokio::test]
+async fn deep_paths_are_charged_per_level() {
+    const LEVEL_COST: usize = 160;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_subscription_bytes_per_session = 1024 * 1024;
+        c.limits.max_retained_bytes = 1024 * 1024;
+    })
+    .await;
+    let deep = |i: usize| format!("d{i}{}", "/".repeat(127));
+    let most = 1024 * 1024 / (128 * LEVEL_COST);
+
+    let mut hog = Raw::v5(broker.addr, "deep-subscriber").await;
+    let mut granted = 0;
+    for i in 0..100 {
+        let ack = hog.subscribe(&deep(i), QoS::AtMostOnce).await;
+        if ack.reasons[0].is_success() {
+            granted += 1;
+        } else {
+            assert_eq!(ack.reasons[0], ReasonCode::QuotaExceeded);
+        }
+    }
+    assert!(
+        (1..=most).contains(&granted),
+        "{granted} deep filters granted (at most {most})"
+    );
+
+    let mut publisher = Raw::v5(broker.addr, "deep-retainer").await;
+    let mut retained = 0;
+    for i in 0..100u16 {
+        let t = deep(usize::from(i));
+        publisher
+            .send(&Packet::Publish(Box::new(publish(
+                &t,
+                b"x",
+                QosPid::AtLeastOnce(pid(i + 1)),
+                true,
+            ))))
+            .await;
+        let reason = loop {
+            if let Packet::PubAck(a) = publisher.recv().await {
+                break a.reason;
+            }
+        };
+        if reason.is_success() {
+            retained += 1;
+        } else {
+            assert_eq!(reason, ReasonCode::QuotaExceeded);
+        }
+    }
+    assert!(
+        (1..=most).contains(&retained),
+        "{retained} deep retained messages kept (at most {most})"
+    );
+    hog.disconnect().await;
+    publisher.disconnect().await;
     broker.stop().await;
 }

@@ -25,6 +25,7 @@ use crate::session::{EnqueueError, Session, StoredSubscription, TenantId, DRAINI
 use crate::stats::Stats;
 use retained::RetainedStore;
 pub(crate) use retained::ScanEnd;
+pub(crate) use tree::{levels, LEVEL_COST};
 use trie::{Subscriber, SubscriptionTrie};
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {

@@ -8,7 +8,6 @@
 //! topic it visited, without holding the store's lock in between. Everything is iterative:
 //! a client chooses the depth of a topic.
 
-use std::collections::btree_map::{BTreeMap, Range};
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -16,14 +15,16 @@ use std::sync::Arc;
 
 use messs_codec::TopicName;
 
-use super::tree::{descend, descend_mut, drop_subtree, prune, LevelNode};
+use super::tree::{
+    descend, descend_mut, drop_subtree, levels, prune, ChildRange, Children, LevelNode, LEVEL_COST,
+};
 use crate::message::Message;
 use crate::security::limits::tenant::TenantHoldings;
 use crate::stats::Stats;
 
 #[derive(Default)]
 struct Node {
-    children: BTreeMap<Box<str>, Node>,
+    children: Children<Node>,
     message: Option<Arc<Message>>,
     /// The message's payload is not in memory but in the store, this many bytes long (0: the
     /// payload is in `message`). Large payloads stay on disk; memory holds the tree.
@@ -58,7 +59,7 @@ impl LevelNode for Node {
     }
 
     fn take_children(&mut self) -> Vec<Self> {
-        std::mem::take(&mut self.children).into_values().collect()
+        self.children.take_all()
     }
 }
 
@@ -101,7 +102,7 @@ pub(crate) enum ScanEnd {
 
 /// One level of an ongoing walk: the children of a node still to visit.
 struct Frame<'a> {
-    children: Range<'a, Box<str>, Node>,
+    children: ChildRange<'a, Node>,
     /// Level index of those children (their depth in the tree, from 0).
     depth: usize,
     /// Filter level index each child has matched up to once entered.
@@ -142,10 +143,17 @@ impl RetainedStore {
         self.count
     }
 
-    /// Counts a message in (`added`) or out, with `disk_len` payload bytes kept on disk:
-    /// the limits count a message's whole size wherever its payload is.
+    /// What a retained message is charged: its size, wherever its payload is, and the tree's
+    /// nodes along its topic (their keys are a second copy of the topic's text).
+    fn charge(message: &Message, disk_len: usize) -> usize {
+        let topic = message.topic.as_str();
+        message.cost() + disk_len + topic.len() + LEVEL_COST * levels(topic)
+    }
+
+    /// Counts a message in (`added`) or out, with `disk_len` payload bytes kept on disk (see
+    /// [`Self::charge`]).
     fn account(&mut self, message: &Message, disk_len: usize, added: bool) {
-        let cost = message.cost() + disk_len;
+        let cost = Self::charge(message, disk_len);
         if added {
             self.count += 1;
             self.bytes += cost;
@@ -182,9 +190,9 @@ impl RetainedStore {
             return Ok(());
         }
         let old_cost = descend(&self.root, topic)
-            .and_then(|n| n.message.as_ref().map(|m| m.cost() + n.disk_len));
+            .and_then(|n| n.message.as_ref().map(|m| Self::charge(m, n.disk_len)));
         let after_count = self.count + usize::from(old_cost.is_none());
-        let after_bytes = self.bytes - old_cost.unwrap_or(0) + message.cost() + disk_len;
+        let after_bytes = self.bytes - old_cost.unwrap_or(0) + Self::charge(&message, disk_len);
         // A store over a cap that was lowered keeps what it has; it only may not grow.
         let (tenant_max, tenant_max_bytes) = self.tenant.retained_caps();
         let grows_past = |after: usize, now: usize, max: usize| after > max && after > now;
@@ -199,7 +207,7 @@ impl RetainedStore {
         }
         let mut node = &mut self.root;
         for level in topic.split('/') {
-            node = node.children.entry(Box::from(level)).or_default();
+            node = node.children.get_or_insert_with(level, Node::default);
         }
         let old = node.message.replace(message.clone());
         let old_disk = std::mem::replace(&mut node.disk_len, disk_len);
@@ -286,7 +294,7 @@ impl RetainedStore {
             }
             // On the resume path: this node is the resume point or one of its ancestors,
             // all visited (and paid for) before.
-            let on_resume_path = frame.bounded && resume.get(depth).is_some_and(|r| **r == **key);
+            let on_resume_path = frame.bounded && resume.get(depth).is_some_and(|r| **r == *key);
             if !on_resume_path {
                 if budget == 0 {
                     return ScanEnd::Paused(path.iter().map(|l| Box::from(*l)).collect());
@@ -326,17 +334,14 @@ impl RetainedStore {
             "#" | "+" => {
                 let start = lower.map_or(Bound::Unbounded, |l| Bound::Included(&**l));
                 let next_fi = if level == "#" { fi } else { fi + 1 };
-                (
-                    node.children.range::<str, _>((start, Bound::Unbounded)),
-                    next_fi,
-                )
+                (node.children.range(start, Bound::Unbounded), next_fi)
             }
             literal => {
                 if lower.is_some_and(|l| **l > *literal) {
                     return None;
                 }
                 let exact = (Bound::Included(literal), Bound::Included(literal));
-                (node.children.range::<str, _>(exact), fi + 1)
+                (node.children.range(exact.0, exact.1), fi + 1)
             }
         };
         Some(Frame {
@@ -354,6 +359,18 @@ mod tests {
     use crate::message::MessageProperties;
     use bytes::Bytes;
     use messs_codec::QoS;
+
+    /// A level of a path costs what subscriptions and retained messages are charged for it:
+    /// the node's entry in its parent plus the key's smallest allocation (32) and the
+    /// allocator's header (16).
+    #[test]
+    fn a_level_costs_no_more_than_it_is_charged() {
+        let entry = std::mem::size_of::<(Box<str>, Node)>();
+        assert!(
+            entry + 48 <= crate::router::LEVEL_COST,
+            "{entry} bytes an entry"
+        );
+    }
 
     fn msg(topic: &str, payload: &'static [u8], expires_at: Option<u64>) -> Arc<Message> {
         Arc::new(Message {
@@ -466,8 +483,14 @@ mod tests {
     #[test]
     fn bounded_in_count_and_bytes_and_deletes_prune() {
         let stats = Arc::new(Stats::default());
-        let one = msg("a", b"12345", None).cost();
-        let mut s = RetainedStore::new(2, 2 * one + 3, Arc::default(), stats.clone());
+        let a = RetainedStore::charge(&msg("a", b"12345", None), 0);
+        let bc = RetainedStore::charge(&msg("b/c", b"12345", None), 0);
+        assert_eq!(
+            bc,
+            a + 2 + LEVEL_COST + 2,
+            "a level and two bytes of text twice more"
+        );
+        let mut s = RetainedStore::new(2, a + bc + 1, Arc::default(), stats.clone());
         s.set(msg("a", b"12345", None)).unwrap();
         s.set(msg("b/c", b"12345", None)).unwrap();
         assert_eq!(s.set(msg("d", b"12345", None)), Err(RetainedFull));
@@ -477,9 +500,9 @@ mod tests {
             "bytes"
         );
         s.set(msg("a", b"54321", None)).unwrap();
-        assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 2 * one + 2);
+        assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), a + bc);
         s.set(msg("b/c", b"", None)).unwrap();
-        assert!(!s.root.children.contains_key("b"), "empty branch pruned");
+        assert!(!s.root.children.contains("b"), "empty branch pruned");
         assert_eq!(s.len(), 1);
         drop(s);
         assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 0);

@@ -5,14 +5,13 @@
 //! subscriptions exist. Shared subscriptions (`$share/group/filter`) sit at the node of their
 //! filter, one group per share name, and each message goes to one member of each group.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use messs_codec::{SubscriptionOptions, TopicFilter};
 
-use super::tree::{descend_mut, drop_subtree, prune, LevelNode};
+use super::tree::{descend_mut, drop_subtree, prune, Children, LevelNode};
 use crate::session::Session;
 
 /// One session's subscription at a trie node.
@@ -47,7 +46,7 @@ impl SharedGroup {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children<Node>,
     subscribers: Vec<Subscriber>,
     shared: Vec<SharedGroup>,
 }
@@ -80,7 +79,7 @@ impl LevelNode for Node {
     }
 
     fn take_children(&mut self) -> Vec<Self> {
-        self.children.drain().map(|(_, n)| n).collect()
+        self.children.take_all()
     }
 }
 
@@ -172,7 +171,7 @@ impl SubscriptionTrie {
     pub fn insert(&mut self, filter: &TopicFilter, sub: Subscriber) -> bool {
         let mut node = &mut self.root;
         for level in filter.filter().split('/') {
-            node = node.children.entry(Box::from(level)).or_default();
+            node = node.children.get_or_insert_with(level, Node::default);
         }
         let replaced = match filter.share_group() {
             None => upsert(&mut node.subscribers, sub),
@@ -273,6 +272,18 @@ mod tests {
     use super::*;
     use messs_codec::QoS;
 
+    /// A level of a path costs what subscriptions and retained messages are charged for it:
+    /// the node's entry in its parent plus the key's smallest allocation (32) and the
+    /// allocator's header (16).
+    #[test]
+    fn a_level_costs_no_more_than_it_is_charged() {
+        let entry = std::mem::size_of::<(Box<str>, Node)>();
+        assert!(
+            entry + 48 <= crate::router::LEVEL_COST,
+            "{entry} bytes an entry"
+        );
+    }
+
     fn sub(id: u64) -> Subscriber {
         Subscriber {
             session: Arc::new(crate::session::unbounded_session(id, 10)),
@@ -327,10 +338,10 @@ mod tests {
         assert!(t.remove(&deep, 1));
         assert_eq!(matched(&t, "a/b"), vec![2]);
         assert_eq!(matched(&t, "a/x/y"), vec![3]);
-        let b = &t.root.children["a"].children["b"];
+        let b = &t.root.children.get("a").unwrap().children.get("b").unwrap();
         assert!(b.children.is_empty(), "the empty chain c/d is pruned");
         assert!(t.remove(&mid, 2));
-        assert!(!t.root.children["a"].children.contains_key("b"));
+        assert!(!t.root.children.get("a").unwrap().children.contains("b"));
         assert!(t.remove(&side, 3));
         assert!(t.root.is_empty());
     }
@@ -352,7 +363,7 @@ mod tests {
         assert_eq!(matched(&t, &"/".repeat(LEVELS - 1)), vec![2]);
         assert_eq!(matched(&t, &"/".repeat(65_535)), vec![1]);
         assert!(t.remove(&empty_levels, 1));
-        assert!(t.root.children.contains_key("+"));
+        assert!(t.root.children.contains("+"));
         // The `+` chain is dropped with the trie.
         drop(t);
     }

@@ -19,13 +19,14 @@ use crate::config::QueueFullPolicy;
 use crate::message::{Delivery, Message};
 use crate::persist::codec;
 use crate::persist::shared::SharedHold;
+use crate::router::{levels, LEVEL_COST};
 use crate::security::limits::tenant::TenantHoldings;
 
 /// What a session record costs beyond its client id, in bytes (the `Session`, its map
 /// entry and empty collections, rounded up).
 pub(crate) const SESSION_COST: usize = 640;
-/// What one subscription costs beyond its filter text, in bytes (the stored copy, the trie
-/// entry and node).
+/// What one subscription costs beyond its filter text and its trie nodes, in bytes (the
+/// stored copy, the trie entry).
 pub(crate) const SUBSCRIPTION_COST: usize = 192;
 /// Copies of the filter text one subscription holds: the session's key, its stored
 /// subscription, the trie's level keys (the outside audit measured ~3.7x the counted bytes
@@ -53,7 +54,9 @@ pub(crate) struct StoredSubscription {
 
 impl StoredSubscription {
     fn cost(&self) -> usize {
-        SUBSCRIPTION_COST + FILTER_COPIES * self.filter.as_str().len()
+        SUBSCRIPTION_COST
+            + FILTER_COPIES * self.filter.as_str().len()
+            + LEVEL_COST * levels(self.filter.filter())
     }
 }
 
