@@ -161,6 +161,11 @@ pub struct LimitsConfig {
     pub receive_maximum: u16,
     /// How many topic aliases a client may define (Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Bytes of topic names one connection's topic aliases may hold, each way. A client
+    /// whose aliases would hold more is closed with 0x97; the broker stops assigning
+    /// aliases of its own at it. Without it one connection could pin gigabytes of
+    /// 64 KiB topic names.
+    pub max_topic_alias_bytes: usize,
     /// Most unacknowledged QoS 1/2 messages sent to one client at once (also capped by
     /// the client's own Receive Maximum).
     pub max_inflight: u16,
@@ -189,8 +194,8 @@ pub struct LimitsConfig {
     /// in SUBACK (3.1.1: 0x80).
     pub max_subscriptions_per_session: usize,
     /// Bytes one session's subscriptions may hold, counted as they cost the broker (192
-    /// bytes plus three copies of the filter); a filter beyond gets 0x97 in SUBACK. Without
-    /// it, 1,000 filters of 64 KiB were 200 MB for one session.
+    /// bytes, three copies of the filter and `router::LEVEL_COST` a level); a filter beyond
+    /// gets 0x97 in SUBACK. Without it, 1,000 filters of 64 KiB were 200 MB for one session.
     pub max_subscription_bytes_per_session: usize,
     /// Most topic filters in one SUBSCRIBE or UNSUBSCRIBE; more close the connection
     /// (v5: DISCONNECT 0x97).
@@ -229,6 +234,7 @@ impl Default for LimitsConfig {
             max_keep_alive_secs: 0,
             receive_maximum: 1024,
             topic_alias_maximum: 64,
+            max_topic_alias_bytes: 64 * 1024,
             max_inflight: 1024,
             max_queued_messages: 10_000,
             max_queued_bytes: 16 * 1024 * 1024,
@@ -236,7 +242,7 @@ impl Default for LimitsConfig {
             max_session_bytes_total: 192 * 1024 * 1024,
             max_sessions: 100_000,
             max_subscriptions_per_session: 1000,
-            max_subscription_bytes_per_session: 1024 * 1024,
+            max_subscription_bytes_per_session: 2 * 1024 * 1024,
             max_filters_per_subscribe: 256,
             max_topic_levels: 128,
             max_user_properties: 128,
@@ -783,6 +789,9 @@ impl Config {
             || l.max_sessions == 0
         {
             return bad("limits.max_topic_levels, max_filters_per_subscribe, max_subscriptions_per_session and max_sessions must be >= 1");
+        }
+        if l.max_topic_alias_bytes < 1024 {
+            return bad("limits.max_topic_alias_bytes must be >= 1024");
         }
         if l.max_subscription_bytes_per_session < 1024 {
             return bad("limits.max_subscription_bytes_per_session must be >= 1024");

@@ -156,6 +156,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load_usize(&s.subscription_bytes),
         ),
         (
+            "messs_topic_alias_bytes",
+            "Bytes of topic names held by connections' topic aliases (each connection's bounded by limits.max_topic_alias_bytes, each way).",
+            Gauge,
+            load_usize(&s.topic_alias_bytes),
+        ),
+        (
             "messs_retained_bytes",
             "Bytes of retained messages held.",
             Gauge,

@@ -81,6 +81,9 @@ pub struct Stats {
     /// Bytes all sessions' subscriptions hold (part of `session_bytes`; at most half of
     /// `limits.max_session_bytes_total`).
     pub subscription_bytes: AtomicUsize,
+    /// Bytes of topic names connections' topic aliases hold, both ways (each connection's
+    /// bounded by `limits.max_topic_alias_bytes`).
+    pub topic_alias_bytes: AtomicUsize,
     /// Audit records the retention dropped (the oldest, broker-wide).
     pub audit_dropped: AtomicU64,
     /// Audit records whose details their tenant's audit retention dropped.

@@ -252,6 +252,40 @@ async fn keep_alive_closes_after_one_and_a_half_times_its_silence_and_input_rest
     }
 }
 
+/// The outside audit's finding: any byte restarted the keep-alive clock, so a client sending
+/// one byte of a PUBLISH every few seconds held its connection forever. Only a whole packet
+/// counts now.
+#[tokio::test(start_paused = true)]
+async fn bytes_of_an_unfinished_packet_do_not_restart_the_keep_alive_clock() {
+    let state = broker(Config::try_out());
+    let t0 = state.sessions.clock().now();
+    let terms = Terms {
+        keep_alive: 4,
+        ..Terms::default()
+    };
+    let mut core = connect(&state, "trickle", terms, t0).await;
+    let mut bytes = BytesMut::new();
+    let p = Packet::Publish(Box::new(Publish {
+        dup: false,
+        qos_pid: QosPid::AtMostOnce,
+        retain: false,
+        topic: TopicName::new("t").unwrap(),
+        payload: Bytes::from_static(b"0123456789"),
+        properties: Default::default(),
+    }));
+    messs_codec::encode(&p, Protocol::V5, &mut bytes).unwrap();
+    // One byte every 2 s (well under the 6 s grace), the packet never complete.
+    for i in 0..2 {
+        core.frames.receive(&bytes[i..=i]);
+        let now = t0.after(Duration::from_secs(2 * (i as u64 + 1)));
+        assert!(core.handle(Event::Received, now).is_continue());
+    }
+    match core.handle(Event::KeepAliveTimer, t0.after(Duration::from_secs(6))) {
+        ControlFlow::Break(End::KeepAlive) => {}
+        other => panic!("a trickle of bytes kept the connection: {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rate_limit_pause_holds_input_back_and_does_not_count_as_the_clients_silence() {
     let mut config = Config::try_out();
@@ -426,6 +460,69 @@ async fn topic_aliases_resolve_inbound_and_an_alias_above_the_maximum_closes_wit
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The outside audit's finding: a subscriber announcing Topic Alias Maximum 65,535 made the
+/// broker keep one alias per distinct topic delivered, each topic up to 64 KiB, for the life
+/// of the connection. The broker now stops assigning aliases at
+/// `limits.max_topic_alias_bytes` and sends the full topic instead; a client whose own
+/// aliases would pass it is closed with 0x97.
+#[tokio::test(start_paused = true)]
+async fn topic_aliases_hold_no_more_than_their_bytes_either_way() {
+    let mut config = Config::try_out();
+    config.limits.max_topic_alias_bytes = 8 * 1024;
+    config.limits.topic_alias_maximum = 1000;
+    let state = broker(config);
+    let t0 = state.sessions.clock().now();
+    let terms = Terms {
+        topic_alias_maximum: Some(65_535),
+        ..Terms::default()
+    };
+    let mut sub = subscriber(&state, "s", "l/#", terms, t0).await;
+    let mut publisher = connect(&state, "p", Terms::default(), t0).await;
+    let long = |i: usize| format!("l/{i:04}/{}", "t".repeat(994));
+    let topic_bytes = || state.stats.topic_alias_bytes.load(Ordering::Relaxed);
+    let mut aliased = 0;
+    for i in 0..20 {
+        let message = publish(&long(i), QosPid::AtMostOnce, PublishProperties::default());
+        assert!(send(&mut publisher, &[message], t0).is_continue());
+        assert!(sub.handle(Event::Woken, t0).is_continue());
+        let out = written(&mut sub);
+        let [p] = &publishes(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(p.topic.as_str(), long(i), "a new topic is sent in full");
+        aliased += usize::from(p.properties.topic_alias.is_some());
+    }
+    assert!(
+        (1..20).contains(&aliased),
+        "{aliased} of 20 topics got an alias"
+    );
+    assert!(topic_bytes() <= 8 * 1024, "{} bytes held", topic_bytes());
+    // Inbound: the publisher's own aliases of 1 KiB topics stop at the bound with 0x97.
+    let with_alias = |i: usize| {
+        let mut p = publish(&long(i), QosPid::AtMostOnce, PublishProperties::default());
+        if let Packet::Publish(p) = &mut p {
+            p.properties.topic_alias = NonZeroU16::new(i as u16 + 1);
+        }
+        p
+    };
+    let end = (0..20).find_map(|i| send(&mut publisher, &[with_alias(i)], t0).break_value());
+    match end {
+        Some(End::Failed(e)) => assert_eq!(e.disconnect_reason(), Some(ReasonCode::QuotaExceeded)),
+        other => panic!("the publisher's aliases were not bounded: {other:?}"),
+    }
+    assert!(
+        topic_bytes() <= 2 * 8 * 1024,
+        "{} bytes held",
+        topic_bytes()
+    );
+    drop((sub, publisher));
+    assert_eq!(
+        topic_bytes(),
+        0,
+        "the gauge gives back what connections held"
+    );
 }
 
 #[tokio::test(start_paused = true)]

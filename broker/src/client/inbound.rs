@@ -12,7 +12,7 @@ use messs_codec::{
 };
 
 use super::acks::Undo;
-use super::{ClientCore, End};
+use super::{aliases, ClientCore, End};
 use crate::admission::{topic_levels, Refused, Source};
 use crate::clock::Now;
 use crate::error::BrokerError;
@@ -95,14 +95,22 @@ impl ClientCore {
             ));
         }
         if p.topic.is_empty() {
-            let known = self.in_aliases.as_ref().and_then(|m| m.get(&alias.get()));
+            let known = self.in_aliases.as_ref().and_then(|m| m.get(alias.get()));
             known.cloned().ok_or_else(|| {
                 BrokerError::protocol(ReasonCode::ProtocolError, "unknown topic alias")
             })
         } else {
+            let max = self.state.config.limits.max_topic_alias_bytes;
+            let stats = &self.state.stats;
             self.in_aliases
-                .get_or_insert_default()
-                .insert(alias.get(), p.topic.clone());
+                .get_or_insert_with(|| Box::new(aliases::Inbound::new(max, stats.clone())))
+                .set(alias.get(), p.topic.clone())
+                .map_err(|aliases::OverQuota| {
+                    BrokerError::protocol(
+                        ReasonCode::QuotaExceeded,
+                        "topic aliases hold more than limits.max_topic_alias_bytes",
+                    )
+                })?;
             Ok(p.topic.clone())
         }
     }

@@ -21,6 +21,7 @@
 //! end of the connection.
 
 mod acks;
+mod aliases;
 mod departure;
 mod inbound;
 mod keep_alive;
@@ -33,14 +34,14 @@ mod core_tests;
 
 pub(crate) use shell::Client;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messs_codec::{Connect, Packet, ReasonCode, TopicName, Will};
+use messs_codec::{Connect, Packet, ReasonCode, Will};
 use messs_storage::StorageError;
 
 use crate::admission::{Charge, ConnectionRates};
@@ -208,14 +209,11 @@ pub(crate) struct ClientCore {
     neg: Negotiated,
     /// Boxed: most clients have none, and it is only read at the end.
     will: Option<Box<Will>>,
-    /// Topic aliases the client defined (inbound).
+    /// Topic aliases the client defined (inbound) and the ones we defined (outbound).
     /// Boxed on first use (most clients use no aliases; an idle connection stays small:
     /// a `None` is 8 bytes, an empty `HashMap` 48).
-    #[allow(clippy::box_collection)]
-    in_aliases: Option<Box<HashMap<u16, TopicName>>>,
-    /// Topic aliases we defined (outbound).
-    #[allow(clippy::box_collection)]
-    out_aliases: Option<Box<HashMap<TopicName, NonZeroU16>>>,
+    in_aliases: Option<Box<aliases::Inbound>>,
+    out_aliases: Option<Box<aliases::Outbound>>,
     /// Set while reading is paused (see `PauseRequest`): packets already read wait behind
     /// it. Boxed: pauses are rare, and this is in every idle connection.
     pause: Option<Box<Pause>>,
@@ -345,6 +343,9 @@ impl ClientCore {
                 self.pause_allowed_at = now.mono_ms() + lasted_ms / RUN_SHARE_DIVISOR;
                 // Packets already read wait behind the pause; time spent paused is the
                 // broker's doing, so it also restarts the keep-alive clock.
+                if self.neg.keep_alive.is_on() {
+                    self.neg.keep_alive.on_input(now.instant);
+                }
                 self.process_input(now)?;
             }
             Event::AckStored(done) => {
@@ -362,9 +363,10 @@ impl ClientCore {
             Event::Woken => {}
             Event::KeepAliveTimer => {
                 // Not reading is the broker's doing while paused (a rate limit can hold a
-                // client back for longer than its keep-alive).
-                if self.neg.keep_alive.on_timer(now.instant, self.is_paused())
-                    == KeepAliveVerdict::Expired
+                // client back for longer than its keep-alive) or while packets already read
+                // wait for the store or for the next pass.
+                let held_back = self.is_paused() || self.input_held || self.input_more;
+                if self.neg.keep_alive.on_timer(now.instant, held_back) == KeepAliveVerdict::Expired
                 {
                     return Err(End::KeepAlive);
                 }
@@ -481,9 +483,6 @@ impl ClientCore {
     /// the client (the rest stay buffered until the pause ends) or `PASS_WORK` is reached
     /// (the rest wait until the client has yielded).
     fn process_input(&mut self, now: Now) -> Result<(), End> {
-        if self.neg.keep_alive.is_on() {
-            self.neg.keep_alive.on_input(now.instant);
-        }
         self.rates.set_now(now);
         self.input_more = false;
         self.input_held = false;
@@ -503,6 +502,11 @@ impl ClientCore {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Failed(e.into())),
             };
+            // Only a whole control packet restarts the keep-alive clock [MQTT-3.1.2-22]: a
+            // client trickling one byte of a packet at a time is silent.
+            if self.neg.keep_alive.is_on() {
+                self.neg.keep_alive.on_input(now.instant);
+            }
             let charged = matches!(
                 packet,
                 Packet::Publish(_)

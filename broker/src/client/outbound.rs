@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use messs_codec::{Packet, PubResponse, QosPid, TopicName};
 
-use super::{ClientCore, MAX_BATCH};
+use super::{aliases, ClientCore, MAX_BATCH};
 
 /// About how many bytes of deliveries are encoded before they are flushed.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
@@ -151,15 +151,15 @@ impl ClientCore {
     /// Picks the topic alias for a topic: an existing one (send an empty topic), a new one
     /// while the client's Topic Alias Maximum allows (send both), or none.
     fn outbound_alias(&mut self, topic: &TopicName) -> (Option<NonZeroU16>, bool) {
-        let aliases = self.out_aliases.get_or_insert_default();
+        let max = self.state.config.limits.max_topic_alias_bytes;
+        let stats = &self.state.stats;
+        let aliases = self
+            .out_aliases
+            .get_or_insert_with(|| Box::new(aliases::Outbound::new(max, stats.clone())));
         if let Some(a) = aliases.get(topic) {
-            return (Some(*a), false);
+            return (Some(a), false);
         }
-        let next = aliases.len() + 1;
-        if next > usize::from(self.neg.client_alias_max) {
-            return (None, false);
-        }
-        match u16::try_from(next).ok().and_then(NonZeroU16::new) {
+        match aliases.next(topic, self.neg.client_alias_max) {
             Some(a) => (Some(a), true),
             None => (None, false),
         }
@@ -202,10 +202,8 @@ impl ClientCore {
             .frames
             .queue_publish(&publish, self.neg.client_max_packet as usize)?
         {
-            if let Some(a) = new_alias {
-                self.out_aliases
-                    .get_or_insert_default()
-                    .insert(d.message.topic.clone(), a);
+            if let (Some(a), Some(aliases)) = (new_alias, self.out_aliases.as_mut()) {
+                aliases.insert(d.message.topic.clone(), a);
             }
             self.state
                 .stats
