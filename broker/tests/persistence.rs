@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -141,6 +142,67 @@ async fn an_offline_queue_costs_disk_not_memory_and_pages_back_in_order() {
     }
     sub.expect_silence().await;
     assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 0);
+    broker.stop().await;
+}
+
+/// The outside audit's finding: a persistent session coming back with Receive Maximum 1 and
+/// reading nothing had its whole stored queue paged into memory (64 MB against a
+/// `max_queued_bytes` of 16 MiB). Paging in stops at the session's byte limit now; the
+/// rest stay on disk until the queue drains, and every message still arrives, in order.
+#[tokio::test]
+async fn paging_in_a_stored_queue_stops_at_the_sessions_byte_limit() {
+    const LIMIT: usize = 1024 * 1024;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_queued_bytes = LIMIT;
+        c.limits.max_packet_size = 256 * 1024;
+    })
+    .await;
+    let (mut sub, _) = persistent(broker.addr, "slow", true).await;
+    sub.subscribe("big/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let payload: &'static [u8] = Box::leak(vec![7u8; 200 * 1024].into_boxed_slice());
+    let mut publisher = Raw::v5(broker.addr, "pub").await;
+    for i in 0..16u16 {
+        publisher
+            .publish(publish(
+                "big/1",
+                payload,
+                QosPid::AtLeastOnce(pid(i + 1)),
+                false,
+            ))
+            .await;
+    }
+    assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 16);
+
+    let mut again = connect_packet(Protocol::V5, "slow", false);
+    again.properties.session_expiry_interval = Some(EXPIRY);
+    again.properties.receive_maximum = NonZeroU16::new(1);
+    let (mut sub, ack) = Raw::connect_with(broker.addr, again).await;
+    assert!(ack.session_present);
+    let first = sub.recv_publish().await;
+    // Give the page-in time to run past the limit if it were going to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = broker
+        .broker
+        .sessions()
+        .into_iter()
+        .find(|s| s.client_id == "slow")
+        .unwrap();
+    assert!(
+        info.queued_bytes <= LIMIT + payload.len() + 4096,
+        "{} bytes paged into memory for a limit of {LIMIT}",
+        info.queued_bytes
+    );
+    let mut received = vec![first];
+    while received.len() < 16 {
+        let last = received.last().unwrap();
+        let QosPid::AtLeastOnce(id) = last.qos_pid else {
+            panic!("{last:?}")
+        };
+        sub.send(&Packet::PubAck(PubResponse::success(id))).await;
+        received.push(sub.recv_publish().await);
+    }
+    assert!(received.iter().all(|p| p.payload.len() == payload.len()));
     broker.stop().await;
 }
 

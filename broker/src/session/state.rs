@@ -457,8 +457,9 @@ impl SessionState {
     /// memory queue runs low (see `durable`).
     pub fn page_in_request(&mut self, now_ms: u64) -> Option<PageIn> {
         let (attached, queued) = (self.attached, self.queue.len());
+        let half_full = queued >= PAGE / 2 || self.held_bytes >= self.max_bytes / 2;
         let d = self.disk.as_deref_mut()?;
-        if !attached || d.on_disk == 0 || d.paging || now_ms < d.retry_at_ms || queued >= PAGE / 2 {
+        if !attached || d.on_disk == 0 || d.paging || now_ms < d.retry_at_ms || half_full {
             return None;
         }
         d.paging = true;
@@ -471,9 +472,9 @@ impl SessionState {
     }
 
     /// Takes a page read from disk from sequence number `from` into the memory queue
-    /// (expired messages are deleted and counted in the result). Stops early if the
-    /// byte budget is spent; the rest stay on disk for the next page. A page read from a
-    /// cursor that has moved since (the connection left and came back meanwhile, putting its
+    /// (expired messages are deleted and counted in the result). Stops early at the
+    /// session's byte limit (`max_queued_bytes`) or when the byte budget is spent; the rest
+    /// stay on disk for the next page. A page read from a cursor that has moved since (the connection left and came back meanwhile, putting its
     /// memory queue back on disk) is dropped: the next pass reads from the right place. A
     /// record that cannot be read is moved to the store's quarantine and reported in the
     /// result: the queue goes on behind it. Blocking (the quarantine reads the record).
@@ -542,7 +543,11 @@ impl SessionState {
                 out.expired += 1;
                 continue;
             }
-            if self.charge_message(cost, || true).is_err() {
+            // The session's own byte limit holds for what comes back from disk too (at
+            // least one message, so a large one still moves).
+            let over_limit = self.held_bytes.saturating_add(cost) > self.max_bytes;
+            if (over_limit && !self.queue.is_empty()) || self.charge_message(cost, || true).is_err()
+            {
                 stopped = true;
                 break;
             }
