@@ -23,7 +23,8 @@
 //!   session still holds that very timer key: a resume takes the key back, so an expiry
 //!   that raced a resume ends nothing.
 //! - [`evict_one`] (inside `attach`) — ends the offline session that expires soonest and
-//!   holds no message, checked the same way.
+//!   holds no message, checked the same way, of the newcomer's tenant or of a tenant
+//!   holding more sessions.
 //! - [`end_restored`](SessionTable::end_restored) — start-up, for sessions that expired
 //!   while the broker was down.
 //! - [`subscribe`](SessionTable::subscribe) / [`unsubscribe`](SessionTable::unsubscribe) —
@@ -59,7 +60,7 @@ pub(crate) use super::lifecycle::{
     AttachRefused, Attached, Departure, Effect, Effects, TableLimits, Will,
 };
 use super::timers::{Due, Timers};
-use super::{PendingWill, Session, SessionKey, SessionState, StoredSubscription};
+use super::{PendingWill, Session, SessionKey, SessionState, StoredSubscription, TenantId};
 use super::{SubscribeRefused, SESSION_COST};
 use crate::budget::ByteBudget;
 use crate::clock::{after_secs, Clock};
@@ -315,7 +316,7 @@ impl SessionTable {
                 }
                 self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
             }
-            if evictions == EVICTIONS_PER_SESSION || !self.evict_one(effects) {
+            if evictions == EVICTIONS_PER_SESSION || !self.evict_one(&key.tenant, effects) {
                 return Err(AttachRefused::Quota);
             }
             evictions += 1;
@@ -339,13 +340,29 @@ impl SessionTable {
         session
     }
 
-    /// Ends the offline session whose expiry is due first among those that hold no
+    /// Ends an offline session, the one whose expiry is due first among those that hold no
     /// message (queued, in flight or stored): evicting one that does would drop messages
     /// their publishers were told are kept. A candidate counts only if, under its lock, it
     /// still holds the expiry timer it was found by (a resume takes it back). False if
     /// there is none among the `EVICTION_CANDIDATES` due first.
-    fn evict_one(&self, effects: &mut Effects) -> bool {
-        for (timer, victim) in self.timers.first_session_expiries(EVICTION_CANDIDATES) {
+    ///
+    /// A newcomer of `tenant` may end a session of its own tenant, or of a tenant holding
+    /// more sessions than its own, and takes one of the tenant holding the most first: the
+    /// table is shared, but one tenant's churn must not end a smaller tenant's sessions
+    /// (the outside audit ended another tenant's persistent session by connecting fresh
+    /// client ids at `max_sessions`).
+    fn evict_one(&self, tenant: &TenantId, effects: &mut Effects) -> bool {
+        let held = |t: &TenantId| {
+            self.tenants
+                .get(t)
+                .map_or(0, |t| t.sessions.load(Ordering::Relaxed))
+        };
+        let own = held(tenant);
+        let mut candidates = self.timers.first_session_expiries(EVICTION_CANDIDATES);
+        candidates.retain(|(_, v)| v.key.tenant == *tenant || held(&v.key.tenant) > own);
+        // Stable: the soonest expiry first within a tenant.
+        candidates.sort_by_cached_key(|(_, v)| std::cmp::Reverse(held(&v.key.tenant)));
+        for (timer, victim) in candidates {
             let routes = self.router.tenant(&victim.key.tenant);
             let mut st = victim.lock();
             let offline = st.expiry_timer() == Some(timer) && !st.is_attached();

@@ -323,6 +323,51 @@ async fn eviction_takes_the_soonest_offline_session_and_never_a_resumed_one() {
     assert!(f.live(&b2) && f.live(&c));
 }
 
+/// The outside audit's finding: at `max_sessions`, fresh client ids of one tenant ended
+/// another tenant's offline persistent session. A newcomer now evicts only within its own
+/// tenant or from a tenant holding more sessions than its own.
+#[tokio::test(start_paused = true)]
+async fn one_tenants_churn_does_not_evict_a_smaller_tenants_sessions() {
+    let f = fixture(4);
+    let in_tenant = |tenant: &str, id: &str| SessionKey {
+        tenant: Arc::from(tenant),
+        client_id: Arc::from(id),
+    };
+    let attach = |k: SessionKey, expiry: u32| {
+        let table = f.table.clone();
+        async move { table.attach(k, false, expiry, far()).await.0 }
+    };
+    // The victim tenant: one persistent session, offline, due first.
+    let v = attach(in_tenant("victim", "v"), 10).await.unwrap();
+    f.table
+        .detach(&v.session, v.generation, Departure::Abnormal, None);
+    // The attacker fills the table with sessions that expire last.
+    for i in 0..3 {
+        let a = attach(in_tenant("attacker", &format!("a{i}")), 1000)
+            .await
+            .unwrap();
+        f.table
+            .detach(&a.session, a.generation, Departure::Abnormal, None);
+    }
+    // More fresh ids: its own sessions make room, the victim's is never taken.
+    for i in 3..20 {
+        let a = attach(in_tenant("attacker", &format!("a{i}")), 1000).await;
+        let a = a.unwrap_or_else(|e| panic!("a{i}: {e:?}"));
+        f.table
+            .detach(&a.session, a.generation, Departure::Abnormal, None);
+        assert!(
+            f.table.get(&in_tenant("victim", "v")).is_some(),
+            "round {i}"
+        );
+    }
+    // The victim's new session takes the place of one of the bigger tenant's.
+    let w = attach(in_tenant("victim", "w"), 10).await.unwrap();
+    assert!(!w.session_present);
+    assert!(f.table.get(&in_tenant("victim", "v")).is_some());
+    let resumed = attach(in_tenant("victim", "v"), 10).await.unwrap();
+    assert!(resumed.session_present);
+}
+
 /// A connection as the table sees it: it lets go of its session (detach, `TakenOver`)
 /// when told to, as a client task does.
 fn run_connection(table: Arc<SessionTable>, a: Attached) -> tokio::task::JoinHandle<u64> {
