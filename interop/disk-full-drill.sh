@@ -8,7 +8,8 @@
 #     anonymous connection churn still connects and writes nothing; the operator disables
 #     a device through the admin API (written from the reserved margin).
 #  3. The filler is deleted: publishes succeed again with no restart.
-#  4. Churn alone below the watermark: the tmpfs is filled to 24 MiB free (below the
+#  4. Churn within twice the watermark (48 MiB free) costs no disk and publishes still
+#     succeed; churn alone below the watermark: the tmpfs is filled to 24 MiB free (below the
 #     watermark, above its half) and churned for 5 s: it costs no disk, and the audit log
 #     holds a summary (audit.withheld) instead of two records per connection.
 #  5. A burst of 256 KiB messages 8 MiB above the watermark: free space never goes below
@@ -85,6 +86,19 @@ for _ in $(seq 20); do   # RocksDB polls for free space every 5 s if it hit the 
 done
 python3 interop/disk_full.py "$port" publish-ok || fail "publish after space was freed"
 grep -q "free disk space is below" "$work/messs.log" || fail "no log line about the full disk"
+
+# Churn within twice the watermark (48 MiB free): it is summed up already, so it cannot
+# bring the disk down to where messages are refused (the outside audit's finding).
+left=$((48 * 1024 * 1024))
+dd if=/dev/zero of="$fs/filler" bs=1M count=$(( ($(avail) - left) / 1048576 )) 2>/dev/null
+before=$(avail)
+python3 interop/churn.py "$port" 5 || fail "churn within the margin"
+sleep 0.5
+after=$(avail)
+echo "disk-full drill: churn within twice the watermark: $before -> $after bytes free"
+[ $((before - after)) -lt $((1024 * 1024)) ] || fail "churn within the margin took $((before - after)) bytes"
+python3 interop/disk_full.py "$port" publish-ok || fail "a publish after churn within the margin"
+rm -f "$fs/filler"
 
 # Churn alone, below the watermark.
 left=$((24 * 1024 * 1024))

@@ -150,7 +150,8 @@ impl Admission {
     }
 
     /// Charges a packet of `size` bytes to the connection's rate limits and its tenant's
-    /// shared rate (`more_buffered`: more of its packets are already read). Over either
+    /// shared rate (`message`: it counts against the message rate too, see
+    /// `Throttle::charge`; `more_buffered`: more of its packets are already read). Over either
     /// rate: a pause until it is back within both. Kept over its own for too long: refused
     /// with 0x96, and the connection closes. Picks up changed limits first (the session
     /// carries a device's new limits to its connection).
@@ -159,6 +160,7 @@ impl Admission {
         rates: &mut ConnectionRates,
         access: &mut Access,
         session: &Session,
+        message: bool,
         size: usize,
         more_buffered: bool,
         now: Now,
@@ -184,7 +186,7 @@ impl Admission {
             return Ok(Charge::Go);
         }
         let limiter = rates.limiter.get_or_insert_with(Box::default);
-        let (own, shared) = limiter.charge(size, more_buffered, tenant);
+        let (own, shared) = limiter.charge(message, size, more_buffered, tenant);
         let own_wait = match own {
             Verdict::Go => Duration::ZERO,
             Verdict::Pause(wait) => {

@@ -174,7 +174,7 @@ impl BenchLimiter {
         self.limiter.set_now(crate::clock::mono_ns());
         let mut go = 0;
         for left in (0..packets).rev() {
-            let (own, shared) = self.limiter.charge(size, left > 0, &self.tenant);
+            let (own, shared) = self.limiter.charge(true, size, left > 0, &self.tenant);
             if own == Verdict::Go && shared.is_zero() {
                 go += 1;
             }

@@ -982,6 +982,40 @@ async fn connection_churn_on_a_low_disk_is_summed_up_and_the_operator_still_acts
     let connects = |actions: &[String]| actions.iter().filter(|a| *a == "client.connect").count();
     let before = audit_actions(&store);
 
+    // Within twice the watermark, above it: connections are summed up already, while a
+    // persistent session's messages are still stored (the outside audit's finding: churn
+    // wrote its records down to the watermark, and then everyone's messages were refused).
+    store.set_min_free_disk_bytes(free * 2 / 3);
+    for i in 0..20 {
+        Raw::v5(broker.addr, &format!("margin-{i}"))
+            .await
+            .disconnect()
+            .await;
+    }
+    let mut keeper = connect_packet(Protocol::V5, "keeper", true);
+    keeper.properties.session_expiry_interval = Some(EXPIRY);
+    let (mut keeper, _) = Raw::connect_with(broker.addr, keeper).await;
+    keeper.subscribe("keep/#", QoS::AtLeastOnce).await;
+    keeper.disconnect().await;
+    let mut publisher = Raw::v5(broker.addr, "margin-pub").await;
+    publisher
+        .publish(publish(
+            "keep/1",
+            b"kept",
+            QosPid::AtLeastOnce(pid(1)),
+            false,
+        ))
+        .await;
+    publisher.disconnect().await;
+    sync(&store).await;
+    assert_eq!(broker.stats.queued_on_disk.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        connects(&audit_actions(&store)),
+        connects(&before),
+        "connects within the margin were written"
+    );
+    assert!(broker.stats.audit_withheld.load(Ordering::Relaxed) >= 40);
+
     // Below the watermark: 50 connections leave one summary, not 100 records.
     store.set_min_free_disk_bytes(free + free / 2);
     for i in 0..50 {

@@ -340,10 +340,16 @@ impl Store {
         self.inner.writer.set_min_free(bytes);
     }
 
-    /// Whether free disk space is below the watermark: new data is refused, and the
-    /// broker aggregates the audit records clients can cause instead of writing each.
+    /// Whether free disk space is below the watermark: new data is refused.
     pub fn disk_low(&self) -> bool {
         self.inner.writer.space_is_low()
+    }
+
+    /// Whether free disk space is below twice the watermark: the broker sums up the audit
+    /// records clients can cause instead of writing each, so that connection churn alone
+    /// never brings the disk down to where messages are refused.
+    pub fn disk_nearly_low(&self) -> bool {
+        self.inner.writer.space_is_nearly_low()
     }
 
     /// While `on`, every write fails as on a full disk, until it is turned off again

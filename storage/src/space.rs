@@ -108,6 +108,14 @@ impl Space {
         min_free > 0 && self.free() < min_free
     }
 
+    /// Whether free space is below twice the watermark: the margin in which the broker sums
+    /// up the audit records clients cause, so that churn alone never brings the disk down
+    /// to where anyone's data is refused.
+    pub(crate) fn is_nearly_low(&self) -> bool {
+        let min_free = self.min_free();
+        min_free > 0 && self.free() < min_free.saturating_mul(2)
+    }
+
     /// `Err(DiskLow)` if a batch of `class` and `bytes` may not be written now, with
     /// `pending` bytes waiting for the writer; otherwise counts it as admitted.
     pub(crate) fn admit(

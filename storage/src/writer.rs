@@ -583,6 +583,11 @@ impl Writer {
         self.space.is_low()
     }
 
+    /// Whether free space is below twice the watermark (see `Space::is_nearly_low`).
+    pub(crate) fn space_is_nearly_low(&self) -> bool {
+        self.space.is_nearly_low()
+    }
+
     /// Blocks until every request submitted before this call was written (or failed).
     pub(crate) fn wait_written(&self) -> Result<(), StorageError> {
         let target = self.tx.lock().unwrap_or_else(PoisonError::into_inner).1;

@@ -286,6 +286,33 @@ async fn bytes_of_an_unfinished_packet_do_not_restart_the_keep_alive_clock() {
     }
 }
 
+/// The outside audit's finding: acknowledgements paid nothing, so PUBACKs carrying 60 KB of
+/// properties each went past a bytes rate at over 1 GB/s. They pay their bytes now (and
+/// still do not count as messages).
+#[tokio::test(start_paused = true)]
+async fn acknowledgements_pay_the_bytes_rate() {
+    let mut config = Config::try_out();
+    config.rate_limits.bytes_per_sec = 10_000;
+    config.rate_limits.bytes_burst = 10_000;
+    let state = broker(config);
+    let t0 = state.sessions.clock().now();
+    let mut core = connect(&state, "acker", Terms::default(), t0).await;
+    let heavy_ack = |id: u16| {
+        let mut ack = PubResponse::success(pid(id));
+        ack.properties.reason_string = Some("r".repeat(8 * 1024));
+        Packet::PubAck(ack)
+    };
+    let acks: Vec<Packet> = (1..=4).map(heavy_ack).collect();
+    assert!(send(&mut core, &acks, t0).is_continue());
+    match core.take_pause() {
+        Some(PauseRequest::Throttled(wait)) => assert!(!wait.is_zero()),
+        other => panic!(
+            "32 KB of acknowledgements against a 10 KB/s rate: no throttle ({})",
+            other.is_some()
+        ),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rate_limit_pause_holds_input_back_and_does_not_count_as_the_clients_silence() {
     let mut config = Config::try_out();

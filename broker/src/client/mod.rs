@@ -507,7 +507,10 @@ impl ClientCore {
             if self.neg.keep_alive.is_on() {
                 self.neg.keep_alive.on_input(now.instant);
             }
-            let charged = matches!(
+            // Every packet pays its bytes; these count as messages too. (Acknowledgements
+            // once paid nothing, and carried 60 KB of user properties each past a bytes
+            // rate: the outside audit's finding.)
+            let message = matches!(
                 packet,
                 Packet::Publish(_)
                     | Packet::Subscribe(_)
@@ -515,23 +518,21 @@ impl ClientCore {
                     | Packet::PingReq
             );
             // Charged before it is handled: one that breaks the limit for good is refused.
-            let charge = if charged {
-                let size = before.saturating_sub(self.frames.buffered());
-                let more_buffered = self.frames.buffered() > 0;
-                self.state
-                    .admission
-                    .charge(
-                        &mut self.rates,
-                        &mut self.access,
-                        &self.session,
-                        size,
-                        more_buffered,
-                        now,
-                    )
-                    .map_err(End::Failed)?
-            } else {
-                Charge::Go
-            };
+            let size = before.saturating_sub(self.frames.buffered());
+            let more_buffered = self.frames.buffered() > 0;
+            let charge = self
+                .state
+                .admission
+                .charge(
+                    &mut self.rates,
+                    &mut self.access,
+                    &self.session,
+                    message,
+                    size,
+                    more_buffered,
+                    now,
+                )
+                .map_err(End::Failed)?;
             match self.handle_packet(packet, now) {
                 Ok(None) => {}
                 Ok(Some(end)) => return Err(end),

@@ -193,8 +193,8 @@ impl Persistence {
     }
 
     /// Appends an event by the broker itself to the audit log (not waited for; a failure is
-    /// logged). While free space is low, records clients cause are withheld and summed up
-    /// instead (see `withheld`): then it returns true.
+    /// logged). While free space is below twice the watermark, records clients cause are
+    /// withheld and summed up instead (see `withheld`): then it returns true.
     pub fn audit(&self, action: &str, detail: String) -> bool {
         self.audit_for(None, action, detail)
     }
@@ -202,10 +202,10 @@ impl Persistence {
     /// As `audit`, for an event of `tenant`'s (its own audit retention applies).
     pub fn audit_for(&self, tenant: Option<&str>, action: &str, detail: String) -> bool {
         let now_ms = crate::clock::unix_ms();
-        if withheld::is_client_caused(action) && self.store.disk_low() {
+        if withheld::is_client_caused(action) && self.store.disk_nearly_low() {
             if self.audit_withheld.is_empty() {
                 tracing::warn!(
-                    "free disk space is below storage.min_free_disk_bytes: audit records clients cause (connects, disconnects, ACL denials, refused logins) are summed up in audit.withheld records until space is back"
+                    "free disk space is below twice storage.min_free_disk_bytes: audit records clients cause (connects, disconnects, ACL denials, refused logins) are summed up in audit.withheld records until space is back"
                 );
             }
             if let Some(summary) =

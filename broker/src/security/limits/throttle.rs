@@ -13,6 +13,10 @@ use std::time::Duration;
 use super::bucket::TokenBucket;
 use super::tenant::TenantRates;
 
+/// Bytes a connection owes its tenant's shared rate before it settles, whatever the
+/// number of messages (see `Limiter::charge`).
+const BATCH_BYTES: u64 = 64 * 1024;
+
 /// A connection's limits; zero rates are no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ThrottlePolicy {
@@ -182,14 +186,21 @@ impl Throttle {
         self.policy = policy;
     }
 
-    /// Charges one packet of `bytes` at `now_us`; `more_waiting`: the client has sent more
-    /// behind it already.
+    /// Charges one packet of `bytes` at `now_us` (to the message rate too if `message`: a
+    /// PUBLISH, SUBSCRIBE, UNSUBSCRIBE or PINGREQ; acknowledgements pay bytes only);
+    /// `more_waiting`: the client has sent more behind it already.
     ///
     /// A packet within the rate ends a push only if nothing waits behind it. A pause that
     /// overshoots (a busy runtime wakes the connection late) lets a pushing client's next
     /// packet or two through without debt, but its data is already waiting; a client at
     /// its rate sends its next packet later.
-    pub fn charge(&mut self, bytes: usize, now_us: u64, more_waiting: bool) -> Verdict {
+    pub fn charge(
+        &mut self,
+        message: bool,
+        bytes: usize,
+        now_us: u64,
+        more_waiting: bool,
+    ) -> Verdict {
         // A packet that finds the connection out of debt, with nothing behind it, ends a
         // push even if its own cost puts the connection in debt again: a quiet client
         // whose one large packet cost more than the patience is not pushing.
@@ -203,6 +214,7 @@ impl Throttle {
         let wait_m = self
             .messages
             .as_mut()
+            .filter(|_| message)
             .map_or(Duration::ZERO, |b| b.charge(1, now_us));
         let wait_b = self
             .bytes
@@ -258,11 +270,12 @@ impl Limiter {
         self.now_ns = now_ns;
     }
 
-    /// Charges a packet of `bytes` (`more_waiting` behind it: see [`Throttle::charge`]) to
+    /// Charges a packet of `bytes` (`message` and `more_waiting`: see [`Throttle::charge`]) to
     /// the connection's buckets and, if the tenant limits packets, to what it owes the
     /// tenant: the connection's verdict and the tenant's wait.
     pub fn charge(
         &mut self,
+        message: bool,
         bytes: usize,
         more_waiting: bool,
         tenant: &TenantRates,
@@ -271,7 +284,7 @@ impl Limiter {
             self.now_ns = crate::clock::mono_ns();
         }
         let own = match self.own.as_mut() {
-            Some(t) => t.charge(bytes, self.now_ns / 1000, more_waiting),
+            Some(t) => t.charge(message, bytes, self.now_ns / 1000, more_waiting),
             None => Verdict::Go,
         };
         if !tenant.limits_packets() {
@@ -279,9 +292,11 @@ impl Limiter {
             self.owed_bytes = 0;
             return (own, Duration::ZERO);
         }
-        self.owed_messages += 1;
+        self.owed_messages += u32::from(message);
         self.owed_bytes += bytes as u64;
-        if self.owed_messages < tenant.batch() {
+        // Settled every `batch` messages, or sooner once acknowledgements alone owe
+        // `BATCH_BYTES` (they pay bytes, not messages).
+        if self.owed_messages < tenant.batch() && self.owed_bytes < BATCH_BYTES {
             return (own, Duration::ZERO);
         }
         let wait = tenant.charge(self.owed_messages, self.owed_bytes, self.now_ns);
@@ -366,7 +381,7 @@ mod tests {
         while now < secs * 1_000_000 {
             now = now.max(next_send);
             let more_waiting = next_send + gap <= now;
-            match t.charge(100, now, more_waiting) {
+            match t.charge(true, 100, now, more_waiting) {
                 Verdict::Go => {}
                 Verdict::Pause(d) => now += d.as_micros() as u64 + late_us,
                 Verdict::Disconnect => return (sent, true),
@@ -423,14 +438,14 @@ mod tests {
         // 40 at once: 30 owed, 0.3 s of pause, less than the 0.5 s of patience.
         let mut now = 0;
         for _ in 0..40 {
-            match t.charge(1, now, false) {
+            match t.charge(true, 1, now, false) {
                 Verdict::Disconnect => panic!("cut"),
                 Verdict::Pause(d) => now += d.as_micros() as u64,
                 Verdict::Go => {}
             }
         }
         // Quiet for a second, then one packet: back to normal.
-        assert_eq!(t.charge(1, now + 1_000_000, false), Verdict::Go);
+        assert_eq!(t.charge(true, 1, now + 1_000_000, false), Verdict::Go);
     }
 
     #[test]
@@ -444,9 +459,9 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(t.charge(1000, 0, false), Verdict::Go);
+        assert_eq!(t.charge(true, 1000, 0, false), Verdict::Go);
         assert_eq!(
-            t.charge(500, 0, false),
+            t.charge(true, 500, 0, false),
             Verdict::Pause(Duration::from_millis(500))
         );
         let big_packets = ThrottlePolicy {
@@ -459,15 +474,15 @@ mod tests {
         // debt, as long as the patience of 3 bursts) then a quiet one after the pause was
         // closed as pushing. The quiet one finds the debt paid: not a push.
         let mut t = Throttle::new(big_packets, 0).unwrap();
-        let Verdict::Pause(wait) = t.charge(4000, 0, false) else {
+        let Verdict::Pause(wait) = t.charge(true, 4000, 0, false) else {
             panic!("no pause")
         };
         let after = wait.as_micros() as u64 + 100_000;
-        assert_ne!(t.charge(2, after, false), Verdict::Disconnect);
+        assert_ne!(t.charge(true, 2, after, false), Verdict::Disconnect);
         // The same, pushing (more waits behind every packet): cut.
         let mut t = Throttle::new(big_packets, 0).unwrap();
         let mut now = 0;
-        let cut = (0..10).any(|_| match t.charge(4000, now, true) {
+        let cut = (0..10).any(|_| match t.charge(true, 4000, now, true) {
             Verdict::Pause(d) => {
                 now += d.as_micros() as u64;
                 false
@@ -478,6 +493,6 @@ mod tests {
         assert!(cut, "a push of large packets is cut");
         // A reload that lifts the limit lifts the debt's future cost too.
         t.set_policy(ThrottlePolicy::default(), 0);
-        assert_eq!(t.charge(10_000, 0, false), Verdict::Go);
+        assert_eq!(t.charge(true, 10_000, 0, false), Verdict::Go);
     }
 }
