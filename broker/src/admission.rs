@@ -85,6 +85,18 @@ impl ConnectionRates {
     }
 }
 
+/// One packet as the rate limits see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PacketCost {
+    /// A PUBLISH, SUBSCRIBE, UNSUBSCRIBE or PINGREQ: it counts against the message rate
+    /// too (every packet pays its bytes; see `Throttle::charge`).
+    pub message: bool,
+    /// Its size on the wire.
+    pub size: usize,
+    /// More of the client's packets are already read behind it.
+    pub more_buffered: bool,
+}
+
 /// What the rate limits say about one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Charge {
@@ -149,9 +161,8 @@ impl Admission {
         }
     }
 
-    /// Charges a packet of `size` bytes to the connection's rate limits and its tenant's
-    /// shared rate (`message`: it counts against the message rate too, see
-    /// `Throttle::charge`; `more_buffered`: more of its packets are already read). Over either
+    /// Charges a packet to the connection's rate limits and its tenant's shared rate (see
+    /// [`PacketCost`]). Over either
     /// rate: a pause until it is back within both. Kept over its own for too long: refused
     /// with 0x96, and the connection closes. Picks up changed limits first (the session
     /// carries a device's new limits to its connection).
@@ -160,11 +171,14 @@ impl Admission {
         rates: &mut ConnectionRates,
         access: &mut Access,
         session: &Session,
-        message: bool,
-        size: usize,
-        more_buffered: bool,
+        packet: PacketCost,
         now: Now,
     ) -> Result<Charge, BrokerError> {
+        let PacketCost {
+            message,
+            size,
+            more_buffered,
+        } = packet;
         let epoch = self.throttle_epoch.load(Ordering::Acquire);
         if epoch != rates.epoch {
             rates.epoch = epoch;

@@ -44,7 +44,7 @@ use std::time::Duration;
 use messs_codec::{Connect, Packet, ReasonCode, Will};
 use messs_storage::StorageError;
 
-use crate::admission::{Charge, ConnectionRates};
+use crate::admission::{Charge, ConnectionRates, PacketCost};
 use crate::clock::Now;
 use crate::config::LimitsConfig;
 use crate::error::BrokerError;
@@ -518,20 +518,15 @@ impl ClientCore {
                     | Packet::PingReq
             );
             // Charged before it is handled: one that breaks the limit for good is refused.
-            let size = before.saturating_sub(self.frames.buffered());
-            let more_buffered = self.frames.buffered() > 0;
+            let cost = PacketCost {
+                message,
+                size: before.saturating_sub(self.frames.buffered()),
+                more_buffered: self.frames.buffered() > 0,
+            };
             let charge = self
                 .state
                 .admission
-                .charge(
-                    &mut self.rates,
-                    &mut self.access,
-                    &self.session,
-                    message,
-                    size,
-                    more_buffered,
-                    now,
-                )
+                .charge(&mut self.rates, &mut self.access, &self.session, cost, now)
                 .map_err(End::Failed)?;
             match self.handle_packet(packet, now) {
                 Ok(None) => {}
