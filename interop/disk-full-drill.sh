@@ -87,28 +87,27 @@ done
 python3 interop/disk_full.py "$port" publish-ok || fail "publish after space was freed"
 grep -q "free disk space is below" "$work/messs.log" || fail "no log line about the full disk"
 
+# Anonymous connection churn for 5 s with the tmpfs filled to $1 bytes free ($2 says
+# where that is): it must cost no disk.
+churn_costs_no_disk() {
+  dd if=/dev/zero of="$fs/filler" bs=1M count=$(( ($(avail) - $1) / 1048576 )) 2>/dev/null
+  local before after
+  before=$(avail)
+  python3 interop/churn.py "$port" 5 || fail "churn $2"
+  sleep 0.5
+  after=$(avail)
+  echo "disk-full drill: churn $2: $before -> $after bytes free"
+  [ $((before - after)) -lt $((1024 * 1024)) ] || fail "churn $2 took $((before - after)) bytes"
+}
+
 # Churn within twice the watermark (48 MiB free): it is summed up already, so it cannot
 # bring the disk down to where messages are refused (the outside audit's finding).
-left=$((48 * 1024 * 1024))
-dd if=/dev/zero of="$fs/filler" bs=1M count=$(( ($(avail) - left) / 1048576 )) 2>/dev/null
-before=$(avail)
-python3 interop/churn.py "$port" 5 || fail "churn within the margin"
-sleep 0.5
-after=$(avail)
-echo "disk-full drill: churn within twice the watermark: $before -> $after bytes free"
-[ $((before - after)) -lt $((1024 * 1024)) ] || fail "churn within the margin took $((before - after)) bytes"
+churn_costs_no_disk $((48 * 1024 * 1024)) "within twice the watermark"
 python3 interop/disk_full.py "$port" publish-ok || fail "a publish after churn within the margin"
 rm -f "$fs/filler"
 
 # Churn alone, below the watermark.
-left=$((24 * 1024 * 1024))
-dd if=/dev/zero of="$fs/filler" bs=1M count=$(( ($(avail) - left) / 1048576 )) 2>/dev/null
-before=$(avail)
-python3 interop/churn.py "$port" 5 || fail "churn below the watermark"
-sleep 0.5
-after=$(avail)
-echo "disk-full drill: churn below the watermark: $before -> $after bytes free"
-[ $((before - after)) -lt $((1024 * 1024)) ] || fail "churn below the watermark took $((before - after)) bytes"
+churn_costs_no_disk $((24 * 1024 * 1024)) "below the watermark"
 grep -q "summed up in audit.withheld" "$work/messs.log" || fail "no log line about withheld audit records"
 rm -f "$fs/filler"
 kill -0 "$broker" || fail "the broker died"

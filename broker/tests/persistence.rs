@@ -992,9 +992,7 @@ async fn connection_churn_on_a_low_disk_is_summed_up_and_the_operator_still_acts
             .disconnect()
             .await;
     }
-    let mut keeper = connect_packet(Protocol::V5, "keeper", true);
-    keeper.properties.session_expiry_interval = Some(EXPIRY);
-    let (mut keeper, _) = Raw::connect_with(broker.addr, keeper).await;
+    let (mut keeper, _) = persistent(broker.addr, "keeper", true).await;
     keeper.subscribe("keep/#", QoS::AtLeastOnce).await;
     keeper.disconnect().await;
     let mut publisher = Raw::v5(broker.addr, "margin-pub").await;

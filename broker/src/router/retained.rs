@@ -360,16 +360,9 @@ mod tests {
     use bytes::Bytes;
     use messs_codec::QoS;
 
-    /// A level of a path costs what subscriptions and retained messages are charged for it:
-    /// the node's entry in its parent plus the key's smallest allocation (32) and the
-    /// allocator's header (16).
     #[test]
     fn a_level_costs_no_more_than_it_is_charged() {
-        let entry = std::mem::size_of::<(Box<str>, Node)>();
-        assert!(
-            entry + 48 <= crate::router::LEVEL_COST,
-            "{entry} bytes an entry"
-        );
+        super::super::tree::assert_level_within_cost::<Node>();
     }
 
     fn msg(topic: &str, payload: &'static [u8], expires_at: Option<u64>) -> Arc<Message> {

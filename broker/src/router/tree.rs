@@ -81,6 +81,14 @@ pub(crate) fn drop_subtree<N: LevelNode>(node: &mut N) {
 /// charge for such filters). A test holds both trees' entries under it.
 pub(crate) const LEVEL_COST: usize = 160;
 
+/// Holds a tree's level (its node's entry in the parent, plus the key's smallest
+/// allocation, 32, and the allocator's header, 16) under [`LEVEL_COST`].
+#[cfg(test)]
+pub(crate) fn assert_level_within_cost<N>() {
+    let entry = std::mem::size_of::<(Box<str>, N)>();
+    assert!(entry + 48 <= LEVEL_COST, "{entry} bytes an entry");
+}
+
 /// The levels of a topic or filter (`a/b` is 2, `` is 1).
 pub(crate) fn levels(path: &str) -> usize {
     path.bytes().filter(|b| *b == b'/').count() + 1
