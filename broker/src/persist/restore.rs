@@ -60,12 +60,9 @@ impl BrokerState {
                 continue;
             }
             let disk_len = if r.payload_on_disk { r.payload_len } else { 0 };
-            if self
-                .router
-                .restore_retained(&self.tenant_id(&r.tenant), message, disk_len)
-            {
-                report.retained += 1;
-            }
+            self.router
+                .restore_retained(&self.tenant_id(&r.tenant), message, disk_len);
+            report.retained += 1;
         }
         store.submit(cleanup, None)?;
         // Sessions that expired while the broker was down end only once every session is

@@ -494,16 +494,10 @@ impl Router {
     }
 
     /// Puts a retained message read from the store at start-up into its tenant's tree
-    /// (nothing is written; `disk_len > 0`: its payload stayed on disk); false if the
-    /// tenant's retained limits are reached.
-    pub fn restore_retained(&self, tenant: &TenantId, message: Message, disk_len: usize) -> bool {
+    /// (nothing is written; `disk_len > 0`: its payload stayed on disk), over the tenant's
+    /// retained limits if need be (see `RetainedStore::restore_entry`).
+    pub fn restore_retained(&self, tenant: &TenantId, message: Message, disk_len: usize) {
         let routes = self.tenant(tenant);
-        let stored = write(&routes.retained)
-            .set_entry(Arc::new(message), disk_len)
-            .is_ok();
-        if !stored {
-            self.stats.retained_rejected.fetch_add(1, Ordering::Relaxed);
-        }
-        stored
+        write(&routes.retained).restore_entry(Arc::new(message), disk_len);
     }
 }

@@ -205,8 +205,24 @@ impl RetainedStore {
         {
             return Err(RetainedFull);
         }
+        self.put(message, disk_len);
+        Ok(())
+    }
+
+    /// Puts back a retained message read from the store at start-up. What was stored is
+    /// kept even over the caps (they may have been lowered, or what a message is charged
+    /// may have grown, since it was admitted): the store then only may not grow, as with
+    /// a lowered cap.
+    pub fn restore_entry(&mut self, message: Arc<Message>, disk_len: usize) {
+        if !message.payload.is_empty() || disk_len > 0 {
+            self.put(message, disk_len);
+        }
+    }
+
+    /// Puts `message` at its topic's node and accounts for it, replacing what was there.
+    fn put(&mut self, message: Arc<Message>, disk_len: usize) {
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for level in message.topic.as_str().split('/') {
             node = node.children.get_or_insert_with(level, Node::default);
         }
         let old = node.message.replace(message.clone());
@@ -215,7 +231,6 @@ impl RetainedStore {
             self.account(&old, old_disk, false);
         }
         self.account(&message, disk_len, true);
-        Ok(())
     }
 
     /// Whether a topic has a retained message.
@@ -496,6 +511,15 @@ mod tests {
         assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), a + bc);
         s.set(msg("b/c", b"", None)).unwrap();
         assert!(!s.root.children.contains("b"), "empty branch pruned");
+        // What the store held is put back at start-up even over the caps (lowered, or
+        // charged more since): nothing stored is lost, but the store may not grow.
+        s.restore_entry(msg("x/y", b"12345", None), 0);
+        s.restore_entry(msg("z", b"12345", None), 0);
+        assert_eq!(s.len(), 3);
+        assert!(s.bytes > a + bc + 1, "over the byte cap after restoring");
+        assert_eq!(s.set(msg("w", b"1", None)), Err(RetainedFull));
+        s.set(msg("z", b"", None)).unwrap();
+        s.set(msg("x/y", b"", None)).unwrap();
         assert_eq!(s.len(), 1);
         drop(s);
         assert_eq!(stats.retained_bytes.load(Ordering::Relaxed), 0);
