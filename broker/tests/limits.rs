@@ -1092,7 +1092,9 @@ async fn a_delayed_will_meets_the_rules_in_force_when_it_is_published() {
             qos: QoS::AtLeastOnce,
             retain: false,
             properties: messs_codec::WillProperties {
-                will_delay_interval: Some(1),
+                // Long enough that the rule below is in force before either will is due,
+                // even on a loaded machine.
+                will_delay_interval: Some(2),
                 ..Default::default()
             },
         });
@@ -1102,6 +1104,9 @@ async fn a_delayed_will_meets_the_rules_in_force_when_it_is_published() {
         Raw::connect_with(broker.addr, with_will("w1", "d1@acme", "will/secret")).await;
     let (allowed, _) =
         Raw::connect_with(broker.addr, with_will("w2", "d2@acme", "will/open")).await;
+    // Read before the wills can fire: a loaded machine may publish (and refuse) the denied
+    // will before this task runs again after the rule change below.
+    let denied_before = broker.stats.acl_publish_denied.load(Ordering::Relaxed);
     denied.drop_connection();
     allowed.drop_connection();
     // While the wills wait for their delay, the operator denies will/secret.
@@ -1124,7 +1129,6 @@ async fn a_delayed_will_meets_the_rules_in_force_when_it_is_published() {
         })
         .await
         .unwrap();
-    let denied_before = broker.stats.acl_publish_denied.load(Ordering::Relaxed);
     let got = watcher.recv_publish_ack().await;
     assert_eq!(got.topic.as_str(), "will/open");
     watcher.expect_silence().await;
