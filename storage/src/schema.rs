@@ -103,16 +103,28 @@ impl Cf {
     }
 }
 
-/// Options for every column family: LZ4 for data that compresses (payloads, records), and
+/// Options for a column family: LZ4 for data that compresses (payloads, records), and
 /// 16 MiB memtables (RocksDB's 64 MiB default, per family, would let a busy queue hold
-/// 128 MiB of memory before its first flush).
-fn cf_options() -> Options {
+/// 128 MiB of memory before its first flush) — 2 MiB for the audit log (see
+/// [`AUDIT_MEMTABLE_BYTES`]).
+fn cf_options(cf: Option<Cf>) -> Options {
     let mut o = Options::default();
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    o.set_write_buffer_size(16 << 20);
+    let memtable = match cf {
+        Some(Cf::Audit) => AUDIT_MEMTABLE_BYTES,
+        _ => 16 << 20,
+    };
+    o.set_write_buffer_size(memtable);
     o.set_max_write_buffer_number(2);
     o
 }
+
+/// The audit log's memtable. Its records (one per connect and disconnect, ~400 bytes)
+/// are appended under ever-growing keys and seldom read, so a large memtable buys nothing
+/// but memory: 16 MiB of it was 420 bytes per connection of the first 40,000 (the idle
+/// byte table in docs/PERFORMANCE.md). Flushed files of increasing keys do not overlap, so
+/// the extra flushes cost little compaction.
+const AUDIT_MEMTABLE_BYTES: usize = 2 << 20;
 
 /// Opens (or creates) the database at `path` with `db_opts`, then checks or writes the
 /// schema version and runs pending migrations. With `read_only` it only opens and checks:
@@ -163,10 +175,11 @@ pub(crate) fn open(
     // unless given ours: its 64 MiB memtable would be the largest, and after a full disk
     // RocksDB waits for that much free space before it writes again (and preallocates WAL
     // files of 1.1 times it) — on a small disk, never.
-    let default = ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, cf_options());
+    let default =
+        ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, cf_options(None));
     let descriptors = Cf::ALL
         .iter()
-        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()))
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(Some(*cf))))
         .chain(std::iter::once(default));
     let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
     let meta = db
