@@ -3,7 +3,7 @@
 # fresh data directory) under heaptrack, holds N idle MQTT 3.1.1 connections (messs-load
 # conn), stops the broker, and sums the heap at its peak by the code that allocated it
 # (loadtest/idle_bytes.py). Bounded: N connections (default 10,000), held 8 s.
-#   [N=10000] bash loadtest/idle-bytes.sh
+#   [N=10000] [FLAME_OUT=file] bash loadtest/idle-bytes.sh   (FLAME_OUT keeps the stacks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -23,4 +23,5 @@ pkill -INT -f "messs serve --admin-listen off --listen tcp://127.0.0.1:$port" ||
 for _ in $(seq 100); do ls "$work"/heap*.zst >/dev/null 2>&1 && ! pgrep -f "heaptrack.*$work" >/dev/null && break; sleep 0.2; done
 heaptrack_print -f "$work"/heap*.zst --print-peaks 0 --print-allocators 0 --print-temporary 0 \
   --print-leaks 0 --print-flamegraph "$work/flame" --flamegraph-cost-type peak >/dev/null
+if [ -n "${FLAME_OUT:-}" ]; then cp "$work/flame" "$FLAME_OUT"; fi
 python3 loadtest/idle_bytes.py "$work/flame" "$N"

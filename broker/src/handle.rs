@@ -141,7 +141,7 @@ impl BrokerHandle {
                     username: st.owner().map(str::to_owned),
                     peer: link.peer,
                     protocol_level: link.protocol_level,
-                    transport: link.transport,
+                    transport: link.transport.name(),
                     connected_ms: link.since_ms,
                     subscriptions: st.subscription_count(),
                     queued_messages: st.queued_len(),

@@ -210,6 +210,12 @@ fn plain(s: &Stats) -> Vec<(&'static str, &'static str, MetricKind, u64)> {
             load_usize(&s.timers),
         ),
         (
+            "messs_keep_alive_timers",
+            "Keep-alive timers pending (one per connection with a keep-alive).",
+            Gauge,
+            load_usize(&s.keep_alive_timers),
+        ),
+        (
             "messs_subscribers_stalled_total",
             "Times a subscriber was found stalled while a publisher waited.",
             Counter,

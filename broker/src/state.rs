@@ -52,6 +52,8 @@ pub(crate) struct BrokerState {
     pub persist: Option<Arc<Persistence>>,
     /// The session registry and lifecycle.
     pub sessions: SessionTable,
+    /// Every connection's keep-alive timer (see `client::keep_alive_timers`).
+    pub keep_alives: crate::client::KeepAliveTimers,
     /// Who may open a connection and how many at once (bans, addresses, handshakes).
     pub gate: crate::security::limits::gate::Gate,
     /// Accept loops running (readiness: every configured listener up).
@@ -115,6 +117,7 @@ impl BrokerState {
             config.rate_limits.throttle(),
         );
         Ok(BrokerState {
+            keep_alives: crate::client::KeepAliveTimers::new(stats.clone()),
             auth,
             admission,
             sessions,
@@ -443,9 +446,17 @@ impl BrokerState {
         }
     }
 
-    /// Runs the timers (session expiry, delayed wills) and the retained-message purge until
-    /// shutdown: one task for the whole broker.
+    /// Runs the timers (session expiry, delayed wills, keep-alive) and the retained-message
+    /// purge until shutdown: one task for the whole broker.
     pub async fn run_timers(self: Arc<Self>, purge_every: Duration) {
+        tokio::join!(
+            self.keep_alives.run(self.shutdown.clone()),
+            self.run_session_timers(purge_every)
+        );
+    }
+
+    /// Session expiry, delayed wills and the retained-message purge.
+    async fn run_session_timers(&self, purge_every: Duration) {
         let clock = self.sessions.clock();
         let mut next_purge = clock.instant() + purge_every;
         loop {

@@ -59,6 +59,8 @@ pub struct Stats {
     pub admin_publishes: AtomicU64,
     /// Session-expiry and will-delay timers pending.
     pub timers: AtomicUsize,
+    /// Keep-alive timers pending (one per connection with a keep-alive).
+    pub keep_alive_timers: AtomicUsize,
     /// Times a subscriber was found stalled (no progress for `stall_timeout_ms`) while a
     /// publisher waited on it.
     pub subscribers_stalled: AtomicU64,

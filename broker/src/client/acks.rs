@@ -50,12 +50,15 @@ pub(super) enum Undo {
 pub(super) struct PendingAcks(VecDeque<PendingAck>);
 
 impl PendingAcks {
-    /// Resolves when the first waiting acknowledgement's writes are done (pending
-    /// forever if none waits: the `select!` branch is disabled then anyway).
-    pub(super) async fn front_done(&mut self) -> Result<(), StorageError> {
+    /// Ready when the first waiting acknowledgement's writes are done (pending if none
+    /// waits: the shell polls this only when one does).
+    pub(super) fn poll_front_done(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), StorageError>> {
         match self.0.front_mut().and_then(|a| a.wait.as_mut()) {
-            Some(wait) => wait.await,
-            None => std::future::pending().await,
+            Some(wait) => std::future::Future::poll(std::pin::Pin::new(wait), cx),
+            None => std::task::Poll::Pending,
         }
     }
 }

@@ -25,6 +25,7 @@ mod aliases;
 mod departure;
 mod inbound;
 mod keep_alive;
+mod keep_alive_timers;
 mod outbound;
 mod replay;
 mod shell;
@@ -32,7 +33,8 @@ mod shell;
 #[cfg(test)]
 mod core_tests;
 
-pub(crate) use shell::Client;
+pub(crate) use keep_alive_timers::KeepAliveTimers;
+pub(crate) use shell::{Client, ClientTask};
 
 use std::collections::VecDeque;
 use std::num::NonZeroU16;

@@ -1,17 +1,26 @@
-//! The I/O shell of a connected client: one task whose `select!` loop waits on the socket,
-//! the session queue, the store, a pause and the keep-alive timer, reads the clock once per
-//! event, feeds the event to the [`ClientCore`], starts the pause it asks for, and writes
+//! The I/O shell of a connected client: its task ([`ClientTask`]) polls the socket, the
+//! session's wake-up, the store and a pause in a fixed order, reads the clock once per
+//! event, feeds each event to the [`ClientCore`], starts the pause it asks for, and writes
 //! what it encoded with one flush per pass.
+//!
+//! The task is a hand-written future rather than an `async fn` around `select!`: `select!`
+//! keeps every branch's future (the socket's readiness, the session's wake-up, a timer)
+//! inside every idle connection's task; polled by hand, an idle connection's task holds one
+//! pointer to its client, and the client no timer at all (its keep-alive is an entry in
+//! the broker's `KeepAliveTimers`, its wake-up a slot in its session).
 
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use messs_codec::Will;
 use tokio::time::Sleep;
 
-use super::{acks, outbound, ClientCore, End, Event, Negotiated, PauseRequest};
+use super::keep_alive_timers::KeepAliveKey;
+use super::{ClientCore, End, Event, Negotiated, PauseRequest};
 use crate::clock::Now;
 use crate::error::BrokerError;
 use crate::security::auth::Access;
@@ -19,47 +28,9 @@ use crate::session::table::Attached;
 use crate::state::BrokerState;
 use crate::transport::connection::{Connection, Socket, Transport};
 
-/// Waits for the first acknowledgement's writes (the branch is armed only when one waits).
-async fn front_ack(
-    acks: &mut Option<Box<acks::PendingAcks>>,
-) -> Result<(), messs_storage::StorageError> {
-    match acks {
-        Some(a) => a.front_done().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the writes held deliveries depend on (the branch is armed only when some are
-/// held).
-async fn held_written(
-    held: &mut Option<Box<outbound::Held>>,
-) -> Result<(), messs_storage::StorageError> {
-    match held {
-        Some(h) => (&mut h.wait).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits on the pause future, if any (the branch is disabled when there is none; this
-/// small future is what `select!` builds on every pass, so it must not allocate). Returns
-/// how long the pause lasted, in milliseconds.
-async fn pause_over(pause: &mut Option<PauseWait>) -> u64 {
-    match pause {
-        Some(wait) => wait.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A paused publisher's wait, boxed once per pause; it yields the pause's length in
 /// milliseconds.
-type PauseWait = Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+type PauseWait = Pin<Box<dyn Future<Output = u64> + Send>>;
 
 /// The wait for a pause the core asked for.
 fn wait_for(request: PauseRequest, state: &BrokerState) -> PauseWait {
@@ -90,11 +61,24 @@ fn wait_for(request: PauseRequest, state: &BrokerState) -> PauseWait {
 pub(crate) struct Client<S> {
     core: ClientCore,
     socket: Socket<S>,
-    /// Fires at (or after) the core's keep-alive deadline; reset lazily when it fires
-    /// early, so packets do not touch the timer wheel.
-    keep_alive_timer: Option<Pin<Box<Sleep>>>,
     /// The pause the core asked for, while it lasts.
     pause: Option<PauseWait>,
+    /// Bounds a write that blocks (see `Socket::poll_flush`): set only while one does.
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    /// This connection's entry among the keep-alive timers, while it has one.
+    keep_alive: Option<KeepAliveKey>,
+    /// `Event::Start` was fed.
+    started: bool,
+    /// The task yielded to the scheduler as the core asked: `Event::Resumed` is next.
+    yielded: bool,
+}
+
+impl<S> Drop for Client<S> {
+    fn drop(&mut self) {
+        if let Some(key) = self.keep_alive.take() {
+            self.core.state.keep_alives.cancel(key);
+        }
+    }
 }
 
 impl<S: Transport> Client<S> {
@@ -110,31 +94,15 @@ impl<S: Transport> Client<S> {
         let (socket, frames) = conn.into_parts();
         let now = state.sessions.clock().now();
         let core = ClientCore::new(state, frames, attached, neg, will, access, transport, now);
-        let keep_alive_timer = core
-            .keep_alive_deadline()
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         Client {
             core,
             socket,
-            keep_alive_timer,
             pause: None,
+            write_deadline: None,
+            keep_alive: None,
+            started: false,
+            yielded: false,
         }
-    }
-
-    /// Runs the client until it ends, then detaches it from its session. The client lives
-    /// in a box so the task's future holds a pointer to it, not a second copy.
-    pub(crate) async fn run(mut self: Box<Self>) {
-        let end = self.event_loop().await;
-        // Boxed: the end of a connection happens once, so its state need not be part of
-        // every idle connection's future.
-        Box::pin(self.finish(end)).await;
-    }
-
-    /// Ends a client whose connection was never confirmed (a 0-RTT QUIC handshake that did
-    /// not complete): nothing after its CONNECT was read, and it leaves as if the peer had
-    /// closed the socket.
-    pub(crate) async fn end_unconfirmed(mut self: Box<Self>) {
-        Box::pin(self.finish(End::Closed)).await;
     }
 
     /// The time, read once per event.
@@ -152,26 +120,43 @@ impl<S: Transport> Client<S> {
         flow
     }
 
-    /// The keep-alive timer fired: unless the core ends the connection, it fires again at
-    /// the (possibly moved) deadline.
-    fn keep_alive_fired(&mut self) -> ControlFlow<End> {
-        self.feed(Event::KeepAliveTimer)?;
-        if let (Some(t), Some(at)) = (
-            self.keep_alive_timer.as_mut(),
-            self.core.keep_alive_deadline(),
-        ) {
-            t.as_mut().reset(at);
+    /// Puts this connection among the keep-alive timers at its core's deadline, if it has
+    /// a keep-alive.
+    fn schedule_keep_alive(&mut self) {
+        if let Some(at) = self.core.keep_alive_deadline() {
+            let key = self.core.state.keep_alives.schedule(
+                at,
+                self.core.session.clone(),
+                self.core.generation,
+            );
+            self.keep_alive = Some(key);
         }
+    }
+
+    /// The keep-alive timer fired (its entry is gone): unless the core ends the connection,
+    /// it fires again at the (possibly moved) deadline.
+    fn keep_alive_fired(&mut self) -> ControlFlow<End> {
+        self.keep_alive = None;
+        self.feed(Event::KeepAliveTimer)?;
+        self.schedule_keep_alive();
         ControlFlow::Continue(())
     }
 
-    async fn event_loop(&mut self) -> End {
-        if let ControlFlow::Break(end) = self.feed(Event::Start) {
-            return end;
+    /// Runs the client until it should end: flush, then feed the first event that is
+    /// ready, and again, until nothing is.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if !self.started {
+            self.started = true;
+            self.schedule_keep_alive();
+            if let ControlFlow::Break(end) = self.feed(Event::Start) {
+                return Poll::Ready(end);
+            }
         }
         loop {
             let queued = self.core.frames.pending_out();
-            let flushed = self.socket.flush(&mut self.core.frames).await;
+            let flushed =
+                self.socket
+                    .poll_flush(cx, &mut self.core.frames, &mut self.write_deadline);
             if queued > 0 {
                 let written = queued - self.core.frames.pending_out();
                 self.core
@@ -180,46 +165,83 @@ impl<S: Transport> Client<S> {
                     .bytes_sent
                     .fetch_add(written as u64, Ordering::Relaxed);
             }
-            if let Err(e) = flushed {
-                return End::Failed(e);
+            match flushed {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+                Poll::Ready(Ok(())) => {}
             }
-            let wants = self.core.wants();
-            let paused = self.pause.is_some();
-            // Each event is fed where it happens: nothing of it lives across the next wait,
-            // so it takes no room in the future every idle connection holds.
-            let flow = tokio::select! {
-                biased;
-                written = held_written(&mut self.core.held), if wants.held_stored => {
-                    self.feed(Event::HeldStored(written))
-                }
-                done = front_ack(&mut self.core.acks), if wants.ack_stored => {
-                    self.feed(Event::AckStored(done))
-                }
-                lasted_ms = pause_over(&mut self.pause), if paused => {
-                    self.pause = None;
-                    self.feed(Event::PauseOver { lasted_ms })
-                }
-                // More buffered input or retained replay: let other tasks run first.
-                _ = tokio::task::yield_now(), if wants.resume => self.feed(Event::Resumed),
-                read = self.socket.fill(&mut self.core.frames), if wants.read => match read {
-                    Ok(0) => self.feed(Event::PeerClosed),
-                    Ok(n) => {
-                        self.core.state.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                        self.feed(Event::Received)
-                    }
-                    Err(e) => return End::Failed(BrokerError::from(e)),
-                },
-                // Always armed (a kick comes this way); with the window full, a wake-up for new
-                // messages costs one pass, since only an empty queue's first message wakes.
-                _ = self.core.session.queued() => self.feed(Event::Woken),
-                _ = expiry(&mut self.keep_alive_timer), if self.keep_alive_timer.is_some() => {
-                    self.keep_alive_fired()
-                }
-            };
-            if let ControlFlow::Break(end) = flow {
-                return end;
+            match self.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(ControlFlow::Break(end)) => return Poll::Ready(end),
+                Poll::Ready(ControlFlow::Continue(())) => {}
             }
         }
+    }
+
+    /// Polls what the core waits for, in this order, and feeds the first that is ready:
+    /// the store (held deliveries, then acknowledgements), the pause, a turn after
+    /// yielding, the socket, and the session's wake-up (always: a kick comes that way).
+    /// Each event is fed where it happens: nothing of it lives across the next wait.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<ControlFlow<End>> {
+        let wants = self.core.wants();
+        if wants.held_stored {
+            if let Some(held) = self.core.held.as_mut() {
+                if let Poll::Ready(written) = Pin::new(&mut held.wait).poll(cx) {
+                    return Poll::Ready(self.feed(Event::HeldStored(written)));
+                }
+            }
+        }
+        if wants.ack_stored {
+            if let Some(acks) = self.core.acks.as_mut() {
+                if let Poll::Ready(done) = acks.poll_front_done(cx) {
+                    return Poll::Ready(self.feed(Event::AckStored(done)));
+                }
+            }
+        }
+        if let Some(pause) = self.pause.as_mut() {
+            if let Poll::Ready(lasted_ms) = pause.as_mut().poll(cx) {
+                self.pause = None;
+                return Poll::Ready(self.feed(Event::PauseOver { lasted_ms }));
+            }
+        }
+        if wants.resume {
+            // More buffered input or retained replay: let other tasks run first. A task
+            // that wakes itself while it runs goes to the back of the run queue.
+            if self.yielded {
+                self.yielded = false;
+                return Poll::Ready(self.feed(Event::Resumed));
+            }
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if wants.read {
+            match self.socket.poll_fill(cx, &mut self.core.frames) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(self.feed(Event::PeerClosed)),
+                Poll::Ready(Ok(n)) => {
+                    self.core
+                        .state
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(self.feed(Event::Received));
+                }
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(ControlFlow::Break(End::Failed(BrokerError::from(e))))
+                }
+                Poll::Pending => {}
+            }
+        }
+        // With the window full, a wake-up for new messages costs one pass, since only an
+        // empty queue's first message wakes.
+        if let Poll::Ready(wake) = self.core.session.poll_woken(cx, self.core.generation) {
+            return Poll::Ready(if wake.keep_alive {
+                self.keep_alive_fired()
+            } else {
+                self.feed(Event::Woken)
+            });
+        }
+        Poll::Pending
     }
 
     async fn finish(&mut self, end: End) {
@@ -227,5 +249,78 @@ impl<S: Transport> Client<S> {
         self.socket.close(&mut self.core.frames).await;
         let now = self.now();
         self.core.leave(end, now);
+    }
+}
+
+/// A connected client's task: runs its [`Client`] until it ends, then says goodbye (boxed:
+/// the end of a connection happens once, so its state is no part of an idle connection).
+///
+/// tokio's task cell around this future is 256 bytes on x86_64 whatever the future's size
+/// up to ~110 bytes (its header, trailer and join result take more than the first 128),
+/// so the permit lives here, not in the client's box.
+pub(crate) struct ClientTask<S, P> {
+    stage: Stage<S>,
+    /// The connection's place among those allowed (dropped when the task ends).
+    _permit: P,
+}
+
+enum Stage<S> {
+    Running(Box<Client<S>>),
+    Ending(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+// The task never pins its fields (it polls boxed futures only), so it may move.
+impl<S, P> Unpin for ClientTask<S, P> {}
+
+impl<S: Transport + 'static, P: Send + 'static> ClientTask<S, P> {
+    /// The task of a connected client.
+    pub(crate) fn new(client: Client<S>, permit: P) -> Self {
+        ClientTask {
+            stage: Stage::Running(Box::new(client)),
+            _permit: permit,
+        }
+    }
+
+    /// The task of a client whose connection was never confirmed (a 0-RTT QUIC handshake
+    /// that did not complete): nothing after its CONNECT is read, and it leaves as if the
+    /// peer had closed the socket.
+    pub(crate) fn unconfirmed(client: Client<S>, permit: P) -> Self {
+        ClientTask {
+            stage: Stage::Ending(Self::ending(Box::new(client), End::Closed)),
+            _permit: permit,
+        }
+    }
+
+    fn ending(mut client: Box<Client<S>>, end: End) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move { client.finish(end).await })
+    }
+}
+
+impl<S: Transport + 'static, P: Send + 'static> Future for ClientTask<S, P> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.stage {
+                Stage::Running(client) => {
+                    let Poll::Ready(end) = client.poll_run(cx) else {
+                        return Poll::Pending;
+                    };
+                    if let Stage::Running(client) = std::mem::replace(&mut this.stage, Stage::Done)
+                    {
+                        this.stage = Stage::Ending(Self::ending(client, end));
+                    }
+                }
+                Stage::Ending(ending) => {
+                    if ending.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.stage = Stage::Done;
+                }
+                Stage::Done => return Poll::Ready(()),
+            }
+        }
     }
 }

@@ -267,7 +267,7 @@ fn link(arrival: &Arrival<'_>, access: &Access) -> crate::session::Link {
             messs_codec::Protocol::V5 => 5,
         },
         by_certificate: access.identity.method == crate::security::auth::Method::Certificate,
-        transport: listener.transport.name(),
+        transport: listener.transport,
         since_ms: crate::clock::unix_ms(),
     }
 }

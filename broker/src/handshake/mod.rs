@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use messs_codec::{ConnAck, ConnAckProperties, DecodeError, Packet, Protocol, ReasonCode};
 
-use crate::client::Client;
+use crate::client::{Client, ClientTask};
 use crate::config::ListenerConfig;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
@@ -176,16 +176,12 @@ pub(crate) async fn serve_within<S, G, P>(
         g = tokio::time::timeout_at(deadline, gate) => g.is_ok(),
     };
     drop(slot);
-    let client = Box::new(client);
-    tasks.spawn(async move {
-        if opened {
-            client.run().await;
-        } else {
-            tracing::debug!(%peer, "handshake not confirmed within the connect timeout");
-            client.end_unconfirmed().await;
-        }
-        drop(permit);
-    });
+    if opened {
+        tasks.spawn(ClientTask::new(client, permit));
+    } else {
+        tracing::debug!(%peer, "handshake not confirmed within the connect timeout");
+        tasks.spawn(ClientTask::unconfirmed(client, permit));
+    }
 }
 
 /// Reads and answers CONNECT; the connected client, or `None` if it was refused or failed.

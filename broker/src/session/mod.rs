@@ -17,6 +17,7 @@ mod lifecycle;
 mod state;
 pub(crate) mod table;
 pub(crate) mod timers;
+mod wake;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +37,7 @@ pub(crate) use state::{
     StoredSubscription, SubscribeRefused, SESSION_COST,
 };
 pub(crate) use table::{AttachRefused, Departure, Effect, SessionTable};
+pub(crate) use wake::Wake;
 
 /// A delivery queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +75,8 @@ pub struct Session {
     /// Registry key.
     pub key: SessionKey,
     state: Mutex<SessionState>,
-    notify: Notify,
+    /// Wakes the attached connection (deliveries queued, a kick, its keep-alive timer).
+    wake: wake::WakeSlot,
     /// Woken when a queue under pressure drains below its soft limit or a connection
     /// detaches. Shared by all sessions of a broker (waiters recheck their own session), so an
     /// idle session does not carry one.
@@ -110,7 +113,7 @@ impl Session {
             id,
             key,
             state: Mutex::new(state),
-            notify: Notify::new(),
+            wake: wake::WakeSlot::default(),
             space,
             pressured: AtomicBool::new(false),
             connected: AtomicBool::new(false),
@@ -192,13 +195,28 @@ impl Session {
 
     /// Wakes the attached connection (a page-in finished).
     pub(crate) fn wake(&self) {
-        self.notify.notify_one();
+        self.wake.wake();
     }
 
-    /// Resolves when deliveries were queued since the last call (a plain `Notified`, not an
-    /// `async fn` around it: it sits in every idle connection's future).
-    pub(crate) fn queued(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// Ready when the connection of `generation` was woken since it last looked: deliveries
+    /// were queued, it was kicked or taken over, or its keep-alive timer fired.
+    pub(crate) fn poll_woken(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        generation: u64,
+    ) -> std::task::Poll<Wake> {
+        self.wake.poll_woken(cx, generation)
+    }
+
+    /// The keep-alive timer of the connection of `generation` fired.
+    pub(crate) fn keep_alive_due(&self, generation: u64) {
+        self.wake.keep_alive_due(generation);
+    }
+
+    /// [`Session::poll_woken`] as a future.
+    #[cfg(test)]
+    pub(crate) async fn woken(&self, generation: u64) -> Wake {
+        std::future::poll_fn(|cx| self.poll_woken(cx, generation)).await
     }
 
     /// Tells the attached connection, if any, to close with `code` (it sends DISCONNECT
@@ -214,7 +232,7 @@ impl Session {
         };
         self.kick_code.store(code.as_u8(), Ordering::Release);
         self.kicked_generation.store(generation, Ordering::Release);
-        self.notify.notify_one();
+        self.wake.wake();
     }
 
     /// Why the connection of `generation` must close, if it must: another connection took
@@ -275,7 +293,7 @@ impl Session {
         // reopening the window makes it drain again), so only the first message after empty
         // needs a wake-up: one cross-thread wake per batch, not per message.
         if was_empty {
-            self.notify.notify_one();
+            self.wake.wake();
         }
         let pressure = pressure && connected && !self.stalled.load(Ordering::Relaxed);
         if pressure {

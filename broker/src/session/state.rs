@@ -149,8 +149,9 @@ pub struct Link {
     pub protocol_level: u8,
     /// Logged in with a client certificate (closed when its tenant's trust changes).
     pub by_certificate: bool,
-    /// The listener's transport (`tcp`, `tls`, ...).
-    pub transport: &'static str,
+    /// The listener's transport (one byte, not a 16-byte name: this is in every connected
+    /// session).
+    pub transport: crate::config::Transport,
     /// When CONNECT was accepted (Unix ms).
     pub since_ms: u64,
 }
@@ -184,7 +185,8 @@ pub(crate) struct SessionState {
     ended: bool,
     /// A delayed will waiting to be published; dropped if the client comes back, published
     /// at once if the session ends first.
-    pending_will: Option<PendingWill>,
+    /// Boxed: most sessions never have one, and this is in every session.
+    pending_will: Option<Box<PendingWill>>,
     /// The pending session-expiry timer, while offline.
     expiry_timer: Option<TimerKey>,
     /// Everything this session has charged to the broker-wide budget; given back when the
@@ -633,7 +635,7 @@ impl SessionState {
                 Err(e) => tracing::warn!(error = %e, "pending will not stored"),
             }
         }
-        self.pending_will = Some(will);
+        self.pending_will = Some(Box::new(will));
     }
 
     /// Takes the pending will, if any (to publish it, or to delete it).
@@ -644,7 +646,7 @@ impl SessionState {
             d.store.delete_will(&mut b, &d.prefix);
             d.submit(b, None);
         }
-        will
+        will.map(|w| *w)
     }
 
     /// Records the expiry timer started when the connection went away.

@@ -373,12 +373,12 @@ async fn one_tenants_churn_does_not_evict_a_smaller_tenants_sessions() {
 fn run_connection(table: Arc<SessionTable>, a: Attached) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         loop {
-            let queued = a.session.queued();
             if a.session.kicked(a.generation).is_some() {
                 table.detach(&a.session, a.generation, Departure::TakenOver, None);
                 return a.generation;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), queued).await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), a.session.woken(a.generation))
+                .await;
         }
     })
 }

@@ -24,7 +24,8 @@ use crate::stats::Stats;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct TimerKey {
     due_ms: u64,
-    seq: u64,
+    /// Never 0, so an `Option` of a key (in every session) is no larger than the key.
+    seq: std::num::NonZeroU64,
 }
 
 /// What happens when a timer fires.
@@ -38,7 +39,7 @@ pub(crate) enum Due {
 
 /// Pending timers.
 pub(crate) struct Timers {
-    entries: Mutex<(BTreeMap<TimerKey, Due>, u64)>,
+    entries: Mutex<(BTreeMap<TimerKey, Due>, std::num::NonZeroU64)>,
     /// Woken when a timer earlier than all others is scheduled.
     changed: Notify,
     stats: Arc<Stats>,
@@ -47,13 +48,13 @@ pub(crate) struct Timers {
 impl Timers {
     pub fn new(stats: Arc<Stats>) -> Self {
         Timers {
-            entries: Mutex::new((BTreeMap::new(), 0)),
+            entries: Mutex::new((BTreeMap::new(), std::num::NonZeroU64::MIN)),
             changed: Notify::new(),
             stats,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, (BTreeMap<TimerKey, Due>, u64)> {
+    fn lock(&self) -> MutexGuard<'_, (BTreeMap<TimerKey, Due>, std::num::NonZeroU64)> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -62,7 +63,7 @@ impl Timers {
         let (key, earliest) = {
             let mut guard = self.lock();
             let (map, seq) = &mut *guard;
-            *seq += 1;
+            *seq = seq.saturating_add(1);
             let key = TimerKey { due_ms, seq: *seq };
             map.insert(key, due);
             (key, map.keys().next() == Some(&key))

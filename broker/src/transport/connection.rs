@@ -8,13 +8,14 @@
 //! inside `select!` loses nothing. Writes are batched: packets are encoded into the write
 //! buffer and sent with one [`Socket::flush`].
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use messs_codec::{DecodeError, Limits, Packet, Protocol};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::framing::{Framing, MAX_READ, MIN_READ};
 use crate::error::BrokerError;
@@ -48,97 +49,118 @@ pub(crate) struct Socket<S> {
 }
 
 impl<S: Transport> Socket<S> {
-    /// Reads more bytes into `frames`' read buffer. Returns 0 at end of stream. Cancel-safe:
-    /// it only appends to the buffer.
+    /// Reads more bytes into `frames`' read buffer (see [`Socket::poll_fill`]).
+    pub async fn fill(&mut self, frames: &mut Framing) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, frames)).await
+    }
+
+    /// Reads more bytes into `frames`' read buffer. Ready with 0 at end of stream.
     ///
     /// The read size adapts: it doubles while reads fill the buffer and halves while they
-    /// use little of it, so a busy connection reads 64 KiB per system call and an idle one
-    /// holds no buffer at all while it waits.
-    pub async fn fill(&mut self, frames: &mut Framing) -> std::io::Result<usize> {
-        if frames.read_buf.is_empty() {
-            let stream = &mut self.stream; // `&mut` keeps the future `Send` without `S: Sync`
-            std::future::poll_fn(move |cx| stream.poll_read_ready(cx)).await?;
+    /// use little of it, so a busy connection reads 64 KiB per system call. An idle one
+    /// holds no buffer while it waits: it waits for readiness first where the stream can
+    /// tell, and a buffer reserved for a read that found nothing is given back.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut Framing,
+    ) -> Poll<std::io::Result<usize>> {
+        if frames.read_buf.is_empty() && self.stream.poll_read_ready(cx)?.is_pending() {
+            // Idle: the buffer goes back (the handshake's, or the last busy read's).
+            if frames.read_buf.capacity() > 0 {
+                frames.read_buf = BytesMut::new();
+            }
+            return Poll::Pending;
         }
         let chunk = frames.read_chunk as usize;
         if frames.read_buf.capacity() - frames.read_buf.len() < chunk / 2 {
             frames.read_buf.reserve(chunk);
         }
         let spare = frames.read_buf.capacity() - frames.read_buf.len();
-        let n = self.stream.read_buf(&mut frames.read_buf).await?;
+        let n = match tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut frames.read_buf,
+        ) {
+            Poll::Ready(n) => n?,
+            Poll::Pending => {
+                if frames.read_buf.is_empty() {
+                    frames.read_buf = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+        };
         if n == spare {
             frames.read_chunk = (frames.read_chunk * 2).min(MAX_READ);
         } else if n < chunk / 4 {
             frames.read_chunk = (frames.read_chunk / 2).max(MIN_READ);
         }
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 
-    /// Writes everything `frames` has queued, within the write timeout.
-    ///
-    /// The common case — the socket takes it all at once — needs no timer; only a write that
-    /// would block gets a (boxed) timeout, which keeps every connection's future small.
+    /// Writes everything `frames` has queued, within the write timeout (see
+    /// [`Socket::poll_flush`]).
     pub async fn flush(&mut self, frames: &mut Framing) -> Result<(), BrokerError> {
-        // What is written leaves the buffer at once, so a flush that fails or times out
-        // (or is cancelled) leaves exactly the unwritten rest: the DISCONNECT that closing
-        // queues behind it continues a valid stream instead of repeating bytes.
+        let mut deadline = None;
+        std::future::poll_fn(|cx| self.poll_flush(cx, frames, &mut deadline)).await
+    }
+
+    /// Writes everything `frames` has queued. The common case — the socket takes it all at
+    /// once — needs no timer; only a write that would block starts `deadline` (boxed, and
+    /// kept by the caller across polls until the flush ends), which fails the flush with
+    /// [`BrokerError::WriteTimeout`] if the peer does not read in time.
+    ///
+    /// What is written leaves the buffer at once, so a flush that fails or times out (or is
+    /// abandoned) leaves exactly the unwritten rest: the DISCONNECT that closing queues
+    /// behind it continues a valid stream instead of repeating bytes.
+    pub fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut Framing,
+        deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    ) -> Poll<Result<(), BrokerError>> {
         let write_buf = &mut frames.write_buf;
         while !write_buf.is_empty() {
-            let attempt = std::future::poll_fn(|cx| {
-                match Pin::new(&mut self.stream).poll_write(cx, write_buf) {
-                    Poll::Pending => Poll::Ready(None),
-                    Poll::Ready(r) => Poll::Ready(Some(r)),
+            match Pin::new(&mut self.stream).poll_write(cx, write_buf) {
+                Poll::Ready(Ok(0)) => {
+                    *deadline = None;
+                    return Poll::Ready(Err(
+                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                    ));
                 }
-            })
-            .await;
-            match attempt {
-                Some(Ok(0)) => {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                Poll::Ready(Ok(n)) => write_buf.advance(n),
+                Poll::Ready(Err(e)) => {
+                    *deadline = None;
+                    return Poll::Ready(Err(e.into()));
                 }
-                Some(Ok(n)) => write_buf.advance(n),
-                Some(Err(e)) => return Err(e.into()),
-                None => break,
+                Poll::Pending => return self.poll_write_deadline(cx, deadline),
             }
         }
-        if !write_buf.is_empty() {
-            let timeout = self.write_timeout();
-            let (stream, buf) = (&mut self.stream, &mut *write_buf);
-            let slow = Box::pin(tokio::time::timeout(timeout, async move {
-                while !buf.is_empty() {
-                    match stream.write(buf).await? {
-                        0 => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
-                        n => buf.advance(n),
-                    }
-                }
-                Ok(())
-            }));
-            match slow.await {
-                Ok(result) => result?,
-                Err(_) => return Err(BrokerError::WriteTimeout),
+        // TCP has nothing to flush; a stream that does (TLS) is held to the deadline too.
+        match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Ready(result) => {
+                *deadline = None;
+                result?;
             }
-        }
-        // TCP has nothing to flush; a stream that does (TLS) gets the boxed timeout too.
-        let flushed = std::future::poll_fn(|cx| match Pin::new(&mut self.stream).poll_flush(cx) {
-            Poll::Pending => Poll::Ready(None),
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-        })
-        .await;
-        match flushed {
-            Some(result) => result?,
-            None => {
-                let slow = Box::pin(tokio::time::timeout(
-                    self.write_timeout(),
-                    self.stream.flush(),
-                ));
-                match slow.await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(BrokerError::WriteTimeout),
-                }
-            }
+            Poll::Pending => return self.poll_write_deadline(cx, deadline),
         }
         // Released after every flush: an idle connection holds no write buffer, and a busy
         // one pays one allocation per batch, not per message.
         *write_buf = BytesMut::new();
-        Ok(())
+        Poll::Ready(Ok(()))
+    }
+
+    /// A write would block: pending until the write timeout, started now if not yet.
+    fn poll_write_deadline(
+        &self,
+        cx: &mut Context<'_>,
+        deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    ) -> Poll<Result<(), BrokerError>> {
+        let timeout = self.write_timeout();
+        let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(sleep.as_mut().poll(cx));
+        *deadline = None;
+        Poll::Ready(Err(BrokerError::WriteTimeout))
     }
 
     /// Flushes what is queued (briefly) and shuts the stream down; errors are irrelevant now.
