@@ -105,13 +105,13 @@ impl Cf {
 
 /// Options for a column family: LZ4 for data that compresses (payloads, records), and
 /// 16 MiB memtables (RocksDB's 64 MiB default, per family, would let a busy queue hold
-/// 128 MiB of memory before its first flush) — 2 MiB for the audit log (see
-/// [`AUDIT_MEMTABLE_BYTES`]).
+/// 128 MiB of memory before its first flush) — 2 MiB for the audit log and `meta` (see
+/// [`SMALL_MEMTABLE_BYTES`]).
 fn cf_options(cf: Option<Cf>) -> Options {
     let mut o = Options::default();
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let memtable = match cf {
-        Some(Cf::Audit) => AUDIT_MEMTABLE_BYTES,
+        Some(Cf::Audit | Cf::Meta) => SMALL_MEMTABLE_BYTES,
         _ => 16 << 20,
     };
     o.set_write_buffer_size(memtable);
@@ -119,12 +119,14 @@ fn cf_options(cf: Option<Cf>) -> Options {
     o
 }
 
-/// The audit log's memtable. Its records (one per connect and disconnect, ~400 bytes)
-/// are appended under ever-growing keys and seldom read, so a large memtable buys nothing
-/// but memory: 16 MiB of it was 420 bytes per connection of the first 40,000 (the idle
-/// byte table in docs/PERFORMANCE.md). Flushed files of increasing keys do not overlap, so
-/// the extra flushes cost little compaction.
-const AUDIT_MEMTABLE_BYTES: usize = 2 << 20;
+/// The memtable of the audit log and of `meta`. Audit records (one per connect and
+/// disconnect, ~400 bytes) are appended under ever-growing keys and seldom read, and
+/// `meta`'s few keys (the audit chain's head, key usage) are overwritten with every
+/// append, so a large memtable buys them nothing but memory: 16 MiB each were 420 bytes per
+/// connection of the first 40,000 (the idle byte table in docs/PERFORMANCE.md) and 32 MiB
+/// of a client id's reconnect churn. Flushed audit files of increasing keys do not
+/// overlap, so the extra flushes cost little compaction.
+const SMALL_MEMTABLE_BYTES: usize = 2 << 20;
 
 /// Opens (or creates) the database at `path` with `db_opts`, then checks or writes the
 /// schema version and runs pending migrations. With `read_only` it only opens and checks:
