@@ -188,6 +188,20 @@ impl Delivery {
 
     /// The PUBLISH to send for this delivery (topic alias and packet id are filled in by the
     /// connection).
+    /// Whether its PUBLISH carries no properties at all (no expiry, no subscription
+    /// identifiers, none of the publisher's): the common case, encoded by reference.
+    pub fn is_plain(&self) -> bool {
+        let m = &self.message;
+        let p = &m.properties;
+        self.subscription_ids.is_empty()
+            && m.expires_at.is_none()
+            && p.payload_format_indicator.is_none()
+            && p.content_type.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && p.user_properties.is_empty()
+    }
+
     pub fn to_publish(&self, qos_pid: QosPid, dup: bool, now_ms: u64) -> Publish {
         let m = &self.message;
         Publish {

@@ -19,8 +19,9 @@ mod wire;
 
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    decode, encode, encode_publish, Auth, ConnAck, Connect, Disconnect, Limits, Packet,
-    PubResponse, Publish, QosPid, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will,
+    decode, encode, encode_plain_publish, encode_publish, Auth, ConnAck, Connect, Disconnect,
+    Limits, Packet, PubResponse, Publish, PublishFlags, QosPid, SubAck, Subscribe, Subscription,
+    UnsubAck, Unsubscribe, Will,
 };
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,

@@ -114,7 +114,7 @@ pub(crate) fn varint_len(value: usize) -> usize {
 }
 
 /// Writes a variable byte integer (at most `MAX_VARINT`) into `out`; returns its length.
-fn varint_into(out: &mut [u8; 4], mut value: usize) -> usize {
+pub(crate) fn varint_into(out: &mut [u8; 4], mut value: usize) -> usize {
     let mut i = 0;
     loop {
         let mut byte = (value % 128) as u8;

@@ -798,3 +798,54 @@ fn connack_session_present_only_where_it_exists() {
     // A refusal never claims a session [MQTT-3.2.2-4].
     assert_eq!(bytes(&ack(ReasonCode::NotAuthorized), V3), [0x20, 2, 0, 5]);
 }
+
+/// The fan-out fast path writes exactly what the general encoder writes for a PUBLISH with
+/// no properties, at every QoS, flag and protocol level, with a short and a long (two-byte
+/// length) payload; and refuses a topic too long to encode, appending nothing.
+#[test]
+fn a_plain_publish_encodes_as_the_general_encoder_does() {
+    for protocol in [Protocol::V3_1, V3, V5] {
+        for qos_pid in [
+            QosPid::AtMostOnce,
+            QosPid::AtLeastOnce(pid(7)),
+            QosPid::ExactlyOnce(pid(65535)),
+        ] {
+            for (dup, retain) in [(false, false), (true, false), (false, true), (true, true)] {
+                for len in [0usize, 5, 200] {
+                    let payload = Bytes::from(vec![0xA5; len]);
+                    let publish = Publish {
+                        dup,
+                        qos_pid,
+                        retain,
+                        topic: TopicName::new("a/b/c").unwrap(),
+                        properties: PublishProperties::default(),
+                        payload: payload.clone(),
+                    };
+                    let mut general = BytesMut::new();
+                    encode_publish(&publish, protocol, &mut general).unwrap();
+                    let mut plain = BytesMut::from(&b"kept"[..]);
+                    let flags = PublishFlags {
+                        dup,
+                        qos_pid,
+                        retain,
+                    };
+                    encode_plain_publish(flags, "a/b/c", &payload, protocol, &mut plain).unwrap();
+                    assert_eq!(&plain[..4], b"kept", "appends");
+                    assert_eq!(&plain[4..], &general[..], "{protocol:?} {qos_pid:?} {len}");
+                }
+            }
+        }
+    }
+    let flags = PublishFlags {
+        dup: false,
+        qos_pid: QosPid::AtMostOnce,
+        retain: false,
+    };
+    let mut out = BytesMut::new();
+    let long = "t".repeat(65_536);
+    assert_eq!(
+        encode_plain_publish(flags, &long, b"x", V5, &mut out),
+        Err(EncodeError::FieldTooLong(65_536))
+    );
+    assert!(out.is_empty());
+}

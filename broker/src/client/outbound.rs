@@ -4,7 +4,7 @@
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
 
-use messs_codec::{Packet, PubResponse, QosPid, TopicName};
+use messs_codec::{Packet, PubResponse, PublishFlags, QosPid, TopicName};
 
 use super::{aliases, ClientCore, MAX_BATCH};
 
@@ -187,6 +187,23 @@ impl ClientCore {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        let aliasing = self.frames.protocol().is_v5() && self.neg.client_alias_max > 0;
+        if !aliasing && d.is_plain() {
+            // No properties to send and no alias to pick: encoded from the shared message
+            // by reference, no owned copy of its fields per subscriber.
+            let flags = PublishFlags {
+                dup,
+                qos_pid,
+                retain: d.retain,
+            };
+            let fits = self.frames.queue_plain_publish(
+                flags,
+                &d.message,
+                self.neg.client_max_packet as usize,
+            )?;
+            self.delivered(fits, qos_pid);
+            return Ok(());
+        }
         let mut publish = d.to_publish(qos_pid, dup, now);
         let mut new_alias = None;
         if self.frames.protocol().is_v5() && self.neg.client_alias_max > 0 {
@@ -198,13 +215,20 @@ impl ClientCore {
                 publish.topic = TopicName::empty();
             }
         }
-        if self
+        let fits = self
             .frames
-            .queue_publish(&publish, self.neg.client_max_packet as usize)?
-        {
-            if let (Some(a), Some(aliases)) = (new_alias, self.out_aliases.as_mut()) {
-                aliases.insert(d.message.topic.clone(), a);
-            }
+            .queue_publish(&publish, self.neg.client_max_packet as usize)?;
+        if let (true, Some(a), Some(aliases)) = (fits, new_alias, self.out_aliases.as_mut()) {
+            aliases.insert(d.message.topic.clone(), a);
+        }
+        self.delivered(fits, qos_pid);
+        Ok(())
+    }
+
+    /// Counts a delivery written (`fits`), or discards one too large for the client as if
+    /// sent [MQTT-3.1.2-25].
+    fn delivered(&mut self, fits: bool, qos_pid: QosPid) {
+        if fits {
             self.state
                 .stats
                 .messages_sent
@@ -215,16 +239,14 @@ impl ClientCore {
                 .counters
                 .sent
                 .fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Too large for the client: discard as if sent [MQTT-3.1.2-25].
-            if let Some(pid) = qos_pid.packet_id() {
-                self.session.lock().forget_inflight(pid);
-            }
-            self.state
-                .stats
-                .dropped_too_large
-                .fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        Ok(())
+        if let Some(pid) = qos_pid.packet_id() {
+            self.session.lock().forget_inflight(pid);
+        }
+        self.state
+            .stats
+            .dropped_too_large
+            .fetch_add(1, Ordering::Relaxed);
     }
 }

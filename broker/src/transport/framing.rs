@@ -159,6 +159,30 @@ impl Framing {
         Ok(true)
     }
 
+    /// Encodes a delivery of `message` that carries no properties (see
+    /// `Delivery::is_plain`) unless it would exceed `max_size`; false if it was too large
+    /// (nothing is queued then).
+    pub(crate) fn queue_plain_publish(
+        &mut self,
+        flags: messs_codec::PublishFlags,
+        message: &crate::message::Message,
+        max_size: usize,
+    ) -> Result<bool, BrokerError> {
+        let start = self.write_buf.len();
+        messs_codec::encode_plain_publish(
+            flags,
+            message.topic.as_str(),
+            &message.payload,
+            self.protocol,
+            &mut self.write_buf,
+        )?;
+        if self.write_buf.len() - start > max_size {
+            self.write_buf.truncate(start);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// The protocol level in force.
     pub(crate) fn protocol(&self) -> Protocol {
         self.protocol

@@ -261,6 +261,59 @@ pub fn encode_publish(
     result
 }
 
+/// Appends a PUBLISH that carries no properties (in MQTT 5, an empty property list) from
+/// borrowed parts: the broker's fan-out path, where building an owned [`Publish`] per
+/// subscriber would touch the shared message's reference counts from every subscriber's
+/// thread. The same bytes as [`encode_publish`] of the equivalent `Publish`. On error
+/// nothing is appended.
+pub fn encode_plain_publish(
+    flags: PublishFlags,
+    topic: &str,
+    payload: &[u8],
+    protocol: Protocol,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let topic_len =
+        u16::try_from(topic.len()).map_err(|_| EncodeError::FieldTooLong(topic.len()))?;
+    let pid = flags.qos_pid.packet_id();
+    let v5 = protocol.is_v5();
+    let remaining =
+        2 + topic.len() + 2 * usize::from(pid.is_some()) + usize::from(v5) + payload.len();
+    if remaining > crate::wire::MAX_VARINT as usize {
+        return Err(EncodeError::PacketTooLarge(remaining));
+    }
+    let mut prefix = [0u8; 4];
+    let prefix_len = crate::wire::varint_into(&mut prefix, remaining);
+    buf.reserve(1 + prefix_len + remaining);
+    let first = 0x30
+        | (u8::from(flags.dup) << 3)
+        | (flags.qos_pid.qos().as_u8() << 1)
+        | u8::from(flags.retain);
+    buf.put_u8(first);
+    buf.put_slice(&prefix[..prefix_len]);
+    buf.put_u16(topic_len);
+    buf.put_slice(topic.as_bytes());
+    if let Some(pid) = pid {
+        buf.put_u16(pid.get());
+    }
+    if v5 {
+        buf.put_u8(0);
+    }
+    buf.put_slice(payload);
+    Ok(())
+}
+
+/// The fixed-header flags and packet id of a PUBLISH (see [`encode_plain_publish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishFlags {
+    /// DUP: a resend.
+    pub dup: bool,
+    /// QoS and packet id.
+    pub qos_pid: QosPid,
+    /// RETAIN.
+    pub retain: bool,
+}
+
 fn encode_publish_inner(p: &Publish, v5: bool, buf: &mut BytesMut) -> Result<(), EncodeError> {
     buf.reserve(p.topic.as_str().len() + p.payload.len() + 16);
     buf.put_u8(0x30 | p.flags());
