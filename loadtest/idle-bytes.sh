@@ -10,11 +10,14 @@ cd "$(dirname "$0")/.."
 use_prebuilt_rocksdb
 ensure_cmd heaptrack heaptrack
 N=${N:-10000}
+# heaptrack sees what goes through malloc: the default build (glibc's allocator), not one
+# with the mimalloc feature.
 cargo build --release --locked -q -p messs -p messs-load
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+cp ./target/release/messs "$work/messs"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-heaptrack -o "$work/heap" ./target/release/messs serve --admin-listen off \
+heaptrack -o "$work/heap" "$work/messs" serve --admin-listen off \
   --listen "tcp://127.0.0.1:$port" --data-dir "$work/data" >"$work/log" 2>&1 &
 for _ in $(seq 100); do grep -q listening "$work/log" 2>/dev/null && break; sleep 0.2; done
 timeout 120 ./target/release/messs-load conn --connections "$N" --concurrency 256 --hold 8s \

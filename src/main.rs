@@ -11,11 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use messs_broker::{Broker, Config, ListenerConfig, Transport};
 use registry_cli::{AclCmd, CaCmd, DeviceCmd, JwtKeyCmd, RegistryCmd, TenantCmd};
 
-/// mimalloc, chosen by measurement against glibc's malloc and jemalloc (docs/PERFORMANCE.md,
-/// "Allocator"): a message's buffers are allocated on the publisher's thread and freed on
-/// each subscriber's, which mimalloc's per-thread free lists take at ~25% less broker CPU
-/// per message than glibc (jemalloc was no better than glibc). glibc holds ~10% fewer bytes
-/// per idle connection: the `mimalloc` feature (default) chooses.
+/// With the `mimalloc` feature: mimalloc instead of glibc's malloc. Measured against glibc
+/// and jemalloc (docs/PERFORMANCE.md, "Allocator"): a message's buffers are allocated on the
+/// publisher's thread and freed on each subscriber's, which mimalloc's per-thread free lists
+/// take at 15-25% less broker CPU per message (jemalloc was no better than glibc); but it
+/// holds 8 MiB more at start and more per connection after connection churn, so the default
+/// is glibc's, whose memory follows the connections more closely.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
