@@ -587,3 +587,47 @@ async fn a_burst_larger_than_one_write_round_is_delivered_in_full() {
         assert_eq!(got.payload.len(), 2000, "message {n}");
     }
 }
+
+/// A subscriber whose retained replay is long still has its own packets read: the broker
+/// walks the replay a chunk per pass, yielding between passes, and keeps reading the client
+/// meanwhile, so a PINGREQ sent during the replay is answered long before it ends. (A
+/// shell that only yielded between chunks, polling neither the socket nor the keep-alive,
+/// answered it after the last retained message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_is_answered_during_a_long_retained_replay() {
+    const RETAINED: usize = 20_000;
+    let broker = TestBroker::start().await;
+    let mut publisher = Raw::v311(broker.addr, "retainer").await;
+    for i in 1..RETAINED {
+        publisher
+            .send(&Packet::Publish(Box::new(publish(
+                &format!("r/{i}"),
+                b"kept",
+                QosPid::AtMostOnce,
+                true,
+            ))))
+            .await;
+    }
+    // Packets are handled in order: once this one is acknowledged, every one is retained.
+    publisher
+        .publish(publish("r/0", b"kept", QosPid::AtLeastOnce(pid(1)), true))
+        .await;
+    let mut sub = Raw::v311(broker.addr, "replayed").await;
+    sub.subscribe("r/#", QoS::AtMostOnce).await;
+    let mut before = 0;
+    let first = sub.recv().await;
+    assert!(matches!(first, Packet::Publish(_)), "{first:?}");
+    before += 1;
+    sub.send(&Packet::PingReq).await;
+    loop {
+        match sub.recv().await {
+            Packet::Publish(_) => before += 1,
+            Packet::PingResp => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        before < RETAINED / 2,
+        "the PINGRESP came after {before} of {RETAINED} retained messages"
+    );
+}

@@ -180,10 +180,18 @@ impl<S: Transport> Client<S> {
 
     /// Polls what the core waits for, in this order, and feeds the first that is ready:
     /// the store (held deliveries, then acknowledgements), the pause, a turn after
-    /// yielding, the socket, and the session's wake-up (always: a kick comes that way).
-    /// Each event is fed where it happens: nothing of it lives across the next wait.
+    /// yielding, the socket, and the session's wake-up (always: a kick and the keep-alive
+    /// come that way). Each event is fed where it happens: nothing of it lives across the
+    /// next wait.
+    ///
+    /// A turn after yielding ([`Wants::resume`](super::Wants)) is taken like `select!`'s
+    /// `yield_now` branch was: the socket and the wake-up are still polled in the pass
+    /// that yields, so a long replay or drain never stops the connection from reading
+    /// its client's acknowledgements and PINGREQs, nor from seeing its keep-alive.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<ControlFlow<End>> {
         let wants = self.core.wants();
+        // The yield of the last pass, if it was one: any event fed now ends it.
+        let yielded = std::mem::take(&mut self.yielded);
         if wants.held_stored {
             if let Some(held) = self.core.held.as_mut() {
                 if let Poll::Ready(written) = Pin::new(&mut held.wait).poll(cx) {
@@ -204,16 +212,8 @@ impl<S: Transport> Client<S> {
                 return Poll::Ready(self.feed(Event::PauseOver { lasted_ms }));
             }
         }
-        if wants.resume {
-            // More buffered input or retained replay: let other tasks run first. A task
-            // that wakes itself while it runs goes to the back of the run queue.
-            if self.yielded {
-                self.yielded = false;
-                return Poll::Ready(self.feed(Event::Resumed));
-            }
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if wants.resume && yielded {
+            return Poll::Ready(self.feed(Event::Resumed));
         }
         if wants.read {
             match self.socket.poll_fill(cx, &mut self.core.frames) {
@@ -240,6 +240,13 @@ impl<S: Transport> Client<S> {
             } else {
                 self.feed(Event::Woken)
             });
+        }
+        if wants.resume {
+            // More buffered input, retained replay or deliveries: let other tasks run
+            // first. A task that wakes itself while it runs goes to the back of the run
+            // queue; the next poll takes the turn.
+            self.yielded = true;
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
