@@ -183,6 +183,113 @@ async fn keep_alive_timeout_after_one_and_a_half_intervals() {
     assert!(started.elapsed() >= Duration::from_millis(2100));
 }
 
+/// A client that sends nothing for 1.5 x its keep-alive is closed even while the broker is
+/// blocked writing to it (it does not read either): the keep-alive, not the (longer) write
+/// timeout, ends it [MQTT-3.1.2-24]. The outside audit's finding: such a subscriber of a
+/// busy topic stayed until the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_closes_a_silent_client_the_broker_is_blocked_writing_to() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let broker = TestBroker::start_with(|c| c.limits.write_timeout_secs = 20).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut connect = connect_packet(Protocol::V5, "silent", true);
+    connect.keep_alive = 1;
+    let (mut silent, _) = Raw::over(Box::new(stream)).connect(connect).await;
+    silent.subscribe("busy", QoS::AtMostOnce).await;
+    let last_packet = std::time::Instant::now();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        let mut p = Raw::v5(broker.addr, "flooder").await;
+        tokio::spawn(async move {
+            static BIG: [u8; 8000] = [7; 8000];
+            while !stop.load(Ordering::Relaxed) {
+                p.send(&Packet::Publish(Box::new(publish(
+                    "busy",
+                    &BIG,
+                    messs_codec::QosPid::AtMostOnce,
+                    false,
+                ))))
+                .await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    // The silent client neither sends nor reads from here on.
+    let mut closed_after = None;
+    while last_packet.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if broker.stats.connections.load(Ordering::Relaxed) < 2 {
+            closed_after = Some(last_packet.elapsed());
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.await.unwrap();
+    drop(silent);
+    let closed_after = closed_after.expect("the silent client was never closed");
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "closed after {closed_after:?}: the keep-alive is 1 s (1.5 s of silence)"
+    );
+}
+
+/// ... while one that keeps sending PINGREQs but does not read is alive as far as the
+/// keep-alive goes (the broker reads it while its write waits): the write timeout ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinging_client_that_does_not_read_is_ended_by_the_write_timeout_not_the_keep_alive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let broker = TestBroker::start_with(|c| c.limits.write_timeout_secs = 5).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut connect = connect_packet(Protocol::V5, "pinger", true);
+    connect.keep_alive = 1;
+    let (mut pinger, _) = Raw::over(Box::new(stream)).connect(connect).await;
+    pinger.subscribe("busy", QoS::AtMostOnce).await;
+    let started = std::time::Instant::now();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        let mut p = Raw::v5(broker.addr, "flooder").await;
+        tokio::spawn(async move {
+            static BIG: [u8; 8000] = [7; 8000];
+            while !stop.load(Ordering::Relaxed) {
+                p.send(&Packet::Publish(Box::new(publish(
+                    "busy",
+                    &BIG,
+                    messs_codec::QosPid::AtMostOnce,
+                    false,
+                ))))
+                .await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    // PINGREQs every 300 ms, never reading; the connection count says when it is closed.
+    let mut ping = bytes::BytesMut::new();
+    messs_codec::encode(&Packet::PingReq, Protocol::V5, &mut ping).unwrap();
+    let (mut stream, _, _) = pinger.into_parts();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = stream.write_all(&ping).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if broker.stats.connections.load(Ordering::Relaxed) < 2 {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.await.unwrap();
+    let closed_after = closed_after.expect("never closed");
+    assert!(
+        closed_after >= Duration::from_secs(5),
+        "closed after {closed_after:?}: before the write timeout, though it kept pinging"
+    );
+}
+
 #[tokio::test]
 async fn server_keep_alive_caps_the_client() {
     let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 1).await;

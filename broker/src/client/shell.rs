@@ -142,6 +142,52 @@ impl<S: Transport> Client<S> {
         ControlFlow::Continue(())
     }
 
+    /// While a write waits for the client to read, the keep-alive still runs
+    /// [MQTT-3.1.2-24]: its firing is taken from the session's wake-up (other wake-ups wait
+    /// for the write), and what the client sent meanwhile is read and handled first (one
+    /// read per firing, so this stays bounded), so a client that pings while it does not
+    /// read is alive, and the write timeout is what ends it; one that sends nothing (or
+    /// never a whole packet) is closed.
+    fn poll_keep_alive_while_writing(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let generation = self.core.generation;
+        if self
+            .core
+            .session
+            .poll_keep_alive_due(cx, generation)
+            .is_pending()
+        {
+            return Poll::Pending;
+        }
+        if self.core.wants().read {
+            let read = self.socket.poll_fill(cx, &mut self.core.frames);
+            if let Poll::Ready(read) = read {
+                if let ControlFlow::Break(end) = self.received(read) {
+                    return Poll::Ready(end);
+                }
+            }
+        }
+        match self.keep_alive_fired() {
+            ControlFlow::Break(end) => Poll::Ready(end),
+            ControlFlow::Continue(()) => Poll::Pending,
+        }
+    }
+
+    /// Feeds what a read brought: the peer's end, bytes, or the failure.
+    fn received(&mut self, read: std::io::Result<usize>) -> ControlFlow<End> {
+        match read {
+            Ok(0) => self.feed(Event::PeerClosed),
+            Ok(n) => {
+                self.core
+                    .state
+                    .stats
+                    .bytes_received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.feed(Event::Received)
+            }
+            Err(e) => ControlFlow::Break(End::Failed(BrokerError::from(e))),
+        }
+    }
+
     /// Runs the client until it should end: flush, then feed the first event that is
     /// ready, and again, until nothing is.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -166,7 +212,7 @@ impl<S: Transport> Client<S> {
                     .fetch_add(written as u64, Ordering::Relaxed);
             }
             match flushed {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.poll_keep_alive_while_writing(cx),
                 Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
                 Poll::Ready(Ok(())) => {}
             }
@@ -216,20 +262,8 @@ impl<S: Transport> Client<S> {
             return Poll::Ready(self.feed(Event::Resumed));
         }
         if wants.read {
-            match self.socket.poll_fill(cx, &mut self.core.frames) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(self.feed(Event::PeerClosed)),
-                Poll::Ready(Ok(n)) => {
-                    self.core
-                        .state
-                        .stats
-                        .bytes_received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    return Poll::Ready(self.feed(Event::Received));
-                }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(ControlFlow::Break(End::Failed(BrokerError::from(e))))
-                }
-                Poll::Pending => {}
+            if let Poll::Ready(read) = self.socket.poll_fill(cx, &mut self.core.frames) {
+                return Poll::Ready(self.received(read));
             }
         }
         // With the window full, a wake-up for new messages costs one pass, since only an
@@ -252,8 +286,12 @@ impl<S: Transport> Client<S> {
     }
 
     async fn finish(&mut self, end: End) {
+        // A client that left a write blocked (or timed out) does not read: its DISCONNECT
+        // would wait behind what it did not take, so the socket closes at once.
+        let patient =
+            self.write_deadline.is_none() && !matches!(end, End::Failed(BrokerError::WriteTimeout));
         self.core.farewell(&end);
-        self.socket.close(&mut self.core.frames).await;
+        self.socket.close(&mut self.core.frames, patient).await;
         let now = self.now();
         self.core.leave(end, now);
     }

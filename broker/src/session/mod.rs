@@ -208,6 +208,16 @@ impl Session {
         self.wake.poll_woken(cx, generation)
     }
 
+    /// Ready when the keep-alive timer of the connection of `generation` fired; other
+    /// wake-ups stay for [`Session::poll_woken`].
+    pub(crate) fn poll_keep_alive_due(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        generation: u64,
+    ) -> std::task::Poll<()> {
+        self.wake.poll_keep_alive_due(cx, generation)
+    }
+
     /// The keep-alive timer of the connection of `generation` fired.
     pub(crate) fn keep_alive_due(&self, generation: u64) {
         self.wake.keep_alive_due(generation);

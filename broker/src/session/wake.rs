@@ -77,6 +77,30 @@ impl WakeSlot {
         }
     }
 
+    /// Ready once the keep-alive timer of the connection of `generation` fired since it
+    /// last looked, leaving other wake-ups for [`WakeSlot::poll_woken`]: a connection
+    /// blocked writing to its client waits for its keep-alive only.
+    pub fn poll_keep_alive_due(&self, cx: &mut Context<'_>, generation: u64) -> Poll<()> {
+        let mut slot = self.lock();
+        if slot.generation > generation {
+            // Taken over: the end of the blocked write lets it find out.
+            return Poll::Pending;
+        }
+        if slot.generation < generation {
+            slot.generation = generation;
+            slot.waker = None;
+            slot.keep_alive_due = false;
+        }
+        if std::mem::take(&mut slot.keep_alive_due) {
+            return Poll::Ready(());
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Ready once the connection of `generation` was woken since it last looked; otherwise
     /// registers `cx`'s waker. A connection older than the slot's newest is always ready:
     /// it must look, and it will find it was taken over.

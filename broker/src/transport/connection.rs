@@ -163,9 +163,14 @@ impl<S: Transport> Socket<S> {
         Poll::Ready(Err(BrokerError::WriteTimeout))
     }
 
-    /// Flushes what is queued (briefly) and shuts the stream down; errors are irrelevant now.
-    pub async fn close(&mut self, frames: &mut Framing) {
-        self.write_timeout_secs = self.write_timeout_secs.min(2);
+    /// Flushes what is queued (briefly: at most 2 s, or not at all when the client is known
+    /// not to read, `patient` false) and shuts the stream down; errors are irrelevant now.
+    pub async fn close(&mut self, frames: &mut Framing, patient: bool) {
+        self.write_timeout_secs = if patient {
+            self.write_timeout_secs.min(2)
+        } else {
+            0
+        };
         let _ = self.flush(frames).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
     }
@@ -237,7 +242,7 @@ impl<S: Transport> Connection<S> {
 
     /// Flushes what is queued (briefly) and shuts the stream down.
     pub async fn close(&mut self) {
-        self.socket.close(&mut self.frames).await;
+        self.socket.close(&mut self.frames, true).await;
     }
 
     /// The protocol level in force.
