@@ -183,50 +183,79 @@ async fn keep_alive_timeout_after_one_and_a_half_intervals() {
     assert!(started.elapsed() >= Duration::from_millis(2100));
 }
 
+/// A v5 client with Keep Alive 1 and a 4 KiB receive buffer, subscribed to "busy", and a
+/// flood of 8 KB messages to "busy" (until the returned flag is set): the broker's writes
+/// to the client block as soon as it stops reading.
+async fn flooded_subscriber(
+    broker: &TestBroker,
+    client_id: &str,
+) -> (
+    Raw,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut connect = connect_packet(Protocol::V5, client_id, true);
+    connect.keep_alive = 1;
+    let (mut client, _) = Raw::over(Box::new(stream)).connect(connect).await;
+    client.subscribe("busy", QoS::AtMostOnce).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut p = Raw::v5(broker.addr, "flooder").await;
+    let flooding = stop.clone();
+    let flooder = tokio::spawn(async move {
+        static BIG: [u8; 8000] = [7; 8000];
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            p.send(&Packet::Publish(Box::new(publish(
+                "busy",
+                &BIG,
+                messs_codec::QosPid::AtMostOnce,
+                false,
+            ))))
+            .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (client, stop, flooder)
+}
+
+/// How long after `since` the broker has one connection left (the flooder's), checking
+/// every 100 ms and calling `tick` each time, for at most `within`.
+async fn until_one_connection_left(
+    broker: &TestBroker,
+    since: std::time::Instant,
+    within: Duration,
+    mut tick: impl AsyncFnMut(),
+) -> Option<Duration> {
+    while since.elapsed() < within {
+        tick().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if broker
+            .stats
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 2
+        {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
 /// A client that sends nothing for 1.5 x its keep-alive is closed even while the broker is
 /// blocked writing to it (it does not read either): the keep-alive, not the (longer) write
 /// timeout, ends it [MQTT-3.1.2-24]. The outside audit's finding: such a subscriber of a
 /// busy topic stayed until the write timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_closes_a_silent_client_the_broker_is_blocked_writing_to() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let broker = TestBroker::start_with(|c| c.limits.write_timeout_secs = 20).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(broker.addr).await.unwrap();
-    let mut connect = connect_packet(Protocol::V5, "silent", true);
-    connect.keep_alive = 1;
-    let (mut silent, _) = Raw::over(Box::new(stream)).connect(connect).await;
-    silent.subscribe("busy", QoS::AtMostOnce).await;
+    let (silent, stop, flooder) = flooded_subscriber(&broker, "silent").await;
+    // Its last packet: it neither sends nor reads from here on.
     let last_packet = std::time::Instant::now();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let stop = stop.clone();
-        let mut p = Raw::v5(broker.addr, "flooder").await;
-        tokio::spawn(async move {
-            static BIG: [u8; 8000] = [7; 8000];
-            while !stop.load(Ordering::Relaxed) {
-                p.send(&Packet::Publish(Box::new(publish(
-                    "busy",
-                    &BIG,
-                    messs_codec::QosPid::AtMostOnce,
-                    false,
-                ))))
-                .await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    // The silent client neither sends nor reads from here on.
-    let mut closed_after = None;
-    while last_packet.elapsed() < Duration::from_secs(12) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if broker.stats.connections.load(Ordering::Relaxed) < 2 {
-            closed_after = Some(last_packet.elapsed());
-            break;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
+    let closed_after =
+        until_one_connection_left(&broker, last_packet, Duration::from_secs(12), async || {}).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flooder.await.unwrap();
     drop(silent);
     let closed_after = closed_after.expect("the silent client was never closed");
@@ -240,48 +269,19 @@ async fn keep_alive_closes_a_silent_client_the_broker_is_blocked_writing_to() {
 /// keep-alive goes (the broker reads it while its write waits): the write timeout ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinging_client_that_does_not_read_is_ended_by_the_write_timeout_not_the_keep_alive() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let broker = TestBroker::start_with(|c| c.limits.write_timeout_secs = 5).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(broker.addr).await.unwrap();
-    let mut connect = connect_packet(Protocol::V5, "pinger", true);
-    connect.keep_alive = 1;
-    let (mut pinger, _) = Raw::over(Box::new(stream)).connect(connect).await;
-    pinger.subscribe("busy", QoS::AtMostOnce).await;
+    let (pinger, stop, flooder) = flooded_subscriber(&broker, "pinger").await;
     let started = std::time::Instant::now();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let stop = stop.clone();
-        let mut p = Raw::v5(broker.addr, "flooder").await;
-        tokio::spawn(async move {
-            static BIG: [u8; 8000] = [7; 8000];
-            while !stop.load(Ordering::Relaxed) {
-                p.send(&Packet::Publish(Box::new(publish(
-                    "busy",
-                    &BIG,
-                    messs_codec::QosPid::AtMostOnce,
-                    false,
-                ))))
-                .await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    // PINGREQs every 300 ms, never reading; the connection count says when it is closed.
     let mut ping = bytes::BytesMut::new();
     messs_codec::encode(&Packet::PingReq, Protocol::V5, &mut ping).unwrap();
     let (mut stream, _, _) = pinger.into_parts();
-    let mut closed_after = None;
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = stream.write_all(&ping).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if broker.stats.connections.load(Ordering::Relaxed) < 2 {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
+    // A PINGREQ every 100 ms, never reading.
+    let closed_after =
+        until_one_connection_left(&broker, started, Duration::from_secs(15), async || {
+            let _ = stream.write_all(&ping).await;
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flooder.await.unwrap();
     let closed_after = closed_after.expect("never closed");
     assert!(

@@ -176,11 +176,8 @@ impl ClientCore {
             .access
             .may_receive(d.message.topic.as_str(), d.qos, d.retain)
         {
-            // A rule changed since the subscription was granted: withhold it, and settle
-            // it as if sent so its packet id and storage are freed.
-            if let Some(pid) = qos_pid.packet_id() {
-                self.session.lock().forget_inflight(pid);
-            }
+            // A rule changed since the subscription was granted: withhold it.
+            self.settle_unsent(qos_pid);
             self.state
                 .stats
                 .acl_delivery_denied
@@ -241,12 +238,18 @@ impl ClientCore {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if let Some(pid) = qos_pid.packet_id() {
-            self.session.lock().forget_inflight(pid);
-        }
+        self.settle_unsent(qos_pid);
         self.state
             .stats
             .dropped_too_large
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Settles a delivery that is not sent as if it had been, so its packet id and storage
+    /// are freed.
+    fn settle_unsent(&mut self, qos_pid: QosPid) {
+        if let Some(pid) = qos_pid.packet_id() {
+            self.session.lock().forget_inflight(pid);
+        }
     }
 }
