@@ -2,7 +2,7 @@
 # Memory that follows churn: one client id connects and disconnects N times against
 # `messs serve` (release, a fresh data directory, flapping bans off) and the broker's RSS
 # is printed every STEP cycles, to show where it levels off. Bounded: N cycles.
-#   [N=500000] [STEP=50000] [CLEAN=1] [BIN=./target/release/messs] bash loadtest/churn.sh
+#   [N=500000] [STEP=50000] [CLEAN=1] [BIN=./target/release/messs] [EXTRA='TOML lines'] bash loadtest/churn.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,6 +20,7 @@ allow_anonymous = true
 tenant = "default"
 [flapping]
 max_connects_per_client_id = 0
+${EXTRA:-}
 TOML
 "$BIN" serve --admin-listen off --config "$work/messs.toml" --data-dir "$work/data" >"$work/log" 2>&1 &
 pid=$!
