@@ -260,8 +260,8 @@ async fn keep_alive_closes_a_silent_client_the_broker_is_blocked_writing_to() {
     drop(silent);
     let closed_after = closed_after.expect("the silent client was never closed");
     assert!(
-        closed_after < Duration::from_secs(4),
-        "closed after {closed_after:?}: the keep-alive is 1 s (1.5 s of silence)"
+        closed_after < Duration::from_secs(10),
+        "closed after {closed_after:?}: the keep-alive is 1 s (1.5 s of silence), the write timeout 20 s"
     );
 }
 

@@ -225,7 +225,7 @@ async fn keep_alive_closes_after_one_and_a_half_times_its_silence_and_input_rest
     // A timer that fires early (it is reset lazily) changes nothing.
     assert!(core
         .handle(
-            Event::KeepAliveTimer,
+            Event::KeepAliveTimer { input_held: false },
             t0.after(Duration::from_millis(14_999))
         )
         .is_continue());
@@ -238,9 +238,15 @@ async fn keep_alive_closes_after_one_and_a_half_times_its_silence_and_input_rest
         Some(t0.instant + Duration::from_secs(25))
     );
     assert!(core
-        .handle(Event::KeepAliveTimer, t0.after(Duration::from_secs(15)))
+        .handle(
+            Event::KeepAliveTimer { input_held: false },
+            t0.after(Duration::from_secs(15))
+        )
         .is_continue());
-    match core.handle(Event::KeepAliveTimer, t0.after(Duration::from_secs(25))) {
+    match core.handle(
+        Event::KeepAliveTimer { input_held: false },
+        t0.after(Duration::from_secs(25)),
+    ) {
         ControlFlow::Break(End::KeepAlive) => {}
         other => panic!("expected a keep-alive end, got {other:?}"),
     }
@@ -250,6 +256,34 @@ async fn keep_alive_closes_after_one_and_a_half_times_its_silence_and_input_rest
         [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
         other => panic!("{other:?}"),
     }
+}
+
+/// Input the shell held back (behind a blocked write past its byte cap) is the broker's
+/// doing, not the client's silence: the timer rearms for another grace instead of closing;
+/// with nothing held back, the same firing closes it.
+#[tokio::test(start_paused = true)]
+async fn input_held_back_behind_a_blocked_write_is_not_silence() {
+    let state = broker(Config::try_out());
+    let t0 = state.sessions.clock().now();
+    let terms = Terms {
+        keep_alive: 4,
+        ..Terms::default()
+    };
+    let mut core = connect(&state, "held", terms, t0).await;
+    let late = t0.after(Duration::from_secs(7));
+    let held = Event::KeepAliveTimer { input_held: true };
+    assert!(core.handle(held, late).is_continue());
+    assert_eq!(
+        core.keep_alive_deadline(),
+        Some(late.instant + Duration::from_secs(6)),
+        "another grace"
+    );
+    let silent = Event::KeepAliveTimer { input_held: false };
+    let later = late.after(Duration::from_secs(6));
+    assert!(matches!(
+        core.handle(silent, later),
+        ControlFlow::Break(End::KeepAlive)
+    ));
 }
 
 /// The outside audit's finding: any byte restarted the keep-alive clock, so a client sending
@@ -280,7 +314,10 @@ async fn bytes_of_an_unfinished_packet_do_not_restart_the_keep_alive_clock() {
         let now = t0.after(Duration::from_secs(2 * (i as u64 + 1)));
         assert!(core.handle(Event::Received, now).is_continue());
     }
-    match core.handle(Event::KeepAliveTimer, t0.after(Duration::from_secs(6))) {
+    match core.handle(
+        Event::KeepAliveTimer { input_held: false },
+        t0.after(Duration::from_secs(6)),
+    ) {
         ControlFlow::Break(End::KeepAlive) => {}
         other => panic!("a trickle of bytes kept the connection: {other:?}"),
     }
@@ -344,7 +381,10 @@ async fn a_rate_limit_pause_holds_input_back_and_does_not_count_as_the_clients_s
     assert!(!core.wants().read, "reads while paused");
     // Long past the 3 s keep-alive grace, still paused: not the client's silence.
     assert!(core
-        .handle(Event::KeepAliveTimer, t0.after(Duration::from_secs(4)))
+        .handle(
+            Event::KeepAliveTimer { input_held: false },
+            t0.after(Duration::from_secs(4))
+        )
         .is_continue());
     // The pause ends: what was held back is handled (at most a burst more per pause).
     let mut now = t0.after(Duration::from_secs(4));

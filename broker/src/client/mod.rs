@@ -159,8 +159,10 @@ pub(crate) enum Event {
     HeldStored(Result<(), StorageError>),
     /// The session's queue woke the connection (a message, or a kick).
     Woken,
-    /// The keep-alive timer fired.
-    KeepAliveTimer,
+    /// The keep-alive timer fired. `input_held`: the shell did not read what the client
+    /// may have sent (a write to it is blocked and its output is past its byte cap, see
+    /// `ClientCore::may_read_while_writing`), so a silence is the broker's doing.
+    KeepAliveTimer { input_held: bool },
 }
 
 /// A pause of reading the core asked for; the shell waits and reports
@@ -363,11 +365,13 @@ impl ClientCore {
                     .map_err(End::Failed)?;
             }
             Event::Woken => {}
-            Event::KeepAliveTimer => {
+            Event::KeepAliveTimer { input_held } => {
                 // Not reading is the broker's doing while paused (a rate limit can hold a
-                // client back for longer than its keep-alive) or while packets already read
-                // wait for the store or for the next pass.
-                let held_back = self.is_paused() || self.input_held || self.input_more;
+                // client back for longer than its keep-alive), while packets already read
+                // wait for the store or for the next pass, or while the shell holds the
+                // client's input back behind a blocked write.
+                let held_back =
+                    self.is_paused() || self.input_held || self.input_more || input_held;
                 if self.neg.keep_alive.on_timer(now.instant, held_back) == KeepAliveVerdict::Expired
                 {
                     return Err(End::KeepAlive);

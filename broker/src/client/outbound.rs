@@ -29,6 +29,13 @@ thread_local! {
 }
 
 impl ClientCore {
+    /// Whether the shell may read (and so answer) the client while a write to it is
+    /// blocked: only while its output stays under twice `MAX_WRITE_BUFFER`, so a client
+    /// that sends without reading cannot grow what waits for it without a byte bound.
+    pub(super) fn may_read_while_writing(&self) -> bool {
+        self.frames.pending_out() < 2 * MAX_WRITE_BUFFER
+    }
+
     /// On session resume, resends unacknowledged PUBLISHes (DUP set) and PUBRELs in their
     /// original order, before anything new [MQTT-4.4.0-1].
     pub(super) fn resend_inflight(&mut self, now: Now) -> Result<(), BrokerError> {

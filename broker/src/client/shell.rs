@@ -135,9 +135,9 @@ impl<S: Transport> Client<S> {
 
     /// The keep-alive timer fired (its entry is gone): unless the core ends the connection,
     /// it fires again at the (possibly moved) deadline.
-    fn keep_alive_fired(&mut self) -> ControlFlow<End> {
+    fn keep_alive_fired(&mut self, input_held: bool) -> ControlFlow<End> {
         self.keep_alive = None;
-        self.feed(Event::KeepAliveTimer)?;
+        self.feed(Event::KeepAliveTimer { input_held })?;
         self.schedule_keep_alive();
         ControlFlow::Continue(())
     }
@@ -145,9 +145,10 @@ impl<S: Transport> Client<S> {
     /// While a write waits for the client to read, the keep-alive still runs
     /// [MQTT-3.1.2-24]: its firing is taken from the session's wake-up (other wake-ups wait
     /// for the write), and what the client sent meanwhile is read and handled first (one
-    /// read per firing, so this stays bounded), so a client that pings while it does not
-    /// read is alive, and the write timeout is what ends it; one that sends nothing (or
-    /// never a whole packet) is closed.
+    /// read per firing, and none once its waiting output is past its byte cap: then its
+    /// silence is the broker's doing), so a client that pings while it does not read is
+    /// alive, and the write timeout is what ends it; one that sends nothing (or never a
+    /// whole packet) is closed.
     fn poll_keep_alive_while_writing(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let generation = self.core.generation;
         if self
@@ -158,7 +159,8 @@ impl<S: Transport> Client<S> {
         {
             return Poll::Pending;
         }
-        if self.core.wants().read {
+        let input_held = !self.core.may_read_while_writing();
+        if self.core.wants().read && !input_held {
             let read = self.socket.poll_fill(cx, &mut self.core.frames);
             if let Poll::Ready(read) = read {
                 if let ControlFlow::Break(end) = self.received(read) {
@@ -166,7 +168,7 @@ impl<S: Transport> Client<S> {
                 }
             }
         }
-        match self.keep_alive_fired() {
+        match self.keep_alive_fired(input_held) {
             ControlFlow::Break(end) => Poll::Ready(end),
             ControlFlow::Continue(()) => Poll::Pending,
         }
@@ -270,7 +272,7 @@ impl<S: Transport> Client<S> {
         // empty queue's first message wakes.
         if let Poll::Ready(wake) = self.core.session.poll_woken(cx, self.core.generation) {
             return Poll::Ready(if wake.keep_alive {
-                self.keep_alive_fired()
+                self.keep_alive_fired(false)
             } else {
                 self.feed(Event::Woken)
             });
