@@ -29,6 +29,9 @@ pub(crate) struct KeepAliveKey {
     seq: NonZeroU64,
 }
 
+/// Most entries fired under one hold of the lock.
+const FIRE_BATCH: usize = 4096;
+
 type Entries = (BTreeMap<KeepAliveKey, (Arc<Session>, u64)>, NonZeroU64);
 
 /// Every connection's next keep-alive check.
@@ -77,15 +80,21 @@ impl KeepAliveTimers {
         }
     }
 
-    /// Wakes every connection whose entry is due at `now` (removing the entries) and
-    /// returns when the next one is due.
+    /// Wakes connections whose entry is due at `now` (removing the entries), at most
+    /// `FIRE_BATCH` of them, and returns when the next one is due (at or before `now` if
+    /// more are). In batches so that a million connections due at once (they all connected
+    /// in one storm) hold the lock, which every connect and disconnect takes, for a batch at
+    /// a time, and the list of woken ones stays small.
     pub fn fire_due(&self, now: Instant) -> Option<Instant> {
         let now_ns = crate::clock::mono_ns_at(now);
         let mut due = Vec::new();
         let next = {
             let mut guard = self.lock();
             let map = &mut guard.0;
-            while let Some(entry) = map.first_entry() {
+            while due.len() < FIRE_BATCH {
+                let Some(entry) = map.first_entry() else {
+                    break;
+                };
                 if entry.key().due_ns > now_ns {
                     break;
                 }
@@ -108,7 +117,13 @@ impl KeepAliveTimers {
     /// Fires entries as they fall due until `shutdown` (one task for the whole broker).
     pub async fn run(&self, shutdown: tokio_util::sync::CancellationToken) {
         loop {
-            let next = self.fire_due(Instant::now());
+            let now = Instant::now();
+            let next = self.fire_due(now);
+            if next.is_some_and(|at| at <= now) {
+                // More are due: let the woken connections run before the next batch.
+                tokio::task::yield_now().await;
+                continue;
+            }
             // Checked at least once a minute: cheap, and no wait hangs on a lost wake-up.
             let wake = next.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(60));
             tokio::select! {
@@ -163,5 +178,20 @@ mod tests {
         );
         assert_eq!(timers.len(), 0);
         assert_eq!(stats.keep_alive_timers.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_due_at_once_are_fired_a_batch_at_a_time() {
+        let timers = KeepAliveTimers::new(Arc::new(Stats::default()));
+        let s = Arc::new(crate::session::unbounded_session(1, 1));
+        let at = Instant::now() + Duration::from_secs(1);
+        for generation in 0..=FIRE_BATCH as u64 {
+            timers.schedule(at, s.clone(), generation);
+        }
+        let due = timers.fire_due(at);
+        assert!(due.is_some_and(|next| next <= at), "more are due");
+        assert_eq!(timers.len(), 1, "one batch fired");
+        assert_eq!(timers.fire_due(at), None);
+        assert_eq!(timers.len(), 0);
     }
 }
