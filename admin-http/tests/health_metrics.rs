@@ -167,6 +167,9 @@ async fn metrics_are_prometheus_text_and_move_with_the_broker() {
         Some(0)
     );
     assert!(value(&after, "messs_storage_writes_total").is_some());
+    // RocksDB's memory: the audit records and sessions written so far sit in memtables.
+    assert!(value(&after, "messs_storage_memtable_bytes").is_some_and(|b| b > 0));
+    assert!(value(&after, "messs_storage_block_cache_bytes").is_some_and(|b| b <= 32 * 1024 * 1024));
     assert_eq!(
         value(&after, "messs_transport_connections{transport=\"tcp\"}"),
         Some(2)

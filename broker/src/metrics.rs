@@ -383,7 +383,20 @@ pub(crate) fn collect(state: &BrokerState) -> Vec<Sample> {
     }
     if let Some(p) = &state.persist {
         let w = p.store.writer_stats();
-        let storage: [(&'static str, &'static str, MetricKind, u64); 6] = [
+        let memory = p.store.memory();
+        let storage: [(&'static str, &'static str, MetricKind, u64); 8] = [
+            (
+                "messs_storage_block_cache_bytes",
+                "Bytes in RocksDB's block cache, shared by every column family (storage.block_cache_bytes bounds it).",
+                MetricKind::Gauge,
+                memory.block_cache_bytes,
+            ),
+            (
+                "messs_storage_memtable_bytes",
+                "Bytes in RocksDB's memtables, every column family.",
+                MetricKind::Gauge,
+                memory.memtable_bytes,
+            ),
             (
                 "messs_storage_writes_total",
                 "Group-committed RocksDB writes.",

@@ -40,6 +40,15 @@ pub use error::StorageError;
 pub use schema::{Cf, SCHEMA_VERSION};
 pub use writer::{Batch, Durability, Durable, Ticket, WriterStats};
 
+/// Bytes RocksDB holds in memory (see [`Store::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// The block cache's.
+    pub block_cache_bytes: u64,
+    /// Every family's memtables'.
+    pub memtable_bytes: u64,
+}
+
 /// How to open a store.
 #[derive(Debug)]
 pub struct StoreOptions {
@@ -97,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) audit: audit::Chain,
     pub(crate) telemetry: telemetry::Usage,
+    /// The block cache every family reads through (`block_cache_bytes`).
+    pub(crate) cache: Cache,
     /// Serialises registry changes (read-modify-write; see [`registry`]).
     pub(crate) registry: std::sync::Mutex<()>,
     pub(crate) read_only: bool,
@@ -147,11 +158,15 @@ const RESUME_FREE_BYTES: u64 = 16 << 20;
 
 /// Opens the database: strict about the write-ahead log, unless the operator asked for
 /// a recovery (see [`wal`]).
-fn open_db(options: &StoreOptions, mut db_opts: Options) -> Result<DB, StorageError> {
+fn open_db(
+    options: &StoreOptions,
+    mut db_opts: Options,
+    cache: &Cache,
+) -> Result<DB, StorageError> {
     use rocksdb::DBRecoveryMode;
     let path = &options.path;
     db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
-    let strict = schema::open(path, db_opts.clone(), options.read_only);
+    let strict = schema::open(path, db_opts.clone(), cache, options.read_only);
     let error = match strict {
         Ok(db) => return Ok(db),
         Err(e) if wal::is_corruption(&e) => e,
@@ -175,7 +190,7 @@ fn open_db(options: &StoreOptions, mut db_opts: Options) -> Result<DB, StorageEr
         damage.lost()
     );
     db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-    schema::open(path, db_opts, false)
+    schema::open(path, db_opts, cache, false)
 }
 
 /// Makes a directory the owner's alone (0700): it holds credentials, sealed or not, and
@@ -228,10 +243,14 @@ impl Store {
         db_opts.set_paranoid_checks(true);
         // All memtables together: flushed early rather than grow past this.
         db_opts.set_db_write_buffer_size(64 << 20);
+        // One cache for every family (see `schema::cf_options`); the database's own
+        // options read through it too (a read-only open takes them for every family).
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
         db_opts.set_block_based_table_factory(&table);
-        let db = Arc::new(open_db(&options, db_opts)?);
+        let db = Arc::new(open_db(&options, db_opts, &cache)?);
         let min_free = options.min_free_disk_bytes;
         if min_free > 0 && min_free / 2 < RESUME_FREE_BYTES && !options.read_only {
             tracing::warn!(
@@ -266,6 +285,7 @@ impl Store {
                 path: options.path,
                 audit,
                 telemetry,
+                cache,
                 registry: std::sync::Mutex::new(()),
                 read_only: options.read_only,
             }),
@@ -313,6 +333,27 @@ impl Store {
     /// The writer's counters.
     pub fn writer_stats(&self) -> &WriterStats {
         &self.inner.writer.stats
+    }
+
+    /// What RocksDB holds in memory now: the block cache's bytes (at most
+    /// `block_cache_bytes`, give or take the entries readers hold pinned) and the
+    /// memtables' of every family (at most two of each family's write buffer).
+    pub fn memory(&self) -> StoreMemory {
+        let memtable_bytes = Cf::ALL
+            .iter()
+            .filter_map(|cf| self.inner.db.cf_handle(cf.name()))
+            .filter_map(|h| {
+                self.inner
+                    .db
+                    .property_int_value_cf(h, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        StoreMemory {
+            block_cache_bytes: self.inner.cache.get_usage() as u64,
+            memtable_bytes,
+        }
     }
 
     /// Whether the last write failed (cleared by the next that succeeds).

@@ -2078,3 +2078,70 @@ fn an_audit_log_of_the_older_format_goes_on_with_redactable_records() {
         (1..=5).map(event).collect::<Vec<_>>()
     );
 }
+
+/// `block_cache_bytes` bounds what every family caches: reading 4.8 MiB of retained
+/// messages and queued records back from their table files through a 1 MiB cache fills
+/// that cache (every family reads through it: with private caches it would stay empty)
+/// and never more.
+#[test]
+fn every_family_reads_through_the_one_block_cache_of_the_configured_size() {
+    const CACHE: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        let mut o = StoreOptions::new(dir.path());
+        o.block_cache_bytes = CACHE;
+        o
+    };
+    let p = SessionPrefix::new("acme", "dev-1").unwrap();
+    // Payloads that LZ4 cannot shrink, so the blocks are as large as what is read.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    {
+        let store = Store::open(options()).unwrap();
+        for chunk in 0..6u64 {
+            let mut b = Batch::new();
+            for i in chunk * 100..(chunk + 1) * 100 {
+                let mut retained = message(&format!("r/{i}"), &noise(4096));
+                retained.retain = true;
+                store.put_retained(&mut b, "acme", &retained).unwrap();
+                store
+                    .put_queued(&mut b, &p, i + 1, &queued(&noise(4096)))
+                    .unwrap();
+            }
+            write(&store, b).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let store = Store::open(options()).unwrap();
+    // Opening reads the table files' index blocks (pinned in the cache) and little else.
+    let at_open = store.memory().block_cache_bytes;
+    for i in 0..600u64 {
+        let found = store.read_retained("acme", &format!("r/{i}")).unwrap();
+        assert!(found.is_some(), "retained r/{i}");
+    }
+    let mut from = 1;
+    loop {
+        let page = store.read_queue(&p, from, 100, 1 << 20).unwrap();
+        let Some((last, _)) = page.last() else { break };
+        from = last + 1;
+    }
+    assert_eq!(from, 601, "every queued record read");
+    let used = store.memory().block_cache_bytes;
+    assert!(
+        used > at_open + CACHE as u64 / 2,
+        "the reads went through the configured cache: {used} bytes in it ({at_open} at open)"
+    );
+    assert!(
+        used <= CACHE as u64,
+        "the cache holds at most block_cache_bytes: {used} > {CACHE}"
+    );
+}
