@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A/B: two messs builds on the same machine and moment, interleaved, on the saturating
 # scenarios (QoS 0 fan-in, fan-out 1 -> 100, QoS 1 fan-in) and 10,000 idle connections. For a change whose cost is
-# smaller than the run-to-run noise of a full compare run.
-#   OLD=/path/to/old/messs [NEW=./target/release/messs] [ROUNDS=2] bash loadtest/ab.sh
+# smaller than the run-to-run noise of a full compare run. FULL=1 adds the rest of
+# compare.sh's scenarios (QoS 1 fan-in to a persistent session, latency at 1,000 and 20,000
+# msg/s, a connect storm of 5,000), for an A/B of every scenario.
+#   OLD=/path/to/old/messs [NEW=./target/release/messs] [ROUNDS=2] [FULL=1] bash loadtest/ab.sh
 # Build the old one from a worktree, e.g.:
 #   git worktree add /tmp/old REV && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/oldtarget cargo build --release -p messs)
 set -euo pipefail
@@ -27,7 +29,7 @@ run() { # label binary messs-load-args...
   sleep 0.5
   local out
   out=$(timeout 60 "$LOAD" "$@" --port "$port" --protocol 4 --broker-pid "$pid" 2>&1 || true)
-  echo "$label $1 $(echo "$out" | grep -E "delivered|expected|broker" | tr -s ' ' | tr '\n' ' ')"
+  echo "$label $1 $(echo "$out" | grep -E "delivered|expected|broker|latency|connects/s" | tr -s ' ' | tr '\n' ' ')"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 for _ in $(seq "$ROUNDS"); do
@@ -37,5 +39,10 @@ for _ in $(seq "$ROUNDS"); do
     run "$side" "$bin" bench --topology fan-out --subscribers 100 --qos 0 --payload 64 --count 20000 --duration 15s
     run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --count 1000000 --duration 15s
     run "$side" "$bin" conn --connections 10000 --concurrency 256 --hold 1s --duration 60s
+    [ -n "${FULL:-}" ] || continue
+    run "$side" "$bin" bench --topology fan-in --publishers 4 --qos 1 --window 100 --payload 64 --persistent --count 1000000 --duration 15s
+    run "$side" "$bin" bench --topology pairs --publishers 1 --qos 0 --payload 64 --rate 1000 --count 10000 --duration 12s
+    run "$side" "$bin" bench --topology pairs --publishers 1 --qos 0 --payload 64 --rate 20000 --count 200000 --duration 12s
+    run "$side" "$bin" conn --connections 5000 --concurrency 256 --hold 0s --duration 60s
   done
 done
