@@ -33,7 +33,7 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, Options, DB};
+use rocksdb::{Cache, ColumnFamily, Options, DB};
 
 pub use crypto::KeyRing;
 pub use error::StorageError;
@@ -243,13 +243,9 @@ impl Store {
         db_opts.set_paranoid_checks(true);
         // All memtables together: flushed early rather than grow past this.
         db_opts.set_db_write_buffer_size(64 << 20);
-        // One cache for every family (see `schema::cf_options`); the database's own
-        // options read through it too (a read-only open takes them for every family).
+        // One cache for every family (see `schema::cf_options`).
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_cache_index_and_filter_blocks(true);
-        db_opts.set_block_based_table_factory(&table);
+        db_opts.set_block_based_table_factory(&schema::table_options(&cache));
         let db = Arc::new(open_db(&options, db_opts, &cache)?);
         let min_free = options.min_free_disk_bytes;
         if min_free > 0 && min_free / 2 < RESUME_FREE_BYTES && !options.read_only {

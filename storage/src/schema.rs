@@ -122,14 +122,21 @@ fn cf_options(cf: Option<Cf>, cache: &Cache) -> Options {
     };
     o.set_write_buffer_size(memtable);
     o.set_max_write_buffer_number(2);
+    o.set_block_based_table_factory(&table_options(cache));
+    o
+}
+
+/// Table files read through `cache`, their index and filter blocks in it too (see
+/// [`cf_options`]); also the database's own options, which a read-only open takes for
+/// every family.
+pub(crate) fn table_options(cache: &Cache) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     // The newest files' index and filter blocks stay in the cache (counted in it): every
     // read looks at them first.
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    o.set_block_based_table_factory(&table);
-    o
+    table
 }
 
 /// The memtable of the audit log and of `meta`. Audit records (one per connect and
