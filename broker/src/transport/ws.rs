@@ -1,89 +1,187 @@
 //! MQTT over WebSocket (RFC 6455; MQTT 5 section 6): the HTTP upgrade at the listener's path
 //! with subprotocol `mqtt` (or `mqttv3.1`) and the optional Origin allow-list, and
-//! [`WsStream`], which turns the binary messages of a WebSocket into the byte stream a
+//! [`WsStream`], which turns the binary frames of a WebSocket into the byte stream a
 //! `Connection` reads — so a WebSocket client meets the same handshake, authentication,
 //! ACLs and limits as a TCP one.
 //!
-//! Frame and message sizes are bounded by tungstenite before a byte is buffered beyond
-//! them: a bigger frame ends that connection (close code 1009) and nothing else.
+//! MQTT needs a byte stream, not messages, so the framing is ours and works in place:
+//! [`WsStream`] reads raw bytes into the caller's buffer and takes the frame headers out
+//! there, unmasking each payload where it lies. It keeps no buffer of its own (an idle
+//! WebSocket connection costs what an idle TCP one does plus this struct) and can wait on
+//! the socket's readiness; a general WebSocket library (tungstenite, before) kept a 4 KiB
+//! read buffer per connection and copied every payload twice.
+//!
+//! Frame and message sizes are checked from a frame's header, before its payload is read: a
+//! bigger frame ends that connection (close code 1009) and nothing else.
 
-use std::io;
+use std::borrow::Cow;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig as WsLimits};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::WebSocketConfig;
 use crate::transport::connection::Transport;
 
 /// Subprotocols we answer to, in order of preference [MQTT-6.0.0-3], [MQTT-6.0.0-4].
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
-/// tungstenite's read buffer, allocated per connection at the upgrade. Small, so an idle
-/// WebSocket client costs little; it grows to a frame's size while one is read.
-const READ_BUFFER: usize = 4096;
+/// The upgrade request may be this long, headers included; longer is refused (431).
+const MAX_REQUEST: usize = 8 * 1024;
+/// Headers an upgrade request may carry.
+const MAX_HEADERS: usize = 32;
+/// RFC 6455 section 1.3: appended to the client's key to prove the upgrade was understood.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Upgrades an accepted stream to a WebSocket: checks the path, the subprotocol and the
-/// Origin, and answers anything else with an HTTP error (the reason in its body). The
-/// caller bounds the time it may take.
-pub(crate) async fn upgrade<S>(stream: S, config: &WebSocketConfig) -> Result<WsStream<S>, WsError>
+/// Close codes (RFC 6455 section 7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Upgrades an accepted stream to a WebSocket: reads the HTTP request, checks the path, the
+/// subprotocol and the Origin, and answers anything else with an HTTP error (the reason in
+/// its body). The caller bounds the time it may take.
+pub(crate) async fn upgrade<S>(mut stream: S, config: &WebSocketConfig) -> io::Result<WsStream<S>>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = WsLimits::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_frame_size(Some(config.max_frame_size as usize))
-        .max_message_size(Some(config.max_message_size as usize));
-    #[allow(clippy::result_large_err)]
-    let check = |request: &Request, response: Response| check_upgrade(config, request, response);
-    let inner =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(limits)).await?;
-    Ok(WsStream {
-        inner,
-        pending: Bytes::new(),
-    })
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    let (request_len, answer) = loop {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the upgrade request",
+            ));
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(end)) => break (end, check_upgrade(config, &request)),
+            Ok(httparse::Status::Partial) if len < MAX_REQUEST => continue,
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                break (
+                    len,
+                    Err(Refusal::new(431, "the upgrade request is too large")),
+                )
+            }
+            Err(_) => break (len, Err(Refusal::new(400, "not an HTTP request"))),
+        }
+    };
+    match answer {
+        Ok(response) => {
+            stream.write_all(response.as_bytes()).await?;
+            stream.flush().await?;
+            // Bytes past the request: frames from a client that did not wait for the 101.
+            let early = Bytes::copy_from_slice(&buf[request_len..len]);
+            Ok(WsStream::new(stream, early, config))
+        }
+        Err(refusal) => {
+            let _ = stream.write_all(refusal.response().as_bytes()).await;
+            let _ = stream.flush().await;
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("refused ({}): {}", refusal.status, refusal.why),
+            ))
+        }
+    }
 }
 
-/// The upgrade request's checks, in the order a client can fix them. (The error type is
-/// tungstenite's callback contract; it is built once per refused upgrade.)
-#[allow(clippy::result_large_err)]
+/// An upgrade refused: the HTTP status and the reason, sent as the response's body.
+struct Refusal {
+    status: u16,
+    why: Cow<'static, str>,
+    /// Extra header lines (each ending in CRLF).
+    headers: &'static str,
+}
+
+impl Refusal {
+    fn new(status: u16, why: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            status,
+            why: why.into(),
+            headers: "",
+        }
+    }
+
+    fn response(&self) -> String {
+        let reason = match self.status {
+            400 => "Bad Request",
+            403 => "Forbidden",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            426 => "Upgrade Required",
+            _ => "Request Header Fields Too Large",
+        };
+        format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: close\r\n{}\r\n{}",
+            self.status,
+            self.why.len(),
+            self.headers,
+            self.why
+        )
+    }
+}
+
+/// The upgrade request's checks, in the order a client can fix them; the 101 response if
+/// it passes.
 fn check_upgrade(
     config: &WebSocketConfig,
-    request: &Request,
-    mut response: Response,
-) -> Result<Response, ErrorResponse> {
-    if request.uri().path() != config.path {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("MQTT is served at {}", config.path),
-        ));
+    request: &httparse::Request<'_, '_>,
+) -> Result<String, Refusal> {
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)))
+        .collect();
+    let header = |name| header_values(&headers, name);
+    let has_token = |name, token: &str| {
+        header(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if request.method != Some("GET") {
+        return Err(Refusal::new(405, "a WebSocket upgrade is a GET"));
     }
+    if request.version != Some(1) {
+        return Err(Refusal::new(400, "a WebSocket upgrade needs HTTP/1.1"));
+    }
+    let path = request.path.unwrap_or("");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path != config.path {
+        let why = format!("MQTT is served at {}", config.path);
+        return Err(Refusal::new(404, why));
+    }
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Refusal::new(400, "not a WebSocket upgrade"));
+    }
+    if !header("sec-websocket-version").any(|v| v.trim() == "13") {
+        return Err(Refusal {
+            status: 426,
+            why: "WebSocket version 13 is required".into(),
+            headers: "Sec-WebSocket-Version: 13\r\n",
+        });
+    }
+    let Some(key) = header("sec-websocket-key").next().map(str::trim) else {
+        return Err(Refusal::new(400, "Sec-WebSocket-Key is missing"));
+    };
     if !config.allowed_origins.is_empty() {
-        if let Some(origin) = request.headers().get("origin") {
-            let allowed = origin.to_str().is_ok_and(|o| {
-                config
-                    .allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            });
+        if let Some(origin) = header("origin").next() {
+            let allowed = config
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(origin.trim()));
             if !allowed {
-                return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed".into()));
+                return Err(Refusal::new(403, "origin not allowed"));
             }
         }
     }
-    let offered: Vec<&str> = request
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let offered: Vec<&str> = header("sec-websocket-protocol")
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
@@ -91,64 +189,136 @@ fn check_upgrade(
         .iter()
         .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
     else {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "Sec-WebSocket-Protocol must offer mqtt [MQTT-6.0.0-3]".into(),
+        return Err(Refusal::new(
+            400,
+            "Sec-WebSocket-Protocol must offer mqtt [MQTT-6.0.0-3]",
         ));
     };
-    response
-        .headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
-    Ok(response)
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {chosen}\r\n\r\n",
+        accept_key(key.as_bytes())
+    ))
 }
 
-fn refuse(status: StatusCode, why: String) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(why));
-    *response.status_mut() = status;
-    response
+/// The values of the headers named `name` (any case).
+fn header_values<'a>(
+    headers: &'a [(&'a str, &'a str)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
 }
 
-/// A WebSocket as a byte stream: binary messages in, one binary message per write out.
-/// Ping and Pong are answered by tungstenite; a text message is a protocol error that
-/// closes the connection [MQTT-6.0.0-1].
+/// Sec-WebSocket-Accept for a client's key (RFC 6455 section 4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut input = Vec::with_capacity(key.len() + ACCEPT_GUID.len());
+    input.extend_from_slice(key);
+    input.extend_from_slice(ACCEPT_GUID);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// A WebSocket as a byte stream: the payloads of binary frames in, one binary frame per
+/// write out. Pings are answered; a text frame is a protocol error that closes the
+/// connection [MQTT-6.0.0-1]; a close frame ends the stream and is answered.
 pub(crate) struct WsStream<S> {
-    inner: WebSocketStream<S>,
-    /// The unread rest of the last binary message.
-    pending: Bytes,
+    stream: S,
+    /// Bytes read past the upgrade request, deframed before the socket is read again.
+    early: Bytes,
+    frames: Deframer,
+    out: Framer,
 }
 
-/// Always "ready", like TLS: tungstenite may hold bytes the socket knows nothing about.
-impl<S> Transport for WsStream<S> where S: AsyncRead + AsyncWrite + Unpin + Send {}
-
-fn to_io(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
-        other => io::Error::new(io::ErrorKind::InvalidData, other),
-    }
-}
-
-impl<S> WsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    /// Starts a close with `code` (best effort: the connection is ending anyway).
-    fn start_close(&mut self, cx: &mut Context<'_>, code: CloseCode, why: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: why.into(),
-        };
-        if let Poll::Ready(Ok(())) = Pin::new(&mut self.inner).poll_ready(cx) {
-            let _ = Pin::new(&mut self.inner).start_send(Message::Close(Some(frame)));
-            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+impl<S> WsStream<S> {
+    fn new(stream: S, early: Bytes, config: &WebSocketConfig) -> Self {
+        WsStream {
+            stream,
+            early,
+            frames: Deframer::new(config.max_frame_size, config.max_message_size),
+            out: Framer::default(),
         }
     }
 }
 
-impl<S> AsyncRead for WsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Ready when the socket is: this stream holds no bytes the socket does not know of, except
+/// those that came with the upgrade request.
+impl<S: Transport> Transport for WsStream<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.stream.poll_read_ready(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Sends the queued control frames (a pong or a close) if no data frame is half
+    /// written. Ready once nothing is queued.
+    fn poll_send_control(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.out.left > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let out = &mut self.out;
+        loop {
+            if out.sent == out.sending.len() {
+                if out.queued.is_empty() {
+                    break;
+                }
+                out.sending = std::mem::take(&mut out.queued);
+                out.sent = 0;
+            }
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &out.sending[out.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            out.sent += n;
+            out.unflushed = true;
+        }
+        if out.unflushed {
+            ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+            out.unflushed = false;
+            out.sending = Vec::new();
+            out.sent = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what the reader queued, without waiting: the read side must not block on the
+    /// peer reading (it is retried at the next read, write or flush).
+    fn try_send_control(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.poll_send_control(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// The next raw bytes into `buf`'s unfilled part: the upgrade's leftovers, then the
+    /// socket's. Ready with how many (0 at the end of the stream).
+    fn poll_raw(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early.advance(n);
+            if self.early.is_empty() {
+                self.early = Bytes::new();
+            }
+            return Poll::Ready(Ok(n));
+        }
+        // Safe code cannot hand uninitialized memory to the inner read, so it is zeroed
+        // first (a memset of at most the connection's read size, 64 KiB when busy).
+        let mut inner = ReadBuf::new(buf.initialize_unfilled());
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut inner))?;
+        let n = inner.filled().len();
+        buf.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -156,60 +326,633 @@ where
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
+            this.try_send_control(cx)?;
+            if this.frames.closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut this.inner).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(data))) => this.pending = data,
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Text(_))) => {
-                    this.start_close(cx, CloseCode::Unsupported, "MQTT needs binary frames");
+            let start = buf.filled().len();
+            if ready!(this.poll_raw(cx, buf))? == 0 {
+                // The end of the stream (mid-frame too: the MQTT layer sees a cut packet).
+                return Poll::Ready(Ok(()));
+            }
+            let outcome = this.frames.deframe(&mut buf.filled_mut()[start..]);
+            if let Some(reply) = this.frames.reply.take() {
+                this.out.queue(reply);
+            }
+            match outcome {
+                Ok(payload) => {
+                    buf.set_filled(start + payload);
+                    if payload > 0 {
+                        this.try_send_control(cx)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Err(violation) => {
+                    buf.set_filled(start);
+                    this.out.queue(Reply::Close(violation.code, violation.why));
+                    let _ = this.try_send_control(cx);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "a text frame: MQTT needs binary frames [MQTT-6.0.0-1]",
+                        violation.why,
                     )));
                 }
-                Some(Err(WsError::Capacity(e))) => {
-                    this.start_close(cx, CloseCode::Size, "frame or message too large");
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
             }
         }
     }
 }
 
-impl<S> AsyncWrite for WsStream<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(Pin::new(&mut this.inner).poll_ready(cx)).map_err(to_io)?;
-        Pin::new(&mut this.inner)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.out.left == 0 {
+            ready!(this.poll_send_control(cx))?;
+            if this.out.closing {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the WebSocket is closing",
+                )));
+            }
+            this.out.start_frame(buf.len());
+        }
+        loop {
+            let payload = &buf[..buf.len().min(this.out.left)];
+            let header =
+                &this.out.header[this.out.header_at as usize..this.out.header_len as usize];
+            let n = if header.is_empty() {
+                ready!(Pin::new(&mut this.stream).poll_write(cx, payload))?
+            } else {
+                let parts = [IoSlice::new(header), IoSlice::new(payload)];
+                ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, &parts))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let of_header = n.min(header.len());
+            this.out.header_at += of_header as u8;
+            let written = n - of_header;
+            this.out.left -= written;
+            if written > 0 {
+                return Poll::Ready(Ok(written));
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner)
-            .poll_flush(cx)
-            .map_err(to_io)
+        let this = self.get_mut();
+        ready!(this.poll_send_control(cx))?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
+    /// Says goodbye with a close frame (unless one was sent, or a data frame is half
+    /// written), then shuts the socket's write side.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.get_mut().inner).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(to_io(e))),
+        let this = self.get_mut();
+        if this.out.left == 0 && !this.out.closing {
+            this.out.queue(Reply::Close(CLOSE_NORMAL, ""));
         }
+        ready!(this.poll_send_control(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// A control frame the reader owes the peer.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Pong(Vec<u8>),
+    Close(u16, &'static str),
+}
+
+/// A frame that breaks the protocol or a limit: the close code and the reason.
+#[derive(Debug, PartialEq)]
+struct Violation {
+    code: u16,
+    why: &'static str,
+}
+
+fn protocol(why: &'static str) -> Violation {
+    Violation {
+        code: CLOSE_PROTOCOL,
+        why,
+    }
+}
+
+/// Where the reader is in the stream of frames.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Header,
+    Data,
+    Control(u8),
+}
+
+/// Takes the frames apart in the caller's buffer: headers out, payloads unmasked and moved
+/// together. Holds at most one frame header (14 bytes) and one control frame's payload
+/// (125) between reads.
+struct Deframer {
+    header: [u8; 14],
+    header_len: u8,
+    phase: Phase,
+    mask: [u8; 4],
+    /// Where in the mask the next payload byte is.
+    mask_at: u8,
+    /// A data message is unfinished: a continuation frame must come next.
+    in_message: bool,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// Bytes of the unfinished message so far, its current frame included.
+    message_len: u64,
+    max_frame: u64,
+    max_message: u64,
+    /// The payload of the control frame being read.
+    control: Vec<u8>,
+    /// A close frame came: the stream has ended.
+    closed: bool,
+    /// What the last `deframe` owes the peer.
+    reply: Option<Reply>,
+}
+
+impl Deframer {
+    fn new(max_frame: u32, max_message: u32) -> Self {
+        Deframer {
+            header: [0; 14],
+            header_len: 0,
+            phase: Phase::Header,
+            mask: [0; 4],
+            mask_at: 0,
+            in_message: false,
+            left: 0,
+            message_len: 0,
+            max_frame: max_frame.into(),
+            max_message: max_message.into(),
+            control: Vec::new(),
+            closed: false,
+            reply: None,
+        }
+    }
+
+    /// The header's length once its first two bytes are known (2 until then).
+    fn header_needed(&self) -> usize {
+        if self.header_len < 2 {
+            return 2;
+        }
+        let extended = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + extended + mask
+    }
+
+    /// Deframes `data` in place: the data frames' payloads, unmasked, end up together at its
+    /// start, and their length is returned. Stops at a close frame.
+    fn deframe(&mut self, data: &mut [u8]) -> Result<usize, Violation> {
+        let (mut read, mut kept) = (0, 0);
+        while read < data.len() && !self.closed {
+            match self.phase {
+                Phase::Header => {
+                    let have = self.header_len as usize;
+                    let take = (self.header_needed() - have).min(data.len() - read);
+                    self.header[have..have + take].copy_from_slice(&data[read..read + take]);
+                    self.header_len += take as u8;
+                    read += take;
+                    if self.header_len as usize == self.header_needed() && self.header_len >= 2 {
+                        self.start_frame()?;
+                    }
+                }
+                Phase::Data => {
+                    let n =
+                        (data.len() - read).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                    for i in 0..n {
+                        let mask = self.mask[(self.mask_at as usize + i) & 3];
+                        data[kept + i] = data[read + i] ^ mask;
+                    }
+                    self.consumed(n);
+                    read += n;
+                    kept += n;
+                }
+                Phase::Control(opcode) => {
+                    let n = (data.len() - read).min(self.left as usize);
+                    for (i, byte) in data[read..read + n].iter().enumerate() {
+                        let mask = self.mask[(self.mask_at as usize + i) & 3];
+                        self.control.push(byte ^ mask);
+                    }
+                    self.consumed(n);
+                    read += n;
+                    if self.phase == Phase::Header {
+                        self.end_control(opcode)?;
+                    }
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// `n` payload bytes of the current frame went by; at the frame's end, the next header.
+    fn consumed(&mut self, n: usize) {
+        self.left -= n as u64;
+        self.mask_at = ((self.mask_at as usize + n) & 3) as u8;
+        if self.left == 0 {
+            self.phase = Phase::Header;
+        }
+    }
+
+    /// A whole header is in `header`: checks it and starts its frame.
+    fn start_frame(&mut self) -> Result<(), Violation> {
+        let [b0, b1] = [self.header[0], self.header[1]];
+        let length_at = &self.header[2..self.header_len as usize];
+        self.header_len = 0;
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        if b0 & 0x70 != 0 {
+            return Err(protocol("reserved bits set: no extension was agreed"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(protocol("an unmasked frame from a client [RFC 6455 5.1]"));
+        }
+        let length = match b1 & 0x7f {
+            126 => u64::from(u16::from_be_bytes([length_at[0], length_at[1]])),
+            127 => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&length_at[..8]);
+                u64::from_be_bytes(be)
+            }
+            n => u64::from(n),
+        };
+        self.mask.copy_from_slice(&length_at[length_at.len() - 4..]);
+        self.mask_at = 0;
+        self.left = length;
+        match opcode {
+            0x0 | 0x2 => {
+                if (opcode == 0x0) != self.in_message {
+                    return Err(protocol(if opcode == 0x0 {
+                        "a continuation frame with no message to continue"
+                    } else {
+                        "a new message inside an unfinished one"
+                    }));
+                }
+                let message = self.message_len.saturating_add(length);
+                if length > self.max_frame || message > self.max_message {
+                    return Err(Violation {
+                        code: CLOSE_TOO_BIG,
+                        why: "frame or message too large",
+                    });
+                }
+                self.in_message = !fin;
+                self.message_len = if fin { 0 } else { message };
+                self.phase = if length == 0 {
+                    Phase::Header
+                } else {
+                    Phase::Data
+                };
+            }
+            0x1 => {
+                return Err(Violation {
+                    code: CLOSE_UNSUPPORTED,
+                    why: "a text frame: MQTT needs binary frames [MQTT-6.0.0-1]",
+                })
+            }
+            0x8..=0xa => {
+                if !fin {
+                    return Err(protocol("a fragmented control frame"));
+                }
+                if length > 125 {
+                    return Err(protocol("a control frame over 125 bytes"));
+                }
+                self.control = Vec::with_capacity(length as usize);
+                self.phase = Phase::Control(opcode);
+                if length == 0 {
+                    self.phase = Phase::Header;
+                    self.end_control(opcode)?;
+                }
+            }
+            _ => return Err(protocol("an unknown opcode")),
+        }
+        Ok(())
+    }
+
+    /// A control frame's payload is complete: answer a ping, end at a close.
+    fn end_control(&mut self, opcode: u8) -> Result<(), Violation> {
+        let payload = std::mem::take(&mut self.control);
+        match opcode {
+            0x9 => self.reply = Some(Reply::Pong(payload)),
+            0x8 => {
+                if payload.len() == 1 {
+                    return Err(protocol("a close frame with a one-byte payload"));
+                }
+                let code = match payload.get(..2) {
+                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                    _ => CLOSE_NORMAL,
+                };
+                self.closed = true;
+                self.reply = Some(Reply::Close(code, ""));
+            }
+            _ => {} // a pong: nothing to do
+        }
+        Ok(())
+    }
+}
+
+/// The writer's state: the header of the data frame being written, and a control frame
+/// waiting for the frame to end.
+#[derive(Default)]
+struct Framer {
+    header: [u8; 10],
+    header_len: u8,
+    /// How much of `header` is written.
+    header_at: u8,
+    /// Payload bytes of the current data frame still to write.
+    left: usize,
+    /// The control frame being written, and how much of it is.
+    sending: Vec<u8>,
+    sent: usize,
+    /// The control frame next in line. A newer pong replaces an older one not yet started
+    /// (answering the latest ping is enough, RFC 6455 section 5.5.3), a close replaces a
+    /// pong, and nothing replaces a close: at most two small frames are ever held.
+    queued: Vec<u8>,
+    /// Control bytes written and not yet flushed.
+    unflushed: bool,
+    /// A close frame is queued or sent: nothing may follow it.
+    closing: bool,
+}
+
+impl Framer {
+    /// A binary frame (final, unmasked: a server's frames are not masked) of `len` bytes.
+    fn start_frame(&mut self, len: usize) {
+        let h = &mut self.header;
+        h[0] = 0x82;
+        self.header_len = match len {
+            0..=125 => {
+                h[1] = len as u8;
+                2
+            }
+            126..=0xffff => {
+                h[1] = 126;
+                h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                4
+            }
+            _ => {
+                h[1] = 127;
+                h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+                10
+            }
+        };
+        self.header_at = 0;
+        self.left = len;
+    }
+
+    /// Queues a control frame; a close wins over a pong and is sent once.
+    fn queue(&mut self, reply: Reply) {
+        if self.closing {
+            return;
+        }
+        let (opcode, payload) = match reply {
+            Reply::Pong(payload) => (0x8a, payload),
+            Reply::Close(code, why) => {
+                self.closing = true;
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend_from_slice(&why.as_bytes()[..why.len().min(123)]);
+                (0x88, payload)
+            }
+        };
+        let mut frame = Vec::with_capacity(2 + payload.len());
+        frame.push(opcode);
+        frame.push(payload.len() as u8);
+        frame.extend_from_slice(&payload);
+        self.queued = frame;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's frame: `opcode`, final or not, masked with `mask`.
+    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Feeds `wire` to a deframer in pieces of `step` bytes, as reads would; the payload.
+    fn deframe_in_steps(d: &mut Deframer, wire: &[u8], step: usize) -> Result<Vec<u8>, Violation> {
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            let mut piece = piece.to_vec();
+            let kept = d.deframe(&mut piece)?;
+            out.extend_from_slice(&piece[..kept]);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn accept_key_is_the_rfc_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn payloads_come_out_unmasked_and_together_however_the_reads_split_them() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = frame(true, 0x2, b"hello", [1, 2, 3, 4]);
+        wire.extend(frame(false, 0x2, &big[..300], [9, 8, 7, 6]));
+        wire.extend(frame(true, 0x9, b"are you there", [5, 5, 5, 5]));
+        wire.extend(frame(true, 0x0, &big[300..], [0xff, 0, 0xff, 0]));
+        wire.extend(frame(true, 0x2, b"", [1, 1, 1, 1]));
+        let mut want = b"hello".to_vec();
+        want.extend_from_slice(&big);
+        for step in [1, 2, 3, 7, 14, 100, 4096, wire.len()] {
+            let mut d = Deframer::new(1 << 20, 1 << 20);
+            assert_eq!(
+                deframe_in_steps(&mut d, &wire, step).unwrap(),
+                want,
+                "step {step}"
+            );
+            assert_eq!(
+                d.reply,
+                Some(Reply::Pong(b"are you there".to_vec())),
+                "step {step}"
+            );
+            assert!(!d.in_message && d.phase == Phase::Header, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_close_ends_the_stream_and_is_answered_with_its_code() {
+        let mut wire = frame(true, 0x2, b"last", [1, 2, 3, 4]);
+        wire.extend(frame(
+            true,
+            0x8,
+            &[0x03, 0xe9, b'b', b'y', b'e'],
+            [7, 7, 7, 7],
+        ));
+        wire.extend(frame(true, 0x2, b"after the close", [1, 2, 3, 4]));
+        let mut d = Deframer::new(1024, 1024);
+        assert_eq!(deframe_in_steps(&mut d, &wire, 5).unwrap(), b"last");
+        assert!(d.closed);
+        assert_eq!(d.reply, Some(Reply::Close(1001, "")));
+    }
+
+    #[test]
+    fn limits_are_checked_from_the_header_before_the_payload() {
+        let mut d = Deframer::new(4096, 8192);
+        let header_only = &frame(true, 0x2, &[0u8; 5000], [0; 4])[..8];
+        assert_eq!(
+            d.deframe(&mut header_only.to_vec()).unwrap_err().code,
+            CLOSE_TOO_BIG
+        );
+        // Frames within the frame limit, a message over the message limit.
+        let mut d = Deframer::new(4096, 8192);
+        let mut wire = frame(false, 0x2, &[0u8; 4000], [0; 4]);
+        wire.extend(frame(false, 0x0, &[0u8; 4000], [0; 4]));
+        wire.extend(frame(true, 0x0, &[0u8; 4000], [0; 4]));
+        assert_eq!(
+            deframe_in_steps(&mut d, &wire, 1000).unwrap_err().code,
+            CLOSE_TOO_BIG
+        );
+    }
+
+    #[test]
+    fn protocol_violations_are_refused_with_their_close_code() {
+        let unmasked = vec![0x82, 0x01, b'x'];
+        let mut cases = vec![
+            (frame(true, 0x1, b"text", [1; 4]), CLOSE_UNSUPPORTED),
+            (unmasked, CLOSE_PROTOCOL),
+            (frame(true, 0x0, b"no message", [1; 4]), CLOSE_PROTOCOL),
+            (frame(false, 0x9, b"ping", [1; 4]), CLOSE_PROTOCOL),
+            (frame(true, 0x9, &[0u8; 126], [1; 4]), CLOSE_PROTOCOL),
+            (frame(true, 0x3, b"", [1; 4]), CLOSE_PROTOCOL),
+            (frame(true, 0x8, b"x", [1; 4]), CLOSE_PROTOCOL),
+        ];
+        let mut rsv = frame(true, 0x2, b"x", [1; 4]);
+        rsv[0] |= 0x40;
+        cases.push((rsv, CLOSE_PROTOCOL));
+        let mut nested = frame(false, 0x2, b"a", [1; 4]);
+        nested.extend(frame(true, 0x2, b"b", [1; 4]));
+        cases.push((nested, CLOSE_PROTOCOL));
+        for (wire, code) in cases {
+            let mut d = Deframer::new(1024, 1024);
+            let err = deframe_in_steps(&mut d, &wire, 1).unwrap_err();
+            assert_eq!(err.code, code, "{wire:02x?}: {}", err.why);
+        }
+    }
+
+    #[test]
+    fn frames_out_carry_the_length_in_the_shortest_form() {
+        let mut f = Framer::default();
+        for (len, header) in [(5, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            f.start_frame(len);
+            assert_eq!(f.header_len, header, "{len}");
+            assert_eq!(f.header[0], 0x82);
+        }
+        f.queue(Reply::Pong(b"p".to_vec()));
+        assert_eq!(f.queued, [0x8a, 1, b'p']);
+        f.queue(Reply::Close(1009, "too big"));
+        assert_eq!(&f.queued[..4], &[0x88, 9, 0x03, 0xf1]);
+        f.queue(Reply::Pong(Vec::new()));
+        assert_eq!(f.queued[0], 0x88, "a close is not replaced");
+    }
+
+    /// A client that pings while the broker's pong is stuck half written gets whole frames:
+    /// the half-sent pong is finished before the next one starts.
+    #[tokio::test]
+    async fn a_pong_half_written_is_finished_before_the_next_one() {
+        let (ours, mut peer) = tokio::io::duplex(3);
+        let mut ws = WsStream::new(ours, Bytes::new(), &WebSocketConfig::default());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        ws.out.queue(Reply::Pong(b"first".to_vec()));
+        assert!(
+            ws.poll_send_control(&mut cx).is_pending(),
+            "3 of 7 bytes fit"
+        );
+        ws.out.queue(Reply::Pong(b"second".to_vec()));
+        ws.out.queue(Reply::Pong(b"third".to_vec()));
+        let mut wire = Vec::new();
+        while ws.poll_send_control(&mut cx).is_pending() {
+            let mut chunk = [0u8; 3];
+            let n = peer.read(&mut chunk).await.unwrap();
+            wire.extend_from_slice(&chunk[..n]);
+        }
+        while wire.len() < 14 {
+            let mut chunk = [0u8; 16];
+            let n = peer.read(&mut chunk).await.unwrap();
+            wire.extend_from_slice(&chunk[..n]);
+        }
+        let mut want = vec![0x8a, 5];
+        want.extend_from_slice(b"first");
+        want.extend_from_slice(&[0x8a, 5]);
+        want.extend_from_slice(b"third");
+        assert_eq!(wire, want);
+    }
+
+    /// The whole stream over a real socket pair: an upgrade with a frame sent before the
+    /// 101, payloads read back, a ping answered, data written as frames.
+    #[tokio::test]
+    async fn upgrade_then_frames_both_ways_over_a_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut request = b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+                .to_vec();
+            request.extend(frame(true, 0x2, b"early", [1, 2, 3, 4]));
+            tcp.write_all(&request).await.unwrap();
+            let mut response = vec![0u8; 1024];
+            let mut got = 0;
+            while !response[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                got += tcp.read(&mut response[got..]).await.unwrap();
+            }
+            let text = String::from_utf8_lossy(&response[..got]).to_string();
+            assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+            assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+            tcp.write_all(&frame(true, 0x9, b"hi", [3; 4]))
+                .await
+                .unwrap();
+            tcp.write_all(&frame(true, 0x2, b" and late", [4; 4]))
+                .await
+                .unwrap();
+            let mut back = vec![0u8; 11];
+            tcp.read_exact(&mut back).await.unwrap();
+            back
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = upgrade(tcp, &WebSocketConfig::default()).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < b"early and late".len() {
+            let mut buf = [0u8; 64];
+            let n = ws.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"early and late");
+        ws.write_all(b"reply").await.unwrap();
+        ws.flush().await.unwrap();
+        let back = client.await.unwrap();
+        // The pong, then the data frame.
+        assert_eq!(&back[..4], &[0x8a, 2, b'h', b'i']);
+        assert_eq!(&back[4..], &[0x82, 5, b'r', b'e', b'p', b'l', b'y']);
     }
 }
