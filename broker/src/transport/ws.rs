@@ -34,11 +34,23 @@ const MAX_HEADERS: usize = 32;
 /// RFC 6455 section 1.3: appended to the client's key to prove the upgrade was understood.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// The smallest and largest socket read, in bytes (the window adapts between them).
+const MIN_RAW_READ: u32 = 512;
+const MAX_RAW_READ: u32 = 64 * 1024;
+/// Bytes of frame headers and control frames a client may send beyond
+/// `OVERHEAD_PER_BYTE` for each byte of MQTT it sent: pings, pongs and empty frames carry
+/// no MQTT, so no rate limit sees them, and without this bound a client (before CONNECT
+/// too) could keep a core busy with them for as long as it likes.
+const OVERHEAD_ALLOWANCE: u64 = 64 * 1024;
+const OVERHEAD_PER_BYTE: u64 = 16;
+
 /// Close codes (RFC 6455 section 7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_PROTOCOL: u16 = 1002;
 const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_BAD_DATA: u16 = 1007;
 
 /// Upgrades an accepted stream to a WebSocket: reads the HTTP request, checks the path, the
 /// subprotocol and the Origin, and answers anything else with an HTTP error (the reason in
@@ -167,9 +179,16 @@ fn check_upgrade(
             headers: "Sec-WebSocket-Version: 13\r\n",
         });
     }
-    let Some(key) = header("sec-websocket-key").next().map(str::trim) else {
-        return Err(Refusal::new(400, "Sec-WebSocket-Key is missing"));
+    let mut keys = header("sec-websocket-key").map(str::trim);
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(Refusal::new(400, "one Sec-WebSocket-Key is required"));
     };
+    if !is_valid_key(key) {
+        return Err(Refusal::new(
+            400,
+            "Sec-WebSocket-Key must be 16 bytes in base64 [RFC 6455 4.1]",
+        ));
+    }
     if !config.allowed_origins.is_empty() {
         if let Some(origin) = header("origin").next() {
             let allowed = config
@@ -185,9 +204,10 @@ fn check_upgrade(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
+    // The answer is the client's own spelling: a client compares it with what it offered.
     let Some(chosen) = SUBPROTOCOLS
         .iter()
-        .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
+        .find_map(|p| offered.iter().find(|o| o.eq_ignore_ascii_case(p)))
     else {
         return Err(Refusal::new(
             400,
@@ -212,6 +232,14 @@ fn header_values<'a>(
         .map(|(_, v)| *v)
 }
 
+/// A client's key is the base64 of 16 random bytes.
+fn is_valid_key(key: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 16)
+}
+
 /// Sec-WebSocket-Accept for a client's key (RFC 6455 section 4.2.2).
 fn accept_key(key: &[u8]) -> String {
     use base64::Engine as _;
@@ -231,6 +259,8 @@ pub(crate) struct WsStream<S> {
     early: Bytes,
     frames: Deframer,
     out: Framer,
+    /// Bytes the next socket read may bring (and so zeroes first).
+    raw_window: u32,
 }
 
 impl<S> WsStream<S> {
@@ -240,15 +270,18 @@ impl<S> WsStream<S> {
             early,
             frames: Deframer::new(config.max_frame_size, config.max_message_size),
             out: Framer::default(),
+            raw_window: MIN_RAW_READ,
         }
     }
 }
 
 /// Ready when the socket is: this stream holds no bytes the socket does not know of, except
-/// those that came with the upgrade request.
+/// those that came with the upgrade request, and no end, except a close frame's.
 impl<S: Transport> Transport for WsStream<S> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
+        // After a close frame the next read is the end of the stream: the socket may have
+        // nothing more to say, so it cannot be what is waited on.
+        if !self.early.is_empty() || self.frames.closed {
             return Poll::Ready(Ok(()));
         }
         self.stream.poll_read_ready(cx)
@@ -308,12 +341,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             }
             return Poll::Ready(Ok(n));
         }
-        // Safe code cannot hand uninitialized memory to the inner read, so it is zeroed
-        // first (a memset of at most the connection's read size, 64 KiB when busy).
-        let mut inner = ReadBuf::new(buf.initialize_unfilled());
+        // Safe code cannot hand uninitialized memory to the inner read, so a window of the
+        // buffer is zeroed first. The window follows the traffic (doubling while reads fill
+        // it), not the buffer's capacity: the decoder reserves room for a whole announced
+        // packet, and zeroing all of it would make 10 bytes from a client cost the broker
+        // a megabyte of touched memory.
+        let window = (self.raw_window as usize).min(buf.remaining());
+        let mut inner = ReadBuf::new(buf.initialize_unfilled_to(window));
         ready!(Pin::new(&mut self.stream).poll_read(cx, &mut inner))?;
         let n = inner.filled().len();
         buf.advance(n);
+        if n == window {
+            self.raw_window = (self.raw_window * 2).min(MAX_RAW_READ);
+        } else if n < window / 4 {
+            self.raw_window = (self.raw_window / 2).max(MIN_RAW_READ);
+        }
         Poll::Ready(Ok(n))
     }
 }
@@ -473,6 +515,10 @@ struct Deframer {
     control: Vec<u8>,
     /// A close frame came: the stream has ended.
     closed: bool,
+    /// Bytes of frame headers and control frames so far, and of data frames' payloads (the
+    /// MQTT bytes): the first may not outgrow the second (see `OVERHEAD_ALLOWANCE`).
+    overhead: u64,
+    payload: u64,
     /// What the last `deframe` owes the peer.
     reply: Option<Reply>,
 }
@@ -492,6 +538,8 @@ impl Deframer {
             max_message: max_message.into(),
             control: Vec::new(),
             closed: false,
+            overhead: 0,
+            payload: 0,
             reply: None,
         }
     }
@@ -534,6 +582,7 @@ impl Deframer {
                         data[kept + i] = data[read + i] ^ mask;
                     }
                     self.consumed(n);
+                    self.payload += n as u64;
                     read += n;
                     kept += n;
                 }
@@ -544,6 +593,7 @@ impl Deframer {
                         self.control.push(byte ^ mask);
                     }
                     self.consumed(n);
+                    self.overhead += n as u64;
                     read += n;
                     if self.phase == Phase::Header {
                         self.end_control(opcode)?;
@@ -567,7 +617,16 @@ impl Deframer {
     fn start_frame(&mut self) -> Result<(), Violation> {
         let [b0, b1] = [self.header[0], self.header[1]];
         let length_at = &self.header[2..self.header_len as usize];
+        self.overhead += u64::from(self.header_len);
         self.header_len = 0;
+        let allowed =
+            OVERHEAD_ALLOWANCE.saturating_add(self.payload.saturating_mul(OVERHEAD_PER_BYTE));
+        if self.overhead > allowed {
+            return Err(Violation {
+                code: CLOSE_POLICY,
+                why: "too many WebSocket frames without MQTT in them",
+            });
+        }
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0f;
         if b0 & 0x70 != 0 {
@@ -581,6 +640,9 @@ impl Deframer {
             127 => {
                 let mut be = [0u8; 8];
                 be.copy_from_slice(&length_at[..8]);
+                if be[0] & 0x80 != 0 {
+                    return Err(protocol("a 64-bit length with its top bit set"));
+                }
                 u64::from_be_bytes(be)
             }
             n => u64::from(n),
@@ -650,6 +712,17 @@ impl Deframer {
                     Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
                     _ => CLOSE_NORMAL,
                 };
+                // Codes a peer may send (RFC 6455 7.4.1-7.4.2; 1005, 1006 and 1015 never go
+                // on the wire), and a reason in UTF-8 (section 8.1).
+                if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                    return Err(protocol("a close frame with a code no peer may send"));
+                }
+                if std::str::from_utf8(&payload[payload.len().min(2)..]).is_err() {
+                    return Err(Violation {
+                        code: CLOSE_BAD_DATA,
+                        why: "a close reason that is not UTF-8",
+                    });
+                }
                 self.closed = true;
                 self.reply = Some(Reply::Close(code, ""));
             }
@@ -763,6 +836,40 @@ mod tests {
         Ok(out)
     }
 
+    /// The upgrade's checks on the request alone: the key, and the subprotocol answered
+    /// in the client's own spelling.
+    #[test]
+    fn upgrade_checks_the_key_and_answers_the_offered_spelling() {
+        let check = |key: &str, protocol: &str| {
+            let text = format!(
+                "GET /mqtt HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\n{key}Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+            );
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            assert!(request.parse(text.as_bytes()).unwrap().is_complete());
+            check_upgrade(&WebSocketConfig::default(), &request).map_err(|r| r.status)
+        };
+        let good = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        assert!(check(good, "MQTT")
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol: MQTT\r\n"));
+        assert!(check(good, "chat, mqtt")
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol: mqtt\r\n"));
+        assert_eq!(check("", "mqtt"), Err(400), "no key");
+        assert_eq!(
+            check("Sec-WebSocket-Key: abc\r\n", "mqtt"),
+            Err(400),
+            "not 16 bytes"
+        );
+        assert_eq!(
+            check(&format!("{good}{good}"), "mqtt"),
+            Err(400),
+            "two keys"
+        );
+    }
+
     #[test]
     fn accept_key_is_the_rfc_example() {
         assert_eq!(
@@ -850,11 +957,109 @@ mod tests {
         let mut nested = frame(false, 0x2, b"a", [1; 4]);
         nested.extend(frame(true, 0x2, b"b", [1; 4]));
         cases.push((nested, CLOSE_PROTOCOL));
+        // A 64-bit length with its top bit set: the header alone is refused.
+        let mut top_bit = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        top_bit.extend_from_slice(&[1; 4]);
+        cases.push((top_bit, CLOSE_PROTOCOL));
+        for code in [999u16, 1004, 1005, 1006, 1015, 2999, 5000] {
+            cases.push((
+                frame(true, 0x8, &code.to_be_bytes(), [1; 4]),
+                CLOSE_PROTOCOL,
+            ));
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff, 0xfe]);
+        cases.push((frame(true, 0x8, &bad_reason, [1; 4]), CLOSE_BAD_DATA));
         for (wire, code) in cases {
             let mut d = Deframer::new(1024, 1024);
             let err = deframe_in_steps(&mut d, &wire, 1).unwrap_err();
             assert_eq!(err.code, code, "{wire:02x?}: {}", err.why);
         }
+    }
+
+    /// Pings, pongs and empty frames carry no MQTT, so no rate limit sees them: past a
+    /// fixed allowance they may come only in proportion to the MQTT bytes sent.
+    #[test]
+    fn frames_without_mqtt_are_bounded_by_the_mqtt_sent() {
+        let ping = frame(true, 0x9, b"", [1; 4]);
+        let empty = frame(true, 0x2, b"", [1; 4]);
+        for (what, flood) in [("pings", &ping), ("empty frames", &empty)] {
+            let mut d = Deframer::new(1 << 20, 1 << 20);
+            let mut sent = 0;
+            let err = loop {
+                match d.deframe(&mut flood.clone()) {
+                    Ok(_) => sent += flood.len() as u64,
+                    Err(e) => break e,
+                }
+                assert!(sent <= 2 * OVERHEAD_ALLOWANCE, "{what}: never refused");
+            };
+            assert_eq!(err.code, CLOSE_POLICY, "{what}");
+            assert!(
+                sent >= OVERHEAD_ALLOWANCE - 16,
+                "{what}: refused early, at {sent}"
+            );
+        }
+        // A client that sends its MQTT one byte a frame, with a ping after each, is fine.
+        let mut d = Deframer::new(1 << 20, 1 << 20);
+        for i in 0..50_000u32 {
+            let mut wire = frame(true, 0x2, &[i as u8], [1, 2, 3, 4]);
+            wire.extend(frame(true, 0x9, b"", [1; 4]));
+            assert_eq!(d.deframe(&mut wire), Ok(1), "frame {i}");
+        }
+    }
+
+    /// A payload and a close in one read: the payload comes out, and then the stream must
+    /// say it is ready (to return its end) although the socket has nothing more; waiting
+    /// on the socket left the connection open with its will unsent.
+    #[tokio::test]
+    async fn after_a_close_the_stream_is_ready_to_end() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = WsStream::new(tcp, Bytes::new(), &WebSocketConfig::default());
+        let mut wire = frame(true, 0x2, b"x", [1, 2, 3, 4]);
+        wire.extend(frame(true, 0x8, &1000u16.to_be_bytes(), [5; 4]));
+        client.write_all(&wire).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(ws.read(&mut buf).await.unwrap(), 1);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| ws.poll_read_ready(cx)),
+        )
+        .await
+        .expect("ready after a close")
+        .unwrap();
+        assert_eq!(ws.read(&mut buf).await.unwrap(), 0, "the end");
+    }
+
+    /// The socket is read into a window that follows the traffic, not into all the room
+    /// the caller's buffer has (the decoder reserves a whole announced packet, and every
+    /// byte read into is zeroed first): a first read takes at most the smallest window.
+    #[tokio::test]
+    async fn reads_take_a_window_of_the_buffer_that_follows_the_traffic() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut ws = WsStream::new(ours, Bytes::new(), &WebSocketConfig::default());
+        let mut wire = Vec::new();
+        for _ in 0..64 {
+            wire.extend(frame(true, 0x2, &[7u8; 1000], [1, 2, 3, 4]));
+        }
+        peer.write_all(&wire).await.unwrap();
+        let mut big = vec![0u8; 1 << 20];
+        let first = ws.read(&mut big).await.unwrap();
+        assert!(first <= MIN_RAW_READ as usize, "read {first}");
+        let mut total = first;
+        let mut largest = first;
+        while total < 64_000 {
+            let n = ws.read(&mut big).await.unwrap();
+            largest = largest.max(n);
+            total += n;
+        }
+        assert!(
+            largest > MIN_RAW_READ as usize * 4,
+            "the window grew: {largest}"
+        );
     }
 
     #[test]
