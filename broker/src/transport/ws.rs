@@ -127,7 +127,8 @@ impl Refusal {
             404 => "Not Found",
             405 => "Method Not Allowed",
             426 => "Upgrade Required",
-            _ => "Request Header Fields Too Large",
+            431 => "Request Header Fields Too Large",
+            _ => "Error",
         };
         format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
